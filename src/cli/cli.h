@@ -1,0 +1,10 @@
+/* corfs: the client commands (they talk to the daemon through the control
+ * socket only, or, for unmount, through the mount table and the lock). */
+#ifndef CORFS_CLI_H
+#define CORFS_CLI_H
+
+/* Each returns the process exit code; argv[0] is the command name. */
+int cli_unmount (int argc, char **argv);
+int cli_status (int argc, char **argv);
+
+#endif

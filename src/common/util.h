@@ -1,0 +1,51 @@
+/* corfs: small helpers with no project logic. */
+#ifndef CORFS_UTIL_H
+#define CORFS_UTIL_H
+
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define NS_PER_SEC 1000000000ULL
+
+/* Read or write exactly count bytes at offset, retrying on EINTR and short
+ * transfers.  Return 0, or -1 with errno set (EIO for an unexpected EOF). */
+int full_pread (int fd, void *buf, size_t count, off_t offset);
+int full_pwrite (int fd, const void *buf, size_t count, off_t offset);
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t now_ns (void);
+
+/* Sleep for ns nanoseconds (restarting on EINTR). */
+void sleep_ns (uint64_t ns);
+
+/* Parse "64K", "1M", "4096" (binary suffixes K M G T, K = 1024).
+ * Return 0 and set *out, or -1 with errno EINVAL/ERANGE. */
+int parse_size (const char *s, uint64_t *out);
+
+/* Parse a boolean config value: true/false/yes/no/on/off/1/0. */
+int parse_bool (const char *s, bool *out);
+
+/* Is the buffer all zero bytes? */
+bool is_zero (const void *buf, size_t count);
+
+/* Copy of url with any "user:password@" userinfo and query parameters that
+ * look like secrets removed, for logs and the index.  Caller frees. */
+char *url_redact (const char *url);
+
+/* A disk name is [A-Za-z0-9._-]+, not "." or "..", at most 64 bytes. */
+bool name_is_valid (const char *name);
+
+/* Read a whole small file (at most 64 KiB), stripping one trailing newline.
+ * Caller frees.  NULL with errno on error. */
+char *read_small_file (const char *path);
+
+
+
+#include <pthread.h>
+/* pthread_create with every signal blocked in the new thread, so that
+ * SIGTERM/SIGINT reach the FUSE loop's signal handling (main thread). */
+int thread_create_nosig (pthread_t *t, void *(*fn) (void *), void *arg);
+#endif

@@ -1,0 +1,501 @@
+/* corfs: the copy-on-read engine: fault-in, write path, in-flight table.
+ *
+ * Design notes.
+ *
+ * Blocks are block_size bytes (a power of two, 4 KiB to 4 MiB); the last
+ * block of a disk may be short.  The overlay file has the disk's size and
+ * holds each block at the disk's offset, so a complete overlay is the raw
+ * image and SEEK_DATA/SEEK_HOLE work on it.
+ *
+ * Invariants:
+ *   - A block is marked present only after its data is in the overlay
+ *     (the write returned), and becomes durable in the index only after
+ *     the committer's fdatasync (commit.c).
+ *   - One operation per block at a time (DESIGN.md rule 5): a fetch or a
+ *     write owns its blocks in the in-flight table ("busy" ranges) from
+ *     before it starts until its bits are set.  A fetch claims only blocks
+ *     that are neither present nor busy, so it never overwrites newer
+ *     guest data; a reader that finds a missing block busy waits for it,
+ *     so each block is fetched once however many readers want it.
+ *   - Writes claim their whole range at once, waiting until no part of it
+ *     is busy (all or nothing, so two writers cannot deadlock).  A write
+ *     whose first or last block is missing and only partly covered fetches
+ *     that block first; blocks covered whole are never fetched.
+ *   - All-zero fetched blocks are punched rather than written, which keeps
+ *     the overlay sparse and also clears whatever an earlier, uncommitted
+ *     write left there.
+ *   - Dirty and changed bits are set before the overlay write (intent;
+ *     they may over-count after a failed write, never under-count), present
+ *     after it.  Crashes are covered by meta's unclean-shutdown widening.
+ *
+ * Notes on the thread model: cor_read/cor_write run on FUSE worker
+ * threads, many at once.  d->lock protects only the busy list and is never
+ * held across remote I/O, overlay I/O or a FUSE reply; waiters sleep on
+ * d->cond, broadcast whenever a busy range is released.
+ *
+ * Deliberately left out for now: readahead and the background streamer
+ * (the streamer will be one more client of fault_in), NBD block status.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/cleanup.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "cor/cor-internal.h"
+#include "meta/meta.h"
+#include "remote/remote.h"
+
+int
+cor_engine_new (struct meta *m, struct cor_engine **ep)
+{
+  struct cor_engine *e = calloc (1, sizeof *e);
+  pthread_condattr_t ca;
+
+  if (!e)
+    return -1;
+  e->meta = m;
+  pthread_mutex_init (&e->lock, NULL);
+  pthread_condattr_init (&ca);
+  pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
+  pthread_cond_init (&e->wake, &ca);
+  pthread_condattr_destroy (&ca);
+  pthread_cond_init (&e->done, NULL);
+  *ep = e;
+  return 0;
+}
+
+static void
+disk_free (struct cor_disk *d, bool clean)
+{
+  if (meta_disk_close (d->md, clean) == -1)
+    log_error ("cor: disk %s: closing the index: %m", d->name);
+  remote_close (d->remote);
+  if (close (d->overlay_fd) == -1)
+    log_error ("cor: disk %s: closing the overlay: %m", d->name);
+  pthread_mutex_destroy (&d->lock);
+  pthread_cond_destroy (&d->cond);
+  free (d->name);
+  free (d);
+}
+
+int
+cor_engine_free (struct cor_engine *e)
+{
+  int r, ret = 0;
+
+  if (!e)
+    return 0;
+  r = cor_engine_stop (e);
+  for (size_t i = 0; i < e->nr_disks; i++) {
+    struct cor_disk *d = e->disks[i];
+    bool clean = r == 0 && __atomic_load_n (&d->health, __ATOMIC_SEQ_CST) != COR_FAILED;
+    if (!clean)
+      ret = -1;
+    disk_free (d, clean);
+  }
+  free (e->disks);
+  pthread_mutex_destroy (&e->lock);
+  pthread_cond_destroy (&e->wake);
+  pthread_cond_destroy (&e->done);
+  free (e);
+  return ret;
+}
+
+int
+cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
+              struct cor_disk **dp)
+{
+  struct cor_disk *d = calloc (1, sizeof *d), **nv;
+  struct meta_record rec;
+  struct stat st;
+
+  if (!d || !(d->name = strdup (cfg->name))) {
+    free (d);
+    return -1;
+  }
+  meta_disk_record (cfg->md, &rec);
+  d->e = e;
+  d->md = cfg->md;
+  d->remote = cfg->remote;
+  d->size = rec.size;
+  d->block_size = rec.block_size;
+  d->block_shift = __builtin_ctz (rec.block_size);
+  d->nr_blocks = meta_nr_blocks (cfg->md);
+  d->hold_ns = cfg->hold_ns;
+  pthread_mutex_init (&d->lock, NULL);
+  pthread_cond_init (&d->cond, NULL);
+
+  d->overlay_fd = open (cfg->overlay_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (d->overlay_fd == -1 || fstat (d->overlay_fd, &st) == -1) {
+    log_error ("cor: disk %s: overlay %s: %m", d->name, cfg->overlay_path);
+    goto err;
+  }
+  if ((uint64_t) st.st_size != d->size) {
+    /* A new overlay is extended to the disk size (sparse).  One with
+     * another size while blocks are recorded present is not ours. */
+    if (st.st_size != 0 && meta_count (d->md, META_PRESENT) > 0) {
+      log_error ("cor: disk %s: overlay %s has size %" PRIu64 " but the disk is %"
+                 PRIu64 " bytes", d->name, cfg->overlay_path, (uint64_t) st.st_size, d->size);
+      errno = EINVAL;
+      goto err;
+    }
+    if (ftruncate (d->overlay_fd, d->size) == -1 || fsync (d->overlay_fd) == -1) {
+      log_error ("cor: disk %s: sizing overlay %s: %m", d->name, cfg->overlay_path);
+      goto err;
+    }
+  }
+
+  pthread_mutex_lock (&e->lock);
+  assert (!e->running);         /* the disk array is fixed once committing */
+  nv = realloc (e->disks, (e->nr_disks + 1) * sizeof *nv);
+  if (nv) {
+    e->disks = nv;
+    e->disks[e->nr_disks++] = d;
+  }
+  pthread_mutex_unlock (&e->lock);
+  if (!nv)
+    goto err;
+  *dp = d;
+  return 0;
+
+ err:
+  {
+    int e2 = errno;
+    if (d->overlay_fd >= 0)
+      close (d->overlay_fd);
+    pthread_mutex_destroy (&d->lock);
+    pthread_cond_destroy (&d->cond);
+    free (d->name);
+    free (d);
+    errno = e2;
+  }
+  return -1;
+}
+
+size_t cor_disk_count (struct cor_engine *e) { return e->nr_disks; }
+
+struct cor_disk *
+cor_disk_get (struct cor_engine *e, size_t i)
+{
+  return i < e->nr_disks ? e->disks[i] : NULL;
+}
+
+struct cor_disk *
+cor_disk_find (struct cor_engine *e, const char *name)
+{
+  for (size_t i = 0; i < e->nr_disks; i++)
+    if (!strcmp (e->disks[i]->name, name))
+      return e->disks[i];
+  return NULL;
+}
+
+const char *cor_disk_name (const struct cor_disk *d) { return d->name; }
+uint64_t cor_disk_size (const struct cor_disk *d) { return d->size; }
+
+bool
+cor_disk_writable (const struct cor_disk *d)
+{
+  return __atomic_load_n (&d->health, __ATOMIC_SEQ_CST) == COR_RW;
+}
+
+uint64_t
+cor_disk_allocated (const struct cor_disk *d)
+{
+  struct stat st;
+  return fstat (d->overlay_fd, &st) == 0 ? (uint64_t) st.st_blocks * 512 : 0;
+}
+
+/* ---- in-flight table ---- */
+
+/* Must be called with d->lock held.  The busy range overlapping
+ * [first, end), or NULL. */
+static struct busy *
+find_busy_unlocked (struct cor_disk *d, uint64_t first, uint64_t end)
+{
+  for (struct busy *b = d->busy; b; b = b->next)
+    if (b->first < end && first < b->end)
+      return b;
+  return NULL;
+}
+
+/* Must be called with d->lock held. */
+static void
+claim_unlocked (struct cor_disk *d, struct busy *b, uint64_t first, uint64_t end)
+{
+  b->first = first;
+  b->end = end;
+  b->next = d->busy;
+  d->busy = b;
+}
+
+static void
+release_busy (struct cor_disk *d, struct busy *b)
+{
+  pthread_mutex_lock (&d->lock);
+  for (struct busy **pp = &d->busy; *pp; pp = &(*pp)->next)
+    if (*pp == b) {
+      *pp = b->next;
+      break;
+    }
+  pthread_cond_broadcast (&d->cond);
+  pthread_mutex_unlock (&d->lock);
+}
+
+/* ---- fetch ---- */
+
+static uint64_t
+block_offset (const struct cor_disk *d, uint64_t blk)
+{
+  return blk << d->block_shift;
+}
+
+/* Bytes of blocks [first, end), the last one possibly short. */
+static uint64_t
+blocks_length (const struct cor_disk *d, uint64_t first, uint64_t end)
+{
+  uint64_t e = block_offset (d, end);
+  return (e > d->size ? d->size : e) - block_offset (d, first);
+}
+
+/* Store fetched data for blocks [first, end) in the overlay: all-zero
+ * blocks are punched, runs of data blocks written.  0 or -1 with errno. */
+static int
+store_blocks (struct cor_disk *d, const char *buf, uint64_t first, uint64_t end)
+{
+  uint64_t base = block_offset (d, first);
+  uint64_t blk = first;
+
+  while (blk < end) {
+    uint64_t off = block_offset (d, blk) - base, len = blocks_length (d, blk, blk + 1);
+    bool zero = is_zero (buf + off, len);
+    uint64_t run = blk + 1;
+    while (run < end) {
+      uint64_t o = block_offset (d, run) - base;
+      if (is_zero (buf + o, blocks_length (d, run, run + 1)) != zero)
+        break;
+      run++;
+    }
+    len = blocks_length (d, blk, run);
+    if (zero) {
+      if (fallocate (d->overlay_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                     block_offset (d, blk), len) == -1) {
+        /* No hole punching here: write the zeros instead. */
+        if (errno != EOPNOTSUPP ||
+            full_pwrite (d->overlay_fd, buf + off, len, block_offset (d, blk)) == -1)
+          return -1;
+      }
+    }
+    else if (full_pwrite (d->overlay_fd, buf + off, len, block_offset (d, blk)) == -1)
+      return -1;
+    blk = run;
+  }
+  return 0;
+}
+
+/* Fetch blocks [first, end) from the parent into the overlay and mark them
+ * present.  The caller owns the blocks in the in-flight table.  0 or -1
+ * with *err. */
+static int
+fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end, int *err)
+{
+  uint64_t len = blocks_length (d, first, end), off = block_offset (d, first);
+  CLEANUP_FREE char *buf = malloc (len);
+
+  if (!buf) {
+    *err = ENOMEM;
+    return -1;
+  }
+  __atomic_fetch_add (&d->fetch_requests, 1, __ATOMIC_RELAXED);
+  if (remote_pread (d->remote, buf, len, off, now_ns () + d->hold_ns, err) == -1) {
+    __atomic_fetch_add (&d->fetch_errors, 1, __ATOMIC_RELAXED);
+    return -1;
+  }
+  if (store_blocks (d, buf, first, end) == -1) {
+    *err = errno;
+    log_error ("cor: disk %s: overlay write of %" PRIu64 " bytes at offset %"
+               PRIu64 ": %m", d->name, len, off);
+    return -1;
+  }
+  /* Order matters: the overlay write returned before the bit is set, and
+   * needs_sync is set before the bit so the committer that takes the bit
+   * also syncs the data. */
+  __atomic_store_n (&d->needs_sync, 1, __ATOMIC_SEQ_CST);
+  meta_set (d->md, META_PRESENT, first, end - first);
+  __atomic_fetch_add (&d->fetched_bytes, len, __ATOMIC_RELAXED);
+  return 0;
+}
+
+/* Make blocks [first, end) present, fetching what is missing, coalescing
+ * adjacent missing blocks into one request and waiting for blocks that
+ * another operation is fetching or writing.  0 or -1 with *err. */
+static int
+fault_in (struct cor_disk *d, uint64_t first, uint64_t end, int *err)
+{
+  uint64_t blk = first;
+
+  pthread_mutex_lock (&d->lock);
+  while ((blk = meta_next (d->md, META_PRESENT, false, blk)) < end) {
+    struct busy self;
+    uint64_t run;
+
+    if (find_busy_unlocked (d, blk, blk + 1)) {
+      pthread_cond_wait (&d->cond, &d->lock);
+      continue;                 /* re-check: it may be present now */
+    }
+    for (run = blk + 1; run < end; run++)
+      if (meta_test (d->md, META_PRESENT, run) || find_busy_unlocked (d, run, run + 1))
+        break;
+    claim_unlocked (d, &self, blk, run);
+    pthread_mutex_unlock (&d->lock);
+
+    int r = fetch_blocks (d, blk, run, err);
+
+    release_busy (d, &self);
+    if (r == -1)
+      return -1;
+    blk = run;
+    pthread_mutex_lock (&d->lock);
+  }
+  pthread_mutex_unlock (&d->lock);
+  return 0;
+}
+
+ssize_t
+cor_read (struct cor_disk *d, void *buf, size_t count, uint64_t offset, int *err)
+{
+  uint64_t first, end;
+
+  if (offset >= d->size || count == 0)
+    return 0;
+  if (count > d->size - offset)
+    count = d->size - offset;
+  cor_block_range (offset, count, d->block_shift, &first, &end);
+  if (fault_in (d, first, end, err) == -1)
+    return -1;
+  if (full_pread (d->overlay_fd, buf, count, offset) == -1) {
+    *err = errno;
+    log_error ("cor: disk %s: overlay read of %zu bytes at offset %" PRIu64 ": %m",
+               d->name, count, offset);
+    return -1;
+  }
+  __atomic_fetch_add (&d->guest_read_bytes, count, __ATOMIC_RELAXED);
+  return count;
+}
+
+int
+cor_write (struct cor_disk *d, const void *buf, size_t count, uint64_t offset,
+           int *err)
+{
+  uint64_t first, end, last;
+  struct busy self;
+  int r = 0;
+
+  if (__atomic_load_n (&d->health, __ATOMIC_SEQ_CST) != COR_RW) {
+    *err = EROFS;
+    return -1;
+  }
+  if (count == 0)
+    return 0;
+  if (offset >= d->size || count > d->size - offset) {
+    *err = ENOSPC;
+    return -1;
+  }
+  cor_block_range (offset, count, d->block_shift, &first, &end);
+  last = end - 1;
+
+  pthread_mutex_lock (&d->lock);
+  while (find_busy_unlocked (d, first, end))
+    pthread_cond_wait (&d->cond, &d->lock);
+  claim_unlocked (d, &self, first, end);
+  pthread_mutex_unlock (&d->lock);
+
+  /* Partly covered edge blocks that are missing are fetched first. */
+  if (!meta_test (d->md, META_PRESENT, first) &&
+      (offset != block_offset (d, first) ||
+       offset + count < block_offset (d, first) + blocks_length (d, first, first + 1)))
+    r = fetch_blocks (d, first, first + 1, err);
+  if (r == 0 && last != first && !meta_test (d->md, META_PRESENT, last) &&
+      offset + count < block_offset (d, last) + blocks_length (d, last, last + 1))
+    r = fetch_blocks (d, last, last + 1, err);
+
+  if (r == 0) {
+    meta_set (d->md, META_DIRTY, first, end - first);
+    meta_set (d->md, META_CHANGED, first, end - first);
+    if (full_pwrite (d->overlay_fd, buf, count, offset) == -1) {
+      *err = errno;
+      log_error ("cor: disk %s: overlay write of %zu bytes at offset %" PRIu64 ": %m",
+                 d->name, count, offset);
+      r = -1;
+    }
+    else {
+      __atomic_store_n (&d->needs_sync, 1, __ATOMIC_SEQ_CST);
+      meta_set (d->md, META_PRESENT, first, end - first);
+      __atomic_fetch_add (&d->guest_write_bytes, count, __ATOMIC_RELAXED);
+    }
+  }
+  release_busy (d, &self);
+  return r;
+}
+
+/* ---- status ---- */
+
+void
+cor_disk_status (struct cor_disk *d, struct cor_status *st)
+{
+  static const char *health[] = { "rw", "ro", "failed" };
+  static const char *owner[] = { "active", "incoming", "activating", "handed-off",
+                                 "standalone" };
+  struct meta_record rec;
+  struct remote_stats rs;
+
+  memset (st, 0, sizeof *st);
+  meta_disk_record (d->md, &rec);
+  st->size = d->size;
+  st->block_size = d->block_size;
+  st->nr_blocks = d->nr_blocks;
+  st->present_blocks = meta_count (d->md, META_PRESENT);
+  st->dirty_blocks = meta_count (d->md, META_DIRTY);
+  st->health = health[__atomic_load_n (&d->health, __ATOMIC_SEQ_CST)];
+  st->owner_state = owner[rec.state];
+  st->epoch = rec.epoch;
+  st->generation = rec.generation;
+  st->widened = rec.widened_generation != 0;
+  st->parent_url = remote_url (d->remote);
+  st->parent_backend = remote_backend (d->remote);
+  st->parent_state = remote_state_name (remote_status (d->remote, st->parent_error,
+                                                       sizeof st->parent_error));
+  remote_get_stats (d->remote, &rs);
+  st->remote_retries = rs.retries;
+  st->remote_reconnects = rs.reconnects;
+  st->fetched_bytes = __atomic_load_n (&d->fetched_bytes, __ATOMIC_RELAXED);
+  st->fetch_requests = __atomic_load_n (&d->fetch_requests, __ATOMIC_RELAXED);
+  st->fetch_errors = __atomic_load_n (&d->fetch_errors, __ATOMIC_RELAXED);
+  st->guest_read_bytes = __atomic_load_n (&d->guest_read_bytes, __ATOMIC_RELAXED);
+  st->guest_write_bytes = __atomic_load_n (&d->guest_write_bytes, __ATOMIC_RELAXED);
+  st->flushes = __atomic_load_n (&d->flushes, __ATOMIC_RELAXED);
+}
+
+int
+cor_disk_extents (struct cor_disk *d, bool dirty,
+                  int (*fn) (void *opaque, uint64_t offset, uint64_t length),
+                  void *opaque)
+{
+  enum meta_map map = dirty ? META_DIRTY : META_PRESENT;
+  uint64_t blk = 0;
+
+  while ((blk = meta_next (d->md, map, true, blk)) < d->nr_blocks) {
+    uint64_t end = meta_next (d->md, map, false, blk);
+    if (fn (opaque, block_offset (d, blk), blocks_length (d, blk, end)) == -1)
+      return -1;
+    blk = end;
+  }
+  return 0;
+}

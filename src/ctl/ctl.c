@@ -1,0 +1,322 @@
+/* corfs: the control socket server.
+ *
+ * Notes on the thread model: one thread (from ctl_start) runs a poll(2)
+ * loop over the listening socket, every client and a wake-up pipe.
+ * Requests are answered in order on that thread; the engine calls it
+ * makes (status) take only short engine locks.  A client that sends a
+ * line over JSONL_MAX_LINE, or malformed JSON, gets an error reply; one
+ * that does not read its replies is dropped after the send timeout, so
+ * no client can stall the daemon.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "common/jsonl.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "cor/cor.h"
+#include "ctl/ctl.h"
+
+#define MAX_CLIENTS 64
+
+struct client {
+  int fd;
+  size_t len;
+  bool overlong;                /* discarding the rest of a too-long line */
+  char buf[JSONL_MAX_LINE];
+};
+
+struct ctl {
+  struct cor_engine *e;
+  char *path;
+  int listen_fd;
+  int wake[2];
+  pthread_t thread;
+  struct client *clients[MAX_CLIENTS];
+};
+
+static json_t *
+error_reply (json_t *id, const char *fmt, ...)
+{
+  char msg[512];
+  va_list ap;
+  json_t *r;
+
+  va_start (ap, fmt);
+  vsnprintf (msg, sizeof msg, fmt, ap);
+  va_end (ap);
+  r = json_pack ("{s:b, s:s}", "ok", 0, "error", msg);
+  if (id)
+    json_object_set (r, "id", id);
+  return r;
+}
+
+static int
+add_extent (void *opaque, uint64_t offset, uint64_t length)
+{
+  json_array_append_new ((json_t *) opaque,
+                         json_pack ("{s:I, s:I}", "offset", (json_int_t) offset,
+                                    "length", (json_int_t) length));
+  return 0;
+}
+
+static json_t *
+disk_status (struct cor_disk *d, bool maps)
+{
+  struct cor_status st;
+  json_t *j;
+
+  cor_disk_status (d, &st);
+  j = json_pack ("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:s, s:{s:s, s:I}, "
+                 "s:I, s:b, s:{s:s, s:s, s:s, s:s}, "
+                 "s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}}",
+                 "name", cor_disk_name (d),
+                 "size", (json_int_t) st.size,
+                 "block_size", (json_int_t) st.block_size,
+                 "blocks", (json_int_t) st.nr_blocks,
+                 "present_blocks", (json_int_t) st.present_blocks,
+                 "present_bytes", (json_int_t) (st.present_blocks == st.nr_blocks ? st.size
+                                                : st.present_blocks * st.block_size),
+                 "dirty_bytes", (json_int_t) (st.dirty_blocks * st.block_size),
+                 "complete", st.present_blocks == st.nr_blocks,
+                 "health", st.health,
+                 "owner", "state", st.owner_state, "epoch", (json_int_t) st.epoch,
+                 "generation", (json_int_t) st.generation,
+                 "widened", st.widened,
+                 "parent", "url", st.parent_url, "backend", st.parent_backend,
+                 "state", st.parent_state, "last_error", st.parent_error,
+                 "counters",
+                 "fetched_bytes", (json_int_t) st.fetched_bytes,
+                 "fetch_requests", (json_int_t) st.fetch_requests,
+                 "fetch_errors", (json_int_t) st.fetch_errors,
+                 "read_bytes", (json_int_t) st.guest_read_bytes,
+                 "written_bytes", (json_int_t) st.guest_write_bytes,
+                 "flushes", (json_int_t) st.flushes,
+                 "remote_retries", (json_int_t) st.remote_retries,
+                 "remote_reconnects", (json_int_t) st.remote_reconnects);
+  if (j && maps) {
+    json_t *present = json_array (), *dirty = json_array ();
+    cor_disk_extents (d, false, add_extent, present);
+    cor_disk_extents (d, true, add_extent, dirty);
+    json_object_set_new (j, "maps", json_pack ("{s:o, s:o}", "present", present,
+                                               "dirty", dirty));
+  }
+  return j;
+}
+
+static json_t *
+handle (struct ctl *c, json_t *req)
+{
+  json_t *id = json_object_get (req, "id");
+  const char *cmd = json_string_value (json_object_get (req, "cmd"));
+
+  if (!json_is_object (req))
+    return error_reply (NULL, "request must be a JSON object");
+  if (!cmd)
+    return error_reply (id, "request has no \"cmd\" string");
+  if (!strcmp (cmd, "status")) {
+    const char *name = json_string_value (json_object_get (req, "disk"));
+    bool maps = json_is_true (json_object_get (req, "maps"));
+    json_t *disks = json_array (), *r;
+    for (size_t i = 0; i < cor_disk_count (c->e); i++) {
+      struct cor_disk *d = cor_disk_get (c->e, i);
+      if (!name || !strcmp (name, cor_disk_name (d)))
+        json_array_append_new (disks, disk_status (d, maps));
+    }
+    if (name && json_array_size (disks) == 0) {
+      json_decref (disks);
+      return error_reply (id, "no disk named %s", name);
+    }
+    r = json_pack ("{s:b, s:o}", "ok", 1, "disks", disks);
+    if (id)
+      json_object_set (r, "id", id);
+    return r;
+  }
+  if (!strcmp (cmd, "ping")) {
+    json_t *r = json_pack ("{s:b, s:i}", "ok", 1, "pid", (int) getpid ());
+    if (id)
+      json_object_set (r, "id", id);
+    return r;
+  }
+  return error_reply (id, "unknown command %s", cmd);
+}
+
+static void
+drop_client (struct ctl *c, int i)
+{
+  close (c->clients[i]->fd);
+  free (c->clients[i]);
+  c->clients[i] = NULL;
+}
+
+/* Handle the complete lines in client i's buffer.  Returns -1 if the
+ * client must be dropped. */
+static int
+serve_client (struct ctl *c, int i)
+{
+  struct client *cl = c->clients[i];
+  ssize_t r = read (cl->fd, cl->buf + cl->len, sizeof cl->buf - cl->len);
+
+  if (r <= 0)
+    return r == -1 && errno == EINTR ? 0 : -1;
+  cl->len += r;
+  for (;;) {
+    char *nl = memchr (cl->buf, '\n', cl->len);
+    json_t *reply;
+    if (!nl) {
+      if (cl->len == sizeof cl->buf) {
+        /* Too long: answer once, then discard up to the next newline. */
+        if (!cl->overlong) {
+          reply = error_reply (NULL, "request longer than %d bytes", JSONL_MAX_LINE);
+          int s = jsonl_send (cl->fd, reply);
+          json_decref (reply);
+          if (s == -1)
+            return -1;
+        }
+        cl->overlong = true;
+        cl->len = 0;
+      }
+      return 0;
+    }
+    size_t linelen = nl - cl->buf;
+    if (cl->overlong)
+      cl->overlong = false;     /* the tail of the long line: drop it */
+    else if (linelen > 0) {
+      json_error_t jerr;
+      json_t *req = json_loadb (cl->buf, linelen, 0, &jerr);
+      reply = req ? handle (c, req) : error_reply (NULL, "malformed JSON: %s", jerr.text);
+      json_decref (req);
+      int s = jsonl_send (cl->fd, reply);
+      json_decref (reply);
+      if (s == -1)
+        return -1;
+    }
+    memmove (cl->buf, nl + 1, cl->len - linelen - 1);
+    cl->len -= linelen + 1;
+  }
+}
+
+static void *
+ctl_thread (void *arg)
+{
+  struct ctl *c = arg;
+
+  for (;;) {
+    struct pollfd pfd[MAX_CLIENTS + 2];
+    int idx[MAX_CLIENTS + 2], n = 0;
+
+    pfd[n].fd = c->wake[0]; pfd[n].events = POLLIN; idx[n++] = -2;
+    pfd[n].fd = c->listen_fd; pfd[n].events = POLLIN; idx[n++] = -1;
+    for (int i = 0; i < MAX_CLIENTS; i++)
+      if (c->clients[i]) {
+        pfd[n].fd = c->clients[i]->fd;
+        pfd[n].events = POLLIN;
+        idx[n++] = i;
+      }
+    if (poll (pfd, n, -1) == -1) {
+      if (errno == EINTR)
+        continue;
+      log_error ("ctl: poll: %m");
+      return NULL;
+    }
+    if (pfd[0].revents)
+      return NULL;
+    for (int k = 1; k < n; k++) {
+      if (!pfd[k].revents)
+        continue;
+      if (idx[k] == -1) {
+        int fd = accept4 (c->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        int slot = -1;
+        if (fd == -1)
+          continue;
+        for (int i = 0; i < MAX_CLIENTS; i++)
+          if (!c->clients[i]) { slot = i; break; }
+        struct timeval tv = { 1, 0 };
+        setsockopt (fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        if (slot == -1 || !(c->clients[slot] = calloc (1, sizeof (struct client)))) {
+          json_t *r = error_reply (NULL, "too many control clients");
+          jsonl_send (fd, r);
+          json_decref (r);
+          close (fd);
+          continue;
+        }
+        c->clients[slot]->fd = fd;
+      }
+      else if (serve_client (c, idx[k]) == -1)
+        drop_client (c, idx[k]);
+    }
+  }
+}
+
+int
+ctl_start (struct cor_engine *e, const char *path, struct ctl **cp)
+{
+  struct ctl *c = calloc (1, sizeof *c);
+  struct sockaddr_un sun = { .sun_family = AF_UNIX };
+
+  if (!c)
+    return -1;
+  c->e = e;
+  c->listen_fd = -1;
+  c->wake[0] = c->wake[1] = -1;
+  if ((size_t) snprintf (sun.sun_path, sizeof sun.sun_path, "%s", path) >= sizeof sun.sun_path) {
+    log_error ("ctl: socket path %s is longer than %zu bytes", path, sizeof sun.sun_path - 1);
+    goto err;
+  }
+  c->path = strdup (path);
+  /* The state directory's lock is held, so a socket file here is stale. */
+  unlink (path);
+  c->listen_fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (c->listen_fd == -1 || bind (c->listen_fd, (struct sockaddr *) &sun, sizeof sun) == -1 ||
+      listen (c->listen_fd, 16) == -1) {
+    log_error ("ctl: control socket %s: %m", path);
+    goto err;
+  }
+  if (pipe2 (c->wake, O_CLOEXEC) == -1 ||
+      thread_create_nosig (&c->thread, ctl_thread, c) == -1) {
+    log_error ("ctl: starting the control thread: %m");
+    goto err;
+  }
+  *cp = c;
+  return 0;
+
+ err:
+  if (c->listen_fd >= 0)
+    close (c->listen_fd);
+  if (c->wake[0] >= 0) {
+    close (c->wake[0]);
+    close (c->wake[1]);
+  }
+  free (c->path);
+  free (c);
+  return -1;
+}
+
+void
+ctl_stop (struct ctl *c)
+{
+  if (!c)
+    return;
+  if (write (c->wake[1], "x", 1) != 1)
+    log_error ("ctl: waking the control thread: %m");
+  pthread_join (c->thread, NULL);
+  for (int i = 0; i < MAX_CLIENTS; i++)
+    if (c->clients[i])
+      drop_client (c, i);
+  close (c->listen_fd);
+  close (c->wake[0]);
+  close (c->wake[1]);
+  unlink (c->path);
+  free (c->path);
+  free (c);
+}

@@ -1,0 +1,21 @@
+/* corfs: the control socket (STATE/corfs.sock): newline-delimited JSON
+ * requests and replies, documented in docs/control.md.
+ *
+ * ctl is a client of the engine; the CLI talks to it only through the
+ * socket.  It runs one thread (created by ctl_start) that serves every
+ * client with poll(2).
+ */
+#ifndef CORFS_CTL_H
+#define CORFS_CTL_H
+
+struct cor_engine;
+struct ctl;
+
+/* Bind the socket at path (replacing a stale one) and start serving.
+ * 0, or -1 with the reason logged. */
+int ctl_start (struct cor_engine *e, const char *path, struct ctl **cp);
+
+/* Stop serving, close every client, remove the socket, free. */
+void ctl_stop (struct ctl *c);
+
+#endif

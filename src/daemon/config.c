@@ -1,0 +1,129 @@
+/* corfs: the config file (INI, read with inih; format in conf/corfs.conf). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <ini.h>
+
+#include "common/util.h"
+#include "daemon/daemon.h"
+
+struct cfg_state {
+  struct mount_opts *o;
+  bool cli_block_size, cli_hold;
+  char error[512];
+};
+
+static struct disk_opts *
+find_or_add_disk (struct mount_opts *o, const char *name)
+{
+  struct disk_opts *nv;
+
+  for (size_t i = 0; i < o->nr_disks; i++)
+    if (!strcmp (o->disks[i].name, name))
+      return &o->disks[i];
+  nv = realloc (o->disks, (o->nr_disks + 1) * sizeof *nv);
+  if (!nv)
+    return NULL;
+  o->disks = nv;
+  memset (&nv[o->nr_disks], 0, sizeof *nv);
+  nv[o->nr_disks].name = strdup (name);
+  return &nv[o->nr_disks++];
+}
+
+static int
+on_value (void *user, const char *section, const char *key, const char *value)
+{
+  struct cfg_state *s = user;
+  struct mount_opts *o = s->o;
+  uint64_t n;
+  bool b;
+
+#define BAD(...) do { if (!s->error[0]) snprintf (s->error, sizeof s->error, __VA_ARGS__); return 0; } while (0)
+  if (!strcmp (section, "corfs")) {
+    if (!strcmp (key, "hold")) {
+      if (parse_size (value, &n) == -1) BAD ("hold: not a number of seconds: %s", value);
+      if (!s->cli_hold) o->hold_s = n;
+    }
+    else if (!strcmp (key, "block-size")) {
+      if (parse_size (value, &n) == -1) BAD ("block-size: bad size %s", value);
+      if (!s->cli_block_size) o->block_size = n;
+    }
+    else if (!strcmp (key, "connect-timeout")) {
+      if (parse_size (value, &n) == -1) BAD ("connect-timeout: bad value %s", value);
+      o->connect_timeout_s = n;
+    }
+    else if (!strcmp (key, "parent-owned")) {
+      if (parse_bool (value, &b) == -1) BAD ("parent-owned: expected true or false");
+      o->parent_owned |= b;
+    }
+    else if (!strcmp (key, "stream")) {
+      if (strcmp (value, "off") != 0)
+        BAD ("stream = %s: the background streamer is not available in this version (use off)",
+             value);
+    }
+    else
+      BAD ("unknown setting %s in [corfs]", key);
+    return 1;
+  }
+  if (!strncmp (section, "disk ", 5)) {
+    const char *name = section + 5;
+    struct disk_opts *d;
+    if (!name_is_valid (name))
+      BAD ("[disk %s]: a disk name is [A-Za-z0-9._-]+", name);
+    if (!(d = find_or_add_disk (o, name)))
+      BAD ("out of memory");
+    if (!strcmp (key, "url")) {
+      free (d->url);
+      d->url = strdup (value);
+    }
+    else if (!strcmp (key, "url-file")) {
+      char *u = read_small_file (value);
+      if (!u) BAD ("url-file %s: %s", value, strerror (errno));
+      free (d->url);
+      d->url = u;
+    }
+    else if (!strcmp (key, "block-size")) {
+      if (parse_size (value, &n) == -1) BAD ("block-size: bad size %s", value);
+      d->block_size = n;
+    }
+    else if (!strcmp (key, "parent-owned")) {
+      if (parse_bool (value, &b) == -1) BAD ("parent-owned: expected true or false");
+      d->parent_owned = b;
+    }
+    else if (!strcmp (key, "write-mode")) {
+      if (strcmp (value, "writeback") != 0)
+        BAD ("write-mode = %s: only writeback is available in this version", value);
+    }
+    else if (!strcmp (key, "incoming") || !strcmp (key, "stream")) {
+      if (parse_bool (value, &b) == 0 ? b : strcmp (value, "off") != 0)
+        BAD ("%s = %s is not available in this version", key, value);
+    }
+    else
+      BAD ("unknown setting %s in [disk %s]", key, name);
+    return 1;
+  }
+  BAD ("unknown section [%s] (expected [corfs] or [disk NAME])", section);
+#undef BAD
+}
+
+int
+config_load (const char *path, struct mount_opts *o, bool cli_block_size, bool cli_hold)
+{
+  struct cfg_state s = { o, cli_block_size, cli_hold, "" };
+  int r = ini_parse (path, on_value, &s);
+
+  if (r == -1) {
+    fprintf (stderr, "corfs: config file %s: %s\n", path, strerror (errno));
+    return -1;
+  }
+  if (r != 0) {
+    if (s.error[0])
+      fprintf (stderr, "corfs: config file %s, line %d: %s\n", path, r, s.error);
+    else
+      fprintf (stderr, "corfs: config file %s: syntax error on line %d\n", path, r);
+    return -1;
+  }
+  return 0;
+}

@@ -1,0 +1,661 @@
+/* corfs: `corfs mount` and the daemon.
+ *
+ * Start-up, in this order (the parent waits on a readiness pipe and exits
+ * non-zero with the daemon's error if any step fails):
+ *   1. parse options and the config file; resolve every path with
+ *      realpath() (the daemon changes directory to /);
+ *   2. fork; the child starts a new session and logs to STATE/corfs.log;
+ *   3. take STATE/corfs.pid with flock (it survives fork, and a file left
+ *      by kill -9 holds no lock, so it never means "in use");
+ *   4. open the index (LMDB is opened after forking, never before);
+ *   5. attach every disk: those recorded in the index and those given;
+ *      contact the parent unless every block is present;
+ *   6. start the committer and the control socket, mount FUSE;
+ *   7. write "OK" to the pipe; serve until unmounted or SIGTERM;
+ *   8. unmount, stop ctl, final commit and clean close, release the lock.
+ *
+ * Notes on the thread model: the main thread runs steps 1-8 and then the
+ * FUSE loop, whose workers it starts; the committer and the control
+ * thread are started with every signal blocked, so SIGTERM/SIGINT/SIGHUP
+ * reach the FUSE loop's handlers, which end the loop cleanly.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/cleanup.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "cor/cor.h"
+#include "ctl/ctl.h"
+#include "daemon/daemon.h"
+#include "fs/fs.h"
+#include "meta/meta.h"
+#include "remote/remote.h"
+
+#define DEFAULT_BLOCK_SIZE (64 * 1024)
+#define DEFAULT_HOLD_S 20
+#define DEFAULT_CONNECT_TIMEOUT_S 10
+#define REQUEST_TIMEOUT_S 30
+
+static void
+mount_usage (FILE *f)
+{
+  fprintf (f,
+"Usage: corfs mount --state DIR [--disk NAME=URL]... [OPTIONS] MOUNTPOINT\n"
+"\n"
+"Start the corfs daemon: each disk appears as the regular file MOUNTPOINT/NAME,\n"
+"sized as its parent.  Blocks are read from the parent on first access and\n"
+"kept in a local overlay in DIR; writes stay in the overlay.  Returns once the\n"
+"mount serves (or exits non-zero with the daemon's error).\n"
+"\n"
+"  --state DIR            state directory: index, overlays, control socket, log\n"
+"                         (created if missing; one daemon per directory)\n"
+"  --disk NAME=URL        add a disk; NAME is [A-Za-z0-9._-]+.  URL is one of\n"
+"                           nbd://HOST[:PORT]/EXPORT\n"
+"                           nbd+unix:///EXPORT?socket=PATH\n"
+"                           file:///PATH\n"
+"                         --disk NAME=@FILE reads the URL from FILE (secrets).\n"
+"                         Disks recorded in DIR come back without --disk.\n"
+"  --config FILE          INI config file (see conf/corfs.conf)\n"
+"  --block-size SIZE      block size of new disks, 4K..4M, power of two\n"
+"                         (default 64K; recorded per disk, K/M/G = 1024^n)\n"
+"  --hold SECONDS         how long a guest request waits for an unreachable\n"
+"                         parent before it fails with EIO (default %d; kept\n"
+"                         below the kernel's FUSE request timeout if one is set)\n"
+"  --connect-timeout SECONDS  one connection attempt to a parent (default %d)\n"
+"  --parent-owned         record that this disk owns its parent (for merge)\n"
+"  --stream=off           no background streaming (the only mode so far)\n"
+"  --write-mode=writeback writes stay in the overlay (the only mode so far)\n"
+"  -f, --foreground       stay in the foreground, log to stderr\n"
+"  -o OPT                 extra FUSE mount option (e.g. allow_other)\n"
+"  -v, --verbose          debug logging\n"
+"  -d                     FUSE protocol debugging (implies -f)\n"
+"  -h, --help             this help\n"
+"\n"
+"Stop it with `corfs unmount MOUNTPOINT`, fusermount3 -u, or SIGTERM.\n",
+           DEFAULT_HOLD_S, DEFAULT_CONNECT_TIMEOUT_S);
+}
+
+static int
+add_disk_arg (struct mount_opts *o, const char *arg)
+{
+  const char *eq = strchr (arg, '=');
+  struct disk_opts *nv, *d;
+  char *name;
+
+  if (!eq) {
+    fprintf (stderr, "corfs: --disk %s: expected NAME=URL\n", arg);
+    return -1;
+  }
+  name = strndup (arg, eq - arg);
+  if (!name_is_valid (name)) {
+    fprintf (stderr, "corfs: --disk: invalid disk name '%s' (use [A-Za-z0-9._-]+, "
+             "at most 64 characters)\n", name);
+    free (name);
+    return -1;
+  }
+  for (size_t i = 0; i < o->nr_disks; i++)
+    if (!strcmp (o->disks[i].name, name)) {
+      fprintf (stderr, "corfs: --disk: disk %s given twice\n", name);
+      free (name);
+      return -1;
+    }
+  nv = realloc (o->disks, (o->nr_disks + 1) * sizeof *nv);
+  if (!nv) {
+    free (name);
+    return -1;
+  }
+  o->disks = nv;
+  d = &nv[o->nr_disks++];
+  memset (d, 0, sizeof *d);
+  d->name = name;
+  if (eq[1] == '@') {
+    d->url = read_small_file (eq + 2);
+    if (!d->url) {
+      fprintf (stderr, "corfs: --disk %s=@%s: %s\n", name, eq + 2, strerror (errno));
+      return -1;
+    }
+  }
+  else
+    d->url = strdup (eq + 1);
+  if (!d->url || !*d->url) {
+    fprintf (stderr, "corfs: --disk %s: empty URL\n", name);
+    return -1;
+  }
+  return 0;
+}
+
+int
+mount_parse (int argc, char **argv, struct mount_opts *o)
+{
+  enum { OPT_STATE = 256, OPT_DISK, OPT_CONFIG, OPT_BLOCK_SIZE, OPT_HOLD,
+         OPT_CONNECT_TIMEOUT, OPT_PARENT_OWNED, OPT_STREAM, OPT_WRITE_MODE,
+         OPT_INCOMING };
+  static const struct option longopts[] = {
+    { "state", required_argument, NULL, OPT_STATE },
+    { "disk", required_argument, NULL, OPT_DISK },
+    { "config", required_argument, NULL, OPT_CONFIG },
+    { "block-size", required_argument, NULL, OPT_BLOCK_SIZE },
+    { "hold", required_argument, NULL, OPT_HOLD },
+    { "connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT },
+    { "parent-owned", no_argument, NULL, OPT_PARENT_OWNED },
+    { "stream", required_argument, NULL, OPT_STREAM },
+    { "write-mode", required_argument, NULL, OPT_WRITE_MODE },
+    { "incoming", no_argument, NULL, OPT_INCOMING },
+    { "foreground", no_argument, NULL, 'f' },
+    { "verbose", no_argument, NULL, 'v' },
+    { "help", no_argument, NULL, 'h' },
+    { NULL, 0, NULL, 0 },
+  };
+  const char *config = NULL;
+  bool cli_bs = false, cli_hold = false;
+  int c;
+
+  memset (o, 0, sizeof *o);
+  o->block_size = DEFAULT_BLOCK_SIZE;
+  o->hold_s = DEFAULT_HOLD_S;
+  o->connect_timeout_s = DEFAULT_CONNECT_TIMEOUT_S;
+  o->fuse_options = calloc (1, sizeof (char *));
+  optind = 1;
+  opterr = 0;
+  while ((c = getopt_long (argc, argv, "+fvdho:", longopts, NULL)) != -1) {
+    switch (c) {
+    case OPT_STATE: free (o->state); o->state = strdup (optarg); break;
+    case OPT_DISK: if (add_disk_arg (o, optarg) == -1) return -1; break;
+    case OPT_CONFIG: config = optarg; break;
+    case OPT_BLOCK_SIZE:
+      if (parse_size (optarg, &o->block_size) == -1) {
+        fprintf (stderr, "corfs: --block-size %s: not a size (e.g. 64K)\n", optarg);
+        return -1;
+      }
+      cli_bs = true;
+      break;
+    case OPT_HOLD:
+      if (parse_size (optarg, &o->hold_s) == -1 || o->hold_s == 0) {
+        fprintf (stderr, "corfs: --hold %s: expected a positive number of seconds\n", optarg);
+        return -1;
+      }
+      cli_hold = true;
+      break;
+    case OPT_CONNECT_TIMEOUT:
+      if (parse_size (optarg, &o->connect_timeout_s) == -1 || o->connect_timeout_s == 0) {
+        fprintf (stderr, "corfs: --connect-timeout %s: expected a positive number of seconds\n", optarg);
+        return -1;
+      }
+      break;
+    case OPT_PARENT_OWNED: o->parent_owned = true; break;
+    case OPT_STREAM:
+      if (strcmp (optarg, "off") != 0) {
+        fprintf (stderr, "corfs: --stream=%s: the background streamer is not available "
+                 "in this version; use --stream=off\n", optarg);
+        return -1;
+      }
+      break;
+    case OPT_WRITE_MODE:
+      if (strcmp (optarg, "writeback") != 0) {
+        fprintf (stderr, "corfs: --write-mode=%s: only writeback is available in this version\n",
+                 optarg);
+        return -1;
+      }
+      break;
+    case OPT_INCOMING:
+      fprintf (stderr, "corfs: --incoming: migration is not available in this version\n");
+      return -1;
+    case 'f': o->foreground = true; break;
+    case 'v': o->verbose = true; break;
+    case 'd': o->fuse_debug = o->foreground = true; break;
+    case 'o': {
+      char **nv = realloc (o->fuse_options, (o->nr_fuse_options + 2) * sizeof *nv);
+      if (!nv)
+        return -1;
+      o->fuse_options = nv;
+      nv[o->nr_fuse_options++] = strdup (optarg);
+      nv[o->nr_fuse_options] = NULL;
+      break;
+    }
+    case 'h': mount_usage (stdout); return 1;
+    default:
+      if (optopt && optopt < 256)
+        fprintf (stderr, "corfs mount: unknown or incomplete option -%c (see corfs mount --help)\n", optopt);
+      else
+        fprintf (stderr, "corfs mount: unknown or incomplete option %s (see corfs mount --help)\n",
+                 argv[optind - 1]);
+      return -1;
+    }
+  }
+  if (optind != argc - 1) {
+    fprintf (stderr, "corfs mount: %s (see corfs mount --help)\n",
+             optind >= argc ? "missing MOUNTPOINT" : "more than one MOUNTPOINT");
+    return -1;
+  }
+  o->mountpoint = strdup (argv[optind]);
+  if (!o->state) {
+    fprintf (stderr, "corfs mount: --state DIR is required\n");
+    return -1;
+  }
+  if (config && config_load (config, o, cli_bs, cli_hold) == -1)
+    return -1;
+  if (o->block_size < 4096 || o->block_size > (4 << 20) ||
+      (o->block_size & (o->block_size - 1))) {
+    fprintf (stderr, "corfs: block size %" PRIu64 " is not a power of two from 4K to 4M\n",
+             o->block_size);
+    return -1;
+  }
+  for (size_t i = 0; i < o->nr_disks; i++) {
+    uint64_t bs = o->disks[i].block_size;
+    if (!o->disks[i].url) {
+      fprintf (stderr, "corfs: disk %s has no url\n", o->disks[i].name);
+      return -1;
+    }
+    if (bs && (bs < 4096 || bs > (4 << 20) || (bs & (bs - 1)))) {
+      fprintf (stderr, "corfs: disk %s: block size %" PRIu64 " is not a power of two "
+               "from 4K to 4M\n", o->disks[i].name, bs);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+void
+mount_opts_free (struct mount_opts *o)
+{
+  for (size_t i = 0; i < o->nr_disks; i++) {
+    free (o->disks[i].name);
+    free (o->disks[i].url);
+  }
+  free (o->disks);
+  for (size_t i = 0; i < o->nr_fuse_options; i++)
+    free (o->fuse_options[i]);
+  free (o->fuse_options);
+  free (o->state);
+  free (o->mountpoint);
+}
+
+/* Resolve state and mountpoint to absolute paths (creating the state
+ * directory).  0 or -1 (printed). */
+static int
+mount_resolve (struct mount_opts *o)
+{
+  char buf[PATH_MAX];
+  struct stat st;
+
+  if (mkdir (o->state, 0700) == -1 && errno != EEXIST) {
+    fprintf (stderr, "corfs: state directory %s: %s\n", o->state, strerror (errno));
+    return -1;
+  }
+  if (!realpath (o->state, buf) || stat (buf, &st) == -1 || !S_ISDIR (st.st_mode)) {
+    fprintf (stderr, "corfs: state directory %s: %s\n", o->state,
+             errno ? strerror (errno) : "not a directory");
+    return -1;
+  }
+  free (o->state);
+  o->state = strdup (buf);
+  if (strlen (o->state) + sizeof "/corfs.sock" > 108) {
+    fprintf (stderr, "corfs: state directory path %s is too long: the control socket "
+             "path must fit in 107 bytes\n", o->state);
+    return -1;
+  }
+  if (!realpath (o->mountpoint, buf)) {
+    fprintf (stderr, "corfs: mountpoint %s: %s\n", o->mountpoint, strerror (errno));
+    return -1;
+  }
+  if (stat (buf, &st) == -1 || !S_ISDIR (st.st_mode)) {
+    fprintf (stderr, "corfs: mountpoint %s is not a directory\n", o->mountpoint);
+    return -1;
+  }
+  free (o->mountpoint);
+  o->mountpoint = strdup (buf);
+  return 0;
+}
+
+/* Take the state directory's lock.  Returns the fd (kept open for the
+ * daemon's life) or -1 (logged). */
+static int
+lock_state (const char *state)
+{
+  char path[PATH_MAX], pid[32];
+  int fd;
+
+  snprintf (path, sizeof path, "%s/corfs.pid", state);
+  fd = open (path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd == -1) {
+    log_error ("daemon: %s: %m", path);
+    return -1;
+  }
+  if (flock (fd, LOCK_EX | LOCK_NB) == -1) {
+    char other[32] = "";
+    ssize_t n = pread (fd, other, sizeof other - 1, 0);
+    if (n > 0)
+      other[strcspn (other, "\n")] = '\0';
+    if (errno == EWOULDBLOCK || errno == EAGAIN)
+      log_error ("daemon: state directory %s is in use by another corfs daemon (pid %s)",
+                 state, n > 0 ? other : "?");
+    else
+      log_error ("daemon: locking %s: %m", path);
+    close (fd);
+    return -1;
+  }
+  snprintf (pid, sizeof pid, "%d\n", (int) getpid ());
+  if (ftruncate (fd, 0) == -1 || pwrite (fd, pid, strlen (pid), 0) == -1) {
+    log_error ("daemon: writing %s: %m", path);
+    close (fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* The hold time, kept below the kernel's FUSE request timeout (whose
+ * expiry would abort the whole connection) if the kernel has one. */
+static uint64_t
+effective_hold_s (uint64_t hold_s)
+{
+  static const char *files[] = { "/proc/sys/fs/fuse/default_request_timeout",
+                                 "/proc/sys/fs/fuse/max_request_timeout", NULL };
+  for (size_t i = 0; files[i]; i++) {
+    char *s = read_small_file (files[i]);
+    uint64_t t = s ? strtoull (s, NULL, 10) : 0;
+    free (s);
+    if (t > 0 && hold_s + 2 > t) {
+      uint64_t h = t > 3 ? t - 2 : 1;
+      log_warn ("daemon: hold lowered from %" PRIu64 " to %" PRIu64 " s: %s is %" PRIu64 " s",
+                hold_s, h, files[i], t);
+      hold_s = h;
+    }
+  }
+  return hold_s;
+}
+
+/* Is disk name given on the command line / config?  Index or -1. */
+static ssize_t
+find_opt_disk (const struct mount_opts *o, const char *name)
+{
+  for (size_t i = 0; i < o->nr_disks; i++)
+    if (!strcmp (o->disks[i].name, name))
+      return i;
+  return -1;
+}
+
+/* Attach one disk (steps 5): open its index record (creating it for a new
+ * disk), its parent and its overlay, and add it to the engine.  url is
+ * NULL for a recorded disk not given this time. */
+static int
+attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
+             const char *name, const struct disk_opts *dopt, uint64_t hold_s)
+{
+  struct meta_record rec, init;
+  bool recorded = meta_record_get (m, name, &rec) == 0;
+  struct remote_config rcfg = {
+    .disk = name,
+    .connect_timeout_ns = o->connect_timeout_s * NS_PER_SEC,
+    .request_timeout_ns = REQUEST_TIMEOUT_S * NS_PER_SEC,
+  };
+  struct remote *r = NULL;
+  struct meta_disk *md = NULL;
+  struct cor_disk *d;
+  char overlay[PATH_MAX];
+  CLEANUP_FREE char *redacted = NULL;
+  int err;
+
+  if (!recorded && errno != ENOENT) {
+    log_error ("daemon: disk %s: reading its record: %m", name);
+    return -1;
+  }
+  if (dopt) {
+    redacted = url_redact (dopt->url);
+    if (recorded && strcmp (redacted, rec.url) != 0) {
+      log_error ("daemon: disk %s is recorded with parent %s; --disk gives %s "
+                 "(a disk's parent cannot change)", name, rec.url, redacted);
+      return -1;
+    }
+    uint64_t bs = dopt->block_size ? dopt->block_size : 0;
+    if (recorded && bs && bs != rec.block_size) {
+      log_error ("daemon: disk %s is recorded with block size %" PRIu32
+                 "; a conflicting block size %" PRIu64 " was given", name, rec.block_size, bs);
+      return -1;
+    }
+  }
+  rcfg.url = dopt ? dopt->url : rec.url;
+  rcfg.pinned_identity = recorded ? rec.identity : NULL;
+  if (remote_open (&rcfg, &r) == -1) {
+    log_error ("daemon: disk %s: bad parent URL", name);
+    return -1;
+  }
+
+  if (recorded) {
+    if (meta_disk_open (m, name, NULL, &md, NULL) == -1) {
+      log_error ("daemon: disk %s: opening its index: %m", name);
+      goto err;
+    }
+    if (dopt && (dopt->parent_owned || o->parent_owned) && !rec.parent_owned) {
+      rec.parent_owned = true;
+      meta_disk_record (md, &rec);
+      rec.parent_owned = true;
+      if (meta_disk_update (md, &rec) == -1)
+        goto err;
+    }
+    if (meta_count (md, META_PRESENT) < meta_nr_blocks (md)) {
+      /* The parent is needed: check that it is still the same image. */
+      int64_t size = remote_get_size (r, now_ns () + hold_s * NS_PER_SEC, &err);
+      if (size < 0) {
+        char msg[1280];
+        remote_status (r, msg, sizeof msg);
+        log_error ("daemon: disk %s: parent %s: %s", name, remote_url (r),
+                   err == ESTALE ? msg : *msg ? msg : strerror (err));
+        goto err;
+      }
+      if ((uint64_t) size != rec.size) {
+        log_error ("daemon: disk %s: parent %s has size %" PRId64 " but the disk was "
+                   "recorded with size %" PRIu64 "; refusing to attach a different image",
+                   name, remote_url (r), size, rec.size);
+        goto err;
+      }
+    }
+    else
+      log_info ("daemon: disk %s: every block is present; not contacting the parent", name);
+  }
+  else {
+    int64_t size = remote_get_size (r, now_ns () + hold_s * NS_PER_SEC, &err);
+    if (size < 0) {
+      char msg[1280];
+      remote_status (r, msg, sizeof msg);
+      log_error ("daemon: disk %s: cannot reach parent %s: %s", name, remote_url (r),
+                 *msg ? msg : strerror (err));
+      goto err;
+    }
+    if (size == 0) {
+      log_error ("daemon: disk %s: parent %s is empty", name, remote_url (r));
+      goto err;
+    }
+    memset (&init, 0, sizeof init);
+    snprintf (init.url, sizeof init.url, "%s", redacted);
+    remote_identity (r, init.identity, sizeof init.identity);
+    init.size = size;
+    init.block_size = dopt->block_size ? dopt->block_size : o->block_size;
+    init.state = META_ACTIVE;
+    init.parent_owned = dopt->parent_owned || o->parent_owned;
+    init.generation = 1;
+    if (meta_disk_open (m, name, &init, &md, NULL) == -1) {
+      log_error ("daemon: disk %s: creating its index record: %m", name);
+      goto err;
+    }
+    log_info ("daemon: disk %s: new, parent %s, %" PRIu64 " bytes, block size %" PRIu32,
+              name, init.url, init.size, init.block_size);
+  }
+
+  snprintf (overlay, sizeof overlay, "%s/%s.overlay", o->state, name);
+  struct cor_disk_config dcfg = {
+    .name = name, .overlay_path = overlay, .md = md, .remote = r,
+    .hold_ns = hold_s * NS_PER_SEC,
+  };
+  if (cor_disk_add (e, &dcfg, &d) == -1)
+    goto err;
+  return 0;
+
+ err:
+  if (md)
+    meta_disk_close (md, true);
+  remote_close (r);
+  return -1;
+}
+
+/* Steps 3-8, in the daemon process.  ready_fd is the pipe to the parent
+ * (-1 in the foreground). */
+static int
+run_daemon (struct mount_opts *o, int ready_fd)
+{
+  struct meta *m = NULL;
+  struct cor_engine *e = NULL;
+  struct ctl *ctl = NULL;
+  struct fs *fs = NULL;
+  char path[PATH_MAX], fsname[PATH_MAX + 8], **names = NULL;
+  uint64_t hold_s;
+  int lock_fd, ret = 1;
+
+  lock_fd = lock_state (o->state);
+  if (lock_fd == -1)
+    goto out;
+  hold_s = effective_hold_s (o->hold_s);
+  snprintf (path, sizeof path, "%s/index", o->state);
+  if (meta_open (path, &m) == -1) {
+    log_error ("daemon: cannot open the index in %s: %m", path);
+    goto out;
+  }
+  if (cor_engine_new (m, &e) == -1)
+    goto out;
+
+  /* Disks recorded before come back; new ones are added. */
+  if (meta_disk_names (m, &names) == -1) {
+    log_error ("daemon: listing disks: %m");
+    goto out;
+  }
+  for (size_t i = 0; names[i]; i++) {
+    ssize_t k = find_opt_disk (o, names[i]);
+    if (attach_disk (o, m, e, names[i], k >= 0 ? &o->disks[k] : NULL, hold_s) == -1)
+      goto out;
+  }
+  for (size_t i = 0; i < o->nr_disks; i++)
+    if (!cor_disk_find (e, o->disks[i].name) &&
+        attach_disk (o, m, e, o->disks[i].name, &o->disks[i], hold_s) == -1)
+      goto out;
+  if (cor_disk_count (e) == 0) {
+    log_error ("daemon: no disks: give --disk NAME=URL (state directory %s has none recorded)",
+               o->state);
+    goto out;
+  }
+
+  if (cor_engine_start (e) == -1)
+    goto out;
+  snprintf (path, sizeof path, "%s/corfs.sock", o->state);
+  if (ctl_start (e, path, &ctl) == -1)
+    goto out;
+  snprintf (fsname, sizeof fsname, "corfs:%s", o->state);
+  struct fs_config fcfg = {
+    .mountpoint = o->mountpoint, .fsname = fsname,
+    .options = (const char *const *) o->fuse_options, .debug = o->fuse_debug,
+  };
+  if (fs_mount (e, &fcfg, &fs) == -1)
+    goto out;
+
+  log_info ("daemon: serving %zu disk(s) on %s (state %s, hold %" PRIu64 " s)",
+            cor_disk_count (e), o->mountpoint, o->state, hold_s);
+  if (ready_fd >= 0) {
+    if (write (ready_fd, "OK\n", 3) != 3) { /* the parent will see EOF */ }
+    close (ready_fd);
+    ready_fd = -1;
+  }
+  ret = fs_run (fs) == 0 ? 0 : 1;
+  log_info ("daemon: unmounting %s", o->mountpoint);
+
+ out:
+  fs_free (fs);
+  ctl_stop (ctl);
+  if (cor_engine_free (e) == -1)
+    ret = 1;
+  meta_close (m);
+  if (names) {
+    for (size_t i = 0; names[i]; i++)
+      free (names[i]);
+    free (names);
+  }
+  if (ready_fd >= 0) {
+    const char *msg = log_last_error ();
+    dprintf (ready_fd, "ERR %s\n", *msg ? msg : "daemon failed to start");
+    close (ready_fd);
+  }
+  if (ret == 0)
+    log_info ("daemon: clean exit");
+  if (lock_fd >= 0)
+    close (lock_fd);            /* releases the state directory */
+  return ret;
+}
+
+int
+mount_main (struct mount_opts *o)
+{
+  int pipefd[2], logfd;
+  pid_t pid;
+  char path[PATH_MAX], msg[2048];
+  ssize_t n, total = 0;
+
+  if (o->verbose)
+    log_level = LOG_LVL_DEBUG;
+  if (mount_resolve (o) == -1)
+    return 1;
+  if (o->foreground)
+    return run_daemon (o, -1);
+
+  if (pipe2 (pipefd, O_CLOEXEC) == -1) {
+    perror ("corfs: pipe");
+    return 1;
+  }
+  pid = fork ();
+  if (pid == -1) {
+    perror ("corfs: fork");
+    return 1;
+  }
+  if (pid == 0) {
+    close (pipefd[0]);
+    setsid ();
+    if (chdir ("/") == -1) { /* cannot fail for / */ }
+    snprintf (path, sizeof path, "%s/corfs.log", o->state);
+    logfd = open (path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    int nullfd = open ("/dev/null", O_RDWR);
+    if (nullfd >= 0) {
+      dup2 (nullfd, 0);
+      dup2 (nullfd, 1);
+      dup2 (logfd >= 0 ? logfd : nullfd, 2);
+      if (nullfd > 2)
+        close (nullfd);
+    }
+    if (logfd >= 0)
+      log_set_fd (logfd);
+    _exit (run_daemon (o, pipefd[1]));
+  }
+  close (pipefd[1]);
+  while ((n = read (pipefd[0], msg + total, sizeof msg - 1 - total)) > 0)
+    total += n;
+  close (pipefd[0]);
+  msg[total] = '\0';
+  if (strncmp (msg, "OK", 2) == 0)
+    return 0;
+  msg[strcspn (msg, "\n")] = '\0';
+  if (strncmp (msg, "ERR ", 4) == 0)
+    fprintf (stderr, "corfs: mount failed: %s\n", msg + 4);
+  else {
+    int status;
+    waitpid (pid, &status, 0);
+    fprintf (stderr, "corfs: mount failed: the daemon exited during start-up "
+             "(see %s/corfs.log)\n", o->state);
+  }
+  return 1;
+}

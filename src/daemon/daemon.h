@@ -1,0 +1,48 @@
+/* corfs: `corfs mount`: options, config file, and the daemon that runs
+ * fs + ctl + cor with the committer. */
+#ifndef CORFS_DAEMON_H
+#define CORFS_DAEMON_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* One disk as given on the command line or in the config file.  Strings
+ * are owned by the options. */
+struct disk_opts {
+  char *name;
+  char *url;                    /* may hold credentials */
+  uint64_t block_size;          /* 0: default (or as recorded) */
+  bool parent_owned;
+};
+
+struct mount_opts {
+  char *state;                  /* absolute after mount_resolve */
+  char *mountpoint;             /* absolute after mount_resolve */
+  struct disk_opts *disks;
+  size_t nr_disks;
+  uint64_t block_size;          /* default for new disks */
+  uint64_t hold_s;
+  uint64_t connect_timeout_s;
+  bool foreground;
+  bool parent_owned;
+  bool verbose;
+  bool fuse_debug;
+  char **fuse_options;          /* NULL-terminated */
+  size_t nr_fuse_options;
+};
+
+/* Parse `corfs mount` arguments (argv[0] is "mount").  Returns 0, 1 when
+ * --help was printed, or -1 after printing a one-line error. */
+int mount_parse (int argc, char **argv, struct mount_opts *o);
+
+/* Read an INI config file into o (command-line values given before win
+ * for the daemon-wide settings; disks are added).  0 or -1 (printed). */
+int config_load (const char *path, struct mount_opts *o, bool cli_set_block_size,
+                 bool cli_set_hold);
+
+/* Run `corfs mount`: returns the process exit code. */
+int mount_main (struct mount_opts *o);
+
+void mount_opts_free (struct mount_opts *o);
+
+#endif

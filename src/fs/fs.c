@@ -1,0 +1,359 @@
+/* corfs: the FUSE low-level frontend.
+ *
+ * Notes on the thread model: libfuse's multi-threaded loop runs the
+ * handlers below on a pool of worker threads, many at once; every handler
+ * calls into the engine (which has its own locking) and replies exactly
+ * once, holding no lock.  The engine and the disk list do not change while
+ * the session runs, so the handlers read them without locks.
+ *
+ * Inode numbers: 1 is the root directory, 2 + i is the engine's disk i.
+ *
+ * Caching: an O_DIRECT open gets direct_io (hypervisors' cache=none); a
+ * buffered open keeps the page cache (only this daemon changes the disk).
+ * Locks (POSIX, OFD, flock) are left to the kernel, which then handles
+ * them locally: that is what QEMU's image locking needs on one host.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fs/fs-fuse.h"
+#include "common/log.h"
+#include "cor/cor.h"
+#include "fs/fs.h"
+
+#define ATTR_TIMEOUT 1.0
+
+struct fs {
+  struct cor_engine *e;
+  struct fuse_session *se;
+  struct timespec mount_time;
+  bool mounted;
+};
+
+static struct cor_disk *
+ino_disk (struct fs *fs, fuse_ino_t ino)
+{
+  if (ino < 2)
+    return NULL;
+  return cor_disk_get (fs->e, ino - 2);
+}
+
+static void
+fill_attr (struct fs *fs, fuse_ino_t ino, struct stat *st)
+{
+  struct cor_disk *d = ino_disk (fs, ino);
+
+  memset (st, 0, sizeof *st);
+  st->st_ino = ino;
+  st->st_uid = getuid ();
+  st->st_gid = getgid ();
+  st->st_atim = st->st_mtim = st->st_ctim = fs->mount_time;
+  if (ino == FUSE_ROOT_ID) {
+    st->st_mode = S_IFDIR | 0755;
+    st->st_nlink = 2;
+    return;
+  }
+  st->st_mode = S_IFREG | (cor_disk_writable (d) ? 0644 : 0444);
+  st->st_nlink = 1;
+  st->st_size = cor_disk_size (d);
+  st->st_blksize = 4096;
+  st->st_blocks = cor_disk_allocated (d) / 512;
+}
+
+static void
+fs_init (void *userdata, struct fuse_conn_info *conn)
+{
+  /* Guests issue large requests; let the kernel send up to 1 MiB. */
+  conn->max_write = 1 << 20;
+  conn->max_readahead = 1 << 20;
+  if (conn->capable & FUSE_CAP_ASYNC_DIO)
+    conn->want |= FUSE_CAP_ASYNC_DIO;
+  /* Writeback caching would acknowledge writes before they reach us. */
+  conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+}
+
+static void
+fs_lookup (fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+  struct fs *fs = fuse_req_userdata (req);
+  struct fuse_entry_param e;
+
+  if (parent != FUSE_ROOT_ID)
+    return (void) fuse_reply_err (req, ENOENT);
+  for (size_t i = 0; i < cor_disk_count (fs->e); i++) {
+    if (strcmp (cor_disk_name (cor_disk_get (fs->e, i)), name) == 0) {
+      memset (&e, 0, sizeof e);
+      e.ino = i + 2;
+      e.attr_timeout = e.entry_timeout = ATTR_TIMEOUT;
+      fill_attr (fs, e.ino, &e.attr);
+      return (void) fuse_reply_entry (req, &e);
+    }
+  }
+  fuse_reply_err (req, ENOENT);
+}
+
+static void
+fs_getattr (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  struct fs *fs = fuse_req_userdata (req);
+  struct stat st;
+
+  if (ino != FUSE_ROOT_ID && !ino_disk (fs, ino))
+    return (void) fuse_reply_err (req, ENOENT);
+  fill_attr (fs, ino, &st);
+  fuse_reply_attr (req, &st, ATTR_TIMEOUT);
+}
+
+static void
+fs_setattr (fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+            struct fuse_file_info *fi)
+{
+  struct fs *fs = fuse_req_userdata (req);
+  struct cor_disk *d = ino_disk (fs, ino);
+  struct stat st;
+
+  if (!d)
+    return (void) fuse_reply_err (req, ino == FUSE_ROOT_ID ? EPERM : ENOENT);
+  if ((to_set & FUSE_SET_ATTR_SIZE) && (uint64_t) attr->st_size != cor_disk_size (d)) {
+    log_warn ("fs: disk %s: resize to %" PRId64 " bytes refused: the disk's size "
+              "is fixed by its parent (%" PRIu64 " bytes)", cor_disk_name (d),
+              (int64_t) attr->st_size, cor_disk_size (d));
+    return (void) fuse_reply_err (req, EPERM);
+  }
+  if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))
+    return (void) fuse_reply_err (req, EPERM);
+  /* Time changes are accepted and ignored: the disk has no stored times. */
+  fill_attr (fs, ino, &st);
+  fuse_reply_attr (req, &st, ATTR_TIMEOUT);
+}
+
+static void
+fs_readdir (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+            struct fuse_file_info *fi)
+{
+  struct fs *fs = fuse_req_userdata (req);
+  size_t n = cor_disk_count (fs->e), used = 0;
+  char *buf;
+
+  if (ino != FUSE_ROOT_ID)
+    return (void) fuse_reply_err (req, ENOTDIR);
+  buf = malloc (size);
+  if (!buf)
+    return (void) fuse_reply_err (req, ENOMEM);
+  /* Entries: 0 ".", 1 "..", 2 + i disk i; off is the next entry's index. */
+  for (size_t i = off; i < n + 2; i++) {
+    struct stat st = { 0 };
+    const char *name = i == 0 ? "." : i == 1 ? ".." : cor_disk_name (cor_disk_get (fs->e, i - 2));
+    size_t len;
+    st.st_ino = i < 2 ? FUSE_ROOT_ID : i;
+    st.st_mode = i < 2 ? S_IFDIR : S_IFREG;
+    len = fuse_add_direntry (req, buf + used, size - used, name, &st, i + 1);
+    if (len > size - used)
+      break;
+    used += len;
+  }
+  fuse_reply_buf (req, buf, used);
+  free (buf);
+}
+
+static void
+fs_open (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  struct fs *fs = fuse_req_userdata (req);
+  struct cor_disk *d = ino_disk (fs, ino);
+
+  if (!d)
+    return (void) fuse_reply_err (req, ino == FUSE_ROOT_ID ? EISDIR : ENOENT);
+  if (fi->flags & O_TRUNC)
+    return (void) fuse_reply_err (req, EPERM);
+  if ((fi->flags & O_ACCMODE) != O_RDONLY && !cor_disk_writable (d))
+    return (void) fuse_reply_err (req, EROFS);
+  if (fi->flags & O_DIRECT)
+    fi->direct_io = 1;
+  else
+    fi->keep_cache = 1;
+  /* Remember whether this handle may write: its close must flush. */
+  fi->fh = (fi->flags & O_ACCMODE) != O_RDONLY;
+  fuse_reply_open (req, fi);
+}
+
+static void
+fs_read (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+         struct fuse_file_info *fi)
+{
+  struct fs *fs = fuse_req_userdata (req);
+  struct cor_disk *d = ino_disk (fs, ino);
+  char *buf;
+  ssize_t n;
+  int err = 0;
+
+  if (!d)
+    return (void) fuse_reply_err (req, ENOENT);
+  buf = malloc (size ? size : 1);
+  if (!buf)
+    return (void) fuse_reply_err (req, ENOMEM);
+  n = cor_read (d, buf, size, off, &err);
+  if (n == -1)
+    fuse_reply_err (req, err ? err : EIO);
+  else
+    fuse_reply_buf (req, buf, n);
+  free (buf);
+}
+
+static void
+fs_write (fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
+          off_t off, struct fuse_file_info *fi)
+{
+  struct fs *fs = fuse_req_userdata (req);
+  struct cor_disk *d = ino_disk (fs, ino);
+  int err = 0;
+
+  if (!d)
+    return (void) fuse_reply_err (req, ENOENT);
+  if (cor_write (d, buf, size, off, &err) == -1)
+    return (void) fuse_reply_err (req, err ? err : EIO);
+  fuse_reply_write (req, size);
+}
+
+static void
+fs_fsync (fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+  struct fs *fs = fuse_req_userdata (req);
+  struct cor_disk *d = ino_disk (fs, ino);
+  int err = 0;
+
+  /* fsync and fdatasync both mean "data and index durable" (rule 3):
+   * QEMU's flush arrives as a datasync fsync. */
+  if (!d)
+    return (void) fuse_reply_err (req, ENOENT);
+  if (cor_flush (d, &err) == -1)
+    return (void) fuse_reply_err (req, err ? err : EIO);
+  fuse_reply_err (req, 0);
+}
+
+static void
+fs_flush (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  struct fs *fs = fuse_req_userdata (req);
+  struct cor_disk *d = ino_disk (fs, ino);
+  int err = 0;
+
+  if (d && fi->fh && cor_flush (d, &err) == -1)
+    return (void) fuse_reply_err (req, err ? err : EIO);
+  fuse_reply_err (req, 0);
+}
+
+static void
+fs_release (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  fuse_reply_err (req, 0);
+}
+
+static void
+fs_statfs (fuse_req_t req, fuse_ino_t ino)
+{
+  struct fs *fs = fuse_req_userdata (req);
+  struct statvfs sv = { 0 };
+  uint64_t total = 0;
+
+  for (size_t i = 0; i < cor_disk_count (fs->e); i++)
+    total += cor_disk_size (cor_disk_get (fs->e, i));
+  sv.f_bsize = sv.f_frsize = 4096;
+  sv.f_blocks = total / 4096;
+  sv.f_files = cor_disk_count (fs->e) + 1;
+  sv.f_namemax = 64;
+  fuse_reply_statfs (req, &sv);
+}
+
+static const struct fuse_lowlevel_ops fs_ops = {
+  .init = fs_init,
+  .lookup = fs_lookup,
+  .getattr = fs_getattr,
+  .setattr = fs_setattr,
+  .readdir = fs_readdir,
+  .open = fs_open,
+  .read = fs_read,
+  .write = fs_write,
+  .flush = fs_flush,
+  .release = fs_release,
+  .fsync = fs_fsync,
+  .statfs = fs_statfs,
+};
+
+int
+fs_mount (struct cor_engine *e, const struct fs_config *cfg, struct fs **fsp)
+{
+  struct fs *fs = calloc (1, sizeof *fs);
+  struct fuse_args args = FUSE_ARGS_INIT (0, NULL);
+  char *opt = NULL;
+
+  if (!fs)
+    return -1;
+  fs->e = e;
+  clock_gettime (CLOCK_REALTIME, &fs->mount_time);
+  if (asprintf (&opt, "-ofsname=%s,subtype=corfs,default_permissions", cfg->fsname) < 0)
+    goto err;
+  if (fuse_opt_add_arg (&args, "corfs") == -1 || fuse_opt_add_arg (&args, opt) == -1)
+    goto err;
+  if (cfg->debug && fuse_opt_add_arg (&args, "-d") == -1)
+    goto err;
+  for (size_t i = 0; cfg->options && cfg->options[i]; i++)
+    if (fuse_opt_add_arg (&args, "-o") == -1 ||
+        fuse_opt_add_arg (&args, cfg->options[i]) == -1)
+      goto err;
+  fs->se = fuse_session_new (&args, &fs_ops, sizeof fs_ops, fs);
+  if (!fs->se) {
+    log_error ("fs: cannot create the FUSE session (bad -o option?)");
+    goto err;
+  }
+  if (fuse_set_signal_handlers (fs->se) == -1) {
+    log_error ("fs: cannot install signal handlers");
+    goto err_session;
+  }
+  if (fuse_session_mount (fs->se, cfg->mountpoint) == -1) {
+    log_error ("fs: mount on %s failed", cfg->mountpoint);
+    goto err_signals;
+  }
+  fs->mounted = true;
+  fuse_opt_free_args (&args);
+  free (opt);
+  *fsp = fs;
+  return 0;
+
+ err_signals:
+  fuse_remove_signal_handlers (fs->se);
+ err_session:
+  fuse_session_destroy (fs->se);
+ err:
+  fuse_opt_free_args (&args);
+  free (opt);
+  free (fs);
+  return -1;
+}
+
+int
+fs_run (struct fs *fs)
+{
+  struct fuse_loop_config cfg = { .clone_fd = 0, .max_idle_threads = 16 };
+  return fuse_session_loop_mt (fs->se, &cfg) == 0 ? 0 : -1;
+}
+
+void
+fs_free (struct fs *fs)
+{
+  if (!fs)
+    return;
+  fuse_remove_signal_handlers (fs->se);
+  if (fs->mounted)
+    fuse_session_unmount (fs->se);
+  fuse_session_destroy (fs->se);
+  free (fs);
+}

@@ -1,0 +1,57 @@
+/* corfs: command dispatch.  `corfs mount` runs the daemon (src/daemon);
+ * the other commands are clients of its control socket (src/cli). */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "daemon/daemon.h"
+
+static void
+usage (FILE *f)
+{
+  fprintf (f,
+"Usage: corfs COMMAND [ARGS...]\n"
+"\n"
+"corfs presents each VM disk as a plain file on a FUSE mount.  Blocks fault\n"
+"in on demand from a remote parent (NBD or a local file) into a local overlay;\n"
+"an LMDB index records which blocks are present and which are dirty.\n"
+"\n"
+"Commands (every one takes --state DIR, except unmount):\n"
+"  mount --state DIR [--disk NAME=URL]... [OPTIONS] MOUNTPOINT\n"
+"                         start the daemon; returns once the mount serves\n"
+"  unmount MOUNTPOINT     final commit, clean exit; waits for the daemon\n"
+"  status --state DIR [NAME] [--json] [--maps]\n"
+"                         per disk: present/total, dirty, health, parent state\n"
+"\n"
+"Run `corfs COMMAND --help` for a command's options.  Not in this version yet:\n"
+"the background streamer, merge, flatten, checkpoints, migration and mirror.\n");
+}
+
+int
+main (int argc, char **argv)
+{
+  if (argc < 2) {
+    usage (stderr);
+    return 2;
+  }
+  if (!strcmp (argv[1], "--help") || !strcmp (argv[1], "-h") || !strcmp (argv[1], "help")) {
+    usage (stdout);
+    return 0;
+  }
+  if (!strcmp (argv[1], "mount")) {
+    struct mount_opts o;
+    int r = mount_parse (argc - 1, argv + 1, &o);
+    if (r == 0)
+      r = mount_main (&o);
+    else
+      r = r == 1 ? 0 : 2;
+    mount_opts_free (&o);
+    return r;
+  }
+  if (!strcmp (argv[1], "unmount") || !strcmp (argv[1], "umount"))
+    return cli_unmount (argc - 1, argv + 1);
+  if (!strcmp (argv[1], "status"))
+    return cli_status (argc - 1, argv + 1);
+  fprintf (stderr, "corfs: unknown command '%s' (see corfs --help)\n", argv[1]);
+  return 2;
+}

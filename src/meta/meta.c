@@ -1,0 +1,937 @@
+/* corfs: the block index (see meta.h for the format and the contract).
+ *
+ * Notes on the thread model: the bitmaps are arrays of 64-bit words updated
+ * with atomic read-modify-write operations, so the FUSE threads, the remote
+ * fetch paths and the streamer test and set bits without a lock.  Each map
+ * has a "pending" bitmap with one bit per 1024-byte chunk.  Ordering that
+ * the committer relies on: a writer sets the block bit, *then* the pending
+ * bit; the batch clears the pending bit, *then* copies the chunk.  So a bit
+ * set concurrently with a batch is either in this batch's copy or its chunk
+ * is pending again for the next one (possibly both: a harmless rewrite).
+ *
+ * m->lock serialises every LMDB transaction and guards the list of open
+ * disks and their records.  Lock order: m->lock is a leaf; never call
+ * out of this module with it held.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <lmdb.h>
+
+#include "common/log.h"
+#include "meta/meta.h"
+
+#define CHUNK_BYTES 1024
+#define CHUNK_WORDS (CHUNK_BYTES / 8)
+#define CHUNK_BITS (CHUNK_BYTES * 8)
+#define INITIAL_MAP_SIZE ((size_t) 64 << 20)
+
+struct bitmap {
+  uint64_t *words;              /* atomic; nr_chunks * CHUNK_WORDS words */
+  uint64_t *pending;            /* atomic; one bit per chunk */
+  uint64_t nr_chunks;
+};
+
+struct meta_disk {
+  struct meta *m;
+  char name[65];
+  uint32_t id;
+  uint64_t nr_blocks;
+  struct meta_record rec;       /* protected by m->lock */
+  struct bitmap maps[META_NR_MAPS];
+  struct meta_disk *next;       /* protected by m->lock */
+};
+
+struct meta {
+  MDB_env *env;
+  MDB_dbi info_dbi, disks_dbi, maps_dbi;
+  pthread_mutex_t lock;         /* serialises LMDB transactions; guards disks */
+  size_t map_size;              /* protected by lock */
+  struct meta_disk *disks;      /* protected by lock */
+};
+
+struct batch_chunk {
+  struct meta_disk *d;
+  enum meta_map map;
+  uint64_t chunk;
+  uint64_t words[CHUNK_WORDS];
+};
+
+struct meta_batch {
+  struct meta *m;
+  struct batch_chunk *v;
+  size_t n, cap;
+};
+
+/* Map an LMDB return code to errno, logging the LMDB message. */
+static int
+mdb_errno (const char *op, int rc)
+{
+  log_error ("meta: %s: %s", op, mdb_strerror (rc));
+  switch (rc) {
+  case MDB_MAP_FULL: case MDB_TXN_FULL: return ENOSPC;
+  case MDB_NOTFOUND: return ENOENT;
+  case MDB_CORRUPTED: case MDB_PAGE_NOTFOUND: case MDB_INVALID:
+  case MDB_VERSION_MISMATCH: return EIO;
+  case MDB_READERS_FULL: return EAGAIN;
+  default: return rc > 0 ? rc : EIO;
+  }
+}
+
+/* ---- record encoding: "key=value" lines, easy to read with mdb_dump ---- */
+
+static const char *state_names[] = {
+  [META_ACTIVE] = "active", [META_INCOMING] = "incoming",
+  [META_ACTIVATING] = "activating", [META_HANDED_OFF] = "handed-off",
+  [META_STANDALONE] = "standalone",
+};
+
+struct disk_value {
+  struct meta_record rec;
+  uint32_t id;
+  bool open;
+};
+
+static char *
+encode_record (const struct disk_value *v, size_t *len)
+{
+  char *s = NULL;
+  int n = asprintf (&s,
+                    "id=%" PRIu32 "\nurl=%s\nidentity=%s\nsize=%" PRIu64 "\n"
+                    "block_size=%" PRIu32 "\nstate=%s\nepoch=%" PRIu64 "\n"
+                    "write_mode=%s\nparent_owned=%d\ncomplete=%d\n"
+                    "generation=%" PRIu32 "\nwidened_generation=%" PRIu32 "\n"
+                    "open=%d\n",
+                    v->id, v->rec.url, v->rec.identity, v->rec.size,
+                    v->rec.block_size, state_names[v->rec.state], v->rec.epoch,
+                    v->rec.mirror ? "mirror" : "writeback", v->rec.parent_owned,
+                    v->rec.complete, v->rec.generation,
+                    v->rec.widened_generation, v->open);
+  if (n < 0)
+    return NULL;
+  *len = n;
+  return s;
+}
+
+static int
+decode_record (const char *data, size_t len, struct disk_value *v)
+{
+  char *copy = strndup (data, len), *line, *save = NULL;
+
+  if (!copy)
+    return -1;
+  memset (v, 0, sizeof *v);
+  v->rec.generation = 1;
+  for (line = strtok_r (copy, "\n", &save); line; line = strtok_r (NULL, "\n", &save)) {
+    char *eq = strchr (line, '=');
+    const char *k = line, *val;
+    if (!eq)
+      continue;
+    *eq = '\0';
+    val = eq + 1;
+    if (!strcmp (k, "id")) v->id = strtoul (val, NULL, 10);
+    else if (!strcmp (k, "url")) snprintf (v->rec.url, sizeof v->rec.url, "%s", val);
+    else if (!strcmp (k, "identity")) snprintf (v->rec.identity, sizeof v->rec.identity, "%s", val);
+    else if (!strcmp (k, "size")) v->rec.size = strtoull (val, NULL, 10);
+    else if (!strcmp (k, "block_size")) v->rec.block_size = strtoul (val, NULL, 10);
+    else if (!strcmp (k, "state")) {
+      for (size_t i = 0; i < sizeof state_names / sizeof state_names[0]; i++)
+        if (!strcmp (val, state_names[i]))
+          v->rec.state = i;
+    }
+    else if (!strcmp (k, "epoch")) v->rec.epoch = strtoull (val, NULL, 10);
+    else if (!strcmp (k, "write_mode")) v->rec.mirror = !strcmp (val, "mirror");
+    else if (!strcmp (k, "parent_owned")) v->rec.parent_owned = atoi (val);
+    else if (!strcmp (k, "complete")) v->rec.complete = atoi (val);
+    else if (!strcmp (k, "generation")) v->rec.generation = strtoul (val, NULL, 10);
+    else if (!strcmp (k, "widened_generation")) v->rec.widened_generation = strtoul (val, NULL, 10);
+    else if (!strcmp (k, "open")) v->open = atoi (val);
+  }
+  free (copy);
+  return 0;
+}
+
+/* ---- transactions ---- */
+
+/* Must be called with m->lock held.  Run fn in a write transaction and
+ * commit it; on MDB_MAP_FULL double the map and run it again (no other
+ * transaction can be active: they all hold m->lock).  Returns 0 or errno. */
+static int
+write_txn (struct meta *m, const char *op,
+           int (*fn) (struct meta *m, MDB_txn *txn, void *arg), void *arg)
+{
+  for (;;) {
+    MDB_txn *txn;
+    int rc = mdb_txn_begin (m->env, NULL, 0, &txn);
+    if (rc == 0) {
+      rc = fn (m, txn, arg);
+      if (rc == 0)
+        rc = mdb_txn_commit (txn);
+      else
+        mdb_txn_abort (txn);
+    }
+    if (rc == MDB_MAP_FULL) {
+      size_t new_size = m->map_size * 2;
+      rc = mdb_env_set_mapsize (m->env, new_size);
+      if (rc)
+        return mdb_errno ("grow map", rc);
+      log_info ("meta: index map grown to %zu MiB", new_size >> 20);
+      m->map_size = new_size;
+      continue;
+    }
+    if (rc)
+      return mdb_errno (op, rc);
+    return 0;
+  }
+}
+
+static void
+map_key (unsigned char key[16], const struct meta_disk *d, enum meta_map map,
+         uint64_t chunk)
+{
+  uint32_t mapf = (uint32_t) map << 24;
+
+  if (map == META_CHANGED)
+    mapf |= d->rec.generation & 0xffffff;
+  for (int i = 0; i < 4; i++) key[i] = d->id >> (24 - 8 * i);
+  for (int i = 0; i < 4; i++) key[4 + i] = mapf >> (24 - 8 * i);
+  for (int i = 0; i < 8; i++) key[8 + i] = chunk >> (56 - 8 * i);
+}
+
+static int
+put_chunk (struct meta *m, MDB_txn *txn, const struct meta_disk *d,
+           enum meta_map map, uint64_t chunk, const uint64_t *words)
+{
+  unsigned char kbuf[16];
+  MDB_val key = { sizeof kbuf, kbuf }, val = { CHUNK_BYTES, (void *) words };
+  bool zero = true;
+  int rc;
+
+  map_key (kbuf, d, map, chunk);
+  for (size_t i = 0; i < CHUNK_WORDS; i++)
+    if (words[i]) { zero = false; break; }
+  if (zero) {
+    rc = mdb_del (txn, m->maps_dbi, &key, NULL);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+  }
+  return mdb_put (txn, m->maps_dbi, &key, &val, 0);
+}
+
+static int
+put_record (struct meta *m, MDB_txn *txn, const char *name,
+            const struct disk_value *v)
+{
+  size_t len;
+  char *s = encode_record (v, &len);
+  MDB_val key = { strlen (name), (void *) name }, val;
+  int rc;
+
+  if (!s)
+    return ENOMEM;
+  val.mv_size = len;
+  val.mv_data = s;
+  rc = mdb_put (txn, m->disks_dbi, &key, &val, 0);
+  free (s);
+  return rc;
+}
+
+/* ---- environment ---- */
+
+int
+meta_open (const char *dir, struct meta **mp)
+{
+  struct meta *m = calloc (1, sizeof *m);
+  MDB_txn *txn;
+  int rc, dead = 0;
+
+  if (!m)
+    return -1;
+  pthread_mutex_init (&m->lock, NULL);
+  m->map_size = INITIAL_MAP_SIZE;
+  if (mkdir (dir, 0700) == -1 && errno != EEXIST) {
+    log_error ("meta: mkdir %s: %m", dir);
+    goto err_free;
+  }
+  if ((rc = mdb_env_create (&m->env)) != 0)
+    goto err_mdb;
+  mdb_env_set_maxdbs (m->env, 4);
+  mdb_env_set_maxreaders (m->env, 126);
+  /* Grow the map to what the file already needs, if it was grown before. */
+  {
+    char path[4096];
+    struct stat st;
+    snprintf (path, sizeof path, "%s/data.mdb", dir);
+    if (stat (path, &st) == 0)
+      while (m->map_size < (size_t) st.st_size)
+        m->map_size *= 2;
+  }
+  mdb_env_set_mapsize (m->env, m->map_size);
+  /* Default sync mode: every commit is durable (DESIGN.md rule 8).
+   * MDB_NOTLS: read transactions are not tied to threads. */
+  rc = mdb_env_open (m->env, dir, MDB_NOTLS, 0600);
+  if (rc)
+    goto err_env;
+  mdb_reader_check (m->env, &dead);
+  if (dead)
+    log_info ("meta: cleared %d stale reader slots", dead);
+
+  if ((rc = mdb_txn_begin (m->env, NULL, 0, &txn)) != 0)
+    goto err_env;
+  if ((rc = mdb_dbi_open (txn, "info", MDB_CREATE, &m->info_dbi)) ||
+      (rc = mdb_dbi_open (txn, "disks", MDB_CREATE, &m->disks_dbi)) ||
+      (rc = mdb_dbi_open (txn, "maps", MDB_CREATE, &m->maps_dbi))) {
+    mdb_txn_abort (txn);
+    goto err_env;
+  }
+  {
+    MDB_val key = { 7, "version" }, val = { 1, "1" }, old;
+    rc = mdb_get (txn, m->info_dbi, &key, &old);
+    if (rc == MDB_NOTFOUND)
+      rc = mdb_put (txn, m->info_dbi, &key, &val, 0);
+    else if (rc == 0 && (old.mv_size != 1 || *(char *) old.mv_data != '1')) {
+      mdb_txn_abort (txn);
+      log_error ("meta: %s: index format version %.*s is not supported",
+                 dir, (int) old.mv_size, (char *) old.mv_data);
+      errno = EPROTO;
+      goto err_env_errno;
+    }
+  }
+  if (rc || (rc = mdb_txn_commit (txn)) != 0) {
+    if (rc && txn) { /* txn is freed by commit even on failure */ }
+    goto err_env;
+  }
+  *mp = m;
+  return 0;
+
+ err_env:
+  errno = mdb_errno (dir, rc);
+ err_env_errno:
+  {
+    int e = errno;
+    mdb_env_close (m->env);
+    errno = e;
+  }
+  goto err_free;
+ err_mdb:
+  errno = mdb_errno ("mdb_env_create", rc);
+ err_free:
+  {
+    int e = errno;
+    pthread_mutex_destroy (&m->lock);
+    free (m);
+    errno = e;
+  }
+  return -1;
+}
+
+void
+meta_close (struct meta *m)
+{
+  if (!m)
+    return;
+  assert (m->disks == NULL);
+  mdb_env_close (m->env);
+  pthread_mutex_destroy (&m->lock);
+  free (m);
+}
+
+size_t
+meta_map_size (struct meta *m)
+{
+  size_t r;
+  pthread_mutex_lock (&m->lock);
+  r = m->map_size;
+  pthread_mutex_unlock (&m->lock);
+  return r;
+}
+
+/* Must be called with m->lock held. */
+static int
+get_disk_value (struct meta *m, MDB_txn *txn, const char *name,
+                struct disk_value *v)
+{
+  MDB_val key = { strlen (name), (void *) name }, val;
+  int rc = mdb_get (txn, m->disks_dbi, &key, &val);
+
+  if (rc)
+    return rc;
+  if (decode_record (val.mv_data, val.mv_size, v) == -1)
+    return ENOMEM;
+  return 0;
+}
+
+int
+meta_record_get (struct meta *m, const char *name, struct meta_record *rec)
+{
+  MDB_txn *txn;
+  struct disk_value v;
+  int rc;
+
+  pthread_mutex_lock (&m->lock);
+  rc = mdb_txn_begin (m->env, NULL, MDB_RDONLY, &txn);
+  if (rc == 0) {
+    rc = get_disk_value (m, txn, name, &v);
+    mdb_txn_abort (txn);
+  }
+  pthread_mutex_unlock (&m->lock);
+  if (rc == MDB_NOTFOUND) {
+    errno = ENOENT;
+    return -1;
+  }
+  if (rc) {
+    errno = mdb_errno ("read record", rc);
+    return -1;
+  }
+  *rec = v.rec;
+  return 0;
+}
+
+int
+meta_disk_names (struct meta *m, char ***names)
+{
+  MDB_txn *txn;
+  MDB_cursor *cur;
+  MDB_val key, val;
+  size_t n = 0;
+  char **v = calloc (1, sizeof *v);
+  int rc;
+
+  if (!v)
+    return -1;
+  pthread_mutex_lock (&m->lock);
+  rc = mdb_txn_begin (m->env, NULL, MDB_RDONLY, &txn);
+  if (rc == 0) {
+    rc = mdb_cursor_open (txn, m->disks_dbi, &cur);
+    if (rc == 0) {
+      for (rc = mdb_cursor_get (cur, &key, &val, MDB_FIRST); rc == 0;
+           rc = mdb_cursor_get (cur, &key, &val, MDB_NEXT)) {
+        char **nv = realloc (v, (n + 2) * sizeof *v);
+        if (!nv || !(nv[n] = strndup (key.mv_data, key.mv_size))) {
+          v = nv ? nv : v;
+          rc = ENOMEM;
+          break;
+        }
+        v = nv;
+        v[++n] = NULL;
+      }
+      mdb_cursor_close (cur);
+    }
+    mdb_txn_abort (txn);
+  }
+  pthread_mutex_unlock (&m->lock);
+  if (rc != MDB_NOTFOUND && rc != 0) {
+    for (size_t i = 0; i < n; i++)
+      free (v[i]);
+    free (v);
+    errno = rc == ENOMEM ? ENOMEM : mdb_errno ("list disks", rc);
+    return -1;
+  }
+  *names = v;
+  return 0;
+}
+
+/* ---- bitmaps ---- */
+
+static int
+bitmap_init (struct bitmap *b, uint64_t nr_blocks)
+{
+  b->nr_chunks = (nr_blocks + CHUNK_BITS - 1) / CHUNK_BITS;
+  if (b->nr_chunks == 0)
+    b->nr_chunks = 1;
+  b->words = calloc (b->nr_chunks * CHUNK_WORDS, sizeof (uint64_t));
+  b->pending = calloc ((b->nr_chunks + 63) / 64, sizeof (uint64_t));
+  if (!b->words || !b->pending) {
+    free (b->words);
+    free (b->pending);
+    return -1;
+  }
+  return 0;
+}
+
+static void
+bitmap_free (struct bitmap *b)
+{
+  free (b->words);
+  free (b->pending);
+}
+
+static void
+mark_pending (struct bitmap *b, uint64_t blk)
+{
+  uint64_t chunk = blk / CHUNK_BITS;
+  __atomic_fetch_or (&b->pending[chunk / 64], 1ULL << (chunk % 64), __ATOMIC_SEQ_CST);
+}
+
+bool
+meta_test (struct meta_disk *d, enum meta_map map, uint64_t blk)
+{
+  assert (blk < d->nr_blocks);
+  return (__atomic_load_n (&d->maps[map].words[blk / 64], __ATOMIC_ACQUIRE)
+          >> (blk % 64)) & 1;
+}
+
+static void
+update_range (struct meta_disk *d, enum meta_map map, uint64_t blk,
+              uint64_t nr, bool set)
+{
+  struct bitmap *b = &d->maps[map];
+  uint64_t end = blk + nr;
+
+  assert (end <= d->nr_blocks && end >= blk);
+  while (blk < end) {
+    uint64_t w = blk / 64, bit = blk % 64;
+    uint64_t n = 64 - bit < end - blk ? 64 - bit : end - blk;
+    uint64_t mask = (n == 64 ? ~0ULL : ((1ULL << n) - 1)) << bit;
+    if (set)
+      __atomic_fetch_or (&b->words[w], mask, __ATOMIC_SEQ_CST);
+    else
+      __atomic_fetch_and (&b->words[w], ~mask, __ATOMIC_SEQ_CST);
+    /* Pending after the bit: see the thread-model note. */
+    mark_pending (b, blk);
+    blk += n;
+  }
+}
+
+void
+meta_set (struct meta_disk *d, enum meta_map map, uint64_t blk, uint64_t nr)
+{
+  update_range (d, map, blk, nr, true);
+}
+
+void
+meta_clear (struct meta_disk *d, enum meta_map map, uint64_t blk, uint64_t nr)
+{
+  update_range (d, map, blk, nr, false);
+}
+
+uint64_t
+meta_count (struct meta_disk *d, enum meta_map map)
+{
+  struct bitmap *b = &d->maps[map];
+  uint64_t n = 0;
+
+  for (uint64_t i = 0; i < b->nr_chunks * CHUNK_WORDS; i++)
+    n += __builtin_popcountll (__atomic_load_n (&b->words[i], __ATOMIC_RELAXED));
+  return n;
+}
+
+uint64_t
+meta_next (struct meta_disk *d, enum meta_map map, bool value, uint64_t from)
+{
+  struct bitmap *b = &d->maps[map];
+
+  while (from < d->nr_blocks) {
+    uint64_t w = __atomic_load_n (&b->words[from / 64], __ATOMIC_ACQUIRE);
+    if (!value)
+      w = ~w;
+    w &= ~0ULL << (from % 64);
+    if (w) {
+      uint64_t r = (from & ~63ULL) + __builtin_ctzll (w);
+      return r < d->nr_blocks ? r : d->nr_blocks;
+    }
+    from = (from & ~63ULL) + 64;
+  }
+  return d->nr_blocks;
+}
+
+uint64_t
+meta_nr_blocks (const struct meta_disk *d)
+{
+  return d->nr_blocks;
+}
+
+const char *
+meta_disk_name (const struct meta_disk *d)
+{
+  return d->name;
+}
+
+/* ---- disks ---- */
+
+/* Must be called with m->lock held.  Load one map's chunks. */
+static int
+load_map (struct meta *m, MDB_txn *txn, struct meta_disk *d, enum meta_map map)
+{
+  unsigned char kbuf[16];
+  MDB_val key = { sizeof kbuf, kbuf }, val;
+  MDB_cursor *cur;
+  int rc;
+
+  map_key (kbuf, d, map, 0);
+  rc = mdb_cursor_open (txn, m->maps_dbi, &cur);
+  if (rc)
+    return rc;
+  for (rc = mdb_cursor_get (cur, &key, &val, MDB_SET_RANGE); rc == 0;
+       rc = mdb_cursor_get (cur, &key, &val, MDB_NEXT)) {
+    const unsigned char *k = key.mv_data;
+    uint64_t chunk = 0;
+    if (key.mv_size != 16 || memcmp (k, kbuf, 8) != 0)
+      break;
+    for (int i = 0; i < 8; i++)
+      chunk = chunk << 8 | k[8 + i];
+    if (chunk >= d->maps[map].nr_chunks || val.mv_size != CHUNK_BYTES) {
+      log_warn ("meta: disk %s: ignoring bitmap chunk %" PRIu64 " of map %d"
+                " (outside the disk or malformed)", d->name, chunk, map);
+      continue;
+    }
+    /* Copy out: val is valid only until the transaction ends. */
+    memcpy (&d->maps[map].words[chunk * CHUNK_WORDS], val.mv_data, CHUNK_BYTES);
+  }
+  mdb_cursor_close (cur);
+  return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* Clear the trailing bits beyond nr_blocks (a resized record, a stray bit). */
+static void
+clamp_tail (struct meta_disk *d)
+{
+  for (int map = 0; map < META_NR_MAPS; map++) {
+    struct bitmap *b = &d->maps[map];
+    uint64_t total = b->nr_chunks * CHUNK_BITS;
+    for (uint64_t blk = d->nr_blocks; blk < total; blk++)
+      b->words[blk / 64] &= ~(1ULL << (blk % 64));
+  }
+}
+
+/* Must be called with m->lock held.  Write every pending chunk of d into
+ * txn, clearing the pending bits (used by open-widening and by close). */
+static int
+put_pending (struct meta *m, MDB_txn *txn, struct meta_disk *d)
+{
+  for (int map = 0; map < META_NR_MAPS; map++) {
+    struct bitmap *b = &d->maps[map];
+    for (uint64_t c = 0; c < b->nr_chunks; c++) {
+      uint64_t bit = 1ULL << (c % 64);
+      if (!(__atomic_fetch_and (&b->pending[c / 64], ~bit, __ATOMIC_SEQ_CST) & bit))
+        continue;
+      uint64_t words[CHUNK_WORDS];
+      for (size_t i = 0; i < CHUNK_WORDS; i++)
+        words[i] = __atomic_load_n (&b->words[c * CHUNK_WORDS + i], __ATOMIC_SEQ_CST);
+      int rc = put_chunk (m, txn, d, map, c, words);
+      if (rc) {
+        __atomic_fetch_or (&b->pending[c / 64], bit, __ATOMIC_SEQ_CST);
+        return rc;
+      }
+    }
+  }
+  return 0;
+}
+
+struct open_arg {
+  struct meta_disk *d;
+  const struct meta_record *init;
+  bool widened;
+};
+
+static int
+open_txn (struct meta *m, MDB_txn *txn, void *argp)
+{
+  struct open_arg *a = argp;
+  struct meta_disk *d = a->d;
+  struct disk_value v;
+  int rc = get_disk_value (m, txn, d->name, &v);
+
+  a->widened = false;
+  if (rc == MDB_NOTFOUND) {
+    MDB_val key = { 7, "next_id" }, val;
+    uint32_t next = 1;
+    if (!a->init)
+      return MDB_NOTFOUND;
+    rc = mdb_get (txn, m->info_dbi, &key, &val);
+    if (rc == 0 && val.mv_size == sizeof next)
+      memcpy (&next, val.mv_data, sizeof next);
+    else if (rc != MDB_NOTFOUND && rc != 0)
+      return rc;
+    memset (&v, 0, sizeof v);
+    v.rec = *a->init;
+    if (v.rec.generation == 0)
+      v.rec.generation = 1;
+    v.id = next++;
+    val.mv_size = sizeof next;
+    val.mv_data = &next;
+    if ((rc = mdb_put (txn, m->info_dbi, &key, &val, 0)) != 0)
+      return rc;
+  }
+  else if (rc)
+    return rc;
+
+  d->id = v.id;
+  d->rec = v.rec;
+  d->nr_blocks = (v.rec.size + v.rec.block_size - 1) / v.rec.block_size;
+  for (int map = 0; map < META_NR_MAPS; map++) {
+    bitmap_free (&d->maps[map]);
+    if (bitmap_init (&d->maps[map], d->nr_blocks) == -1)
+      return ENOMEM;
+    if ((rc = load_map (m, txn, d, map)) != 0)
+      return rc;
+  }
+  clamp_tail (d);
+
+  if (v.open) {
+    /* The last daemon died with this disk open: any present block may
+     * have been written without its dirty/changed bits reaching the
+     * index.  Widen, in this same commit (DESIGN.md rule 4). */
+    for (uint64_t i = 0; i < d->maps[META_PRESENT].nr_chunks * CHUNK_WORDS; i++) {
+      uint64_t w = d->maps[META_PRESENT].words[i];
+      d->maps[META_CHANGED].words[i] |= w;
+      d->maps[META_SUSPECT].words[i] |= w;
+    }
+    for (uint64_t c = 0; c < d->maps[META_PRESENT].nr_chunks; c++) {
+      d->maps[META_CHANGED].pending[c / 64] |= 1ULL << (c % 64);
+      d->maps[META_SUSPECT].pending[c / 64] |= 1ULL << (c % 64);
+    }
+    v.rec.widened_generation = v.rec.generation;
+    d->rec = v.rec;
+    if ((rc = put_pending (m, txn, d)) != 0)
+      return rc;
+    a->widened = true;
+  }
+  v.open = true;
+  return put_record (m, txn, d->name, &v);
+}
+
+int
+meta_disk_open (struct meta *m, const char *name, const struct meta_record *init,
+                struct meta_disk **dp, bool *widened)
+{
+  struct meta_disk *d = calloc (1, sizeof *d);
+  struct open_arg a = { d, init, false };
+  int rc;
+
+  if (!d)
+    return -1;
+  if (init && (init->block_size == 0 ||
+               (init->block_size & (init->block_size - 1)) != 0)) {
+    free (d);
+    errno = EINVAL;
+    return -1;
+  }
+  d->m = m;
+  snprintf (d->name, sizeof d->name, "%s", name);
+  pthread_mutex_lock (&m->lock);
+  rc = write_txn (m, "open disk", open_txn, &a);
+  if (rc == 0) {
+    d->next = m->disks;
+    m->disks = d;
+  }
+  pthread_mutex_unlock (&m->lock);
+  if (rc) {
+    for (int map = 0; map < META_NR_MAPS; map++)
+      bitmap_free (&d->maps[map]);
+    free (d);
+    errno = rc;
+    return -1;
+  }
+  if (a.widened)
+    log_warn ("meta: disk %s: the previous daemon did not shut down cleanly; "
+              "%" PRIu64 " present blocks marked changed and suspect",
+              name, meta_count (d, META_PRESENT));
+  if (widened)
+    *widened = a.widened;
+  *dp = d;
+  return 0;
+}
+
+struct close_arg { struct meta_disk *d; };
+
+static int
+close_txn (struct meta *m, MDB_txn *txn, void *argp)
+{
+  struct meta_disk *d = ((struct close_arg *) argp)->d;
+  struct disk_value v = { .rec = d->rec, .id = d->id, .open = false };
+  int rc = put_pending (m, txn, d);
+
+  if (rc)
+    return rc;
+  return put_record (m, txn, d->name, &v);
+}
+
+int
+meta_disk_close (struct meta_disk *d, bool clean)
+{
+  struct meta *m = d->m;
+  struct close_arg a = { d };
+  struct meta_disk **pp;
+  int rc = 0;
+
+  pthread_mutex_lock (&m->lock);
+  if (clean)
+    rc = write_txn (m, "close disk", close_txn, &a);
+  for (pp = &m->disks; *pp; pp = &(*pp)->next)
+    if (*pp == d) {
+      *pp = d->next;
+      break;
+    }
+  pthread_mutex_unlock (&m->lock);
+  for (int map = 0; map < META_NR_MAPS; map++)
+    bitmap_free (&d->maps[map]);
+  free (d);
+  if (rc) {
+    errno = rc;
+    return -1;
+  }
+  return 0;
+}
+
+void
+meta_disk_record (struct meta_disk *d, struct meta_record *rec)
+{
+  pthread_mutex_lock (&d->m->lock);
+  *rec = d->rec;
+  pthread_mutex_unlock (&d->m->lock);
+}
+
+struct update_arg { struct meta_disk *d; const struct meta_record *rec; };
+
+static int
+update_txn (struct meta *m, MDB_txn *txn, void *argp)
+{
+  struct update_arg *a = argp;
+  struct disk_value v = { .rec = *a->rec, .id = a->d->id, .open = true };
+  return put_record (m, txn, a->d->name, &v);
+}
+
+int
+meta_disk_update (struct meta_disk *d, const struct meta_record *rec)
+{
+  struct update_arg a = { d, rec };
+  int rc;
+
+  assert (rec->size == d->rec.size && rec->block_size == d->rec.block_size);
+  pthread_mutex_lock (&d->m->lock);
+  rc = write_txn (d->m, "update record", update_txn, &a);
+  if (rc == 0)
+    d->rec = *rec;
+  pthread_mutex_unlock (&d->m->lock);
+  if (rc) {
+    errno = rc;
+    return -1;
+  }
+  return 0;
+}
+
+/* ---- group commit ---- */
+
+struct meta_batch *
+meta_batch_begin (struct meta *m)
+{
+  struct meta_batch *b = calloc (1, sizeof *b);
+
+  if (!b)
+    return NULL;
+  b->m = m;
+  pthread_mutex_lock (&m->lock);
+  for (struct meta_disk *d = m->disks; d; d = d->next) {
+    for (int map = 0; map < META_NR_MAPS; map++) {
+      struct bitmap *bm = &d->maps[map];
+      for (uint64_t pw = 0; pw < (bm->nr_chunks + 63) / 64; pw++) {
+        uint64_t bits;
+        if (!__atomic_load_n (&bm->pending[pw], __ATOMIC_RELAXED))
+          continue;
+        /* Clear pending, then copy: see the thread-model note. */
+        bits = __atomic_exchange_n (&bm->pending[pw], 0, __ATOMIC_SEQ_CST);
+        while (bits) {
+          uint64_t c = pw * 64 + __builtin_ctzll (bits);
+          bits &= bits - 1;
+          if (b->n == b->cap) {
+            size_t cap = b->cap ? b->cap * 2 : 64;
+            struct batch_chunk *nv = realloc (b->v, cap * sizeof *nv);
+            if (!nv) {
+              /* Put back what we could not take, then give up. */
+              __atomic_fetch_or (&bm->pending[pw], bits | 1ULL << (c % 64), __ATOMIC_SEQ_CST);
+              pthread_mutex_unlock (&m->lock);
+              meta_batch_drop (b, NULL);
+              free (b->v);
+              free (b);
+              errno = ENOMEM;
+              return NULL;
+            }
+            b->v = nv;
+            b->cap = cap;
+          }
+          struct batch_chunk *bc = &b->v[b->n++];
+          bc->d = d;
+          bc->map = map;
+          bc->chunk = c;
+          for (size_t i = 0; i < CHUNK_WORDS; i++)
+            bc->words[i] = __atomic_load_n (&bm->words[c * CHUNK_WORDS + i], __ATOMIC_SEQ_CST);
+        }
+      }
+    }
+  }
+  pthread_mutex_unlock (&m->lock);
+  return b;
+}
+
+bool
+meta_batch_has (const struct meta_batch *b, const struct meta_disk *d)
+{
+  for (size_t i = 0; i < b->n; i++)
+    if (b->v[i].d == d)
+      return true;
+  return false;
+}
+
+/* Remove d's chunks from the batch (all chunks if d is NULL) and put them
+ * back in the pending sets.  A disk whose overlay failed to sync is
+ * read-only from then on, so its chunks stay pending and are never
+ * committed, which is what rule 7 wants. */
+void
+meta_batch_drop (struct meta_batch *b, struct meta_disk *d)
+{
+  size_t j = 0;
+
+  for (size_t i = 0; i < b->n; i++) {
+    struct batch_chunk *bc = &b->v[i];
+    if (d == NULL || bc->d == d) {
+      struct bitmap *bm = &bc->d->maps[bc->map];
+      __atomic_fetch_or (&bm->pending[bc->chunk / 64], 1ULL << (bc->chunk % 64),
+                         __ATOMIC_SEQ_CST);
+    }
+    else
+      b->v[j++] = *bc;
+  }
+  b->n = j;
+}
+
+static int
+batch_txn (struct meta *m, MDB_txn *txn, void *argp)
+{
+  struct meta_batch *b = argp;
+
+  for (size_t i = 0; i < b->n; i++) {
+    struct batch_chunk *bc = &b->v[i];
+    int rc = put_chunk (m, txn, bc->d, bc->map, bc->chunk, bc->words);
+    if (rc)
+      return rc;
+  }
+  return 0;
+}
+
+int
+meta_batch_commit (struct meta_batch *b)
+{
+  struct meta *m = b->m;
+  int rc = 0;
+
+  if (b->n > 0) {
+    pthread_mutex_lock (&m->lock);
+    rc = write_txn (m, "commit", batch_txn, b);
+    pthread_mutex_unlock (&m->lock);
+    if (rc)
+      meta_batch_drop (b, NULL);
+  }
+  free (b->v);
+  free (b);
+  if (rc) {
+    errno = rc;
+    return -1;
+  }
+  return 0;
+}

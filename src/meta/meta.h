@@ -1,0 +1,138 @@
+/* corfs: the block index (the only module that includes <lmdb.h>).
+ *
+ * One LMDB environment per state directory (STATE/index/) holds, per disk,
+ * a record (parent URL without credentials, size, block size, identity,
+ * owner state, flags) and chunked bitmaps:
+ *
+ *   META_PRESENT  the overlay holds the block's data
+ *   META_DIRTY    the overlay differs from the parent (only merge clears it)
+ *   META_SUSPECT  may differ from the parent after an unclean shutdown
+ *   META_CHANGED  written since the current generation's checkpoint
+ *
+ * The bitmaps live in memory and answer the hot-path questions; changes are
+ * queued as "pending chunks" and written to LMDB by one committer in
+ * batches (meta_batch_*).  The committer (in src/cor, which owns the
+ * overlay fds) must fdatasync every overlay that the batch touches *before*
+ * meta_batch_commit(): data before pointer (DESIGN.md rules 1 and 2).
+ *
+ * Unclean shutdown (DESIGN.md rule 4): meta_disk_open() marks the disk
+ * "open" durably before returning; if it finds the mark already set (the
+ * previous daemon died), it first ORs every present block into the
+ * current generation's changed map and into the suspect map, in the same
+ * commit.  meta_disk_close(.., clean=true) clears the mark.
+ *
+ * Keys in the "maps" database are 16 bytes, big-endian:
+ * disk id (u32), map (u32: type << 24 | generation), chunk number (u64);
+ * values are 1024-byte bitmap pages (8192 blocks), below LMDB's overflow
+ * threshold.  All-zero pages are deleted rather than stored.
+ *
+ * Threads: the bitmap functions (meta_test, meta_set, meta_clear,
+ * meta_count, meta_next) may be called from any thread without locks
+ * (atomic word operations).  Everything that touches LMDB serialises on
+ * an internal mutex; the map is grown on MDB_MAP_FULL under that mutex,
+ * when no transaction is active.
+ */
+#ifndef CORFS_META_H
+#define CORFS_META_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct meta;
+struct meta_disk;
+struct meta_batch;
+
+enum meta_map { META_PRESENT, META_DIRTY, META_SUSPECT, META_CHANGED, META_NR_MAPS };
+
+enum meta_state { META_ACTIVE, META_INCOMING, META_ACTIVATING, META_HANDED_OFF,
+                  META_STANDALONE };
+
+#define META_URL_MAX 2048
+#define META_ID_MAX 512
+
+/* A disk's durable record.  Plain data: copy freely. */
+struct meta_record {
+  char url[META_URL_MAX];        /* parent URL, credentials stripped */
+  char identity[META_ID_MAX];    /* pinned parent identity (remote's string) */
+  uint64_t size;                 /* bytes */
+  uint32_t block_size;           /* bytes, power of two */
+  enum meta_state state;
+  uint64_t epoch;
+  bool mirror;                   /* write mode: false = writeback */
+  bool parent_owned;
+  bool complete;                 /* every block present */
+  uint32_t generation;           /* current change generation, from 1 */
+  uint32_t widened_generation;   /* last generation widened by an unclean shutdown, or 0 */
+};
+
+/* Open (creating if needed) the index in directory dir (STATE/index).
+ * Runs mdb_reader_check.  Returns 0, or -1 with errno set and the detail
+ * logged.  Call from the daemon after it has forked. */
+int meta_open (const char *dir, struct meta **mp);
+
+/* Close the environment.  All disks must be closed first. */
+void meta_close (struct meta *m);
+
+/* Read a disk's record.  0, or -1 with errno ENOENT if there is no such
+ * disk, other errno for LMDB errors. */
+int meta_record_get (struct meta *m, const char *name, struct meta_record *rec);
+
+/* List recorded disk names.  *names is a NULL-terminated array; free each
+ * string and the array.  0 or -1 with errno. */
+int meta_disk_names (struct meta *m, char ***names);
+
+/* Open a disk: create its record from *init if it does not exist (init
+ * may be NULL to require an existing disk: ENOENT), load its bitmaps,
+ * and mark it open (widening the maps first if the last daemon died
+ * without closing it: *widened is set then).  The record is durable on
+ * return.  0, or -1 with errno. */
+int meta_disk_open (struct meta *m, const char *name,
+                    const struct meta_record *init,
+                    struct meta_disk **dp, bool *widened);
+
+/* Close a disk.  With clean, first commit any pending bitmap chunks and
+ * clear the open mark: the caller must have fdatasync'd the overlay after
+ * its last write.  Always frees d.  0, or -1 with errno (d is freed anyway;
+ * the mark stays set and the next open widens). */
+int meta_disk_close (struct meta_disk *d, bool clean);
+
+/* The disk's name (lives as long as d). */
+const char *meta_disk_name (const struct meta_disk *d);
+
+/* Copy of the record as last committed or updated. */
+void meta_disk_record (struct meta_disk *d, struct meta_record *rec);
+
+/* Durably replace the record (one LMDB commit).  0 or -1 with errno. */
+int meta_disk_update (struct meta_disk *d, const struct meta_record *rec);
+
+/* Number of blocks (size rounded up to the block size). */
+uint64_t meta_nr_blocks (const struct meta_disk *d);
+
+/* Bitmap operations, in memory.  set/clear queue the chunks for the next
+ * batch.  blk + nr must not exceed meta_nr_blocks(). */
+bool meta_test (struct meta_disk *d, enum meta_map map, uint64_t blk);
+void meta_set (struct meta_disk *d, enum meta_map map, uint64_t blk, uint64_t nr);
+void meta_clear (struct meta_disk *d, enum meta_map map, uint64_t blk, uint64_t nr);
+uint64_t meta_count (struct meta_disk *d, enum meta_map map);
+
+/* Find the first block >= from whose bit equals value; returns
+ * meta_nr_blocks() if there is none. */
+uint64_t meta_next (struct meta_disk *d, enum meta_map map, bool value, uint64_t from);
+
+/* Group commit, in three steps (the caller is the single committer):
+ *   1. b = meta_batch_begin (m): take every disk's pending chunks.
+ *   2. for each disk with meta_batch_has (b, d): fdatasync its overlay;
+ *      on failure meta_batch_drop (b, d) so none of its bits are committed.
+ *   3. meta_batch_commit (b): one LMDB transaction; frees b.  On failure
+ *      the chunks are queued again and -1 is returned with errno.
+ * meta_batch_begin returns NULL with errno ENOMEM on allocation failure. */
+struct meta_batch *meta_batch_begin (struct meta *m);
+bool meta_batch_has (const struct meta_batch *b, const struct meta_disk *d);
+void meta_batch_drop (struct meta_batch *b, struct meta_disk *d);
+int meta_batch_commit (struct meta_batch *b);
+
+/* Testing hook: the LMDB map size in bytes (it grows on MDB_MAP_FULL). */
+size_t meta_map_size (struct meta *m);
+
+#endif

@@ -1,0 +1,155 @@
+/* corfs: file:// parents (a local image).
+ *
+ * Notes on the thread model: REMOTE_PARALLEL.  The fd is opened lazily
+ * under h->lock, then used with pread(2) from any thread.
+ *
+ * Identity: device, inode, size and mtime (DESIGN.md rule 9).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/util.h"
+#include "remote/remote-internal.h"
+
+struct rfile {
+  char *path;
+  bool writable;
+  pthread_mutex_t lock;         /* protects fd and size while opening */
+  int fd;                       /* -1 until opened */
+  int64_t size;
+};
+
+static bool
+rfile_handles (const char *url)
+{
+  return strncmp (url, "file://", 7) == 0;
+}
+
+static int
+rfile_open (struct remote *r, const struct remote_config *cfg, void **hp, int *err)
+{
+  const char *path = cfg->url + 7;
+  struct rfile *h;
+
+  if (path[0] != '/') {
+    log_error ("rfile: disk %s: file URL must be file:///ABSOLUTE/PATH, got %s",
+               cfg->disk, cfg->url);
+    *err = EINVAL;
+    return -1;
+  }
+  h = calloc (1, sizeof *h);
+  if (!h || !(h->path = strdup (path))) {
+    free (h);
+    *err = ENOMEM;
+    return -1;
+  }
+  h->fd = -1;
+  h->writable = cfg->writable;
+  pthread_mutex_init (&h->lock, NULL);
+  *hp = h;
+  return 0;
+}
+
+static void
+rfile_close (void *hv)
+{
+  struct rfile *h = hv;
+
+  if (h->fd >= 0)
+    close (h->fd);
+  pthread_mutex_destroy (&h->lock);
+  free (h->path);
+  free (h);
+}
+
+/* Open the file if not yet open; returns the fd or -1 with *err. */
+static int
+rfile_connect (struct remote *r, struct rfile *h, int *err)
+{
+  struct stat st;
+  char id[256];
+  int fd, ret;
+
+  pthread_mutex_lock (&h->lock);
+  if (h->fd >= 0) {
+    ret = h->fd;
+    goto out;
+  }
+  fd = open (h->path, (h->writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+  if (fd == -1 || fstat (fd, &st) == -1) {
+    *err = errno;
+    remote_note_error (r, "open %s: %m", h->path);
+    if (fd >= 0)
+      close (fd);
+    ret = -1;
+    goto out;
+  }
+  if (S_ISBLK (st.st_mode))
+    st.st_size = lseek (fd, 0, SEEK_END);
+  else if (!S_ISREG (st.st_mode)) {
+    *err = EINVAL;
+    remote_note_error (r, "%s is not a regular file or block device", h->path);
+    close (fd);
+    ret = -1;
+    goto out;
+  }
+  snprintf (id, sizeof id, "file:dev=%" PRIu64 ",ino=%" PRIu64 ",size=%" PRIu64
+            ",mtime=%" PRId64 ".%09ld", (uint64_t) st.st_dev, (uint64_t) st.st_ino,
+            (uint64_t) st.st_size, (int64_t) st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+  if (remote_check_identity (r, id, err) == -1) {
+    close (fd);
+    ret = -1;
+    goto out;
+  }
+  h->fd = ret = fd;
+  h->size = st.st_size;
+  remote_note_connected (r, false);
+ out:
+  pthread_mutex_unlock (&h->lock);
+  return ret;
+}
+
+static int64_t
+rfile_get_size (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
+{
+  struct rfile *h = hv;
+
+  if (rfile_connect (r, h, err) == -1)
+    return -1;
+  return h->size;
+}
+
+static int
+rfile_pread (struct remote *r, void *hv, void *buf, size_t count,
+             uint64_t offset, uint64_t deadline_ns, int *err)
+{
+  struct rfile *h = hv;
+  int fd = rfile_connect (r, h, err);
+
+  if (fd == -1)
+    return -1;
+  if (full_pread (fd, buf, count, offset) == -1) {
+    *err = errno;
+    remote_note_error (r, "pread %zu bytes at offset %" PRIu64 ": %m", count, offset);
+    return -1;
+  }
+  return 0;
+}
+
+const struct remote_ops rfile_ops = {
+  .name = "file",
+  .thread_model = REMOTE_PARALLEL,
+  .handles = rfile_handles,
+  .open = rfile_open,
+  .close = rfile_close,
+  .get_size = rfile_get_size,
+  .pread = rfile_pread,
+};

@@ -1,0 +1,382 @@
+/* corfs: NBD parents through libnbd.
+ *
+ * Notes on the thread model: REMOTE_PARALLEL.  A parent has a pool of
+ * up to h->nconns connections; each request takes one free connection
+ * for its whole duration (one command in flight per connection), so
+ * concurrent faults run in parallel on separate connections.  Reads are
+ * safe on several connections whether or not the server offers
+ * multi-conn: multi-conn only matters for cache consistency of writes.
+ *
+ * libnbd has no timeouts of its own: every connect and command is issued
+ * with the aio calls and driven by nbd_poll with a bounded timeout.  A
+ * connection that times out or dies is closed (a libnbd handle cannot be
+ * revived) and reconnected by the next request that takes its slot.
+ *
+ * Identity (DESIGN.md rule 9): NBD has none, so each (re)connect reads a
+ * few sampled 4 KiB blocks and hashes them with the size; the remote
+ * wrapper compares the result with the pinned identity.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <libnbd.h>
+
+#include "common/log.h"
+#include "common/util.h"
+#include "remote/remote-internal.h"
+
+#define DEFAULT_CONNECTIONS 4
+#define SAMPLE_SIZE 4096
+#define MAX_REQUEST (32 << 20)  /* nbdkit's and qemu's limit */
+
+struct rnbd_conn {
+  struct nbd_handle *nbd;       /* NULL when not connected */
+  bool busy;                    /* protected by h->lock */
+  bool ever_connected;
+};
+
+struct rnbd {
+  char *uri;
+  unsigned nconns;
+  uint64_t connect_timeout_ns, request_timeout_ns;
+  pthread_mutex_t lock;         /* protects busy flags and size */
+  pthread_cond_t cond;          /* signalled when a connection is released */
+  int64_t size;                 /* -1 until the first connect */
+  struct rnbd_conn *conns;
+};
+
+static bool
+rnbd_handles (const char *url)
+{
+  return strncmp (url, "nbd://", 6) == 0 || strncmp (url, "nbds://", 7) == 0 ||
+    strncmp (url, "nbd+unix://", 11) == 0 || strncmp (url, "nbds+unix://", 12) == 0;
+}
+
+static int
+rnbd_open (struct remote *r, const struct remote_config *cfg, void **hp, int *err)
+{
+  struct rnbd *h;
+  pthread_condattr_t ca;
+
+  if (strstr (cfg->url, "+unix://") && !strstr (cfg->url, "socket=")) {
+    log_error ("rnbd: disk %s: nbd+unix URL needs ?socket=PATH", cfg->disk);
+    *err = EINVAL;
+    return -1;
+  }
+  if (strncmp (cfg->url, "nbd://", 6) == 0 && (cfg->url[6] == '\0' || cfg->url[6] == '/')) {
+    log_error ("rnbd: disk %s: nbd URL needs a host: nbd://HOST[:PORT]/EXPORT", cfg->disk);
+    *err = EINVAL;
+    return -1;
+  }
+  h = calloc (1, sizeof *h);
+  if (!h) {
+    *err = ENOMEM;
+    return -1;
+  }
+  h->uri = strdup (cfg->url);
+  h->nconns = cfg->connections ? cfg->connections : DEFAULT_CONNECTIONS;
+  h->conns = calloc (h->nconns, sizeof *h->conns);
+  if (!h->uri || !h->conns) {
+    free (h->uri);
+    free (h->conns);
+    free (h);
+    *err = ENOMEM;
+    return -1;
+  }
+  h->connect_timeout_ns = cfg->connect_timeout_ns;
+  h->request_timeout_ns = cfg->request_timeout_ns;
+  h->size = -1;
+  pthread_mutex_init (&h->lock, NULL);
+  pthread_condattr_init (&ca);
+  pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
+  pthread_cond_init (&h->cond, &ca);
+  pthread_condattr_destroy (&ca);
+  *hp = h;
+  return 0;
+}
+
+static void
+rnbd_close (void *hv)
+{
+  struct rnbd *h = hv;
+
+  for (unsigned i = 0; i < h->nconns; i++)
+    if (h->conns[i].nbd)
+      nbd_close (h->conns[i].nbd);
+  pthread_mutex_destroy (&h->lock);
+  pthread_cond_destroy (&h->cond);
+  free (h->conns);
+  free (h->uri);
+  free (h);
+}
+
+static uint64_t
+min_u64 (uint64_t a, uint64_t b)
+{
+  return a < b ? a : b;
+}
+
+/* Milliseconds until deadline, at least 1, at most INT_MAX-ish. */
+static int
+ms_until (uint64_t deadline_ns)
+{
+  uint64_t now = now_ns ();
+  if (now >= deadline_ns)
+    return 0;
+  uint64_t ms = (deadline_ns - now + 999999) / 1000000;
+  return ms > 1000000 ? 1000000 : (int) ms;
+}
+
+static void
+drop_conn (struct rnbd_conn *c)
+{
+  if (c->nbd) {
+    nbd_close (c->nbd);
+    c->nbd = NULL;
+  }
+}
+
+/* Run one read on connection c, bounded by deadline_ns.  On a timeout or a
+ * dead connection, the connection is dropped.  0 or -1 with *err. */
+static int
+conn_pread (struct remote *r, struct rnbd_conn *c, void *buf, size_t count,
+            uint64_t offset, uint64_t deadline_ns, int *err)
+{
+  int64_t cookie = nbd_aio_pread (c->nbd, buf, count, offset, NBD_NULL_COMPLETION, 0);
+
+  if (cookie == -1) {
+    *err = nbd_get_errno () ? nbd_get_errno () : EIO;
+    remote_note_error (r, "read at offset %" PRIu64 ": %s", offset, nbd_get_error ());
+    if (nbd_aio_is_dead (c->nbd) || nbd_aio_is_closed (c->nbd))
+      drop_conn (c);
+    return -1;
+  }
+  for (;;) {
+    int done = nbd_aio_command_completed (c->nbd, cookie);
+    if (done == 1)
+      return 0;
+    if (done == -1) {
+      /* The server answered with an error; the connection stays usable
+       * unless libnbd says it is dead. */
+      *err = nbd_get_errno () ? nbd_get_errno () : EIO;
+      remote_note_error (r, "read of %zu bytes at offset %" PRIu64 ": %s",
+                         count, offset, nbd_get_error ());
+      if (nbd_aio_is_dead (c->nbd) || nbd_aio_is_closed (c->nbd))
+        drop_conn (c);
+      return -1;
+    }
+    int ms = ms_until (deadline_ns);
+    if (ms == 0) {
+      *err = ETIMEDOUT;
+      remote_note_error (r, "read of %zu bytes at offset %" PRIu64 ": timed out",
+                         count, offset);
+      drop_conn (c);
+      return -1;
+    }
+    if (nbd_poll (c->nbd, ms) == -1) {
+      *err = nbd_get_errno () ? nbd_get_errno () : EIO;
+      remote_note_error (r, "read at offset %" PRIu64 ": %s", offset, nbd_get_error ());
+      drop_conn (c);
+      return -1;
+    }
+  }
+}
+
+/* FNV-1a: not for security, only to notice a different image. */
+static uint64_t
+fnv1a (uint64_t h, const void *data, size_t len)
+{
+  const unsigned char *p = data;
+  for (size_t i = 0; i < len; i++) {
+    h ^= p[i];
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+/* Connect c, bounded by the connect timeout and the deadline, then check
+ * size and identity.  0 or -1 with *err. */
+static int
+conn_connect (struct remote *r, struct rnbd *h, struct rnbd_conn *c,
+              uint64_t deadline_ns, int *err)
+{
+  uint64_t cdeadline = min_u64 (deadline_ns, now_ns () + h->connect_timeout_ns);
+  unsigned char *sample;
+  uint64_t hash = 0xcbf29ce484222325ULL;
+  int64_t size;
+  char id[128];
+
+  c->nbd = nbd_create ();
+  if (!c->nbd) {
+    *err = nbd_get_errno () ? nbd_get_errno () : ENOMEM;
+    remote_note_error (r, "connect: %s", nbd_get_error ());
+    return -1;
+  }
+  nbd_set_uri_allow_local_file (c->nbd, false);
+  /* base:allocation lets the streamer skip zero extents (later work). */
+  nbd_add_meta_context (c->nbd, LIBNBD_CONTEXT_BASE_ALLOCATION);
+  if (nbd_aio_connect_uri (c->nbd, h->uri) == -1)
+    goto err;
+  while (nbd_aio_is_connecting (c->nbd)) {
+    int ms = ms_until (cdeadline);
+    if (ms == 0) {
+      *err = ETIMEDOUT;
+      remote_note_error (r, "connect: timed out");
+      drop_conn (c);
+      return -1;
+    }
+    if (nbd_poll (c->nbd, ms) == -1)
+      goto err;
+  }
+  if (!nbd_aio_is_ready (c->nbd)) {
+    *err = ECONNREFUSED;
+    remote_note_error (r, "connect: %s", nbd_get_error () ? nbd_get_error () : "handshake failed");
+    drop_conn (c);
+    return -1;
+  }
+  size = nbd_get_size (c->nbd);
+  if (size < 0)
+    goto err;
+
+  /* Identity: size plus a hash of sampled blocks. */
+  sample = malloc (SAMPLE_SIZE);
+  if (!sample) {
+    *err = ENOMEM;
+    drop_conn (c);
+    return -1;
+  }
+  {
+    uint64_t offs[3] = { 0, (size / 2) & ~(uint64_t) (SAMPLE_SIZE - 1),
+                         size > SAMPLE_SIZE ? (size - SAMPLE_SIZE) & ~(uint64_t) (SAMPLE_SIZE - 1) : 0 };
+    for (int i = 0; i < 3 && size > 0; i++) {
+      size_t n = min_u64 (SAMPLE_SIZE, size - offs[i]);
+      if (conn_pread (r, c, sample, n, offs[i], cdeadline, err) == -1) {
+        free (sample);
+        drop_conn (c);
+        return -1;
+      }
+      hash = fnv1a (hash, sample, n);
+    }
+  }
+  free (sample);
+  snprintf (id, sizeof id, "nbd:size=%" PRId64 ",sample=%016" PRIx64, size, hash);
+  if (remote_check_identity (r, id, err) == -1) {
+    drop_conn (c);
+    return -1;
+  }
+  pthread_mutex_lock (&h->lock);
+  h->size = size;
+  pthread_mutex_unlock (&h->lock);
+  remote_note_connected (r, c->ever_connected);
+  c->ever_connected = true;
+  return 0;
+
+ err:
+  *err = nbd_get_errno () ? nbd_get_errno () : ECONNREFUSED;
+  remote_note_error (r, "connect: %s", nbd_get_error ());
+  drop_conn (c);
+  return -1;
+}
+
+/* Take a free connection (preferring a connected one), waiting until the
+ * deadline.  Returns NULL with *err = ETIMEDOUT. */
+static struct rnbd_conn *
+acquire (struct rnbd *h, uint64_t deadline_ns, int *err)
+{
+  struct rnbd_conn *c = NULL;
+  struct timespec ts = { deadline_ns / NS_PER_SEC, deadline_ns % NS_PER_SEC };
+
+  pthread_mutex_lock (&h->lock);
+  for (;;) {
+    for (unsigned i = 0; i < h->nconns; i++)
+      if (!h->conns[i].busy && (h->conns[i].nbd || !c))
+        c = &h->conns[i];
+    if (c) {
+      c->busy = true;
+      break;
+    }
+    if (pthread_cond_timedwait (&h->cond, &h->lock, &ts) == ETIMEDOUT) {
+      *err = ETIMEDOUT;
+      break;
+    }
+  }
+  pthread_mutex_unlock (&h->lock);
+  return c;
+}
+
+static void
+release (struct rnbd *h, struct rnbd_conn *c)
+{
+  pthread_mutex_lock (&h->lock);
+  c->busy = false;
+  pthread_cond_signal (&h->cond);
+  pthread_mutex_unlock (&h->lock);
+}
+
+static int64_t
+rnbd_get_size (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
+{
+  struct rnbd *h = hv;
+  struct rnbd_conn *c;
+  int64_t size;
+
+  pthread_mutex_lock (&h->lock);
+  size = h->size;
+  pthread_mutex_unlock (&h->lock);
+  if (size >= 0)
+    return size;
+  c = acquire (h, deadline_ns, err);
+  if (!c)
+    return -1;
+  if (!c->nbd && conn_connect (r, h, c, deadline_ns, err) == -1) {
+    release (h, c);
+    return -1;
+  }
+  release (h, c);
+  pthread_mutex_lock (&h->lock);
+  size = h->size;
+  pthread_mutex_unlock (&h->lock);
+  return size;
+}
+
+static int
+rnbd_pread (struct remote *r, void *hv, void *buf, size_t count,
+            uint64_t offset, uint64_t deadline_ns, int *err)
+{
+  struct rnbd *h = hv;
+  struct rnbd_conn *c = acquire (h, deadline_ns, err);
+  int ret = 0;
+
+  if (!c)
+    return -1;
+  if (!c->nbd && conn_connect (r, h, c, deadline_ns, err) == -1) {
+    release (h, c);
+    return -1;
+  }
+  /* One request may not exceed the server's maximum. */
+  while (count > 0 && ret == 0) {
+    size_t n = count > MAX_REQUEST ? MAX_REQUEST : count;
+    ret = conn_pread (r, c, buf, n, offset,
+                      min_u64 (deadline_ns, now_ns () + h->request_timeout_ns), err);
+    buf = (char *) buf + n;
+    offset += n;
+    count -= n;
+  }
+  release (h, c);
+  return ret;
+}
+
+const struct remote_ops rnbd_ops = {
+  .name = "nbd",
+  .thread_model = REMOTE_PARALLEL,
+  .handles = rnbd_handles,
+  .open = rnbd_open,
+  .close = rnbd_close,
+  .get_size = rnbd_get_size,
+  .pread = rnbd_pread,
+};

@@ -1,0 +1,42 @@
+/* corfs: the backend side of the remote seam (see remote.h). */
+#ifndef CORFS_REMOTE_INTERNAL_H
+#define CORFS_REMOTE_INTERNAL_H
+
+#include "remote/remote.h"
+
+enum remote_thread_model { REMOTE_SERIALIZE, REMOTE_PARALLEL };
+
+struct remote_ops {
+  const char *name;
+  enum remote_thread_model thread_model;
+  /* Does this backend handle the URL's scheme? */
+  bool (*handles) (const char *url);
+  /* Parse the URL and allocate backend state in *h; do not connect.
+   * -1 with *err (EINVAL for a bad URL, reason logged). */
+  int (*open) (struct remote *r, const struct remote_config *cfg, void **h, int *err);
+  /* Must cope with a backend that never connected. */
+  void (*close) (void *h);
+  /* Connect if needed and return the size.  Bounded by deadline_ns. */
+  int64_t (*get_size) (struct remote *r, void *h, uint64_t deadline_ns, int *err);
+  /* Read all of count bytes or fail; bounded by deadline_ns. */
+  int (*pread) (struct remote *r, void *h, void *buf, size_t count,
+                uint64_t offset, uint64_t deadline_ns, int *err);
+};
+
+extern const struct remote_ops rfile_ops;
+extern const struct remote_ops rnbd_ops;
+
+/* Backends call this after every (re)connect with a fresh identity string.
+ * Pins it the first time; afterwards a different string marks the remote
+ * changed.  Returns 0, or -1 with *err = ESTALE. */
+int remote_check_identity (struct remote *r, const char *identity, int *err);
+
+/* Backends call these so that status shows the connection's state. */
+void remote_note_connected (struct remote *r, bool reconnect);
+void remote_note_error (struct remote *r, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
+
+/* Disk name and redacted URL for messages. */
+const char *remote_disk (const struct remote *r);
+
+#endif

@@ -1,0 +1,317 @@
+/* corfs: the remote wrappers (see remote.h): contract checks, retries
+ * with backoff, parent state, identity pinning.
+ *
+ * Notes on the thread model: any thread may call the wrappers at any
+ * time.  r->lock protects the state, the last error, the identity and the
+ * counters; it is never held across a backend call.  r->serialize is held
+ * across backend calls for REMOTE_SERIALIZE backends only.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/util.h"
+#include "remote/remote-internal.h"
+
+#define BACKOFF_MIN_NS (50 * 1000000ULL)
+#define BACKOFF_MAX_NS (2 * NS_PER_SEC)
+
+struct remote {
+  const struct remote_ops *ops;
+  void *h;                      /* backend state */
+  char *url;                    /* redacted */
+  char *disk;
+  pthread_mutex_t serialize;    /* held across calls to SERIALIZE backends */
+  pthread_mutex_t lock;         /* protects the fields below */
+  enum remote_state state;
+  char last_error[1280];
+  char identity[512];
+  bool pinned;
+  struct remote_stats stats;
+  struct log_ratelimit rl;
+};
+
+static const struct remote_ops *backends[] = { &rfile_ops, &rnbd_ops, NULL };
+
+int
+remote_open (const struct remote_config *cfg, struct remote **rp)
+{
+  struct remote *r;
+  const struct remote_ops *ops = NULL;
+  int err = 0;
+
+  for (size_t i = 0; backends[i]; i++)
+    if (backends[i]->handles (cfg->url)) {
+      ops = backends[i];
+      break;
+    }
+  if (!ops) {
+    char *u = url_redact (cfg->url);
+    log_error ("remote: disk %s: unsupported parent URL %s "
+               "(expected file://, nbd://, nbd+unix://)", cfg->disk, u ? u : "?");
+    free (u);
+    errno = EINVAL;
+    return -1;
+  }
+  r = calloc (1, sizeof *r);
+  if (!r)
+    return -1;
+  r->ops = ops;
+  r->url = url_redact (cfg->url);
+  r->disk = strdup (cfg->disk);
+  if (!r->url || !r->disk) {
+    err = ENOMEM;
+    goto err_free;
+  }
+  pthread_mutex_init (&r->lock, NULL);
+  pthread_mutex_init (&r->serialize, NULL);
+  if (cfg->pinned_identity && *cfg->pinned_identity) {
+    snprintf (r->identity, sizeof r->identity, "%s", cfg->pinned_identity);
+    r->pinned = true;
+  }
+  if (ops->open (r, cfg, &r->h, &err) == -1) {
+    assert (err != 0);
+    pthread_mutex_destroy (&r->lock);
+    pthread_mutex_destroy (&r->serialize);
+    goto err_free;
+  }
+  *rp = r;
+  return 0;
+
+ err_free:
+  free (r->url);
+  free (r->disk);
+  free (r);
+  errno = err;
+  return -1;
+}
+
+void
+remote_close (struct remote *r)
+{
+  if (!r)
+    return;
+  r->ops->close (r->h);
+  pthread_mutex_destroy (&r->lock);
+  pthread_mutex_destroy (&r->serialize);
+  free (r->url);
+  free (r->disk);
+  free (r);
+}
+
+const char *remote_url (const struct remote *r) { return r->url; }
+const char *remote_disk (const struct remote *r) { return r->disk; }
+const char *remote_backend (const struct remote *r) { return r->ops->name; }
+
+const char *
+remote_state_name (enum remote_state s)
+{
+  switch (s) {
+  case REMOTE_IDLE: return "idle";
+  case REMOTE_CONNECTED: return "connected";
+  case REMOTE_RETRYING: return "retrying";
+  case REMOTE_DOWN: return "down";
+  case REMOTE_CHANGED: return "changed";
+  }
+  return "?";
+}
+
+enum remote_state
+remote_status (struct remote *r, char *last_error, size_t len)
+{
+  enum remote_state s;
+
+  pthread_mutex_lock (&r->lock);
+  s = r->state;
+  if (last_error)
+    snprintf (last_error, len, "%s", r->last_error);
+  pthread_mutex_unlock (&r->lock);
+  return s;
+}
+
+void
+remote_get_stats (struct remote *r, struct remote_stats *st)
+{
+  pthread_mutex_lock (&r->lock);
+  *st = r->stats;
+  pthread_mutex_unlock (&r->lock);
+}
+
+void
+remote_identity (struct remote *r, char *buf, size_t len)
+{
+  pthread_mutex_lock (&r->lock);
+  snprintf (buf, len, "%s", r->pinned ? r->identity : "");
+  pthread_mutex_unlock (&r->lock);
+}
+
+int
+remote_check_identity (struct remote *r, const char *identity, int *err)
+{
+  int ret = 0;
+
+  pthread_mutex_lock (&r->lock);
+  if (!r->pinned) {
+    snprintf (r->identity, sizeof r->identity, "%s", identity);
+    r->pinned = true;
+  }
+  else if (strcmp (r->identity, identity) != 0) {
+    if (r->state != REMOTE_CHANGED)
+      log_error ("remote: disk %s: parent %s changed: pinned identity %s, "
+                 "now %s; refusing to mix data from two images",
+                 r->disk, r->url, r->identity, identity);
+    r->state = REMOTE_CHANGED;
+    snprintf (r->last_error, sizeof r->last_error,
+              "parent changed (pinned %s, found %s)", r->identity, identity);
+    *err = ESTALE;
+    ret = -1;
+  }
+  pthread_mutex_unlock (&r->lock);
+  return ret;
+}
+
+void
+remote_note_connected (struct remote *r, bool reconnect)
+{
+  pthread_mutex_lock (&r->lock);
+  if (r->state != REMOTE_CHANGED)
+    r->state = REMOTE_CONNECTED;
+  if (reconnect) {
+    r->stats.reconnects++;
+    log_info ("remote: disk %s: reconnected to %s", r->disk, r->url);
+  }
+  pthread_mutex_unlock (&r->lock);
+}
+
+void
+remote_note_error (struct remote *r, const char *fmt, ...)
+{
+  char msg[512];
+  va_list ap;
+  bool log;
+
+  va_start (ap, fmt);
+  vsnprintf (msg, sizeof msg, fmt, ap);
+  va_end (ap);
+  pthread_mutex_lock (&r->lock);
+  snprintf (r->last_error, sizeof r->last_error, "%s", msg);
+  log = log_ratelimit_ok (&r->rl);
+  pthread_mutex_unlock (&r->lock);
+  if (log)
+    log_warn ("remote: disk %s: parent %s: %s", r->disk, r->url, msg);
+}
+
+static bool
+is_retryable (int err)
+{
+  return err != ESTALE && err != EINVAL && err != ERANGE && err != EROFS &&
+    err != EPERM && err != EACCES;
+}
+
+/* Sleep before the next attempt: exponential backoff with full jitter,
+ * never past the deadline.  Returns false if the deadline has passed. */
+static bool
+backoff (uint64_t *delay_ns, uint64_t deadline_ns)
+{
+  uint64_t now = now_ns (), d;
+
+  if (now >= deadline_ns)
+    return false;
+  d = *delay_ns / 2 + (uint64_t) random () % (*delay_ns / 2 + 1);
+  if (d > deadline_ns - now)
+    d = deadline_ns - now;
+  sleep_ns (d);
+  *delay_ns = *delay_ns * 2 > BACKOFF_MAX_NS ? BACKOFF_MAX_NS : *delay_ns * 2;
+  return true;
+}
+
+static void
+set_state (struct remote *r, enum remote_state s)
+{
+  pthread_mutex_lock (&r->lock);
+  if (r->state != REMOTE_CHANGED)
+    r->state = s;
+  pthread_mutex_unlock (&r->lock);
+}
+
+int64_t
+remote_get_size (struct remote *r, uint64_t deadline_ns, int *err)
+{
+  uint64_t delay = BACKOFF_MIN_NS;
+
+  for (;;) {
+    int64_t size;
+    *err = 0;
+    if (r->ops->thread_model == REMOTE_SERIALIZE)
+      pthread_mutex_lock (&r->serialize);
+    size = r->ops->get_size (r, r->h, deadline_ns, err);
+    if (r->ops->thread_model == REMOTE_SERIALIZE)
+      pthread_mutex_unlock (&r->serialize);
+    if (size >= 0)
+      return size;
+    assert (*err != 0);
+    if (!is_retryable (*err))
+      return -1;
+    set_state (r, REMOTE_RETRYING);
+    if (!backoff (&delay, deadline_ns)) {
+      set_state (r, REMOTE_DOWN);
+      if (*err != ETIMEDOUT && *err != ECONNREFUSED && *err != ENOENT)
+        *err = EIO;
+      return -1;
+    }
+  }
+}
+
+int
+remote_pread (struct remote *r, void *buf, size_t count, uint64_t offset,
+              uint64_t deadline_ns, int *err)
+{
+  uint64_t delay = BACKOFF_MIN_NS, start = now_ns ();
+  unsigned attempts = 0;
+
+  assert (count > 0);
+  for (;;) {
+    int ret;
+    *err = 0;
+    attempts++;
+    if (r->ops->thread_model == REMOTE_SERIALIZE)
+      pthread_mutex_lock (&r->serialize);
+    ret = r->ops->pread (r, r->h, buf, count, offset, deadline_ns, err);
+    if (r->ops->thread_model == REMOTE_SERIALIZE)
+      pthread_mutex_unlock (&r->serialize);
+    pthread_mutex_lock (&r->lock);
+    r->stats.requests++;
+    if (ret == 0)
+      r->stats.bytes += count;
+    else {
+      r->stats.errors++;
+      if (attempts > 1)
+        r->stats.retries++;
+    }
+    pthread_mutex_unlock (&r->lock);
+    if (ret == 0) {
+      log_debug ("remote: disk %s: read %zu bytes at %" PRIu64, r->disk, count, offset);
+      return 0;
+    }
+    assert (*err != 0);
+    if (!is_retryable (*err) || !backoff (&delay, deadline_ns)) {
+      int e = *err;
+      if (is_retryable (e)) {
+        set_state (r, REMOTE_DOWN);
+        *err = EIO;
+      }
+      log_error ("remote: disk %s: parent %s: read of %zu bytes at offset %"
+                 PRIu64 " failed after %u attempts in %.1f s: %s",
+                 r->disk, r->url, count, offset, attempts,
+                 (now_ns () - start) / 1e9, strerror (e));
+      return -1;
+    }
+    set_state (r, REMOTE_RETRYING);
+  }
+}

@@ -1,0 +1,92 @@
+# Shared helpers for tests/integ/*.sh.  Source it first:
+#   . "$(dirname "$0")/../functions.sh"
+# Provides: requires, skip, fail, cleanup_fn, start_nbdkit, wait_mount,
+# corfs_mount, corfs_unmount, daemon_pid, and $CORFS, $TOOLS, $T (a scratch dir).
+set -euo pipefail
+
+: "${CORFS:=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/build/corfs}"
+: "${TOOLS:=$(dirname "$CORFS")/tests/tools}"
+VG=${VG:-}
+
+T=$(mktemp -d /tmp/corfs-test.XXXXXX)
+_cleanups=()
+
+# cleanup_fn CMD ARGS...: run at exit, last registered first.
+cleanup_fn () { _cleanups+=("$(printf '%q ' "$@")"); }
+_run_cleanups () {
+  local rc=$? i
+  set +e
+  for (( i=${#_cleanups[@]}-1; i>=0; i-- )); do eval "${_cleanups[$i]}" >/dev/null 2>&1; done
+  if [ $rc -ne 0 ] && [ $rc -ne 77 ] && [ -d "$T" ]; then
+    for f in "$T"/*/corfs.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 30 "$f"; }; done
+  fi
+  rm -rf "$T"
+  exit $rc
+}
+trap _run_cleanups EXIT
+
+skip () { echo "SKIP: $*"; exit 77; }
+fail () { echo "FAIL: $*" >&2; exit 1; }
+requires () { "$@" >/dev/null 2>&1 || skip "missing: $*"; }
+
+# kill_pid PID: TERM, then KILL after 5 s; waits for it to go.
+kill_pid () {
+  local pid=$1 i
+  kill "$pid" 2>/dev/null || return 0
+  for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
+# start_nbdkit PIDFILE ARGS...: start nbdkit in the background (-P PIDFILE)
+# and register its cleanup.  Waits until the pid file exists (nbdkit
+# writes it once it is listening).
+start_nbdkit () {
+  local pidfile=$1; shift
+  rm -f "$pidfile"
+  nbdkit -P "$pidfile" "$@"
+  local i
+  for i in $(seq 100); do [ -s "$pidfile" ] && break; sleep 0.1; done
+  [ -s "$pidfile" ] || fail "nbdkit did not start: $*"
+  cleanup_fn kill_pid "$(cat "$pidfile")"
+}
+
+# wait_gone PID: wait (at most 30 s) for a process to exit.
+wait_gone () {
+  local i
+  for i in $(seq 300); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  fail "process $1 did not exit"
+}
+
+# daemon_pid STATE: the PID of the daemon holding STATE (from corfs.pid).
+daemon_pid () { cat "$1/corfs.pid"; }
+
+# is_mounted MNT
+is_mounted () { grep -q " $(realpath "$1") fuse" /proc/mounts; }
+
+# corfs_mount STATE MNT ARGS...: mount, register the unmount.
+corfs_mount () {
+  local state=$1 mnt=$2; shift 2
+  mkdir -p "$state" "$mnt"
+  $VG "$CORFS" mount --state "$state" "$@" "$mnt"
+  cleanup_fn _force_unmount "$state" "$mnt"
+}
+_force_unmount () {
+  local state=$1 mnt=$2 pid=""
+  [ -f "$state/corfs.pid" ] && pid=$(cat "$state/corfs.pid")
+  is_mounted "$mnt" && fusermount3 -u "$mnt"
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && { sleep 1; kill_pid "$pid"; }
+  return 0
+}
+
+# corfs_unmount MNT: clean unmount through the CLI (waits for the daemon).
+corfs_unmount () { "$CORFS" unmount "$1"; }
+
+# crash_unmount STATE MNT: kill -9 the daemon, clear the dead mount.
+crash_unmount () {
+  local pid; pid=$(daemon_pid "$1")
+  kill -9 "$pid"; wait_gone "$pid"
+  fusermount3 -u "$2" 2>/dev/null || umount -l "$2" 2>/dev/null || true
+}
+
+# nbd_uri SOCKET: the corfs URL for an nbdkit unix socket.
+nbd_uri () { echo "nbd+unix:///?socket=$1"; }
