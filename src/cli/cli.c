@@ -184,7 +184,7 @@ cli_status (int argc, char **argv)
 
   optind = 1;
   opterr = 0;
-  while ((c = getopt_long (argc, argv, "+h", longopts, NULL)) != -1) {
+  while ((c = getopt_long (argc, argv, "h", longopts, NULL)) != -1) {
     switch (c) {
     case OPT_STATE: state = optarg; break;
     case OPT_JSON: json = true; break;

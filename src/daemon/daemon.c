@@ -168,7 +168,7 @@ mount_parse (int argc, char **argv, struct mount_opts *o)
   o->fuse_options = calloc (1, sizeof (char *));
   optind = 1;
   opterr = 0;
-  while ((c = getopt_long (argc, argv, "+fvdho:", longopts, NULL)) != -1) {
+  while ((c = getopt_long (argc, argv, "fvdho:", longopts, NULL)) != -1) {
     switch (c) {
     case OPT_STATE: free (o->state); o->state = strdup (optarg); break;
     case OPT_DISK: if (add_disk_arg (o, optarg) == -1) return -1; break;
