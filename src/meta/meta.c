@@ -295,17 +295,20 @@ meta_open (const char *dir, struct meta **mp)
     if (rc == MDB_NOTFOUND)
       rc = mdb_put (txn, m->info_dbi, &key, &val, 0);
     else if (rc == 0 && (old.mv_size != 1 || *(char *) old.mv_data != '1')) {
-      mdb_txn_abort (txn);
+      /* Log first: old is valid only until the transaction ends. */
       log_error ("meta: %s: index format version %.*s is not supported",
                  dir, (int) old.mv_size, (char *) old.mv_data);
+      mdb_txn_abort (txn);
       errno = EPROTO;
       goto err_env_errno;
     }
   }
-  if (rc || (rc = mdb_txn_commit (txn)) != 0) {
-    if (rc && txn) { /* txn is freed by commit even on failure */ }
+  if (rc) {
+    mdb_txn_abort (txn);
     goto err_env;
   }
+  if ((rc = mdb_txn_commit (txn)) != 0)   /* frees txn even on failure */
+    goto err_env;
   *mp = m;
   return 0;
 
@@ -600,22 +603,30 @@ clamp_tail (struct meta_disk *d)
 }
 
 /* Must be called with m->lock held.  Write every pending chunk of d into
- * txn, clearing the pending bits (used by open-widening and by close). */
+ * txn (used by open-widening and by close).  With clear, clear the pending
+ * bits as it goes: open-widening may, because a failed attempt reruns
+ * open_txn from scratch, bitmaps and all.  Close must not: write_txn
+ * reruns close_txn after MDB_MAP_FULL, and the chunks written into the
+ * aborted attempt would otherwise be lost (d is freed afterwards anyway). */
 static int
-put_pending (struct meta *m, MDB_txn *txn, struct meta_disk *d)
+put_pending (struct meta *m, MDB_txn *txn, struct meta_disk *d, bool clear)
 {
   for (int map = 0; map < META_NR_MAPS; map++) {
     struct bitmap *b = &d->maps[map];
     for (uint64_t c = 0; c < b->nr_chunks; c++) {
       uint64_t bit = 1ULL << (c % 64);
-      if (!(__atomic_fetch_and (&b->pending[c / 64], ~bit, __ATOMIC_SEQ_CST) & bit))
+      uint64_t was = clear
+        ? __atomic_fetch_and (&b->pending[c / 64], ~bit, __ATOMIC_SEQ_CST)
+        : __atomic_load_n (&b->pending[c / 64], __ATOMIC_SEQ_CST);
+      if (!(was & bit))
         continue;
       uint64_t words[CHUNK_WORDS];
       for (size_t i = 0; i < CHUNK_WORDS; i++)
         words[i] = __atomic_load_n (&b->words[c * CHUNK_WORDS + i], __ATOMIC_SEQ_CST);
       int rc = put_chunk (m, txn, d, map, c, words);
       if (rc) {
-        __atomic_fetch_or (&b->pending[c / 64], bit, __ATOMIC_SEQ_CST);
+        if (clear)
+          __atomic_fetch_or (&b->pending[c / 64], bit, __ATOMIC_SEQ_CST);
         return rc;
       }
     }
@@ -688,7 +699,7 @@ open_txn (struct meta *m, MDB_txn *txn, void *argp)
     }
     v.rec.widened_generation = v.rec.generation;
     d->rec = v.rec;
-    if ((rc = put_pending (m, txn, d)) != 0)
+    if ((rc = put_pending (m, txn, d, true)) != 0)
       return rc;
     a->widened = true;
   }
@@ -712,9 +723,26 @@ meta_disk_open (struct meta *m, const char *name, const struct meta_record *init
     errno = EINVAL;
     return -1;
   }
+  if (strlen (name) >= sizeof d->name) {
+    free (d);
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  if (init && (strchr (init->url, '\n') || strchr (init->identity, '\n'))) {
+    free (d);
+    errno = EINVAL;             /* the record is stored as lines */
+    return -1;
+  }
   d->m = m;
   snprintf (d->name, sizeof d->name, "%s", name);
   pthread_mutex_lock (&m->lock);
+  for (struct meta_disk *o = m->disks; o; o = o->next)
+    if (!strcmp (o->name, name)) {
+      pthread_mutex_unlock (&m->lock);
+      free (d);
+      errno = EBUSY;
+      return -1;
+    }
   rc = write_txn (m, "open disk", open_txn, &a);
   if (rc == 0) {
     d->next = m->disks;
@@ -745,7 +773,7 @@ close_txn (struct meta *m, MDB_txn *txn, void *argp)
 {
   struct meta_disk *d = ((struct close_arg *) argp)->d;
   struct disk_value v = { .rec = d->rec, .id = d->id, .open = false };
-  int rc = put_pending (m, txn, d);
+  int rc = put_pending (m, txn, d, false);
 
   if (rc)
     return rc;

@@ -86,12 +86,17 @@ int meta_disk_names (struct meta *m, char ***names);
  * may be NULL to require an existing disk: ENOENT), load its bitmaps,
  * and mark it open (widening the maps first if the last daemon died
  * without closing it: *widened is set then).  The record is durable on
- * return.  0, or -1 with errno. */
+ * return.  0, or -1 with errno: ENOENT, EINVAL (block size not a power
+ * of two, or a newline in url or identity: records are stored as lines),
+ * ENAMETOOLONG (name over 64 bytes), EBUSY (already open in this
+ * process), or an LMDB error mapped to errno. */
 int meta_disk_open (struct meta *m, const char *name,
                     const struct meta_record *init,
                     struct meta_disk **dp, bool *widened);
 
-/* Close a disk.  With clean, first commit any pending bitmap chunks and
+/* Close a disk.  Must not run while a batch is between meta_batch_begin
+ * and meta_batch_commit (the batch points at the disk): close disks only
+ * from the committer's thread or after it has stopped.  With clean, first commit any pending bitmap chunks and
  * clear the open mark: the caller must have fdatasync'd the overlay after
  * its last write.  Always frees d.  0, or -1 with errno (d is freed anyway;
  * the mark stays set and the next open widens). */
