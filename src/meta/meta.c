@@ -36,6 +36,7 @@ struct bitmap {
   uint64_t *words;              /* atomic; nr_chunks * CHUNK_WORDS words */
   uint64_t *pending;            /* atomic; one bit per chunk */
   uint64_t nr_chunks;
+  uint64_t count;               /* atomic; bits set, kept by update_range */
 };
 
 struct meta_disk {
@@ -491,10 +492,15 @@ update_range (struct meta_disk *d, enum meta_map map, uint64_t blk,
     uint64_t w = blk / 64, bit = blk % 64;
     uint64_t n = 64 - bit < end - blk ? 64 - bit : end - blk;
     uint64_t mask = (n == 64 ? ~0ULL : ((1ULL << n) - 1)) << bit;
-    if (set)
-      __atomic_fetch_or (&b->words[w], mask, __ATOMIC_SEQ_CST);
-    else
-      __atomic_fetch_and (&b->words[w], ~mask, __ATOMIC_SEQ_CST);
+    uint64_t old;
+    if (set) {
+      old = __atomic_fetch_or (&b->words[w], mask, __ATOMIC_SEQ_CST);
+      __atomic_fetch_add (&b->count, __builtin_popcountll (mask & ~old), __ATOMIC_SEQ_CST);
+    }
+    else {
+      old = __atomic_fetch_and (&b->words[w], ~mask, __ATOMIC_SEQ_CST);
+      __atomic_fetch_sub (&b->count, __builtin_popcountll (mask & old), __ATOMIC_SEQ_CST);
+    }
     /* Pending after the bit: see the thread-model note. */
     mark_pending (b, blk);
     blk += n;
@@ -516,12 +522,18 @@ meta_clear (struct meta_disk *d, enum meta_map map, uint64_t blk, uint64_t nr)
 uint64_t
 meta_count (struct meta_disk *d, enum meta_map map)
 {
-  struct bitmap *b = &d->maps[map];
+  return __atomic_load_n (&d->maps[map].count, __ATOMIC_SEQ_CST);
+}
+
+/* Recount a map's bits after loading or widening it. */
+static void
+recount (struct bitmap *b)
+{
   uint64_t n = 0;
 
   for (uint64_t i = 0; i < b->nr_chunks * CHUNK_WORDS; i++)
-    n += __builtin_popcountll (__atomic_load_n (&b->words[i], __ATOMIC_RELAXED));
-  return n;
+    n += __builtin_popcountll (b->words[i]);
+  b->count = n;
 }
 
 uint64_t
@@ -683,6 +695,8 @@ open_txn (struct meta *m, MDB_txn *txn, void *argp)
       return rc;
   }
   clamp_tail (d);
+  for (int map = 0; map < META_NR_MAPS; map++)
+    recount (&d->maps[map]);
 
   if (v.open) {
     /* The last daemon died with this disk open: any present block may
@@ -697,6 +711,8 @@ open_txn (struct meta *m, MDB_txn *txn, void *argp)
       d->maps[META_CHANGED].pending[c / 64] |= 1ULL << (c % 64);
       d->maps[META_SUSPECT].pending[c / 64] |= 1ULL << (c % 64);
     }
+    recount (&d->maps[META_CHANGED]);
+    recount (&d->maps[META_SUSPECT]);
     v.rec.widened_generation = v.rec.generation;
     d->rec = v.rec;
     if ((rc = put_pending (m, txn, d, true)) != 0)

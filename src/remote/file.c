@@ -144,7 +144,58 @@ rfile_pread (struct remote *r, void *hv, void *buf, size_t count,
   return 0;
 }
 
+/* Holes of a local file read as zeros (lseek SEEK_HOLE/SEEK_DATA). */
+static int
+rfile_zero_extents (struct remote *r, void *hv, uint64_t offset, uint64_t count,
+                    uint64_t deadline_ns, struct remote_extent **v, size_t *n,
+                    int *err)
+{
+  struct rfile *h = hv;
+  uint64_t end = offset + count, pos = offset;
+  int fd = rfile_connect (r, h, err);
+
+  if (fd == -1)
+    return -1;
+  while (pos < end) {
+    off_t hole = lseek (fd, pos, SEEK_HOLE), data;
+    if (hole == -1) {
+      if (errno == ENXIO)
+        break;
+      return 0;                 /* cannot tell: no zero extents */
+    }
+    if ((uint64_t) hole >= end || (uint64_t) hole >= (uint64_t) h->size)
+      break;
+    data = lseek (fd, hole, SEEK_DATA);
+    if (data == -1 && errno != ENXIO)
+      return 0;
+    uint64_t hend = data == -1 ? (uint64_t) h->size : (uint64_t) data;
+    if (hend > end)
+      hend = end;
+    if (remote_extent_append (v, n, hole, hend - hole) == -1) {
+      *err = ENOMEM;
+      return -1;
+    }
+    pos = hend;
+  }
+  return 0;
+}
+
+static void
+rfile_release (void *hv)
+{
+  struct rfile *h = hv;
+
+  pthread_mutex_lock (&h->lock);
+  if (h->fd >= 0) {
+    close (h->fd);
+    h->fd = -1;
+  }
+  pthread_mutex_unlock (&h->lock);
+}
+
 const struct remote_ops rfile_ops = {
+  .zero_extents = rfile_zero_extents,
+  .release = rfile_release,
   .name = "file",
   .thread_model = REMOTE_PARALLEL,
   .handles = rfile_handles,

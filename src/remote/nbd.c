@@ -371,7 +371,117 @@ rnbd_pread (struct remote *r, void *hv, void *buf, size_t count,
   return ret;
 }
 
+struct bs_ctx {
+  struct remote_extent **v;
+  size_t *n;
+  uint64_t end;                 /* of what was covered so far */
+  int err;
+};
+
+static int
+bs_extent (void *user_data, const char *metacontext, uint64_t offset,
+           uint32_t *entries, size_t nr_entries, int *error)
+{
+  struct bs_ctx *ctx = user_data;
+
+  if (strcmp (metacontext, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0)
+    return 0;
+  for (size_t i = 0; i + 1 < nr_entries; i += 2) {
+    /* Only STATE_ZERO promises zeros; a hole alone does not (rule 6). */
+    if ((entries[i + 1] & LIBNBD_STATE_ZERO) &&
+        remote_extent_append (ctx->v, ctx->n, offset, entries[i]) == -1)
+      ctx->err = ENOMEM;
+    offset += entries[i];
+  }
+  if (offset > ctx->end)
+    ctx->end = offset;
+  return 0;
+}
+
+/* Block status, looping because a reply may cover less than asked. */
+static int
+rnbd_zero_extents (struct remote *r, void *hv, uint64_t offset, uint64_t count,
+                   uint64_t deadline_ns, struct remote_extent **v, size_t *n,
+                   int *err)
+{
+  struct rnbd *h = hv;
+  struct rnbd_conn *c = acquire (h, deadline_ns, err);
+  uint64_t end = offset + count;
+  int ret = 0;
+
+  if (!c)
+    return -1;
+  if (!c->nbd && conn_connect (r, h, c, deadline_ns, err) == -1) {
+    release (h, c);
+    return -1;
+  }
+  if (nbd_can_meta_context (c->nbd, LIBNBD_CONTEXT_BASE_ALLOCATION) != 1)
+    goto out;                   /* the server cannot tell */
+  while (offset < end && ret == 0) {
+    struct bs_ctx ctx = { v, n, offset, 0 };
+    uint64_t len = end - offset > (1U << 30) ? (1U << 30) : end - offset;
+    int64_t cookie = nbd_aio_block_status (c->nbd, len, offset,
+                                           (nbd_extent_callback) { .callback = bs_extent,
+                                                                   .user_data = &ctx },
+                                           NBD_NULL_COMPLETION, 0);
+    if (cookie == -1) {
+      *err = nbd_get_errno () ? nbd_get_errno () : EIO;
+      ret = -1;
+      break;
+    }
+    for (;;) {
+      int done = nbd_aio_command_completed (c->nbd, cookie);
+      if (done == 1)
+        break;
+      if (done == -1) {
+        *err = nbd_get_errno () ? nbd_get_errno () : EIO;
+        ret = -1;
+        break;
+      }
+      int ms = ms_until (min_u64 (deadline_ns, now_ns () + h->request_timeout_ns));
+      if (ms == 0 || nbd_poll (c->nbd, ms) == -1) {
+        *err = ms == 0 ? ETIMEDOUT : EIO;
+        drop_conn (c);
+        ret = -1;
+        break;
+      }
+    }
+    if (ret == 0 && ctx.err) {
+      *err = ctx.err;
+      ret = -1;
+    }
+    if (ret == 0 && ctx.end <= offset) {
+      *err = EPROTO;            /* no progress: a broken server */
+      ret = -1;
+    }
+    offset = ctx.end;
+  }
+  if (ret == -1)
+    remote_note_error (r, "block status at offset %" PRIu64 ": %s", offset, strerror (*err));
+ out:
+  if (c->nbd && (nbd_aio_is_dead (c->nbd) || nbd_aio_is_closed (c->nbd)))
+    drop_conn (c);
+  release (h, c);
+  return ret;
+}
+
+/* Close idle connections.  Must be called when no request is running
+ * (a complete disk makes none). */
+static void
+rnbd_release (void *hv)
+{
+  struct rnbd *h = hv;
+
+  pthread_mutex_lock (&h->lock);
+  for (unsigned i = 0; i < h->nconns; i++)
+    if (!h->conns[i].busy)
+      drop_conn (&h->conns[i]);
+  pthread_mutex_unlock (&h->lock);
+}
+
 const struct remote_ops rnbd_ops = {
+  .zero_extents = rnbd_zero_extents,
+  .release = rnbd_release,
   .name = "nbd",
   .thread_model = REMOTE_PARALLEL,
   .handles = rnbd_handles,

@@ -21,7 +21,18 @@ struct remote_ops {
   /* Read all of count bytes or fail; bounded by deadline_ns. */
   int (*pread) (struct remote *r, void *h, void *buf, size_t count,
                 uint64_t offset, uint64_t deadline_ns, int *err);
+  /* Optional: zero extents (see remote_zero_extents).  Append to *v. */
+  int (*zero_extents) (struct remote *r, void *h, uint64_t offset, uint64_t count,
+                       uint64_t deadline_ns, struct remote_extent **v, size_t *n,
+                       int *err);
+  /* Optional: close connections (see remote_release). */
+  void (*release) (void *h);
 };
+
+/* Append an extent to a malloc'd vector (merging with the previous one
+ * when adjacent).  0 or -1 (ENOMEM). */
+int remote_extent_append (struct remote_extent **v, size_t *n, uint64_t offset,
+                          uint64_t length);
 
 extern const struct remote_ops rfile_ops;
 extern const struct remote_ops rnbd_ops;

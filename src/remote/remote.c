@@ -315,3 +315,64 @@ remote_pread (struct remote *r, void *buf, size_t count, uint64_t offset,
     set_state (r, REMOTE_RETRYING);
   }
 }
+
+int
+remote_extent_append (struct remote_extent **v, size_t *n, uint64_t offset,
+                      uint64_t length)
+{
+  struct remote_extent *nv;
+
+  if (length == 0)
+    return 0;
+  if (*n > 0 && (*v)[*n - 1].offset + (*v)[*n - 1].length == offset) {
+    (*v)[*n - 1].length += length;
+    return 0;
+  }
+  nv = realloc (*v, (*n + 1) * sizeof *nv);
+  if (!nv)
+    return -1;
+  nv[*n].offset = offset;
+  nv[*n].length = length;
+  *v = nv;
+  (*n)++;
+  return 0;
+}
+
+int
+remote_zero_extents (struct remote *r, uint64_t offset, uint64_t count,
+                     uint64_t deadline_ns, struct remote_extent **extents,
+                     size_t *nr_extents, int *err)
+{
+  int ret = 0;
+
+  *extents = NULL;
+  *nr_extents = 0;
+  if (!r->ops->zero_extents || count == 0)
+    return 0;
+  if (r->ops->thread_model == REMOTE_SERIALIZE)
+    pthread_mutex_lock (&r->serialize);
+  ret = r->ops->zero_extents (r, r->h, offset, count, deadline_ns, extents,
+                              nr_extents, err);
+  if (r->ops->thread_model == REMOTE_SERIALIZE)
+    pthread_mutex_unlock (&r->serialize);
+  if (ret == -1) {
+    free (*extents);
+    *extents = NULL;
+    *nr_extents = 0;
+  }
+  return ret;
+}
+
+void
+remote_release (struct remote *r)
+{
+  if (r->ops->release) {
+    if (r->ops->thread_model == REMOTE_SERIALIZE)
+      pthread_mutex_lock (&r->serialize);
+    r->ops->release (r->h);
+    if (r->ops->thread_model == REMOTE_SERIALIZE)
+      pthread_mutex_unlock (&r->serialize);
+  }
+  set_state (r, REMOTE_IDLE);
+  log_info ("remote: disk %s: released parent %s", r->disk, r->url);
+}

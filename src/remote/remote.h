@@ -58,6 +58,24 @@ int64_t remote_get_size (struct remote *r, uint64_t deadline_ns, int *err);
 int remote_pread (struct remote *r, void *buf, size_t count, uint64_t offset,
                   uint64_t deadline_ns, int *err);
 
+/* A byte range of the parent. */
+struct remote_extent {
+  uint64_t offset, length;
+};
+
+/* Ranges within [offset, offset + count) that the parent promises read as
+ * zeros (NBD base:allocation STATE_ZERO, a hole in a file parent), sorted;
+ * an empty list when the parent cannot tell.  *extents is malloc'd (the
+ * caller frees it).  Bounded by deadline_ns; not retried (callers fall back
+ * to reading).  0, or -1 with *err. */
+int remote_zero_extents (struct remote *r, uint64_t offset, uint64_t count,
+                         uint64_t deadline_ns, struct remote_extent **extents,
+                         size_t *nr_extents, int *err);
+
+/* Close every connection to the parent (a complete disk needs it no more);
+ * the next request reconnects.  The pinned identity stays. */
+void remote_release (struct remote *r);
+
 /* The identity string (pinned at the first connect).  Copies into buf;
  * "" if not yet connected. */
 void remote_identity (struct remote *r, char *buf, size_t len);
