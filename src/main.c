@@ -13,18 +13,24 @@ usage (FILE *f)
 "Usage: corfs COMMAND [ARGS...]\n"
 "\n"
 "corfs presents each VM disk as a plain file on a FUSE mount.  Blocks fault\n"
-"in on demand from a remote parent (NBD or a local file) into a local overlay;\n"
-"an LMDB index records which blocks are present and which are dirty.\n"
+"in on demand from a remote parent (NBD or a local file) into a local overlay,\n"
+"while a background streamer fills the rest; an LMDB index records which\n"
+"blocks are present and which are dirty.\n"
 "\n"
 "Commands (every one takes --state DIR, except unmount):\n"
 "  mount --state DIR [--disk NAME=URL]... [OPTIONS] MOUNTPOINT\n"
 "                         start the daemon; returns once the mount serves\n"
 "  unmount MOUNTPOINT     final commit, clean exit; waits for the daemon\n"
-"  status --state DIR [NAME] [--json] [--maps]\n"
-"                         per disk: present/total, dirty, health, parent state\n"
+"  status --state DIR [NAME] [--json] [--maps] [--watch]\n"
+"                         per disk: present/total, dirty, health, parent state,\n"
+"                         streamer progress\n"
+"  stream --state DIR NAME [--wait] [--rate R] [--pause|--resume|--cancel]\n"
+"                         fill the overlay in the background, or steer it\n"
+"  events --state DIR     follow the event stream (JSON lines)\n"
+"  metrics --state DIR    metrics in the Prometheus text format\n"
 "\n"
 "Run `corfs COMMAND --help` for a command's options.  Not in this version yet:\n"
-"the background streamer, merge, flatten, checkpoints, migration and mirror.\n");
+"HTTP/S3/NFS parents, merge, flatten, checkpoints, migration and mirror.\n");
 }
 
 int
@@ -52,6 +58,12 @@ main (int argc, char **argv)
     return cli_unmount (argc - 1, argv + 1);
   if (!strcmp (argv[1], "status"))
     return cli_status (argc - 1, argv + 1);
+  if (!strcmp (argv[1], "stream"))
+    return cli_stream (argc - 1, argv + 1);
+  if (!strcmp (argv[1], "events"))
+    return cli_events (argc - 1, argv + 1);
+  if (!strcmp (argv[1], "metrics"))
+    return cli_metrics (argc - 1, argv + 1);
   fprintf (stderr, "corfs: unknown command '%s' (see corfs --help)\n", argv[1]);
   return 2;
 }

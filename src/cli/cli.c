@@ -129,6 +129,38 @@ cli_unmount (int argc, char **argv)
   return 1;
 }
 
+/* One request/reply on a fresh connection.  Returns the reply (caller
+ * decrefs) with "ok" true, or NULL after printing the error. */
+static json_t *
+request (const char *cmdname, const char *state, json_t *req)
+{
+  char err[512];
+  int fd = jsonl_connect (state, err, sizeof err);
+  json_t *reply;
+
+  if (fd == -1) {
+    fprintf (stderr, "corfs %s: %s\n", cmdname, err);
+    json_decref (req);
+    return NULL;
+  }
+  if (jsonl_send (fd, req) == -1 || !(reply = jsonl_recv (fd))) {
+    fprintf (stderr, "corfs %s: talking to the daemon of %s: %s\n", cmdname, state,
+             strerror (errno));
+    json_decref (req);
+    close (fd);
+    return NULL;
+  }
+  json_decref (req);
+  close (fd);
+  if (!json_is_true (json_object_get (reply, "ok"))) {
+    fprintf (stderr, "corfs %s: %s\n", cmdname,
+             json_string_value (json_object_get (reply, "error")));
+    json_decref (reply);
+    return NULL;
+  }
+  return reply;
+}
+
 static void
 human_size (uint64_t n, char *buf, size_t len)
 {
@@ -140,6 +172,28 @@ human_size (uint64_t n, char *buf, size_t len)
     u++;
   }
   snprintf (buf, len, u ? "%.1f %s" : "%.0f %s", v, units[u]);
+}
+
+/* "[#######.......]  45.2%  12.0 MiB/s  ETA 0:12" */
+static void
+progress_line (json_t *d, char *buf, size_t len)
+{
+  uint64_t sz = json_integer_value (json_object_get (d, "size"));
+  uint64_t pr = json_integer_value (json_object_get (d, "present_bytes"));
+  json_t *st = json_object_get (d, "stream");
+  double pct = sz ? 100.0 * pr / sz : 100.0, bps = json_real_value (json_object_get (st, "bytes_per_s"));
+  int64_t eta = json_integer_value (json_object_get (st, "eta_s"));
+  char bar[31], rate[32], etas[32] = "";
+  int fill = (int) (pct * 30 / 100);
+
+  for (int i = 0; i < 30; i++)
+    bar[i] = i < fill ? '#' : '.';
+  bar[30] = '\0';
+  human_size ((uint64_t) bps, rate, sizeof rate);
+  if (eta > 0)
+    snprintf (etas, sizeof etas, "  ETA %" PRId64 ":%02" PRId64, eta / 60, eta % 60);
+  snprintf (buf, len, "[%s] %5.1f%%  %s/s  %s%s", bar, pct, rate,
+            json_string_value (json_object_get (st, "state")), etas);
 }
 
 static void
@@ -163,6 +217,26 @@ print_disk (json_t *d)
   printf ("  parent %s: %s%s%s\n", json_string_value (json_object_get (parent, "url")),
           json_string_value (json_object_get (parent, "state")),
           err && *err ? ", last error: " : "", err && *err ? err : "");
+  {
+    char line[160];
+    json_t *st = json_object_get (d, "stream");
+    const char *serr = json_string_value (json_object_get (st, "last_error"));
+    progress_line (d, line, sizeof line);
+    printf ("  stream %s%s%s\n", line, serr && *serr ? ", last error: " : "",
+            serr && *serr ? serr : "");
+  }
+}
+
+static bool
+all_complete (json_t *disks)
+{
+  size_t i;
+  json_t *d;
+
+  json_array_foreach (disks, i, d)
+    if (!json_is_true (json_object_get (d, "complete")))
+      return false;
+  return true;
 }
 
 int
@@ -173,28 +247,33 @@ cli_status (int argc, char **argv)
     { "state", required_argument, NULL, OPT_STATE },
     { "json", no_argument, NULL, OPT_JSON },
     { "maps", no_argument, NULL, OPT_MAPS },
+    { "watch", no_argument, NULL, 'w' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
   const char *state = NULL, *name = NULL;
-  bool json = false, maps = false;
+  bool json = false, maps = false, watch = false;
   char err[512];
   int c, fd, ret = 1;
   json_t *req, *reply;
 
   optind = 1;
   opterr = 0;
-  while ((c = getopt_long (argc, argv, "h", longopts, NULL)) != -1) {
+  while ((c = getopt_long (argc, argv, "hw", longopts, NULL)) != -1) {
     switch (c) {
     case OPT_STATE: state = optarg; break;
+    case 'w': watch = true; break;
     case OPT_JSON: json = true; break;
     case OPT_MAPS: maps = true; break;
     case 'h':
-      printf ("Usage: corfs status --state DIR [NAME] [--json] [--maps]\n\n"
+      printf ("Usage: corfs status --state DIR [NAME] [--json] [--maps] [--watch]\n\n"
               "Per disk: size, bytes present, dirty bytes, health (rw, ro, failed),\n"
-              "owner state and epoch, parent URL, state and last error.\n"
+              "owner state and epoch, parent URL, state and last error, streamer\n"
+              "state, rate and ETA.\n"
               "  --json   machine-readable output (fields in docs/control.md)\n"
-              "  --maps   add the present and dirty extents (offset, length in bytes)\n");
+              "  --maps   add the present and dirty extents (offset, length in bytes)\n"
+              "  --watch  refresh every second (a live progress bar on a terminal)\n"
+              "           until every disk is complete\n");
       return 0;
     default:
       fprintf (stderr, "corfs status: unknown or incomplete option %s (see corfs status --help)\n",
@@ -208,6 +287,28 @@ cli_status (int argc, char **argv)
     fprintf (stderr, "corfs status: %s (see corfs status --help)\n",
              !state ? "--state DIR is required" : "more than one NAME");
     return 2;
+  }
+  if (watch && !json) {
+    bool tty = isatty (1);
+    for (;;) {
+      json_t *r = json_pack ("{s:s}", "cmd", "status");
+      size_t i;
+      json_t *d;
+      if (name)
+        json_object_set_new (r, "disk", json_string (name));
+      if (!(r = request ("status", state, r)))
+        return 1;
+      if (tty)
+        printf ("\033[H\033[J");
+      json_array_foreach (json_object_get (r, "disks"), i, d)
+        print_disk (d);
+      fflush (stdout);
+      bool done = all_complete (json_object_get (r, "disks"));
+      json_decref (r);
+      if (done)
+        return 0;
+      sleep_ns (NS_PER_SEC);
+    }
   }
   fd = jsonl_connect (state, err, sizeof err);
   if (fd == -1) {
@@ -246,4 +347,193 @@ cli_status (int argc, char **argv)
   }
   json_decref (reply);
   return ret;
+}
+
+int
+cli_stream (int argc, char **argv)
+{
+  enum { OPT_STATE = 256, OPT_RATE, OPT_PAUSE, OPT_RESUME, OPT_CANCEL, OPT_WAIT };
+  static const struct option longopts[] = {
+    { "state", required_argument, NULL, OPT_STATE },
+    { "rate", required_argument, NULL, OPT_RATE },
+    { "pause", no_argument, NULL, OPT_PAUSE },
+    { "resume", no_argument, NULL, OPT_RESUME },
+    { "cancel", no_argument, NULL, OPT_CANCEL },
+    { "wait", no_argument, NULL, OPT_WAIT },
+    { "help", no_argument, NULL, 'h' },
+    { NULL, 0, NULL, 0 },
+  };
+  const char *state = NULL, *name, *action = "start";
+  bool wait = false, have_rate = false;
+  uint64_t rate = 0;
+  int c;
+  json_t *req, *reply;
+
+  optind = 1;
+  opterr = 0;
+  while ((c = getopt_long (argc, argv, "h", longopts, NULL)) != -1) {
+    switch (c) {
+    case OPT_STATE: state = optarg; break;
+    case OPT_RATE:
+      if (parse_size (optarg, &rate) == -1) {
+        fprintf (stderr, "corfs stream: --rate %s: expected bytes per second (K/M/G suffixes; 0 = unlimited)\n", optarg);
+        return 2;
+      }
+      have_rate = true;
+      break;
+    case OPT_PAUSE: action = "pause"; break;
+    case OPT_RESUME: action = "resume"; break;
+    case OPT_CANCEL: action = "cancel"; break;
+    case OPT_WAIT: wait = true; break;
+    case 'h':
+      printf ("Usage: corfs stream --state DIR NAME [--wait] [--rate R] [--pause|--resume|--cancel]\n\n"
+              "Fill the disk's overlay in the background (start it if it is off or was\n"
+              "cancelled), or steer a running stream.\n"
+              "  --rate R   bytes per second (K/M/G suffixes), 0 for unlimited; alone it\n"
+              "             changes the rate of the running stream\n"
+              "  --wait     wait until the disk is complete (exit 0), or the stream is\n"
+              "             cancelled or the disk fails (exit 1); progress on a terminal\n");
+      return 0;
+    default:
+      fprintf (stderr, "corfs stream: unknown or incomplete option %s (see corfs stream --help)\n",
+               argv[optind - 1]);
+      return 2;
+    }
+  }
+  if (!state || optind != argc - 1) {
+    fprintf (stderr, "corfs stream: %s (see corfs stream --help)\n",
+             !state ? "--state DIR is required" : "expected one disk NAME");
+    return 2;
+  }
+  name = argv[optind];
+  if (have_rate && !strcmp (action, "start") && !wait)
+    action = "rate";            /* --rate alone: change it, start nothing */
+  req = json_pack ("{s:s, s:s, s:s}", "cmd", "stream", "disk", name, "action", action);
+  if (have_rate)
+    json_object_set_new (req, "rate", json_integer (rate));
+  if (!(reply = request ("stream", state, req)))
+    return 1;
+  json_decref (reply);
+  if (!wait)
+    return 0;
+  bool tty = isatty (2);
+  for (;;) {
+    json_t *d;
+    const char *sstate, *health;
+    char line[160];
+    req = json_pack ("{s:s, s:s}", "cmd", "status", "disk", name);
+    if (!(reply = request ("stream", state, req)))
+      return 1;
+    d = json_array_get (json_object_get (reply, "disks"), 0);
+    sstate = json_string_value (json_object_get (json_object_get (d, "stream"), "state"));
+    health = json_string_value (json_object_get (d, "health"));
+    if (tty) {
+      progress_line (d, line, sizeof line);
+      fprintf (stderr, "\r%s: %s\033[K", name, line);
+    }
+    if (json_is_true (json_object_get (d, "complete"))) {
+      if (tty)
+        fprintf (stderr, "\n");
+      json_decref (reply);
+      return 0;
+    }
+    if (!strcmp (sstate, "cancelled") || !strcmp (sstate, "off") || strcmp (health, "rw") != 0) {
+      if (tty)
+        fprintf (stderr, "\n");
+      fprintf (stderr, "corfs stream: disk %s: the stream %s before the disk was complete%s%s\n",
+               name, !strcmp (health, "rw") ? "was cancelled" : "stopped: the disk failed",
+               *json_string_value (json_object_get (json_object_get (d, "stream"), "last_error")) ? "; last error: " : "",
+               json_string_value (json_object_get (json_object_get (d, "stream"), "last_error")));
+      json_decref (reply);
+      return 1;
+    }
+    json_decref (reply);
+    sleep_ns (NS_PER_SEC / 2);
+  }
+}
+
+int
+cli_events (int argc, char **argv)
+{
+  const char *state = NULL;
+  char err[512];
+  int fd;
+  json_t *req, *ev;
+
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp (argv[i], "--help") || !strcmp (argv[i], "-h")) {
+      printf ("Usage: corfs events --state DIR\n\n"
+              "Follow the daemon's event stream (JSON lines: stream-progress,\n"
+              "stream-complete, stream-error, ...) until the daemon exits.\n");
+      return 0;
+    }
+    if (!strcmp (argv[i], "--state") && i + 1 < argc)
+      state = argv[++i];
+    else if (!strncmp (argv[i], "--state=", 8))
+      state = argv[i] + 8;
+    else {
+      fprintf (stderr, "corfs events: unexpected argument %s (see corfs events --help)\n", argv[i]);
+      return 2;
+    }
+  }
+  if (!state) {
+    fprintf (stderr, "corfs events: --state DIR is required\n");
+    return 2;
+  }
+  fd = jsonl_connect (state, err, sizeof err);
+  if (fd == -1) {
+    fprintf (stderr, "corfs events: %s\n", err);
+    return 1;
+  }
+  req = json_pack ("{s:s}", "cmd", "events");
+  if (jsonl_send (fd, req) == -1) {
+    fprintf (stderr, "corfs events: %s\n", strerror (errno));
+    json_decref (req);
+    close (fd);
+    return 1;
+  }
+  json_decref (req);
+  while ((ev = jsonl_recv (fd))) {
+    if (!json_object_get (ev, "ok")) {       /* skip the subscription's reply */
+      char *line = json_dumps (ev, JSON_COMPACT);
+      puts (line);
+      fflush (stdout);
+      free (line);
+    }
+    json_decref (ev);
+  }
+  close (fd);
+  return 0;
+}
+
+int
+cli_metrics (int argc, char **argv)
+{
+  const char *state = NULL;
+  json_t *reply;
+
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp (argv[i], "--help") || !strcmp (argv[i], "-h")) {
+      printf ("Usage: corfs metrics --state DIR\n\n"
+              "Print the daemon's metrics in the Prometheus text format.\n");
+      return 0;
+    }
+    if (!strcmp (argv[i], "--state") && i + 1 < argc)
+      state = argv[++i];
+    else if (!strncmp (argv[i], "--state=", 8))
+      state = argv[i] + 8;
+    else {
+      fprintf (stderr, "corfs metrics: unexpected argument %s (see corfs metrics --help)\n", argv[i]);
+      return 2;
+    }
+  }
+  if (!state) {
+    fprintf (stderr, "corfs metrics: --state DIR is required\n");
+    return 2;
+  }
+  if (!(reply = request ("metrics", state, json_pack ("{s:s}", "cmd", "metrics"))))
+    return 1;
+  fputs (json_string_value (json_object_get (reply, "text")), stdout);
+  json_decref (reply);
+  return 0;
 }

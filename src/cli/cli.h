@@ -6,5 +6,8 @@
 /* Each returns the process exit code; argv[0] is the command name. */
 int cli_unmount (int argc, char **argv);
 int cli_status (int argc, char **argv);
+int cli_stream (int argc, char **argv);
+int cli_events (int argc, char **argv);
+int cli_metrics (int argc, char **argv);
 
 #endif

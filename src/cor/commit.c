@@ -115,6 +115,8 @@ cor_engine_start (struct cor_engine *e)
   pthread_mutex_lock (&e->lock);
   e->running = true;
   pthread_mutex_unlock (&e->lock);
+  for (size_t i = 0; i < e->nr_disks; i++)
+    cor_stream_autostart (e->disks[i], e->disks[i]->start_mode);
   return 0;
 }
 

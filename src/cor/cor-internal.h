@@ -8,6 +8,8 @@
 
 enum cor_health { COR_RW, COR_RO, COR_FAILED };
 
+#define COR_STREAM_WORKERS 3
+
 /* A range of blocks [first, end) owned by one operation (a fetch or a
  * write): the in-flight table.  Nodes live on the owner's stack. */
 struct busy {
@@ -30,7 +32,41 @@ struct cor_disk {
   pthread_cond_t cond;          /* broadcast when a busy range is released */
   struct busy *busy;            /* protected by lock */
 
+  /* The streamer (stream.c).  Lock order: stream.lock before d->lock. */
+  struct {
+    pthread_mutex_t lock;       /* protects the fields below */
+    pthread_cond_t cond;        /* state changes, rate changes, stop */
+    int state;                  /* enum stream_state (stream.c) */
+    bool workers_started, stop;
+    pthread_t workers[COR_STREAM_WORKERS];
+    uint64_t rate;              /* bytes/s, 0 = unlimited */
+    double tokens;              /* rate limiter; may go negative (debt) */
+    uint64_t tokens_ns;         /* last refill */
+    uint64_t cursor;            /* next block to look at */
+    struct cor_range *hints;
+    size_t nr_hints, hint_idx;
+    uint64_t hint_cursor;       /* next block within hints[hint_idx] */
+    uint64_t errors;
+    uint64_t backoff_ns;
+    char last_error[512];
+    uint64_t rate_window_ns, rate_window_bytes;  /* recent throughput */
+    double recent_bps;
+    uint64_t last_progress_ns;
+    bool release_parent;
+  } stream;
+
+  /* Order of guest faults, saved to trace_path at close (hints for the
+   * next cold start of the same image).  Protected by lock. */
+  enum cor_stream_mode start_mode;
+  char *trace_path;
+  struct cor_range *trace;
+  size_t nr_trace;
+
   /* Atomics. */
+  int fg_inflight;              /* guest faults talking to the parent */
+  uint64_t last_fg_ns;          /* when the last guest fault ended */
+  uint64_t fg_fetched_bytes, bg_fetched_bytes, zero_skipped_bytes, streamed_bytes;
+  uint64_t fault_latency[COR_LAT_BUCKETS + 1], fault_latency_sum_us;
   int needs_sync;               /* overlay written since the last fdatasync */
   int health;                   /* enum cor_health; only ever goes up */
   uint64_t fetched_bytes, fetch_requests, fetch_errors;
@@ -48,7 +84,27 @@ struct cor_engine {
   pthread_t thread;
   struct cor_disk **disks;
   size_t nr_disks;
+  void (*event_fn) (void *opaque, const struct cor_event *ev);  /* set before start */
+  void *event_opaque;
 };
+
+/* Emit an event through the engine's callback (if any). */
+void cor_emit (struct cor_disk *d, const char *type, uint64_t done, uint64_t total,
+               const char *message);
+
+/* engine.c, for the streamer: make blocks [first, end) present without
+ * waiting for busy blocks (they are someone else's), skipping parent zero
+ * extents.  Bounded by deadline_ns.  Returns bytes fetched (>= 0) or -1
+ * with *err. */
+int64_t cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
+                      uint64_t deadline_ns, int *err);
+
+/* stream.c: set up from the disk config / stop and join the workers. */
+int cor_stream_init (struct cor_disk *d, const struct cor_disk_config *cfg);
+void cor_stream_shutdown (struct cor_disk *d);
+/* What the streamer should do at engine start. */
+void cor_stream_autostart (struct cor_disk *d, enum cor_stream_mode mode);
+const char *cor_stream_state_name (struct cor_disk *d);
 
 /* commit.c: run one group commit now (the committer thread, or the final
  * commit after it stopped).  0 or errno. */

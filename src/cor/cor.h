@@ -35,12 +35,25 @@ int cor_engine_start (struct cor_engine *e);
  * Returns 0 if everything was closed cleanly, -1 otherwise (logged). */
 int cor_engine_free (struct cor_engine *e);
 
+enum cor_stream_mode { COR_STREAM_OFF, COR_STREAM_ON, COR_STREAM_PAUSED };
+
+/* A byte range (hints, traces). */
+struct cor_range {
+  uint64_t offset, length;
+};
+
 struct cor_disk_config {
   const char *name;
   const char *overlay_path;     /* created sparse at the disk's size if absent */
   struct meta_disk *md;         /* ownership passes to the engine */
   struct remote *remote;        /* ownership passes to the engine */
   uint64_t hold_ns;             /* how long a guest request may wait for the parent */
+  enum cor_stream_mode stream;  /* what cor_engine_start does with the streamer */
+  uint64_t rate;                /* streamer bytes/s, 0 = unlimited */
+  bool release_parent;          /* close the parent's connections once complete */
+  const struct cor_range *hints;  /* streamed first, in order (copied) */
+  size_t nr_hints;
+  const char *trace_path;       /* where to save the order of guest faults, or NULL */
 };
 
 /* Add a disk.  On success the engine owns md and remote; on failure the
@@ -75,6 +88,40 @@ int cor_write (struct cor_disk *d, const void *buf, size_t count, uint64_t offse
  * 0 or -1 with *err (EIO forever after an overlay sync failure). */
 int cor_flush (struct cor_disk *d, int *err);
 
+/* Write zeros over [offset, offset + count): blocks wholly inside are
+ * punched in the overlay and marked present and dirty without a fetch;
+ * partly covered missing edge blocks are fetched first, then zeroed (so
+ * the whole range reads as zeros in both modes).  0 or -1 with *err. */
+int cor_zero (struct cor_disk *d, uint64_t offset, uint64_t count, int *err);
+
+/* lseek SEEK_DATA / SEEK_HOLE: a hole is reported only where every byte
+ * reads as zero (a present block that is a hole in the overlay; missing
+ * blocks count as data).  Returns the offset, or -1 with *err (ENXIO). */
+int64_t cor_seek (struct cor_disk *d, uint64_t offset, bool data, int *err);
+
+/* The streamer (stream.c): fills every missing block in the background,
+ * hints first, then in order, yielding to guest faults, rate-limited.
+ * start: begin (or restart after cancel, or resume); pause/resume/cancel
+ * as named.  0, or -1 with *err (EINVAL: nothing to do / wrong state). */
+int cor_stream_start (struct cor_disk *d, int *err);
+int cor_stream_pause (struct cor_disk *d, int *err);
+int cor_stream_resume (struct cor_disk *d, int *err);
+int cor_stream_cancel (struct cor_disk *d, int *err);
+void cor_stream_set_rate (struct cor_disk *d, uint64_t bytes_per_s);
+
+/* Events (stream-progress, stream-complete, stream-error, parent-error,
+ * disk-failed), called on the engine thread that caused them: fn must
+ * not block and must copy what it keeps.  Set before cor_engine_start. */
+struct cor_event {
+  const char *type;
+  const char *disk;
+  uint64_t done, total;         /* bytes, for progress */
+  const char *message;          /* or NULL */
+};
+void cor_set_event_fn (struct cor_engine *e,
+                       void (*fn) (void *opaque, const struct cor_event *ev),
+                       void *opaque);
+
 /* Status snapshot (see docs/control.md for the meaning of each field). */
 struct cor_status {
   uint64_t size, block_size, nr_blocks, present_blocks, dirty_blocks;
@@ -90,7 +137,20 @@ struct cor_status {
   uint64_t fetched_bytes, fetch_requests, fetch_errors;
   uint64_t guest_read_bytes, guest_write_bytes, flushes;
   uint64_t remote_retries, remote_reconnects;
+  /* streamer */
+  const char *stream_state;     /* "off", "running", "paused", "cancelled", "complete" */
+  uint64_t stream_rate;         /* bytes/s, 0 = unlimited */
+  uint64_t streamed_bytes, stream_errors;
+  double stream_bytes_per_s;    /* recent average */
+  int64_t eta_s;                /* -1 when unknown */
+  char stream_error[512];
+  uint64_t foreground_fetched_bytes, background_fetched_bytes, zero_skipped_bytes;
+  /* guest fault latency histogram: counts per bucket upper bound (us) */
+#define COR_LAT_BUCKETS 12
+  uint64_t fault_latency[COR_LAT_BUCKETS + 1];   /* last one: +Inf */
+  uint64_t fault_latency_sum_us;
 };
+extern const uint64_t cor_latency_bounds_us[COR_LAT_BUCKETS];
 void cor_disk_status (struct cor_disk *d, struct cor_status *st);
 
 /* Call fn for each maximal extent (offset, length in bytes) of present

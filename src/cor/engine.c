@@ -72,9 +72,43 @@ cor_engine_new (struct meta *m, struct cor_engine **ep)
   return 0;
 }
 
+/* Save the order of guest faults as "offset length" lines, unless a
+ * trace for this image exists already (the first cold start is the one
+ * worth replaying). */
+static void
+save_trace (struct cor_disk *d)
+{
+  char tmp[4096];
+  FILE *f;
+
+  if (!d->trace_path || d->nr_trace == 0 || access (d->trace_path, F_OK) == 0)
+    return;
+  snprintf (tmp, sizeof tmp, "%s.tmp", d->trace_path);
+  f = fopen (tmp, "w");
+  if (!f) {
+    log_warn ("cor: disk %s: saving fault trace %s: %m", d->name, tmp);
+    return;
+  }
+  fprintf (f, "# corfs fault trace of disk %s: offset length (bytes), in fault order\n",
+           d->name);
+  for (size_t i = 0; i < d->nr_trace; i++)
+    fprintf (f, "%" PRIu64 " %" PRIu64 "\n", d->trace[i].offset, d->trace[i].length);
+  if (fclose (f) == EOF || rename (tmp, d->trace_path) == -1)
+    log_warn ("cor: disk %s: saving fault trace %s: %m", d->name, d->trace_path);
+  else
+    log_info ("cor: disk %s: saved %zu fault ranges to %s", d->name, d->nr_trace,
+              d->trace_path);
+}
+
 static void
 disk_free (struct cor_disk *d, bool clean)
 {
+  save_trace (d);
+  free (d->trace);
+  free (d->trace_path);
+  free (d->stream.hints);
+  pthread_mutex_destroy (&d->stream.lock);
+  pthread_cond_destroy (&d->stream.cond);
   if (meta_disk_close (d->md, clean) == -1)
     log_error ("cor: disk %s: closing the index: %m", d->name);
   remote_close (d->remote);
@@ -93,6 +127,9 @@ cor_engine_free (struct cor_engine *e)
 
   if (!e)
     return 0;
+  /* Streamers first: they fetch and would race with the final commit. */
+  for (size_t i = 0; i < e->nr_disks; i++)
+    cor_stream_shutdown (e->disks[i]);
   r = cor_engine_stop (e);
   for (size_t i = 0; i < e->nr_disks; i++) {
     struct cor_disk *d = e->disks[i];
@@ -121,6 +158,7 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
     free (d);
     return -1;
   }
+  d->overlay_fd = -1;
   meta_disk_record (cfg->md, &rec);
   d->e = e;
   d->md = cfg->md;
@@ -132,6 +170,11 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
   d->hold_ns = cfg->hold_ns;
   pthread_mutex_init (&d->lock, NULL);
   pthread_cond_init (&d->cond, NULL);
+  d->start_mode = cfg->stream;
+  if (cfg->trace_path && !(d->trace_path = strdup (cfg->trace_path)))
+    goto err;
+  if (cor_stream_init (d, cfg) == -1)
+    goto err;
 
   d->overlay_fd = open (cfg->overlay_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (d->overlay_fd == -1 || fstat (d->overlay_fd, &st) == -1) {
@@ -171,6 +214,8 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
     int e2 = errno;
     if (d->overlay_fd >= 0)
       close (d->overlay_fd);
+    free (d->trace_path);
+    free (d->stream.hints);
     pthread_mutex_destroy (&d->lock);
     pthread_cond_destroy (&d->cond);
     free (d->name);
@@ -265,6 +310,29 @@ blocks_length (const struct cor_disk *d, uint64_t first, uint64_t end)
   return (e > d->size ? d->size : e) - block_offset (d, first);
 }
 
+/* Make [offset, offset + len) of the overlay read as zeros: punch a hole
+ * (which also zeroes partial filesystem blocks at the edges), or write
+ * zeros where the filesystem cannot punch.  0 or -1 with errno. */
+static int
+overlay_zero (struct cor_disk *d, uint64_t offset, uint64_t len)
+{
+  static const char zeros[65536];
+
+  if (fallocate (d->overlay_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                 offset, len) == 0)
+    return 0;
+  if (errno != EOPNOTSUPP)
+    return -1;
+  while (len > 0) {
+    size_t n = len > sizeof zeros ? sizeof zeros : len;
+    if (full_pwrite (d->overlay_fd, zeros, n, offset) == -1)
+      return -1;
+    offset += n;
+    len -= n;
+  }
+  return 0;
+}
+
 /* Store fetched data for blocks [first, end) in the overlay: all-zero
  * blocks are punched, runs of data blocks written.  0 or -1 with errno. */
 static int
@@ -285,13 +353,8 @@ store_blocks (struct cor_disk *d, const char *buf, uint64_t first, uint64_t end)
     }
     len = blocks_length (d, blk, run);
     if (zero) {
-      if (fallocate (d->overlay_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                     block_offset (d, blk), len) == -1) {
-        /* No hole punching here: write the zeros instead. */
-        if (errno != EOPNOTSUPP ||
-            full_pwrite (d->overlay_fd, buf + off, len, block_offset (d, blk)) == -1)
-          return -1;
-      }
+      if (overlay_zero (d, block_offset (d, blk), len) == -1)
+        return -1;
     }
     else if (full_pwrite (d->overlay_fd, buf + off, len, block_offset (d, blk)) == -1)
       return -1;
@@ -304,7 +367,8 @@ store_blocks (struct cor_disk *d, const char *buf, uint64_t first, uint64_t end)
  * present.  The caller owns the blocks in the in-flight table.  0 or -1
  * with *err. */
 static int
-fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end, int *err)
+fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end,
+              uint64_t deadline_ns, int *err)
 {
   uint64_t len = blocks_length (d, first, end), off = block_offset (d, first);
   CLEANUP_FREE char *buf = malloc (len);
@@ -314,7 +378,7 @@ fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end, int *err)
     return -1;
   }
   __atomic_fetch_add (&d->fetch_requests, 1, __ATOMIC_RELAXED);
-  if (remote_pread (d->remote, buf, len, off, now_ns () + d->hold_ns, err) == -1) {
+  if (remote_pread (d->remote, buf, len, off, deadline_ns, err) == -1) {
     __atomic_fetch_add (&d->fetch_errors, 1, __ATOMIC_RELAXED);
     return -1;
   }
@@ -333,11 +397,31 @@ fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end, int *err)
   return 0;
 }
 
+/* Must be called with d->lock held.  Remember a guest fault for the trace. */
+static void
+trace_fault_unlocked (struct cor_disk *d, uint64_t first, uint64_t end)
+{
+  struct cor_range *nv;
+
+  if (!d->trace_path || d->nr_trace >= 1000000)
+    return;
+  if (d->nr_trace % 1024 == 0) {
+    nv = realloc (d->trace, (d->nr_trace + 1024) * sizeof *nv);
+    if (!nv)
+      return;                   /* the trace is only a hint */
+    d->trace = nv;
+  }
+  d->trace[d->nr_trace].offset = block_offset (d, first);
+  d->trace[d->nr_trace].length = blocks_length (d, first, end);
+  d->nr_trace++;
+}
+
 /* Make blocks [first, end) present, fetching what is missing, coalescing
  * adjacent missing blocks into one request and waiting for blocks that
- * another operation is fetching or writing.  0 or -1 with *err. */
+ * another operation is fetching or writing.  Sets *faulted if it had to
+ * fetch or wait.  0 or -1 with *err. */
 static int
-fault_in (struct cor_disk *d, uint64_t first, uint64_t end, int *err)
+fault_in (struct cor_disk *d, uint64_t first, uint64_t end, bool *faulted, int *err)
 {
   uint64_t blk = first;
 
@@ -346,6 +430,7 @@ fault_in (struct cor_disk *d, uint64_t first, uint64_t end, int *err)
     struct busy self;
     uint64_t run;
 
+    *faulted = true;
     if (find_busy_unlocked (d, blk, blk + 1)) {
       pthread_cond_wait (&d->cond, &d->lock);
       continue;                 /* re-check: it may be present now */
@@ -354,9 +439,16 @@ fault_in (struct cor_disk *d, uint64_t first, uint64_t end, int *err)
       if (meta_test (d->md, META_PRESENT, run) || find_busy_unlocked (d, run, run + 1))
         break;
     claim_unlocked (d, &self, blk, run);
+    trace_fault_unlocked (d, blk, run);
     pthread_mutex_unlock (&d->lock);
 
-    int r = fetch_blocks (d, blk, run, err);
+    /* The streamer gives way while this is in flight. */
+    __atomic_fetch_add (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
+    int r = fetch_blocks (d, blk, run, now_ns () + d->hold_ns, err);
+    if (r == 0)
+      __atomic_fetch_add (&d->fg_fetched_bytes, blocks_length (d, blk, run), __ATOMIC_RELAXED);
+    __atomic_store_n (&d->last_fg_ns, now_ns (), __ATOMIC_SEQ_CST);
+    __atomic_fetch_sub (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
 
     release_busy (d, &self);
     if (r == -1)
@@ -366,6 +458,22 @@ fault_in (struct cor_disk *d, uint64_t first, uint64_t end, int *err)
   }
   pthread_mutex_unlock (&d->lock);
   return 0;
+}
+
+const uint64_t cor_latency_bounds_us[COR_LAT_BUCKETS] = {
+  100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 1000000, 10000000,
+};
+
+static void
+record_latency (struct cor_disk *d, uint64_t ns)
+{
+  uint64_t us = ns / 1000;
+  int i = 0;
+
+  while (i < COR_LAT_BUCKETS && us > cor_latency_bounds_us[i])
+    i++;
+  __atomic_fetch_add (&d->fault_latency[i], 1, __ATOMIC_RELAXED);
+  __atomic_fetch_add (&d->fault_latency_sum_us, us, __ATOMIC_RELAXED);
 }
 
 ssize_t
@@ -378,7 +486,12 @@ cor_read (struct cor_disk *d, void *buf, size_t count, uint64_t offset, int *err
   if (count > d->size - offset)
     count = d->size - offset;
   cor_block_range (offset, count, d->block_shift, &first, &end);
-  if (fault_in (d, first, end, err) == -1)
+  uint64_t t0 = now_ns ();
+  bool faulted = false;
+  int r = fault_in (d, first, end, &faulted, err);
+  if (faulted)
+    record_latency (d, now_ns () - t0);
+  if (r == -1)
     return -1;
   if (full_pread (d->overlay_fd, buf, count, offset) == -1) {
     *err = errno;
@@ -418,13 +531,16 @@ cor_write (struct cor_disk *d, const void *buf, size_t count, uint64_t offset,
   pthread_mutex_unlock (&d->lock);
 
   /* Partly covered edge blocks that are missing are fetched first. */
+  __atomic_fetch_add (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
   if (!meta_test (d->md, META_PRESENT, first) &&
       (offset != block_offset (d, first) ||
        offset + count < block_offset (d, first) + blocks_length (d, first, first + 1)))
-    r = fetch_blocks (d, first, first + 1, err);
+    r = fetch_blocks (d, first, first + 1, now_ns () + d->hold_ns, err);
   if (r == 0 && last != first && !meta_test (d->md, META_PRESENT, last) &&
       offset + count < block_offset (d, last) + blocks_length (d, last, last + 1))
-    r = fetch_blocks (d, last, last + 1, err);
+    r = fetch_blocks (d, last, last + 1, now_ns () + d->hold_ns, err);
+  __atomic_store_n (&d->last_fg_ns, now_ns (), __ATOMIC_SEQ_CST);
+  __atomic_fetch_sub (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
 
   if (r == 0) {
     meta_set (d->md, META_DIRTY, first, end - first);
@@ -443,6 +559,226 @@ cor_write (struct cor_disk *d, const void *buf, size_t count, uint64_t offset,
   }
   release_busy (d, &self);
   return r;
+}
+
+/* ---- the streamer's entry point ---- */
+
+/* Is every byte of blocks [blk, blk+1) inside one of the zero extents? */
+static bool
+block_in_zero (struct cor_disk *d, uint64_t blk, const struct remote_extent *z,
+               size_t nz, size_t *hint)
+{
+  uint64_t s = block_offset (d, blk), e = s + blocks_length (d, blk, blk + 1);
+
+  while (*hint < nz && z[*hint].offset + z[*hint].length <= s)
+    (*hint)++;
+  return *hint < nz && z[*hint].offset <= s && z[*hint].offset + z[*hint].length >= e;
+}
+
+/* Fetch owned blocks [first, end), skipping those the parent reports as
+ * zero.  Returns bytes fetched or -1 with *err. */
+static int64_t
+fetch_sparse (struct cor_disk *d, uint64_t first, uint64_t end,
+              uint64_t deadline_ns, int *err)
+{
+  struct remote_extent *z = NULL;
+  size_t nz = 0, hint = 0;
+  int64_t fetched = 0;
+  uint64_t blk = first;
+  int zerr;
+
+  if (remote_zero_extents (d->remote, block_offset (d, first),
+                           blocks_length (d, first, end), deadline_ns, &z, &nz, &zerr) == -1)
+    log_debug ("cor: disk %s: block status failed (%s); reading instead",
+               d->name, strerror (zerr));
+  while (blk < end) {
+    bool zero = block_in_zero (d, blk, z, nz, &hint);
+    uint64_t run = blk + 1;
+    while (run < end && block_in_zero (d, run, z, nz, &hint) == zero)
+      run++;
+    if (zero) {
+      uint64_t len = blocks_length (d, blk, run);
+      /* Zeros promised by the parent: no data to fetch (rule 6 allows
+       * marking these present).  Punch, in case an earlier uncommitted
+       * write left data here. */
+      if (overlay_zero (d, block_offset (d, blk), len) == -1) {
+        *err = errno;
+        log_error ("cor: disk %s: overlay punch at offset %" PRIu64 ": %m",
+                   d->name, block_offset (d, blk));
+        free (z);
+        return -1;
+      }
+      __atomic_store_n (&d->needs_sync, 1, __ATOMIC_SEQ_CST);
+      meta_set (d->md, META_PRESENT, blk, run - blk);
+      __atomic_fetch_add (&d->zero_skipped_bytes, len, __ATOMIC_RELAXED);
+    }
+    else {
+      if (fetch_blocks (d, blk, run, deadline_ns, err) == -1) {
+        free (z);
+        return -1;
+      }
+      fetched += blocks_length (d, blk, run);
+    }
+    blk = run;
+  }
+  free (z);
+  return fetched;
+}
+
+int64_t
+cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
+              uint64_t deadline_ns, int *err)
+{
+  uint64_t blk = first;
+  int64_t total = 0;
+
+  pthread_mutex_lock (&d->lock);
+  while ((blk = meta_next (d->md, META_PRESENT, false, blk)) < end) {
+    struct busy self;
+    uint64_t run;
+
+    if (find_busy_unlocked (d, blk, blk + 1)) {
+      blk++;                    /* a guest operation owns it */
+      continue;
+    }
+    for (run = blk + 1; run < end; run++)
+      if (meta_test (d->md, META_PRESENT, run) || find_busy_unlocked (d, run, run + 1))
+        break;
+    claim_unlocked (d, &self, blk, run);
+    pthread_mutex_unlock (&d->lock);
+
+    int64_t r = fetch_sparse (d, blk, run, deadline_ns, err);
+
+    release_busy (d, &self);
+    if (r == -1)
+      return -1;
+    total += r;
+    __atomic_fetch_add (&d->bg_fetched_bytes, r, __ATOMIC_RELAXED);
+    blk = run;
+    pthread_mutex_lock (&d->lock);
+  }
+  pthread_mutex_unlock (&d->lock);
+  return total;
+}
+
+/* ---- zeroing and seeking ---- */
+
+int
+cor_zero (struct cor_disk *d, uint64_t offset, uint64_t count, int *err)
+{
+  uint64_t first, end, last;
+  struct busy self;
+  int r = 0;
+
+  if (__atomic_load_n (&d->health, __ATOMIC_SEQ_CST) != COR_RW) {
+    *err = EROFS;
+    return -1;
+  }
+  if (count == 0)
+    return 0;
+  if (offset >= d->size || count > d->size - offset) {
+    *err = ENOSPC;
+    return -1;
+  }
+  cor_block_range (offset, count, d->block_shift, &first, &end);
+  last = end - 1;
+
+  pthread_mutex_lock (&d->lock);
+  while (find_busy_unlocked (d, first, end))
+    pthread_cond_wait (&d->cond, &d->lock);
+  claim_unlocked (d, &self, first, end);
+  pthread_mutex_unlock (&d->lock);
+
+  /* Partly covered missing edge blocks keep their other bytes: fetch. */
+  __atomic_fetch_add (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
+  if (!meta_test (d->md, META_PRESENT, first) &&
+      (offset != block_offset (d, first) ||
+       offset + count < block_offset (d, first) + blocks_length (d, first, first + 1)))
+    r = fetch_blocks (d, first, first + 1, now_ns () + d->hold_ns, err);
+  if (r == 0 && last != first && !meta_test (d->md, META_PRESENT, last) &&
+      offset + count < block_offset (d, last) + blocks_length (d, last, last + 1))
+    r = fetch_blocks (d, last, last + 1, now_ns () + d->hold_ns, err);
+  __atomic_store_n (&d->last_fg_ns, now_ns (), __ATOMIC_SEQ_CST);
+  __atomic_fetch_sub (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
+
+  if (r == 0) {
+    meta_set (d->md, META_DIRTY, first, end - first);
+    meta_set (d->md, META_CHANGED, first, end - first);
+    if (overlay_zero (d, offset, count) == -1) {
+      *err = errno;
+      log_error ("cor: disk %s: overlay zero of %" PRIu64 " bytes at offset %" PRIu64
+                 ": %m", d->name, count, offset);
+      r = -1;
+    }
+    else {
+      __atomic_store_n (&d->needs_sync, 1, __ATOMIC_SEQ_CST);
+      meta_set (d->md, META_PRESENT, first, end - first);
+    }
+  }
+  release_busy (d, &self);
+  return r;
+}
+
+int64_t
+cor_seek (struct cor_disk *d, uint64_t offset, bool data, int *err)
+{
+  uint64_t pos = offset;
+
+  if (offset >= d->size) {
+    *err = ENXIO;
+    return -1;
+  }
+  while (pos < d->size) {
+    uint64_t blk = pos >> d->block_shift, run_end;
+    off_t q;
+
+    if (!meta_test (d->md, META_PRESENT, blk)) {
+      /* Unknown content counts as data. */
+      if (data)
+        return pos;
+      blk = meta_next (d->md, META_PRESENT, true, blk);
+      if (blk >= d->nr_blocks)
+        return d->size;
+      pos = block_offset (d, blk);
+      continue;
+    }
+    run_end = block_offset (d, meta_next (d->md, META_PRESENT, false, blk));
+    if (run_end > d->size)
+      run_end = d->size;
+    q = lseek (d->overlay_fd, pos, data ? SEEK_DATA : SEEK_HOLE);
+    if (q == -1 && errno != ENXIO) {
+      *err = errno;
+      return -1;
+    }
+    if (q != -1 && (uint64_t) q < run_end)
+      return q;
+    pos = run_end;
+  }
+  if (data) {
+    *err = ENXIO;
+    return -1;
+  }
+  return d->size;
+}
+
+/* ---- events ---- */
+
+void
+cor_set_event_fn (struct cor_engine *e,
+                  void (*fn) (void *opaque, const struct cor_event *ev), void *opaque)
+{
+  e->event_fn = fn;
+  e->event_opaque = opaque;
+}
+
+void
+cor_emit (struct cor_disk *d, const char *type, uint64_t done, uint64_t total,
+          const char *message)
+{
+  struct cor_event ev = { type, d->name, done, total, message };
+
+  if (d->e->event_fn)
+    d->e->event_fn (d->e->event_opaque, &ev);
 }
 
 /* ---- status ---- */
@@ -481,6 +817,30 @@ cor_disk_status (struct cor_disk *d, struct cor_status *st)
   st->guest_read_bytes = __atomic_load_n (&d->guest_read_bytes, __ATOMIC_RELAXED);
   st->guest_write_bytes = __atomic_load_n (&d->guest_write_bytes, __ATOMIC_RELAXED);
   st->flushes = __atomic_load_n (&d->flushes, __ATOMIC_RELAXED);
+  st->foreground_fetched_bytes = __atomic_load_n (&d->fg_fetched_bytes, __ATOMIC_RELAXED);
+  st->background_fetched_bytes = __atomic_load_n (&d->bg_fetched_bytes, __ATOMIC_RELAXED);
+  st->zero_skipped_bytes = __atomic_load_n (&d->zero_skipped_bytes, __ATOMIC_RELAXED);
+  for (int i = 0; i <= COR_LAT_BUCKETS; i++)
+    st->fault_latency[i] = __atomic_load_n (&d->fault_latency[i], __ATOMIC_RELAXED);
+  st->fault_latency_sum_us = __atomic_load_n (&d->fault_latency_sum_us, __ATOMIC_RELAXED);
+  pthread_mutex_lock (&d->stream.lock);
+  st->stream_state = cor_stream_state_name (d);
+  st->stream_rate = d->stream.rate;
+  st->streamed_bytes = __atomic_load_n (&d->streamed_bytes, __ATOMIC_RELAXED);
+  st->stream_errors = d->stream.errors;
+  st->stream_bytes_per_s = d->stream.recent_bps;
+  snprintf (st->stream_error, sizeof st->stream_error, "%s", d->stream.last_error);
+  pthread_mutex_unlock (&d->stream.lock);
+  {
+    uint64_t missing = (st->nr_blocks - st->present_blocks) * st->block_size;
+    double bps = st->stream_bytes_per_s;
+    if (st->present_blocks == st->nr_blocks)
+      st->eta_s = 0;
+    else if (bps > 0 && !strcmp (st->stream_state, "running"))
+      st->eta_s = (int64_t) (missing / bps) + 1;
+    else
+      st->eta_s = -1;
+  }
 }
 
 int

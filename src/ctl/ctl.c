@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/jsonl.h"
@@ -29,10 +30,13 @@
 
 #define MAX_CLIENTS 64
 
+#define MAX_QUEUED_EVENTS 1024
+
 struct client {
   int fd;
   size_t len;
   bool overlong;                /* discarding the rest of a too-long line */
+  bool events;                  /* subscribed to the event stream */
   char buf[JSONL_MAX_LINE];
 };
 
@@ -40,9 +44,13 @@ struct ctl {
   struct cor_engine *e;
   char *path;
   int listen_fd;
-  int wake[2];
+  int wake[2];                  /* [1] written to stop or to flush events */
   pthread_t thread;
-  struct client *clients[MAX_CLIENTS];
+  struct client *clients[MAX_CLIENTS];   /* the ctl thread's only */
+  pthread_mutex_t qlock;        /* protects queue and dropped; a leaf lock */
+  json_t *queue;                /* events waiting for the ctl thread */
+  uint64_t dropped;
+  bool stopping;                /* protected by qlock */
 };
 
 static json_t *
@@ -104,6 +112,21 @@ disk_status (struct cor_disk *d, bool maps)
                  "flushes", (json_int_t) st.flushes,
                  "remote_retries", (json_int_t) st.remote_retries,
                  "remote_reconnects", (json_int_t) st.remote_reconnects);
+  if (j) {
+    json_t *ctr = json_object_get (j, "counters");
+    json_object_set_new (ctr, "foreground_fetched_bytes", json_integer (st.foreground_fetched_bytes));
+    json_object_set_new (ctr, "background_fetched_bytes", json_integer (st.background_fetched_bytes));
+    json_object_set_new (ctr, "zero_skipped_bytes", json_integer (st.zero_skipped_bytes));
+    json_object_set_new (j, "stream",
+                         json_pack ("{s:s, s:I, s:I, s:f, s:I, s:I, s:s}",
+                                    "state", st.stream_state,
+                                    "rate", (json_int_t) st.stream_rate,
+                                    "streamed_bytes", (json_int_t) st.streamed_bytes,
+                                    "bytes_per_s", st.stream_bytes_per_s,
+                                    "eta_s", (json_int_t) st.eta_s,
+                                    "errors", (json_int_t) st.stream_errors,
+                                    "last_error", st.stream_error));
+  }
   if (j && maps) {
     json_t *present = json_array (), *dirty = json_array ();
     cor_disk_extents (d, false, add_extent, present);
@@ -114,8 +137,200 @@ disk_status (struct cor_disk *d, bool maps)
   return j;
 }
 
+/* The engine's event callback: called on engine threads, must not
+ * block: queue the event and poke the ctl thread. */
+static void
+on_event (void *opaque, const struct cor_event *ev)
+{
+  struct ctl *c = opaque;
+  struct timespec ts;
+  json_t *j;
+
+  clock_gettime (CLOCK_REALTIME, &ts);
+  j = json_pack ("{s:s, s:s, s:f}", "event", ev->type, "disk", ev->disk,
+                 "time", ts.tv_sec + ts.tv_nsec / 1e9);
+  if (!j)
+    return;
+  if (ev->total)
+    json_object_set_new (j, "done", json_integer (ev->done)),
+      json_object_set_new (j, "total", json_integer (ev->total));
+  if (ev->message)
+    json_object_set_new (j, "message", json_string (ev->message));
+  pthread_mutex_lock (&c->qlock);
+  if (c->stopping || json_array_size (c->queue) >= MAX_QUEUED_EVENTS) {
+    c->dropped++;
+    json_decref (j);
+  }
+  else {
+    json_array_append_new (c->queue, j);
+    if (write (c->wake[1], "e", 1) == -1) { /* the pipe is full: it is awake */ }
+  }
+  pthread_mutex_unlock (&c->qlock);
+}
+
+/* On the ctl thread: send queued events to subscribers.  A subscriber
+ * that cannot take them at once is dropped rather than stall the daemon. */
+static void
+flush_events (struct ctl *c)
+{
+  json_t *q, *ev;
+  size_t i;
+
+  pthread_mutex_lock (&c->qlock);
+  q = c->queue;
+  c->queue = json_array ();
+  pthread_mutex_unlock (&c->qlock);
+  json_array_foreach (q, i, ev) {
+    char *line = json_dumps (ev, JSON_COMPACT);
+    size_t len;
+    if (!line)
+      continue;
+    len = strlen (line);
+    line[len++] = '\n';
+    for (int k = 0; k < MAX_CLIENTS; k++) {
+      struct client *cl = c->clients[k];
+      if (cl && cl->events &&
+          send (cl->fd, line, len, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t) len) {
+        log_warn ("ctl: dropping an event subscriber that does not keep up");
+        close (cl->fd);
+        free (cl);
+        c->clients[k] = NULL;
+      }
+    }
+    free (line);
+  }
+  json_decref (q);
+}
+
 static json_t *
-handle (struct ctl *c, json_t *req)
+ok_reply (json_t *id)
+{
+  json_t *r = json_pack ("{s:b}", "ok", 1);
+  if (id)
+    json_object_set (r, "id", id);
+  return r;
+}
+
+static json_t *
+stream_cmd (struct ctl *c, json_t *req, json_t *id)
+{
+  const char *name = json_string_value (json_object_get (req, "disk"));
+  const char *action = json_string_value (json_object_get (req, "action"));
+  json_t *rate = json_object_get (req, "rate");
+  struct cor_disk *d;
+  int err = 0, r = 0;
+
+  if (!name)
+    return error_reply (id, "stream needs \"disk\"");
+  if (!(d = cor_disk_find (c->e, name)))
+    return error_reply (id, "no disk named %s", name);
+  if (rate) {
+    if (!json_is_integer (rate) || json_integer_value (rate) < 0)
+      return error_reply (id, "rate must be a number of bytes per second (0: unlimited)");
+    cor_stream_set_rate (d, json_integer_value (rate));
+  }
+  if (!action || !strcmp (action, "start"))
+    r = cor_stream_start (d, &err);
+  else if (!strcmp (action, "pause"))
+    r = cor_stream_pause (d, &err);
+  else if (!strcmp (action, "resume"))
+    r = cor_stream_resume (d, &err);
+  else if (!strcmp (action, "cancel"))
+    r = cor_stream_cancel (d, &err);
+  else if (!strcmp (action, "rate")) {
+    if (!rate)
+      return error_reply (id, "action rate needs \"rate\"");
+  }
+  else
+    return error_reply (id, "unknown stream action %s (start, pause, resume, cancel, rate)",
+                        action);
+  if (r == -1) {
+    struct cor_status st;
+    cor_disk_status (d, &st);
+    return error_reply (id, "disk %s: cannot %s the stream: it is %s", name, action,
+                        st.stream_state);
+  }
+  return ok_reply (id);
+}
+
+/* Prometheus text exposition format. */
+static json_t *
+metrics_cmd (struct ctl *c, json_t *id)
+{
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream (&buf, &len);
+  json_t *r;
+
+  if (!f)
+    return error_reply (id, "out of memory");
+#define HEAD(name, type, help) \
+  fprintf (f, "# HELP " name " " help "\n# TYPE " name " " type "\n")
+  size_t n = cor_disk_count (c->e);
+  struct cor_status *sts = calloc (n ? n : 1, sizeof *sts);
+  if (!sts) {
+    fclose (f);
+    free (buf);
+    return error_reply (id, "out of memory");
+  }
+  for (size_t i = 0; i < n; i++)
+    cor_disk_status (cor_disk_get (c->e, i), &sts[i]);
+#define STATUS_LOOP for (size_t i = 0; i < n; i++)
+#define NAME cor_disk_name (cor_disk_get (c->e, i))
+  HEAD ("corfs_disk_size_bytes", "gauge", "Virtual size of the disk.");
+  STATUS_LOOP fprintf (f, "corfs_disk_size_bytes{disk=\"%s\"} %" PRIu64 "\n", NAME, sts[i].size);
+  HEAD ("corfs_present_blocks", "gauge", "Blocks present in the overlay.");
+  STATUS_LOOP fprintf (f, "corfs_present_blocks{disk=\"%s\"} %" PRIu64 "\n", NAME, sts[i].present_blocks);
+  HEAD ("corfs_dirty_blocks", "gauge", "Blocks written locally (differ from the parent).");
+  STATUS_LOOP fprintf (f, "corfs_dirty_blocks{disk=\"%s\"} %" PRIu64 "\n", NAME, sts[i].dirty_blocks);
+  HEAD ("corfs_blocks", "gauge", "Blocks in the disk.");
+  STATUS_LOOP fprintf (f, "corfs_blocks{disk=\"%s\"} %" PRIu64 "\n", NAME, sts[i].nr_blocks);
+  HEAD ("corfs_fetched_bytes_total", "counter", "Bytes read from the parent, by who asked.");
+  STATUS_LOOP {
+    fprintf (f, "corfs_fetched_bytes_total{disk=\"%s\",source=\"guest\"} %" PRIu64 "\n",
+             NAME, sts[i].foreground_fetched_bytes);
+    fprintf (f, "corfs_fetched_bytes_total{disk=\"%s\",source=\"stream\"} %" PRIu64 "\n",
+             NAME, sts[i].background_fetched_bytes);
+  }
+  HEAD ("corfs_zero_skipped_bytes_total", "counter", "Bytes the parent reported as zero, not fetched.");
+  STATUS_LOOP fprintf (f, "corfs_zero_skipped_bytes_total{disk=\"%s\"} %" PRIu64 "\n", NAME, sts[i].zero_skipped_bytes);
+  HEAD ("corfs_remote_errors_total", "counter", "Parent reads that failed after retries.");
+  STATUS_LOOP fprintf (f, "corfs_remote_errors_total{disk=\"%s\"} %" PRIu64 "\n", NAME, sts[i].fetch_errors);
+  HEAD ("corfs_remote_retries_total", "counter", "Parent requests retried.");
+  STATUS_LOOP fprintf (f, "corfs_remote_retries_total{disk=\"%s\"} %" PRIu64 "\n", NAME, sts[i].remote_retries);
+  HEAD ("corfs_remote_reconnects_total", "counter", "Reconnections to the parent.");
+  STATUS_LOOP fprintf (f, "corfs_remote_reconnects_total{disk=\"%s\"} %" PRIu64 "\n", NAME, sts[i].remote_reconnects);
+  HEAD ("corfs_stream_errors_total", "counter", "Streamer chunks that failed (and were retried).");
+  STATUS_LOOP fprintf (f, "corfs_stream_errors_total{disk=\"%s\"} %" PRIu64 "\n", NAME, sts[i].stream_errors);
+  HEAD ("corfs_flushes_total", "counter", "Guest fsync/flush requests.");
+  STATUS_LOOP fprintf (f, "corfs_flushes_total{disk=\"%s\"} %" PRIu64 "\n", NAME, sts[i].flushes);
+  HEAD ("corfs_guest_fault_seconds", "histogram", "Latency of guest reads that had to wait for the parent.");
+  STATUS_LOOP {
+    uint64_t cum = 0;
+    for (int b = 0; b < COR_LAT_BUCKETS; b++) {
+      cum += sts[i].fault_latency[b];
+      fprintf (f, "corfs_guest_fault_seconds_bucket{disk=\"%s\",le=\"%g\"} %" PRIu64 "\n",
+               NAME, cor_latency_bounds_us[b] / 1e6, cum);
+    }
+    cum += sts[i].fault_latency[COR_LAT_BUCKETS];
+    fprintf (f, "corfs_guest_fault_seconds_bucket{disk=\"%s\",le=\"+Inf\"} %" PRIu64 "\n", NAME, cum);
+    fprintf (f, "corfs_guest_fault_seconds_sum{disk=\"%s\"} %g\n", NAME, sts[i].fault_latency_sum_us / 1e6);
+    fprintf (f, "corfs_guest_fault_seconds_count{disk=\"%s\"} %" PRIu64 "\n", NAME, cum);
+  }
+#undef HEAD
+#undef STATUS_LOOP
+#undef NAME
+  free (sts);
+  fclose (f);
+  r = json_pack ("{s:b, s:s}", "ok", 1, "text", buf);
+  free (buf);
+  if (id)
+    json_object_set (r, "id", id);
+  return r;
+}
+
+static json_t *
+handle (struct ctl *c, json_t *req, struct client *cl)
 {
   json_t *id = json_object_get (req, "id");
   const char *cmd = json_string_value (json_object_get (req, "cmd"));
@@ -147,6 +362,14 @@ handle (struct ctl *c, json_t *req)
     if (id)
       json_object_set (r, "id", id);
     return r;
+  }
+  if (!strcmp (cmd, "stream"))
+    return stream_cmd (c, req, id);
+  if (!strcmp (cmd, "metrics"))
+    return metrics_cmd (c, id);
+  if (!strcmp (cmd, "events")) {
+    cl->events = true;
+    return ok_reply (id);
   }
   return error_reply (id, "unknown command %s", cmd);
 }
@@ -194,7 +417,7 @@ serve_client (struct ctl *c, int i)
     else if (linelen > 0) {
       json_error_t jerr;
       json_t *req = json_loadb (cl->buf, linelen, 0, &jerr);
-      reply = req ? handle (c, req) : error_reply (NULL, "malformed JSON: %s", jerr.text);
+      reply = req ? handle (c, req, cl) : error_reply (NULL, "malformed JSON: %s", jerr.text);
       json_decref (req);
       int s = jsonl_send (cl->fd, reply);
       json_decref (reply);
@@ -229,8 +452,17 @@ ctl_thread (void *arg)
       log_error ("ctl: poll: %m");
       return NULL;
     }
-    if (pfd[0].revents)
-      return NULL;
+    if (pfd[0].revents) {
+      char junk[256];
+      bool stopping;
+      if (read (c->wake[0], junk, sizeof junk) == -1) { /* EAGAIN: fine */ }
+      pthread_mutex_lock (&c->qlock);
+      stopping = c->stopping;
+      pthread_mutex_unlock (&c->qlock);
+      if (stopping)
+        return NULL;
+      flush_events (c);
+    }
     for (int k = 1; k < n; k++) {
       if (!pfd[k].revents)
         continue;
@@ -282,7 +514,10 @@ ctl_start (struct cor_engine *e, const char *path, struct ctl **cp)
     log_error ("ctl: control socket %s: %m", path);
     goto err;
   }
-  if (pipe2 (c->wake, O_CLOEXEC) == -1 ||
+  pthread_mutex_init (&c->qlock, NULL);
+  c->queue = json_array ();
+  cor_set_event_fn (e, on_event, c);
+  if (pipe2 (c->wake, O_CLOEXEC | O_NONBLOCK) == -1 ||
       thread_create_nosig (&c->thread, ctl_thread, c) == -1) {
     log_error ("ctl: starting the control thread: %m");
     goto err;
@@ -307,9 +542,14 @@ ctl_stop (struct ctl *c)
 {
   if (!c)
     return;
-  if (write (c->wake[1], "x", 1) != 1)
+  pthread_mutex_lock (&c->qlock);
+  c->stopping = true;
+  pthread_mutex_unlock (&c->qlock);
+  if (write (c->wake[1], "x", 1) != 1 && errno != EAGAIN)
     log_error ("ctl: waking the control thread: %m");
   pthread_join (c->thread, NULL);
+  json_decref (c->queue);
+  pthread_mutex_destroy (&c->qlock);
   for (int i = 0; i < MAX_CLIENTS; i++)
     if (c->clients[i])
       drop_client (c, i);

@@ -7,11 +7,12 @@
 #include <ini.h>
 
 #include "common/util.h"
+#include "cor/cor.h"
 #include "daemon/daemon.h"
 
 struct cfg_state {
   struct mount_opts *o;
-  bool cli_block_size, cli_hold;
+  bool cli_block_size, cli_hold, cli_stream;
   char error[512];
 };
 
@@ -29,6 +30,8 @@ find_or_add_disk (struct mount_opts *o, const char *name)
   o->disks = nv;
   memset (&nv[o->nr_disks], 0, sizeof *nv);
   nv[o->nr_disks].name = strdup (name);
+  nv[o->nr_disks].stream = -1;
+  nv[o->nr_disks].release_parent = -1;
   return &nv[o->nr_disks++];
 }
 
@@ -59,9 +62,13 @@ on_value (void *user, const char *section, const char *key, const char *value)
       o->parent_owned |= b;
     }
     else if (!strcmp (key, "stream")) {
-      if (strcmp (value, "off") != 0)
-        BAD ("stream = %s: the background streamer is not available in this version (use off)",
-             value);
+      int m = parse_stream_mode (value);
+      if (m < 0) BAD ("stream = %s: expected on, off or paused", value);
+      if (!s->cli_stream) o->stream = m;
+    }
+    else if (!strcmp (key, "rate")) {
+      if (parse_size (value, &n) == -1) BAD ("rate: bad rate %s (bytes/s, K/M/G suffixes)", value);
+      o->rate = n;
     }
     else
       BAD ("unknown setting %s in [corfs]", key);
@@ -96,7 +103,25 @@ on_value (void *user, const char *section, const char *key, const char *value)
       if (strcmp (value, "writeback") != 0)
         BAD ("write-mode = %s: only writeback is available in this version", value);
     }
-    else if (!strcmp (key, "incoming") || !strcmp (key, "stream")) {
+    else if (!strcmp (key, "stream")) {
+      int m = parse_stream_mode (value);
+      if (m < 0) BAD ("stream = %s: expected on, off or paused", value);
+      d->stream = m;
+    }
+    else if (!strcmp (key, "rate")) {
+      if (parse_size (value, &n) == -1) BAD ("rate: bad rate %s (bytes/s, K/M/G suffixes)", value);
+      d->rate = n;
+      d->have_rate = true;
+    }
+    else if (!strcmp (key, "release-parent")) {
+      if (parse_bool (value, &b) == -1) BAD ("release-parent: expected true or false");
+      d->release_parent = b;
+    }
+    else if (!strcmp (key, "hint-file")) {
+      free (d->hint_file);
+      d->hint_file = strdup (value);
+    }
+    else if (!strcmp (key, "incoming")) {
       if (parse_bool (value, &b) == 0 ? b : strcmp (value, "off") != 0)
         BAD ("%s = %s is not available in this version", key, value);
     }
@@ -109,9 +134,19 @@ on_value (void *user, const char *section, const char *key, const char *value)
 }
 
 int
-config_load (const char *path, struct mount_opts *o, bool cli_block_size, bool cli_hold)
+parse_stream_mode (const char *s)
 {
-  struct cfg_state s = { o, cli_block_size, cli_hold, "" };
+  if (!strcmp (s, "on")) return COR_STREAM_ON;
+  if (!strcmp (s, "off")) return COR_STREAM_OFF;
+  if (!strcmp (s, "paused")) return COR_STREAM_PAUSED;
+  return -1;
+}
+
+int
+config_load (const char *path, struct mount_opts *o, bool cli_block_size, bool cli_hold,
+             bool cli_stream)
+{
+  struct cfg_state s = { o, cli_block_size, cli_hold, cli_stream, "" };
   int r = ini_parse (path, on_value, &s);
 
   if (r == -1) {

@@ -74,7 +74,8 @@ mount_usage (FILE *f)
 "                         below the kernel's FUSE request timeout if one is set)\n"
 "  --connect-timeout SECONDS  one connection attempt to a parent (default %d)\n"
 "  --parent-owned         record that this disk owns its parent (for merge)\n"
-"  --stream=off           no background streaming (the only mode so far)\n"
+"  --stream=on|off|paused fill the overlay in the background (default on);\n"
+"                         `corfs stream` steers it while mounted\n"
 "  --write-mode=writeback writes stay in the overlay (the only mode so far)\n"
 "  -f, --foreground       stay in the foreground, log to stderr\n"
 "  -o OPT                 extra FUSE mount option (e.g. allow_other)\n"
@@ -119,6 +120,8 @@ add_disk_arg (struct mount_opts *o, const char *arg)
   d = &nv[o->nr_disks++];
   memset (d, 0, sizeof *d);
   d->name = name;
+  d->stream = -1;
+  d->release_parent = -1;
   if (eq[1] == '@') {
     d->url = read_small_file (eq + 2);
     if (!d->url) {
@@ -158,13 +161,14 @@ mount_parse (int argc, char **argv, struct mount_opts *o)
     { NULL, 0, NULL, 0 },
   };
   const char *config = NULL;
-  bool cli_bs = false, cli_hold = false;
+  bool cli_bs = false, cli_hold = false, cli_stream = false;
   int c;
 
   memset (o, 0, sizeof *o);
   o->block_size = DEFAULT_BLOCK_SIZE;
   o->hold_s = DEFAULT_HOLD_S;
   o->connect_timeout_s = DEFAULT_CONNECT_TIMEOUT_S;
+  o->stream = COR_STREAM_ON;
   o->fuse_options = calloc (1, sizeof (char *));
   optind = 1;
   opterr = 0;
@@ -195,11 +199,11 @@ mount_parse (int argc, char **argv, struct mount_opts *o)
       break;
     case OPT_PARENT_OWNED: o->parent_owned = true; break;
     case OPT_STREAM:
-      if (strcmp (optarg, "off") != 0) {
-        fprintf (stderr, "corfs: --stream=%s: the background streamer is not available "
-                 "in this version; use --stream=off\n", optarg);
+      if ((o->stream = parse_stream_mode (optarg)) < 0) {
+        fprintf (stderr, "corfs: --stream=%s: expected on, off or paused\n", optarg);
         return -1;
       }
+      cli_stream = true;
       break;
     case OPT_WRITE_MODE:
       if (strcmp (optarg, "writeback") != 0) {
@@ -243,7 +247,7 @@ mount_parse (int argc, char **argv, struct mount_opts *o)
     fprintf (stderr, "corfs mount: --state DIR is required\n");
     return -1;
   }
-  if (config && config_load (config, o, cli_bs, cli_hold) == -1)
+  if (config && config_load (config, o, cli_bs, cli_hold, cli_stream) == -1)
     return -1;
   if (o->block_size < 4096 || o->block_size > (4 << 20) ||
       (o->block_size & (o->block_size - 1))) {
@@ -272,6 +276,7 @@ mount_opts_free (struct mount_opts *o)
   for (size_t i = 0; i < o->nr_disks; i++) {
     free (o->disks[i].name);
     free (o->disks[i].url);
+    free (o->disks[i].hint_file);
   }
   free (o->disks);
   for (size_t i = 0; i < o->nr_fuse_options; i++)
@@ -385,6 +390,66 @@ find_opt_disk (const struct mount_opts *o, const char *name)
   return -1;
 }
 
+/* Read a ranges file: one "OFFSET LENGTH" pair (bytes, K/M/G suffixes
+ * allowed) per line; '#' starts a comment.  0 or -1 (logged). */
+static int
+read_ranges (const char *path, struct cor_range **rv, size_t *nr)
+{
+  FILE *f = fopen (path, "r");
+  char line[256];
+  int lineno = 0;
+
+  *rv = NULL;
+  *nr = 0;
+  if (!f) {
+    log_error ("daemon: ranges file %s: %m", path);
+    return -1;
+  }
+  while (fgets (line, sizeof line, f)) {
+    char a[64], b[64];
+    uint64_t off, len;
+    lineno++;
+    line[strcspn (line, "#\n")] = '\0';
+    if (sscanf (line, "%63s %63s", a, b) != 2) {
+      if (sscanf (line, "%63s", a) == 1)
+        goto bad;
+      continue;
+    }
+    if (parse_size (a, &off) == -1 || parse_size (b, &len) == -1)
+      goto bad;
+    struct cor_range *nv = realloc (*rv, (*nr + 1) * sizeof *nv);
+    if (!nv)
+      goto bad;
+    *rv = nv;
+    nv[*nr].offset = off;
+    nv[(*nr)++].length = len;
+  }
+  fclose (f);
+  return 0;
+ bad:
+  log_error ("daemon: ranges file %s, line %d: expected OFFSET LENGTH", path, lineno);
+  fclose (f);
+  free (*rv);
+  *rv = NULL;
+  return -1;
+}
+
+/* STATE/traces/HASH.trace for a parent identity: the fault order of the
+ * first cold start of that image, replayed by the streamer next time. */
+static void
+trace_path_for (const char *state, const char *identity, char *buf, size_t len)
+{
+  uint64_t h = 0xcbf29ce484222325ULL;
+
+  for (const char *p = identity; *p; p++) {
+    h ^= (unsigned char) *p;
+    h *= 0x100000001b3ULL;
+  }
+  snprintf (buf, len, "%s/traces", state);
+  mkdir (buf, 0700);
+  snprintf (buf, len, "%s/traces/%016" PRIx64 ".trace", state, h);
+}
+
 /* Attach one disk (steps 5): open its index record (creating it for a new
  * disk), its parent and its overlay, and add it to the engine.  url is
  * NULL for a recorded disk not given this time. */
@@ -496,9 +561,33 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
   struct cor_disk_config dcfg = {
     .name = name, .overlay_path = overlay, .md = md, .remote = r,
     .hold_ns = hold_s * NS_PER_SEC,
+    .stream = dopt && dopt->stream >= 0 ? dopt->stream : o->stream,
+    .rate = dopt && dopt->have_rate ? dopt->rate : o->rate,
+    .release_parent = !dopt || dopt->release_parent != 0,
   };
-  if (cor_disk_add (e, &dcfg, &d) == -1)
+  struct cor_range *hints = NULL;
+  size_t nr_hints = 0;
+  char trace[PATH_MAX];
+  {
+    struct meta_record now;
+    meta_disk_record (md, &now);
+    trace_path_for (o->state, now.identity, trace, sizeof trace);
+    dcfg.trace_path = trace;
+  }
+  if (dopt && dopt->hint_file) {
+    if (read_ranges (dopt->hint_file, &hints, &nr_hints) == -1)
+      goto err;
+  }
+  else if (access (trace, R_OK) == 0 && meta_count (md, META_PRESENT) == 0 &&
+           read_ranges (trace, &hints, &nr_hints) == 0)
+    log_info ("daemon: disk %s: streaming the %zu ranges of %s first", name, nr_hints, trace);
+  dcfg.hints = hints;
+  dcfg.nr_hints = nr_hints;
+  if (cor_disk_add (e, &dcfg, &d) == -1) {
+    free (hints);
     goto err;
+  }
+  free (hints);
   return 0;
 
  err:

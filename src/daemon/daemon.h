@@ -13,6 +13,11 @@ struct disk_opts {
   char *url;                    /* may hold credentials */
   uint64_t block_size;          /* 0: default (or as recorded) */
   bool parent_owned;
+  int stream;                   /* -1: the mount's setting; else enum cor_stream_mode */
+  uint64_t rate;                /* streamer bytes/s; 0 unlimited */
+  bool have_rate;
+  int release_parent;           /* -1: default (yes) */
+  char *hint_file;              /* ranges to stream first */
 };
 
 struct mount_opts {
@@ -23,6 +28,8 @@ struct mount_opts {
   uint64_t block_size;          /* default for new disks */
   uint64_t hold_s;
   uint64_t connect_timeout_s;
+  int stream;                   /* enum cor_stream_mode, default on */
+  uint64_t rate;                /* default streamer rate, 0 unlimited */
   bool foreground;
   bool parent_owned;
   bool verbose;
@@ -38,7 +45,10 @@ int mount_parse (int argc, char **argv, struct mount_opts *o);
 /* Read an INI config file into o (command-line values given before win
  * for the daemon-wide settings; disks are added).  0 or -1 (printed). */
 int config_load (const char *path, struct mount_opts *o, bool cli_set_block_size,
-                 bool cli_set_hold);
+                 bool cli_set_hold, bool cli_set_stream);
+
+/* "on", "off", "paused" → enum cor_stream_mode, or -1. */
+int parse_stream_mode (const char *s);
 
 /* Run `corfs mount`: returns the process exit code. */
 int mount_main (struct mount_opts *o);

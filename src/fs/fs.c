@@ -15,6 +15,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <inttypes.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -252,6 +253,56 @@ fs_flush (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 }
 
 static void
+fs_fallocate (fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
+              off_t length, struct fuse_file_info *fi)
+{
+  struct fs *fs = fuse_req_userdata (req);
+  struct cor_disk *d = ino_disk (fs, ino);
+  int err = 0;
+
+  if (!d)
+    return (void) fuse_reply_err (req, ENOENT);
+  if (offset < 0 || length <= 0)
+    return (void) fuse_reply_err (req, EINVAL);
+  if (mode == 0) {
+    /* Preallocation: every byte of the disk exists already. */
+    if ((uint64_t) offset + length > cor_disk_size (d))
+      return (void) fuse_reply_err (req, EFBIG);
+    return (void) fuse_reply_err (req, cor_disk_writable (d) ? 0 : EROFS);
+  }
+  if (mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) ||
+      mode == FALLOC_FL_ZERO_RANGE || mode == (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE)) {
+    /* Both leave the range reading as zeros, which is what guests
+     * (QEMU's write-zeroes with unmap) rely on. */
+    if (cor_zero (d, offset, length, &err) == -1)
+      return (void) fuse_reply_err (req, err ? err : EIO);
+    return (void) fuse_reply_err (req, 0);
+  }
+  fuse_reply_err (req, EOPNOTSUPP);
+}
+
+static void
+fs_lseek (fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+          struct fuse_file_info *fi)
+{
+  struct fs *fs = fuse_req_userdata (req);
+  struct cor_disk *d = ino_disk (fs, ino);
+  int64_t r;
+  int err = 0;
+
+  if (!d)
+    return (void) fuse_reply_err (req, ENOENT);
+  if (whence != SEEK_DATA && whence != SEEK_HOLE)
+    return (void) fuse_reply_err (req, EINVAL);
+  if (off < 0)
+    return (void) fuse_reply_err (req, ENXIO);
+  r = cor_seek (d, off, whence == SEEK_DATA, &err);
+  if (r == -1)
+    return (void) fuse_reply_err (req, err ? err : EIO);
+  fuse_reply_lseek (req, r);
+}
+
+static void
 fs_release (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
   fuse_reply_err (req, 0);
@@ -286,6 +337,8 @@ static const struct fuse_lowlevel_ops fs_ops = {
   .release = fs_release,
   .fsync = fs_fsync,
   .statfs = fs_statfs,
+  .fallocate = fs_fallocate,
+  .lseek = fs_lseek,
 };
 
 int
