@@ -63,11 +63,14 @@ daemon_pid () { cat "$1/corfs.pid"; }
 # is_mounted MNT
 is_mounted () { grep -q " $(realpath "$1") fuse" /proc/mounts; }
 
-# corfs_mount STATE MNT ARGS...: mount, register the unmount.
+# corfs_mount STATE MNT ARGS...: mount, register the unmount.  Tests see
+# cold disks unless they ask for the streamer: --stream=off is added when
+# ARGS has no --stream option.
 corfs_mount () {
-  local state=$1 mnt=$2; shift 2
+  local state=$1 mnt=$2 stream=--stream=off a; shift 2
+  for a in "$@"; do case $a in --stream*) stream="";; esac; done
   mkdir -p "$state" "$mnt"
-  $VG "$CORFS" mount --state "$state" "$@" "$mnt"
+  $VG "$CORFS" mount --state "$state" $stream "$@" "$mnt"
   cleanup_fn _force_unmount "$state" "$mnt"
 }
 _force_unmount () {

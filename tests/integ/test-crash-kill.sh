@@ -8,7 +8,9 @@
 #    marked present without its data, which would read as zeros);
 #  - every extent `status --maps` reports present lies inside the disk.
 # Kills: $CRASH_KILLS (default 50), in epochs of 5 with a fresh state
-# directory each, cycling block sizes 4K/64K/1M and buffered/O_DIRECT.
+# directory each, cycling block sizes 4K/64K/1M and buffered/O_DIRECT, and
+# with the background streamer running (rate-limited, so that the kill
+# finds it mid-disk) in every other epoch.
 . "$(dirname "$0")/../functions.sh"
 requires nbdkit --version
 requires fusermount3 --version
@@ -29,8 +31,10 @@ acked_total=0 writes_total=0 k=0 epoch=0
 bss=(4K 64K 1M)
 while [ $k -lt $kills ]; do
   bs=${bss[$((epoch % 3))]}
+  stream=--stream=off; [ $((epoch % 2)) -eq 1 ] && stream=--stream=on
   state=$T/state$epoch log=$T/log$epoch
-  corfs_mount $state $mnt --disk d="$url" --block-size $bs
+  corfs_mount $state $mnt --disk d="$url" --block-size $bs $stream
+  [ $stream = --stream=on ] && "$CORFS" stream --state $state d --rate 40M
   for i in 1 2 3 4 5; do
     [ $k -lt $kills ] || break
     k=$((k + 1))
@@ -46,7 +50,8 @@ while [ $k -lt $kills ]; do
     wait $wpid || { cat $T/writer.err; fail "writer failed (not by the crash)"; }
     wait_gone $pid
     # Remount (the disk is recorded: no --disk needed) and verify.
-    "$CORFS" mount --state $state $mnt || fail "remount after kill $k failed"
+    "$CORFS" mount --state $state $stream $mnt || fail "remount after kill $k failed"
+    [ $stream = --stream=on ] && "$CORFS" stream --state $state d --rate 40M
     "$CORFS" status --state $state d --json --maps > $T/status.json || fail "status after kill $k"
     python3 - "$T/status.json" $size <<'PY' || fail "status --maps after kill $k is inconsistent"
 import json, sys
@@ -62,7 +67,7 @@ assert st["widened"] is True, "an unclean shutdown must widen the changed map"
 PY
     "$TOOLS/crashtool" verify $mnt/d $log $T/parent.img > $T/verify.out 2>&1 || {
       cat $T/verify.out; fail "kill $k (block size $bs, ${direct:-buffered}): verify failed"; }
-    echo "kill $k (bs $bs ${direct:-buffered}): $(head -n1 $T/verify.out)"
+    echo "kill $k (bs $bs ${direct:-buffered} $stream): $(head -n1 $T/verify.out)"
   done
   stats=$("$TOOLS/crashtool" stats $log)
   acked_total=$((acked_total + $(echo "$stats" | sed -n 's/.*acked_writes=\([0-9]*\).*/\1/p')))
