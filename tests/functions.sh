@@ -33,7 +33,7 @@ requires () { "$@" >/dev/null 2>&1 || skip "missing: $*"; }
 kill_pid () {
   local pid=$1 i
   kill "$pid" 2>/dev/null || return 0
-  for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  for i in $(seq 50); do alive "$pid" || return 0; sleep 0.1; done
   kill -9 "$pid" 2>/dev/null || true
 }
 
@@ -50,10 +50,17 @@ start_nbdkit () {
   cleanup_fn kill_pid "$(cat "$pidfile")"
 }
 
+# alive PID: the process exists and is not a zombie (PID 1 may be slow to
+# reap daemons, which are not our children).
+alive () {
+  kill -0 "$1" 2>/dev/null || return 1
+  [ "$(awk '{print $3}' /proc/$1/stat 2>/dev/null)" != Z ]
+}
+
 # wait_gone PID: wait (at most 30 s) for a process to exit.
 wait_gone () {
   local i
-  for i in $(seq 300); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  for i in $(seq 300); do alive "$1" || return 0; sleep 0.1; done
   fail "process $1 did not exit"
 }
 
