@@ -491,10 +491,8 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
   }
   rcfg.url = dopt ? dopt->url : rec.url;
   rcfg.pinned_identity = recorded ? rec.identity : NULL;
-  if (remote_open (&rcfg, &r) == -1) {
-    log_error ("daemon: disk %s: bad parent URL", name);
-    return -1;
-  }
+  if (remote_open (&rcfg, &r) == -1)
+    return -1;                  /* remote_open said why */
 
   if (recorded) {
     if (meta_disk_open (m, name, NULL, &md, NULL) == -1) {

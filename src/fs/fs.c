@@ -396,7 +396,12 @@ int
 fs_run (struct fs *fs)
 {
   struct fuse_loop_config cfg = { .clone_fd = 0, .max_idle_threads = 16 };
-  return fuse_session_loop_mt (fs->se, &cfg) == 0 ? 0 : -1;
+  /* The loop returns the signal number when SIGTERM/SIGINT/SIGHUP ended
+   * it (a clean stop), and a negative errno on failure. */
+  int r = fuse_session_loop_mt (fs->se, &cfg);
+  if (r < 0)
+    log_error ("fs: the FUSE loop failed: %s", strerror (-r));
+  return r < 0 ? -1 : 0;
 }
 
 void

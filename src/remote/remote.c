@@ -287,13 +287,12 @@ remote_pread (struct remote *r, void *buf, size_t count, uint64_t offset,
       pthread_mutex_unlock (&r->serialize);
     pthread_mutex_lock (&r->lock);
     r->stats.requests++;
+    if (attempts > 1)
+      r->stats.retries++;
     if (ret == 0)
       r->stats.bytes += count;
-    else {
+    else
       r->stats.errors++;
-      if (attempts > 1)
-        r->stats.retries++;
-    }
     pthread_mutex_unlock (&r->lock);
     if (ret == 0) {
       log_debug ("remote: disk %s: read %zu bytes at %" PRIu64, r->disk, count, offset);
@@ -302,10 +301,11 @@ remote_pread (struct remote *r, void *buf, size_t count, uint64_t offset,
     assert (*err != 0);
     if (!is_retryable (*err) || !backoff (&delay, deadline_ns)) {
       int e = *err;
-      if (is_retryable (e)) {
+      if (is_retryable (e))
         set_state (r, REMOTE_DOWN);
-        *err = EIO;
-      }
+      /* Whatever the cause (a timeout, a changed parent), the caller's
+       * answer is EIO: the detail is in the log and in the status. */
+      *err = EIO;
       log_error ("remote: disk %s: parent %s: read of %zu bytes at offset %"
                  PRIu64 " failed after %u attempts in %.1f s: %s",
                  r->disk, r->url, count, offset, attempts,
