@@ -141,7 +141,7 @@ struct cor_status {
   const char *stream_state;     /* "off", "running", "paused", "cancelled", "complete" */
   uint64_t stream_rate;         /* bytes/s, 0 = unlimited */
   uint64_t streamed_bytes, stream_errors;
-  double stream_bytes_per_s;    /* recent average */
+  double stream_bytes_per_s;    /* recent progress (fetched or found zero) per second */
   int64_t eta_s;                /* -1 when unknown */
   char stream_error[512];
   uint64_t foreground_fetched_bytes, background_fetched_bytes, zero_skipped_bytes;

@@ -20,8 +20,9 @@
  * (so a guest that faults all the time cannot starve the stream).
  *
  * Rate limit: a token bucket shared by the workers, refilled at `rate`
- * bytes/s with one second of burst; a chunk may take the bucket into debt,
- * the next waits it out.  Errors: a failed chunk is counted and reported
+ * bytes/s with one second of burst; each chunk is charged what it read
+ * from the parent after the fact (zero extents are free), which may take
+ * the bucket into debt; the next chunk waits it out.  Errors: a failed chunk is counted and reported
  * (stream-error event, status) and retried after an exponential backoff
  * up to 30 s, forever: background work never fails the disk.
  *
@@ -173,10 +174,11 @@ yield_to_guest (struct cor_disk *d)
   }
 }
 
-/* Take len bytes from the rate limiter, waiting as needed.  false if the
- * stream stopped meanwhile. */
+/* Wait until the rate limiter is out of debt (a chunk is charged after
+ * it is fetched, by the bytes actually read from the parent, so zero
+ * extents cost nothing).  false if the stream stopped meanwhile. */
 static bool
-throttle (struct cor_disk *d, uint64_t len)
+throttle (struct cor_disk *d)
 {
   bool ok = true;
 
@@ -195,10 +197,8 @@ throttle (struct cor_disk *d, uint64_t len)
     d->stream.tokens_ns = now;
     if (d->stream.tokens > rate)
       d->stream.tokens = rate;  /* one second of burst */
-    if (d->stream.tokens >= 0) {
-      d->stream.tokens -= len;
+    if (d->stream.tokens >= 0)
       break;
-    }
     uint64_t wait = (uint64_t) (-d->stream.tokens / rate * NS_PER_SEC);
     timedwait_unlocked (d, now + (wait < 100000000ULL ? wait : 100000000ULL) + 1);
   }
@@ -232,16 +232,20 @@ complete (struct cor_disk *d)
     remote_release (d->remote);
 }
 
-/* Must be called with stream.lock held.  Progress bookkeeping. */
+/* Must be called with stream.lock held.  Progress bookkeeping: fetched
+ * bytes charge the rate limiter and count as streamed; covered bytes
+ * (fetched or found zero) measure progress for the ETA. */
 static void
-account_unlocked (struct cor_disk *d, uint64_t bytes)
+account_unlocked (struct cor_disk *d, uint64_t fetched, uint64_t covered)
 {
   uint64_t now = now_ns ();
 
-  __atomic_fetch_add (&d->streamed_bytes, bytes, __ATOMIC_RELAXED);
+  __atomic_fetch_add (&d->streamed_bytes, fetched, __ATOMIC_RELAXED);
+  if (d->stream.rate)
+    d->stream.tokens -= fetched;
   if (d->stream.rate_window_ns == 0)
     d->stream.rate_window_ns = now;
-  d->stream.rate_window_bytes += bytes;
+  d->stream.rate_window_bytes += covered;
   if (now - d->stream.rate_window_ns >= 2 * NS_PER_SEC) {
     d->stream.recent_bps = d->stream.rate_window_bytes * (double) NS_PER_SEC /
       (now - d->stream.rate_window_ns);
@@ -283,7 +287,7 @@ worker (void *arg)
     pthread_mutex_unlock (&d->stream.lock);
 
     yield_to_guest (d);
-    if (!throttle (d, (end - first) << d->block_shift)) {
+    if (!throttle (d)) {
       pthread_mutex_lock (&d->stream.lock);
       if (d->stream.cursor > first)
         d->stream.cursor = first;
@@ -308,7 +312,7 @@ worker (void *arg)
       continue;
     }
     d->stream.backoff_ns = BACKOFF_MIN_NS;
-    account_unlocked (d, r);
+    account_unlocked (d, r, (end - first) << d->block_shift);
     if (r == 0 && meta_next (d->md, META_PRESENT, false, first) < end)
       /* All of it was busy with guest faults or other workers: give them
        * a moment rather than spin. */
