@@ -17,6 +17,12 @@ _run_cleanups () {
   local rc=$? i
   set +e
   for (( i=${#_cleanups[@]}-1; i>=0; i-- )); do eval "${_cleanups[$i]}" >/dev/null 2>&1; done
+  # Sanitizer reports from daemons (ASAN=1 builds) fail the test.
+  if grep -lE "ERROR: (Address|Leak)Sanitizer|runtime error:" $(find "$T" -name corfs.log 2>/dev/null) /dev/null 2>/dev/null | grep -q .; then
+    echo "FAIL: sanitizer report in a daemon log:"
+    grep -hE -A30 "ERROR: (Address|Leak)Sanitizer|runtime error:" $(find "$T" -name corfs.log) | head -60
+    [ $rc -eq 0 ] || [ $rc -eq 77 ] && rc=1
+  fi
   if [ $rc -ne 0 ] && [ $rc -ne 77 ] && [ -d "$T" ]; then
     for f in "$T"/*/corfs.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 30 "$f"; }; done
   fi

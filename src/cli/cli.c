@@ -388,9 +388,9 @@ cli_stream (int argc, char **argv)
     case 'h':
       printf ("Usage: corfs stream --state DIR NAME [--wait] [--rate R] [--pause|--resume|--cancel]\n\n"
               "Fill the disk's overlay in the background (start it if it is off or was\n"
-              "cancelled), or steer a running stream.\n"
-              "  --rate R   bytes per second (K/M/G suffixes), 0 for unlimited; alone it\n"
-              "             changes the rate of the running stream\n"
+              "cancelled; resume it if paused), or steer a running stream.\n"
+              "  --rate R   bytes per second (K/M/G suffixes), 0 for unlimited; applies\n"
+              "             at once to a running stream\n"
               "  --wait     wait until the disk is complete (exit 0), or the stream is\n"
               "             cancelled or the disk fails (exit 1); progress on a terminal\n");
       return 0;
@@ -406,8 +406,6 @@ cli_stream (int argc, char **argv)
     return 2;
   }
   name = argv[optind];
-  if (have_rate && !strcmp (action, "start") && !wait)
-    action = "rate";            /* --rate alone: change it, start nothing */
   req = json_pack ("{s:s, s:s, s:s}", "cmd", "stream", "disk", name, "action", action);
   if (have_rate)
     json_object_set_new (req, "rate", json_integer (rate));

@@ -705,6 +705,7 @@ mount_main (struct mount_opts *o)
     perror ("corfs: pipe");
     return 1;
   }
+  fflush (NULL);
   pid = fork ();
   if (pid == -1) {
     perror ("corfs: fork");
@@ -726,7 +727,8 @@ mount_main (struct mount_opts *o)
     }
     if (logfd >= 0)
       log_set_fd (logfd);
-    _exit (run_daemon (o, pipefd[1]));
+    /* exit, not _exit: atexit handlers (LeakSanitizer) run in the daemon. */
+    exit (run_daemon (o, pipefd[1]));
   }
   close (pipefd[1]);
   while ((n = read (pipefd[0], msg + total, sizeof msg - 1 - total)) > 0)
