@@ -193,7 +193,64 @@ rfile_release (void *hv)
   pthread_mutex_unlock (&h->lock);
 }
 
+static int
+rfile_pwrite (struct remote *r, void *hv, const void *buf, size_t count,
+              uint64_t offset, uint64_t deadline_ns, int *err)
+{
+  struct rfile *h = hv;
+  int fd;
+
+  if (!h->writable) {
+    *err = EROFS;
+    return -1;
+  }
+  if ((fd = rfile_connect (r, h, err)) == -1)
+    return -1;
+  if (full_pwrite (fd, buf, count, offset) == -1) {
+    *err = errno;
+    remote_note_error (r, "pwrite %zu bytes at offset %" PRIu64 ": %m", count, offset);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+rfile_flush (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
+{
+  struct rfile *h = hv;
+  int fd = rfile_connect (r, h, err);
+
+  if (fd == -1)
+    return -1;
+  if (fdatasync (fd) == -1) {
+    *err = errno;
+    remote_note_error (r, "fdatasync: %m");
+    return -1;
+  }
+  return 0;
+}
+
+static int
+rfile_make_writable (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
+{
+  struct rfile *h = hv;
+
+  pthread_mutex_lock (&h->lock);
+  if (!h->writable) {
+    h->writable = true;
+    if (h->fd >= 0) {           /* reopen read-write on next use */
+      close (h->fd);
+      h->fd = -1;
+    }
+  }
+  pthread_mutex_unlock (&h->lock);
+  return rfile_connect (r, h, err) == -1 ? -1 : 0;
+}
+
 const struct remote_ops rfile_ops = {
+  .pwrite = rfile_pwrite,
+  .flush = rfile_flush,
+  .make_writable = rfile_make_writable,
   .zero_extents = rfile_zero_extents,
   .release = rfile_release,
   .name = "file",

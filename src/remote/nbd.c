@@ -38,6 +38,8 @@ struct rnbd_conn {
   struct nbd_handle *nbd;       /* NULL when not connected */
   bool busy;                    /* protected by h->lock */
   bool ever_connected;
+  bool wrote;                   /* written since its last flush */
+  bool lost_writes;             /* dropped while holding unflushed writes */
 };
 
 struct rnbd {
@@ -135,6 +137,10 @@ ms_until (uint64_t deadline_ns)
 static void
 drop_conn (struct rnbd_conn *c)
 {
+  if (c->wrote) {
+    c->lost_writes = true;      /* the next flush must fail */
+    c->wrote = false;
+  }
   if (c->nbd) {
     nbd_close (c->nbd);
     c->nbd = NULL;
@@ -325,11 +331,6 @@ rnbd_get_size (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
   struct rnbd_conn *c;
   int64_t size;
 
-  pthread_mutex_lock (&h->lock);
-  size = h->size;
-  pthread_mutex_unlock (&h->lock);
-  if (size >= 0)
-    return size;
   c = acquire (h, deadline_ns, err);
   if (!c)
     return -1;
@@ -479,7 +480,165 @@ rnbd_release (void *hv)
   pthread_mutex_unlock (&h->lock);
 }
 
+/* Wait for cookie on c, bounded.  0 or -1 with *err (conn dropped on a
+ * timeout or a dead connection). */
+static int
+conn_wait (struct remote *r, struct rnbd_conn *c, int64_t cookie, uint64_t deadline_ns,
+           const char *what, uint64_t offset, int *err)
+{
+  for (;;) {
+    int done = nbd_aio_command_completed (c->nbd, cookie);
+    if (done == 1)
+      return 0;
+    if (done == -1) {
+      *err = nbd_get_errno () ? nbd_get_errno () : EIO;
+      remote_note_error (r, "%s at offset %" PRIu64 ": %s", what, offset, nbd_get_error ());
+      if (nbd_aio_is_dead (c->nbd) || nbd_aio_is_closed (c->nbd))
+        drop_conn (c);
+      return -1;
+    }
+    int ms = ms_until (deadline_ns);
+    if (ms == 0 || nbd_poll (c->nbd, ms) == -1) {
+      *err = ms == 0 ? ETIMEDOUT : EIO;
+      remote_note_error (r, "%s at offset %" PRIu64 ": %s", what, offset,
+                         ms == 0 ? "timed out" : nbd_get_error ());
+      drop_conn (c);
+      return -1;
+    }
+  }
+}
+
+/* Writes go through connection 0 only, so one FLUSH covers them whether
+ * or not the server offers multi-conn; merge is not latency-bound. */
+static struct rnbd_conn *
+acquire_writer (struct rnbd *h, uint64_t deadline_ns, int *err)
+{
+  struct rnbd_conn *c = &h->conns[0];
+  struct timespec ts = { deadline_ns / NS_PER_SEC, deadline_ns % NS_PER_SEC };
+
+  pthread_mutex_lock (&h->lock);
+  while (c->busy) {
+    if (pthread_cond_timedwait (&h->cond, &h->lock, &ts) == ETIMEDOUT) {
+      *err = ETIMEDOUT;
+      pthread_mutex_unlock (&h->lock);
+      return NULL;
+    }
+  }
+  c->busy = true;
+  pthread_mutex_unlock (&h->lock);
+  return c;
+}
+
+static int
+rnbd_pwrite (struct remote *r, void *hv, const void *buf, size_t count,
+             uint64_t offset, uint64_t deadline_ns, int *err)
+{
+  struct rnbd *h = hv;
+  struct rnbd_conn *c = acquire_writer (h, deadline_ns, err);
+  int ret = 0;
+
+  if (!c)
+    return -1;
+  if (!c->nbd && conn_connect (r, h, c, deadline_ns, err) == -1) {
+    release (h, c);
+    return -1;
+  }
+  if (nbd_is_read_only (c->nbd) == 1) {
+    *err = EROFS;
+    remote_note_error (r, "write: the NBD export is read-only");
+    release (h, c);
+    return -1;
+  }
+  while (count > 0 && ret == 0) {
+    size_t n = count > MAX_REQUEST ? MAX_REQUEST : count;
+    int64_t cookie = nbd_aio_pwrite (c->nbd, buf, n, offset, NBD_NULL_COMPLETION, 0);
+    if (cookie == -1) {
+      *err = nbd_get_errno () ? nbd_get_errno () : EIO;
+      remote_note_error (r, "write at offset %" PRIu64 ": %s", offset, nbd_get_error ());
+      if (nbd_aio_is_dead (c->nbd) || nbd_aio_is_closed (c->nbd))
+        drop_conn (c);
+      ret = -1;
+      break;
+    }
+    ret = conn_wait (r, c, cookie, min_u64 (deadline_ns, now_ns () + h->request_timeout_ns),
+                     "write", offset, err);
+    buf = (const char *) buf + n;
+    offset += n;
+    count -= n;
+  }
+  /* A write on a dropped connection may or may not have landed: the next
+   * flush must not vouch for it, so report the error (the caller keeps
+   * the block dirty and writes it again). */
+  if (ret == 0)
+    c->wrote = true;
+  release (h, c);
+  return ret;
+}
+
+static int
+rnbd_flush (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
+{
+  struct rnbd *h = hv;
+  struct rnbd_conn *c = acquire_writer (h, deadline_ns, err);
+  int ret = 0;
+
+  if (!c)
+    return -1;
+  if (c->lost_writes) {
+    /* A connection that wrote was lost before its flush: what it wrote
+     * may not be stable.  Fail so that those blocks stay dirty. */
+    *err = ESTALE;              /* not retryable: the writes must be redone */
+    remote_note_error (r, "flush: the connection that wrote was lost");
+    c->lost_writes = false;
+    release (h, c);
+    return -1;
+  }
+  if (!c->nbd) {
+    release (h, c);
+    return 0;
+  }
+  if (nbd_can_flush (c->nbd) == 1) {
+    int64_t cookie = nbd_aio_flush (c->nbd, NBD_NULL_COMPLETION, 0);
+    if (cookie == -1) {
+      *err = nbd_get_errno () ? nbd_get_errno () : EIO;
+      remote_note_error (r, "flush: %s", nbd_get_error ());
+      ret = -1;
+    }
+    else
+      ret = conn_wait (r, c, cookie, min_u64 (deadline_ns, now_ns () + h->request_timeout_ns),
+                       "flush", 0, err);
+  }
+  if (ret == 0)
+    c->wrote = false;
+  release (h, c);
+  return ret;
+}
+
+static int
+rnbd_make_writable (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
+{
+  struct rnbd *h = hv;
+  struct rnbd_conn *c = acquire_writer (h, deadline_ns, err);
+  int ret = 0;
+
+  if (!c)
+    return -1;
+  if (!c->nbd && conn_connect (r, h, c, deadline_ns, err) == -1)
+    ret = -1;
+  else if (nbd_is_read_only (c->nbd) == 1) {
+    *err = EROFS;
+    log_error ("rnbd: disk %s: the NBD export is read-only: it cannot be merged into",
+               remote_disk (r));
+    ret = -1;
+  }
+  release (h, c);
+  return ret;
+}
+
 const struct remote_ops rnbd_ops = {
+  .pwrite = rnbd_pwrite,
+  .flush = rnbd_flush,
+  .make_writable = rnbd_make_writable,
   .zero_extents = rnbd_zero_extents,
   .release = rnbd_release,
   .name = "nbd",

@@ -21,6 +21,13 @@ struct remote_ops {
   /* Read all of count bytes or fail; bounded by deadline_ns. */
   int (*pread) (struct remote *r, void *h, void *buf, size_t count,
                 uint64_t offset, uint64_t deadline_ns, int *err);
+  /* Optional (NULL: read-only protocol): write all of count bytes or
+   * fail; flush makes returned writes stable; make_writable reopens for
+   * writing (EROFS if impossible). */
+  int (*pwrite) (struct remote *r, void *h, const void *buf, size_t count,
+                 uint64_t offset, uint64_t deadline_ns, int *err);
+  int (*flush) (struct remote *r, void *h, uint64_t deadline_ns, int *err);
+  int (*make_writable) (struct remote *r, void *h, uint64_t deadline_ns, int *err);
   /* Optional: zero extents (see remote_zero_extents).  Append to *v. */
   int (*zero_extents) (struct remote *r, void *h, uint64_t offset, uint64_t count,
                        uint64_t deadline_ns, struct remote_extent **v, size_t *n,

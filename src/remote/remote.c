@@ -33,6 +33,7 @@ struct remote {
   char last_error[1280];
   char identity[512];
   bool pinned;
+  bool modifying;               /* our writes may change the identity */
   struct remote_stats stats;
   struct log_ratelimit rl;
 };
@@ -160,6 +161,11 @@ remote_check_identity (struct remote *r, const char *identity, int *err)
   if (!r->pinned) {
     snprintf (r->identity, sizeof r->identity, "%s", identity);
     r->pinned = true;
+  }
+  else if (strcmp (r->identity, identity) != 0 && r->modifying) {
+    log_info ("remote: disk %s: parent %s identity moved with our own writes; "
+              "re-pinned %s", r->disk, r->url, identity);
+    snprintf (r->identity, sizeof r->identity, "%s", identity);
   }
   else if (strcmp (r->identity, identity) != 0) {
     if (r->state != REMOTE_CHANGED)
@@ -375,4 +381,134 @@ remote_release (struct remote *r)
   }
   set_state (r, REMOTE_IDLE);
   log_info ("remote: disk %s: released parent %s", r->disk, r->url);
+}
+
+static int
+call_serialized (struct remote *r, int (*fn) (struct remote *, void *, void *), void *arg)
+{
+  int ret;
+
+  if (r->ops->thread_model == REMOTE_SERIALIZE)
+    pthread_mutex_lock (&r->serialize);
+  ret = fn (r, r->h, arg);
+  if (r->ops->thread_model == REMOTE_SERIALIZE)
+    pthread_mutex_unlock (&r->serialize);
+  return ret;
+}
+
+struct write_args {
+  const void *buf;
+  size_t count;
+  uint64_t offset, deadline_ns;
+  int *err;
+};
+
+static int
+do_pwrite (struct remote *r, void *h, void *argp)
+{
+  struct write_args *a = argp;
+  return r->ops->pwrite (r, h, a->buf, a->count, a->offset, a->deadline_ns, a->err);
+}
+
+static int
+do_flush (struct remote *r, void *h, void *argp)
+{
+  struct write_args *a = argp;
+  return r->ops->flush (r, h, a->deadline_ns, a->err);
+}
+
+static int
+do_make_writable (struct remote *r, void *h, void *argp)
+{
+  struct write_args *a = argp;
+  return r->ops->make_writable (r, h, a->deadline_ns, a->err);
+}
+
+/* Retry fn with backoff until the deadline (the policy of remote_pread). */
+static int
+retry_write (struct remote *r, int (*fn) (struct remote *, void *, void *),
+             struct write_args *a, const char *what)
+{
+  uint64_t delay = BACKOFF_MIN_NS;
+  unsigned attempts = 0;
+
+  if (!r->ops->pwrite) {
+    *a->err = EROFS;
+    log_error ("remote: disk %s: parent %s (%s) cannot be written", r->disk, r->url,
+               r->ops->name);
+    return -1;
+  }
+  for (;;) {
+    *a->err = 0;
+    attempts++;
+    if (call_serialized (r, fn, a) == 0)
+      return 0;
+    assert (*a->err != 0);
+    pthread_mutex_lock (&r->lock);
+    r->stats.errors++;
+    r->stats.retries++;
+    pthread_mutex_unlock (&r->lock);
+    if (!is_retryable (*a->err) || !backoff (&delay, a->deadline_ns)) {
+      log_error ("remote: disk %s: parent %s: %s at offset %" PRIu64 " failed after "
+                 "%u attempts: %s", r->disk, r->url, what, a->offset, attempts,
+                 strerror (*a->err));
+      if (*a->err != EROFS && *a->err != ENOSPC)
+        *a->err = EIO;
+      return -1;
+    }
+  }
+}
+
+int
+remote_pwrite (struct remote *r, const void *buf, size_t count, uint64_t offset,
+               uint64_t deadline_ns, int *err)
+{
+  struct write_args a = { buf, count, offset, deadline_ns, err };
+  assert (count > 0);
+  return retry_write (r, do_pwrite, &a, "write");
+}
+
+int
+remote_flush (struct remote *r, uint64_t deadline_ns, int *err)
+{
+  struct write_args a = { NULL, 0, 0, deadline_ns, err };
+  return retry_write (r, do_flush, &a, "flush");
+}
+
+int
+remote_make_writable (struct remote *r, uint64_t deadline_ns, int *err)
+{
+  struct write_args a = { NULL, 0, 0, deadline_ns, err };
+  if (!r->ops->make_writable) {
+    *err = EROFS;
+    log_error ("remote: disk %s: parent %s (%s) is read-only: it cannot be merged into",
+               r->disk, r->url, r->ops->name);
+    return -1;
+  }
+  return call_serialized (r, do_make_writable, &a);
+}
+
+void
+remote_set_modifying (struct remote *r, bool modifying)
+{
+  pthread_mutex_lock (&r->lock);
+  r->modifying = modifying;
+  pthread_mutex_unlock (&r->lock);
+}
+
+int
+remote_repin (struct remote *r, char *identity, size_t len, uint64_t deadline_ns, int *err)
+{
+  /* Reconnect so that the backend computes the identity afresh. */
+  if (r->ops->release)
+    r->ops->release (r->h);
+  pthread_mutex_lock (&r->lock);
+  r->pinned = false;
+  if (r->state == REMOTE_CHANGED)
+    r->state = REMOTE_IDLE;
+  pthread_mutex_unlock (&r->lock);
+  if (remote_get_size (r, deadline_ns, err) < 0)
+    return -1;
+  remote_identity (r, identity, len);
+  return 0;
 }

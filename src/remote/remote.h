@@ -58,6 +58,28 @@ int64_t remote_get_size (struct remote *r, uint64_t deadline_ns, int *err);
 int remote_pread (struct remote *r, void *buf, size_t count, uint64_t offset,
                   uint64_t deadline_ns, int *err);
 
+/* Write count bytes at offset to the parent, retrying until deadline_ns.
+ * Only for a remote opened writable (merge into a parent the disk owns).
+ * 0 or -1 with *err (EROFS: the parent is read-only). */
+int remote_pwrite (struct remote *r, const void *buf, size_t count, uint64_t offset,
+                   uint64_t deadline_ns, int *err);
+
+/* Make every write that returned stable on the parent (NBD FLUSH on every
+ * connection that wrote, fdatasync for files).  0 or -1 with *err. */
+int remote_flush (struct remote *r, uint64_t deadline_ns, int *err);
+
+/* Open for writing from now on (reconnecting if needed).  0 or -1 with
+ * *err (EROFS when the parent cannot be written). */
+int remote_make_writable (struct remote *r, uint64_t deadline_ns, int *err);
+
+/* While modifying is true, our own writes change the parent's identity:
+ * a mismatch on reconnect is accepted and re-pinned instead of failing.
+ * remote_repin forgets the pinned identity and takes the current one
+ * (connecting); *identity receives it.  0 or -1 with *err. */
+void remote_set_modifying (struct remote *r, bool modifying);
+int remote_repin (struct remote *r, char *identity, size_t len, uint64_t deadline_ns,
+                  int *err);
+
 /* A byte range of the parent. */
 struct remote_extent {
   uint64_t offset, length;
