@@ -4,9 +4,10 @@
  * loop over the listening socket, every client and a wake-up pipe.
  * Requests are answered in order on that thread; the engine calls it
  * makes (status) take only short engine locks.  A client that sends a
- * line over JSONL_MAX_LINE, or malformed JSON, gets an error reply; one
- * that does not read its replies is dropped after the send timeout, so
- * no client can stall the daemon.
+ * line over JSONL_MAX_LINE, or malformed JSON, gets an error reply.
+ * Client sockets are non-blocking: one that does not read its replies is
+ * dropped as soon as its socket buffer is full, so no client can stall
+ * the daemon.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -52,6 +53,40 @@ struct ctl {
   uint64_t dropped;
   bool stopping;                /* protected by qlock */
 };
+
+/* Send a reply on a non-blocking client socket, waiting at most 2 s in
+ * all for the client to make room (a large status --maps reply may not
+ * fit the socket buffer at once).  0 or -1 (drop the client). */
+static int
+send_reply (int fd, const json_t *v)
+{
+  char *s = json_dumps (v, JSON_COMPACT);
+  size_t len, off = 0;
+  uint64_t deadline = now_ns () + 2 * NS_PER_SEC;
+
+  if (!s)
+    return -1;
+  len = strlen (s);
+  s[len++] = '\n';
+  while (off < len) {
+    ssize_t r = send (fd, s + off, len - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (r > 0) {
+      off += r;
+      continue;
+    }
+    if (r == -1 && errno == EINTR)
+      continue;
+    if (r == -1 && errno == EAGAIN && now_ns () < deadline) {
+      struct pollfd p = { .fd = fd, .events = POLLOUT };
+      poll (&p, 1, (int) ((deadline - now_ns ()) / 1000000 + 1));
+      continue;
+    }
+    free (s);
+    return -1;
+  }
+  free (s);
+  return 0;
+}
 
 static json_t *
 error_reply (json_t *id, const char *fmt, ...)
@@ -391,7 +426,7 @@ serve_client (struct ctl *c, int i)
   ssize_t r = read (cl->fd, cl->buf + cl->len, sizeof cl->buf - cl->len);
 
   if (r <= 0)
-    return r == -1 && errno == EINTR ? 0 : -1;
+    return r == -1 && (errno == EINTR || errno == EAGAIN) ? 0 : -1;
   cl->len += r;
   for (;;) {
     char *nl = memchr (cl->buf, '\n', cl->len);
@@ -401,7 +436,7 @@ serve_client (struct ctl *c, int i)
         /* Too long: answer once, then discard up to the next newline. */
         if (!cl->overlong) {
           reply = error_reply (NULL, "request longer than %d bytes", JSONL_MAX_LINE);
-          int s = jsonl_send (cl->fd, reply);
+          int s = send_reply (cl->fd, reply);
           json_decref (reply);
           if (s == -1)
             return -1;
@@ -419,7 +454,7 @@ serve_client (struct ctl *c, int i)
       json_t *req = json_loadb (cl->buf, linelen, 0, &jerr);
       reply = req ? handle (c, req, cl) : error_reply (NULL, "malformed JSON: %s", jerr.text);
       json_decref (req);
-      int s = jsonl_send (cl->fd, reply);
+      int s = send_reply (cl->fd, reply);
       json_decref (reply);
       if (s == -1)
         return -1;
@@ -463,18 +498,28 @@ ctl_thread (void *arg)
         return NULL;
       flush_events (c);
     }
-    for (int k = 1; k < n; k++) {
+    /* Clients first, the listener last: flush_events above may have
+     * dropped a client, and a new client must not take its slot (and its
+     * stale revents) in this same iteration. */
+    for (int k = 2; k < n; k++) {
+      struct client *cl = c->clients[idx[k]];
+      if (!pfd[k].revents || !cl || cl->fd != pfd[k].fd)
+        continue;
+      if (serve_client (c, idx[k]) == -1)
+        drop_client (c, idx[k]);
+    }
+    for (int k = 1; k < 2; k++) {
       if (!pfd[k].revents)
         continue;
-      if (idx[k] == -1) {
-        int fd = accept4 (c->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+      {
+        /* Non-blocking: a read never waits, and a client whose replies
+         * fill the socket buffer (it does not read them) is dropped. */
+        int fd = accept4 (c->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
         int slot = -1;
         if (fd == -1)
           continue;
         for (int i = 0; i < MAX_CLIENTS; i++)
           if (!c->clients[i]) { slot = i; break; }
-        struct timeval tv = { 1, 0 };
-        setsockopt (fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
         if (slot == -1 || !(c->clients[slot] = calloc (1, sizeof (struct client)))) {
           json_t *r = error_reply (NULL, "too many control clients");
           jsonl_send (fd, r);
@@ -484,8 +529,6 @@ ctl_thread (void *arg)
         }
         c->clients[slot]->fd = fd;
       }
-      else if (serve_client (c, idx[k]) == -1)
-        drop_client (c, idx[k]);
     }
   }
 }
