@@ -28,9 +28,17 @@ usage (FILE *f)
 "                         fill the overlay in the background, or steer it\n"
 "  events --state DIR     follow the event stream (JSON lines)\n"
 "  metrics --state DIR    metrics in the Prometheus text format\n"
+"  merge --state DIR NAME [--wait] [--rate R] [--parent-owned] [--pause|--resume|--cancel]\n"
+"                         write dirty blocks back into a parent the disk owns\n"
+"  flatten --state DIR NAME [--wait] [--to FILE]\n"
+"                         fill, then detach the parent (or copy to FILE)\n"
+"  checkpoint --state DIR NAME\n"
+"                         start a new change generation, print its number\n"
+"  dirty --state DIR NAME --since GEN [--json]\n"
+"                         extents written since checkpoint GEN\n"
 "\n"
 "Run `corfs COMMAND --help` for a command's options.  Not in this version yet:\n"
-"HTTP/S3/NFS parents, merge, flatten, checkpoints, migration and mirror.\n");
+"HTTP/S3/NFS parents, migration (incoming/activate/handoff) and mirror.\n");
 }
 
 int
@@ -64,6 +72,14 @@ main (int argc, char **argv)
     return cli_events (argc - 1, argv + 1);
   if (!strcmp (argv[1], "metrics"))
     return cli_metrics (argc - 1, argv + 1);
+  if (!strcmp (argv[1], "merge"))
+    return cli_merge (argc - 1, argv + 1);
+  if (!strcmp (argv[1], "flatten"))
+    return cli_flatten (argc - 1, argv + 1);
+  if (!strcmp (argv[1], "checkpoint"))
+    return cli_checkpoint (argc - 1, argv + 1);
+  if (!strcmp (argv[1], "dirty"))
+    return cli_dirty (argc - 1, argv + 1);
   fprintf (stderr, "corfs: unknown command '%s' (see corfs --help)\n", argv[1]);
   return 2;
 }

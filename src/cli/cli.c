@@ -535,3 +535,250 @@ cli_metrics (int argc, char **argv)
   json_decref (reply);
   return 0;
 }
+
+/* Shared parsing for the job commands: --state DIR NAME plus flags. */
+struct job_args {
+  const char *state, *name, *action, *to;
+  bool wait, parent_owned, json, have_rate;
+  uint64_t rate, since;
+};
+
+static int
+parse_job_args (const char *cmd, int argc, char **argv, const char *usage,
+                struct job_args *a)
+{
+  enum { OPT_STATE = 256, OPT_RATE, OPT_PAUSE, OPT_RESUME, OPT_CANCEL, OPT_WAIT,
+         OPT_OWNED, OPT_TO, OPT_SINCE, OPT_JSON };
+  static const struct option longopts[] = {
+    { "state", required_argument, NULL, OPT_STATE },
+    { "rate", required_argument, NULL, OPT_RATE },
+    { "pause", no_argument, NULL, OPT_PAUSE },
+    { "resume", no_argument, NULL, OPT_RESUME },
+    { "cancel", no_argument, NULL, OPT_CANCEL },
+    { "wait", no_argument, NULL, OPT_WAIT },
+    { "parent-owned", no_argument, NULL, OPT_OWNED },
+    { "to", required_argument, NULL, OPT_TO },
+    { "since", required_argument, NULL, OPT_SINCE },
+    { "json", no_argument, NULL, OPT_JSON },
+    { "help", no_argument, NULL, 'h' },
+    { NULL, 0, NULL, 0 },
+  };
+  int c;
+
+  memset (a, 0, sizeof *a);
+  a->action = "start";
+  optind = 1;
+  opterr = 0;
+  while ((c = getopt_long (argc, argv, "h", longopts, NULL)) != -1) {
+    switch (c) {
+    case OPT_STATE: a->state = optarg; break;
+    case OPT_RATE:
+      if (parse_size (optarg, &a->rate) == -1) {
+        fprintf (stderr, "corfs %s: --rate %s: expected bytes per second (K/M/G suffixes)\n",
+                 cmd, optarg);
+        return 2;
+      }
+      a->have_rate = true;
+      break;
+    case OPT_PAUSE: a->action = "pause"; break;
+    case OPT_RESUME: a->action = "resume"; break;
+    case OPT_CANCEL: a->action = "cancel"; break;
+    case OPT_WAIT: a->wait = true; break;
+    case OPT_OWNED: a->parent_owned = true; break;
+    case OPT_TO: a->to = optarg; break;
+    case OPT_JSON: a->json = true; break;
+    case OPT_SINCE:
+      if (parse_size (optarg, &a->since) == -1 || a->since == 0) {
+        fprintf (stderr, "corfs %s: --since %s: expected a generation number (from 1)\n",
+                 cmd, optarg);
+        return 2;
+      }
+      break;
+    case 'h': fputs (usage, stdout); return 1;
+    default:
+      fprintf (stderr, "corfs %s: unknown or incomplete option %s (see corfs %s --help)\n",
+               cmd, argv[optind - 1], cmd);
+      return 2;
+    }
+  }
+  if (!a->state || optind != argc - 1) {
+    fprintf (stderr, "corfs %s: %s (see corfs %s --help)\n", cmd,
+             !a->state ? "--state DIR is required" : "expected one disk NAME", cmd);
+    return 2;
+  }
+  a->name = argv[optind];
+  return 0;
+}
+
+/* Poll the disk's job until it leaves running/paused; progress on a tty.
+ * done_state is the state that means success ("synced" or "done"). */
+static int
+wait_job (const char *cmd, const struct job_args *a, const char *done_state)
+{
+  bool tty = isatty (2);
+
+  for (;;) {
+    json_t *req = json_pack ("{s:s, s:s}", "cmd", "status", "disk", a->name), *r, *d, *job;
+    const char *state;
+    if (!(r = request (cmd, a->state, req)))
+      return 1;
+    d = json_array_get (json_object_get (r, "disks"), 0);
+    job = json_object_get (d, "job");
+    state = json_string_value (json_object_get (job, "state"));
+    if (tty) {
+      uint64_t done = json_integer_value (json_object_get (job, "done_bytes"));
+      uint64_t total = json_integer_value (json_object_get (job, "total_bytes"));
+      char ds[32], ts[32];
+      human_size (done, ds, sizeof ds);
+      human_size (total, ts, sizeof ts);
+      fprintf (stderr, "\r%s %s: %s of %s %s%s\033[K", cmd, a->name, ds, ts, state,
+               json_is_true (json_object_get (job, "following")) ? " (following guest writes)" : "");
+    }
+    if (strcmp (state, "running") != 0 && strcmp (state, "paused") != 0) {
+      int ret = strcmp (state, done_state) == 0 ? 0 : 1;
+      const char *err = json_string_value (json_object_get (job, "last_error"));
+      if (tty)
+        fprintf (stderr, "\n");
+      if (ret)
+        fprintf (stderr, "corfs %s: disk %s: the job ended %s%s%s\n", cmd, a->name, state,
+                 err && *err ? ": " : "", err && *err ? err : "");
+      json_decref (r);
+      return ret;
+    }
+    json_decref (r);
+    sleep_ns (NS_PER_SEC / 5);
+  }
+}
+
+int
+cli_merge (int argc, char **argv)
+{
+  static const char usage[] =
+    "Usage: corfs merge --state DIR NAME [--wait] [--rate R] [--parent-owned]\n"
+    "                   [--pause|--resume|--cancel]\n\n"
+    "Write the disk's dirty blocks back into its parent while the disk stays in\n"
+    "use (NBD and file parents; HTTP/S3 parents are read-only: use flatten).\n"
+    "Merge writes only into a parent the disk owns: --parent-owned declares (and\n"
+    "records) that; never use it for a golden image other overlays read.\n"
+    "  --wait   return at the first instant no block is dirty (synced), 0;\n"
+    "           non-zero if the merge is cancelled\n"
+    "  --rate R bytes per second (K/M/G suffixes), 0 for unlimited\n";
+  struct job_args a;
+  int r = parse_job_args ("merge", argc, argv, usage, &a);
+  json_t *req, *reply;
+
+  if (r)
+    return r == 1 ? 0 : r;
+  req = json_pack ("{s:s, s:s, s:s, s:b}", "cmd", "merge", "disk", a.name,
+                   "action", a.action, "parent_owned", a.parent_owned);
+  if (a.have_rate)
+    json_object_set_new (req, "rate", json_integer (a.rate));
+  if (!(reply = request ("merge", a.state, req)))
+    return 1;
+  json_decref (reply);
+  return a.wait ? wait_job ("merge", &a, "synced") : 0;
+}
+
+int
+cli_flatten (int argc, char **argv)
+{
+  static const char usage[] =
+    "Usage: corfs flatten --state DIR NAME [--wait] [--to FILE]\n\n"
+    "Fill the disk (starting the streamer), then detach its parent for good:\n"
+    "the disk becomes standalone and its overlay is the whole raw image.\n"
+    "  --to FILE  instead, write a standalone raw copy of the current disk\n"
+    "             contents to FILE (sparse where the disk reads zeros)\n"
+    "  --wait     wait until done (0) or failed (non-zero)\n";
+  struct job_args a;
+  int r = parse_job_args ("flatten", argc, argv, usage, &a);
+  char to[2 * PATH_MAX];
+  json_t *req, *reply;
+
+  if (r)
+    return r == 1 ? 0 : r;
+  req = json_pack ("{s:s, s:s}", "cmd", "flatten", "disk", a.name);
+  if (a.to) {
+    /* The daemon runs in /: give it an absolute path. */
+    char *dir = strdup (a.to), *slash = strrchr (dir, '/');
+    const char *base = slash ? slash + 1 : a.to;
+    char rdir[PATH_MAX];
+    if (slash)
+      *slash = '\0';
+    if (!realpath (slash ? (*dir ? dir : "/") : ".", rdir)) {
+      fprintf (stderr, "corfs flatten: --to %s: %s\n", a.to, strerror (errno));
+      free (dir);
+      json_decref (req);
+      return 1;
+    }
+    snprintf (to, sizeof to, "%s/%s", strcmp (rdir, "/") ? rdir : "", base);
+    free (dir);
+    json_object_set_new (req, "to", json_string (to));
+  }
+  if (!(reply = request ("flatten", a.state, req)))
+    return 1;
+  json_decref (reply);
+  return a.wait ? wait_job ("flatten", &a, "done") : 0;
+}
+
+int
+cli_checkpoint (int argc, char **argv)
+{
+  static const char usage[] =
+    "Usage: corfs checkpoint --state DIR NAME\n\n"
+    "Start a new change generation and print its number.  `corfs dirty NAME\n"
+    "--since GEN` then lists what was written after this checkpoint.\n";
+  struct job_args a;
+  int r = parse_job_args ("checkpoint", argc, argv, usage, &a);
+  json_t *reply;
+
+  if (r)
+    return r == 1 ? 0 : r;
+  if (!(reply = request ("checkpoint", a.state,
+                         json_pack ("{s:s, s:s}", "cmd", "checkpoint", "disk", a.name))))
+    return 1;
+  printf ("%" JSON_INTEGER_FORMAT "\n", json_integer_value (json_object_get (reply, "generation")));
+  json_decref (reply);
+  return 0;
+}
+
+int
+cli_dirty (int argc, char **argv)
+{
+  static const char usage[] =
+    "Usage: corfs dirty --state DIR NAME --since GEN [--json]\n\n"
+    "List the extents (offset, length in bytes) written since checkpoint GEN\n"
+    "was taken (generations count from 1: GEN 1 is everything since the disk\n"
+    "was created).  After an unclean shutdown the answer is a superset and\n"
+    "says so (\"widened\": true).\n";
+  struct job_args a;
+  int r = parse_job_args ("dirty", argc, argv, usage, &a);
+  json_t *reply, *e;
+  size_t i;
+
+  if (r)
+    return r == 1 ? 0 : r;
+  if (!a.since) {
+    fprintf (stderr, "corfs dirty: --since GEN is required\n");
+    return 2;
+  }
+  if (!(reply = request ("dirty", a.state,
+                         json_pack ("{s:s, s:s, s:I}", "cmd", "dirty", "disk", a.name,
+                                    "since", (json_int_t) a.since))))
+    return 1;
+  if (a.json) {
+    json_object_del (reply, "ok");
+    char *s = json_dumps (reply, JSON_INDENT (2));
+    puts (s);
+    free (s);
+  }
+  else {
+    if (json_is_true (json_object_get (reply, "widened")))
+      printf ("# widened: an unclean shutdown made this a superset\n");
+    json_array_foreach (json_object_get (reply, "extents"), i, e)
+      printf ("%" JSON_INTEGER_FORMAT " %" JSON_INTEGER_FORMAT "\n",
+              json_integer_value (json_object_get (e, "offset")),
+              json_integer_value (json_object_get (e, "length")));
+  }
+  json_decref (reply);
+  return 0;
+}

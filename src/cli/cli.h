@@ -9,5 +9,9 @@ int cli_status (int argc, char **argv);
 int cli_stream (int argc, char **argv);
 int cli_events (int argc, char **argv);
 int cli_metrics (int argc, char **argv);
+int cli_merge (int argc, char **argv);
+int cli_flatten (int argc, char **argv);
+int cli_checkpoint (int argc, char **argv);
+int cli_dirty (int argc, char **argv);
 
 #endif

@@ -88,9 +88,6 @@ struct cor_engine {
   void *event_opaque;
 };
 
-/* Emit an event through the engine's callback (if any). */
-void cor_emit (struct cor_disk *d, const char *type, uint64_t done, uint64_t total,
-               const char *message);
 
 /* engine.c, for the streamer: make blocks [first, end) present without
  * waiting for busy blocks (they are someone else's), skipping parent zero

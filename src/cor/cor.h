@@ -122,6 +122,39 @@ void cor_set_event_fn (struct cor_engine *e,
                        void (*fn) (void *opaque, const struct cor_event *ev),
                        void *opaque);
 
+/* Emit an event about d through the engine's callback (if any); for the
+ * engine and its jobs (src/merge). */
+void cor_emit (struct cor_disk *d, const char *type, uint64_t done, uint64_t total,
+               const char *message);
+
+/* Merge primitive (for src/merge): copy the present blocks of [first, end)
+ * that are dirty or suspect to the parent, flush the parent, then clear
+ * their dirty and suspect bits (DESIGN.md rule 11: the clearing becomes
+ * durable with the next commit).  The blocks are owned in the in-flight
+ * table throughout, so a guest write waits and re-dirties them after.
+ * Dirty blocks that are not present are only cleared (nothing to copy).
+ * Returns the bytes written to the parent, or -1 with *err. */
+int64_t cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
+                       uint64_t deadline_ns, int *err);
+
+/* Start a new change generation with every writer held off.  Returns the
+ * new generation, or 0 with *err. */
+uint32_t cor_checkpoint (struct cor_disk *d, int *err);
+
+/* Extents (first block, number of blocks) changed in generations >= since
+ * (meta_changed_extents).  0, or -1 with errno (EINVAL: no such
+ * generation). */
+int cor_changed_extents (struct cor_disk *d, uint32_t since, bool *widened,
+                         int (*fn) (void *opaque, uint64_t first_blk, uint64_t nr_blks),
+                         void *opaque);
+
+/* Block geometry and the index and parent behind a disk (for src/merge;
+ * they live as long as the disk). */
+unsigned cor_disk_block_shift (const struct cor_disk *d);
+uint64_t cor_disk_nr_blocks (const struct cor_disk *d);
+struct meta_disk *cor_disk_meta (struct cor_disk *d);
+struct remote *cor_disk_remote (struct cor_disk *d);
+
 /* Status snapshot (see docs/control.md for the meaning of each field). */
 struct cor_status {
   uint64_t size, block_size, nr_blocks, present_blocks, dirty_blocks;

@@ -761,6 +761,107 @@ cor_seek (struct cor_disk *d, uint64_t offset, bool data, int *err)
   return d->size;
 }
 
+/* ---- merge support ---- */
+
+unsigned cor_disk_block_shift (const struct cor_disk *d) { return d->block_shift; }
+uint64_t cor_disk_nr_blocks (const struct cor_disk *d) { return d->nr_blocks; }
+struct meta_disk *cor_disk_meta (struct cor_disk *d) { return d->md; }
+struct remote *cor_disk_remote (struct cor_disk *d) { return d->remote; }
+
+static bool
+needs_writeback (struct cor_disk *d, uint64_t blk)
+{
+  return meta_test (d->md, META_DIRTY, blk) || meta_test (d->md, META_SUSPECT, blk);
+}
+
+int64_t
+cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
+               uint64_t deadline_ns, int *err)
+{
+  struct busy self;
+  int64_t written = 0;
+  uint64_t blk;
+  int r = 0;
+
+  pthread_mutex_lock (&d->lock);
+  while (find_busy_unlocked (d, first, end))
+    pthread_cond_wait (&d->cond, &d->lock);
+  claim_unlocked (d, &self, first, end);
+  pthread_mutex_unlock (&d->lock);
+
+  /* 1. Copy runs of present blocks that need it. */
+  for (blk = first; blk < end && r == 0; ) {
+    if (!needs_writeback (d, blk) || !meta_test (d->md, META_PRESENT, blk)) {
+      blk++;
+      continue;
+    }
+    uint64_t run = blk + 1;
+    while (run < end && needs_writeback (d, run) && meta_test (d->md, META_PRESENT, run))
+      run++;
+    uint64_t off = block_offset (d, blk), len = blocks_length (d, blk, run);
+    char *buf = malloc (len);
+    if (!buf) {
+      *err = ENOMEM;
+      r = -1;
+      break;
+    }
+    if (full_pread (d->overlay_fd, buf, len, off) == -1) {
+      *err = errno;
+      log_error ("cor: disk %s: merge: overlay read at offset %" PRIu64 ": %m", d->name, off);
+      r = -1;
+    }
+    else if (remote_pwrite (d->remote, buf, len, off, deadline_ns, err) == -1)
+      r = -1;
+    else
+      written += len;
+    free (buf);
+    blk = run;
+  }
+  /* 2. Make them stable on the parent; 3. only then clear the bits. */
+  if (r == 0 && written > 0 && remote_flush (d->remote, deadline_ns, err) == -1)
+    r = -1;
+  if (r == 0)
+    for (blk = first; blk < end; blk++)
+      if (needs_writeback (d, blk)) {
+        meta_clear (d->md, META_DIRTY, blk, 1);
+        meta_clear (d->md, META_SUSPECT, blk, 1);
+      }
+  release_busy (d, &self);
+  return r == 0 ? written : -1;
+}
+
+int
+cor_changed_extents (struct cor_disk *d, uint32_t since, bool *widened,
+                     int (*fn) (void *opaque, uint64_t first_blk, uint64_t nr_blks),
+                     void *opaque)
+{
+  return meta_changed_extents (d->md, since, widened, fn, opaque);
+}
+
+uint32_t
+cor_checkpoint (struct cor_disk *d, int *err)
+{
+  struct busy self;
+  uint32_t gen;
+
+  /* Commit first, so that nothing of the old generation is in flight in
+   * a batch when the generation changes. */
+  if (cor_flush (d, err) == -1)
+    return 0;
+  pthread_mutex_lock (&d->lock);
+  while (find_busy_unlocked (d, 0, d->nr_blocks))
+    pthread_cond_wait (&d->cond, &d->lock);
+  claim_unlocked (d, &self, 0, d->nr_blocks);
+  pthread_mutex_unlock (&d->lock);
+  gen = meta_checkpoint (d->md);
+  if (gen == 0) {
+    *err = errno;
+    log_error ("cor: disk %s: checkpoint: %m", d->name);
+  }
+  release_busy (d, &self);
+  return gen;
+}
+
 /* ---- events ---- */
 
 void

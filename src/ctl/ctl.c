@@ -28,6 +28,7 @@
 #include "common/util.h"
 #include "cor/cor.h"
 #include "ctl/ctl.h"
+#include "merge/merge.h"
 
 #define MAX_CLIENTS 64
 
@@ -43,6 +44,7 @@ struct client {
 
 struct ctl {
   struct cor_engine *e;
+  struct merge *mg;
   char *path;
   int listen_fd;
   int wake[2];                  /* [1] written to stop or to flush events */
@@ -114,7 +116,7 @@ add_extent (void *opaque, uint64_t offset, uint64_t length)
 }
 
 static json_t *
-disk_status (struct cor_disk *d, bool maps)
+disk_status (struct ctl *c, struct cor_disk *d, bool maps)
 {
   struct cor_status st;
   json_t *j;
@@ -161,6 +163,21 @@ disk_status (struct cor_disk *d, bool maps)
                                     "eta_s", (json_int_t) st.eta_s,
                                     "errors", (json_int_t) st.stream_errors,
                                     "last_error", st.stream_error));
+  }
+  if (j) {
+    struct merge_status ms;
+    merge_status (c->mg, d, &ms);
+    json_object_set_new (j, "job",
+                         json_pack ("{s:s, s:s, s:I, s:I, s:I, s:I, s:b, s:s}",
+                                    "kind", ms.kind, "state", ms.state,
+                                    "done_bytes", (json_int_t) ms.done_bytes,
+                                    "total_bytes", (json_int_t) ms.total_bytes,
+                                    "passes", (json_int_t) ms.passes,
+                                    "errors", (json_int_t) ms.errors,
+                                    "following", ms.following,
+                                    "last_error", ms.last_error));
+    if (!strcmp (st.owner_state, "standalone"))
+      json_object_set_new (json_object_get (j, "parent"), "state", json_string ("detached"));
   }
   if (j && maps) {
     json_t *present = json_array (), *dirty = json_array ();
@@ -364,6 +381,130 @@ metrics_cmd (struct ctl *c, json_t *id)
   return r;
 }
 
+static struct cor_disk *
+req_disk (struct ctl *c, json_t *req, json_t *id, json_t **err)
+{
+  const char *name = json_string_value (json_object_get (req, "disk"));
+  struct cor_disk *d;
+
+  if (!name) {
+    *err = error_reply (id, "this command needs \"disk\"");
+    return NULL;
+  }
+  if (!(d = cor_disk_find (c->e, name)))
+    *err = error_reply (id, "no disk named %s", name);
+  return d;
+}
+
+static json_t *
+merge_cmd (struct ctl *c, json_t *req, json_t *id)
+{
+  json_t *err = NULL, *rate = json_object_get (req, "rate");
+  struct cor_disk *d = req_disk (c, req, id, &err);
+  const char *action = json_string_value (json_object_get (req, "action"));
+  char msg[512];
+
+  if (!d)
+    return err;
+  if (rate && (!json_is_integer (rate) || json_integer_value (rate) < 0))
+    return error_reply (id, "rate must be a number of bytes per second (0: unlimited)");
+  if (merge_control (c->mg, d, action ? action : "start",
+                     json_is_true (json_object_get (req, "parent_owned")),
+                     rate ? (uint64_t) json_integer_value (rate) : UINT64_MAX,
+                     msg, sizeof msg) == -1)
+    return error_reply (id, "%s", msg);
+  return ok_reply (id);
+}
+
+static json_t *
+flatten_cmd (struct ctl *c, json_t *req, json_t *id)
+{
+  json_t *err = NULL;
+  struct cor_disk *d = req_disk (c, req, id, &err);
+  const char *to = json_string_value (json_object_get (req, "to"));
+  char msg[512];
+
+  if (!d)
+    return err;
+  if (to && to[0] != '/')
+    return error_reply (id, "\"to\" must be an absolute path");
+  if (merge_flatten (c->mg, d, to, msg, sizeof msg) == -1)
+    return error_reply (id, "%s", msg);
+  return ok_reply (id);
+}
+
+static json_t *
+checkpoint_cmd (struct ctl *c, json_t *req, json_t *id)
+{
+  json_t *err = NULL, *r;
+  struct cor_disk *d = req_disk (c, req, id, &err);
+  uint32_t gen;
+  int e = 0;
+
+  if (!d)
+    return err;
+  if ((gen = cor_checkpoint (d, &e)) == 0)
+    return error_reply (id, "disk %s: checkpoint failed: %s", cor_disk_name (d), strerror (e));
+  r = json_pack ("{s:b, s:I}", "ok", 1, "generation", (json_int_t) gen);
+  if (id)
+    json_object_set (r, "id", id);
+  return r;
+}
+
+struct dirty_ctx {
+  json_t *extents;
+  unsigned shift;
+  uint64_t size;
+};
+
+static int
+add_dirty_extent (void *opaque, uint64_t first, uint64_t nr)
+{
+  struct dirty_ctx *x = opaque;
+  uint64_t off = first << x->shift, len = nr << x->shift;
+  if (off + len > x->size)
+    len = x->size - off;
+  json_array_append_new (x->extents, json_pack ("{s:I, s:I}", "offset", (json_int_t) off,
+                                                "length", (json_int_t) len));
+  return 0;
+}
+
+static json_t *
+dirty_cmd (struct ctl *c, json_t *req, json_t *id)
+{
+  json_t *err = NULL, *since = json_object_get (req, "since"), *r;
+  struct cor_disk *d = req_disk (c, req, id, &err);
+  struct dirty_ctx x;
+  struct cor_status st;
+  bool widened = false;
+
+  if (!d)
+    return err;
+  if (!json_is_integer (since) || json_integer_value (since) < 1)
+    return error_reply (id, "dirty needs \"since\": a generation number (from 1)");
+  cor_disk_status (d, &st);
+  x.extents = json_array ();
+  x.shift = cor_disk_block_shift (d);
+  x.size = cor_disk_size (d);
+  if (cor_changed_extents (d, json_integer_value (since), &widened,
+                            add_dirty_extent, &x) == -1) {
+    json_decref (x.extents);
+    if (errno == EINVAL)
+      return error_reply (id, "disk %s: no generation %" JSON_INTEGER_FORMAT
+                          " (the current one is %" PRIu32 ")", cor_disk_name (d),
+                          json_integer_value (since), st.generation);
+    return error_reply (id, "disk %s: reading the changed maps: %s", cor_disk_name (d),
+                        strerror (errno));
+  }
+  r = json_pack ("{s:b, s:I, s:I, s:b, s:o}", "ok", 1,
+                 "since", (json_int_t) json_integer_value (since),
+                 "generation", (json_int_t) st.generation, "widened", widened,
+                 "extents", x.extents);
+  if (id)
+    json_object_set (r, "id", id);
+  return r;
+}
+
 static json_t *
 handle (struct ctl *c, json_t *req, struct client *cl)
 {
@@ -381,7 +522,7 @@ handle (struct ctl *c, json_t *req, struct client *cl)
     for (size_t i = 0; i < cor_disk_count (c->e); i++) {
       struct cor_disk *d = cor_disk_get (c->e, i);
       if (!name || !strcmp (name, cor_disk_name (d)))
-        json_array_append_new (disks, disk_status (d, maps));
+        json_array_append_new (disks, disk_status (c, d, maps));
     }
     if (name && json_array_size (disks) == 0) {
       json_decref (disks);
@@ -402,6 +543,14 @@ handle (struct ctl *c, json_t *req, struct client *cl)
     return stream_cmd (c, req, id);
   if (!strcmp (cmd, "metrics"))
     return metrics_cmd (c, id);
+  if (!strcmp (cmd, "merge"))
+    return merge_cmd (c, req, id);
+  if (!strcmp (cmd, "flatten"))
+    return flatten_cmd (c, req, id);
+  if (!strcmp (cmd, "checkpoint"))
+    return checkpoint_cmd (c, req, id);
+  if (!strcmp (cmd, "dirty"))
+    return dirty_cmd (c, req, id);
   if (!strcmp (cmd, "events")) {
     cl->events = true;
     return ok_reply (id);
@@ -534,7 +683,7 @@ ctl_thread (void *arg)
 }
 
 int
-ctl_start (struct cor_engine *e, const char *path, struct ctl **cp)
+ctl_start (struct cor_engine *e, struct merge *mg, const char *path, struct ctl **cp)
 {
   struct ctl *c = calloc (1, sizeof *c);
   struct sockaddr_un sun = { .sun_family = AF_UNIX };
@@ -542,6 +691,7 @@ ctl_start (struct cor_engine *e, const char *path, struct ctl **cp)
   if (!c)
     return -1;
   c->e = e;
+  c->mg = mg;
   c->listen_fd = -1;
   c->wake[0] = c->wake[1] = -1;
   if ((size_t) snprintf (sun.sun_path, sizeof sun.sun_path, "%s", path) >= sizeof sun.sun_path) {

@@ -9,11 +9,12 @@
 #define CORFS_CTL_H
 
 struct cor_engine;
+struct merge;
 struct ctl;
 
-/* Bind the socket at path (replacing a stale one) and start serving.
- * 0, or -1 with the reason logged. */
-int ctl_start (struct cor_engine *e, const char *path, struct ctl **cp);
+/* Bind the socket at path (replacing a stale one) and start serving the
+ * engine's disks and the merge jobs.  0, or -1 with the reason logged. */
+int ctl_start (struct cor_engine *e, struct merge *mg, const char *path, struct ctl **cp);
 
 /* Stop serving, close every client, remove the socket, free. */
 void ctl_stop (struct ctl *c);

@@ -39,6 +39,7 @@
 #include "ctl/ctl.h"
 #include "daemon/daemon.h"
 #include "fs/fs.h"
+#include "merge/merge.h"
 #include "meta/meta.h"
 #include "remote/remote.h"
 
@@ -490,9 +491,17 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
     }
   }
   rcfg.url = dopt ? dopt->url : rec.url;
-  rcfg.pinned_identity = recorded ? rec.identity : NULL;
+  /* A merge may have changed the parent before a crash: its identity is
+   * re-pinned when the merge is run again (DESIGN.md rule 9). */
+  rcfg.pinned_identity = recorded && !rec.merging ? rec.identity : NULL;
+  rcfg.writable = recorded && rec.parent_owned;
   if (remote_open (&rcfg, &r) == -1)
     return -1;                  /* remote_open said why */
+  if (recorded && rec.merging) {
+    log_warn ("daemon: disk %s: a merge into %s was interrupted; run `corfs merge` "
+              "again to finish it", name, rec.url);
+    remote_set_modifying (r, true);
+  }
 
   if (recorded) {
     if (meta_disk_open (m, name, NULL, &md, NULL) == -1) {
@@ -603,6 +612,7 @@ run_daemon (struct mount_opts *o, int ready_fd)
   struct meta *m = NULL;
   struct cor_engine *e = NULL;
   struct ctl *ctl = NULL;
+  struct merge *mg = NULL;
   struct fs *fs = NULL;
   char path[PATH_MAX], fsname[PATH_MAX + 8], **names = NULL;
   uint64_t hold_s;
@@ -642,8 +652,10 @@ run_daemon (struct mount_opts *o, int ready_fd)
 
   if (cor_engine_start (e) == -1)
     goto out;
+  if (!(mg = merge_new ()))
+    goto out;
   snprintf (path, sizeof path, "%s/corfs.sock", o->state);
-  if (ctl_start (e, path, &ctl) == -1)
+  if (ctl_start (e, mg, path, &ctl) == -1)
     goto out;
   snprintf (fsname, sizeof fsname, "corfs:%s", o->state);
   struct fs_config fcfg = {
@@ -666,6 +678,7 @@ run_daemon (struct mount_opts *o, int ready_fd)
  out:
   fs_free (fs);
   ctl_stop (ctl);
+  merge_free (mg);              /* jobs use the disks: before the engine */
   if (cor_engine_free (e) == -1)
     ret = 1;
   meta_close (m);

@@ -60,6 +60,7 @@ struct meta {
 struct batch_chunk {
   struct meta_disk *d;
   enum meta_map map;
+  uint32_t gen;                 /* generation when taken (META_CHANGED) */
   uint64_t chunk;
   uint64_t words[CHUNK_WORDS];
 };
@@ -108,12 +109,12 @@ encode_record (const struct disk_value *v, size_t *len)
                     "block_size=%" PRIu32 "\nstate=%s\nepoch=%" PRIu64 "\n"
                     "write_mode=%s\nparent_owned=%d\ncomplete=%d\n"
                     "generation=%" PRIu32 "\nwidened_generation=%" PRIu32 "\n"
-                    "open=%d\n",
+                    "merging=%d\nopen=%d\n",
                     v->id, v->rec.url, v->rec.identity, v->rec.size,
                     v->rec.block_size, state_names[v->rec.state], v->rec.epoch,
                     v->rec.mirror ? "mirror" : "writeback", v->rec.parent_owned,
                     v->rec.complete, v->rec.generation,
-                    v->rec.widened_generation, v->open);
+                    v->rec.widened_generation, v->rec.merging, v->open);
   if (n < 0)
     return NULL;
   *len = n;
@@ -152,6 +153,7 @@ decode_record (const char *data, size_t len, struct disk_value *v)
     else if (!strcmp (k, "complete")) v->rec.complete = atoi (val);
     else if (!strcmp (k, "generation")) v->rec.generation = strtoul (val, NULL, 10);
     else if (!strcmp (k, "widened_generation")) v->rec.widened_generation = strtoul (val, NULL, 10);
+    else if (!strcmp (k, "merging")) v->rec.merging = atoi (val);
     else if (!strcmp (k, "open")) v->open = atoi (val);
   }
   free (copy);
@@ -192,29 +194,30 @@ write_txn (struct meta *m, const char *op,
   }
 }
 
+/* gen: the generation of a META_CHANGED chunk (ignored for the others). */
 static void
 map_key (unsigned char key[16], const struct meta_disk *d, enum meta_map map,
-         uint64_t chunk)
+         uint64_t chunk, uint32_t gen)
 {
   uint32_t mapf = (uint32_t) map << 24;
 
   if (map == META_CHANGED)
-    mapf |= d->rec.generation & 0xffffff;
+    mapf |= gen & 0xffffff;
   for (int i = 0; i < 4; i++) key[i] = d->id >> (24 - 8 * i);
   for (int i = 0; i < 4; i++) key[4 + i] = mapf >> (24 - 8 * i);
   for (int i = 0; i < 8; i++) key[8 + i] = chunk >> (56 - 8 * i);
 }
 
 static int
-put_chunk (struct meta *m, MDB_txn *txn, const struct meta_disk *d,
-           enum meta_map map, uint64_t chunk, const uint64_t *words)
+put_chunk_gen (struct meta *m, MDB_txn *txn, const struct meta_disk *d,
+               enum meta_map map, uint64_t chunk, const uint64_t *words, uint32_t gen)
 {
   unsigned char kbuf[16];
   MDB_val key = { sizeof kbuf, kbuf }, val = { CHUNK_BYTES, (void *) words };
   bool zero = true;
   int rc;
 
-  map_key (kbuf, d, map, chunk);
+  map_key (kbuf, d, map, chunk, gen);
   for (size_t i = 0; i < CHUNK_WORDS; i++)
     if (words[i]) { zero = false; break; }
   if (zero) {
@@ -222,6 +225,14 @@ put_chunk (struct meta *m, MDB_txn *txn, const struct meta_disk *d,
     return rc == MDB_NOTFOUND ? 0 : rc;
   }
   return mdb_put (txn, m->maps_dbi, &key, &val, 0);
+}
+
+/* Must be called with m->lock held (reads d->rec.generation). */
+static int
+put_chunk (struct meta *m, MDB_txn *txn, const struct meta_disk *d,
+           enum meta_map map, uint64_t chunk, const uint64_t *words)
+{
+  return put_chunk_gen (m, txn, d, map, chunk, words, d->rec.generation);
 }
 
 static int
@@ -578,7 +589,7 @@ load_map (struct meta *m, MDB_txn *txn, struct meta_disk *d, enum meta_map map)
   MDB_cursor *cur;
   int rc;
 
-  map_key (kbuf, d, map, 0);
+  map_key (kbuf, d, map, 0, d->rec.generation);
   rc = mdb_cursor_open (txn, m->maps_dbi, &cur);
   if (rc)
     return rc;
@@ -902,6 +913,7 @@ meta_batch_begin (struct meta *m)
           struct batch_chunk *bc = &b->v[b->n++];
           bc->d = d;
           bc->map = map;
+          bc->gen = d->rec.generation;
           bc->chunk = c;
           for (size_t i = 0; i < CHUNK_WORDS; i++)
             bc->words[i] = __atomic_load_n (&bm->words[c * CHUNK_WORDS + i], __ATOMIC_SEQ_CST);
@@ -951,7 +963,7 @@ batch_txn (struct meta *m, MDB_txn *txn, void *argp)
 
   for (size_t i = 0; i < b->n; i++) {
     struct batch_chunk *bc = &b->v[i];
-    int rc = put_chunk (m, txn, bc->d, bc->map, bc->chunk, bc->words);
+    int rc = put_chunk_gen (m, txn, bc->d, bc->map, bc->chunk, bc->words, bc->gen);
     if (rc)
       return rc;
   }
@@ -977,5 +989,134 @@ meta_batch_commit (struct meta_batch *b)
     errno = rc;
     return -1;
   }
+  return 0;
+}
+
+/* ---- change generations ---- */
+
+struct ckpt_arg { struct meta_disk *d; };
+
+static int
+ckpt_txn (struct meta *m, MDB_txn *txn, void *argp)
+{
+  struct meta_disk *d = ((struct ckpt_arg *) argp)->d;
+  struct bitmap *b = &d->maps[META_CHANGED];
+  struct disk_value v = { .rec = d->rec, .id = d->id, .open = true };
+  int rc;
+
+  /* Every chunk of the old generation that is not yet durable, under the
+   * old generation's key (map_key reads d->rec.generation). */
+  for (uint64_t c = 0; c < b->nr_chunks; c++) {
+    if (!(b->pending[c / 64] & (1ULL << (c % 64))))
+      continue;
+    if ((rc = put_chunk (m, txn, d, META_CHANGED, c, &b->words[c * CHUNK_WORDS])) != 0)
+      return rc;
+  }
+  v.rec.generation++;
+  return put_record (m, txn, d->name, &v);
+}
+
+uint32_t
+meta_checkpoint (struct meta_disk *d)
+{
+  struct meta *m = d->m;
+  struct bitmap *b = &d->maps[META_CHANGED];
+  struct ckpt_arg a = { d };
+  uint32_t gen = 0;
+  int rc;
+
+  pthread_mutex_lock (&m->lock);
+  rc = write_txn (m, "checkpoint", ckpt_txn, &a);
+  if (rc == 0) {
+    /* Committed: now switch the in-memory map to the new generation. */
+    d->rec.generation++;
+    memset (b->words, 0, b->nr_chunks * CHUNK_WORDS * sizeof (uint64_t));
+    memset (b->pending, 0, (b->nr_chunks + 63) / 64 * sizeof (uint64_t));
+    b->count = 0;
+    gen = d->rec.generation;
+  }
+  pthread_mutex_unlock (&m->lock);
+  if (rc)
+    errno = rc;
+  return gen;
+}
+
+int
+meta_changed_extents (struct meta_disk *d, uint32_t since, bool *widened,
+                      int (*fn) (void *opaque, uint64_t first_blk, uint64_t nr_blks),
+                      void *opaque)
+{
+  struct meta *m = d->m;
+  uint64_t nr_words = d->maps[META_CHANGED].nr_chunks * CHUNK_WORDS;
+  uint64_t *u = calloc (nr_words, sizeof *u);
+  uint32_t current;
+  MDB_txn *txn = NULL;
+  int rc = 0;
+
+  if (!u)
+    return -1;
+  pthread_mutex_lock (&m->lock);
+  current = d->rec.generation;
+  if (since == 0 || since > current) {
+    pthread_mutex_unlock (&m->lock);
+    free (u);
+    errno = EINVAL;
+    return -1;
+  }
+  *widened = d->rec.widened_generation >= since;
+  /* Older generations from the index; the current one from memory (its
+   * durable chunks are a subset of what memory holds). */
+  rc = mdb_txn_begin (m->env, NULL, MDB_RDONLY, &txn);
+  for (uint32_t g = since; rc == 0 && g < current; g++) {
+    unsigned char kbuf[16];
+    MDB_val key = { sizeof kbuf, kbuf }, val;
+    MDB_cursor *cur;
+    uint32_t mapf = (uint32_t) META_CHANGED << 24 | (g & 0xffffff);
+    for (int i = 0; i < 4; i++) kbuf[i] = d->id >> (24 - 8 * i);
+    for (int i = 0; i < 4; i++) kbuf[4 + i] = mapf >> (24 - 8 * i);
+    memset (kbuf + 8, 0, 8);
+    if ((rc = mdb_cursor_open (txn, m->maps_dbi, &cur)) != 0)
+      break;
+    for (rc = mdb_cursor_get (cur, &key, &val, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get (cur, &key, &val, MDB_NEXT)) {
+      const unsigned char *k = key.mv_data;
+      uint64_t chunk = 0;
+      if (key.mv_size != 16 || memcmp (k, kbuf, 8) != 0)
+        break;
+      for (int i = 0; i < 8; i++)
+        chunk = chunk << 8 | k[8 + i];
+      if (chunk * CHUNK_WORDS >= nr_words || val.mv_size != CHUNK_BYTES)
+        continue;
+      const uint64_t *w = val.mv_data;
+      for (size_t i = 0; i < CHUNK_WORDS; i++)
+        u[chunk * CHUNK_WORDS + i] |= w[i];
+    }
+    mdb_cursor_close (cur);
+    if (rc == MDB_NOTFOUND)
+      rc = 0;
+  }
+  if (txn)
+    mdb_txn_abort (txn);
+  for (uint64_t i = 0; i < nr_words; i++)
+    u[i] |= __atomic_load_n (&d->maps[META_CHANGED].words[i], __ATOMIC_SEQ_CST);
+  pthread_mutex_unlock (&m->lock);
+  if (rc) {
+    free (u);
+    errno = mdb_errno ("read changed maps", rc);
+    return -1;
+  }
+  for (uint64_t blk = 0; blk < d->nr_blocks; ) {
+    if (!(u[blk / 64] >> (blk % 64) & 1)) {
+      blk++;
+      continue;
+    }
+    uint64_t end = blk + 1;
+    while (end < d->nr_blocks && (u[end / 64] >> (end % 64) & 1))
+      end++;
+    if (fn (opaque, blk, end - blk) == -1)
+      break;
+    blk = end;
+  }
+  free (u);
   return 0;
 }

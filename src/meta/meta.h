@@ -64,6 +64,7 @@ struct meta_record {
   bool complete;                 /* every block present */
   uint32_t generation;           /* current change generation, from 1 */
   uint32_t widened_generation;   /* last generation widened by an unclean shutdown, or 0 */
+  bool merging;                  /* a merge may have modified the parent (rule 9/11) */
 };
 
 /* Open (creating if needed) the index in directory dir (STATE/index).
@@ -136,6 +137,21 @@ struct meta_batch *meta_batch_begin (struct meta *m);
 bool meta_batch_has (const struct meta_batch *b, const struct meta_disk *d);
 void meta_batch_drop (struct meta_batch *b, struct meta_disk *d);
 int meta_batch_commit (struct meta_batch *b);
+
+/* Start a new change generation (DESIGN.md rule 4): in one commit, write
+ * the current generation's pending changed chunks under its own number,
+ * bump rec.generation, and start an empty changed map.  The caller must
+ * keep every writer out meanwhile (cor_checkpoint claims the whole disk).
+ * Returns the new generation, or 0 with errno. */
+uint32_t meta_checkpoint (struct meta_disk *d);
+
+/* Call fn for each maximal extent of blocks changed in any generation
+ * >= since (the union of their changed maps).  *widened says whether an
+ * unclean shutdown widened one of them (a superset).  0, or -1 with errno
+ * (EINVAL: since is 0 or above the current generation). */
+int meta_changed_extents (struct meta_disk *d, uint32_t since, bool *widened,
+                          int (*fn) (void *opaque, uint64_t first_blk, uint64_t nr_blks),
+                          void *opaque);
 
 /* Testing hook: the LMDB map size in bytes (it grows on MDB_MAP_FULL). */
 size_t meta_map_size (struct meta *m);

@@ -1,0 +1,600 @@
+/* corfs: merge, flatten and copy jobs.
+ *
+ * Merge (DESIGN.md rules 9 and 11), in passes over the dirty and suspect
+ * maps:
+ *   1. durably record "parent being modified" (record.merging) before the
+ *      first write, and let the remote accept identity changes caused by
+ *      our own writes;
+ *   2. for each run of blocks needing it: cor_writeback (own the blocks,
+ *      copy the present ones, flush the parent, clear the bits; a guest
+ *      write waits and re-dirties them after), rate-limited;
+ *   3. a pass that finds nothing to copy is the `synced` instant: commit
+ *      the cleared bits (cor_flush), re-pin the parent's identity and
+ *      clear record.merging in one record update, emit `synced`, stop.
+ * A crash anywhere leaves bits dirty (or merging set), so running merge
+ * again completes it.  A failed chunk keeps its bits and is retried after
+ * a backoff; the job never gives up on its own.
+ *
+ * Flatten: start the streamer, wait for completion, then record the disk
+ * standalone and release the parent for good.  Copy (--to FILE): read the
+ * disk through the engine in 1 MiB pieces and write non-zero pieces to
+ * FILE (sparse), then fdatasync it.
+ *
+ * Notes on the thread model: one thread per job, created by
+ * merge_control/merge_flatten (ctl's thread) and joined by the next job
+ * on the same disk or by merge_free.  mg->lock protects the job list and
+ * every job's state fields; it is never held across engine or remote
+ * calls.  Jobs wait on mg->cond (pause, rate changes, cancel).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/util.h"
+#include "cor/cor.h"
+#include "merge/merge.h"
+#include "meta/meta.h"
+#include "remote/remote.h"
+
+#define CHUNK (1 << 20)
+#define CHUNK_DEADLINE_NS (60 * NS_PER_SEC)
+#define BACKOFF_MIN_NS (200 * 1000000ULL)
+#define BACKOFF_MAX_NS (30 * NS_PER_SEC)
+
+enum kind { K_MERGE, K_FLATTEN, K_COPY };
+enum jstate { J_RUNNING, J_PAUSED, J_SYNCED, J_CANCELLED, J_FAILED, J_DONE };
+static const char *kind_names[] = { "merge", "flatten", "copy" };
+static const char *state_names[] = { "running", "paused", "synced", "cancelled",
+                                     "failed", "done" };
+
+struct job {
+  struct merge *mg;
+  struct cor_disk *d;
+  enum kind kind;
+  pthread_t thread;
+  char *to;                     /* K_COPY */
+  /* protected by mg->lock */
+  enum jstate state;
+  uint64_t rate, done, total, passes, errors;
+  bool following;
+  char last_error[512];
+  struct job *next;
+};
+
+struct merge {
+  pthread_mutex_t lock;         /* protects jobs and their state fields */
+  pthread_cond_t cond;          /* state or rate changes */
+  struct job *jobs;
+};
+
+struct merge *
+merge_new (void)
+{
+  struct merge *mg = calloc (1, sizeof *mg);
+  pthread_condattr_t ca;
+
+  if (!mg)
+    return NULL;
+  pthread_mutex_init (&mg->lock, NULL);
+  pthread_condattr_init (&ca);
+  pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
+  pthread_cond_init (&mg->cond, &ca);
+  pthread_condattr_destroy (&ca);
+  return mg;
+}
+
+static bool
+finished (enum jstate s)
+{
+  return s != J_RUNNING && s != J_PAUSED;
+}
+
+void
+merge_free (struct merge *mg)
+{
+  if (!mg)
+    return;
+  pthread_mutex_lock (&mg->lock);
+  for (struct job *j = mg->jobs; j; j = j->next)
+    if (!finished (j->state))
+      j->state = J_CANCELLED;
+  pthread_cond_broadcast (&mg->cond);
+  pthread_mutex_unlock (&mg->lock);
+  while (mg->jobs) {
+    struct job *j = mg->jobs;
+    mg->jobs = j->next;
+    pthread_join (j->thread, NULL);
+    free (j->to);
+    free (j);
+  }
+  pthread_cond_destroy (&mg->cond);
+  pthread_mutex_destroy (&mg->lock);
+  free (mg);
+}
+
+/* Must be called with mg->lock held. */
+static struct job *
+find_job_unlocked (struct merge *mg, struct cor_disk *d)
+{
+  for (struct job *j = mg->jobs; j; j = j->next)
+    if (j->d == d)
+      return j;
+  return NULL;
+}
+
+/* Must be called with mg->lock held.  Sleep until abs_ns or a change. */
+static void
+wait_unlocked (struct merge *mg, uint64_t abs_ns)
+{
+  struct timespec ts = { abs_ns / NS_PER_SEC, abs_ns % NS_PER_SEC };
+  pthread_cond_timedwait (&mg->cond, &mg->lock, &ts);
+}
+
+/* Wait while paused; false if the job was cancelled. */
+static bool
+keep_going (struct job *j)
+{
+  bool ok;
+
+  pthread_mutex_lock (&j->mg->lock);
+  while (j->state == J_PAUSED)
+    pthread_cond_wait (&j->mg->cond, &j->mg->lock);
+  ok = j->state == J_RUNNING;
+  pthread_mutex_unlock (&j->mg->lock);
+  return ok;
+}
+
+static void
+set_error (struct job *j, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
+static void
+set_error (struct job *j, const char *fmt, ...)
+{
+  va_list ap;
+
+  pthread_mutex_lock (&j->mg->lock);
+  va_start (ap, fmt);
+  vsnprintf (j->last_error, sizeof j->last_error, fmt, ap);
+  va_end (ap);
+  j->errors++;
+  pthread_mutex_unlock (&j->mg->lock);
+}
+
+static void
+finish (struct job *j, enum jstate s)
+{
+  pthread_mutex_lock (&j->mg->lock);
+  if (j->state == J_RUNNING || j->state == J_PAUSED || s == J_FAILED)
+    j->state = s;
+  pthread_cond_broadcast (&j->mg->cond);
+  pthread_mutex_unlock (&j->mg->lock);
+}
+
+static uint64_t
+next_to_merge (struct meta_disk *md, uint64_t from)
+{
+  uint64_t a = meta_next (md, META_DIRTY, true, from);
+  uint64_t b = meta_next (md, META_SUSPECT, true, from);
+  return a < b ? a : b;
+}
+
+static uint64_t
+remaining_bytes (struct cor_disk *d)
+{
+  struct meta_disk *md = cor_disk_meta (d);
+  return (meta_count (md, META_DIRTY) + meta_count (md, META_SUSPECT)) << cor_disk_block_shift (d);
+}
+
+/* The synced instant: make the cleared bits durable, re-pin the parent and
+ * clear the merging mark.  0 or -1 (the job retries the pass). */
+static int
+synced (struct job *j)
+{
+  struct cor_disk *d = j->d;
+  struct meta_disk *md = cor_disk_meta (d);
+  struct meta_record rec;
+  char id[META_ID_MAX];
+  int err;
+
+  if (cor_flush (d, &err) == -1) {
+    set_error (j, "commit at synced: %s", strerror (err));
+    return -1;
+  }
+  if (remote_repin (cor_disk_remote (d), id, sizeof id,
+                    now_ns () + CHUNK_DEADLINE_NS, &err) == -1) {
+    set_error (j, "re-pinning the parent: %s", strerror (err));
+    return -1;
+  }
+  meta_disk_record (md, &rec);
+  snprintf (rec.identity, sizeof rec.identity, "%s", id);
+  rec.merging = false;
+  if (meta_disk_update (md, &rec) == -1) {
+    set_error (j, "recording synced: %s", strerror (errno));
+    return -1;
+  }
+  remote_set_modifying (cor_disk_remote (d), false);
+  return 0;
+}
+
+static void
+run_merge (struct job *j)
+{
+  struct cor_disk *d = j->d;
+  struct meta_disk *md = cor_disk_meta (d);
+  uint64_t nr = cor_disk_nr_blocks (d), chunk = CHUNK >> cor_disk_block_shift (d);
+  uint64_t backoff = BACKOFF_MIN_NS, tokens_ns = now_ns ();
+  double tokens = 0;
+  struct meta_record rec;
+
+  if (chunk == 0)
+    chunk = 1;
+  /* 1. "Parent being modified", durably, before the first write. */
+  meta_disk_record (md, &rec);
+  if (!rec.merging) {
+    rec.merging = true;
+    if (meta_disk_update (md, &rec) == -1) {
+      set_error (j, "recording the merge: %s", strerror (errno));
+      finish (j, J_FAILED);
+      return;
+    }
+  }
+  remote_set_modifying (cor_disk_remote (d), true);
+  log_info ("merge: disk %s: merging %" PRIu64 " bytes into %s", cor_disk_name (d),
+            remaining_bytes (d), remote_url (cor_disk_remote (d)));
+
+  for (;;) {
+    uint64_t blk = 0, copied_this_pass = 0;
+    pthread_mutex_lock (&j->mg->lock);
+    j->passes++;
+    j->total = j->done + remaining_bytes (d);
+    pthread_mutex_unlock (&j->mg->lock);
+
+    while ((blk = next_to_merge (md, blk)) < nr) {
+      uint64_t end = blk + 1;
+      int err;
+      while (end < nr && end - blk < chunk && next_to_merge (md, end) == end)
+        end++;
+      if (!keep_going (j))
+        return;
+      /* Rate limit: a token bucket refilled at j->rate bytes/s. */
+      for (;;) {
+        uint64_t rate, now = now_ns ();
+        pthread_mutex_lock (&j->mg->lock);
+        rate = j->rate;
+        if (rate) {
+          tokens += (double) (now - tokens_ns) / NS_PER_SEC * rate;
+          if (tokens > rate)
+            tokens = rate;
+        }
+        tokens_ns = now;
+        if (rate == 0 || tokens >= 0 || j->state != J_RUNNING) {
+          pthread_mutex_unlock (&j->mg->lock);
+          break;
+        }
+        wait_unlocked (j->mg, now + 100 * 1000000ULL);
+        pthread_mutex_unlock (&j->mg->lock);
+      }
+      int64_t r = cor_writeback (d, blk, end, now_ns () + CHUNK_DEADLINE_NS, &err);
+      if (r == -1) {
+        set_error (j, "offset %" PRIu64 ": %s", blk << cor_disk_block_shift (d),
+                   strerror (err));
+        cor_emit (d, "merge-error", 0, 0, j->last_error);
+        log_warn ("merge: disk %s: %s; retrying in %.1f s", cor_disk_name (d),
+                  j->last_error, backoff / 1e9);
+        pthread_mutex_lock (&j->mg->lock);
+        wait_unlocked (j->mg, now_ns () + backoff);
+        pthread_mutex_unlock (&j->mg->lock);
+        backoff = backoff * 2 > BACKOFF_MAX_NS ? BACKOFF_MAX_NS : backoff * 2;
+        continue;               /* the same blocks again */
+      }
+      backoff = BACKOFF_MIN_NS;
+      tokens -= r;
+      copied_this_pass += r;
+      pthread_mutex_lock (&j->mg->lock);
+      j->done += r;
+      pthread_mutex_unlock (&j->mg->lock);
+      blk = end;
+    }
+    if (next_to_merge (md, 0) >= nr) {
+      /* 3. Nothing left to copy: the synced instant. */
+      if (synced (j) == 0) {
+        log_info ("merge: disk %s: synced: the parent equals the disk (%" PRIu64
+                  " bytes written in %" PRIu64 " passes)", cor_disk_name (d), j->done,
+                  j->passes);
+        cor_emit (d, "synced", j->done, j->done, NULL);
+        finish (j, J_SYNCED);
+        return;
+      }
+      pthread_mutex_lock (&j->mg->lock);
+      wait_unlocked (j->mg, now_ns () + backoff);
+      pthread_mutex_unlock (&j->mg->lock);
+      continue;
+    }
+    /* The guest wrote behind us: another pass. */
+    pthread_mutex_lock (&j->mg->lock);
+    j->following = copied_this_pass > 0 && j->passes > 1;
+    pthread_mutex_unlock (&j->mg->lock);
+  }
+}
+
+static void
+run_flatten (struct job *j)
+{
+  struct cor_disk *d = j->d;
+  struct meta_disk *md = cor_disk_meta (d);
+  struct meta_record rec;
+  int err;
+
+  if (cor_stream_start (d, &err) == -1) {
+    set_error (j, "starting the stream: %s", strerror (err));
+    finish (j, J_FAILED);
+    return;
+  }
+  while (meta_count (md, META_PRESENT) < cor_disk_nr_blocks (d)) {
+    if (!keep_going (j))
+      return;
+    pthread_mutex_lock (&j->mg->lock);
+    j->done = meta_count (md, META_PRESENT) << cor_disk_block_shift (d);
+    wait_unlocked (j->mg, now_ns () + 200 * 1000000ULL);
+    pthread_mutex_unlock (&j->mg->lock);
+  }
+  if (cor_flush (d, &err) == -1) {
+    set_error (j, "commit: %s", strerror (err));
+    finish (j, J_FAILED);
+    return;
+  }
+  meta_disk_record (md, &rec);
+  rec.complete = true;
+  rec.state = META_STANDALONE;
+  if (meta_disk_update (md, &rec) == -1) {
+    set_error (j, "recording standalone: %s", strerror (errno));
+    finish (j, J_FAILED);
+    return;
+  }
+  remote_release (cor_disk_remote (d));
+  pthread_mutex_lock (&j->mg->lock);
+  j->done = j->total;
+  pthread_mutex_unlock (&j->mg->lock);
+  log_info ("merge: disk %s: flattened: standalone, the parent is no longer used",
+            cor_disk_name (d));
+  cor_emit (d, "flattened", j->total, j->total, NULL);
+  finish (j, J_DONE);
+}
+
+static void
+run_copy (struct job *j)
+{
+  struct cor_disk *d = j->d;
+  uint64_t size = cor_disk_size (d);
+  char *buf = malloc (CHUNK);
+  int fd, err = 0;
+
+  fd = open (j->to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (!buf || fd == -1 || ftruncate (fd, size) == -1) {
+    set_error (j, "%s: %s", j->to, strerror (buf ? errno : ENOMEM));
+    goto fail;
+  }
+  for (uint64_t off = 0; off < size; ) {
+    size_t n = size - off < CHUNK ? size - off : CHUNK;
+    if (!keep_going (j))
+      goto out;
+    if (cor_read (d, buf, n, off, &err) != (ssize_t) n) {
+      set_error (j, "reading the disk at offset %" PRIu64 ": %s", off, strerror (err ? err : EIO));
+      goto fail;
+    }
+    if (!is_zero (buf, n) && full_pwrite (fd, buf, n, off) == -1) {
+      set_error (j, "%s: write at offset %" PRIu64 ": %s", j->to, off, strerror (errno));
+      goto fail;
+    }
+    off += n;
+    pthread_mutex_lock (&j->mg->lock);
+    j->done = off;
+    pthread_mutex_unlock (&j->mg->lock);
+  }
+  if (fdatasync (fd) == -1 || close (fd) == -1) {
+    fd = -1;
+    set_error (j, "%s: %s", j->to, strerror (errno));
+    goto fail;
+  }
+  fd = -1;
+  log_info ("merge: disk %s: copied to %s", cor_disk_name (d), j->to);
+  cor_emit (d, "copy-complete", size, size, j->to);
+  finish (j, J_DONE);
+  goto out;
+ fail:
+  log_error ("merge: disk %s: copy to %s failed: %s", cor_disk_name (d), j->to, j->last_error);
+  cor_emit (d, "copy-failed", 0, 0, j->last_error);
+  finish (j, J_FAILED);
+ out:
+  if (fd >= 0)
+    close (fd);
+  free (buf);
+}
+
+static void *
+job_thread (void *arg)
+{
+  struct job *j = arg;
+
+  switch (j->kind) {
+  case K_MERGE: run_merge (j); break;
+  case K_FLATTEN: run_flatten (j); break;
+  case K_COPY: run_copy (j); break;
+  }
+  return NULL;
+}
+
+/* Start a job of kind on d (replacing a finished one).  0 or -1 (errbuf). */
+static int
+start_job (struct merge *mg, struct cor_disk *d, enum kind kind, uint64_t rate,
+           const char *to, char *errbuf, size_t len)
+{
+  struct job *j, *old, **pp;
+
+  pthread_mutex_lock (&mg->lock);
+  old = find_job_unlocked (mg, d);
+  if (old && !finished (old->state)) {
+    snprintf (errbuf, len, "disk %s: a %s job is %s", cor_disk_name (d),
+              kind_names[old->kind], state_names[old->state]);
+    pthread_mutex_unlock (&mg->lock);
+    return -1;
+  }
+  if (old) {
+    for (pp = &mg->jobs; *pp != old; pp = &(*pp)->next)
+      ;
+    *pp = old->next;
+  }
+  pthread_mutex_unlock (&mg->lock);
+  if (old) {
+    pthread_join (old->thread, NULL);
+    free (old->to);
+    free (old);
+  }
+  j = calloc (1, sizeof *j);
+  if (!j || (to && !(j->to = strdup (to)))) {
+    free (j);
+    snprintf (errbuf, len, "out of memory");
+    return -1;
+  }
+  j->mg = mg;
+  j->d = d;
+  j->kind = kind;
+  j->state = J_RUNNING;
+  j->rate = rate == UINT64_MAX ? 0 : rate;
+  j->total = kind == K_MERGE ? remaining_bytes (d) : cor_disk_size (d);
+  pthread_mutex_lock (&mg->lock);
+  if (thread_create_nosig (&j->thread, job_thread, j) == -1) {
+    pthread_mutex_unlock (&mg->lock);
+    snprintf (errbuf, len, "cannot start a thread: %s", strerror (errno));
+    free (j->to);
+    free (j);
+    return -1;
+  }
+  j->next = mg->jobs;
+  mg->jobs = j;
+  pthread_mutex_unlock (&mg->lock);
+  return 0;
+}
+
+int
+merge_control (struct merge *mg, struct cor_disk *d, const char *action,
+               bool parent_owned, uint64_t rate, char *errbuf, size_t len)
+{
+  struct meta_disk *md = cor_disk_meta (d);
+  struct meta_record rec;
+  struct job *j;
+  int err;
+
+  if (strcmp (action, "start") != 0) {
+    int ret = 0;
+    pthread_mutex_lock (&mg->lock);
+    j = find_job_unlocked (mg, d);
+    if (!j || j->kind != K_MERGE || finished (j->state))
+      ret = -1;
+    else if (!strcmp (action, "pause") && j->state == J_RUNNING)
+      j->state = J_PAUSED;
+    else if (!strcmp (action, "resume") && j->state == J_PAUSED)
+      j->state = J_RUNNING;
+    else if (!strcmp (action, "cancel"))
+      j->state = J_CANCELLED;
+    else if (!strcmp (action, "rate") && rate != UINT64_MAX)
+      j->rate = rate;
+    else
+      ret = -1;
+    if (ret == 0 && rate != UINT64_MAX)
+      j->rate = rate;
+    if (ret == -1)
+      snprintf (errbuf, len, "disk %s: cannot %s the merge: %s", cor_disk_name (d), action,
+                !j || j->kind != K_MERGE ? "no merge is running"
+                : state_names[j->state]);
+    pthread_cond_broadcast (&mg->cond);
+    pthread_mutex_unlock (&mg->lock);
+    return ret;
+  }
+  /* start, or steer the running merge's rate */
+  pthread_mutex_lock (&mg->lock);
+  j = find_job_unlocked (mg, d);
+  if (j && j->kind == K_MERGE && !finished (j->state)) {
+    if (rate != UINT64_MAX)
+      j->rate = rate;
+    if (j->state == J_PAUSED)
+      j->state = J_RUNNING;
+    pthread_cond_broadcast (&mg->cond);
+    pthread_mutex_unlock (&mg->lock);
+    return 0;
+  }
+  pthread_mutex_unlock (&mg->lock);
+
+  meta_disk_record (md, &rec);
+  if (rec.state == META_STANDALONE) {
+    snprintf (errbuf, len, "disk %s is standalone (flattened): it has no parent to merge into",
+              cor_disk_name (d));
+    return -1;
+  }
+  if (!rec.parent_owned) {
+    if (!parent_owned) {
+      snprintf (errbuf, len, "disk %s: merge writes into the parent %s; declare that this "
+                "disk owns it with --parent-owned (never for a golden image that other "
+                "overlays read)", cor_disk_name (d), rec.url);
+      return -1;
+    }
+    rec.parent_owned = true;
+    if (meta_disk_update (md, &rec) == -1) {
+      snprintf (errbuf, len, "disk %s: recording --parent-owned: %s", cor_disk_name (d),
+                strerror (errno));
+      return -1;
+    }
+  }
+  if (remote_make_writable (cor_disk_remote (d), now_ns () + CHUNK_DEADLINE_NS, &err) == -1) {
+    snprintf (errbuf, len, "disk %s: parent %s cannot be written (%s): it is read-only; "
+              "use flatten to make the disk standalone instead", cor_disk_name (d),
+              rec.url, strerror (err));
+    return -1;
+  }
+  return start_job (mg, d, K_MERGE, rate, NULL, errbuf, len);
+}
+
+int
+merge_flatten (struct merge *mg, struct cor_disk *d, const char *to,
+               char *errbuf, size_t len)
+{
+  struct meta_record rec;
+
+  meta_disk_record (cor_disk_meta (d), &rec);
+  if (!to && rec.state == META_STANDALONE) {
+    snprintf (errbuf, len, "disk %s is already standalone", cor_disk_name (d));
+    return -1;
+  }
+  return start_job (mg, d, to ? K_COPY : K_FLATTEN, 0, to, errbuf, len);
+}
+
+void
+merge_status (struct merge *mg, struct cor_disk *d, struct merge_status *st)
+{
+  struct job *j;
+
+  memset (st, 0, sizeof *st);
+  st->kind = "none";
+  st->state = "";
+  pthread_mutex_lock (&mg->lock);
+  j = find_job_unlocked (mg, d);
+  if (j) {
+    st->kind = kind_names[j->kind];
+    st->state = state_names[j->state];
+    st->done_bytes = j->done;
+    st->total_bytes = j->kind == K_MERGE ? j->done + remaining_bytes (d) : j->total;
+    st->passes = j->passes;
+    st->errors = j->errors;
+    st->following = j->following;
+    snprintf (st->last_error, sizeof st->last_error, "%s", j->last_error);
+  }
+  pthread_mutex_unlock (&mg->lock);
+}

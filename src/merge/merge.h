@@ -1,0 +1,44 @@
+/* corfs: jobs that write the overlay back: merge into an owned parent,
+ * flatten (fill, then detach the parent), and copy to a standalone file.
+ *
+ * merge → {cor, meta, remote}.  One job per disk at a time; each job runs
+ * on its own thread (created here; see the thread-model note in merge.c).
+ */
+#ifndef CORFS_MERGE_H
+#define CORFS_MERGE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct cor_disk;
+struct merge;                   /* the jobs of one engine */
+
+/* Create/free the job table.  merge_free cancels and joins every job. */
+struct merge *merge_new (void);
+void merge_free (struct merge *mg);
+
+/* Start merging disk d into its parent (or steer the running merge:
+ * action "start", "pause", "resume", "cancel").  parent_owned records the
+ * declaration first.  rate: bytes/s, 0 unlimited, UINT64_MAX unchanged.
+ * 0, or -1 with a message in errbuf. */
+int merge_control (struct merge *mg, struct cor_disk *d, const char *action,
+                   bool parent_owned, uint64_t rate, char *errbuf, size_t len);
+
+/* Start flattening d: fill it (starting the streamer if needed), then
+ * detach the parent for good; or, with to != NULL, copy the current disk
+ * contents to the file `to` (sparse) without detaching.  0 or -1 (errbuf). */
+int merge_flatten (struct merge *mg, struct cor_disk *d, const char *to,
+                   char *errbuf, size_t len);
+
+struct merge_status {
+  const char *kind;             /* "none", "merge", "flatten", "copy" */
+  const char *state;            /* "running", "paused", "synced", "cancelled",
+                                   "failed", "done" */
+  uint64_t done_bytes, total_bytes, passes, errors;
+  bool following;               /* the guest keeps re-dirtying blocks */
+  char last_error[512];
+};
+void merge_status (struct merge *mg, struct cor_disk *d, struct merge_status *st);
+
+#endif
