@@ -121,6 +121,33 @@ on_value (void *user, const char *section, const char *key, const char *value)
       free (d->hint_file);
       d->hint_file = strdup (value);
     }
+    else if (!strcmp (key, "credentials-file") || !strcmp (key, "token-file") ||
+             !strcmp (key, "ca-file") || !strcmp (key, "client-cert") ||
+             !strcmp (key, "client-key") || !strcmp (key, "s3-endpoint") ||
+             !strcmp (key, "s3-region")) {
+      char **f = !strcmp (key, "credentials-file") ? &d->credentials_file
+        : !strcmp (key, "token-file") ? &d->token_file
+        : !strcmp (key, "ca-file") ? &d->ca_file
+        : !strcmp (key, "client-cert") ? &d->client_cert
+        : !strcmp (key, "client-key") ? &d->client_key
+        : !strcmp (key, "s3-endpoint") ? &d->s3_endpoint : &d->s3_region;
+      free (*f);
+      *f = strdup (value);
+    }
+    else if (!strcmp (key, "header")) {
+      char **nv = realloc (d->headers, (d->nr_headers + 2) * sizeof *nv);
+      if (!nv || !strchr (value, ':')) BAD ("header = %s: expected Name: value", value);
+      d->headers = nv;
+      nv[d->nr_headers++] = strdup (value);
+      nv[d->nr_headers] = NULL;
+    }
+    else if (!strcmp (key, "insecure") || !strcmp (key, "s3-path-style") ||
+             !strcmp (key, "accept-changed-parent")) {
+      if (parse_bool (value, &b) == -1) BAD ("%s: expected true or false", key);
+      if (!strcmp (key, "insecure")) d->insecure = b;
+      else if (!strcmp (key, "s3-path-style")) d->s3_virtual_host = !b;
+      else d->accept_changed_parent = b;
+    }
     else if (!strcmp (key, "incoming")) {
       if (parse_bool (value, &b) == 0 ? b : strcmp (value, "off") != 0)
         BAD ("%s = %s is not available in this version", key, value);

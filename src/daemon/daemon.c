@@ -278,6 +278,16 @@ mount_opts_free (struct mount_opts *o)
     free (o->disks[i].name);
     free (o->disks[i].url);
     free (o->disks[i].hint_file);
+    free (o->disks[i].credentials_file);
+    free (o->disks[i].token_file);
+    free (o->disks[i].ca_file);
+    free (o->disks[i].client_cert);
+    free (o->disks[i].client_key);
+    free (o->disks[i].s3_endpoint);
+    free (o->disks[i].s3_region);
+    for (size_t k = 0; k < o->disks[i].nr_headers; k++)
+      free (o->disks[i].headers[k]);
+    free (o->disks[i].headers);
   }
   free (o->disks);
   for (size_t i = 0; i < o->nr_fuse_options; i++)
@@ -491,9 +501,38 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
     }
   }
   rcfg.url = dopt ? dopt->url : rec.url;
+  if (dopt) {
+    rcfg.credentials_file = dopt->credentials_file;
+    rcfg.token_file = dopt->token_file;
+    rcfg.headers = (const char *const *) dopt->headers;
+    rcfg.ca_file = dopt->ca_file;
+    rcfg.client_cert = dopt->client_cert;
+    rcfg.client_key = dopt->client_key;
+    rcfg.insecure = dopt->insecure;
+    rcfg.s3_endpoint = dopt->s3_endpoint;
+    rcfg.s3_region = dopt->s3_region;
+    rcfg.s3_virtual_host = dopt->s3_virtual_host;
+  }
   /* A merge may have changed the parent before a crash: its identity is
    * re-pinned when the merge is run again (DESIGN.md rule 9). */
   rcfg.pinned_identity = recorded && !rec.merging ? rec.identity : NULL;
+  if (recorded && dopt && dopt->accept_changed_parent) {
+    /* Re-basing onto a changed parent is only sane with nothing local. */
+    struct meta_disk *probe = NULL;
+    uint64_t present = 0;
+    if (meta_disk_open (m, name, NULL, &probe, NULL) == 0) {
+      present = meta_count (probe, META_PRESENT);
+      meta_disk_close (probe, true);
+    }
+    if (present > 0) {
+      log_error ("daemon: disk %s: accept-changed-parent refused: %" PRIu64 " blocks are "
+                 "already present and would mix two images (start a new state directory)",
+                 name, present);
+      return -1;
+    }
+    log_warn ("daemon: disk %s: accept-changed-parent: re-pinning the parent's identity", name);
+    rcfg.pinned_identity = NULL;
+  }
   rcfg.writable = recorded && rec.parent_owned;
   if (remote_open (&rcfg, &r) == -1)
     return -1;                  /* remote_open said why */
@@ -530,6 +569,16 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
                    "recorded with size %" PRIu64 "; refusing to attach a different image",
                    name, remote_url (r), size, rec.size);
         goto err;
+      }
+      /* A re-pinned identity (accept-changed-parent, or an interrupted
+       * merge) is recorded. */
+      char cur[META_ID_MAX];
+      remote_identity (r, cur, sizeof cur);
+      meta_disk_record (md, &rec);
+      if (*cur && strcmp (cur, rec.identity) != 0) {
+        snprintf (rec.identity, sizeof rec.identity, "%s", cur);
+        if (meta_disk_update (md, &rec) == -1)
+          goto err;
       }
     }
     else

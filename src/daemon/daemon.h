@@ -18,6 +18,12 @@ struct disk_opts {
   bool have_rate;
   int release_parent;           /* -1: default (yes) */
   char *hint_file;              /* ranges to stream first */
+  /* HTTP(S)/S3 settings (config file only; see conf/corfs.conf) */
+  char *credentials_file, *token_file, *ca_file, *client_cert, *client_key;
+  char *s3_endpoint, *s3_region;
+  char **headers;               /* NULL-terminated */
+  size_t nr_headers;
+  bool insecure, s3_virtual_host, accept_changed_parent;
 };
 
 struct mount_opts {

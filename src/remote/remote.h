@@ -1,8 +1,8 @@
 /* corfs: parents ("remotes") behind one ops table.
  *
  * A remote is opened from a URL: file:///path, nbd://host[:port]/export,
- * nbd+unix:///export?socket=PATH (HTTP, S3 and NFS come later behind the
- * same table).  Callers use the remote_* wrappers below, never the ops
+ * nbd+unix:///export?socket=PATH, http(s)://..., s3://bucket/key (NFS
+ * comes later behind the same table).  Callers use the remote_* wrappers below, never the ops
  * pointers: the wrappers check the contract, retry transient failures with
  * exponential backoff and jitter until the caller's deadline, keep the
  * parent's state for status, and pin its identity.
@@ -35,6 +35,16 @@ struct remote_config {
   uint64_t request_timeout_ns;  /* one request */
   unsigned connections;         /* parallel connections (NBD); 0 = default */
   bool writable;                /* open for writing (merge, mirror) */
+  /* HTTP(S) and S3 (all optional) */
+  const char *credentials_file; /* user:password (basic), or S3 KEY:SECRET[:TOKEN]
+                                   or an AWS credentials file */
+  const char *token_file;       /* bearer token, re-read when it changes */
+  const char *const *headers;   /* "Name: value", NULL-terminated */
+  const char *ca_file, *client_cert, *client_key;
+  bool insecure;                /* skip TLS verification (loud in the log) */
+  const char *s3_endpoint;      /* e.g. http://127.0.0.1:9000 */
+  const char *s3_region;        /* default us-east-1 */
+  bool s3_virtual_host;         /* bucket.host/key instead of host/bucket/key */
 };
 
 enum remote_state { REMOTE_IDLE, REMOTE_CONNECTED, REMOTE_RETRYING,

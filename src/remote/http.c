@@ -1,0 +1,684 @@
+/* corfs: HTTP(S) and S3 parents through libcurl.
+ *
+ * Notes on the thread model: REMOTE_PARALLEL.  A pool of easy handles
+ * (one request each at a time, keep-alive connections reused across
+ * requests, HTTP/2 where TLS offers it) guarded by h->lock, like nbdkit's
+ * curl plugin pool.  Requests run without the lock.
+ *
+ * Identity (DESIGN.md rule 9): size plus the strong ETag, else
+ * Last-Modified, taken from a HEAD (or a one-byte ranged GET when HEAD is
+ * refused) at every (re)connect and compared with the pin by the remote
+ * wrapper.  Every range request carries If-Match with the pinned ETag, and
+ * every reply is checked here as well (servers such as s3rver ignore
+ * If-Match, and nginx's ETag is only mtime plus size): a 412, a 200 where
+ * 206 was asked, another ETag or another Content-Range total marks the
+ * parent changed and fails closed.
+ *
+ * S3: s3://BUCKET/KEY is read from the s3-endpoint (path style by
+ * default) with libcurl's SigV4 signing.  Debian 12's libcurl does not add
+ * x-amz-content-sha256, which S3 requires, so it is sent as a header (the
+ * hash of an empty payload) and thereby signed; a session token travels
+ * in x-amz-security-token, also signed.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <curl/curl.h>
+
+#include "common/log.h"
+#include "common/util.h"
+#include "remote/remote-internal.h"
+
+#define NR_HANDLES 4
+#define EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+struct rhttp {
+  char *url;                    /* what we request (may hold credentials) */
+  bool s3;
+  char *userpwd;                /* basic user:password, or S3 key:secret */
+  char *sigv4;                  /* "aws:amz:REGION:s3" */
+  char *session_token;
+  char *token_file;
+  struct curl_slist *headers;   /* the user's extra headers */
+  char *ca_file, *client_cert, *client_key;
+  bool insecure;
+  uint64_t connect_timeout_ns, request_timeout_ns;
+  pthread_mutex_t lock;         /* protects the pool, the token and the identity */
+  pthread_cond_t cond;
+  CURL *handles[NR_HANDLES];
+  bool busy[NR_HANDLES];
+  char *token;                  /* bearer token, re-read when the file changes */
+  struct timespec token_mtime;
+  bool connected;
+  int64_t size;
+  char etag[256];               /* pinned strong ETag, or "" */
+};
+
+/* One response's interesting headers (reset on every status line, since
+ * redirects pass several responses through). */
+struct xfer {
+  char *buf;
+  size_t cap, len;
+  bool overflow;
+  char etag[256], last_modified[128], content_range[128];
+  int64_t content_length;
+  bool accept_ranges;
+  long retry_after;
+};
+
+static bool
+rhttp_handles (const char *url)
+{
+  return !strncmp (url, "http://", 7) || !strncmp (url, "https://", 8) ||
+    !strncmp (url, "s3://", 5);
+}
+
+static size_t
+on_header (char *data, size_t size, size_t n, void *opaque)
+{
+  struct xfer *x = opaque;
+  size_t len = size * n;
+  char line[512], *v;
+
+  if (len >= 5 && !strncmp (data, "HTTP/", 5)) {
+    x->etag[0] = x->last_modified[0] = x->content_range[0] = '\0';
+    x->content_length = -1;
+    x->accept_ranges = false;
+    x->retry_after = 0;
+    return len;
+  }
+  snprintf (line, sizeof line, "%.*s", (int) (len < sizeof line - 1 ? len : sizeof line - 1), data);
+  line[strcspn (line, "\r\n")] = '\0';
+  if (!(v = strchr (line, ':')))
+    return len;
+  *v++ = '\0';
+  while (*v == ' ' || *v == '\t')
+    v++;
+  if (!strcasecmp (line, "ETag"))
+    snprintf (x->etag, sizeof x->etag, "%s", v);
+  else if (!strcasecmp (line, "Last-Modified"))
+    snprintf (x->last_modified, sizeof x->last_modified, "%s", v);
+  else if (!strcasecmp (line, "Content-Range"))
+    snprintf (x->content_range, sizeof x->content_range, "%s", v);
+  else if (!strcasecmp (line, "Content-Length"))
+    x->content_length = strtoll (v, NULL, 10);
+  else if (!strcasecmp (line, "Accept-Ranges"))
+    x->accept_ranges = strcasestr (v, "bytes") != NULL;
+  else if (!strcasecmp (line, "Retry-After"))
+    x->retry_after = strtol (v, NULL, 10);   /* seconds form only */
+  return len;
+}
+
+static size_t
+on_body (char *data, size_t size, size_t n, void *opaque)
+{
+  struct xfer *x = opaque;
+  size_t len = size * n;
+
+  if (x->len + len > x->cap) {
+    x->overflow = true;
+    return 0;                   /* abort: never more than asked */
+  }
+  memcpy (x->buf + x->len, data, len);
+  x->len += len;
+  return len;
+}
+
+/* Read the credentials file: "user:password" for HTTP; for S3 either an
+ * AWS credentials file (aws_access_key_id = ..., aws_secret_access_key =
+ * ..., aws_session_token = ...) or "KEY:SECRET[:TOKEN]". */
+static int
+load_credentials (struct rhttp *h, const char *path, const char *disk)
+{
+  char *s = read_small_file (path), *key = NULL, *secret = NULL, *token = NULL;
+
+  if (!s) {
+    log_error ("rhttp: disk %s: credentials file %s: %m", disk, path);
+    return -1;
+  }
+  if (strstr (s, "aws_access_key_id")) {
+    char *save = NULL;
+    for (char *l = strtok_r (s, "\n", &save); l; l = strtok_r (NULL, "\n", &save)) {
+      char *eq = strchr (l, '=');
+      if (!eq)
+        continue;
+      char *v = eq + 1;
+      while (*v == ' ') v++;
+      v[strcspn (v, " \r")] = '\0';
+      if (strstr (l, "aws_access_key_id")) key = v;
+      else if (strstr (l, "aws_secret_access_key")) secret = v;
+      else if (strstr (l, "aws_session_token")) token = v;
+    }
+    if (!key || !secret) {
+      log_error ("rhttp: disk %s: credentials file %s lacks aws_access_key_id or "
+                 "aws_secret_access_key", disk, path);
+      free (s);
+      return -1;
+    }
+    if (asprintf (&h->userpwd, "%s:%s", key, secret) < 0)
+      h->userpwd = NULL;
+    if (token)
+      h->session_token = strdup (token);
+  }
+  else if (h->s3) {
+    char *c1 = strchr (s, ':'), *c2 = c1 ? strchr (c1 + 1, ':') : NULL;
+    if (!c1) {
+      log_error ("rhttp: disk %s: credentials file %s: expected KEY:SECRET[:TOKEN]", disk, path);
+      free (s);
+      return -1;
+    }
+    if (c2) {
+      *c2 = '\0';
+      h->session_token = strdup (c2 + 1);
+    }
+    h->userpwd = strdup (s);
+  }
+  else {
+    if (!strchr (s, ':')) {
+      log_error ("rhttp: disk %s: credentials file %s: expected user:password", disk, path);
+      free (s);
+      return -1;
+    }
+    h->userpwd = strdup (s);
+  }
+  free (s);
+  return h->userpwd ? 0 : -1;
+}
+
+static void
+rhttp_close (void *hv)
+{
+  struct rhttp *h = hv;
+
+  for (int i = 0; i < NR_HANDLES; i++)
+    if (h->handles[i])
+      curl_easy_cleanup (h->handles[i]);
+  curl_slist_free_all (h->headers);
+  pthread_mutex_destroy (&h->lock);
+  pthread_cond_destroy (&h->cond);
+  free (h->url);
+  free (h->userpwd);
+  free (h->sigv4);
+  free (h->session_token);
+  free (h->token_file);
+  free (h->token);
+  free (h->ca_file);
+  free (h->client_cert);
+  free (h->client_key);
+  free (h);
+}
+
+static void
+global_init (void)
+{
+  curl_global_init (CURL_GLOBAL_DEFAULT);
+}
+
+static int
+rhttp_open (struct remote *r, const struct remote_config *cfg, void **hp, int *err)
+{
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  struct rhttp *h = calloc (1, sizeof *h);
+  pthread_condattr_t ca;
+
+  pthread_once (&once, global_init);
+  if (!h) {
+    *err = ENOMEM;
+    return -1;
+  }
+  pthread_mutex_init (&h->lock, NULL);
+  pthread_condattr_init (&ca);
+  pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
+  pthread_cond_init (&h->cond, &ca);
+  pthread_condattr_destroy (&ca);
+  h->size = -1;
+  h->connect_timeout_ns = cfg->connect_timeout_ns;
+  h->request_timeout_ns = cfg->request_timeout_ns;
+  h->insecure = cfg->insecure;
+#define DUP(f) if (cfg->f && !(h->f = strdup (cfg->f))) goto nomem
+  DUP (ca_file);
+  DUP (client_cert);
+  DUP (client_key);
+  DUP (token_file);
+#undef DUP
+  for (size_t i = 0; cfg->headers && cfg->headers[i]; i++) {
+    struct curl_slist *n = curl_slist_append (h->headers, cfg->headers[i]);
+    if (!n)
+      goto nomem;
+    h->headers = n;
+  }
+
+  if (!strncmp (cfg->url, "s3://", 5)) {
+    const char *bucket = cfg->url + 5, *slash = strchr (bucket, '/');
+    const char *region = cfg->s3_region && *cfg->s3_region ? cfg->s3_region : "us-east-1";
+    h->s3 = true;
+    if (!slash || slash == bucket || !slash[1]) {
+      log_error ("rhttp: disk %s: S3 URL must be s3://BUCKET/KEY", cfg->disk);
+      *err = EINVAL;
+      goto err;
+    }
+    int bl = slash - bucket;
+    if (cfg->s3_endpoint && *cfg->s3_endpoint) {
+      const char *ep = cfg->s3_endpoint, *hostpart = strstr (ep, "://");
+      size_t epl = strlen (ep);
+      while (epl && ep[epl - 1] == '/')
+        epl--;
+      if (!hostpart) {
+        log_error ("rhttp: disk %s: s3-endpoint %s must start with http:// or https://",
+                   cfg->disk, ep);
+        *err = EINVAL;
+        goto err;
+      }
+      if (cfg->s3_virtual_host) {
+        int sl = hostpart + 3 - ep;
+        if (asprintf (&h->url, "%.*s%.*s.%.*s%s", sl, ep, bl, bucket,
+                      (int) (epl - sl), ep + sl, slash) < 0)
+          goto nomem;
+      }
+      else if (asprintf (&h->url, "%.*s/%.*s%s", (int) epl, ep, bl, bucket, slash) < 0)
+        goto nomem;
+    }
+    else if (asprintf (&h->url, "https://%.*s.s3.%s.amazonaws.com%s", bl, bucket,
+                       region, slash) < 0)
+      goto nomem;
+    if (asprintf (&h->sigv4, "aws:amz:%s:s3", region) < 0)
+      goto nomem;
+    if (cfg->credentials_file) {
+      if (load_credentials (h, cfg->credentials_file, cfg->disk) == -1) {
+        *err = EINVAL;
+        goto err;
+      }
+    }
+    else if (getenv ("AWS_ACCESS_KEY_ID") && getenv ("AWS_SECRET_ACCESS_KEY")) {
+      if (asprintf (&h->userpwd, "%s:%s", getenv ("AWS_ACCESS_KEY_ID"),
+                    getenv ("AWS_SECRET_ACCESS_KEY")) < 0)
+        goto nomem;
+      if (getenv ("AWS_SESSION_TOKEN"))
+        h->session_token = strdup (getenv ("AWS_SESSION_TOKEN"));
+    }
+    else {
+      log_error ("rhttp: disk %s: no S3 credentials: give credentials-file or set "
+                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY", cfg->disk);
+      *err = EINVAL;
+      goto err;
+    }
+  }
+  else {
+    if (!(h->url = strdup (cfg->url)))
+      goto nomem;
+    if (cfg->credentials_file && load_credentials (h, cfg->credentials_file, cfg->disk) == -1) {
+      *err = EINVAL;
+      goto err;
+    }
+  }
+  if (h->insecure)
+    log_warn ("rhttp: disk %s: TLS certificate verification is OFF (insecure = true): "
+              "anyone on the path can serve this disk's data", cfg->disk);
+  *hp = h;
+  return 0;
+
+ nomem:
+  *err = ENOMEM;
+ err:
+  rhttp_close (h);
+  return -1;
+}
+
+/* Must be called with h->lock held.  Re-read the bearer token if its
+ * file changed (tokens expire during a long stream). */
+static void
+refresh_token_unlocked (struct remote *r, struct rhttp *h)
+{
+  struct stat st;
+
+  if (!h->token_file || stat (h->token_file, &st) == -1)
+    return;
+  if (h->token && st.st_mtim.tv_sec == h->token_mtime.tv_sec &&
+      st.st_mtim.tv_nsec == h->token_mtime.tv_nsec)
+    return;
+  char *t = read_small_file (h->token_file);
+  if (!t) {
+    remote_note_error (r, "token file %s: %s", h->token_file, strerror (errno));
+    return;
+  }
+  free (h->token);
+  h->token = t;
+  h->token_mtime = st.st_mtim;
+}
+
+static CURL *
+acquire (struct rhttp *h, uint64_t deadline_ns, int *slot, int *err)
+{
+  struct timespec ts = { deadline_ns / NS_PER_SEC, deadline_ns % NS_PER_SEC };
+
+  pthread_mutex_lock (&h->lock);
+  for (;;) {
+    for (int i = 0; i < NR_HANDLES; i++)
+      if (!h->busy[i]) {
+        if (!h->handles[i] && !(h->handles[i] = curl_easy_init ()))
+          continue;
+        h->busy[i] = true;
+        *slot = i;
+        pthread_mutex_unlock (&h->lock);
+        return h->handles[i];
+      }
+    if (pthread_cond_timedwait (&h->cond, &h->lock, &ts) == ETIMEDOUT) {
+      pthread_mutex_unlock (&h->lock);
+      *err = ETIMEDOUT;
+      return NULL;
+    }
+  }
+}
+
+static void
+release (struct rhttp *h, int slot)
+{
+  pthread_mutex_lock (&h->lock);
+  h->busy[slot] = false;
+  pthread_cond_signal (&h->cond);
+  pthread_mutex_unlock (&h->lock);
+}
+
+/* One request on c.  range_count == 0: HEAD.  Fills x; returns the HTTP
+ * status, or -1 with *err for a transport failure. */
+static long
+perform (struct remote *r, struct rhttp *h, CURL *c, uint64_t offset, size_t range_count,
+         bool head, const char *if_match, uint64_t deadline_ns, struct xfer *x, int *err)
+{
+  struct curl_slist *hdrs = NULL, *n;
+  char line[512], errbuf[CURL_ERROR_SIZE] = "";
+  uint64_t now = now_ns (), t;
+  long status = 0;
+  CURLcode rc;
+
+  curl_easy_reset (c);          /* keeps the connection cache */
+  for (struct curl_slist *e = h->headers; e; e = e->next)
+    if ((n = curl_slist_append (hdrs, e->data)))
+      hdrs = n;
+  if (range_count) {
+    snprintf (line, sizeof line, "Range: bytes=%" PRIu64 "-%" PRIu64, offset,
+              offset + range_count - 1);
+    if ((n = curl_slist_append (hdrs, line))) hdrs = n;
+  }
+  if (if_match && *if_match) {
+    snprintf (line, sizeof line, "If-Match: %s", if_match);
+    if ((n = curl_slist_append (hdrs, line))) hdrs = n;
+  }
+  pthread_mutex_lock (&h->lock);
+  refresh_token_unlocked (r, h);
+  if (h->token) {
+    snprintf (line, sizeof line, "Authorization: Bearer %s", h->token);
+    if ((n = curl_slist_append (hdrs, line))) hdrs = n;
+  }
+  pthread_mutex_unlock (&h->lock);
+  if (h->s3) {
+    if ((n = curl_slist_append (hdrs, "x-amz-content-sha256: " EMPTY_SHA256))) hdrs = n;
+    if (h->session_token) {
+      snprintf (line, sizeof line, "x-amz-security-token: %s", h->session_token);
+      if ((n = curl_slist_append (hdrs, line))) hdrs = n;
+    }
+    curl_easy_setopt (c, CURLOPT_AWS_SIGV4, h->sigv4);
+    curl_easy_setopt (c, CURLOPT_USERPWD, h->userpwd);
+  }
+  else if (h->userpwd) {
+    curl_easy_setopt (c, CURLOPT_HTTPAUTH, (long) CURLAUTH_BASIC);
+    curl_easy_setopt (c, CURLOPT_USERPWD, h->userpwd);
+  }
+  curl_easy_setopt (c, CURLOPT_URL, h->url);
+  curl_easy_setopt (c, CURLOPT_HTTPHEADER, hdrs);
+  curl_easy_setopt (c, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt (c, CURLOPT_FOLLOWLOCATION, 1L);
+  curl_easy_setopt (c, CURLOPT_MAXREDIRS, 5L);
+  curl_easy_setopt (c, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS);
+  curl_easy_setopt (c, CURLOPT_ERRORBUFFER, errbuf);
+  curl_easy_setopt (c, CURLOPT_CONNECTTIMEOUT_MS, (long) (h->connect_timeout_ns / 1000000));
+  t = deadline_ns > now ? deadline_ns - now : 1000000;
+  if (t > h->request_timeout_ns)
+    t = h->request_timeout_ns;
+  curl_easy_setopt (c, CURLOPT_TIMEOUT_MS, (long) (t / 1000000 + 1));
+  /* A stalled transfer (no progress for 10 s) is aborted and retried. */
+  curl_easy_setopt (c, CURLOPT_LOW_SPEED_LIMIT, 1L);
+  curl_easy_setopt (c, CURLOPT_LOW_SPEED_TIME, 10L);
+  if (h->ca_file) curl_easy_setopt (c, CURLOPT_CAINFO, h->ca_file);
+  if (h->client_cert) curl_easy_setopt (c, CURLOPT_SSLCERT, h->client_cert);
+  if (h->client_key) curl_easy_setopt (c, CURLOPT_SSLKEY, h->client_key);
+  if (h->insecure) {
+    curl_easy_setopt (c, CURLOPT_SSL_VERIFYPEER, 0L);
+    curl_easy_setopt (c, CURLOPT_SSL_VERIFYHOST, 0L);
+  }
+  curl_easy_setopt (c, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt (c, CURLOPT_HEADERDATA, x);
+  curl_easy_setopt (c, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt (c, CURLOPT_WRITEDATA, x);
+  if (head)
+    curl_easy_setopt (c, CURLOPT_NOBODY, 1L);
+
+  rc = curl_easy_perform (c);
+  curl_slist_free_all (hdrs);
+  curl_easy_getinfo (c, CURLINFO_RESPONSE_CODE, &status);
+  if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && x->overflow)) {
+    switch (rc) {
+    case CURLE_OPERATION_TIMEDOUT: *err = ETIMEDOUT; break;
+    case CURLE_COULDNT_CONNECT: *err = ECONNREFUSED; break;
+    case CURLE_COULDNT_RESOLVE_HOST: *err = EHOSTUNREACH; break;
+    case CURLE_PEER_FAILED_VERIFICATION: case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_CERTPROBLEM: *err = EACCES; break;
+    default: *err = EIO; break;
+    }
+    remote_note_error (r, "%s at offset %" PRIu64 ": %s", head ? "HEAD" : "GET", offset,
+                       *errbuf ? errbuf : curl_easy_strerror (rc));
+    return -1;
+  }
+  return status;
+}
+
+/* Map an unexpected status to errno (and wait out Retry-After). */
+static int
+status_errno (struct remote *r, long status, const struct xfer *x, uint64_t deadline_ns,
+              const char *what)
+{
+  remote_note_error (r, "%s: HTTP %ld", what, status);
+  if (status == 429 || status == 503) {
+    if (x->retry_after > 0) {
+      uint64_t now = now_ns (), wait = x->retry_after * NS_PER_SEC;
+      if (now + wait > deadline_ns)
+        wait = deadline_ns > now ? deadline_ns - now : 0;
+      sleep_ns (wait);
+    }
+    return EAGAIN;
+  }
+  if (status >= 500)
+    return EIO;
+  if (status == 401 || status == 403)
+    return EACCES;
+  if (status == 404)
+    return ENOENT;
+  return EIO;
+}
+
+/* HEAD (or a one-byte ranged GET when HEAD is refused): size, range
+ * support, identity.  Must not hold h->lock. */
+static int
+connect_identity (struct remote *r, struct rhttp *h, CURL *c, uint64_t deadline_ns, int *err)
+{
+  struct xfer x = { 0 };
+  char one[1], id[512];
+  long status = perform (r, h, c, 0, 0, true, NULL, deadline_ns, &x, err);
+  int64_t size = -1;
+  bool ranges = false;
+
+  if (status == -1)
+    return -1;
+  if (status >= 200 && status < 300 && x.content_length >= 0) {
+    size = x.content_length;
+    ranges = x.accept_ranges;
+  }
+  else if (status != 403 && status != 405 && status != 501 && !(status >= 200 && status < 300)) {
+    *err = status_errno (r, status, &x, deadline_ns, "HEAD");
+    return -1;
+  }
+  if (size < 0 || !ranges) {
+    /* Probe: a ranged GET of one byte must answer 206 with the total. */
+    struct xfer g = { .buf = one, .cap = sizeof one };
+    status = perform (r, h, c, 0, 1, false, NULL, deadline_ns, &g, err);
+    if (status == -1)
+      return -1;
+    if (status == 200) {
+      *err = EINVAL;
+      remote_note_error (r, "the server does not support Range requests (HTTP 200 to a "
+                         "ranged GET): it cannot be a parent");
+      log_error ("rhttp: disk %s: %s does not support Range requests", remote_disk (r),
+                 remote_url (r));
+      return -1;
+    }
+    if (status != 206) {
+      *err = status_errno (r, status, &g, deadline_ns, "GET");
+      return -1;
+    }
+    const char *slash = strrchr (g.content_range, '/');
+    if (!slash || slash[1] == '*') {
+      *err = EIO;
+      remote_note_error (r, "no total size in Content-Range '%s'", g.content_range);
+      return -1;
+    }
+    size = strtoll (slash + 1, NULL, 10);
+    x = g;
+  }
+  if (x.etag[0] && strncmp (x.etag, "W/", 2) != 0)
+    snprintf (id, sizeof id, "http:size=%" PRId64 ",etag=%s", size, x.etag);
+  else if (x.last_modified[0])
+    snprintf (id, sizeof id, "http:size=%" PRId64 ",last-modified=%s", size, x.last_modified);
+  else
+    snprintf (id, sizeof id, "http:size=%" PRId64, size);
+  if (remote_check_identity (r, id, err) == -1)
+    return -1;
+  pthread_mutex_lock (&h->lock);
+  h->size = size;
+  snprintf (h->etag, sizeof h->etag, "%s",
+            x.etag[0] && strncmp (x.etag, "W/", 2) != 0 ? x.etag : "");
+  h->connected = true;
+  pthread_mutex_unlock (&h->lock);
+  remote_note_connected (r, false);
+  return 0;
+}
+
+static int64_t
+rhttp_get_size (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
+{
+  struct rhttp *h = hv;
+  int slot;
+  CURL *c = acquire (h, deadline_ns, &slot, err);
+  int ret;
+
+  if (!c)
+    return -1;
+  ret = connect_identity (r, h, c, deadline_ns, err);
+  release (h, slot);
+  return ret == -1 ? -1 : h->size;
+}
+
+/* The reply shows another object: mark the parent changed, fail closed. */
+static int
+changed (struct remote *r, const char *why, int *err)
+{
+  char id[1200];
+  snprintf (id, sizeof id, "http:changed (%s)", why);
+  if (remote_check_identity (r, id, err) == 0)
+    *err = ESTALE;
+  return -1;
+}
+
+static int
+rhttp_pread (struct remote *r, void *hv, void *buf, size_t count, uint64_t offset,
+             uint64_t deadline_ns, int *err)
+{
+  struct rhttp *h = hv;
+  struct xfer x = { .buf = buf, .cap = count };
+  char etag[256], why[1024];
+  int64_t size;
+  int slot, ret = 0;
+  CURL *c = acquire (h, deadline_ns, &slot, err);
+  long status;
+
+  if (!c)
+    return -1;
+  pthread_mutex_lock (&h->lock);
+  bool connected = h->connected;
+  pthread_mutex_unlock (&h->lock);
+  if (!connected && connect_identity (r, h, c, deadline_ns, err) == -1) {
+    release (h, slot);
+    return -1;
+  }
+  pthread_mutex_lock (&h->lock);
+  snprintf (etag, sizeof etag, "%s", h->etag);
+  size = h->size;
+  pthread_mutex_unlock (&h->lock);
+
+  status = perform (r, h, c, offset, count, false, etag, deadline_ns, &x, err);
+  if (status == -1)
+    ret = -1;
+  else if (status == 412) {
+    snprintf (why, sizeof why, "412 Precondition Failed for If-Match %s", etag);
+    ret = changed (r, why, err);
+  }
+  else if (status == 200)
+    ret = changed (r, "HTTP 200 to a ranged GET: the server no longer honours ranges", err);
+  else if (status != 206) {
+    *err = status_errno (r, status, &x, deadline_ns, "GET");
+    ret = -1;
+  }
+  else if (etag[0] && strcmp (x.etag, etag) != 0) {
+    snprintf (why, sizeof why, "ETag %s, pinned %s", x.etag, etag);
+    ret = changed (r, why, err);
+  }
+  else {
+    const char *slash = strrchr (x.content_range, '/');
+    uint64_t first = 0, last = 0;
+    if (!slash || strtoll (slash + 1, NULL, 10) != size) {
+      snprintf (why, sizeof why, "Content-Range %s, pinned size %" PRId64, x.content_range, size);
+      ret = changed (r, why, err);
+    }
+    else if (sscanf (x.content_range, "bytes %" SCNu64 "-%" SCNu64, &first, &last) != 2 ||
+             first != offset || last != offset + count - 1 || x.len != count || x.overflow) {
+      *err = EIO;
+      remote_note_error (r, "GET at offset %" PRIu64 ": got %zu bytes (%s) for %zu asked",
+                         offset, x.len, x.content_range, count);
+      ret = -1;
+    }
+  }
+  release (h, slot);
+  return ret;
+}
+
+static void
+rhttp_release (void *hv)
+{
+  struct rhttp *h = hv;
+
+  pthread_mutex_lock (&h->lock);
+  for (int i = 0; i < NR_HANDLES; i++)
+    if (!h->busy[i] && h->handles[i]) {
+      curl_easy_cleanup (h->handles[i]);
+      h->handles[i] = NULL;
+    }
+  h->connected = false;
+  pthread_mutex_unlock (&h->lock);
+}
+
+const struct remote_ops rhttp_ops = {
+  .name = "http",
+  .thread_model = REMOTE_PARALLEL,
+  .handles = rhttp_handles,
+  .open = rhttp_open,
+  .close = rhttp_close,
+  .get_size = rhttp_get_size,
+  .pread = rhttp_pread,
+  .release = rhttp_release,
+};
