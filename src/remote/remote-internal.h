@@ -44,6 +44,7 @@ int remote_extent_append (struct remote_extent **v, size_t *n, uint64_t offset,
 extern const struct remote_ops rfile_ops;
 extern const struct remote_ops rnbd_ops;
 extern const struct remote_ops rhttp_ops;
+extern const struct remote_ops rnfs_ops;
 
 /* Backends call this after every (re)connect with a fresh identity string.
  * Pins it the first time; afterwards a different string marks the remote

@@ -38,7 +38,7 @@ struct remote {
   struct log_ratelimit rl;
 };
 
-static const struct remote_ops *backends[] = { &rfile_ops, &rnbd_ops, &rhttp_ops, NULL };
+static const struct remote_ops *backends[] = { &rfile_ops, &rnbd_ops, &rhttp_ops, &rnfs_ops, NULL };
 
 int
 remote_open (const struct remote_config *cfg, struct remote **rp)
@@ -55,7 +55,7 @@ remote_open (const struct remote_config *cfg, struct remote **rp)
   if (!ops) {
     char *u = url_redact (cfg->url);
     log_error ("remote: disk %s: unsupported parent URL %s "
-               "(expected file://, nbd://, nbd+unix://, http://, https://, s3://)", cfg->disk, u ? u : "?");
+               "(expected file://, nbd://, nbd+unix://, http://, https://, s3://, nfs://)", cfg->disk, u ? u : "?");
     free (u);
     errno = EINVAL;
     return -1;
