@@ -503,9 +503,11 @@ cor_read (struct cor_disk *d, void *buf, size_t count, uint64_t offset, int *err
   return count;
 }
 
-int
-cor_write (struct cor_disk *d, const void *buf, size_t count, uint64_t offset,
-           int *err)
+/* The guest write path, for data (buf) or zeros (buf == NULL): own the
+ * blocks, fetch missing partly covered edge blocks, set dirty and changed
+ * (intent), change the overlay, set present.  0 or -1 with *err. */
+static int
+modify (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offset, int *err)
 {
   uint64_t first, end, last;
   struct busy self;
@@ -530,7 +532,8 @@ cor_write (struct cor_disk *d, const void *buf, size_t count, uint64_t offset,
   claim_unlocked (d, &self, first, end);
   pthread_mutex_unlock (&d->lock);
 
-  /* Partly covered edge blocks that are missing are fetched first. */
+  /* Partly covered edge blocks that are missing keep their other bytes:
+   * fetch them first.  Blocks covered whole are never fetched. */
   __atomic_fetch_add (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
   if (!meta_test (d->md, META_PRESENT, first) &&
       (offset != block_offset (d, first) ||
@@ -545,20 +548,29 @@ cor_write (struct cor_disk *d, const void *buf, size_t count, uint64_t offset,
   if (r == 0) {
     meta_set (d->md, META_DIRTY, first, end - first);
     meta_set (d->md, META_CHANGED, first, end - first);
-    if (full_pwrite (d->overlay_fd, buf, count, offset) == -1) {
+    if ((buf ? full_pwrite (d->overlay_fd, buf, count, offset)
+         : overlay_zero (d, offset, count)) == -1) {
       *err = errno;
-      log_error ("cor: disk %s: overlay write of %zu bytes at offset %" PRIu64 ": %m",
-                 d->name, count, offset);
+      log_error ("cor: disk %s: overlay %s of %" PRIu64 " bytes at offset %" PRIu64 ": %m",
+                 d->name, buf ? "write" : "zero", count, offset);
       r = -1;
     }
     else {
       __atomic_store_n (&d->needs_sync, 1, __ATOMIC_SEQ_CST);
       meta_set (d->md, META_PRESENT, first, end - first);
-      __atomic_fetch_add (&d->guest_write_bytes, count, __ATOMIC_RELAXED);
+      if (buf)
+        __atomic_fetch_add (&d->guest_write_bytes, count, __ATOMIC_RELAXED);
     }
   }
   release_busy (d, &self);
   return r;
+}
+
+int
+cor_write (struct cor_disk *d, const void *buf, size_t count, uint64_t offset,
+           int *err)
+{
+  return modify (d, buf, count, offset, err);
 }
 
 /* ---- the streamer's entry point ---- */
@@ -666,57 +678,7 @@ cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
 int
 cor_zero (struct cor_disk *d, uint64_t offset, uint64_t count, int *err)
 {
-  uint64_t first, end, last;
-  struct busy self;
-  int r = 0;
-
-  if (__atomic_load_n (&d->health, __ATOMIC_SEQ_CST) != COR_RW) {
-    *err = EROFS;
-    return -1;
-  }
-  if (count == 0)
-    return 0;
-  if (offset >= d->size || count > d->size - offset) {
-    *err = ENOSPC;
-    return -1;
-  }
-  cor_block_range (offset, count, d->block_shift, &first, &end);
-  last = end - 1;
-
-  pthread_mutex_lock (&d->lock);
-  while (find_busy_unlocked (d, first, end))
-    pthread_cond_wait (&d->cond, &d->lock);
-  claim_unlocked (d, &self, first, end);
-  pthread_mutex_unlock (&d->lock);
-
-  /* Partly covered missing edge blocks keep their other bytes: fetch. */
-  __atomic_fetch_add (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
-  if (!meta_test (d->md, META_PRESENT, first) &&
-      (offset != block_offset (d, first) ||
-       offset + count < block_offset (d, first) + blocks_length (d, first, first + 1)))
-    r = fetch_blocks (d, first, first + 1, now_ns () + d->hold_ns, err);
-  if (r == 0 && last != first && !meta_test (d->md, META_PRESENT, last) &&
-      offset + count < block_offset (d, last) + blocks_length (d, last, last + 1))
-    r = fetch_blocks (d, last, last + 1, now_ns () + d->hold_ns, err);
-  __atomic_store_n (&d->last_fg_ns, now_ns (), __ATOMIC_SEQ_CST);
-  __atomic_fetch_sub (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
-
-  if (r == 0) {
-    meta_set (d->md, META_DIRTY, first, end - first);
-    meta_set (d->md, META_CHANGED, first, end - first);
-    if (overlay_zero (d, offset, count) == -1) {
-      *err = errno;
-      log_error ("cor: disk %s: overlay zero of %" PRIu64 " bytes at offset %" PRIu64
-                 ": %m", d->name, count, offset);
-      r = -1;
-    }
-    else {
-      __atomic_store_n (&d->needs_sync, 1, __ATOMIC_SEQ_CST);
-      meta_set (d->md, META_PRESENT, first, end - first);
-    }
-  }
-  release_busy (d, &self);
-  return r;
+  return modify (d, NULL, count, offset, err);
 }
 
 int64_t
