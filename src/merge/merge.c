@@ -45,7 +45,12 @@
 #include "remote/remote.h"
 
 #define CHUNK (1 << 20)
-#define CHUNK_DEADLINE_NS (60 * NS_PER_SEC)
+/* How long one chunk may retry inside the remote layer before the job
+ * records the error (status, merge-error event) and backs off: short, so
+ * that a failing parent shows at once; the job itself never gives up. */
+#define CHUNK_DEADLINE_NS (2 * NS_PER_SEC)
+/* Connecting and re-pinning may take longer. */
+#define SETUP_DEADLINE_NS (30 * NS_PER_SEC)
 #define BACKOFF_MIN_NS (200 * 1000000ULL)
 #define BACKOFF_MAX_NS (30 * NS_PER_SEC)
 
@@ -190,7 +195,7 @@ static uint64_t
 remaining_bytes (struct cor_disk *d)
 {
   struct meta_disk *md = cor_disk_meta (d);
-  return (meta_count (md, META_DIRTY) + meta_count (md, META_SUSPECT)) << cor_disk_block_shift (d);
+  return meta_count_union (md, META_DIRTY, META_SUSPECT) << cor_disk_block_shift (d);
 }
 
 /* The synced instant: make the cleared bits durable, re-pin the parent and
@@ -209,7 +214,7 @@ synced (struct job *j)
     return -1;
   }
   if (remote_repin (cor_disk_remote (d), id, sizeof id,
-                    now_ns () + CHUNK_DEADLINE_NS, &err) == -1) {
+                    now_ns () + SETUP_DEADLINE_NS, &err) == -1) {
     set_error (j, "re-pinning the parent: %s", strerror (err));
     return -1;
   }
@@ -553,7 +558,7 @@ merge_control (struct merge *mg, struct cor_disk *d, const char *action,
       return -1;
     }
   }
-  if (remote_make_writable (cor_disk_remote (d), now_ns () + CHUNK_DEADLINE_NS, &err) == -1) {
+  if (remote_make_writable (cor_disk_remote (d), now_ns () + SETUP_DEADLINE_NS, &err) == -1) {
     snprintf (errbuf, len, "disk %s: parent %s cannot be written (%s): it is read-only; "
               "use flatten to make the disk standalone instead", cor_disk_name (d),
               rec.url, strerror (err));

@@ -536,6 +536,17 @@ meta_count (struct meta_disk *d, enum meta_map map)
   return __atomic_load_n (&d->maps[map].count, __ATOMIC_SEQ_CST);
 }
 
+uint64_t
+meta_count_union (struct meta_disk *d, enum meta_map a, enum meta_map b)
+{
+  uint64_t n = 0, nw = d->maps[a].nr_chunks * CHUNK_WORDS;
+
+  for (uint64_t i = 0; i < nw; i++)
+    n += __builtin_popcountll (__atomic_load_n (&d->maps[a].words[i], __ATOMIC_RELAXED) |
+                               __atomic_load_n (&d->maps[b].words[i], __ATOMIC_RELAXED));
+  return n;
+}
+
 /* Recount a map's bits after loading or widening it. */
 static void
 recount (struct bitmap *b)

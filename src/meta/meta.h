@@ -121,6 +121,8 @@ bool meta_test (struct meta_disk *d, enum meta_map map, uint64_t blk);
 void meta_set (struct meta_disk *d, enum meta_map map, uint64_t blk, uint64_t nr);
 void meta_clear (struct meta_disk *d, enum meta_map map, uint64_t blk, uint64_t nr);
 uint64_t meta_count (struct meta_disk *d, enum meta_map map);
+/* Blocks set in map a or map b (a scan of both maps: not for hot paths). */
+uint64_t meta_count_union (struct meta_disk *d, enum meta_map a, enum meta_map b);
 
 /* Find the first block >= from whose bit equals value; returns
  * meta_nr_blocks() if there is none. */

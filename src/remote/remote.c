@@ -301,6 +301,8 @@ remote_pread (struct remote *r, void *buf, size_t count, uint64_t offset,
       r->stats.errors++;
     pthread_mutex_unlock (&r->lock);
     if (ret == 0) {
+      if (attempts > 1)
+        set_state (r, REMOTE_CONNECTED);   /* recovered */
       log_debug ("remote: disk %s: read %zu bytes at %" PRIu64, r->disk, count, offset);
       return 0;
     }
@@ -441,13 +443,17 @@ retry_write (struct remote *r, int (*fn) (struct remote *, void *, void *),
   for (;;) {
     *a->err = 0;
     attempts++;
-    if (call_serialized (r, fn, a) == 0)
+    if (call_serialized (r, fn, a) == 0) {
+      if (attempts > 1)
+        set_state (r, REMOTE_CONNECTED);
       return 0;
+    }
     assert (*a->err != 0);
     pthread_mutex_lock (&r->lock);
     r->stats.errors++;
     r->stats.retries++;
     pthread_mutex_unlock (&r->lock);
+    set_state (r, REMOTE_RETRYING);
     if (!is_retryable (*a->err) || !backoff (&delay, a->deadline_ns)) {
       log_error ("remote: disk %s: parent %s: %s at offset %" PRIu64 " failed after "
                  "%u attempts: %s", r->disk, r->url, what, a->offset, attempts,
