@@ -13,7 +13,8 @@ usage (FILE *f)
 "Usage: corfs COMMAND [ARGS...]\n"
 "\n"
 "corfs presents each VM disk as a plain file on a FUSE mount.  Blocks fault\n"
-"in on demand from a remote parent (NBD or a local file) into a local overlay,\n"
+"in on demand from a remote parent (NBD, HTTP(S), S3, NFS or a local file)\n"
+"into a local overlay,\n"
 "while a background streamer fills the rest; an LMDB index records which\n"
 "blocks are present and which are dirty.\n"
 "\n"
@@ -37,8 +38,13 @@ usage (FILE *f)
 "  dirty --state DIR NAME --since GEN [--json]\n"
 "                         extents written since checkpoint GEN\n"
 "\n"
+"  activate --state DIR NAME --epoch N [--force]\n"
+"  handoff --state DIR NAME --epoch N\n"
+"  reclaim --state DIR NAME --epoch N\n"
+"                         migration switch-over (see `corfs activate --help`)\n"
+"\n"
 "Run `corfs COMMAND --help` for a command's options.  Not in this version yet:\n"
-"HTTP/S3/NFS parents, migration (incoming/activate/handoff) and mirror.\n");
+"mirror mode (--write-mode=mirror, pivot, abort).\n");
 }
 
 int
@@ -80,6 +86,12 @@ main (int argc, char **argv)
     return cli_checkpoint (argc - 1, argv + 1);
   if (!strcmp (argv[1], "dirty"))
     return cli_dirty (argc - 1, argv + 1);
+  if (!strcmp (argv[1], "activate"))
+    return cli_activate (argc - 1, argv + 1);
+  if (!strcmp (argv[1], "handoff"))
+    return cli_handoff (argc - 1, argv + 1);
+  if (!strcmp (argv[1], "reclaim"))
+    return cli_reclaim (argc - 1, argv + 1);
   fprintf (stderr, "corfs: unknown command '%s' (see corfs --help)\n", argv[1]);
   return 2;
 }

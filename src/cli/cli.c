@@ -539,8 +539,8 @@ cli_metrics (int argc, char **argv)
 /* Shared parsing for the job commands: --state DIR NAME plus flags. */
 struct job_args {
   const char *state, *name, *action, *to;
-  bool wait, parent_owned, json, have_rate;
-  uint64_t rate, since;
+  bool wait, parent_owned, json, have_rate, force;
+  uint64_t rate, since, epoch;
 };
 
 static int
@@ -548,7 +548,7 @@ parse_job_args (const char *cmd, int argc, char **argv, const char *usage,
                 struct job_args *a)
 {
   enum { OPT_STATE = 256, OPT_RATE, OPT_PAUSE, OPT_RESUME, OPT_CANCEL, OPT_WAIT,
-         OPT_OWNED, OPT_TO, OPT_SINCE, OPT_JSON };
+         OPT_OWNED, OPT_TO, OPT_SINCE, OPT_JSON, OPT_EPOCH, OPT_FORCE };
   static const struct option longopts[] = {
     { "state", required_argument, NULL, OPT_STATE },
     { "rate", required_argument, NULL, OPT_RATE },
@@ -560,10 +560,13 @@ parse_job_args (const char *cmd, int argc, char **argv, const char *usage,
     { "to", required_argument, NULL, OPT_TO },
     { "since", required_argument, NULL, OPT_SINCE },
     { "json", no_argument, NULL, OPT_JSON },
+    { "epoch", required_argument, NULL, OPT_EPOCH },
+    { "force", no_argument, NULL, OPT_FORCE },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
   int c;
+  char *end;
 
   memset (a, 0, sizeof *a);
   a->action = "start";
@@ -587,6 +590,15 @@ parse_job_args (const char *cmd, int argc, char **argv, const char *usage,
     case OPT_OWNED: a->parent_owned = true; break;
     case OPT_TO: a->to = optarg; break;
     case OPT_JSON: a->json = true; break;
+    case OPT_FORCE: a->force = true; break;
+    case OPT_EPOCH:
+      errno = 0;
+      a->epoch = strtoull (optarg, &end, 10);
+      if (errno || *end || !*optarg || optarg[0] == '-' || a->epoch == 0) {
+        fprintf (stderr, "corfs %s: --epoch %s: expected a positive integer\n", cmd, optarg);
+        return 2;
+      }
+      break;
     case OPT_SINCE:
       if (parse_size (optarg, &a->since) == -1 || a->since == 0) {
         fprintf (stderr, "corfs %s: --since %s: expected a generation number (from 1)\n",
@@ -781,4 +793,58 @@ cli_dirty (int argc, char **argv)
   }
   json_decref (reply);
   return 0;
+}
+
+/* activate / handoff / reclaim */
+static int
+owner_command (const char *cmd, int argc, char **argv, const char *usage)
+{
+  struct job_args a;
+  int r = parse_job_args (cmd, argc, argv, usage, &a);
+  json_t *req, *reply;
+
+  if (r)
+    return r == 1 ? 0 : r;
+  if (!a.epoch) {
+    fprintf (stderr, "corfs %s: --epoch N is required (chosen by the management tool, "
+             "strictly increasing per disk)\n", cmd);
+    return 2;
+  }
+  req = json_pack ("{s:s, s:s, s:I, s:b}", "cmd", cmd, "disk", a.name,
+                   "epoch", (json_int_t) a.epoch, "force", a.force);
+  if (!(reply = request (cmd, a.state, req)))
+    return 1;
+  json_decref (reply);
+  return 0;
+}
+
+int
+cli_activate (int argc, char **argv)
+{
+  return owner_command ("activate", argc, argv,
+    "Usage: corfs activate --state DIR NAME --epoch N [--force]\n\n"
+    "Switch an incoming disk (the destination of a migration) to active: drop\n"
+    "everything read while incoming and the kernel's cached pages, durably\n"
+    "record the epoch, then accept writes and start the streamer.  Refused\n"
+    "while the parent is still writable (the source might still write it)\n"
+    "unless --force.  The same epoch again is a no-op; a lower one is stale.\n");
+}
+
+int
+cli_handoff (int argc, char **argv)
+{
+  return owner_command ("handoff", argc, argv,
+    "Usage: corfs handoff --state DIR NAME --epoch N\n\n"
+    "On the source of a migration: refuse new writes, flush everything, and\n"
+    "durably record the hand-off: the disk stays read-only (EROFS), so a\n"
+    "restarted source VM cannot write by accident.\n");
+}
+
+int
+cli_reclaim (int argc, char **argv)
+{
+  return owner_command ("reclaim", argc, argv,
+    "Usage: corfs reclaim --state DIR NAME --epoch M\n\n"
+    "Make a handed-off disk writable again (the migration failed); M must be\n"
+    "above the hand-off's epoch.\n");
 }

@@ -13,5 +13,8 @@ int cli_merge (int argc, char **argv);
 int cli_flatten (int argc, char **argv);
 int cli_checkpoint (int argc, char **argv);
 int cli_dirty (int argc, char **argv);
+int cli_activate (int argc, char **argv);
+int cli_handoff (int argc, char **argv);
+int cli_reclaim (int argc, char **argv);
 
 #endif

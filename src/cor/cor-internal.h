@@ -62,6 +62,12 @@ struct cor_disk {
   struct cor_range *trace;
   size_t nr_trace;
 
+  /* Owner state (enum meta_state), a copy of the record's for the hot
+   * path.  Atomic; changed under owner_lock, which orders transitions. */
+  int owner;
+  pthread_mutex_t owner_lock;
+  size_t index;                 /* in the engine's array (inode 2 + index) */
+
   /* Atomics. */
   int fg_inflight;              /* guest faults talking to the parent */
   uint64_t last_fg_ns;          /* when the last guest fault ended */
@@ -86,6 +92,8 @@ struct cor_engine {
   size_t nr_disks;
   void (*event_fn) (void *opaque, const struct cor_event *ev);  /* set before start */
   void *event_opaque;
+  void (*invalidate_fn) (void *opaque, size_t disk_index);       /* set by src/fs */
+  void *invalidate_opaque;
 };
 
 

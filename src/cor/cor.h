@@ -155,6 +155,32 @@ uint64_t cor_disk_nr_blocks (const struct cor_disk *d);
 struct meta_disk *cor_disk_meta (struct cor_disk *d);
 struct remote *cor_disk_remote (struct cor_disk *d);
 
+/* Migration switch-over (DESIGN.md "Disk states" and rule 10).  Epochs
+ * are chosen by the management tool, strictly increasing per disk: a
+ * lower one is refused as stale, the same epoch for the same transition
+ * is a no-op.
+ *   activate: incoming -> active.  Refused while the parent is writable
+ *     unless force.  The disk never keeps what it read while incoming, so
+ *     the steps are: own every block (waits for in-flight operations),
+ *     commit state=activating with the epoch, drop the kernel's page cache
+ *     for the file (the callback src/fs registers), commit state=active;
+ *     only then writes are accepted and the streamer starts.
+ *   handoff: active -> handed-off: refuse new writes, wait for those in
+ *     flight, flush, commit the state; the disk stays read-only.
+ *   reclaim: handed-off -> active, with an epoch above the hand-off's.
+ * 0, or -1 with a one-line reason in errbuf. */
+int cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size_t len);
+int cor_handoff (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len);
+int cor_reclaim (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len);
+
+/* src/fs registers how to drop the kernel's cached pages of disk i. */
+void cor_set_invalidate_fn (struct cor_engine *e,
+                            void (*fn) (void *opaque, size_t disk_index), void *opaque);
+
+/* May the file be opened for writing (incoming disks may: QEMU reopens
+ * read-write before activation; writes then fail with EROFS)? */
+bool cor_disk_openable_rw (const struct cor_disk *d);
+
 /* Status snapshot (see docs/control.md for the meaning of each field). */
 struct cor_status {
   uint64_t size, block_size, nr_blocks, present_blocks, dirty_blocks;

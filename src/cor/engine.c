@@ -109,6 +109,7 @@ disk_free (struct cor_disk *d, bool clean)
   free (d->stream.hints);
   pthread_mutex_destroy (&d->stream.lock);
   pthread_cond_destroy (&d->stream.cond);
+  pthread_mutex_destroy (&d->owner_lock);
   if (meta_disk_close (d->md, clean) == -1)
     log_error ("cor: disk %s: closing the index: %m", d->name);
   remote_close (d->remote);
@@ -171,6 +172,20 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
   pthread_mutex_init (&d->lock, NULL);
   pthread_cond_init (&d->cond, NULL);
   d->start_mode = cfg->stream;
+  pthread_mutex_init (&d->owner_lock, NULL);
+  d->owner = rec.state;
+  if (rec.state == META_ACTIVATING) {
+    /* Interrupted activation: this is a fresh mount, so the kernel has
+     * no cached pages to drop; finish with the last step. */
+    rec.state = META_ACTIVE;
+    if (meta_disk_update (cfg->md, &rec) == -1) {
+      log_error ("cor: disk %s: finishing an interrupted activation: %m", cfg->name);
+      goto err;
+    }
+    log_info ("cor: disk %s: finished an interrupted activation (epoch %" PRIu64 ")",
+              cfg->name, rec.epoch);
+    d->owner = META_ACTIVE;
+  }
   if (cfg->trace_path && !(d->trace_path = strdup (cfg->trace_path)))
     goto err;
   if (cor_stream_init (d, cfg) == -1)
@@ -201,6 +216,7 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
   nv = realloc (e->disks, (e->nr_disks + 1) * sizeof *nv);
   if (nv) {
     e->disks = nv;
+    d->index = e->nr_disks;
     e->disks[e->nr_disks++] = d;
   }
   pthread_mutex_unlock (&e->lock);
@@ -245,10 +261,24 @@ cor_disk_find (struct cor_engine *e, const char *name)
 const char *cor_disk_name (const struct cor_disk *d) { return d->name; }
 uint64_t cor_disk_size (const struct cor_disk *d) { return d->size; }
 
+static bool
+owner_accepts_writes (int owner)
+{
+  return owner == META_ACTIVE || owner == META_STANDALONE;
+}
+
 bool
 cor_disk_writable (const struct cor_disk *d)
 {
-  return __atomic_load_n (&d->health, __ATOMIC_SEQ_CST) == COR_RW;
+  return __atomic_load_n (&d->health, __ATOMIC_SEQ_CST) == COR_RW &&
+    owner_accepts_writes (__atomic_load_n (&d->owner, __ATOMIC_SEQ_CST));
+}
+
+bool
+cor_disk_openable_rw (const struct cor_disk *d)
+{
+  return __atomic_load_n (&d->health, __ATOMIC_SEQ_CST) == COR_RW &&
+    __atomic_load_n (&d->owner, __ATOMIC_SEQ_CST) != META_HANDED_OFF;
 }
 
 uint64_t
@@ -486,6 +516,15 @@ cor_read (struct cor_disk *d, void *buf, size_t count, uint64_t offset, int *err
   if (count > d->size - offset)
     count = d->size - offset;
   cor_block_range (offset, count, d->block_shift, &first, &end);
+  if (__atomic_load_n (&d->owner, __ATOMIC_SEQ_CST) == META_INCOMING &&
+      meta_next (d->md, META_PRESENT, false, first) < end) {
+    /* Incoming: the source still runs the guest, so nothing read now may
+     * be kept (it could be stale after the switch-over): read through. */
+    if (remote_pread (d->remote, buf, count, offset, now_ns () + d->hold_ns, err) == -1)
+      return -1;
+    __atomic_fetch_add (&d->guest_read_bytes, count, __ATOMIC_RELAXED);
+    return count;
+  }
   uint64_t t0 = now_ns ();
   bool faulted = false;
   int r = fault_in (d, first, end, &faulted, err);
@@ -513,8 +552,8 @@ modify (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offset, in
   struct busy self;
   int r = 0;
 
-  if (__atomic_load_n (&d->health, __ATOMIC_SEQ_CST) != COR_RW) {
-    *err = EROFS;
+  if (!cor_disk_writable (d)) {
+    *err = EROFS;               /* failed, incoming or handed off */
     return -1;
   }
   if (count == 0)
@@ -531,6 +570,12 @@ modify (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offset, in
     pthread_cond_wait (&d->cond, &d->lock);
   claim_unlocked (d, &self, first, end);
   pthread_mutex_unlock (&d->lock);
+  /* A hand-off may have begun while we waited: it owns the order. */
+  if (!cor_disk_writable (d)) {
+    release_busy (d, &self);
+    *err = EROFS;
+    return -1;
+  }
 
   /* Partly covered edge blocks that are missing keep their other bytes:
    * fetch them first.  Blocks covered whole are never fetched. */
@@ -822,6 +867,197 @@ cor_checkpoint (struct cor_disk *d, int *err)
   }
   release_busy (d, &self);
   return gen;
+}
+
+/* ---- owner state: migration switch-over ---- */
+
+static const char *
+owner_name (int s)
+{
+  static const char *names[] = { "active", "incoming", "activating", "handed-off",
+                                 "standalone" };
+  return names[s];
+}
+
+void
+cor_set_invalidate_fn (struct cor_engine *e,
+                       void (*fn) (void *opaque, size_t disk_index), void *opaque)
+{
+  e->invalidate_fn = fn;
+  e->invalidate_opaque = opaque;
+}
+
+/* Must be called with d->owner_lock held.  Common epoch rules: 1 if the
+ * request is a no-op (same epoch, already in state `to`), 0 to go on,
+ * -1 (errbuf) if stale. */
+static int
+check_epoch_unlocked (struct cor_disk *d, const struct meta_record *rec, uint64_t epoch,
+                      int to, const char *what, char *errbuf, size_t len)
+{
+  if (epoch == rec->epoch && (int) rec->state == to)
+    return 1;
+  if (epoch <= rec->epoch) {
+    snprintf (errbuf, len, "disk %s: stale epoch %" PRIu64 " for %s: the disk has "
+              "accepted epoch %" PRIu64 " (%s)", d->name, epoch, what, rec->epoch,
+              owner_name (rec->state));
+    return -1;
+  }
+  return 0;
+}
+
+/* Must be called with d->owner_lock held.  Own every block: no fetch or
+ * write is in flight, and none starts until release_busy. */
+static void
+own_all_unlocked (struct cor_disk *d, struct busy *self)
+{
+  pthread_mutex_lock (&d->lock);
+  while (find_busy_unlocked (d, 0, d->nr_blocks))
+    pthread_cond_wait (&d->cond, &d->lock);
+  claim_unlocked (d, self, 0, d->nr_blocks);
+  pthread_mutex_unlock (&d->lock);
+}
+
+static int
+set_state (struct cor_disk *d, struct meta_record *rec, int state, uint64_t epoch,
+           char *errbuf, size_t len)
+{
+  rec->state = state;
+  rec->epoch = epoch;
+  if (meta_disk_update (d->md, rec) == -1) {
+    snprintf (errbuf, len, "disk %s: recording state %s: %s", d->name, owner_name (state),
+              strerror (errno));
+    return -1;
+  }
+  return 0;
+}
+
+int
+cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size_t len)
+{
+  struct meta_record rec;
+  struct busy self;
+  int r, err = 0;
+
+  pthread_mutex_lock (&d->owner_lock);
+  meta_disk_record (d->md, &rec);
+  r = check_epoch_unlocked (d, &rec, epoch, META_ACTIVE, "activate", errbuf, len);
+  if (r != 0) {
+    pthread_mutex_unlock (&d->owner_lock);
+    return r == 1 ? 0 : -1;
+  }
+  if (rec.state != META_INCOMING && rec.state != META_ACTIVATING) {
+    snprintf (errbuf, len, "disk %s is %s, not incoming: nothing to activate", d->name,
+              owner_name (rec.state));
+    pthread_mutex_unlock (&d->owner_lock);
+    return -1;
+  }
+  if (!force) {
+    int w = remote_parent_writable (d->remote, now_ns () + d->hold_ns, &err);
+    if (w != 0) {
+      snprintf (errbuf, len, w == 1
+                ? "disk %s: the parent %s is still writable, so the source may still be "
+                  "writing it; serve it read-only (e.g. nbdkit -r) or use --force"
+                : "disk %s: cannot tell whether the parent %s is writable (%s); use --force",
+                d->name, remote_url (d->remote), strerror (err));
+      pthread_mutex_unlock (&d->owner_lock);
+      return -1;
+    }
+  }
+  /* 1. Stop and drain: own every block. */
+  own_all_unlocked (d, &self);
+  /* 2. Durably: activating, with the epoch.  (Nothing read while incoming
+   * was kept, so step 3, punching, has nothing to do.) */
+  if (set_state (d, &rec, META_ACTIVATING, epoch, errbuf, len) == -1)
+    goto fail;
+  /* 4. Drop the kernel's cached pages: they may predate the switch-over. */
+  if (d->e->invalidate_fn)
+    d->e->invalidate_fn (d->e->invalidate_opaque, d->index);
+  /* 5. Active, durably; only then writes. */
+  if (set_state (d, &rec, META_ACTIVE, epoch, errbuf, len) == -1)
+    goto fail;
+  __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
+  release_busy (d, &self);
+  pthread_mutex_unlock (&d->owner_lock);
+  log_info ("cor: disk %s: activated with epoch %" PRIu64, d->name, epoch);
+  cor_emit (d, "activated", epoch, 0, NULL);
+  cor_stream_autostart (d, d->start_mode);
+  return 0;
+ fail:
+  release_busy (d, &self);
+  pthread_mutex_unlock (&d->owner_lock);
+  return -1;
+}
+
+int
+cor_handoff (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len)
+{
+  struct meta_record rec;
+  struct busy self;
+  int r, err;
+
+  pthread_mutex_lock (&d->owner_lock);
+  meta_disk_record (d->md, &rec);
+  r = check_epoch_unlocked (d, &rec, epoch, META_HANDED_OFF, "handoff", errbuf, len);
+  if (r != 0) {
+    pthread_mutex_unlock (&d->owner_lock);
+    return r == 1 ? 0 : -1;
+  }
+  if (rec.state != META_ACTIVE) {
+    snprintf (errbuf, len, "disk %s is %s: only an active disk can be handed off",
+              d->name, owner_name (rec.state));
+    pthread_mutex_unlock (&d->owner_lock);
+    return -1;
+  }
+  /* Refuse new writes first, then wait for those in flight, flush. */
+  __atomic_store_n (&d->owner, META_HANDED_OFF, __ATOMIC_SEQ_CST);
+  own_all_unlocked (d, &self);
+  release_busy (d, &self);
+  if (cor_flush (d, &err) == -1) {
+    __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
+    snprintf (errbuf, len, "disk %s: flush before hand-off failed: %s", d->name, strerror (err));
+    pthread_mutex_unlock (&d->owner_lock);
+    return -1;
+  }
+  if (set_state (d, &rec, META_HANDED_OFF, epoch, errbuf, len) == -1) {
+    __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock (&d->owner_lock);
+    return -1;
+  }
+  pthread_mutex_unlock (&d->owner_lock);
+  log_info ("cor: disk %s: handed off with epoch %" PRIu64 "; read-only from now on",
+            d->name, epoch);
+  cor_emit (d, "handed-off", epoch, 0, NULL);
+  return 0;
+}
+
+int
+cor_reclaim (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len)
+{
+  struct meta_record rec;
+  int r;
+
+  pthread_mutex_lock (&d->owner_lock);
+  meta_disk_record (d->md, &rec);
+  r = check_epoch_unlocked (d, &rec, epoch, META_ACTIVE, "reclaim", errbuf, len);
+  if (r != 0) {
+    pthread_mutex_unlock (&d->owner_lock);
+    return r == 1 ? 0 : -1;
+  }
+  if (rec.state != META_HANDED_OFF) {
+    snprintf (errbuf, len, "disk %s is %s, not handed off: nothing to reclaim", d->name,
+              owner_name (rec.state));
+    pthread_mutex_unlock (&d->owner_lock);
+    return -1;
+  }
+  if (set_state (d, &rec, META_ACTIVE, epoch, errbuf, len) == -1) {
+    pthread_mutex_unlock (&d->owner_lock);
+    return -1;
+  }
+  __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
+  pthread_mutex_unlock (&d->owner_lock);
+  log_info ("cor: disk %s: reclaimed with epoch %" PRIu64 "; writable again", d->name, epoch);
+  cor_emit (d, "reclaimed", epoch, 0, NULL);
+  return 0;
 }
 
 /* ---- events ---- */

@@ -356,6 +356,12 @@ cor_stream_start (struct cor_disk *d, int *err)
 {
   int ret = 0;
 
+  if (__atomic_load_n (&d->owner, __ATOMIC_SEQ_CST) == META_INCOMING) {
+    /* Nothing read while incoming may be kept: no streaming until the
+     * disk is activated. */
+    *err = EBUSY;
+    return -1;
+  }
   pthread_mutex_lock (&d->stream.lock);
   if (meta_count (d->md, META_PRESENT) == d->nr_blocks && d->stream.state != S_RUNNING)
     d->stream.state = S_COMPLETE;
@@ -429,6 +435,8 @@ cor_stream_autostart (struct cor_disk *d, enum cor_stream_mode mode)
 {
   int err;
 
+  if (__atomic_load_n (&d->owner, __ATOMIC_SEQ_CST) == META_INCOMING)
+    return;                     /* cor_activate calls this again */
   if (mode == COR_STREAM_ON)
     cor_stream_start (d, &err);
   else if (mode == COR_STREAM_PAUSED) {

@@ -505,6 +505,32 @@ dirty_cmd (struct ctl *c, json_t *req, json_t *id)
   return r;
 }
 
+/* activate / handoff / reclaim: {"disk": NAME, "epoch": N[, "force": true]} */
+static json_t *
+owner_cmd (struct ctl *c, const char *cmd, json_t *req, json_t *id)
+{
+  json_t *err = NULL, *epoch = json_object_get (req, "epoch");
+  struct cor_disk *d = req_disk (c, req, id, &err);
+  char msg[1024];
+  int r;
+
+  if (!d)
+    return err;
+  if (!json_is_integer (epoch) || json_integer_value (epoch) < 1)
+    return error_reply (id, "%s needs \"epoch\": a positive integer chosen by the "
+                        "management tool, strictly increasing per disk", cmd);
+  uint64_t e = json_integer_value (epoch);
+  if (!strcmp (cmd, "activate"))
+    r = cor_activate (d, e, json_is_true (json_object_get (req, "force")), msg, sizeof msg);
+  else if (!strcmp (cmd, "handoff"))
+    r = cor_handoff (d, e, msg, sizeof msg);
+  else
+    r = cor_reclaim (d, e, msg, sizeof msg);
+  if (r == -1)
+    return error_reply (id, "%s", msg);
+  return ok_reply (id);
+}
+
 static json_t *
 handle (struct ctl *c, json_t *req, struct client *cl)
 {
@@ -551,6 +577,8 @@ handle (struct ctl *c, json_t *req, struct client *cl)
     return checkpoint_cmd (c, req, id);
   if (!strcmp (cmd, "dirty"))
     return dirty_cmd (c, req, id);
+  if (!strcmp (cmd, "activate") || !strcmp (cmd, "handoff") || !strcmp (cmd, "reclaim"))
+    return owner_cmd (c, cmd, req, id);
   if (!strcmp (cmd, "events")) {
     cl->events = true;
     return ok_reply (id);

@@ -149,8 +149,8 @@ on_value (void *user, const char *section, const char *key, const char *value)
       else d->accept_changed_parent = b;
     }
     else if (!strcmp (key, "incoming")) {
-      if (parse_bool (value, &b) == 0 ? b : strcmp (value, "off") != 0)
-        BAD ("%s = %s is not available in this version", key, value);
+      if (parse_bool (value, &b) == -1) BAD ("incoming: expected true or false");
+      d->incoming = b;
     }
     else
       BAD ("unknown setting %s in [disk %s]", key, name);

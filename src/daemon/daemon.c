@@ -75,6 +75,9 @@ mount_usage (FILE *f)
 "                         below the kernel's FUSE request timeout if one is set)\n"
 "  --connect-timeout SECONDS  one connection attempt to a parent (default %d)\n"
 "  --parent-owned         record that this disk owns its parent (for merge)\n"
+"  --incoming             attach new disks as the destination of a migration:\n"
+"                         reads come from the parent and are not kept, writes\n"
+"                         fail with EROFS until `corfs activate`\n"
 "  --stream=on|off|paused fill the overlay in the background (default on);\n"
 "                         `corfs stream` steers it while mounted\n"
 "  --write-mode=writeback writes stay in the overlay (the only mode so far)\n"
@@ -213,9 +216,7 @@ mount_parse (int argc, char **argv, struct mount_opts *o)
         return -1;
       }
       break;
-    case OPT_INCOMING:
-      fprintf (stderr, "corfs: --incoming: migration is not available in this version\n");
-      return -1;
+    case OPT_INCOMING: o->incoming = true; break;
     case 'f': o->foreground = true; break;
     case 'v': o->verbose = true; break;
     case 'd': o->fuse_debug = o->foreground = true; break;
@@ -493,6 +494,13 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
                  "(a disk's parent cannot change)", name, rec.url, redacted);
       return -1;
     }
+    if (recorded && (dopt->incoming || o->incoming) && rec.state != META_INCOMING &&
+        rec.state != META_ACTIVATING) {
+      log_error ("daemon: disk %s is recorded %s; --incoming conflicts (a disk is "
+                 "incoming only until it is activated)", name,
+                 rec.state == META_HANDED_OFF ? "handed-off" : "active");
+      return -1;
+    }
     uint64_t bs = dopt->block_size ? dopt->block_size : 0;
     if (recorded && bs && bs != rec.block_size) {
       log_error ("daemon: disk %s is recorded with block size %" PRIu32
@@ -602,7 +610,7 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
     remote_identity (r, init.identity, sizeof init.identity);
     init.size = size;
     init.block_size = dopt->block_size ? dopt->block_size : o->block_size;
-    init.state = META_ACTIVE;
+    init.state = dopt->incoming || o->incoming ? META_INCOMING : META_ACTIVE;
     init.parent_owned = dopt->parent_owned || o->parent_owned;
     init.generation = 1;
     if (meta_disk_open (m, name, &init, &md, NULL) == -1) {

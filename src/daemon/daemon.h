@@ -24,6 +24,7 @@ struct disk_opts {
   char **headers;               /* NULL-terminated */
   size_t nr_headers;
   bool insecure, s3_virtual_host, accept_changed_parent;
+  bool incoming;
 };
 
 struct mount_opts {
@@ -38,6 +39,7 @@ struct mount_opts {
   uint64_t rate;                /* default streamer rate, 0 unlimited */
   bool foreground;
   bool parent_owned;
+  bool incoming;
   bool verbose;
   bool fuse_debug;
   char **fuse_options;          /* NULL-terminated */

@@ -175,7 +175,7 @@ fs_open (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     return (void) fuse_reply_err (req, ino == FUSE_ROOT_ID ? EISDIR : ENOENT);
   if (fi->flags & O_TRUNC)
     return (void) fuse_reply_err (req, EPERM);
-  if ((fi->flags & O_ACCMODE) != O_RDONLY && !cor_disk_writable (d))
+  if ((fi->flags & O_ACCMODE) != O_RDONLY && !cor_disk_openable_rw (d))
     return (void) fuse_reply_err (req, EROFS);
   if (fi->flags & O_DIRECT)
     fi->direct_io = 1;
@@ -341,6 +341,19 @@ static const struct fuse_lowlevel_ops fs_ops = {
   .lseek = fs_lseek,
 };
 
+/* The engine's invalidation callback (activation): drop every cached
+ * page of the disk's file, so no read is answered from before the
+ * switch-over.  Called from the control thread, never from a handler. */
+static void
+invalidate (void *opaque, size_t disk_index)
+{
+  struct fs *fs = opaque;
+  int r = fuse_lowlevel_notify_inval_inode (fs->se, disk_index + 2, 0, 0);
+
+  if (r < 0 && r != -ENOENT)   /* ENOENT: the kernel has no such inode cached */
+    log_warn ("fs: dropping the page cache of disk %zu: %s", disk_index, strerror (-r));
+}
+
 int
 fs_mount (struct cor_engine *e, const struct fs_config *cfg, struct fs **fsp)
 {
@@ -376,6 +389,7 @@ fs_mount (struct cor_engine *e, const struct fs_config *cfg, struct fs **fsp)
     goto err_signals;
   }
   fs->mounted = true;
+  cor_set_invalidate_fn (e, invalidate, fs);
   fuse_opt_free_args (&args);
   free (opt);
   *fsp = fs;
@@ -409,6 +423,7 @@ fs_free (struct fs *fs)
 {
   if (!fs)
     return;
+  cor_set_invalidate_fn (fs->e, NULL, NULL);
   fuse_remove_signal_handlers (fs->se);
   if (fs->mounted)
     fuse_session_unmount (fs->se);

@@ -559,9 +559,10 @@ merge_control (struct merge *mg, struct cor_disk *d, const char *action,
     }
   }
   if (remote_make_writable (cor_disk_remote (d), now_ns () + SETUP_DEADLINE_NS, &err) == -1) {
-    snprintf (errbuf, len, "disk %s: parent %s cannot be written (%s): it is read-only; "
-              "use flatten to make the disk standalone instead", cor_disk_name (d),
-              rec.url, strerror (err));
+    char why[1280];
+    remote_status (cor_disk_remote (d), why, sizeof why);
+    snprintf (errbuf, len, "disk %s: parent %s cannot be written: %s", cor_disk_name (d),
+              rec.url, *why ? why : strerror (err));
     return -1;
   }
   return start_job (mg, d, K_MERGE, rate, NULL, errbuf, len);

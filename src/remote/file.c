@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -247,7 +248,24 @@ rfile_make_writable (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
   return rfile_connect (r, h, err) == -1 ? -1 : 0;
 }
 
+/* Not access(W_OK), which is always true for root: the mode's write bits
+ * and whether the filesystem is mounted read-write. */
+static int
+rfile_parent_writable (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
+{
+  struct rfile *h = hv;
+  struct stat st;
+  struct statvfs sv;
+
+  if (stat (h->path, &st) == -1 || statvfs (h->path, &sv) == -1) {
+    *err = errno;
+    return -1;
+  }
+  return (st.st_mode & 0222) && !(sv.f_flag & ST_RDONLY);
+}
+
 const struct remote_ops rfile_ops = {
+  .parent_writable = rfile_parent_writable,
   .pwrite = rfile_pwrite,
   .flush = rfile_flush,
   .make_writable = rfile_make_writable,

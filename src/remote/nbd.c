@@ -627,15 +627,32 @@ rnbd_make_writable (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
     ret = -1;
   else if (nbd_is_read_only (c->nbd) == 1) {
     *err = EROFS;
-    log_error ("rnbd: disk %s: the NBD export is read-only: it cannot be merged into",
-               remote_disk (r));
+    remote_note_error (r, "the NBD export is read-only: it cannot be merged into");
     ret = -1;
   }
   release (h, c);
   return ret;
 }
 
+static int
+rnbd_parent_writable (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
+{
+  struct rnbd *h = hv;
+  struct rnbd_conn *c = acquire (h, deadline_ns, err);
+  int ret;
+
+  if (!c)
+    return -1;
+  if (!c->nbd && conn_connect (r, h, c, deadline_ns, err) == -1)
+    ret = -1;
+  else
+    ret = nbd_is_read_only (c->nbd) == 0;
+  release (h, c);
+  return ret;
+}
+
 const struct remote_ops rnbd_ops = {
+  .parent_writable = rnbd_parent_writable,
   .pwrite = rnbd_pwrite,
   .flush = rnbd_flush,
   .make_writable = rnbd_make_writable,

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <nfsc/libnfs.h>
 
@@ -143,6 +144,20 @@ ctx_connect (struct remote *r, struct rnfs *h, struct rnfs_ctx *c, uint64_t dead
   nfs_set_timeout (c->nfs, ms_of (deadline_ns > now ? deadline_ns - now : 0) <
                    ms_of (h->connect_timeout_ns) ? ms_of (deadline_ns - now)
                    : ms_of (h->connect_timeout_ns));
+  {
+    /* libnfs 4.0 names every NFSv4 client "Libnfs pid:PID TIME": two
+     * contexts opened in the same second look like one client rebooting,
+     * and the server expires the first one's state (NFS4ERR_EXPIRED).
+     * Give each context its own name and verifier. */
+    static uint64_t serial;
+    uint64_t n = __atomic_add_fetch (&serial, 1, __ATOMIC_SEQ_CST);
+    char name[128], verf[9];
+    snprintf (name, sizeof name, "corfs pid:%d ctx:%" PRIu64 " t:%" PRIu64,
+              (int) getpid (), n, now_ns ());
+    snprintf (verf, sizeof verf, "%08" PRIx64, (uint64_t) ((n * 0x9e3779b97f4a7c15ULL) >> 32));
+    nfs4_set_client_name (c->nfs, name);
+    nfs4_set_verifier (c->nfs, verf);
+  }
   u = nfs_parse_url_full (c->nfs, h->url);
   if (!u) {
     *err = EINVAL;
@@ -310,8 +325,8 @@ rnfs_make_writable (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
 
   if (h->v4) {
     *err = EROFS;
-    log_error ("rnfs: disk %s: NFSv4 parents are read-only here (libnfs 4.0 cannot "
-               "write over NFSv4): use version=3 in the URL to merge", remote_disk (r));
+    remote_note_error (r, "NFSv4 parents are read-only here (libnfs 4.0 cannot write "
+                       "over NFSv4): use version=3 in the URL to merge");
     return -1;
   }
   h->writable = true;
@@ -333,7 +348,15 @@ rnfs_release (void *hv)
   pthread_mutex_unlock (&h->lock);
 }
 
+static int
+rnfs_parent_writable (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
+{
+  struct rnfs *h = hv;
+  return !h->v4;
+}
+
 const struct remote_ops rnfs_ops = {
+  .parent_writable = rnfs_parent_writable,
   .name = "nfs",
   .thread_model = REMOTE_PARALLEL,
   .handles = rnfs_handles,

@@ -32,6 +32,8 @@ struct remote_ops {
   int (*zero_extents) (struct remote *r, void *h, uint64_t offset, uint64_t count,
                        uint64_t deadline_ns, struct remote_extent **v, size_t *n,
                        int *err);
+  /* Optional (NULL: never writable): see remote_parent_writable. */
+  int (*parent_writable) (struct remote *r, void *h, uint64_t deadline_ns, int *err);
   /* Optional: close connections (see remote_release). */
   void (*release) (void *h);
 };

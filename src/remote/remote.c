@@ -487,8 +487,8 @@ remote_make_writable (struct remote *r, uint64_t deadline_ns, int *err)
   struct write_args a = { NULL, 0, 0, deadline_ns, err };
   if (!r->ops->make_writable) {
     *err = EROFS;
-    log_error ("remote: disk %s: parent %s (%s) is read-only: it cannot be merged into",
-               r->disk, r->url, r->ops->name);
+    remote_note_error (r, "%s parents are read-only: they cannot be merged into; use "
+                       "flatten to make the disk standalone instead", r->ops->name);
     return -1;
   }
   return call_serialized (r, do_make_writable, &a);
@@ -517,4 +517,19 @@ remote_repin (struct remote *r, char *identity, size_t len, uint64_t deadline_ns
     return -1;
   remote_identity (r, identity, len);
   return 0;
+}
+
+int
+remote_parent_writable (struct remote *r, uint64_t deadline_ns, int *err)
+{
+  int ret;
+
+  if (!r->ops->parent_writable)
+    return 0;
+  if (r->ops->thread_model == REMOTE_SERIALIZE)
+    pthread_mutex_lock (&r->serialize);
+  ret = r->ops->parent_writable (r, r->h, deadline_ns, err);
+  if (r->ops->thread_model == REMOTE_SERIALIZE)
+    pthread_mutex_unlock (&r->serialize);
+  return ret;
 }

@@ -90,6 +90,13 @@ void remote_set_modifying (struct remote *r, bool modifying);
 int remote_repin (struct remote *r, char *identity, size_t len, uint64_t deadline_ns,
                   int *err);
 
+/* Could someone write the parent (activate refuses such a parent unless
+ * forced: the source might still be writing it)?  NBD: the export is not
+ * read-only; file: a write bit is set and the filesystem is mounted
+ * read-write; HTTP/S3: never; NFS: v3 yes, v4 no.  Connects if needed.
+ * 1, 0, or -1 with *err. */
+int remote_parent_writable (struct remote *r, uint64_t deadline_ns, int *err);
+
 /* A byte range of the parent. */
 struct remote_extent {
   uint64_t offset, length;
