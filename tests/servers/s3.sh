@@ -13,6 +13,10 @@
 _s3_top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 : "${S3RVER:=$_s3_top/tests/.npm/node_modules/.bin/s3rver}"
 S3_FRONT=$_s3_top/tests/servers/s3-sigv4-front.py
+# Debian's python3-botocore is what install-deps provides: prefer the
+# system interpreter, whatever python3 comes first on PATH.
+S3_PY=python3
+/usr/bin/python3 -c "import botocore.auth" >/dev/null 2>&1 && S3_PY=/usr/bin/python3
 
 # free_port: a TCP port free on 127.0.0.1 right now.
 free_port () {
@@ -30,7 +34,7 @@ wait_port () {
 
 s3_requires () {
   requires node --version
-  requires python3 -c "import botocore.auth, botocore.session"
+  requires $S3_PY -c "import botocore.auth, botocore.session"
   [ -f "$S3RVER" ] || skip "missing: s3rver ($S3RVER)"
 }
 
@@ -47,7 +51,7 @@ start_s3 () {
   for c in "$@"; do creds+=(--cred "$c"); done
   S3_FRONT_LOG=$T/s3-front.log
   rm -f "$T/s3-front.port"
-  python3 "$S3_FRONT" --upstream "$S3_UPSTREAM" "${creds[@]}" --port-file "$T/s3-front.port" \
+  $S3_PY "$S3_FRONT" --upstream "$S3_UPSTREAM" "${creds[@]}" --port-file "$T/s3-front.port" \
     --log "$S3_FRONT_LOG" > "$T/s3-front.out" 2>&1 &
   local fpid=$!
   cleanup_fn kill_pid "$fpid"
@@ -58,7 +62,7 @@ start_s3 () {
 
 # _s3_client CRED BUCKET [KEY FILE]: botocore, path style, through the front.
 _s3_client () {
-  python3 - "$S3_ENDPOINT" "$@" <<'EOF'
+  $S3_PY - "$S3_ENDPOINT" "$@" <<'EOF'
 import sys, botocore.session
 from botocore.config import Config
 ep, cred, bucket = sys.argv[1:4]
