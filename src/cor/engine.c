@@ -174,6 +174,10 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
   d->start_mode = cfg->stream;
   pthread_mutex_init (&d->owner_lock, NULL);
   d->owner = rec.state;
+  /* While incoming, the source still writes the parent: its identity is
+   * pinned at activation, not before. */
+  if (rec.state == META_INCOMING)
+    remote_set_modifying (cfg->remote, true);
   if (rec.state == META_ACTIVATING) {
     /* Interrupted activation: this is a fresh mount, so the kernel has
      * no cached pages to drop; finish with the last step. */
@@ -972,6 +976,16 @@ cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size
   /* 4. Drop the kernel's cached pages: they may predate the switch-over. */
   if (d->e->invalidate_fn)
     d->e->invalidate_fn (d->e->invalidate_opaque, d->index);
+  /* The parent is final now: pin its identity, in the same record. */
+  {
+    char id[META_ID_MAX];
+    remote_set_modifying (d->remote, false);
+    if (remote_repin (d->remote, id, sizeof id, now_ns () + d->hold_ns, &err) == 0)
+      snprintf (rec.identity, sizeof rec.identity, "%s", id);
+    else
+      log_warn ("cor: disk %s: activation: cannot reach the parent to pin its identity "
+                "(%s); it is pinned at the next connection", d->name, strerror (err));
+  }
   /* 5. Active, durably; only then writes. */
   if (set_state (d, &rec, META_ACTIVE, epoch, errbuf, len) == -1)
     goto fail;

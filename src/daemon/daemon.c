@@ -523,7 +523,8 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
   }
   /* A merge may have changed the parent before a crash: its identity is
    * re-pinned when the merge is run again (DESIGN.md rule 9). */
-  rcfg.pinned_identity = recorded && !rec.merging ? rec.identity : NULL;
+  rcfg.pinned_identity = recorded && !rec.merging && rec.state != META_INCOMING
+    ? rec.identity : NULL;
   if (recorded && dopt && dopt->accept_changed_parent) {
     /* Re-basing onto a changed parent is only sane with nothing local. */
     struct meta_disk *probe = NULL;
