@@ -54,6 +54,7 @@ struct rhttp {
   pthread_cond_t cond;
   CURL *handles[NR_HANDLES];
   bool busy[NR_HANDLES];
+  bool fresh[NR_HANDLES];       /* open a new connection for the next request */
   char *token;                  /* bearer token, re-read when the file changes */
   struct timespec token_mtime;
   bool connected;
@@ -432,6 +433,13 @@ perform (struct remote *r, struct rhttp *h, CURL *c, uint64_t offset, size_t ran
     curl_easy_setopt (c, CURLOPT_USERPWD, h->userpwd);
   }
   curl_easy_setopt (c, CURLOPT_URL, h->url);
+  pthread_mutex_lock (&h->lock);
+  for (int i = 0; i < NR_HANDLES; i++)
+    if (h->handles[i] == c && h->fresh[i]) {
+      curl_easy_setopt (c, CURLOPT_FRESH_CONNECT, 1L);
+      h->fresh[i] = false;
+    }
+  pthread_mutex_unlock (&h->lock);
   curl_easy_setopt (c, CURLOPT_HTTPHEADER, hdrs);
   curl_easy_setopt (c, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt (c, CURLOPT_FOLLOWLOCATION, 1L);
@@ -470,6 +478,8 @@ perform (struct remote *r, struct rhttp *h, CURL *c, uint64_t offset, size_t ran
     case CURLE_COULDNT_RESOLVE_HOST: *err = EHOSTUNREACH; break;
     case CURLE_PEER_FAILED_VERIFICATION: case CURLE_SSL_CACERT_BADFILE:
     case CURLE_SSL_CERTPROBLEM: *err = EACCES; break;
+    case CURLE_TOO_MANY_REDIRECTS: case CURLE_UNSUPPORTED_PROTOCOL:
+    case CURLE_URL_MALFORMAT: *err = EINVAL; break;   /* retrying cannot help */
     default: *err = EIO; break;
     }
     remote_note_error (r, "%s at offset %" PRIu64 ": %s", head ? "HEAD" : "GET", offset,
@@ -497,9 +507,11 @@ status_errno (struct remote *r, long status, const struct xfer *x, uint64_t dead
   if (status >= 500)
     return EIO;
   if (status == 401 || status == 403)
-    return EACCES;
+    return EACCES;              /* (rhttp_pread retries these with a token file) */
   if (status == 404)
     return ENOENT;
+  if (status >= 400 && status != 408)
+    return EINVAL;              /* a client error: retrying cannot help */
   return EIO;
 }
 
@@ -632,6 +644,15 @@ rhttp_pread (struct remote *r, void *hv, void *buf, size_t count, uint64_t offse
     ret = changed (r, "HTTP 200 to a ranged GET: the server no longer honours ranges", err);
   else if (status != 206) {
     *err = status_errno (r, status, &x, deadline_ns, "GET");
+    if ((status == 401 || status == 403) && h->token_file) {
+      /* The token may just have been replaced (and a kept-alive
+       * connection may still reach a server process with the old
+       * policy): retry on a fresh connection with the token re-read. */
+      *err = EAGAIN;
+      pthread_mutex_lock (&h->lock);
+      h->fresh[slot] = true;
+      pthread_mutex_unlock (&h->lock);
+    }
     ret = -1;
   }
   else if (etag[0] && strcmp (x.etag, etag) != 0) {

@@ -220,18 +220,22 @@ is_retryable (int err)
     err != EPERM && err != EACCES;
 }
 
-/* Sleep before the next attempt: exponential backoff with full jitter,
- * never past the deadline.  Returns false if the deadline has passed. */
+/* Sleep before the next attempt: exponential backoff with jitter, cut
+ * short so that the next attempt keeps at least MIN_ATTEMPT_NS.  Returns
+ * false, without sleeping, when not even that much is left: a last
+ * attempt with a budget of a few milliseconds can only time out, and its
+ * timeout would replace the real error in the log and the status. */
+#define MIN_ATTEMPT_NS (250 * 1000000ULL)
 static bool
 backoff (uint64_t *delay_ns, uint64_t deadline_ns)
 {
   uint64_t now = now_ns (), d;
 
-  if (now >= deadline_ns)
+  if (now + MIN_ATTEMPT_NS > deadline_ns)
     return false;
   d = *delay_ns / 2 + (uint64_t) random () % (*delay_ns / 2 + 1);
-  if (d > deadline_ns - now)
-    d = deadline_ns - now;
+  if (d > deadline_ns - now - MIN_ATTEMPT_NS)
+    d = deadline_ns - now - MIN_ATTEMPT_NS;
   sleep_ns (d);
   *delay_ns = *delay_ns * 2 > BACKOFF_MAX_NS ? BACKOFF_MAX_NS : *delay_ns * 2;
   return true;
@@ -282,6 +286,15 @@ remote_pread (struct remote *r, void *buf, size_t count, uint64_t offset,
   unsigned attempts = 0;
 
   assert (count > 0);
+  /* A changed parent fails closed until it is re-pinned: never a read
+   * that happens to succeed against the new image. */
+  pthread_mutex_lock (&r->lock);
+  bool changed = r->state == REMOTE_CHANGED;
+  pthread_mutex_unlock (&r->lock);
+  if (changed) {
+    *err = EIO;
+    return -1;
+  }
   for (;;) {
     int ret;
     *err = 0;
@@ -301,8 +314,7 @@ remote_pread (struct remote *r, void *buf, size_t count, uint64_t offset,
       r->stats.errors++;
     pthread_mutex_unlock (&r->lock);
     if (ret == 0) {
-      if (attempts > 1)
-        set_state (r, REMOTE_CONNECTED);   /* recovered */
+      set_state (r, REMOTE_CONNECTED);     /* (recovered, if it was down) */
       log_debug ("remote: disk %s: read %zu bytes at %" PRIu64, r->disk, count, offset);
       return 0;
     }
@@ -444,8 +456,7 @@ retry_write (struct remote *r, int (*fn) (struct remote *, void *, void *),
     *a->err = 0;
     attempts++;
     if (call_serialized (r, fn, a) == 0) {
-      if (attempts > 1)
-        set_state (r, REMOTE_CONNECTED);
+      set_state (r, REMOTE_CONNECTED);
       return 0;
     }
     assert (*a->err != 0);
