@@ -299,6 +299,8 @@ stream_cmd (struct ctl *c, json_t *req, json_t *id)
   if (r == -1) {
     struct cor_status st;
     cor_disk_status (d, &st);
+    if (err == EBUSY)
+      return error_reply (id, "disk %s is incoming: it streams once activated", name);
     return error_reply (id, "disk %s: cannot %s the stream: it is %s", name, action,
                         st.stream_state);
   }

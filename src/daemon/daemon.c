@@ -487,18 +487,19 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
     log_error ("daemon: disk %s: reading its record: %m", name);
     return -1;
   }
+  if (recorded && (o->incoming || (dopt && dopt->incoming)) &&
+      rec.state != META_INCOMING && rec.state != META_ACTIVATING) {
+    log_error ("daemon: disk %s is recorded %s; --incoming conflicts (a disk is "
+               "incoming only until it is activated)", name,
+               rec.state == META_HANDED_OFF ? "handed-off"
+               : rec.state == META_STANDALONE ? "standalone" : "active");
+    return -1;
+  }
   if (dopt) {
     redacted = url_redact (dopt->url);
     if (recorded && strcmp (redacted, rec.url) != 0) {
       log_error ("daemon: disk %s is recorded with parent %s; --disk gives %s "
                  "(a disk's parent cannot change)", name, rec.url, redacted);
-      return -1;
-    }
-    if (recorded && (dopt->incoming || o->incoming) && rec.state != META_INCOMING &&
-        rec.state != META_ACTIVATING) {
-      log_error ("daemon: disk %s is recorded %s; --incoming conflicts (a disk is "
-                 "incoming only until it is activated)", name,
-                 rec.state == META_HANDED_OFF ? "handed-off" : "active");
       return -1;
     }
     uint64_t bs = dopt->block_size ? dopt->block_size : 0;

@@ -634,20 +634,19 @@ rnbd_make_writable (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
   return ret;
 }
 
+/* Ask on a new connection: a pooled one may belong to a server that has
+ * since been restarted (read-only or not), and nothing has noticed yet. */
 static int
 rnbd_parent_writable (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
 {
   struct rnbd *h = hv;
-  struct rnbd_conn *c = acquire (h, deadline_ns, err);
+  struct rnbd_conn c = { 0 };
   int ret;
 
-  if (!c)
+  if (conn_connect (r, h, &c, deadline_ns, err) == -1)
     return -1;
-  if (!c->nbd && conn_connect (r, h, c, deadline_ns, err) == -1)
-    ret = -1;
-  else
-    ret = nbd_is_read_only (c->nbd) == 0;
-  release (h, c);
+  ret = nbd_is_read_only (c.nbd) == 0;
+  drop_conn (&c);
   return ret;
 }
 

@@ -163,8 +163,9 @@ remote_check_identity (struct remote *r, const char *identity, int *err)
     r->pinned = true;
   }
   else if (strcmp (r->identity, identity) != 0 && r->modifying) {
-    log_info ("remote: disk %s: parent %s identity moved with our own writes; "
-              "re-pinned %s", r->disk, r->url, identity);
+    log_info ("remote: disk %s: parent %s identity moved while it is being written "
+              "(a merge, or the source before activation); re-pinned %s",
+              r->disk, r->url, identity);
     snprintf (r->identity, sizeof r->identity, "%s", identity);
   }
   else if (strcmp (r->identity, identity) != 0) {
