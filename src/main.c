@@ -42,9 +42,10 @@ usage (FILE *f)
 "  handoff --state DIR NAME --epoch N\n"
 "  reclaim --state DIR NAME --epoch N\n"
 "                         migration switch-over (see `corfs activate --help`)\n"
+"  pivot --state DIR NAME / abort --state DIR NAME\n"
+"                         finish or cancel a mirror (mount --write-mode=mirror)\n"
 "\n"
-"Run `corfs COMMAND --help` for a command's options.  Not in this version yet:\n"
-"mirror mode (--write-mode=mirror, pivot, abort).\n");
+"Run `corfs COMMAND --help` for a command's options.\n");
 }
 
 int
@@ -92,6 +93,10 @@ main (int argc, char **argv)
     return cli_handoff (argc - 1, argv + 1);
   if (!strcmp (argv[1], "reclaim"))
     return cli_reclaim (argc - 1, argv + 1);
+  if (!strcmp (argv[1], "pivot"))
+    return cli_pivot (argc - 1, argv + 1);
+  if (!strcmp (argv[1], "abort"))
+    return cli_abort (argc - 1, argv + 1);
   fprintf (stderr, "corfs: unknown command '%s' (see corfs --help)\n", argv[1]);
   return 2;
 }

@@ -848,3 +848,37 @@ cli_reclaim (int argc, char **argv)
     "Make a handed-off disk writable again (the migration failed); M must be\n"
     "above the hand-off's epoch.\n");
 }
+
+static int
+mirror_command (const char *cmd, int argc, char **argv, const char *usage)
+{
+  struct job_args a;
+  int r = parse_job_args (cmd, argc, argv, usage, &a);
+  json_t *reply;
+
+  if (r)
+    return r == 1 ? 0 : r;
+  if (!(reply = request (cmd, a.state, json_pack ("{s:s, s:s}", "cmd", cmd, "disk", a.name))))
+    return 1;
+  json_decref (reply);
+  return 0;
+}
+
+int
+cli_pivot (int argc, char **argv)
+{
+  return mirror_command ("pivot", argc, argv,
+    "Usage: corfs pivot --state DIR NAME\n\n"
+    "Finish a mirror: once the copy is complete (mirror-ready), detach the old\n"
+    "storage for good; the disk becomes standalone.  Refused before that.\n");
+}
+
+int
+cli_abort (int argc, char **argv)
+{
+  return mirror_command ("abort", argc, argv,
+    "Usage: corfs abort --state DIR NAME\n\n"
+    "Cancel a mirror: copy to the old storage every block it may lack, flush\n"
+    "it, and make this disk read-only; the old storage is exactly current and\n"
+    "the VM can be pointed back at it.\n");
+}

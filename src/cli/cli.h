@@ -16,5 +16,7 @@ int cli_dirty (int argc, char **argv);
 int cli_activate (int argc, char **argv);
 int cli_handoff (int argc, char **argv);
 int cli_reclaim (int argc, char **argv);
+int cli_pivot (int argc, char **argv);
+int cli_abort (int argc, char **argv);
 
 #endif

@@ -30,6 +30,7 @@
 #include "common/util.h"
 #include "cor/cor-internal.h"
 #include "meta/meta.h"
+#include "remote/remote.h"
 
 void
 cor_disk_fail (struct cor_disk *d, const char *why, int err)
@@ -149,6 +150,9 @@ cor_flush (struct cor_disk *d, int *err)
     *err = EIO;
     return -1;
   }
+  /* Mirror: the parent received every write too; make those stable. */
+  if (r == 0 && d->mirror && remote_flush (d->remote, now_ns () + d->hold_ns, err) == -1)
+    return -1;
   if (r) {
     *err = r == ENOSPC ? ENOSPC : EIO;
     return -1;

@@ -66,6 +66,7 @@ struct cor_disk {
    * path.  Atomic; changed under owner_lock, which orders transitions. */
   int owner;
   pthread_mutex_t owner_lock;
+  bool mirror;                  /* write mode; fixed while mounted */
   size_t index;                 /* in the engine's array (inode 2 + index) */
 
   /* Atomics. */

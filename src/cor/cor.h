@@ -173,6 +173,17 @@ int cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, 
 int cor_handoff (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len);
 int cor_reclaim (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len);
 
+/* Mirror (DESIGN.md "Write modes"): a disk recorded with mirror=true
+ * sends every guest write to the parent and the overlay before it is
+ * acknowledged, while the streamer fills the overlay.
+ *   pivot: once complete, detach the parent for good (standalone).
+ *   abort: copy every block the parent may lack (dirty or suspect) to
+ *     it, flush, then make the disk read-only (handed-off, same epoch):
+ *     the parent is current and the VM can be pointed back at it.
+ * 0, or -1 with a reason in errbuf. */
+int cor_pivot (struct cor_disk *d, char *errbuf, size_t len);
+int cor_abort (struct cor_disk *d, char *errbuf, size_t len);
+
 /* src/fs registers how to drop the kernel's cached pages of disk i. */
 void cor_set_invalidate_fn (struct cor_engine *e,
                             void (*fn) (void *opaque, size_t disk_index), void *opaque);

@@ -174,6 +174,7 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
   d->start_mode = cfg->stream;
   pthread_mutex_init (&d->owner_lock, NULL);
   d->owner = rec.state;
+  d->mirror = rec.mirror && rec.state != META_STANDALONE;
   /* While incoming, the source still writes the parent: its identity is
    * pinned at activation, not before. */
   if (rec.state == META_INCOMING)
@@ -546,6 +547,71 @@ cor_read (struct cor_disk *d, void *buf, size_t count, uint64_t offset, int *err
   return count;
 }
 
+/* Mirror mode, with blocks [first, end) owned and partial edge blocks
+ * present: the block is dirty (in memory) from before either write until
+ * both succeeded; an overlay failure drops the blocks from the overlay
+ * (not present, punched: reads go to the parent, which has the data if
+ * its write succeeded); a parent failure leaves them dirty for abort.
+ * The write is acknowledged only when both have it.  0 or -1 (*err). */
+static int
+mirror_write (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offset,
+              uint64_t first, uint64_t end, int *err)
+{
+  uint64_t nr = end - first;
+  bool *was_dirty = malloc (nr);
+  char *zeros = NULL;
+  int r = 0, oerr = 0;
+
+  if (!was_dirty) {
+    *err = ENOMEM;
+    return -1;
+  }
+  for (uint64_t b = 0; b < nr; b++)
+    was_dirty[b] = meta_test (d->md, META_DIRTY, first + b);
+  meta_set (d->md, META_DIRTY, first, nr);
+  meta_set (d->md, META_CHANGED, first, nr);
+  if (!buf && !(buf = zeros = calloc (1, count))) {
+    free (was_dirty);
+    *err = ENOMEM;
+    return -1;
+  }
+  if (remote_pwrite (d->remote, buf, count, offset, now_ns () + d->hold_ns, err) == -1) {
+    log_error ("cor: disk %s: mirror: parent write of %" PRIu64 " bytes at offset %"
+               PRIu64 " failed; the blocks stay dirty (abort will copy them)",
+               d->name, count, offset);
+    r = -1;
+  }
+  if ((zeros ? overlay_zero (d, offset, count)
+       : full_pwrite (d->overlay_fd, buf, count, offset)) == -1) {
+    oerr = errno;
+    log_error ("cor: disk %s: mirror: overlay write at offset %" PRIu64 ": %s; "
+               "dropping the blocks from the overlay", d->name, offset, strerror (oerr));
+    meta_clear (d->md, META_PRESENT, first, nr);
+    if (overlay_zero (d, block_offset (d, first), blocks_length (d, first, end)) == -1)
+      log_error ("cor: disk %s: mirror: punching offset %" PRIu64 ": %m", d->name,
+                 block_offset (d, first));
+    if (r == 0)
+      *err = oerr;
+    r = -1;
+  }
+  else {
+    __atomic_store_n (&d->needs_sync, 1, __ATOMIC_SEQ_CST);
+    meta_set (d->md, META_PRESENT, first, nr);
+  }
+  if (r == 0) {
+    /* Both have it: the blocks are clean again, unless an earlier failed
+     * parent write left other bytes of them different. */
+    for (uint64_t b = 0; b < nr; b++)
+      if (!was_dirty[b])
+        meta_clear (d->md, META_DIRTY, first + b, 1);
+    if (!zeros)
+      __atomic_fetch_add (&d->guest_write_bytes, count, __ATOMIC_RELAXED);
+  }
+  free (zeros);
+  free (was_dirty);
+  return r;
+}
+
 /* The guest write path, for data (buf) or zeros (buf == NULL): own the
  * blocks, fetch missing partly covered edge blocks, set dirty and changed
  * (intent), change the overlay, set present.  0 or -1 with *err. */
@@ -594,6 +660,11 @@ modify (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offset, in
   __atomic_store_n (&d->last_fg_ns, now_ns (), __ATOMIC_SEQ_CST);
   __atomic_fetch_sub (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
 
+  if (r == 0 && d->mirror) {
+    r = mirror_write (d, buf, count, offset, first, end, err);
+    release_busy (d, &self);
+    return r;
+  }
   if (r == 0) {
     meta_set (d->md, META_DIRTY, first, end - first);
     meta_set (d->md, META_CHANGED, first, end - first);
@@ -1071,6 +1142,114 @@ cor_reclaim (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len)
   pthread_mutex_unlock (&d->owner_lock);
   log_info ("cor: disk %s: reclaimed with epoch %" PRIu64 "; writable again", d->name, epoch);
   cor_emit (d, "reclaimed", epoch, 0, NULL);
+  return 0;
+}
+
+/* ---- mirror: pivot and abort ---- */
+
+int
+cor_pivot (struct cor_disk *d, char *errbuf, size_t len)
+{
+  struct meta_record rec;
+  struct busy self;
+  uint64_t present;
+  int err;
+
+  pthread_mutex_lock (&d->owner_lock);
+  meta_disk_record (d->md, &rec);
+  if (!d->mirror) {
+    snprintf (errbuf, len, "disk %s is not in mirror mode", d->name);
+    goto fail;
+  }
+  present = meta_count (d->md, META_PRESENT);
+  if (present < d->nr_blocks) {
+    snprintf (errbuf, len, "disk %s: pivot refused: the copy is not complete (%" PRIu64
+              " of %" PRIu64 " blocks); wait for mirror-ready or abort", d->name,
+              present, d->nr_blocks);
+    goto fail;
+  }
+  own_all_unlocked (d, &self);          /* no write in flight */
+  if (cor_flush (d, &err) == -1) {
+    release_busy (d, &self);
+    snprintf (errbuf, len, "disk %s: flush before pivot: %s", d->name, strerror (err));
+    goto fail;
+  }
+  rec.state = META_STANDALONE;
+  rec.mirror = false;
+  rec.complete = true;
+  if (meta_disk_update (d->md, &rec) == -1) {
+    release_busy (d, &self);
+    snprintf (errbuf, len, "disk %s: recording the pivot: %s", d->name, strerror (errno));
+    goto fail;
+  }
+  d->mirror = false;
+  __atomic_store_n (&d->owner, META_STANDALONE, __ATOMIC_SEQ_CST);
+  release_busy (d, &self);
+  pthread_mutex_unlock (&d->owner_lock);
+  remote_release (d->remote);
+  log_info ("cor: disk %s: pivoted: standalone, the old storage is no longer used", d->name);
+  cor_emit (d, "pivoted", d->size, d->size, NULL);
+  return 0;
+ fail:
+  pthread_mutex_unlock (&d->owner_lock);
+  return -1;
+}
+
+int
+cor_abort (struct cor_disk *d, char *errbuf, size_t len)
+{
+  struct meta_record rec;
+  struct busy self;
+  uint64_t blk;
+  int err = 0;
+
+  pthread_mutex_lock (&d->owner_lock);
+  meta_disk_record (d->md, &rec);
+  if (!d->mirror || rec.state != META_ACTIVE) {
+    snprintf (errbuf, len, "disk %s: nothing to abort (not an active mirror)", d->name);
+    pthread_mutex_unlock (&d->owner_lock);
+    return -1;
+  }
+  /* 1. No new writes; wait for those in flight. */
+  __atomic_store_n (&d->owner, META_HANDED_OFF, __ATOMIC_SEQ_CST);
+  own_all_unlocked (d, &self);
+  release_busy (d, &self);
+  /* 2. Whatever the parent may lack (a failed parent write, or every
+   * present block after an unclean shutdown) goes to it now. */
+  while ((blk = meta_next (d->md, META_DIRTY, true, 0)) < d->nr_blocks ||
+         (blk = meta_next (d->md, META_SUSPECT, true, 0)) < d->nr_blocks) {
+    uint64_t end = blk + 1;
+    while (end < d->nr_blocks && end - blk < 256 &&
+           (meta_test (d->md, META_DIRTY, end) || meta_test (d->md, META_SUSPECT, end)))
+      end++;
+    if (cor_writeback (d, blk, end, now_ns () + d->hold_ns, &err) == -1) {
+      __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
+      snprintf (errbuf, len, "disk %s: abort: copying offset %" PRIu64 " to the parent "
+                "failed (%s); the mirror is still active, try again", d->name,
+                block_offset (d, blk), strerror (err));
+      pthread_mutex_unlock (&d->owner_lock);
+      return -1;
+    }
+  }
+  if (remote_flush (d->remote, now_ns () + d->hold_ns, &err) == -1 || cor_flush (d, &err) == -1) {
+    __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
+    snprintf (errbuf, len, "disk %s: abort: flush failed (%s); try again", d->name,
+              strerror (err));
+    pthread_mutex_unlock (&d->owner_lock);
+    return -1;
+  }
+  /* 3. Durably read-only: the parent is the disk now. */
+  rec.state = META_HANDED_OFF;
+  if (meta_disk_update (d->md, &rec) == -1) {
+    snprintf (errbuf, len, "disk %s: recording the abort: %s", d->name, strerror (errno));
+    pthread_mutex_unlock (&d->owner_lock);
+    return -1;
+  }
+  pthread_mutex_unlock (&d->owner_lock);
+  cor_stream_cancel (d, &err);
+  log_info ("cor: disk %s: mirror aborted: the parent is current; the disk is read-only",
+            d->name);
+  cor_emit (d, "aborted", 0, 0, NULL);
   return 0;
 }
 

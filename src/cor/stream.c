@@ -228,7 +228,9 @@ complete (struct cor_disk *d)
   log_info ("cor: disk %s: complete: every block is local (%" PRIu64 " bytes streamed)",
             d->name, __atomic_load_n (&d->streamed_bytes, __ATOMIC_RELAXED));
   cor_emit (d, "stream-complete", d->size, d->size, NULL);
-  if (d->stream.release_parent)
+  if (d->mirror)
+    cor_emit (d, "mirror-ready", d->size, d->size, NULL);
+  else if (d->stream.release_parent)
     remote_release (d->remote);
 }
 

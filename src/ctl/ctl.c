@@ -581,6 +581,17 @@ handle (struct ctl *c, json_t *req, struct client *cl)
     return dirty_cmd (c, req, id);
   if (!strcmp (cmd, "activate") || !strcmp (cmd, "handoff") || !strcmp (cmd, "reclaim"))
     return owner_cmd (c, cmd, req, id);
+  if (!strcmp (cmd, "pivot") || !strcmp (cmd, "abort")) {
+    json_t *err = NULL;
+    struct cor_disk *d = req_disk (c, req, id, &err);
+    char msg[1024];
+    if (!d)
+      return err;
+    if ((!strcmp (cmd, "pivot") ? cor_pivot (d, msg, sizeof msg)
+         : cor_abort (d, msg, sizeof msg)) == -1)
+      return error_reply (id, "%s", msg);
+    return ok_reply (id);
+  }
   if (!strcmp (cmd, "events")) {
     cl->events = true;
     return ok_reply (id);

@@ -32,6 +32,7 @@ find_or_add_disk (struct mount_opts *o, const char *name)
   nv[o->nr_disks].name = strdup (name);
   nv[o->nr_disks].stream = -1;
   nv[o->nr_disks].release_parent = -1;
+  nv[o->nr_disks].write_mode = -1;
   return &nv[o->nr_disks++];
 }
 
@@ -100,8 +101,12 @@ on_value (void *user, const char *section, const char *key, const char *value)
       d->parent_owned = b;
     }
     else if (!strcmp (key, "write-mode")) {
-      if (strcmp (value, "writeback") != 0)
-        BAD ("write-mode = %s: only writeback is available in this version", value);
+      if (!strcmp (value, "mirror"))
+        d->write_mode = 1;
+      else if (!strcmp (value, "writeback"))
+        d->write_mode = 0;
+      else
+        BAD ("write-mode = %s: expected writeback or mirror", value);
     }
     else if (!strcmp (key, "stream")) {
       int m = parse_stream_mode (value);

@@ -80,7 +80,11 @@ mount_usage (FILE *f)
 "                         fail with EROFS until `corfs activate`\n"
 "  --stream=on|off|paused fill the overlay in the background (default on);\n"
 "                         `corfs stream` steers it while mounted\n"
-"  --write-mode=writeback writes stay in the overlay (the only mode so far)\n"
+"  --write-mode=writeback|mirror\n"
+"                         writeback (default): writes stay in the overlay;\n"
+"                         mirror: every write also goes to the parent before it\n"
+"                         is acknowledged (needs --parent-owned); then\n"
+"                         `corfs pivot` or `corfs abort`\n"
 "  -f, --foreground       stay in the foreground, log to stderr\n"
 "  -o OPT                 extra FUSE mount option (e.g. allow_other)\n"
 "  -v, --verbose          debug logging\n"
@@ -126,6 +130,7 @@ add_disk_arg (struct mount_opts *o, const char *arg)
   d->name = name;
   d->stream = -1;
   d->release_parent = -1;
+  d->write_mode = -1;
   if (eq[1] == '@') {
     d->url = read_small_file (eq + 2);
     if (!d->url) {
@@ -210,11 +215,13 @@ mount_parse (int argc, char **argv, struct mount_opts *o)
       cli_stream = true;
       break;
     case OPT_WRITE_MODE:
-      if (strcmp (optarg, "writeback") != 0) {
-        fprintf (stderr, "corfs: --write-mode=%s: only writeback is available in this version\n",
-                 optarg);
+      if (!strcmp (optarg, "mirror"))
+        o->mirror = true;
+      else if (strcmp (optarg, "writeback") != 0) {
+        fprintf (stderr, "corfs: --write-mode=%s: expected writeback or mirror\n", optarg);
         return -1;
       }
+      o->have_write_mode = true;
       break;
     case OPT_INCOMING: o->incoming = true; break;
     case 'f': o->foreground = true; break;
@@ -495,6 +502,18 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
                : rec.state == META_STANDALONE ? "standalone" : "active");
     return -1;
   }
+  bool want_mirror = dopt && dopt->write_mode >= 0 ? dopt->write_mode == 1 : o->mirror;
+  bool said_mode = (dopt && dopt->write_mode >= 0) || o->have_write_mode;
+  if (recorded && said_mode && want_mirror != rec.mirror && rec.state != META_STANDALONE) {
+    log_error ("daemon: disk %s is recorded with write mode %s; a conflicting "
+               "--write-mode was given", name, rec.mirror ? "mirror" : "writeback");
+    return -1;
+  }
+  if (!recorded && want_mirror && !(o->parent_owned || (dopt && dopt->parent_owned))) {
+    log_error ("daemon: disk %s: --write-mode=mirror writes the parent: it needs "
+               "--parent-owned", name);
+    return -1;
+  }
   if (dopt) {
     redacted = url_redact (dopt->url);
     if (recorded && strcmp (redacted, rec.url) != 0) {
@@ -543,7 +562,7 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
     log_warn ("daemon: disk %s: accept-changed-parent: re-pinning the parent's identity", name);
     rcfg.pinned_identity = NULL;
   }
-  rcfg.writable = recorded && rec.parent_owned;
+  rcfg.writable = (recorded && rec.parent_owned) || (!recorded && want_mirror);
   if (remote_open (&rcfg, &r) == -1)
     return -1;                  /* remote_open said why */
   if (recorded && rec.merging) {
@@ -615,6 +634,7 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
     init.state = dopt->incoming || o->incoming ? META_INCOMING : META_ACTIVE;
     init.parent_owned = dopt->parent_owned || o->parent_owned;
     init.generation = 1;
+    init.mirror = want_mirror;
     if (meta_disk_open (m, name, &init, &md, NULL) == -1) {
       log_error ("daemon: disk %s: creating its index record: %m", name);
       goto err;
@@ -623,6 +643,18 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
               name, init.url, init.size, init.block_size);
   }
 
+  {
+    struct meta_record now;
+    meta_disk_record (md, &now);
+    if (now.mirror && now.state == META_ACTIVE &&
+        remote_make_writable (r, now_ns () + hold_s * NS_PER_SEC, &err) == -1) {
+      char why[1280];
+      remote_status (r, why, sizeof why);
+      log_error ("daemon: disk %s: mirror mode needs a writable parent: %s", name,
+                 *why ? why : strerror (err));
+      goto err;
+    }
+  }
   snprintf (overlay, sizeof overlay, "%s/%s.overlay", o->state, name);
   struct cor_disk_config dcfg = {
     .name = name, .overlay_path = overlay, .md = md, .remote = r,

@@ -25,6 +25,7 @@ struct disk_opts {
   size_t nr_headers;
   bool insecure, s3_virtual_host, accept_changed_parent;
   bool incoming;
+  int write_mode;               /* -1: the mount's; 0 writeback; 1 mirror */
 };
 
 struct mount_opts {
@@ -40,6 +41,7 @@ struct mount_opts {
   bool foreground;
   bool parent_owned;
   bool incoming;
+  bool mirror, have_write_mode;
   bool verbose;
   bool fuse_debug;
   char **fuse_options;          /* NULL-terminated */
