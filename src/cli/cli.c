@@ -450,34 +450,49 @@ cli_stream (int argc, char **argv)
   }
 }
 
+/* Parse "--state DIR" (or --state=DIR) and --help, nothing else.
+ * 0, 1 when the usage was printed, or 2 after an error message. */
+static int
+parse_state_only (const char *cmd, int argc, char **argv, const char *usage,
+                  const char **state)
+{
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp (argv[i], "--help") || !strcmp (argv[i], "-h")) {
+      fputs (usage, stdout);
+      return 1;
+    }
+    if (!strcmp (argv[i], "--state") && i + 1 < argc)
+      *state = argv[++i];
+    else if (!strncmp (argv[i], "--state=", 8))
+      *state = argv[i] + 8;
+    else {
+      fprintf (stderr, "corfs %s: unexpected argument %s (see corfs %s --help)\n",
+               cmd, argv[i], cmd);
+      return 2;
+    }
+  }
+  if (!*state) {
+    fprintf (stderr, "corfs %s: --state DIR is required\n", cmd);
+    return 2;
+  }
+  return 0;
+}
+
 int
 cli_events (int argc, char **argv)
 {
   const char *state = NULL;
   char err[512];
-  int fd;
+  int fd, r;
   json_t *req, *ev;
 
-  for (int i = 1; i < argc; i++) {
-    if (!strcmp (argv[i], "--help") || !strcmp (argv[i], "-h")) {
-      printf ("Usage: corfs events --state DIR\n\n"
-              "Follow the daemon's event stream (JSON lines: stream-progress,\n"
-              "stream-complete, stream-error, ...) until the daemon exits.\n");
-      return 0;
-    }
-    if (!strcmp (argv[i], "--state") && i + 1 < argc)
-      state = argv[++i];
-    else if (!strncmp (argv[i], "--state=", 8))
-      state = argv[i] + 8;
-    else {
-      fprintf (stderr, "corfs events: unexpected argument %s (see corfs events --help)\n", argv[i]);
-      return 2;
-    }
-  }
-  if (!state) {
-    fprintf (stderr, "corfs events: --state DIR is required\n");
-    return 2;
-  }
+  r = parse_state_only ("events", argc, argv,
+                        "Usage: corfs events --state DIR\n\n"
+                        "Follow the daemon's event stream (JSON lines: stream-progress,\n"
+                        "stream-complete, stream-error, synced, activated, ...) until the\n"
+                        "daemon exits.\n", &state);
+  if (r)
+    return r == 1 ? 0 : r;
   fd = jsonl_connect (state, err, sizeof err);
   if (fd == -1) {
     fprintf (stderr, "corfs events: %s\n", err);
@@ -509,26 +524,13 @@ cli_metrics (int argc, char **argv)
 {
   const char *state = NULL;
   json_t *reply;
+  int r = parse_state_only ("metrics", argc, argv,
+                            "Usage: corfs metrics --state DIR\n\n"
+                            "Print the daemon's metrics in the Prometheus text format.\n",
+                            &state);
 
-  for (int i = 1; i < argc; i++) {
-    if (!strcmp (argv[i], "--help") || !strcmp (argv[i], "-h")) {
-      printf ("Usage: corfs metrics --state DIR\n\n"
-              "Print the daemon's metrics in the Prometheus text format.\n");
-      return 0;
-    }
-    if (!strcmp (argv[i], "--state") && i + 1 < argc)
-      state = argv[++i];
-    else if (!strncmp (argv[i], "--state=", 8))
-      state = argv[i] + 8;
-    else {
-      fprintf (stderr, "corfs metrics: unexpected argument %s (see corfs metrics --help)\n", argv[i]);
-      return 2;
-    }
-  }
-  if (!state) {
-    fprintf (stderr, "corfs metrics: --state DIR is required\n");
-    return 2;
-  }
+  if (r)
+    return r == 1 ? 0 : r;
   if (!(reply = request ("metrics", state, json_pack ("{s:s}", "cmd", "metrics"))))
     return 1;
   fputs (json_string_value (json_object_get (reply, "text")), stdout);
