@@ -946,7 +946,11 @@ meta_batch_has (const struct meta_batch *b, const struct meta_disk *d)
 }
 
 /* Remove d's chunks from the batch (all chunks if d is NULL) and put them
- * back in the pending sets.  A disk whose overlay failed to sync is
+ * back in the pending sets.  XXX A META_CHANGED chunk taken before a
+ * checkpoint and dropped after it is re-queued under the new generation,
+ * whose in-memory map no longer holds those bits: they would be missing
+ * from the old generation.  cor_checkpoint commits first, so this needs an
+ * LMDB commit failure in that window.  A disk whose overlay failed to sync is
  * read-only from then on, so its chunks stay pending and are never
  * committed, which is what rule 7 wants. */
 void
