@@ -6,6 +6,8 @@ set -u
 variant=${1:-build}
 top=$(cd "$(dirname "$0")/.." && pwd)
 export CORFS="$top/$variant/corfs" TOOLS="$top/$variant/tests/tools" TOP="$top"
+# Known leaks in libraries (not ours) for the ASan build.
+export LSAN_OPTIONS="suppressions=$top/tests/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 logs="$top/$variant/integ-logs"; mkdir -p "$logs"
 pass=0 fail=0 skip=0 failed=()
 tests=${TESTS:-$(ls "$top"/tests/integ/test-*.sh)}
