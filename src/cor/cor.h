@@ -21,6 +21,7 @@
 struct cor_engine;
 struct cor_disk;
 struct meta;
+struct meta_record;
 struct meta_disk;
 struct remote;
 
@@ -183,6 +184,14 @@ int cor_reclaim (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len);
  * 0, or -1 with a reason in errbuf. */
 int cor_pivot (struct cor_disk *d, char *errbuf, size_t len);
 int cor_abort (struct cor_disk *d, char *errbuf, size_t len);
+
+/* Read, modify and durably write the disk's record, serialised with the
+ * owner-state transitions (activate, handoff, pivot, ...) so that no
+ * writer rolls back another's change.  fn returns 0 to write, 1 to
+ * leave the record as it is, or -1 with a reason in errbuf.  0 or -1. */
+int cor_update_record (struct cor_disk *d,
+                       int (*fn) (struct meta_record *rec, void *arg, char *errbuf, size_t len),
+                       void *arg, char *errbuf, size_t len);
 
 /* src/fs registers how to drop the kernel's cached pages of disk i. */
 void cor_set_invalidate_fn (struct cor_engine *e,

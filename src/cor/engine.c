@@ -177,7 +177,8 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
   d->mirror = rec.mirror && rec.state != META_STANDALONE;
   /* While incoming, the source still writes the parent: its identity is
    * pinned at activation, not before. */
-  if (rec.state == META_INCOMING)
+  if (rec.state == META_INCOMING || rec.state == META_ACTIVATING ||
+      (d->mirror && rec.state == META_ACTIVE))
     remote_set_modifying (cfg->remote, true);
   if (rec.state == META_ACTIVATING) {
     /* Interrupted activation: this is a fresh mount, so the kernel has
@@ -1145,6 +1146,27 @@ cor_reclaim (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len)
   return 0;
 }
 
+int
+cor_update_record (struct cor_disk *d,
+                   int (*fn) (struct meta_record *rec, void *arg, char *errbuf, size_t len),
+                   void *arg, char *errbuf, size_t len)
+{
+  struct meta_record rec;
+  int r;
+
+  pthread_mutex_lock (&d->owner_lock);
+  meta_disk_record (d->md, &rec);
+  r = fn (&rec, arg, errbuf, len);
+  if (r == 0 && meta_disk_update (d->md, &rec) == -1) {
+    snprintf (errbuf, len, "disk %s: updating the record: %s", d->name, strerror (errno));
+    r = -1;
+  }
+  if (r == 0)
+    __atomic_store_n (&d->owner, rec.state, __ATOMIC_SEQ_CST);
+  pthread_mutex_unlock (&d->owner_lock);
+  return r == -1 ? -1 : 0;
+}
+
 /* ---- mirror: pivot and abort ---- */
 
 int
@@ -1161,6 +1183,11 @@ cor_pivot (struct cor_disk *d, char *errbuf, size_t len)
     snprintf (errbuf, len, "disk %s is not in mirror mode", d->name);
     goto fail;
   }
+  if (rec.state != META_ACTIVE) {
+    snprintf (errbuf, len, "disk %s is %s: only an active mirror can pivot", d->name,
+              owner_name (rec.state));
+    goto fail;
+  }
   present = meta_count (d->md, META_PRESENT);
   if (present < d->nr_blocks) {
     snprintf (errbuf, len, "disk %s: pivot refused: the copy is not complete (%" PRIu64
@@ -1169,6 +1196,13 @@ cor_pivot (struct cor_disk *d, char *errbuf, size_t len)
     goto fail;
   }
   own_all_unlocked (d, &self);          /* no write in flight */
+  /* Again, now that no write can drop a block (a failed overlay write). */
+  if (meta_count (d->md, META_PRESENT) < d->nr_blocks) {
+    release_busy (d, &self);
+    snprintf (errbuf, len, "disk %s: pivot refused: a block was dropped from the copy; "
+              "wait for mirror-ready again", d->name);
+    goto fail;
+  }
   if (cor_flush (d, &err) == -1) {
     release_busy (d, &self);
     snprintf (errbuf, len, "disk %s: flush before pivot: %s", d->name, strerror (err));
@@ -1238,7 +1272,13 @@ cor_abort (struct cor_disk *d, char *errbuf, size_t len)
     pthread_mutex_unlock (&d->owner_lock);
     return -1;
   }
-  /* 3. Durably read-only: the parent is the disk now. */
+  /* 3. Durably read-only: the parent is the disk now; pin what it is. */
+  {
+    char id[META_ID_MAX];
+    remote_set_modifying (d->remote, false);
+    if (remote_repin (d->remote, id, sizeof id, now_ns () + d->hold_ns, &err) == 0)
+      snprintf (rec.identity, sizeof rec.identity, "%s", id);
+  }
   rec.state = META_HANDED_OFF;
   if (meta_disk_update (d->md, &rec) == -1) {
     snprintf (errbuf, len, "disk %s: recording the abort: %s", d->name, strerror (errno));
@@ -1259,8 +1299,10 @@ void
 cor_set_event_fn (struct cor_engine *e,
                   void (*fn) (void *opaque, const struct cor_event *ev), void *opaque)
 {
-  e->event_fn = fn;
-  e->event_opaque = opaque;
+  /* Emitters run on other threads: publish the argument before the
+   * function, and read them in the opposite order (cor_emit). */
+  __atomic_store_n (&e->event_opaque, opaque, __ATOMIC_SEQ_CST);
+  __atomic_store_n (&e->event_fn, fn, __ATOMIC_SEQ_CST);
 }
 
 void
@@ -1268,9 +1310,11 @@ cor_emit (struct cor_disk *d, const char *type, uint64_t done, uint64_t total,
           const char *message)
 {
   struct cor_event ev = { type, d->name, done, total, message };
+  void (*fn) (void *, const struct cor_event *) =
+    __atomic_load_n (&d->e->event_fn, __ATOMIC_SEQ_CST);
 
-  if (d->e->event_fn)
-    d->e->event_fn (d->e->event_opaque, &ev);
+  if (fn)
+    fn (__atomic_load_n (&d->e->event_opaque, __ATOMIC_SEQ_CST), &ev);
 }
 
 /* ---- status ---- */

@@ -208,10 +208,19 @@ throttle (struct cor_disk *d)
 
 /* Every block is present: make it durable, record it, tell, let go of
  * the parent. */
+static int
+mark_complete (struct meta_record *rec, void *arg, char *errbuf, size_t len)
+{
+  if (rec->complete)
+    return 1;
+  rec->complete = true;
+  return 0;
+}
+
 static void
 complete (struct cor_disk *d)
 {
-  struct meta_record rec;
+  char msg[256];
   int err;
 
   if (cor_flush (d, &err) == -1) {
@@ -219,12 +228,8 @@ complete (struct cor_disk *d)
                d->name, strerror (err));
     return;
   }
-  meta_disk_record (d->md, &rec);
-  if (!rec.complete) {
-    rec.complete = true;
-    if (meta_disk_update (d->md, &rec) == -1)
-      log_error ("cor: disk %s: recording completion: %m", d->name);
-  }
+  if (cor_update_record (d, mark_complete, NULL, msg, sizeof msg) == -1)
+    log_error ("cor: disk %s: recording completion: %s", d->name, msg);
   log_info ("cor: disk %s: complete: every block is local (%" PRIu64 " bytes streamed)",
             d->name, __atomic_load_n (&d->streamed_bytes, __ATOMIC_RELAXED));
   cor_emit (d, "stream-complete", d->size, d->size, NULL);

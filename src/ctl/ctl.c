@@ -750,12 +750,14 @@ ctl_start (struct cor_engine *e, struct merge *mg, const char *path, struct ctl 
   }
   pthread_mutex_init (&c->qlock, NULL);
   c->queue = json_array ();
-  cor_set_event_fn (e, on_event, c);
   if (pipe2 (c->wake, O_CLOEXEC | O_NONBLOCK) == -1 ||
       thread_create_nosig (&c->thread, ctl_thread, c) == -1) {
     log_error ("ctl: starting the control thread: %m");
+    json_decref (c->queue);
+    pthread_mutex_destroy (&c->qlock);
     goto err;
   }
+  cor_set_event_fn (e, on_event, c);
   *cp = c;
   return 0;
 
@@ -782,15 +784,23 @@ ctl_stop (struct ctl *c)
   if (write (c->wake[1], "x", 1) != 1 && errno != EAGAIN)
     log_error ("ctl: waking the control thread: %m");
   pthread_join (c->thread, NULL);
-  json_decref (c->queue);
-  pthread_mutex_destroy (&c->qlock);
   for (int i = 0; i < MAX_CLIENTS; i++)
     if (c->clients[i])
       drop_client (c, i);
   close (c->listen_fd);
+  c->listen_fd = -1;
+  unlink (c->path);
+}
+
+void
+ctl_free (struct ctl *c)
+{
+  if (!c)
+    return;
   close (c->wake[0]);
   close (c->wake[1]);
-  unlink (c->path);
+  json_decref (c->queue);
+  pthread_mutex_destroy (&c->qlock);
   free (c->path);
   free (c);
 }

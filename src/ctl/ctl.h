@@ -16,7 +16,12 @@ struct ctl;
  * engine's disks and the merge jobs.  0, or -1 with the reason logged. */
 int ctl_start (struct cor_engine *e, struct merge *mg, const char *path, struct ctl **cp);
 
-/* Stop serving, close every client, remove the socket, free. */
+/* Stop serving: join the control thread, close every client, remove the
+ * socket.  Events emitted afterwards are dropped.  The object stays valid
+ * for the engine's event callback until ctl_free. */
 void ctl_stop (struct ctl *c);
+
+/* Free; call after the engine (whose threads emit events) is freed. */
+void ctl_free (struct ctl *c);
 
 #endif

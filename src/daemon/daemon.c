@@ -543,7 +543,10 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
   }
   /* A merge may have changed the parent before a crash: its identity is
    * re-pinned when the merge is run again (DESIGN.md rule 9). */
-  rcfg.pinned_identity = recorded && !rec.merging && rec.state != META_INCOMING
+  /* The parent's identity moves with our own writes (merge, mirror) and
+   * with the source's before activation: those are pinned afresh. */
+  rcfg.pinned_identity = recorded && !rec.merging && rec.state != META_INCOMING &&
+    rec.state != META_ACTIVATING && !(rec.mirror && rec.state == META_ACTIVE)
     ? rec.identity : NULL;
   if (recorded && dopt && dopt->accept_changed_parent) {
     /* Re-basing onto a changed parent is only sane with nothing local. */
@@ -767,11 +770,15 @@ run_daemon (struct mount_opts *o, int ready_fd)
   log_info ("daemon: unmounting %s", o->mountpoint);
 
  out:
-  fs_free (fs);
+  /* Order: no more commands (so no activation is running) before the
+   * FUSE session goes; jobs and streamers (which emit events into ctl)
+   * before ctl's memory; the engine's final commit last. */
   ctl_stop (ctl);
+  fs_free (fs);
   merge_free (mg);              /* jobs use the disks: before the engine */
   if (cor_engine_free (e) == -1)
     ret = 1;
+  ctl_free (ctl);
   meta_close (m);
   if (names) {
     for (size_t i = 0; names[i]; i++)

@@ -198,15 +198,53 @@ remaining_bytes (struct cor_disk *d)
   return meta_count_union (md, META_DIRTY, META_SUSPECT) << cor_disk_block_shift (d);
 }
 
+/* Record updates, through cor_update_record (serialised with the owner
+ * state transitions). */
+static int
+set_merging (struct meta_record *rec, void *arg, char *errbuf, size_t len)
+{
+  if (rec->merging)
+    return 1;
+  rec->merging = true;
+  return 0;
+}
+
+static int
+set_synced (struct meta_record *rec, void *arg, char *errbuf, size_t len)
+{
+  snprintf (rec->identity, sizeof rec->identity, "%s", (const char *) arg);
+  rec->merging = false;
+  return 0;
+}
+
+static int
+set_standalone (struct meta_record *rec, void *arg, char *errbuf, size_t len)
+{
+  if (rec->state != META_ACTIVE) {
+    snprintf (errbuf, len, "the disk is no longer active");
+    return -1;
+  }
+  rec->complete = true;
+  rec->state = META_STANDALONE;
+  return 0;
+}
+
+static int
+set_parent_owned (struct meta_record *rec, void *arg, char *errbuf, size_t len)
+{
+  if (rec->parent_owned)
+    return 1;
+  rec->parent_owned = true;
+  return 0;
+}
+
 /* The synced instant: make the cleared bits durable, re-pin the parent and
  * clear the merging mark.  0 or -1 (the job retries the pass). */
 static int
 synced (struct job *j)
 {
   struct cor_disk *d = j->d;
-  struct meta_disk *md = cor_disk_meta (d);
-  struct meta_record rec;
-  char id[META_ID_MAX];
+  char id[META_ID_MAX], msg[256];
   int err;
 
   if (cor_flush (d, &err) == -1) {
@@ -218,11 +256,8 @@ synced (struct job *j)
     set_error (j, "re-pinning the parent: %s", strerror (err));
     return -1;
   }
-  meta_disk_record (md, &rec);
-  snprintf (rec.identity, sizeof rec.identity, "%s", id);
-  rec.merging = false;
-  if (meta_disk_update (md, &rec) == -1) {
-    set_error (j, "recording synced: %s", strerror (errno));
+  if (cor_update_record (d, set_synced, id, msg, sizeof msg) == -1) {
+    set_error (j, "recording synced: %s", msg);
     return -1;
   }
   remote_set_modifying (cor_disk_remote (d), false);
@@ -237,19 +272,15 @@ run_merge (struct job *j)
   uint64_t nr = cor_disk_nr_blocks (d), chunk = CHUNK >> cor_disk_block_shift (d);
   uint64_t backoff = BACKOFF_MIN_NS, tokens_ns = now_ns ();
   double tokens = 0;
-  struct meta_record rec;
+  char msg[256];
 
   if (chunk == 0)
     chunk = 1;
   /* 1. "Parent being modified", durably, before the first write. */
-  meta_disk_record (md, &rec);
-  if (!rec.merging) {
-    rec.merging = true;
-    if (meta_disk_update (md, &rec) == -1) {
-      set_error (j, "recording the merge: %s", strerror (errno));
-      finish (j, J_FAILED);
-      return;
-    }
+  if (cor_update_record (d, set_merging, NULL, msg, sizeof msg) == -1) {
+    set_error (j, "recording the merge: %s", msg);
+    finish (j, J_FAILED);
+    return;
   }
   remote_set_modifying (cor_disk_remote (d), true);
   log_info ("merge: disk %s: merging %" PRIu64 " bytes into %s", cor_disk_name (d),
@@ -335,7 +366,7 @@ run_flatten (struct job *j)
 {
   struct cor_disk *d = j->d;
   struct meta_disk *md = cor_disk_meta (d);
-  struct meta_record rec;
+  char msg[256];
   int err;
 
   if (cor_stream_start (d, &err) == -1) {
@@ -356,11 +387,8 @@ run_flatten (struct job *j)
     finish (j, J_FAILED);
     return;
   }
-  meta_disk_record (md, &rec);
-  rec.complete = true;
-  rec.state = META_STANDALONE;
-  if (meta_disk_update (md, &rec) == -1) {
-    set_error (j, "recording standalone: %s", strerror (errno));
+  if (cor_update_record (d, set_standalone, NULL, msg, sizeof msg) == -1) {
+    set_error (j, "recording standalone: %s", msg);
     finish (j, J_FAILED);
     return;
   }
@@ -551,12 +579,8 @@ merge_control (struct merge *mg, struct cor_disk *d, const char *action,
                 "overlays read)", cor_disk_name (d), rec.url);
       return -1;
     }
-    rec.parent_owned = true;
-    if (meta_disk_update (md, &rec) == -1) {
-      snprintf (errbuf, len, "disk %s: recording --parent-owned: %s", cor_disk_name (d),
-                strerror (errno));
+    if (cor_update_record (d, set_parent_owned, NULL, errbuf, len) == -1)
       return -1;
-    }
   }
   if (remote_make_writable (cor_disk_remote (d), now_ns () + SETUP_DEADLINE_NS, &err) == -1) {
     char why[1280];
@@ -577,6 +601,13 @@ merge_flatten (struct merge *mg, struct cor_disk *d, const char *to,
   meta_disk_record (cor_disk_meta (d), &rec);
   if (!to && rec.state == META_STANDALONE) {
     snprintf (errbuf, len, "disk %s is already standalone", cor_disk_name (d));
+    return -1;
+  }
+  if (!to && (rec.state != META_ACTIVE || rec.mirror)) {
+    snprintf (errbuf, len, "disk %s: flatten needs an active writeback disk (it is %s%s)",
+              cor_disk_name (d), rec.state == META_HANDED_OFF ? "handed off"
+              : rec.state == META_INCOMING ? "incoming" : "not active",
+              rec.mirror ? ", in mirror mode: use pivot" : "");
     return -1;
   }
   return start_job (mg, d, to ? K_COPY : K_FLATTEN, 0, to, errbuf, len);

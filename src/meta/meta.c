@@ -855,11 +855,16 @@ meta_disk_record (struct meta_disk *d, struct meta_record *rec)
 
 struct update_arg { struct meta_disk *d; const struct meta_record *rec; };
 
+/* Must be called with m->lock held.  The change generation belongs to
+ * meta_checkpoint and the widening mark to meta_disk_open: a caller's
+ * copy of the record, read before a checkpoint, must not roll them back. */
 static int
 update_txn (struct meta *m, MDB_txn *txn, void *argp)
 {
   struct update_arg *a = argp;
   struct disk_value v = { .rec = *a->rec, .id = a->d->id, .open = true };
+  v.rec.generation = a->d->rec.generation;
+  v.rec.widened_generation = a->d->rec.widened_generation;
   return put_record (m, txn, a->d->name, &v);
 }
 
@@ -872,8 +877,12 @@ meta_disk_update (struct meta_disk *d, const struct meta_record *rec)
   assert (rec->size == d->rec.size && rec->block_size == d->rec.block_size);
   pthread_mutex_lock (&d->m->lock);
   rc = write_txn (d->m, "update record", update_txn, &a);
-  if (rc == 0)
+  if (rc == 0) {
+    uint32_t gen = d->rec.generation, wgen = d->rec.widened_generation;
     d->rec = *rec;
+    d->rec.generation = gen;
+    d->rec.widened_generation = wgen;
+  }
   pthread_mutex_unlock (&d->m->lock);
   if (rc) {
     errno = rc;

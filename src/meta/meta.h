@@ -109,7 +109,10 @@ const char *meta_disk_name (const struct meta_disk *d);
 /* Copy of the record as last committed or updated. */
 void meta_disk_record (struct meta_disk *d, struct meta_record *rec);
 
-/* Durably replace the record (one LMDB commit).  0 or -1 with errno. */
+/* Durably replace the record (one LMDB commit), except generation and
+ * widened_generation, which only meta_checkpoint and meta_disk_open
+ * change.  Callers that read, modify and write the record must serialise
+ * with each other (src/cor's cor_update_record does).  0 or -1 with errno. */
 int meta_disk_update (struct meta_disk *d, const struct meta_record *rec);
 
 /* Number of blocks (size rounded up to the block size). */

@@ -1,7 +1,11 @@
 /* corfs: file:// parents (a local image).
  *
  * Notes on the thread model: REMOTE_PARALLEL.  The fd is opened lazily
- * under h->lock, then used with pread(2) from any thread.
+ * under h->lock, then used with pread(2) from any thread, each use
+ * holding h->fd_lock for reading; closing it (release, make_writable)
+ * holds it for writing, so no thread can be left with a closed fd whose
+ * number the process reused for something else.  Lock order: fd_lock,
+ * then lock.
  *
  * Identity: device, inode, size and mtime (DESIGN.md rule 9).
  */
@@ -23,6 +27,7 @@
 struct rfile {
   char *path;
   bool writable;
+  pthread_rwlock_t fd_lock;     /* read: using fd; write: closing it */
   pthread_mutex_t lock;         /* protects fd and size while opening */
   int fd;                       /* -1 until opened */
   int64_t size;
@@ -55,6 +60,7 @@ rfile_open (struct remote *r, const struct remote_config *cfg, void **hp, int *e
   h->fd = -1;
   h->writable = cfg->writable;
   pthread_mutex_init (&h->lock, NULL);
+  pthread_rwlock_init (&h->fd_lock, NULL);
   *hp = h;
   return 0;
 }
@@ -67,6 +73,7 @@ rfile_close (void *hv)
   if (h->fd >= 0)
     close (h->fd);
   pthread_mutex_destroy (&h->lock);
+  pthread_rwlock_destroy (&h->fd_lock);
   free (h->path);
   free (h);
 }
@@ -118,14 +125,37 @@ rfile_connect (struct remote *r, struct rfile *h, int *err)
   return ret;
 }
 
+/* The fd for one use, with fd_lock held for reading; rfile_put after. */
+static int
+rfile_get (struct remote *r, struct rfile *h, int *err)
+{
+  int fd;
+
+  pthread_rwlock_rdlock (&h->fd_lock);
+  fd = rfile_connect (r, h, err);
+  if (fd == -1)
+    pthread_rwlock_unlock (&h->fd_lock);
+  return fd;
+}
+
+static void
+rfile_put (struct rfile *h)
+{
+  pthread_rwlock_unlock (&h->fd_lock);
+}
+
 static int64_t
 rfile_get_size (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
 {
   struct rfile *h = hv;
 
-  if (rfile_connect (r, h, err) == -1)
+  int64_t size;
+
+  if (rfile_get (r, h, err) == -1)
     return -1;
-  return h->size;
+  size = h->size;
+  rfile_put (h);
+  return size;
 }
 
 static int
@@ -133,16 +163,17 @@ rfile_pread (struct remote *r, void *hv, void *buf, size_t count,
              uint64_t offset, uint64_t deadline_ns, int *err)
 {
   struct rfile *h = hv;
-  int fd = rfile_connect (r, h, err);
+  int fd = rfile_get (r, h, err), ret = 0;
 
   if (fd == -1)
     return -1;
   if (full_pread (fd, buf, count, offset) == -1) {
     *err = errno;
     remote_note_error (r, "pread %zu bytes at offset %" PRIu64 ": %m", count, offset);
-    return -1;
+    ret = -1;
   }
-  return 0;
+  rfile_put (h);
+  return ret;
 }
 
 /* Holes of a local file read as zeros (lseek SEEK_HOLE/SEEK_DATA). */
@@ -153,32 +184,31 @@ rfile_zero_extents (struct remote *r, void *hv, uint64_t offset, uint64_t count,
 {
   struct rfile *h = hv;
   uint64_t end = offset + count, pos = offset;
-  int fd = rfile_connect (r, h, err);
+  int fd = rfile_get (r, h, err), ret = 0;
 
   if (fd == -1)
     return -1;
   while (pos < end) {
     off_t hole = lseek (fd, pos, SEEK_HOLE), data;
-    if (hole == -1) {
-      if (errno == ENXIO)
-        break;
-      return 0;                 /* cannot tell: no zero extents */
-    }
+    if (hole == -1)
+      break;                    /* ENXIO: past the end; else cannot tell */
     if ((uint64_t) hole >= end || (uint64_t) hole >= (uint64_t) h->size)
       break;
     data = lseek (fd, hole, SEEK_DATA);
     if (data == -1 && errno != ENXIO)
-      return 0;
+      break;
     uint64_t hend = data == -1 ? (uint64_t) h->size : (uint64_t) data;
     if (hend > end)
       hend = end;
     if (remote_extent_append (v, n, hole, hend - hole) == -1) {
       *err = ENOMEM;
-      return -1;
+      ret = -1;
+      break;
     }
     pos = hend;
   }
-  return 0;
+  rfile_put (h);
+  return ret;
 }
 
 static void
@@ -186,12 +216,14 @@ rfile_release (void *hv)
 {
   struct rfile *h = hv;
 
+  pthread_rwlock_wrlock (&h->fd_lock);
   pthread_mutex_lock (&h->lock);
   if (h->fd >= 0) {
     close (h->fd);
     h->fd = -1;
   }
   pthread_mutex_unlock (&h->lock);
+  pthread_rwlock_unlock (&h->fd_lock);
 }
 
 static int
@@ -205,13 +237,15 @@ rfile_pwrite (struct remote *r, void *hv, const void *buf, size_t count,
     *err = EROFS;
     return -1;
   }
-  if ((fd = rfile_connect (r, h, err)) == -1)
+  if ((fd = rfile_get (r, h, err)) == -1)
     return -1;
   if (full_pwrite (fd, buf, count, offset) == -1) {
     *err = errno;
     remote_note_error (r, "pwrite %zu bytes at offset %" PRIu64 ": %m", count, offset);
+    rfile_put (h);
     return -1;
   }
+  rfile_put (h);
   return 0;
 }
 
@@ -219,16 +253,17 @@ static int
 rfile_flush (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
 {
   struct rfile *h = hv;
-  int fd = rfile_connect (r, h, err);
+  int fd = rfile_get (r, h, err), ret = 0;
 
   if (fd == -1)
     return -1;
   if (fdatasync (fd) == -1) {
     *err = errno;
     remote_note_error (r, "fdatasync: %m");
-    return -1;
+    ret = -1;
   }
-  return 0;
+  rfile_put (h);
+  return ret;
 }
 
 static int
@@ -236,6 +271,9 @@ rfile_make_writable (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
 {
   struct rfile *h = hv;
 
+  int fd;
+
+  pthread_rwlock_wrlock (&h->fd_lock);
   pthread_mutex_lock (&h->lock);
   if (!h->writable) {
     h->writable = true;
@@ -245,7 +283,11 @@ rfile_make_writable (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
     }
   }
   pthread_mutex_unlock (&h->lock);
-  return rfile_connect (r, h, err) == -1 ? -1 : 0;
+  pthread_rwlock_unlock (&h->fd_lock);
+  if ((fd = rfile_get (r, h, err)) == -1)
+    return -1;
+  rfile_put (h);
+  return 0;
 }
 
 /* Not access(W_OK), which is always true for root: the mode's write bits

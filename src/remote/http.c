@@ -60,6 +60,7 @@ struct rhttp {
   bool connected;
   int64_t size;
   char etag[256];               /* pinned strong ETag, or "" */
+  char last_modified[128];      /* pinned Last-Modified, when no strong ETag */
 };
 
 /* One response's interesting headers (reset on every status line, since
@@ -575,6 +576,7 @@ connect_identity (struct remote *r, struct rhttp *h, CURL *c, uint64_t deadline_
   h->size = size;
   snprintf (h->etag, sizeof h->etag, "%s",
             x.etag[0] && strncmp (x.etag, "W/", 2) != 0 ? x.etag : "");
+  snprintf (h->last_modified, sizeof h->last_modified, "%s", x.last_modified);
   h->connected = true;
   pthread_mutex_unlock (&h->lock);
   remote_note_connected (r, false);
@@ -613,7 +615,7 @@ rhttp_pread (struct remote *r, void *hv, void *buf, size_t count, uint64_t offse
 {
   struct rhttp *h = hv;
   struct xfer x = { .buf = buf, .cap = count };
-  char etag[256], why[1024];
+  char etag[256], lm[128], why[1024];
   int64_t size;
   int slot, ret = 0;
   CURL *c = acquire (h, deadline_ns, &slot, err);
@@ -630,6 +632,7 @@ rhttp_pread (struct remote *r, void *hv, void *buf, size_t count, uint64_t offse
   }
   pthread_mutex_lock (&h->lock);
   snprintf (etag, sizeof etag, "%s", h->etag);
+  snprintf (lm, sizeof lm, "%s", h->last_modified);
   size = h->size;
   pthread_mutex_unlock (&h->lock);
 
@@ -657,6 +660,11 @@ rhttp_pread (struct remote *r, void *hv, void *buf, size_t count, uint64_t offse
   }
   else if (etag[0] && strcmp (x.etag, etag) != 0) {
     snprintf (why, sizeof why, "ETag %s, pinned %s", x.etag, etag);
+    ret = changed (r, why, err);
+  }
+  else if (!etag[0] && lm[0] && strcmp (x.last_modified, lm) != 0) {
+    /* No strong ETag to send If-Match with: compare Last-Modified. */
+    snprintf (why, sizeof why, "Last-Modified %s, pinned %s", x.last_modified, lm);
     ret = changed (r, why, err);
   }
   else {

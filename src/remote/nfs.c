@@ -125,6 +125,20 @@ ms_of (uint64_t ns)
   return ms < 100 ? 100 : ms > 600000 ? 600000 : (int) ms;
 }
 
+/* Bound the next sync call on c by min(deadline, now + limit).  false
+ * if the deadline has passed. */
+static bool
+bound_call (struct rnfs_ctx *c, uint64_t deadline_ns, uint64_t limit_ns)
+{
+  uint64_t now = now_ns (), left;
+
+  if (now >= deadline_ns)
+    return false;
+  left = deadline_ns - now;
+  nfs_set_timeout (c->nfs, ms_of (left < limit_ns ? left : limit_ns));
+  return true;
+}
+
 /* Mount, open and check identity on context c.  0 or -1 with *err. */
 static int
 ctx_connect (struct remote *r, struct rnfs *h, struct rnfs_ctx *c, uint64_t deadline_ns,
@@ -133,7 +147,6 @@ ctx_connect (struct remote *r, struct rnfs *h, struct rnfs_ctx *c, uint64_t dead
   struct nfs_url *u;
   struct nfs_stat_64 st;
   char id[256];
-  uint64_t now = now_ns ();
   int rc;
 
   c->nfs = nfs_init_context ();
@@ -141,9 +154,11 @@ ctx_connect (struct remote *r, struct rnfs *h, struct rnfs_ctx *c, uint64_t dead
     *err = ENOMEM;
     return -1;
   }
-  nfs_set_timeout (c->nfs, ms_of (deadline_ns > now ? deadline_ns - now : 0) <
-                   ms_of (h->connect_timeout_ns) ? ms_of (deadline_ns - now)
-                   : ms_of (h->connect_timeout_ns));
+  if (!bound_call (c, deadline_ns, h->connect_timeout_ns)) {
+    *err = ETIMEDOUT;
+    drop_ctx (c);
+    return -1;
+  }
   {
     /* libnfs 4.0 names every NFSv4 client "Libnfs pid:PID TIME": two
      * contexts opened in the same second look like one client rebooting,
@@ -180,7 +195,6 @@ ctx_connect (struct remote *r, struct rnfs *h, struct rnfs_ctx *c, uint64_t dead
     return -1;
   }
   nfs_destroy_url (u);
-  nfs_set_timeout (c->nfs, ms_of (h->request_timeout_ns));
   snprintf (id, sizeof id, "nfs:size=%" PRIu64 ",fileid=%" PRIu64, (uint64_t) st.nfs_size,
             (uint64_t) st.nfs_ino);
   if (remote_check_identity (r, id, err) == -1) {
@@ -260,6 +274,12 @@ rnfs_pread (struct remote *r, void *hv, void *buf, size_t count, uint64_t offset
   if (!c)
     return -1;
   while (count > 0) {
+    if (!bound_call (c, deadline_ns, h->request_timeout_ns)) {
+      *err = ETIMEDOUT;
+      remote_note_error (r, "read at offset %" PRIu64 ": timed out", offset);
+      release (h, c);
+      return -1;
+    }
     int n = nfs_pread (c->nfs, c->fh, offset, count > (1 << 20) ? (1 << 20) : count, buf);
     if (n <= 0) {
       *err = n == 0 ? EIO : -n;
@@ -291,6 +311,12 @@ rnfs_pwrite (struct remote *r, void *hv, const void *buf, size_t count, uint64_t
   if (!(c = acquire (r, h, deadline_ns, err)))
     return -1;
   while (count > 0) {
+    if (!bound_call (c, deadline_ns, h->request_timeout_ns)) {
+      *err = ETIMEDOUT;
+      remote_note_error (r, "write at offset %" PRIu64 ": timed out", offset);
+      release (h, c);
+      return -1;
+    }
     /* O_SYNC: FILE_SYNC writes, stable when they return. */
     int n = nfs_pwrite (c->nfs, c->fh, offset, count > (1 << 20) ? (1 << 20) : count,
                         (void *) buf);
