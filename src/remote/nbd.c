@@ -147,6 +147,34 @@ drop_conn (struct rnbd_conn *c)
   }
 }
 
+/* Wait for cookie on c, bounded.  0 or -1 with *err (conn dropped on a
+ * timeout or a dead connection). */
+static int
+conn_wait (struct remote *r, struct rnbd_conn *c, int64_t cookie, uint64_t deadline_ns,
+           const char *what, uint64_t offset, int *err)
+{
+  for (;;) {
+    int done = nbd_aio_command_completed (c->nbd, cookie);
+    if (done == 1)
+      return 0;
+    if (done == -1) {
+      *err = nbd_get_errno () ? nbd_get_errno () : EIO;
+      remote_note_error (r, "%s at offset %" PRIu64 ": %s", what, offset, nbd_get_error ());
+      if (nbd_aio_is_dead (c->nbd) || nbd_aio_is_closed (c->nbd))
+        drop_conn (c);
+      return -1;
+    }
+    int ms = ms_until (deadline_ns);
+    if (ms == 0 || nbd_poll (c->nbd, ms) == -1) {
+      *err = ms == 0 ? ETIMEDOUT : EIO;
+      remote_note_error (r, "%s at offset %" PRIu64 ": %s", what, offset,
+                         ms == 0 ? "timed out" : nbd_get_error ());
+      drop_conn (c);
+      return -1;
+    }
+  }
+}
+
 /* Run one read on connection c, bounded by deadline_ns.  On a timeout or a
  * dead connection, the connection is dropped.  0 or -1 with *err. */
 static int
@@ -162,35 +190,7 @@ conn_pread (struct remote *r, struct rnbd_conn *c, void *buf, size_t count,
       drop_conn (c);
     return -1;
   }
-  for (;;) {
-    int done = nbd_aio_command_completed (c->nbd, cookie);
-    if (done == 1)
-      return 0;
-    if (done == -1) {
-      /* The server answered with an error; the connection stays usable
-       * unless libnbd says it is dead. */
-      *err = nbd_get_errno () ? nbd_get_errno () : EIO;
-      remote_note_error (r, "read of %zu bytes at offset %" PRIu64 ": %s",
-                         count, offset, nbd_get_error ());
-      if (nbd_aio_is_dead (c->nbd) || nbd_aio_is_closed (c->nbd))
-        drop_conn (c);
-      return -1;
-    }
-    int ms = ms_until (deadline_ns);
-    if (ms == 0) {
-      *err = ETIMEDOUT;
-      remote_note_error (r, "read of %zu bytes at offset %" PRIu64 ": timed out",
-                         count, offset);
-      drop_conn (c);
-      return -1;
-    }
-    if (nbd_poll (c->nbd, ms) == -1) {
-      *err = nbd_get_errno () ? nbd_get_errno () : EIO;
-      remote_note_error (r, "read at offset %" PRIu64 ": %s", offset, nbd_get_error ());
-      drop_conn (c);
-      return -1;
-    }
-  }
+  return conn_wait (r, c, cookie, deadline_ns, "read", offset, err);
 }
 
 /* FNV-1a: not for security, only to notice a different image. */
@@ -480,33 +480,6 @@ rnbd_release (void *hv)
   pthread_mutex_unlock (&h->lock);
 }
 
-/* Wait for cookie on c, bounded.  0 or -1 with *err (conn dropped on a
- * timeout or a dead connection). */
-static int
-conn_wait (struct remote *r, struct rnbd_conn *c, int64_t cookie, uint64_t deadline_ns,
-           const char *what, uint64_t offset, int *err)
-{
-  for (;;) {
-    int done = nbd_aio_command_completed (c->nbd, cookie);
-    if (done == 1)
-      return 0;
-    if (done == -1) {
-      *err = nbd_get_errno () ? nbd_get_errno () : EIO;
-      remote_note_error (r, "%s at offset %" PRIu64 ": %s", what, offset, nbd_get_error ());
-      if (nbd_aio_is_dead (c->nbd) || nbd_aio_is_closed (c->nbd))
-        drop_conn (c);
-      return -1;
-    }
-    int ms = ms_until (deadline_ns);
-    if (ms == 0 || nbd_poll (c->nbd, ms) == -1) {
-      *err = ms == 0 ? ETIMEDOUT : EIO;
-      remote_note_error (r, "%s at offset %" PRIu64 ": %s", what, offset,
-                         ms == 0 ? "timed out" : nbd_get_error ());
-      drop_conn (c);
-      return -1;
-    }
-  }
-}
 
 /* Writes go through connection 0 only, so one FLUSH covers them whether
  * or not the server offers multi-conn; merge is not latency-bound. */
