@@ -797,9 +797,10 @@ cli_dirty (int argc, char **argv)
   return 0;
 }
 
-/* activate / handoff / reclaim */
+/* activate / handoff / reclaim (with_epoch) and pivot / abort: one
+ * request naming the disk, nothing printed on success. */
 static int
-owner_command (const char *cmd, int argc, char **argv, const char *usage)
+disk_command (const char *cmd, int argc, char **argv, const char *usage, bool with_epoch)
 {
   struct job_args a;
   int r = parse_job_args (cmd, argc, argv, usage, &a);
@@ -807,13 +808,16 @@ owner_command (const char *cmd, int argc, char **argv, const char *usage)
 
   if (r)
     return r == 1 ? 0 : r;
-  if (!a.epoch) {
+  if (with_epoch && !a.epoch) {
     fprintf (stderr, "corfs %s: --epoch N is required (chosen by the management tool, "
              "strictly increasing per disk)\n", cmd);
     return 2;
   }
-  req = json_pack ("{s:s, s:s, s:I, s:b}", "cmd", cmd, "disk", a.name,
-                   "epoch", (json_int_t) a.epoch, "force", a.force);
+  req = json_pack ("{s:s, s:s}", "cmd", cmd, "disk", a.name);
+  if (with_epoch) {
+    json_object_set_new (req, "epoch", json_integer ((json_int_t) a.epoch));
+    json_object_set_new (req, "force", json_boolean (a.force));
+  }
   if (!(reply = request (cmd, a.state, req)))
     return 1;
   json_decref (reply);
@@ -823,64 +827,49 @@ owner_command (const char *cmd, int argc, char **argv, const char *usage)
 int
 cli_activate (int argc, char **argv)
 {
-  return owner_command ("activate", argc, argv,
+  return disk_command ("activate", argc, argv,
     "Usage: corfs activate --state DIR NAME --epoch N [--force]\n\n"
     "Switch an incoming disk (the destination of a migration) to active: drop\n"
     "everything read while incoming and the kernel's cached pages, durably\n"
     "record the epoch, then accept writes and start the streamer.  Refused\n"
     "while the parent is still writable (the source might still write it)\n"
-    "unless --force.  The same epoch again is a no-op; a lower one is stale.\n");
+    "unless --force.  The same epoch again is a no-op; a lower one is stale.\n", true);
 }
 
 int
 cli_handoff (int argc, char **argv)
 {
-  return owner_command ("handoff", argc, argv,
+  return disk_command ("handoff", argc, argv,
     "Usage: corfs handoff --state DIR NAME --epoch N\n\n"
     "On the source of a migration: refuse new writes, flush everything, and\n"
     "durably record the hand-off: the disk stays read-only (EROFS), so a\n"
-    "restarted source VM cannot write by accident.\n");
+    "restarted source VM cannot write by accident.\n", true);
 }
 
 int
 cli_reclaim (int argc, char **argv)
 {
-  return owner_command ("reclaim", argc, argv,
+  return disk_command ("reclaim", argc, argv,
     "Usage: corfs reclaim --state DIR NAME --epoch M\n\n"
     "Make a handed-off disk writable again (the migration failed); M must be\n"
-    "above the hand-off's epoch.\n");
-}
-
-static int
-mirror_command (const char *cmd, int argc, char **argv, const char *usage)
-{
-  struct job_args a;
-  int r = parse_job_args (cmd, argc, argv, usage, &a);
-  json_t *reply;
-
-  if (r)
-    return r == 1 ? 0 : r;
-  if (!(reply = request (cmd, a.state, json_pack ("{s:s, s:s}", "cmd", cmd, "disk", a.name))))
-    return 1;
-  json_decref (reply);
-  return 0;
+    "above the hand-off's epoch.\n", true);
 }
 
 int
 cli_pivot (int argc, char **argv)
 {
-  return mirror_command ("pivot", argc, argv,
+  return disk_command ("pivot", argc, argv,
     "Usage: corfs pivot --state DIR NAME\n\n"
     "Finish a mirror: once the copy is complete (mirror-ready), detach the old\n"
-    "storage for good; the disk becomes standalone.  Refused before that.\n");
+    "storage for good; the disk becomes standalone.  Refused before that.\n", false);
 }
 
 int
 cli_abort (int argc, char **argv)
 {
-  return mirror_command ("abort", argc, argv,
+  return disk_command ("abort", argc, argv,
     "Usage: corfs abort --state DIR NAME\n\n"
     "Cancel a mirror: copy to the old storage every block it may lack, flush\n"
     "it, and make this disk read-only; the old storage is exactly current and\n"
-    "the VM can be pointed back at it.\n");
+    "the VM can be pointed back at it.\n", false);
 }

@@ -175,22 +175,30 @@ conn_wait (struct remote *r, struct rnbd_conn *c, int64_t cookie, uint64_t deadl
   }
 }
 
+/* Finish a command just issued on c (cookie from nbd_aio_*, -1 if it
+ * could not be issued), bounded by deadline_ns.  0 or -1 with *err. */
+static int
+conn_finish (struct remote *r, struct rnbd_conn *c, int64_t cookie, uint64_t deadline_ns,
+             const char *what, uint64_t offset, int *err)
+{
+  if (cookie == -1) {
+    *err = nbd_get_errno () ? nbd_get_errno () : EIO;
+    remote_note_error (r, "%s at offset %" PRIu64 ": %s", what, offset, nbd_get_error ());
+    if (nbd_aio_is_dead (c->nbd) || nbd_aio_is_closed (c->nbd))
+      drop_conn (c);
+    return -1;
+  }
+  return conn_wait (r, c, cookie, deadline_ns, what, offset, err);
+}
+
 /* Run one read on connection c, bounded by deadline_ns.  On a timeout or a
  * dead connection, the connection is dropped.  0 or -1 with *err. */
 static int
 conn_pread (struct remote *r, struct rnbd_conn *c, void *buf, size_t count,
             uint64_t offset, uint64_t deadline_ns, int *err)
 {
-  int64_t cookie = nbd_aio_pread (c->nbd, buf, count, offset, NBD_NULL_COMPLETION, 0);
-
-  if (cookie == -1) {
-    *err = nbd_get_errno () ? nbd_get_errno () : EIO;
-    remote_note_error (r, "read at offset %" PRIu64 ": %s", offset, nbd_get_error ());
-    if (nbd_aio_is_dead (c->nbd) || nbd_aio_is_closed (c->nbd))
-      drop_conn (c);
-    return -1;
-  }
-  return conn_wait (r, c, cookie, deadline_ns, "read", offset, err);
+  return conn_finish (r, c, nbd_aio_pread (c->nbd, buf, count, offset, NBD_NULL_COMPLETION, 0),
+                      deadline_ns, "read", offset, err);
 }
 
 /* FNV-1a: not for security, only to notice a different image. */
@@ -524,17 +532,9 @@ rnbd_pwrite (struct remote *r, void *hv, const void *buf, size_t count,
   }
   while (count > 0 && ret == 0) {
     size_t n = count > MAX_REQUEST ? MAX_REQUEST : count;
-    int64_t cookie = nbd_aio_pwrite (c->nbd, buf, n, offset, NBD_NULL_COMPLETION, 0);
-    if (cookie == -1) {
-      *err = nbd_get_errno () ? nbd_get_errno () : EIO;
-      remote_note_error (r, "write at offset %" PRIu64 ": %s", offset, nbd_get_error ());
-      if (nbd_aio_is_dead (c->nbd) || nbd_aio_is_closed (c->nbd))
-        drop_conn (c);
-      ret = -1;
-      break;
-    }
-    ret = conn_wait (r, c, cookie, min_u64 (deadline_ns, now_ns () + h->request_timeout_ns),
-                     "write", offset, err);
+    ret = conn_finish (r, c, nbd_aio_pwrite (c->nbd, buf, n, offset, NBD_NULL_COMPLETION, 0),
+                       min_u64 (deadline_ns, now_ns () + h->request_timeout_ns),
+                       "write", offset, err);
     buf = (const char *) buf + n;
     offset += n;
     count -= n;
@@ -570,17 +570,10 @@ rnbd_flush (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
     release (h, c);
     return 0;
   }
-  if (nbd_can_flush (c->nbd) == 1) {
-    int64_t cookie = nbd_aio_flush (c->nbd, NBD_NULL_COMPLETION, 0);
-    if (cookie == -1) {
-      *err = nbd_get_errno () ? nbd_get_errno () : EIO;
-      remote_note_error (r, "flush: %s", nbd_get_error ());
-      ret = -1;
-    }
-    else
-      ret = conn_wait (r, c, cookie, min_u64 (deadline_ns, now_ns () + h->request_timeout_ns),
+  if (nbd_can_flush (c->nbd) == 1)
+    ret = conn_finish (r, c, nbd_aio_flush (c->nbd, NBD_NULL_COMPLETION, 0),
+                       min_u64 (deadline_ns, now_ns () + h->request_timeout_ns),
                        "flush", 0, err);
-  }
   if (ret == 0)
     c->wrote = false;
   release (h, c);
