@@ -9,6 +9,9 @@
 enum cor_health { COR_RW, COR_RO, COR_FAILED };
 
 #define COR_STREAM_WORKERS 3
+#define COR_RA_WORKERS 4        /* prefetches in flight per disk */
+#define COR_RA_STREAMS 4        /* sequential readers tracked per disk */
+#define COR_RA_QUEUE 64
 
 /* A range of blocks [first, end) owned by one operation (a fetch or a
  * write): the in-flight table.  Nodes live on the owner's stack. */
@@ -55,6 +58,26 @@ struct cor_disk {
     bool release_parent;
   } stream;
 
+  /* Readahead (readahead.c).  ra.lock protects the fields below; it is
+   * taken before d->lock, never held across I/O. */
+  struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;        /* work queued, or stop */
+    bool started, stop;
+    pthread_t workers[COR_RA_WORKERS];
+    int nr_workers;             /* started */
+    struct {
+      uint64_t next;            /* block after the stream's last read (atomic) */
+      uint64_t window;          /* blocks to keep fetched ahead */
+      uint64_t issued;          /* queued up to here */
+      uint64_t used;            /* last use, for replacement */
+    } streams[COR_RA_STREAMS];
+    uint64_t max;               /* most blocks ahead; 0: readahead off */
+    uint64_t clock;
+    struct { uint64_t first, end; } queue[COR_RA_QUEUE];
+    size_t qhead, qlen;
+  } ra;
+
   /* Order of guest faults, saved to trace_path at close (hints for the
    * next cold start of the same image).  Protected by lock. */
   enum cor_stream_mode start_mode;
@@ -98,12 +121,22 @@ struct cor_engine {
 };
 
 
-/* engine.c, for the streamer: make blocks [first, end) present without
- * waiting for busy blocks (they are someone else's), skipping parent zero
- * extents.  Bounded by deadline_ns.  Returns bytes fetched (>= 0) or -1
- * with *err. */
+/* engine.c, for the streamer and readahead: make blocks [first, end)
+ * present without waiting for busy blocks (they are someone else's).
+ * The streamer's fetches skip parent zero extents; with
+ * COR_POP_READAHEAD they are plain reads made on a guest's behalf
+ * (traced, counted as foreground, the streamer yields to them).  Bounded
+ * by deadline_ns.  Returns bytes fetched (>= 0) or -1 with *err. */
+enum { COR_POP_READAHEAD = 1 };
 int64_t cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
-                      uint64_t deadline_ns, int *err);
+                      uint64_t deadline_ns, unsigned flags, int *err);
+
+/* readahead.c.  note: a guest read of blocks [first, end) (faulted: it
+ * had to fetch or wait) was answered; may queue prefetches.  Cheap when
+ * the read continues no tracked stream and did not fault. */
+void cor_readahead_init (struct cor_disk *d, uint64_t max_bytes);
+void cor_readahead_note (struct cor_disk *d, uint64_t first, uint64_t end, bool faulted);
+void cor_readahead_shutdown (struct cor_disk *d);
 
 /* stream.c: set up from the disk config / stop and join the workers. */
 int cor_stream_init (struct cor_disk *d, const struct cor_disk_config *cfg);

@@ -55,6 +55,7 @@ struct cor_disk_config {
   const struct cor_range *hints;  /* streamed first, in order (copied) */
   size_t nr_hints;
   const char *trace_path;       /* where to save the order of guest faults, or NULL */
+  uint64_t readahead;           /* most bytes fetched ahead of a sequential reader; 0 none */
 };
 
 /* Add a disk.  On success the engine owns md and remote; on failure the
@@ -78,6 +79,23 @@ bool cor_disk_writable (const struct cor_disk *d);
  * within the hold time: never zeros in place of data). */
 ssize_t cor_read (struct cor_disk *d, void *buf, size_t count, uint64_t offset,
                   int *err);
+
+/* Where a read's data is, for a frontend that can reply without another
+ * copy: in buf + skip (malloc'd, the caller frees it: fresh from the
+ * parent), or, when buf is NULL, in the file fd at the read's own offset
+ * (the overlay, to be read or spliced from).  The data at fd is what the
+ * disk held when cor_read_ref returned; a write after that may change
+ * it, as it may for any read racing a write. */
+struct cor_read_ref {
+  char *buf;
+  size_t skip;
+  int fd;
+};
+
+/* cor_read, but the data stays where it is (above).  Same returns; on
+ * -1 nothing is to be freed. */
+ssize_t cor_read_ref (struct cor_disk *d, size_t count, uint64_t offset,
+                      struct cor_read_ref *ref, int *err);
 
 /* Write count bytes at offset.  A partial write of a missing block fetches
  * it first.  0 or -1 with *err (EROFS when the disk is read-only, ENOSPC

@@ -110,6 +110,8 @@ disk_free (struct cor_disk *d, bool clean)
   pthread_mutex_destroy (&d->stream.lock);
   pthread_cond_destroy (&d->stream.cond);
   pthread_mutex_destroy (&d->owner_lock);
+  pthread_mutex_destroy (&d->ra.lock);
+  pthread_cond_destroy (&d->ra.cond);
   if (meta_disk_close (d->md, clean) == -1)
     log_error ("cor: disk %s: closing the index: %m", d->name);
   remote_close (d->remote);
@@ -128,9 +130,12 @@ cor_engine_free (struct cor_engine *e)
 
   if (!e)
     return 0;
-  /* Streamers first: they fetch and would race with the final commit. */
-  for (size_t i = 0; i < e->nr_disks; i++)
+  /* Streamers and readahead first: they fetch and would race with the
+   * final commit. */
+  for (size_t i = 0; i < e->nr_disks; i++) {
     cor_stream_shutdown (e->disks[i]);
+    cor_readahead_shutdown (e->disks[i]);
+  }
   r = cor_engine_stop (e);
   for (size_t i = 0; i < e->nr_disks; i++) {
     struct cor_disk *d = e->disks[i];
@@ -194,6 +199,7 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
   }
   if (cfg->trace_path && !(d->trace_path = strdup (cfg->trace_path)))
     goto err;
+  cor_readahead_init (d, cfg->readahead);
   if (cor_stream_init (d, cfg) == -1)
     goto err;
 
@@ -401,10 +407,12 @@ store_blocks (struct cor_disk *d, const char *buf, uint64_t first, uint64_t end)
 
 /* Fetch blocks [first, end) from the parent into the overlay and mark them
  * present.  The caller owns the blocks in the in-flight table.  0 or -1
- * with *err. */
+ * with *err.  With keep non-NULL, a successful fetch hands its buffer
+ * (the blocks' data, from block_offset (first)) to the caller to free:
+ * a cold read replies from it instead of reading the overlay back. */
 static int
 fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end,
-              uint64_t deadline_ns, int *err)
+              uint64_t deadline_ns, char **keep, int *err)
 {
   uint64_t len = blocks_length (d, first, end), off = block_offset (d, first);
   CLEANUP_FREE char *buf = malloc (len);
@@ -430,6 +438,10 @@ fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end,
   __atomic_store_n (&d->needs_sync, 1, __ATOMIC_SEQ_CST);
   meta_set (d->md, META_PRESENT, first, end - first);
   __atomic_fetch_add (&d->fetched_bytes, len, __ATOMIC_RELAXED);
+  if (keep) {
+    *keep = buf;
+    buf = NULL;
+  }
   return 0;
 }
 
@@ -455,9 +467,12 @@ trace_fault_unlocked (struct cor_disk *d, uint64_t first, uint64_t end)
 /* Make blocks [first, end) present, fetching what is missing, coalescing
  * adjacent missing blocks into one request and waiting for blocks that
  * another operation is fetching or writing.  Sets *faulted if it had to
- * fetch or wait.  0 or -1 with *err. */
+ * fetch or wait.  With keep non-NULL, when one fetch covered all of
+ * [first, end), *keep is its buffer (see fetch_blocks), else NULL.  0 or
+ * -1 with *err. */
 static int
-fault_in (struct cor_disk *d, uint64_t first, uint64_t end, bool *faulted, int *err)
+fault_in (struct cor_disk *d, uint64_t first, uint64_t end, bool *faulted,
+          char **keep, int *err)
 {
   uint64_t blk = first;
 
@@ -480,7 +495,8 @@ fault_in (struct cor_disk *d, uint64_t first, uint64_t end, bool *faulted, int *
 
     /* The streamer gives way while this is in flight. */
     __atomic_fetch_add (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
-    int r = fetch_blocks (d, blk, run, now_ns () + d->hold_ns, err);
+    bool whole = keep && blk == first && run == end;
+    int r = fetch_blocks (d, blk, run, now_ns () + d->hold_ns, whole ? keep : NULL, err);
     if (r == 0)
       __atomic_fetch_add (&d->fg_fetched_bytes, blocks_length (d, blk, run), __ATOMIC_RELAXED);
     __atomic_store_n (&d->last_fg_ns, now_ns (), __ATOMIC_SEQ_CST);
@@ -513,10 +529,14 @@ record_latency (struct cor_disk *d, uint64_t ns)
 }
 
 ssize_t
-cor_read (struct cor_disk *d, void *buf, size_t count, uint64_t offset, int *err)
+cor_read_ref (struct cor_disk *d, size_t count, uint64_t offset,
+              struct cor_read_ref *ref, int *err)
 {
   uint64_t first, end;
 
+  ref->buf = NULL;
+  ref->skip = 0;
+  ref->fd = d->overlay_fd;
   if (offset >= d->size || count == 0)
     return 0;
   if (count > d->size - offset)
@@ -526,26 +546,51 @@ cor_read (struct cor_disk *d, void *buf, size_t count, uint64_t offset, int *err
       meta_next (d->md, META_PRESENT, false, first) < end) {
     /* Incoming: the source still runs the guest, so nothing read now may
      * be kept (it could be stale after the switch-over): read through. */
-    if (remote_pread (d->remote, buf, count, offset, now_ns () + d->hold_ns, err) == -1)
+    if (!(ref->buf = malloc (count))) {
+      *err = ENOMEM;
       return -1;
+    }
+    if (remote_pread (d->remote, ref->buf, count, offset, now_ns () + d->hold_ns, err) == -1) {
+      free (ref->buf);
+      ref->buf = NULL;
+      return -1;
+    }
     __atomic_fetch_add (&d->guest_read_bytes, count, __ATOMIC_RELAXED);
     return count;
   }
   uint64_t t0 = now_ns ();
   bool faulted = false;
-  int r = fault_in (d, first, end, &faulted, err);
+  int r = fault_in (d, first, end, &faulted, &ref->buf, err);
   if (faulted)
     record_latency (d, now_ns () - t0);
   if (r == -1)
     return -1;
-  if (full_pread (d->overlay_fd, buf, count, offset) == -1) {
-    *err = errno;
-    log_error ("cor: disk %s: overlay read of %zu bytes at offset %" PRIu64 ": %m",
-               d->name, count, offset);
-    return -1;
-  }
+  if (ref->buf)
+    ref->skip = offset - block_offset (d, first);
+  cor_readahead_note (d, first, end, faulted);
   __atomic_fetch_add (&d->guest_read_bytes, count, __ATOMIC_RELAXED);
   return count;
+}
+
+ssize_t
+cor_read (struct cor_disk *d, void *buf, size_t count, uint64_t offset, int *err)
+{
+  struct cor_read_ref ref;
+  ssize_t n = cor_read_ref (d, count, offset, &ref, err);
+
+  if (n <= 0)
+    return n;
+  if (ref.buf) {
+    memcpy (buf, ref.buf + ref.skip, n);
+    free (ref.buf);
+  }
+  else if (full_pread (ref.fd, buf, n, offset) == -1) {
+    *err = errno;
+    log_error ("cor: disk %s: overlay read of %zd bytes at offset %" PRIu64 ": %m",
+               d->name, n, offset);
+    return -1;
+  }
+  return n;
 }
 
 /* Mirror mode, with blocks [first, end) owned and partial edge blocks
@@ -654,10 +699,10 @@ modify (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offset, in
   if (!meta_test (d->md, META_PRESENT, first) &&
       (offset != block_offset (d, first) ||
        offset + count < block_offset (d, first) + blocks_length (d, first, first + 1)))
-    r = fetch_blocks (d, first, first + 1, now_ns () + d->hold_ns, err);
+    r = fetch_blocks (d, first, first + 1, now_ns () + d->hold_ns, NULL, err);
   if (r == 0 && last != first && !meta_test (d->md, META_PRESENT, last) &&
       offset + count < block_offset (d, last) + blocks_length (d, last, last + 1))
-    r = fetch_blocks (d, last, last + 1, now_ns () + d->hold_ns, err);
+    r = fetch_blocks (d, last, last + 1, now_ns () + d->hold_ns, NULL, err);
   __atomic_store_n (&d->last_fg_ns, now_ns (), __ATOMIC_SEQ_CST);
   __atomic_fetch_sub (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
 
@@ -746,7 +791,7 @@ fetch_sparse (struct cor_disk *d, uint64_t first, uint64_t end,
       __atomic_fetch_add (&d->zero_skipped_bytes, len, __ATOMIC_RELAXED);
     }
     else {
-      if (fetch_blocks (d, blk, run, deadline_ns, err) == -1) {
+      if (fetch_blocks (d, blk, run, deadline_ns, NULL, err) == -1) {
         free (z);
         return -1;
       }
@@ -760,8 +805,9 @@ fetch_sparse (struct cor_disk *d, uint64_t first, uint64_t end,
 
 int64_t
 cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
-              uint64_t deadline_ns, int *err)
+              uint64_t deadline_ns, unsigned flags, int *err)
 {
+  bool fg = flags & COR_POP_READAHEAD;
   uint64_t blk = first;
   int64_t total = 0;
 
@@ -778,15 +824,27 @@ cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
       if (meta_test (d->md, META_PRESENT, run) || find_busy_unlocked (d, run, run + 1))
         break;
     claim_unlocked (d, &self, blk, run);
+    if (fg)
+      trace_fault_unlocked (d, blk, run);
     pthread_mutex_unlock (&d->lock);
 
-    int64_t r = fetch_sparse (d, blk, run, deadline_ns, err);
+    int64_t r;
+    if (fg) {
+      /* On behalf of a guest: the streamer gives way as to a fault. */
+      __atomic_fetch_add (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
+      r = fetch_blocks (d, blk, run, deadline_ns, NULL, err) == 0
+          ? (int64_t) blocks_length (d, blk, run) : -1;
+      __atomic_store_n (&d->last_fg_ns, now_ns (), __ATOMIC_SEQ_CST);
+      __atomic_fetch_sub (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
+    }
+    else
+      r = fetch_sparse (d, blk, run, deadline_ns, err);
 
     release_busy (d, &self);
     if (r == -1)
       return -1;
     total += r;
-    __atomic_fetch_add (&d->bg_fetched_bytes, r, __ATOMIC_RELAXED);
+    __atomic_fetch_add (fg ? &d->fg_fetched_bytes : &d->bg_fetched_bytes, r, __ATOMIC_RELAXED);
     blk = run;
     pthread_mutex_lock (&d->lock);
   }

@@ -300,7 +300,7 @@ worker (void *arg)
         d->stream.cursor = first;
       continue;
     }
-    r = cor_populate (d, first, end, now_ns () + CHUNK_DEADLINE_NS, &err);
+    r = cor_populate (d, first, end, now_ns () + CHUNK_DEADLINE_NS, 0, &err);
 
     pthread_mutex_lock (&d->stream.lock);
     if (r == -1) {

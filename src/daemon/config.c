@@ -12,7 +12,6 @@
 
 struct cfg_state {
   struct mount_opts *o;
-  bool cli_block_size, cli_hold, cli_stream;
   char error[512];
 };
 
@@ -48,15 +47,19 @@ on_value (void *user, const char *section, const char *key, const char *value)
   if (!strcmp (section, "corfs")) {
     if (!strcmp (key, "hold")) {
       if (parse_size (value, &n) == -1) BAD ("hold: not a number of seconds: %s", value);
-      if (!s->cli_hold) o->hold_s = n;
+      if (!(o->cli_set & CLI_HOLD)) o->hold_s = n;
     }
     else if (!strcmp (key, "block-size")) {
       if (parse_size (value, &n) == -1) BAD ("block-size: bad size %s", value);
-      if (!s->cli_block_size) o->block_size = n;
+      if (!(o->cli_set & CLI_BLOCK_SIZE)) o->block_size = n;
     }
     else if (!strcmp (key, "connect-timeout")) {
-      if (parse_size (value, &n) == -1) BAD ("connect-timeout: bad value %s", value);
-      o->connect_timeout_s = n;
+      if (parse_size (value, &n) == -1 || n == 0) BAD ("connect-timeout: bad value %s", value);
+      if (!(o->cli_set & CLI_CONNECT_TIMEOUT)) o->connect_timeout_s = n;
+    }
+    else if (!strcmp (key, "readahead")) {
+      if (parse_size (value, &n) == -1 || n > (1u << 30)) BAD ("readahead: bad size %s", value);
+      if (!(o->cli_set & CLI_READAHEAD)) o->readahead = n;
     }
     else if (!strcmp (key, "parent-owned")) {
       if (parse_bool (value, &b) == -1) BAD ("parent-owned: expected true or false");
@@ -65,7 +68,7 @@ on_value (void *user, const char *section, const char *key, const char *value)
     else if (!strcmp (key, "stream")) {
       int m = parse_stream_mode (value);
       if (m < 0) BAD ("stream = %s: expected on, off or paused", value);
-      if (!s->cli_stream) o->stream = m;
+      if (!(o->cli_set & CLI_STREAM)) o->stream = m;
     }
     else if (!strcmp (key, "rate")) {
       if (parse_size (value, &n) == -1) BAD ("rate: bad rate %s (bytes/s, K/M/G suffixes)", value);
@@ -175,10 +178,9 @@ parse_stream_mode (const char *s)
 }
 
 int
-config_load (const char *path, struct mount_opts *o, bool cli_block_size, bool cli_hold,
-             bool cli_stream)
+config_load (const char *path, struct mount_opts *o)
 {
-  struct cfg_state s = { o, cli_block_size, cli_hold, cli_stream, "" };
+  struct cfg_state s = { o, "" };
   int r = ini_parse (path, on_value, &s);
 
   if (r == -1) {

@@ -44,6 +44,7 @@
 #include "remote/remote.h"
 
 #define DEFAULT_BLOCK_SIZE (64 * 1024)
+#define DEFAULT_READAHEAD (4 << 20)
 #define DEFAULT_HOLD_S 20
 #define DEFAULT_CONNECT_TIMEOUT_S 10
 #define REQUEST_TIMEOUT_S 30
@@ -74,6 +75,10 @@ mount_usage (FILE *f)
 "                         parent before it fails with EIO (default %d; kept\n"
 "                         below the kernel's FUSE request timeout if one is set)\n"
 "  --connect-timeout SECONDS  one connection attempt to a parent (default %d)\n"
+"  --readahead SIZE       most data fetched ahead of a sequential reader\n"
+"                         (default 4M; 0: fetch only what is read).  Also the\n"
+"                         kernel's readahead for buffered readers of the mount\n"
+"                         (as root; 0 leaves the kernel's 128K)\n"
 "  --parent-owned         record that this disk owns its parent (for merge)\n"
 "  --incoming             attach new disks as the destination of a migration:\n"
 "                         reads come from the parent and are not kept, writes\n"
@@ -152,7 +157,7 @@ mount_parse (int argc, char **argv, struct mount_opts *o)
 {
   enum { OPT_STATE = 256, OPT_DISK, OPT_CONFIG, OPT_BLOCK_SIZE, OPT_HOLD,
          OPT_CONNECT_TIMEOUT, OPT_PARENT_OWNED, OPT_STREAM, OPT_WRITE_MODE,
-         OPT_INCOMING };
+         OPT_INCOMING, OPT_READAHEAD };
   static const struct option longopts[] = {
     { "state", required_argument, NULL, OPT_STATE },
     { "disk", required_argument, NULL, OPT_DISK },
@@ -164,13 +169,13 @@ mount_parse (int argc, char **argv, struct mount_opts *o)
     { "stream", required_argument, NULL, OPT_STREAM },
     { "write-mode", required_argument, NULL, OPT_WRITE_MODE },
     { "incoming", no_argument, NULL, OPT_INCOMING },
+    { "readahead", required_argument, NULL, OPT_READAHEAD },
     { "foreground", no_argument, NULL, 'f' },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
   const char *config = NULL;
-  bool cli_bs = false, cli_hold = false, cli_stream = false;
   int c;
 
   memset (o, 0, sizeof *o);
@@ -178,6 +183,7 @@ mount_parse (int argc, char **argv, struct mount_opts *o)
   o->hold_s = DEFAULT_HOLD_S;
   o->connect_timeout_s = DEFAULT_CONNECT_TIMEOUT_S;
   o->stream = COR_STREAM_ON;
+  o->readahead = DEFAULT_READAHEAD;
   o->fuse_options = calloc (1, sizeof (char *));
   optind = 1;
   opterr = 0;
@@ -191,20 +197,28 @@ mount_parse (int argc, char **argv, struct mount_opts *o)
         fprintf (stderr, "corfs: --block-size %s: not a size (e.g. 64K)\n", optarg);
         return -1;
       }
-      cli_bs = true;
+      o->cli_set |= CLI_BLOCK_SIZE;
       break;
     case OPT_HOLD:
       if (parse_size (optarg, &o->hold_s) == -1 || o->hold_s == 0) {
         fprintf (stderr, "corfs: --hold %s: expected a positive number of seconds\n", optarg);
         return -1;
       }
-      cli_hold = true;
+      o->cli_set |= CLI_HOLD;
       break;
     case OPT_CONNECT_TIMEOUT:
       if (parse_size (optarg, &o->connect_timeout_s) == -1 || o->connect_timeout_s == 0) {
         fprintf (stderr, "corfs: --connect-timeout %s: expected a positive number of seconds\n", optarg);
         return -1;
       }
+      o->cli_set |= CLI_CONNECT_TIMEOUT;
+      break;
+    case OPT_READAHEAD:
+      if (parse_size (optarg, &o->readahead) == -1 || o->readahead > (1u << 30)) {
+        fprintf (stderr, "corfs: --readahead %s: not a size up to 1G (e.g. 4M, 0 for the kernel's default)\n", optarg);
+        return -1;
+      }
+      o->cli_set |= CLI_READAHEAD;
       break;
     case OPT_PARENT_OWNED: o->parent_owned = true; break;
     case OPT_STREAM:
@@ -212,7 +226,7 @@ mount_parse (int argc, char **argv, struct mount_opts *o)
         fprintf (stderr, "corfs: --stream=%s: expected on, off or paused\n", optarg);
         return -1;
       }
-      cli_stream = true;
+      o->cli_set |= CLI_STREAM;
       break;
     case OPT_WRITE_MODE:
       if (!strcmp (optarg, "mirror"))
@@ -256,7 +270,7 @@ mount_parse (int argc, char **argv, struct mount_opts *o)
     fprintf (stderr, "corfs mount: --state DIR is required\n");
     return -1;
   }
-  if (config && config_load (config, o, cli_bs, cli_hold, cli_stream) == -1)
+  if (config && config_load (config, o) == -1)
     return -1;
   if (o->block_size < 4096 || o->block_size > (4 << 20) ||
       (o->block_size & (o->block_size - 1))) {
@@ -665,6 +679,7 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
     .stream = dopt && dopt->stream >= 0 ? dopt->stream : o->stream,
     .rate = dopt && dopt->have_rate ? dopt->rate : o->rate,
     .release_parent = !dopt || dopt->release_parent != 0,
+    .readahead = o->readahead,
   };
   struct cor_range *hints = NULL;
   size_t nr_hints = 0;
@@ -755,6 +770,7 @@ run_daemon (struct mount_opts *o, int ready_fd)
   struct fs_config fcfg = {
     .mountpoint = o->mountpoint, .fsname = fsname,
     .options = (const char *const *) o->fuse_options, .debug = o->fuse_debug,
+    .readahead_kb = o->readahead / 1024,
   };
   if (fs_mount (e, &fcfg, &fs) == -1)
     goto out;

@@ -38,6 +38,8 @@ struct mount_opts {
   uint64_t connect_timeout_s;
   int stream;                   /* enum cor_stream_mode, default on */
   uint64_t rate;                /* default streamer rate, 0 unlimited */
+  uint64_t readahead;           /* the mount's kernel readahead, bytes; 0: kernel's */
+  unsigned cli_set;             /* CLI_* bits: given on the command line */
   bool foreground;
   bool parent_owned;
   bool incoming;
@@ -48,14 +50,19 @@ struct mount_opts {
   size_t nr_fuse_options;
 };
 
+/* Daemon-wide settings given on the command line win over the config
+ * file's. */
+enum { CLI_BLOCK_SIZE = 1, CLI_HOLD = 2, CLI_STREAM = 4, CLI_CONNECT_TIMEOUT = 8,
+       CLI_READAHEAD = 16 };
+
 /* Parse `corfs mount` arguments (argv[0] is "mount").  Returns 0, 1 when
  * --help was printed, or -1 after printing a one-line error. */
 int mount_parse (int argc, char **argv, struct mount_opts *o);
 
-/* Read an INI config file into o (command-line values given before win
- * for the daemon-wide settings; disks are added).  0 or -1 (printed). */
-int config_load (const char *path, struct mount_opts *o, bool cli_set_block_size,
-                 bool cli_set_hold, bool cli_set_stream);
+/* Read an INI config file into o (daemon-wide settings whose bit is in
+ * o->cli_set keep their command-line value; disks are added).  0 or -1
+ * (printed). */
+int config_load (const char *path, struct mount_opts *o);
 
 /* "on", "off", "paused" → enum cor_stream_mode, or -1. */
 int parse_stream_mode (const char *s);

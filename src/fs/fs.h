@@ -18,6 +18,7 @@ struct fs_config {
   const char *fsname;           /* "corfs:STATE_DIR" */
   const char *const *options;   /* extra -o options, NULL-terminated; may be NULL */
   bool debug;                   /* FUSE protocol debugging to stderr */
+  unsigned readahead_kb;        /* the mount's kernel readahead; 0: kernel default */
 };
 
 /* Create the session and mount.  0, or -1 with the reason logged. */

@@ -51,9 +51,9 @@ check_eio () {
 }
 
 serve "$img"
-# --stream=off: these tests need blocks to stay cold until a read asks for them.
+# --stream=off --readahead 0: blocks stay cold until a read asks for them.
 state=$T/state mnt=$T/mnt
-corfs_mount "$state" "$mnt" --hold $HOLD --stream=off --disk d="$(nbd_uri "$sock")"
+corfs_mount "$state" "$mnt" --hold $HOLD --stream=off --readahead 0 --disk d="$(nbd_uri "$sock")"
 
 # The first half becomes present.
 read_to 0 $((16 * MiB)) "$T/half" || fail "reading the first half failed: $(cat "$T/half.err")"

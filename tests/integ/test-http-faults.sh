@@ -103,7 +103,7 @@ expect_fail_closed () {
 }
 
 A=$T/s-a
-corfs_mount "$A" "$T/m-a" --hold 8 --disk d="$url"
+corfs_mount "$A" "$T/m-a" --hold 8 --readahead 0 --disk d="$url"
 
 echo "=== 503 + Retry-After: 1, twice"
 arm 503 2
@@ -160,7 +160,7 @@ corfs_unmount "$T/m-a"
 for mode in etag total; do
   echo "=== $mode"
   S=$T/s-$mode
-  corfs_mount "$S" "$T/m-$mode" --hold 8 --disk d="$url"
+  corfs_mount "$S" "$T/m-$mode" --hold 8 --readahead 0 --disk d="$url"
   cold_read "$S" $((MiB)) $((64 * KiB))
   expect_ok "$mode, before" "$S"
   arm "$mode" -1
@@ -176,7 +176,7 @@ done
 
 echo "=== stall (hold 25): aborted after 10 s without progress, retried"
 S=$T/s-h25
-corfs_mount "$S" "$T/m-h25" --hold 25 --disk d="$url"
+corfs_mount "$S" "$T/m-h25" --hold 25 --readahead 0 --disk d="$url"
 n0=$(faults stall)
 arm stall 1
 cold_read "$S" $((10 * MiB)) $((64 * KiB))
@@ -195,7 +195,7 @@ busy () {
   local code=$1 S=$T/s-busy$1 err
   echo "=== persistent $code behind 50 ms of latency: the error names the cause"
   arm none
-  corfs_mount "$S" "$T/m-busy$code" --hold 4 --disk d="$url"
+  corfs_mount "$S" "$T/m-busy$code" --hold 4 --readahead 0 --disk d="$url"
   arm "$code" -1 0.05
   cold_read "$S" $((11 * MiB)) $((64 * KiB))
   expect_eio "busy $code read" "$S"

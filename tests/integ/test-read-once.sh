@@ -23,7 +23,8 @@ start_nbdkit "$T/nbdkit.pid" -U "$sock" --filter=log --filter=delay \
 
 st=$T/state mnt=$T/mnt
 # No background streaming: only guest reads fetch.
-corfs_mount "$st" "$mnt" --block-size 64K --stream=off --disk disk="$(nbd_uri "$sock")"
+# --readahead 0: nothing but what the readers ask for may be fetched.
+corfs_mount "$st" "$mnt" --block-size 64K --stream=off --readahead 0 --disk disk="$(nbd_uri "$sock")"
 disk=$mnt/disk
 
 # reads_in LO HI: "offset count" (decimal) of each parent Read request in

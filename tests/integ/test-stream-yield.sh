@@ -31,7 +31,8 @@ start_nbdkit "$T/nbd.pid" -r -U "$sock" --filter=log --filter=delay \
   file "$img" logfile="$log" rdelay=40ms
 
 st=$T/state mnt=$T/mnt
-corfs_mount "$st" "$mnt" --stream=on --block-size 64K --disk d="$(nbd_uri "$sock")"
+# --readahead 0: every parent read during the guest reads is the guest's or the streamer's.
+corfs_mount "$st" "$mnt" --stream=on --readahead 0 --block-size 64K --disk d="$(nbd_uri "$sock")"
 jfield () { "$CORFS" status --state "$st" d --json | jq -r "$1"; }
 
 # Cold offsets near the end, 64 KiB aligned, clear of 2 MiB chunk starts
