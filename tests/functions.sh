@@ -91,6 +91,9 @@ _force_unmount () {
   [ -f "$state/corfs.pid" ] && pid=$(cat "$state/corfs.pid")
   is_mounted "$mnt" && fusermount3 -u "$mnt"
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && { sleep 1; kill_pid "$pid"; }
+  # A mount that was busy (a reader held inside it) is dead now that its
+  # daemon is gone: clear it, or removing the scratch directory fails.
+  is_mounted "$mnt" && { fusermount3 -u "$mnt" || umount -l "$mnt"; }
   return 0
 }
 
