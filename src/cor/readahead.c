@@ -3,8 +3,10 @@
  * Design notes.  A guest reading sequentially one request at a time (a
  * cache=none disk, dd iflag=direct, a restore) waits a whole parent round
  * trip per request, and the kernel's readahead helps only buffered
- * readers.  So the engine watches for reads that start where an earlier
- * read of the same stream ended, and fetches ahead of them in the
+ * readers.  So the engine watches for reads that start in the block
+ * after the last block of an earlier read of the same stream (blocks,
+ * not bytes: small reads count once per block crossed), and fetches
+ * ahead of them in the
  * background: the window starts at RA_MIN and doubles with each
  * sequential read up to the configured maximum (the mount's readahead,
  * as the kernel's for buffered readers), cut into RA_CHUNK requests so that
