@@ -36,7 +36,11 @@
 #include "common/util.h"
 #include "remote/remote-internal.h"
 
-#define NR_HANDLES 4
+/* One request per handle (HTTP/1.1, no pipelining): enough for the
+ * readahead workers (COR_RA_WORKERS), a guest fault and the streamer's
+ * workers to be in flight at once without a guest fault queueing for a
+ * handle. */
+#define NR_HANDLES 8
 #define EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 struct rhttp {
