@@ -32,6 +32,7 @@ struct cor_disk {
   uint64_t hold_ns;
 
   pthread_mutex_t lock;         /* protects busy; never held across I/O */
+  pthread_mutex_t store_lock;   /* serialises stores of fetched data (engine.c) */
   pthread_cond_t cond;          /* broadcast when a busy range is released */
   struct busy *busy;            /* protected by lock */
 
