@@ -4,6 +4,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -159,6 +160,45 @@ request (const char *cmdname, const char *state, json_t *req)
     return NULL;
   }
   return reply;
+}
+
+/* A connection subscribed to the daemon's events, or -1 (then the
+ * caller only polls). */
+static int
+subscribe_events (const char *state)
+{
+  char err[512];
+  int fd = jsonl_connect (state, err, sizeof err);
+  json_t *req = json_pack ("{s:s}", "cmd", "events");
+
+  if (fd >= 0 && jsonl_send (fd, req) == -1) {
+    close (fd);
+    fd = -1;
+  }
+  json_decref (req);
+  return fd;
+}
+
+/* Sleep up to timeout_ns, less if an event (any) arrives on evfd.
+ * Returns evfd, or -1 once it has failed (closed). */
+static int
+wait_event (int evfd, uint64_t timeout_ns)
+{
+  struct pollfd p = { .fd = evfd, .events = POLLIN };
+
+  if (evfd < 0) {
+    sleep_ns (timeout_ns);
+    return -1;
+  }
+  if (poll (&p, 1, timeout_ns / 1000000) > 0) {
+    json_t *ev = jsonl_recv (evfd);     /* one line; the next poll sees the rest */
+    if (!ev) {
+      close (evfd);
+      return -1;
+    }
+    json_decref (ev);
+  }
+  return evfd;
 }
 
 static void
@@ -415,6 +455,10 @@ cli_stream (int argc, char **argv)
   if (!wait)
     return 0;
   bool tty = isatty (2);
+  /* Status is checked every half second (progress, cancellation, a
+   * failed disk) and at once when the daemon reports an event, so the
+   * wait ends when the stream does, not at the next poll. */
+  int evfd = subscribe_events (state);
   for (;;) {
     json_t *d;
     const char *sstate, *health;
@@ -433,6 +477,8 @@ cli_stream (int argc, char **argv)
       if (tty)
         fprintf (stderr, "\n");
       json_decref (reply);
+      if (evfd >= 0)
+        close (evfd);
       return 0;
     }
     if (!strcmp (sstate, "cancelled") || !strcmp (sstate, "off") || strcmp (health, "rw") != 0) {
@@ -443,10 +489,12 @@ cli_stream (int argc, char **argv)
                *json_string_value (json_object_get (json_object_get (d, "stream"), "last_error")) ? "; last error: " : "",
                json_string_value (json_object_get (json_object_get (d, "stream"), "last_error")));
       json_decref (reply);
+      if (evfd >= 0)
+        close (evfd);
       return 1;
     }
     json_decref (reply);
-    sleep_ns (NS_PER_SEC / 2);
+    evfd = wait_event (evfd, NS_PER_SEC / 2);
   }
 }
 
