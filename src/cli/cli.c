@@ -464,8 +464,11 @@ cli_stream (int argc, char **argv)
     const char *sstate, *health;
     char line[160];
     req = json_pack ("{s:s, s:s}", "cmd", "status", "disk", name);
-    if (!(reply = request ("stream", state, req)))
+    if (!(reply = request ("stream", state, req))) {
+      if (evfd >= 0)
+        close (evfd);
       return 1;
+    }
     d = json_array_get (json_object_get (reply, "disks"), 0);
     sstate = json_string_value (json_object_get (json_object_get (d, "stream"), "state"));
     health = json_string_value (json_object_get (d, "health"));
@@ -678,12 +681,16 @@ static int
 wait_job (const char *cmd, const struct job_args *a, const char *done_state)
 {
   bool tty = isatty (2);
+  int evfd = subscribe_events (a->state);     /* as in stream --wait */
 
   for (;;) {
     json_t *req = json_pack ("{s:s, s:s}", "cmd", "status", "disk", a->name), *r, *d, *job;
     const char *state;
-    if (!(r = request (cmd, a->state, req)))
+    if (!(r = request (cmd, a->state, req))) {
+      if (evfd >= 0)
+        close (evfd);
       return 1;
+    }
     d = json_array_get (json_object_get (r, "disks"), 0);
     job = json_object_get (d, "job");
     state = json_string_value (json_object_get (job, "state"));
@@ -705,10 +712,12 @@ wait_job (const char *cmd, const struct job_args *a, const char *done_state)
         fprintf (stderr, "corfs %s: disk %s: the job ended %s%s%s\n", cmd, a->name, state,
                  err && *err ? ": " : "", err && *err ? err : "");
       json_decref (r);
+      if (evfd >= 0)
+        close (evfd);
       return ret;
     }
     json_decref (r);
-    sleep_ns (NS_PER_SEC / 5);
+    evfd = wait_event (evfd, NS_PER_SEC / 5);
   }
 }
 
