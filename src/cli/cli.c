@@ -171,10 +171,15 @@ subscribe_events (const char *state)
   int fd = jsonl_connect (state, err, sizeof err);
   json_t *req = json_pack ("{s:s}", "cmd", "events");
 
-  if (fd >= 0 && jsonl_send (fd, req) == -1) {
+  json_t *reply = NULL;
+
+  /* The reply means the daemon has subscribed us: no event after it is
+   * missed by the status check that follows. */
+  if (fd >= 0 && (jsonl_send (fd, req) == -1 || !(reply = jsonl_recv (fd)))) {
     close (fd);
     fd = -1;
   }
+  json_decref (reply);
   json_decref (req);
   return fd;
 }

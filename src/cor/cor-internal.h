@@ -9,7 +9,9 @@
 enum cor_health { COR_RW, COR_RO, COR_FAILED };
 
 #define COR_STREAM_WORKERS 3
-#define COR_RA_WORKERS 4        /* prefetches in flight per disk */
+#define COR_RA_WORKERS 3        /* prefetches in flight per disk: one fewer
+                                 * than NBD connections, so a guest fault
+                                 * never queues behind prefetches for one */
 #define COR_RA_STREAMS 4        /* sequential readers tracked per disk */
 #define COR_RA_QUEUE 64
 

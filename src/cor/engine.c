@@ -176,7 +176,13 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
   d->nr_blocks = meta_nr_blocks (cfg->md);
   d->hold_ns = cfg->hold_ns;
   pthread_mutex_init (&d->lock, NULL);
-  pthread_cond_init (&d->cond, NULL);
+  {
+    pthread_condattr_t ca;      /* fault_in's timed waits use now_ns () */
+    pthread_condattr_init (&ca);
+    pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
+    pthread_cond_init (&d->cond, &ca);
+    pthread_condattr_destroy (&ca);
+  }
   pthread_mutex_init (&d->store_lock, NULL);
   d->start_mode = cfg->stream;
   pthread_mutex_init (&d->owner_lock, NULL);
@@ -248,6 +254,9 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
     free (d->stream.hints);
     pthread_mutex_destroy (&d->lock);
     pthread_cond_destroy (&d->cond);
+    pthread_mutex_destroy (&d->store_lock);
+    pthread_mutex_destroy (&d->ra.lock);
+    pthread_cond_destroy (&d->ra.cond);
     free (d->name);
     free (d);
     errno = e2;
@@ -479,11 +488,13 @@ trace_fault_unlocked (struct cor_disk *d, uint64_t first, uint64_t end)
  * adjacent missing blocks into one request and waiting for blocks that
  * another operation is fetching or writing.  Sets *faulted if it had to
  * fetch or wait.  With keep non-NULL, when one fetch covered all of
- * [first, end), *keep is its buffer (see fetch_blocks), else NULL.  0 or
- * -1 with *err. */
+ * [first, end), *keep is its buffer (see fetch_blocks), else NULL.  All
+ * of it, waits included, ends by deadline_ns: a guest read waiting for a
+ * prefetch or a streamer chunk that the parent stalls must not wait its
+ * own hold time on top of theirs.  0 or -1 with *err. */
 static int
-fault_in (struct cor_disk *d, uint64_t first, uint64_t end, bool *faulted,
-          char **keep, int *err)
+fault_in (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t deadline_ns,
+          bool *faulted, char **keep, int *err)
 {
   uint64_t blk = first;
 
@@ -494,7 +505,15 @@ fault_in (struct cor_disk *d, uint64_t first, uint64_t end, bool *faulted,
 
     *faulted = true;
     if (find_busy_unlocked (d, blk, blk + 1)) {
-      pthread_cond_wait (&d->cond, &d->lock);
+      if (now_ns () >= deadline_ns) {
+        pthread_mutex_unlock (&d->lock);
+        log_error ("cor: disk %s: offset %" PRIu64 ": still being fetched by another "
+                   "request when this read's hold time ran out", d->name, block_offset (d, blk));
+        *err = EIO;
+        return -1;
+      }
+      struct timespec ts = { deadline_ns / NS_PER_SEC, deadline_ns % NS_PER_SEC };
+      pthread_cond_timedwait (&d->cond, &d->lock, &ts);
       continue;                 /* re-check: it may be present now */
     }
     for (run = blk + 1; run < end; run++)
@@ -507,7 +526,7 @@ fault_in (struct cor_disk *d, uint64_t first, uint64_t end, bool *faulted,
     /* The streamer gives way while this is in flight. */
     __atomic_fetch_add (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
     bool whole = keep && blk == first && run == end;
-    int r = fetch_blocks (d, blk, run, now_ns () + d->hold_ns, whole ? keep : NULL, err);
+    int r = fetch_blocks (d, blk, run, deadline_ns, whole ? keep : NULL, err);
     if (r == 0)
       __atomic_fetch_add (&d->fg_fetched_bytes, blocks_length (d, blk, run), __ATOMIC_RELAXED);
     __atomic_store_n (&d->last_fg_ns, now_ns (), __ATOMIC_SEQ_CST);
@@ -571,7 +590,7 @@ cor_read_ref (struct cor_disk *d, size_t count, uint64_t offset,
   }
   uint64_t t0 = now_ns ();
   bool faulted = false;
-  int r = fault_in (d, first, end, &faulted, &ref->buf, err);
+  int r = fault_in (d, first, end, t0 + d->hold_ns, &faulted, &ref->buf, err);
   if (faulted)
     record_latency (d, now_ns () - t0);
   if (r == -1)

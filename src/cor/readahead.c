@@ -6,12 +6,12 @@
  * readers.  So the engine watches for reads that start in the block
  * after the last block of an earlier read of the same stream (blocks,
  * not bytes: small reads count once per block crossed), and fetches
- * ahead of them in the
- * background: the window starts at RA_MIN and doubles with each
- * sequential read up to the configured maximum (the mount's readahead,
- * as the kernel's for buffered readers), cut into RA_CHUNK requests so that
- * several are in flight at once (one per parent connection, or per HTTP
- * handle: what makes a high-latency parent stream at its bandwidth).
+ * ahead of them in the background: the window starts at RA_MIN and
+ * doubles with each sequential read up to the configured maximum (the
+ * mount's readahead, as the kernel's for buffered readers), cut into
+ * RA_CHUNK requests so that several are in flight at once
+ * (COR_RA_WORKERS: what makes a high-latency parent stream at its
+ * bandwidth).
  *
  * Prefetches are ordinary fetches through the in-flight table
  * (cor_populate with COR_POP_READAHEAD): a guest read of a block being
@@ -58,6 +58,9 @@ cor_readahead_init (struct cor_disk *d, uint64_t max_bytes)
   pthread_mutex_init (&d->ra.lock, NULL);
   pthread_cond_init (&d->ra.cond, NULL);
   d->ra.max = max_bytes ? bytes_to_blocks (d, max_bytes) : 0;
+  /* A window the queue cannot hold would only be queued in part. */
+  if (d->ra.max > COR_RA_QUEUE * bytes_to_blocks (d, RA_CHUNK))
+    d->ra.max = COR_RA_QUEUE * bytes_to_blocks (d, RA_CHUNK);
 }
 
 static void *
@@ -87,15 +90,17 @@ ra_worker (void *arg)
 }
 
 /* Must be called with ra.lock held.  Queue the missing blocks of
- * [first, end) in chunks; false if the queue is full or the workers
- * cannot start (readahead is only a hint: the guest fetches itself). */
-static bool
+ * [first, end) in chunks, as far as the queue has room.  Returns the
+ * block up to which all is queued (end when all of it is), first when
+ * nothing could be (the workers cannot start): readahead is only a
+ * hint, the guest fetches what it needs itself. */
+static uint64_t
 enqueue_unlocked (struct cor_disk *d, uint64_t first, uint64_t end)
 {
   uint64_t chunk = bytes_to_blocks (d, RA_CHUNK);
 
   if (d->ra.stop)
-    return false;               /* shutting down (or could not start) */
+    return first;               /* shutting down (or could not start) */
   if (!d->ra.started) {
     d->ra.started = true;
     for (; d->ra.nr_workers < COR_RA_WORKERS; d->ra.nr_workers++)
@@ -103,13 +108,13 @@ enqueue_unlocked (struct cor_disk *d, uint64_t first, uint64_t end)
         log_warn ("cor: disk %s: cannot start a readahead thread: %m", d->name);
         d->ra.stop = true;      /* those started exit; no readahead */
         pthread_cond_broadcast (&d->ra.cond);
-        return false;
+        return first;
       }
   }
   while ((first = meta_next (d->md, META_PRESENT, false, first)) < end) {
     uint64_t e = first + chunk < end ? first + chunk : end;
     if (d->ra.qlen == COR_RA_QUEUE)
-      return false;
+      break;
     size_t tail = (d->ra.qhead + d->ra.qlen) % COR_RA_QUEUE;
     d->ra.queue[tail].first = first;
     d->ra.queue[tail].end = e;
@@ -117,7 +122,7 @@ enqueue_unlocked (struct cor_disk *d, uint64_t first, uint64_t end)
     first = e;
   }
   pthread_cond_broadcast (&d->ra.cond);
-  return true;
+  return first < end ? first : end;
 }
 
 void
@@ -165,10 +170,8 @@ cor_readahead_note (struct cor_disk *d, uint64_t first, uint64_t end, bool fault
   uint64_t from = s->issued > end ? s->issued : end;
   /* Top the window up when at least half of it has been consumed, so
    * requests go out in batches rather than one chunk per read. */
-  if (from < target && (target - from) * 2 >= s->window) {
-    if (enqueue_unlocked (d, from, target))
-      s->issued = target;
-  }
+  if (from < target && (target - from) * 2 >= s->window)
+    s->issued = enqueue_unlocked (d, from, target);
   pthread_mutex_unlock (&d->ra.lock);
 }
 

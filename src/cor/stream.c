@@ -56,6 +56,7 @@ enum stream_state { S_OFF, S_RUNNING, S_PAUSED, S_CANCELLED, S_COMPLETE };
 #define YIELD_MAX_NS (2 * NS_PER_SEC)
 #define BACKOFF_MIN_NS (100 * 1000000ULL)
 #define BACKOFF_MAX_NS (30 * NS_PER_SEC)
+#define CHUNK_DEADLINE_NS (60 * NS_PER_SEC)
 #define PROGRESS_NS NS_PER_SEC
 
 static const char *state_names[] = { "off", "running", "paused", "cancelled", "complete" };
@@ -299,10 +300,9 @@ worker (void *arg)
         d->stream.cursor = first;
       continue;
     }
-    /* A guest read of a block this chunk owns waits for the chunk, so
-     * the chunk gives up within the guest's hold time too (and is
-     * retried after the backoff). */
-    r = cor_populate (d, first, end, now_ns () + d->hold_ns, 0, &err);
+    /* A guest read waiting for this chunk's blocks gives up at its own
+     * deadline (fault_in); the chunk may take longer on a slow link. */
+    r = cor_populate (d, first, end, now_ns () + CHUNK_DEADLINE_NS, 0, &err);
 
     pthread_mutex_lock (&d->stream.lock);
     if (r == -1) {

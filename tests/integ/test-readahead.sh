@@ -14,9 +14,11 @@
 #     over a 200 ms parent (racing the prefetches) are never overwritten by
 #     a prefetch: the disk equals the parent plus the writes, before and
 #     after a remount, and the reader saw only parent or written data;
-#  5. prefetches that fail (every parent read fails for 1.5x --hold while
-#     they are in flight) do not fail the reader: it re-fetches and reads
-#     the right data, and counters.fetch_errors shows the failed prefetches;
+#  5. prefetches that fail (every parent read fails for longer than their
+#     --hold) do not fail a reader that comes for those blocks later: it
+#     waits for them, re-fetches once they failed, within its own --hold,
+#     reads the right data, and counters.fetch_errors shows the failed
+#     prefetches;
 #  6. kill -9 of the daemon with prefetches in flight (after a flush that
 #     committed the first 8 MiB read and what was prefetched by then),
 #     remount: what was flushed is still present and the whole disk reads
@@ -326,7 +328,7 @@ corfs_unmount "$m6" || fail "6: unmount failed"
 # --- 5. failed prefetches do not fail the reader -------------------------
 # delay before error: a read that arrived before the error file appeared
 # is still failed if the file is there when its 200 ms are up.
-HOLD=3
+HOLD=4
 esock=$T/e.sock elog=$T/e.log
 start_nbdkit "$T/e.pid" -r -U "$esock" --filter=log --filter=delay --filter=error \
   file "$simg" logfile="$elog" rdelay=200ms \
@@ -335,18 +337,22 @@ s5=$T/s5 m5=$T/m5
 corfs_mount "$s5" "$m5" --block-size 64K --hold $HOLD --disk disk="$(nbd_uri "$esock")"
 e0=$(jst "$s5" .counters.fetch_errors)
 t0=$(now_ms)
-dd if="$m5/disk" of="$T/r5" iflag=direct bs=1M count=16 status=none 2>"$T/r5.err" & rpid=$!
-# Once the reader is past its second (cold) 1M read, the prefetches of
-# [2M, 4M) are in flight and the reader waits for them: every parent read
-# fails from now for 1.5 x hold, so the prefetches give up after --hold,
-# and the reader fetches those blocks itself (its own --hold is not over
-# when the errors stop).
-wait_pos $rpid $((2 * MiB)) || fail "5: reader ended early: $(cat "$T/r5.err")"
+# Two sequential 1M reads: the second queues the prefetch of [2M, 4M),
+# whose parent reads are in flight (200 ms) when every parent read starts
+# failing, so the prefetches fail until their --hold is up (t+4 s).  The
+# reader comes back for [2M, 16M) at t+2 s: it waits for the failing
+# prefetches, then fetches those blocks itself, and its own --hold (to
+# t+6 s) outlasts the errors (to t+4.6 s).
+dd if="$m5/disk" of="$T/r5a" iflag=direct bs=1M count=2 status=none 2>"$T/r5.err" ||
+  fail "5: the first 2 MiB failed: $(cat "$T/r5.err")"
 touch "$T/err"
-sleep "$((HOLD * 3 / 2)).$(( HOLD * 3 % 2 * 5 ))"
+sleep 2
+dd if="$m5/disk" of="$T/r5b" iflag=direct bs=1M skip=2 count=14 status=none 2>"$T/r5.err" & rpid=$!
+sleep 2.6
 rm -f "$T/err"
-wait $rpid || fail "5: the sequential reader failed while prefetches failed: $(cat "$T/r5.err")"
+wait $rpid || fail "5: the sequential reader failed after its prefetches failed: $(cat "$T/r5.err")"
 el=$(( $(now_ms) - t0 ))
+cat "$T/r5a" "$T/r5b" > "$T/r5"
 same_range "$T/r5" 0 $((16 * MiB)) "$simg" || fail "5: the reader got wrong data"
 e1=$(jst "$s5" .counters.fetch_errors)
 nerr=$(grep -c '\.\.\.Read id=.* error=' "$elog" || true)
@@ -354,6 +360,19 @@ echo "5: reader succeeded in $el ms; $nerr parent reads failed; fetch_errors $e0
 [ "$e1" -gt "$e0" ] || fail "5: no fetch failed (fetch_errors $e0 -> $e1): the prefetches were not hit by the errors"
 dd if="$m5/disk" of="$T/d5" iflag=direct bs=4M count=4 status=none || fail "5: re-read failed"
 same_range "$T/d5" 0 $((16 * MiB)) "$simg" || fail "5: re-read of [0, 16M) differs from the parent"
+# 5b. The parent stays broken: a read that waits for a failing prefetch
+# gets EIO within its own --hold, not after the prefetch's hold plus its
+# own.
+dd if="$m5/disk" of=/dev/null iflag=direct bs=1M skip=20 count=2 status=none ||
+  fail "5b: reading [20M, 22M) failed"
+touch "$T/err"
+t1=$(now_ms); rc=0
+dd if="$m5/disk" of=/dev/null iflag=direct bs=1M skip=22 count=1 status=none 2>"$T/r5c.err" || rc=$?
+el=$(( $(now_ms) - t1 ))
+rm -f "$T/err"
+echo "5b: read behind a failing prefetch: rc $rc after $el ms (hold $HOLD s)"
+[ $rc -ne 0 ] && grep -q "Input/output error" "$T/r5c.err" || fail "5b: expected EIO, got rc $rc: $(cat "$T/r5c.err")"
+[ $el -le $(( HOLD * 1000 + 1500 )) ] || fail "5b: EIO after $el ms, beyond the hold of $HOLD s"
 corfs_unmount "$m5" || fail "5: unmount failed"
 
 echo OK
