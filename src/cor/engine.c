@@ -496,7 +496,7 @@ static int
 fault_in (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t deadline_ns,
           bool *faulted, char **keep, int *err)
 {
-  uint64_t blk = first;
+  uint64_t blk = first, traced = UINT64_MAX;
 
   pthread_mutex_lock (&d->lock);
   while ((blk = meta_next (d->md, META_PRESENT, false, blk)) < end) {
@@ -505,6 +505,12 @@ fault_in (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t deadline_ns
 
     *faulted = true;
     if (find_busy_unlocked (d, blk, blk + 1)) {
+      /* The guest needed it now, even if the streamer or readahead was
+       * first: it belongs in the boot trace. */
+      if (traced != blk) {
+        trace_fault_unlocked (d, blk, blk + 1);
+        traced = blk;
+      }
       if (now_ns () >= deadline_ns) {
         pthread_mutex_unlock (&d->lock);
         log_error ("cor: disk %s: offset %" PRIu64 ": still being fetched by another "
