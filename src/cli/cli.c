@@ -169,9 +169,7 @@ subscribe_events (const char *state)
 {
   char err[512];
   int fd = jsonl_connect (state, err, sizeof err);
-  json_t *req = json_pack ("{s:s}", "cmd", "events");
-
-  json_t *reply = NULL;
+  json_t *req = json_pack ("{s:s}", "cmd", "events"), *reply = NULL;
 
   /* The reply means the daemon has subscribed us: no event after it is
    * missed by the status check that follows. */
@@ -463,17 +461,14 @@ cli_stream (int argc, char **argv)
   /* Status is checked every half second (progress, cancellation, a
    * failed disk) and at once when the daemon reports an event, so the
    * wait ends when the stream does, not at the next poll. */
-  int evfd = subscribe_events (state);
+  CLEANUP_CLOSE int evfd = subscribe_events (state);
   for (;;) {
     json_t *d;
     const char *sstate, *health;
     char line[160];
     req = json_pack ("{s:s, s:s}", "cmd", "status", "disk", name);
-    if (!(reply = request ("stream", state, req))) {
-      if (evfd >= 0)
-        close (evfd);
+    if (!(reply = request ("stream", state, req)))
       return 1;
-    }
     d = json_array_get (json_object_get (reply, "disks"), 0);
     sstate = json_string_value (json_object_get (json_object_get (d, "stream"), "state"));
     health = json_string_value (json_object_get (d, "health"));
@@ -485,8 +480,6 @@ cli_stream (int argc, char **argv)
       if (tty)
         fprintf (stderr, "\n");
       json_decref (reply);
-      if (evfd >= 0)
-        close (evfd);
       return 0;
     }
     if (!strcmp (sstate, "cancelled") || !strcmp (sstate, "off") || strcmp (health, "rw") != 0) {
@@ -497,8 +490,6 @@ cli_stream (int argc, char **argv)
                *json_string_value (json_object_get (json_object_get (d, "stream"), "last_error")) ? "; last error: " : "",
                json_string_value (json_object_get (json_object_get (d, "stream"), "last_error")));
       json_decref (reply);
-      if (evfd >= 0)
-        close (evfd);
       return 1;
     }
     json_decref (reply);
@@ -686,16 +677,13 @@ static int
 wait_job (const char *cmd, const struct job_args *a, const char *done_state)
 {
   bool tty = isatty (2);
-  int evfd = subscribe_events (a->state);     /* as in stream --wait */
+  CLEANUP_CLOSE int evfd = subscribe_events (a->state);  /* as in stream --wait */
 
   for (;;) {
     json_t *req = json_pack ("{s:s, s:s}", "cmd", "status", "disk", a->name), *r, *d, *job;
     const char *state;
-    if (!(r = request (cmd, a->state, req))) {
-      if (evfd >= 0)
-        close (evfd);
+    if (!(r = request (cmd, a->state, req)))
       return 1;
-    }
     d = json_array_get (json_object_get (r, "disks"), 0);
     job = json_object_get (d, "job");
     state = json_string_value (json_object_get (job, "state"));
@@ -717,8 +705,6 @@ wait_job (const char *cmd, const struct job_args *a, const char *done_state)
         fprintf (stderr, "corfs %s: disk %s: the job ended %s%s%s\n", cmd, a->name, state,
                  err && *err ? ": " : "", err && *err ? err : "");
       json_decref (r);
-      if (evfd >= 0)
-        close (evfd);
       return ret;
     }
     json_decref (r);

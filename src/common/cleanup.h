@@ -5,9 +5,19 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <assert.h>
+#include <unistd.h>
 
 static inline void cleanup_free (void *ptr) { free (*(void **) ptr); }
 #define CLEANUP_FREE __attribute__ ((cleanup (cleanup_free)))
+
+/* Closes a file descriptor unless it is -1. */
+static inline void
+cleanup_close (int *fd)
+{
+  if (*fd >= 0)
+    close (*fd);
+}
+#define CLEANUP_CLOSE __attribute__ ((cleanup (cleanup_close)))
 
 static inline void
 cleanup_unlock (pthread_mutex_t **ptr)

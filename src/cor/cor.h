@@ -97,6 +97,11 @@ struct cor_read_ref {
 ssize_t cor_read_ref (struct cor_disk *d, size_t count, uint64_t offset,
                       struct cor_read_ref *ref, int *err);
 
+/* Copy the n bytes a cor_read_ref at offset returned into buf (from its
+ * buffer, or read from the overlay).  Frees nothing.  0 or -1 (*err). */
+int cor_read_ref_copy (struct cor_disk *d, const struct cor_read_ref *ref, void *buf,
+                       size_t n, uint64_t offset, int *err);
+
 /* Write count bytes at offset.  A partial write of a missing block fetches
  * it first.  0 or -1 with *err (EROFS when the disk is read-only, ENOSPC
  * past the end of the disk). */

@@ -608,6 +608,23 @@ cor_read_ref (struct cor_disk *d, size_t count, uint64_t offset,
   return count;
 }
 
+int
+cor_read_ref_copy (struct cor_disk *d, const struct cor_read_ref *ref, void *buf,
+                   size_t n, uint64_t offset, int *err)
+{
+  if (ref->buf) {
+    memcpy (buf, ref->buf + ref->skip, n);
+    return 0;
+  }
+  if (full_pread (ref->fd, buf, n, offset) == -1) {
+    *err = errno;
+    log_error ("cor: disk %s: overlay read of %zu bytes at offset %" PRIu64 ": %m",
+               d->name, n, offset);
+    return -1;
+  }
+  return 0;
+}
+
 ssize_t
 cor_read (struct cor_disk *d, void *buf, size_t count, uint64_t offset, int *err)
 {
@@ -616,17 +633,9 @@ cor_read (struct cor_disk *d, void *buf, size_t count, uint64_t offset, int *err
 
   if (n <= 0)
     return n;
-  if (ref.buf) {
-    memcpy (buf, ref.buf + ref.skip, n);
-    free (ref.buf);
-  }
-  else if (full_pread (ref.fd, buf, n, offset) == -1) {
-    *err = errno;
-    log_error ("cor: disk %s: overlay read of %zd bytes at offset %" PRIu64 ": %m",
-               d->name, n, offset);
-    return -1;
-  }
-  return n;
+  int r = cor_read_ref_copy (d, &ref, buf, n, offset, err);
+  free (ref.buf);
+  return r == -1 ? -1 : n;
 }
 
 /* Mirror mode, with blocks [first, end) owned and partial edge blocks

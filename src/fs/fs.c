@@ -27,7 +27,6 @@
 
 #include "fs/fs-fuse.h"
 #include "common/log.h"
-#include "common/util.h"
 #include "cor/cor.h"
 #include "fs/fs.h"
 
@@ -273,11 +272,8 @@ fs_read (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
   }
   if (!(buf = malloc (n ? n : 1)))
     return (void) fuse_reply_err (req, ENOMEM);
-  if (full_pread (ref.fd, buf, n, off) == -1) {
-    log_error ("fs: disk %s: overlay read of %zd bytes at offset %" PRId64 ": %m",
-               cor_disk_name (d), n, (int64_t) off);
+  if (cor_read_ref_copy (d, &ref, buf, n, off, &err) == -1)
     fuse_reply_err (req, EIO);
-  }
   else
     fuse_reply_buf (req, buf, n);
   free (buf);
