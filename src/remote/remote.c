@@ -4,7 +4,9 @@
  * Notes on the thread model: any thread may call the wrappers at any
  * time.  r->lock protects the state, the last error, the identity and the
  * counters; it is never held across a backend call.  r->serialize is held
- * across backend calls for REMOTE_SERIALIZE backends only.
+ * across backend calls for REMOTE_SERIALIZE backends only.  The
+ * block-status cache has its own two locks (see struct zcache), taken
+ * query before lock, never with r->lock held.
  */
 #include <assert.h>
 #include <errno.h>
@@ -20,7 +22,22 @@
 #include "remote/remote-internal.h"
 
 #define BACKOFF_MIN_NS (50 * 1000000ULL)
+/* Block status is asked for this much at a time and the answer kept: the
+ * streamer walks the disk in 2 MiB chunks, and a parent may pay for each
+ * question in proportion to the file, not the range (nbdkit's file plugin
+ * on tmpfs: SEEK_HOLE scans to the end of the file). */
+#define ZCACHE_WINDOW (1ULL << 30)
 #define BACKOFF_MAX_NS (2 * NS_PER_SEC)
+
+/* The last block-status answer, for [start, end) of the parent, valid
+ * while write_gen is still gen.  lock protects it; query is held across
+ * the question so that concurrent misses ask once. */
+struct zcache {
+  pthread_mutex_t lock, query;
+  uint64_t start, end, gen;
+  struct remote_extent *v;
+  size_t n;
+};
 
 struct remote {
   const struct remote_ops *ops;
@@ -36,6 +53,11 @@ struct remote {
   bool modifying;               /* our writes may change the identity */
   struct remote_stats stats;
   struct log_ratelimit rl;
+  uint64_t size;                /* the last size the parent gave, 0 before */
+  /* Our own writes to the parent bump this before and after each, so a
+   * block-status answer that may predate one is never cached. */
+  uint64_t write_gen;           /* atomic */
+  struct zcache zc;
 };
 
 static const struct remote_ops *backends[] = { &rfile_ops, &rnbd_ops, &rhttp_ops, &rnfs_ops, NULL };
@@ -72,6 +94,8 @@ remote_open (const struct remote_config *cfg, struct remote **rp)
   }
   pthread_mutex_init (&r->lock, NULL);
   pthread_mutex_init (&r->serialize, NULL);
+  pthread_mutex_init (&r->zc.lock, NULL);
+  pthread_mutex_init (&r->zc.query, NULL);
   if (cfg->pinned_identity && *cfg->pinned_identity) {
     snprintf (r->identity, sizeof r->identity, "%s", cfg->pinned_identity);
     r->pinned = true;
@@ -80,6 +104,8 @@ remote_open (const struct remote_config *cfg, struct remote **rp)
     assert (err != 0);
     pthread_mutex_destroy (&r->lock);
     pthread_mutex_destroy (&r->serialize);
+    pthread_mutex_destroy (&r->zc.lock);
+    pthread_mutex_destroy (&r->zc.query);
     goto err_free;
   }
   *rp = r;
@@ -101,6 +127,9 @@ remote_close (struct remote *r)
   r->ops->close (r->h);
   pthread_mutex_destroy (&r->lock);
   pthread_mutex_destroy (&r->serialize);
+  pthread_mutex_destroy (&r->zc.lock);
+  pthread_mutex_destroy (&r->zc.query);
+  free (r->zc.v);
   free (r->url);
   free (r->disk);
   free (r);
@@ -264,8 +293,10 @@ remote_get_size (struct remote *r, uint64_t deadline_ns, int *err)
     size = r->ops->get_size (r, r->h, deadline_ns, err);
     if (r->ops->thread_model == REMOTE_SERIALIZE)
       pthread_mutex_unlock (&r->serialize);
-    if (size >= 0)
+    if (size >= 0) {
+      __atomic_store_n (&r->size, (uint64_t) size, __ATOMIC_RELAXED);
       return size;
+    }
     assert (*err != 0);
     if (!is_retryable (*err))
       return -1;
@@ -349,13 +380,59 @@ remote_extent_append (struct remote_extent **v, size_t *n, uint64_t offset,
     (*v)[*n - 1].length += length;
     return 0;
   }
-  nv = realloc (*v, (*n + 1) * sizeof *nv);
-  if (!nv)
-    return -1;
+  /* Grow at powers of two (the capacity is implied by *n), so that a
+   * long list costs O(n) copies, not O(n^2). */
+  if (*n == 0 || (*n >= 4 && (*n & (*n - 1)) == 0)) {
+    nv = realloc (*v, (*n < 4 ? 4 : *n * 2) * sizeof *nv);
+    if (!nv)
+      return -1;
+    *v = nv;
+  }
+  nv = *v;
   nv[*n].offset = offset;
   nv[*n].length = length;
-  *v = nv;
   (*n)++;
+  return 0;
+}
+
+static int
+ask_zero_extents (struct remote *r, uint64_t offset, uint64_t count, uint64_t deadline_ns,
+                  struct remote_extent **v, size_t *n, int *err)
+{
+  int ret;
+
+  *v = NULL;
+  *n = 0;
+  if (r->ops->thread_model == REMOTE_SERIALIZE)
+    pthread_mutex_lock (&r->serialize);
+  ret = r->ops->zero_extents (r, r->h, offset, count, deadline_ns, v, n, err);
+  if (r->ops->thread_model == REMOTE_SERIALIZE)
+    pthread_mutex_unlock (&r->serialize);
+  if (ret == -1) {
+    free (*v);
+    *v = NULL;
+    *n = 0;
+  }
+  return ret;
+}
+
+/* Append the extents of v[0..n) that meet [offset, end), clipped to it.
+ * 0 or -1 (ENOMEM). */
+static int
+clip_extents (const struct remote_extent *v, size_t n, uint64_t offset, uint64_t end,
+              struct remote_extent **out, size_t *nout)
+{
+  for (size_t i = 0; i < n; i++) {
+    uint64_t s = v[i].offset, e = s + v[i].length;
+    if (e <= offset)
+      continue;
+    if (s >= end)
+      break;
+    s = s > offset ? s : offset;
+    e = e < end ? e : end;
+    if (remote_extent_append (out, nout, s, e - s) == -1)
+      return -1;
+  }
   return 0;
 }
 
@@ -364,22 +441,58 @@ remote_zero_extents (struct remote *r, uint64_t offset, uint64_t count,
                      uint64_t deadline_ns, struct remote_extent **extents,
                      size_t *nr_extents, int *err)
 {
-  int ret = 0;
+  struct zcache *zc = &r->zc;
+  uint64_t end = offset + count, size, wend, gen;
+  struct remote_extent *v;
+  size_t n;
+  int ret;
 
   *extents = NULL;
   *nr_extents = 0;
   if (!r->ops->zero_extents || count == 0)
     return 0;
-  if (r->ops->thread_model == REMOTE_SERIALIZE)
-    pthread_mutex_lock (&r->serialize);
-  ret = r->ops->zero_extents (r, r->h, offset, count, deadline_ns, extents,
-                              nr_extents, err);
-  if (r->ops->thread_model == REMOTE_SERIALIZE)
-    pthread_mutex_unlock (&r->serialize);
+
+  pthread_mutex_lock (&zc->query);
+  pthread_mutex_lock (&zc->lock);
+  if (zc->end != 0 && offset >= zc->start && end <= zc->end &&
+      zc->gen == __atomic_load_n (&r->write_gen, __ATOMIC_SEQ_CST)) {
+    ret = clip_extents (zc->v, zc->n, offset, end, extents, nr_extents);
+    pthread_mutex_unlock (&zc->lock);
+    pthread_mutex_unlock (&zc->query);
+    goto out;
+  }
+  pthread_mutex_unlock (&zc->lock);
+
+  /* A miss: ask for the whole window (clipped to the parent's size). */
+  size = __atomic_load_n (&r->size, __ATOMIC_RELAXED);
+  wend = end;
+  if (size > end)
+    wend = size - offset > ZCACHE_WINDOW ? offset + ZCACHE_WINDOW : size;
+  gen = __atomic_load_n (&r->write_gen, __ATOMIC_SEQ_CST);
+  if (ask_zero_extents (r, offset, wend - offset, deadline_ns, &v, &n, err) == -1) {
+    pthread_mutex_unlock (&zc->query);
+    return -1;
+  }
+  /* If one of our writes raced the question, the cache is stale at once
+   * (gen differs), but the answer is as good for this caller as an
+   * uncached one: its blocks are claimed and cannot be written. */
+  pthread_mutex_lock (&zc->lock);
+  free (zc->v);
+  zc->v = v;
+  zc->n = n;
+  zc->start = offset;
+  zc->end = wend;
+  zc->gen = gen;
+  ret = clip_extents (v, n, offset, end, extents, nr_extents);
+  pthread_mutex_unlock (&zc->lock);
+  pthread_mutex_unlock (&zc->query);
+
+ out:
   if (ret == -1) {
     free (*extents);
     *extents = NULL;
     *nr_extents = 0;
+    *err = ENOMEM;
   }
   return ret;
 }
@@ -482,8 +595,15 @@ remote_pwrite (struct remote *r, const void *buf, size_t count, uint64_t offset,
                uint64_t deadline_ns, int *err)
 {
   struct write_args a = { buf, count, offset, deadline_ns, err };
+  int ret;
+
   assert (count > 0);
-  return retry_write (r, do_pwrite, &a, "write");
+  /* Before and after: a block-status question asked in between may
+   * have seen either state (see struct zcache). */
+  __atomic_fetch_add (&r->write_gen, 1, __ATOMIC_SEQ_CST);
+  ret = retry_write (r, do_pwrite, &a, "write");
+  __atomic_fetch_add (&r->write_gen, 1, __ATOMIC_SEQ_CST);
+  return ret;
 }
 
 int
@@ -520,6 +640,7 @@ remote_repin (struct remote *r, char *identity, size_t len, uint64_t deadline_ns
   /* Reconnect so that the backend computes the identity afresh. */
   if (r->ops->release)
     r->ops->release (r->h);
+  __atomic_fetch_add (&r->write_gen, 1, __ATOMIC_SEQ_CST);
   pthread_mutex_lock (&r->lock);
   r->pinned = false;
   if (r->state == REMOTE_CHANGED)

@@ -106,7 +106,10 @@ struct remote_extent {
  * zeros (NBD base:allocation STATE_ZERO, a hole in a file parent), sorted;
  * an empty list when the parent cannot tell.  *extents is malloc'd (the
  * caller frees it).  Bounded by deadline_ns; not retried (callers fall back
- * to reading).  0, or -1 with *err. */
+ * to reading).  The answer for a large window is kept and later questions
+ * inside it are answered from it until corfs itself writes the parent or
+ * reconnects to it (the parent is otherwise immutable).  0, or -1 with
+ * *err. */
 int remote_zero_extents (struct remote *r, uint64_t offset, uint64_t count,
                          uint64_t deadline_ns, struct remote_extent **extents,
                          size_t *nr_extents, int *err);
