@@ -434,8 +434,9 @@ cli_stream (int argc, char **argv)
               "cancelled; resume it if paused), or steer a running stream.\n"
               "  --rate R   bytes per second (K/M/G suffixes), 0 for unlimited; applies\n"
               "             at once to a running stream\n"
-              "  --wait     wait until the disk is complete (exit 0), or the stream is\n"
-              "             cancelled or the disk fails (exit 1); progress on a terminal\n");
+              "  --wait     wait until the disk is complete and that is on stable\n"
+              "             storage, so the parent may go away (exit 0), or the stream\n"
+              "             is cancelled or the disk fails (exit 1); progress on a terminal\n");
       return 0;
     default:
       fprintf (stderr, "corfs stream: unknown or incomplete option %s (see corfs stream --help)\n",
@@ -476,7 +477,9 @@ cli_stream (int argc, char **argv)
       progress_line (d, line, sizeof line);
       fprintf (stderr, "\r%s: %s\033[K", name, line);
     }
-    if (json_is_true (json_object_get (d, "complete"))) {
+    /* The stream's own "complete" comes after the final flush: only
+     * then may the source go away. */
+    if (json_is_true (json_object_get (d, "complete")) && !strcmp (sstate, "complete")) {
       if (tty)
         fprintf (stderr, "\n");
       json_decref (reply);

@@ -44,6 +44,7 @@ struct cor_disk {
     pthread_cond_t cond;        /* state changes, rate changes, stop */
     int state;                  /* enum stream_state (stream.c) */
     bool workers_started, stop;
+    bool finishing;             /* a worker is making completion durable */
     pthread_t workers[COR_STREAM_WORKERS];
     uint64_t rate;              /* bytes/s, 0 = unlimited */
     double tokens;              /* rate limiter; may go negative (debt) */

@@ -206,8 +206,9 @@ throttle (struct cor_disk *d)
   return ok;
 }
 
-/* Every block is present: make it durable, record it, tell, let go of
- * the parent. */
+/* Every block is present: make it durable, record it, let go of the
+ * parent.  Only then may the stream say it is complete: `stream --wait`
+ * returns on that, and the operator may shut the source down. */
 static int
 mark_complete (struct meta_record *rec, void *arg, char *errbuf, size_t len)
 {
@@ -217,26 +218,36 @@ mark_complete (struct meta_record *rec, void *arg, char *errbuf, size_t len)
   return 0;
 }
 
-static void
-complete (struct cor_disk *d)
+static bool
+finish (struct cor_disk *d)
 {
   char msg[256];
   int err;
 
   if (cor_flush (d, &err) == -1) {
-    log_error ("cor: disk %s: complete, but the final flush failed: %s",
-               d->name, strerror (err));
-    return;
+    log_error ("cor: disk %s: every block is local, but the flush failed: %s; "
+               "retrying", d->name, strerror (err));
+    return false;
   }
-  if (cor_update_record (d, mark_complete, NULL, msg, sizeof msg) == -1)
-    log_error ("cor: disk %s: recording completion: %s", d->name, msg);
+  if (cor_update_record (d, mark_complete, NULL, msg, sizeof msg) == -1) {
+    log_error ("cor: disk %s: recording completion: %s; retrying", d->name, msg);
+    return false;
+  }
   log_info ("cor: disk %s: complete: every block is local (%" PRIu64 " bytes streamed)",
             d->name, __atomic_load_n (&d->streamed_bytes, __ATOMIC_RELAXED));
+  if (!d->mirror && d->stream.release_parent)
+    remote_release (d->remote);
+  return true;
+}
+
+/* After the state is S_COMPLETE, so that a waiter woken by the event
+ * sees it. */
+static void
+announce_complete (struct cor_disk *d)
+{
   cor_emit (d, "stream-complete", d->size, d->size, NULL);
   if (d->mirror)
     cor_emit (d, "mirror-ready", d->size, d->size, NULL);
-  else if (d->stream.release_parent)
-    remote_release (d->remote);
 }
 
 /* Must be called with stream.lock held.  Progress bookkeeping: fetched
@@ -280,12 +291,23 @@ worker (void *arg)
     if (d->stream.stop)
       break;
     if (!pick_unlocked (d, &first, &end)) {
-      if (meta_count (d->md, META_PRESENT) == d->nr_blocks) {
-        d->stream.state = S_COMPLETE;
-        pthread_cond_broadcast (&d->stream.cond);
+      if (meta_count (d->md, META_PRESENT) == d->nr_blocks && !d->stream.finishing) {
+        /* One worker finishes; the others wait for it (finishing) and
+         * then see the state change. */
+        d->stream.finishing = true;
         pthread_mutex_unlock (&d->stream.lock);
-        complete (d);
+        bool ok = finish (d);
         pthread_mutex_lock (&d->stream.lock);
+        d->stream.finishing = false;
+        if (ok && d->stream.state == S_RUNNING) {
+          d->stream.state = S_COMPLETE;
+          pthread_cond_broadcast (&d->stream.cond);
+          pthread_mutex_unlock (&d->stream.lock);
+          announce_complete (d);
+          pthread_mutex_lock (&d->stream.lock);
+        }
+        else if (!ok)
+          timedwait_unlocked (d, now_ns () + NS_PER_SEC);
       }
       else
         timedwait_unlocked (d, now_ns () + 20 * 1000000ULL);
@@ -372,9 +394,9 @@ cor_stream_start (struct cor_disk *d, int *err)
     return -1;
   }
   pthread_mutex_lock (&d->stream.lock);
-  if (meta_count (d->md, META_PRESENT) == d->nr_blocks && d->stream.state != S_RUNNING)
-    d->stream.state = S_COMPLETE;
-  else if (d->stream.state != S_RUNNING) {
+  /* Even with every block present, a worker finishes the stream: the
+   * blocks may have come from guest faults not yet committed. */
+  if (d->stream.state != S_RUNNING && d->stream.state != S_COMPLETE) {
     if (start_workers_unlocked (d) == -1) {
       *err = EAGAIN;
       ret = -1;

@@ -8,7 +8,12 @@
 #  - the metrics count every byte the streamer fetched under
 #    source="stream" (size minus what guests fetched, nothing zero-skipped);
 #  - the disk reads back equal to the image, and still does after the
-#    parent (nbdkit) is stopped: every byte is local.
+#    parent (nbdkit) is stopped: every byte is local;
+#  - `stream --wait` returns only once completion is durable: two more
+#    disks on the same image, one filled by the streamer and one by a
+#    guest reading it all, are killed with SIGKILL the moment --wait
+#    returns (well inside the 5 s commit interval), and after the parent
+#    is stopped they remount complete and read back equal to the image.
 . "$(dirname "$0")/../functions.sh"
 
 requires nbdkit --version
@@ -66,6 +71,17 @@ bg=$(echo "$s" | jq -r .counters.background_fetched_bytes)
 
 cmp "$mnt/d" "$img" || fail "the streamed disk differs from the image"
 
+# --wait means durable: kill -9 the moment it returns.
+corfs_mount "$T/st2" "$T/mnt2" --stream=on --disk d="$(nbd_uri "$sock")"
+rc=0; timeout 120 "$CORFS" stream --state "$T/st2" d --wait || rc=$?
+[ $rc -eq 0 ] || fail "st2: corfs stream d --wait exited $rc"
+crash_unmount "$T/st2" "$T/mnt2"
+corfs_mount "$T/st3" "$T/mnt3" --disk d="$(nbd_uri "$sock")"
+cat "$T/mnt3/d" > /dev/null
+rc=0; timeout 120 "$CORFS" stream --state "$T/st3" d --wait || rc=$?
+[ $rc -eq 0 ] || fail "st3 (filled by reads): corfs stream d --wait exited $rc"
+crash_unmount "$T/st3" "$T/mnt3"
+
 # The parent goes away: every byte is local.
 pid=$(cat "$T/nbd.pid")
 kill_pid "$pid"; wait_gone "$pid"
@@ -75,4 +91,13 @@ ps=$(jfield .parent.state)
 [ "$(jfield .counters.fetch_errors)" -eq 0 ] || fail "fetch errors after the parent stopped"
 
 corfs_unmount "$mnt" || fail "corfs unmount failed"
+
+for n in 2 3; do
+  corfs_mount "$T/st$n" "$T/mnt$n"
+  [ "$("$CORFS" status --state "$T/st$n" d --json | jq -r .complete)" = true ] ||
+    fail "st$n: not complete after a kill -9 right after stream --wait returned"
+  timeout 120 cmp "$T/mnt$n/d" "$img" ||
+    fail "st$n: after a kill -9 right after stream --wait, the disk (parent stopped) differs from the image"
+  corfs_unmount "$T/mnt$n" || fail "st$n: corfs unmount failed"
+done
 echo OK
