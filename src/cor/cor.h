@@ -90,10 +90,19 @@ struct cor_read_ref {
   char *buf;
   size_t skip;
   int fd;
+  /* Optional, set by the caller: when one fetch from the parent covers
+   * the whole read, deliver is called with the data as soon as it
+   * arrives, before it is stored in the overlay (a cold read's reply
+   * need not wait for the store), and delivered is set.  The read then
+   * counts as done even if the store fails (logged; the blocks stay
+   * missing and are fetched again next time). */
+  void (*deliver) (void *opaque, const char *data, size_t n);
+  void *opaque;
+  bool delivered;
 };
 
 /* cor_read, but the data stays where it is (above).  Same returns; on
- * -1 nothing is to be freed. */
+ * -1 nothing is to be freed (and delivered is false). */
 ssize_t cor_read_ref (struct cor_disk *d, size_t count, uint64_t offset,
                       struct cor_read_ref *ref, int *err);
 

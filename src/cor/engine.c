@@ -435,6 +435,15 @@ store_blocks (struct cor_disk *d, const char *buf, uint64_t first, uint64_t end)
   return 0;
 }
 
+/* A cold read's reply, sent from the fetch buffer before the store (see
+ * struct cor_read_ref): count bytes from skip into the buffer. */
+struct early_reply {
+  void (*fn) (void *opaque, const char *data, size_t n);
+  void *opaque;
+  size_t skip, count;
+  bool done;
+};
+
 /* Fetch blocks [first, end) from the parent into the overlay and mark them
  * present.  The caller owns the blocks in the in-flight table.  0 or -1
  * with *err.  With keep non-NULL, a successful fetch hands its buffer
@@ -442,7 +451,7 @@ store_blocks (struct cor_disk *d, const char *buf, uint64_t first, uint64_t end)
  * a cold read replies from it instead of reading the overlay back. */
 static int
 fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end,
-              uint64_t deadline_ns, char **keep, int *err)
+              uint64_t deadline_ns, char **keep, struct early_reply *early, int *err)
 {
   uint64_t len = blocks_length (d, first, end), off = block_offset (d, first);
   CLEANUP_FREE char *buf = malloc (len);
@@ -455,6 +464,12 @@ fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end,
   if (remote_pread (d->remote, buf, len, off, deadline_ns, err) == -1) {
     __atomic_fetch_add (&d->fetch_errors, 1, __ATOMIC_RELAXED);
     return -1;
+  }
+  /* The blocks stay claimed until stored, so the data cannot change
+   * under the reply. */
+  if (early) {
+    early->fn (early->opaque, buf + early->skip, early->count);
+    early->done = true;
   }
   if (store_blocks (d, buf, first, end) == -1) {
     *err = errno;
@@ -504,7 +519,7 @@ trace_fault_unlocked (struct cor_disk *d, uint64_t first, uint64_t end)
  * own hold time on top of theirs.  0 or -1 with *err. */
 static int
 fault_in (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t deadline_ns,
-          bool *faulted, char **keep, int *err)
+          bool *faulted, char **keep, struct early_reply *early, int *err)
 {
   uint64_t blk = first, traced = UINT64_MAX;
 
@@ -542,7 +557,8 @@ fault_in (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t deadline_ns
     /* The streamer gives way while this is in flight. */
     __atomic_fetch_add (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
     bool whole = keep && blk == first && run == end;
-    int r = fetch_blocks (d, blk, run, deadline_ns, whole ? keep : NULL, err);
+    int r = fetch_blocks (d, blk, run, deadline_ns, whole ? keep : NULL,
+                          whole ? early : NULL, err);
     if (r == 0)
       __atomic_fetch_add (&d->fg_fetched_bytes, blocks_length (d, blk, run), __ATOMIC_RELAXED);
     __atomic_store_n (&d->last_fg_ns, now_ns (), __ATOMIC_SEQ_CST);
@@ -583,6 +599,7 @@ cor_read_ref (struct cor_disk *d, size_t count, uint64_t offset,
   ref->buf = NULL;
   ref->skip = 0;
   ref->fd = d->overlay_fd;
+  ref->delivered = false;
   if (offset >= d->size || count == 0)
     return 0;
   if (count > d->size - offset)
@@ -606,13 +623,17 @@ cor_read_ref (struct cor_disk *d, size_t count, uint64_t offset,
   }
   uint64_t t0 = now_ns ();
   bool faulted = false;
-  int r = fault_in (d, first, end, t0 + d->hold_ns, &faulted, &ref->buf, err);
+  struct early_reply early = { ref->deliver, ref->opaque, offset - block_offset (d, first),
+                               count, false };
+  int r = fault_in (d, first, end, t0 + d->hold_ns, &faulted, &ref->buf,
+                    ref->deliver ? &early : NULL, err);
   if (faulted)
     record_latency (d, now_ns () - t0);
-  if (r == -1)
+  ref->delivered = early.done;
+  if (r == -1 && !early.done)
     return -1;
   if (ref->buf)
-    ref->skip = offset - block_offset (d, first);
+    ref->skip = early.skip;
   cor_readahead_note (d, first, end, faulted);
   __atomic_fetch_add (&d->guest_read_bytes, count, __ATOMIC_RELAXED);
   return count;
@@ -638,7 +659,7 @@ cor_read_ref_copy (struct cor_disk *d, const struct cor_read_ref *ref, void *buf
 ssize_t
 cor_read (struct cor_disk *d, void *buf, size_t count, uint64_t offset, int *err)
 {
-  struct cor_read_ref ref;
+  struct cor_read_ref ref = { .deliver = NULL };
   ssize_t n = cor_read_ref (d, count, offset, &ref, err);
 
   if (n <= 0)
@@ -754,10 +775,10 @@ modify (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offset, in
   if (!meta_test (d->md, META_PRESENT, first) &&
       (offset != block_offset (d, first) ||
        offset + count < block_offset (d, first) + blocks_length (d, first, first + 1)))
-    r = fetch_blocks (d, first, first + 1, now_ns () + d->hold_ns, NULL, err);
+    r = fetch_blocks (d, first, first + 1, now_ns () + d->hold_ns, NULL, NULL, err);
   if (r == 0 && last != first && !meta_test (d->md, META_PRESENT, last) &&
       offset + count < block_offset (d, last) + blocks_length (d, last, last + 1))
-    r = fetch_blocks (d, last, last + 1, now_ns () + d->hold_ns, NULL, err);
+    r = fetch_blocks (d, last, last + 1, now_ns () + d->hold_ns, NULL, NULL, err);
   __atomic_store_n (&d->last_fg_ns, now_ns (), __ATOMIC_SEQ_CST);
   __atomic_fetch_sub (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
 
@@ -846,7 +867,7 @@ fetch_sparse (struct cor_disk *d, uint64_t first, uint64_t end,
       __atomic_fetch_add (&d->zero_skipped_bytes, len, __ATOMIC_RELAXED);
     }
     else {
-      if (fetch_blocks (d, blk, run, deadline_ns, NULL, err) == -1) {
+      if (fetch_blocks (d, blk, run, deadline_ns, NULL, NULL, err) == -1) {
         free (z);
         return -1;
       }
@@ -887,7 +908,7 @@ cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
     if (fg) {
       /* On behalf of a guest: the streamer gives way as to a fault. */
       __atomic_fetch_add (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
-      r = fetch_blocks (d, blk, run, deadline_ns, NULL, err) == 0
+      r = fetch_blocks (d, blk, run, deadline_ns, NULL, NULL, err) == 0
           ? (int64_t) blocks_length (d, blk, run) : -1;
       __atomic_store_n (&d->last_fg_ns, now_ns (), __ATOMIC_SEQ_CST);
       __atomic_fetch_sub (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);

@@ -245,8 +245,15 @@ fs_open (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
   fuse_reply_open (req, fi);
 }
 
-/* A cold read replies from the buffer the parent's data arrived in,
- * with no read back from the overlay.  A warm one reads the overlay into
+static void
+reply_early (void *req, const char *data, size_t n)
+{
+  fuse_reply_buf (req, data, n);
+}
+
+/* A cold read replies from the buffer the parent's data arrived in, as
+ * soon as it arrives (before it is stored: cor_read_ref's deliver), with
+ * no read back from the overlay.  A warm one reads the overlay into
  * a buffer: splicing it into /dev/fuse (fuse_reply_data with an fd
  * buffer) measured 3 to 4 times the CPU per 1 MiB read on this kernel. */
 static void
@@ -262,9 +269,15 @@ fs_read (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
   if (!d)
     return (void) fuse_reply_err (req, ENOENT);
+  ref.deliver = reply_early;
+  ref.opaque = req;
   n = cor_read_ref (d, size, off, &ref, &err);
   if (n == -1)
     return (void) fuse_reply_err (req, err ? err : EIO);
+  if (ref.delivered) {
+    free (ref.buf);
+    return;
+  }
   if (ref.buf) {
     fuse_reply_buf (req, ref.buf + ref.skip, n);
     free (ref.buf);
