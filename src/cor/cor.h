@@ -99,6 +99,10 @@ struct cor_read_ref {
   void (*deliver) (void *opaque, const char *data, size_t n);
   void *opaque;
   bool delivered;
+  /* Optional, set by the caller: the reader is buffered, so the kernel
+   * reads ahead for it and the engine's readahead stays out of the way
+   * (for it, prefetching only adds a store and a read back per byte). */
+  bool kernel_reads_ahead;
 };
 
 /* cor_read, but the data stays where it is (above).  Same returns; on

@@ -634,7 +634,8 @@ cor_read_ref (struct cor_disk *d, size_t count, uint64_t offset,
     return -1;
   if (ref->buf)
     ref->skip = early.skip;
-  cor_readahead_note (d, first, end, faulted);
+  if (!ref->kernel_reads_ahead)
+    cor_readahead_note (d, first, end, faulted);
   __atomic_fetch_add (&d->guest_read_bytes, count, __ATOMIC_RELAXED);
   return count;
 }

@@ -262,15 +262,15 @@ fs_read (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 {
   struct fs *fs = fuse_req_userdata (req);
   struct cor_disk *d = ino_disk (fs, ino);
-  struct cor_read_ref ref;
+  /* A buffered reader has the kernel's readahead (tuned at mount). */
+  struct cor_read_ref ref = { .deliver = reply_early, .opaque = req,
+                              .kernel_reads_ahead = !(fi->flags & O_DIRECT) };
   char *buf;
   ssize_t n;
   int err = 0;
 
   if (!d)
     return (void) fuse_reply_err (req, ENOENT);
-  ref.deliver = reply_early;
-  ref.opaque = req;
   n = cor_read_ref (d, size, off, &ref, &err);
   if (n == -1)
     return (void) fuse_reply_err (req, err ? err : EIO);
