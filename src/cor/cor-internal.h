@@ -140,11 +140,15 @@ int64_t cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
  * the read continues no tracked stream and did not fault. */
 void cor_readahead_init (struct cor_disk *d, uint64_t max_bytes);
 void cor_readahead_note (struct cor_disk *d, uint64_t first, uint64_t end, bool faulted);
-void cor_readahead_shutdown (struct cor_disk *d);
+/* Stop: no new prefetch starts; join: wait for the ones running. */
+void cor_readahead_stop (struct cor_disk *d);
+void cor_readahead_join (struct cor_disk *d);
 
-/* stream.c: set up from the disk config / stop and join the workers. */
+/* stream.c: set up from the disk config; stop the workers (they end
+ * after their chunk in flight) and join them. */
 int cor_stream_init (struct cor_disk *d, const struct cor_disk_config *cfg);
-void cor_stream_shutdown (struct cor_disk *d);
+void cor_stream_stop (struct cor_disk *d);
+void cor_stream_join (struct cor_disk *d);
 /* What the streamer should do at engine start. */
 void cor_stream_autostart (struct cor_disk *d, enum cor_stream_mode mode);
 const char *cor_stream_state_name (struct cor_disk *d);

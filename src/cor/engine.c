@@ -132,10 +132,16 @@ cor_engine_free (struct cor_engine *e)
   if (!e)
     return 0;
   /* Streamers and readahead first: they fetch and would race with the
-   * final commit. */
+   * final commit.  All are told to stop before any is waited for, so
+   * disks whose parents are slow wait out their requests in flight
+   * together, not one after another. */
   for (size_t i = 0; i < e->nr_disks; i++) {
-    cor_stream_shutdown (e->disks[i]);
-    cor_readahead_shutdown (e->disks[i]);
+    cor_stream_stop (e->disks[i]);
+    cor_readahead_stop (e->disks[i]);
+  }
+  for (size_t i = 0; i < e->nr_disks; i++) {
+    cor_stream_join (e->disks[i]);
+    cor_readahead_join (e->disks[i]);
   }
   r = cor_engine_stop (e);
   for (size_t i = 0; i < e->nr_disks; i++) {

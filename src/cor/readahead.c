@@ -182,12 +182,19 @@ cor_readahead_note (struct cor_disk *d, uint64_t first, uint64_t end, bool fault
 }
 
 void
-cor_readahead_shutdown (struct cor_disk *d)
+cor_readahead_stop (struct cor_disk *d)
 {
   pthread_mutex_lock (&d->ra.lock);
   d->ra.stop = true;
   d->ra.qlen = 0;
   pthread_cond_broadcast (&d->ra.cond);
+  pthread_mutex_unlock (&d->ra.lock);
+}
+
+void
+cor_readahead_join (struct cor_disk *d)
+{
+  pthread_mutex_lock (&d->ra.lock);
   int n = d->ra.nr_workers;
   pthread_mutex_unlock (&d->ra.lock);
   for (int i = 0; i < n; i++)

@@ -486,14 +486,21 @@ cor_stream_autostart (struct cor_disk *d, enum cor_stream_mode mode)
 }
 
 void
-cor_stream_shutdown (struct cor_disk *d)
+cor_stream_stop (struct cor_disk *d)
+{
+  pthread_mutex_lock (&d->stream.lock);
+  d->stream.stop = true;
+  pthread_cond_broadcast (&d->stream.cond);
+  pthread_mutex_unlock (&d->stream.lock);
+}
+
+void
+cor_stream_join (struct cor_disk *d)
 {
   bool started;
 
   pthread_mutex_lock (&d->stream.lock);
-  d->stream.stop = true;
   started = d->stream.workers_started;
-  pthread_cond_broadcast (&d->stream.cond);
   pthread_mutex_unlock (&d->stream.lock);
   if (started)
     for (int i = 0; i < COR_STREAM_WORKERS; i++)
