@@ -107,5 +107,16 @@ crash_unmount () {
   fusermount3 -u "$2" 2>/dev/null || umount -l "$2" 2>/dev/null || true
 }
 
+# twin_write DISK EXPECTED OFF LEN [OFLAG]: the same LEN random bytes at
+# byte OFF of DISK (fsync'd; OFLAG, e.g. direct, is added to dd's oflag)
+# and of the EXPECTED image, which tracks what the disk must read back.
+# Non-zero if the write to DISK failed (dd's message on stderr).
+twin_write () {
+  head -c "$4" /dev/urandom > "$T/twin.data"
+  dd if="$T/twin.data" of="$1" bs="$4" count=1 seek="$3" oflag=seek_bytes${5:+,$5} \
+     conv=notrunc,fsync status=none || return 1
+  dd if="$T/twin.data" of="$2" bs="$4" count=1 seek="$3" oflag=seek_bytes conv=notrunc status=none
+}
+
 # nbd_uri SOCKET: the corfs URL for an nbdkit unix socket.
 nbd_uri () { echo "nbd+unix:///?socket=$1"; }

@@ -33,13 +33,7 @@ cmp <(head -c $((12 * 1048576)) "$disk") <(head -c $((12 * 1048576)) "$img") \
   || fail "cold read of the first 12 MiB differs from the parent file"
 
 # wr OFF LEN [direct]: the same write to the mount (fsync'd) and the copy.
-wr () {
-  head -c "$2" /dev/urandom > "$T/data"
-  dd if="$T/data" of="$disk" bs="$2" count=1 seek="$1" oflag=seek_bytes${3:+,$3} \
-     conv=notrunc,fsync status=none || fail "write of $2 bytes at $1 failed"
-  dd if="$T/data" of="$copy" bs="$2" count=1 seek="$1" oflag=seek_bytes \
-     conv=notrunc status=none
-}
+wr () { twin_write "$disk" "$copy" "$1" "$2" ${3:+"$3"} || fail "write of $2 bytes at $1 failed"; }
 wr 0 65536
 wr $((65536 - 3)) 9                      # across a block boundary
 wr $((3 * 1048576 + 1)) 150000           # present blocks, unaligned

@@ -21,13 +21,7 @@ status () { local s=$1; shift; "$CORFS" status --state "$s" d --json | jq -r "$@
 
 # wr DISK EXPECTED OFF LEN: the same write to the mount (fsync'd) and the
 # expected image.
-wr () {
-  head -c "$4" /dev/urandom > $T/data
-  dd if=$T/data of="$1" bs="$4" count=1 seek="$3" oflag=seek_bytes \
-     conv=notrunc,fsync status=none || fail "write of $4 bytes at $3 failed"
-  dd if=$T/data of="$2" bs="$4" count=1 seek="$3" oflag=seek_bytes \
-     conv=notrunc status=none
-}
+wr () { twin_write "$@" || fail "write of $4 bytes at $3 failed"; }
 
 ### 1. Flatten in place.
 size=$((32 * 1048576))

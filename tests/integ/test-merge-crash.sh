@@ -35,11 +35,7 @@ status () { local s=$1; shift; "$CORFS" status --state "$s" d --json | jq -r "$@
 
 # wr OFF LEN: the same write to the disk (fsync'd) and the expected image.
 wr () {
-  head -c "$2" /dev/urandom > $T/data
-  dd if=$T/data of=$disk bs="$2" count=1 seek="$1" oflag=seek_bytes \
-     conv=notrunc,fsync status=none || fail "write of $2 bytes at $1 failed"
-  dd if=$T/data of=$T/expected.img bs="$2" count=1 seek="$1" oflag=seek_bytes \
-     conv=notrunc status=none
+  twin_write $disk $T/expected.img "$1" "$2" || fail "write of $2 bytes at $1 failed"
   ranges+=("$1 $2")
 }
 

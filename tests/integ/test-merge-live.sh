@@ -26,13 +26,7 @@ disk=$mnt/d
 status () { local s=$1; shift; "$CORFS" status --state "$s" d --json | jq -r "$@"; }
 
 # wr OFF LEN: the same fsync'd write to the disk and to the expected image.
-wr () {
-  head -c "$2" /dev/urandom > $T/data
-  dd if=$T/data of=$disk bs="$2" count=1 seek="$1" oflag=seek_bytes \
-     conv=notrunc,fsync status=none || fail "write of $2 bytes at $1 failed"
-  dd if=$T/data of=$T/expected.img bs="$2" count=1 seek="$1" oflag=seek_bytes \
-     conv=notrunc status=none
-}
+wr () { twin_write $disk $T/expected.img "$1" "$2" || fail "write of $2 bytes at $1 failed"; }
 
 # Give the merge plenty to do: 24 MiB dirty in 1 MiB pieces.
 for i in $(seq 0 2 47); do wr $((i * 1048576 + 512)) 1048576; done

@@ -60,12 +60,7 @@ cmp <(dd if="$disk" bs=64K count=16 iflag=direct status=none) <(head -c $MiB "$i
   || soft "A: incoming read differs"
 "$CORFS" activate --state "$stA" d --epoch 2 || fail "A: activate --epoch 2 (parent read-only) failed"
 "$CORFS" stream --state "$stA" d --pause > /dev/null 2>&1 || true   # keep some blocks missing
-wr () {
-  head -c "$2" /dev/urandom > "$T/data"
-  dd if="$T/data" of="$disk" bs="$2" count=1 seek="$1" oflag=seek_bytes${3:+,$3} \
-     conv=notrunc,fsync status=none || fail "A: write of $2 bytes at $1 failed"
-  dd if="$T/data" of="$expA" bs="$2" count=1 seek="$1" oflag=seek_bytes conv=notrunc status=none
-}
+wr () { twin_write "$disk" "$expA" "$1" "$2" ${3:+"$3"} || fail "A: write of $2 bytes at $1 failed"; }
 wr 0 65536
 wr $((MiB + 123)) 70000
 wr $((8 * MiB)) 131072 direct

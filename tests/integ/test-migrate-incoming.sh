@@ -159,12 +159,7 @@ case $s in running|complete) ;; *) soft "stream state '$s' after activate with -
 
 # Writes succeed now (fsync'd); the parent does not see them.
 sum=$(sha256sum < "$img")
-wr () {
-  head -c "$2" /dev/urandom > "$T/data"
-  dd if="$T/data" of="$disk" bs="$2" count=1 seek="$1" oflag=seek_bytes${3:+,$3} \
-     conv=notrunc,fsync status=none || { soft "write of $2 bytes at $1 after activate failed"; return; }
-  dd if="$T/data" of="$exp" bs="$2" count=1 seek="$1" oflag=seek_bytes conv=notrunc status=none
-}
+wr () { twin_write "$disk" "$exp" "$1" "$2" ${3:+"$3"} || soft "write of $2 bytes at $1 after activate failed"; }
 wr 0 65536
 wr $((3 * MiB - 7)) 20000
 wr $((11 * MiB)) 131072 direct

@@ -26,13 +26,7 @@ epid=$!
 cleanup_fn kill_pid $epid
 
 # wr OFF LEN: the same fsync'd write to the disk and to the expected image.
-wr () {
-  head -c "$2" /dev/urandom > $T/data
-  dd if=$T/data of=$disk bs="$2" count=1 seek="$1" oflag=seek_bytes \
-     conv=notrunc,fsync status=none || fail "write of $2 bytes at $1 failed"
-  dd if=$T/data of=$T/expected.img bs="$2" count=1 seek="$1" oflag=seek_bytes \
-     conv=notrunc status=none
-}
+wr () { twin_write $disk $T/expected.img "$1" "$2" || fail "write of $2 bytes at $1 failed"; }
 
 # Pivot before the copy completes is refused (the full refusal checks are
 # in test-mirror-refusals.sh).

@@ -23,12 +23,7 @@ status () { "$CORFS" status --state "$1" d --json | jq -r "(if type == \"array\"
 
 # wr DISK EXPECTED OFF LEN [oflag]: the same write to the mount (fsync'd)
 # and to the expected image.
-wr () {
-  head -c "$4" /dev/urandom > $T/data
-  dd if=$T/data of="$1" bs="$4" count=1 seek="$3" oflag=seek_bytes${5:+,$5} \
-     conv=notrunc,fsync status=none || fail "write of $4 bytes at $3 to $1 failed"
-  dd if=$T/data of="$2" bs="$4" count=1 seek="$3" oflag=seek_bytes conv=notrunc status=none
-}
+wr () { twin_write "$@" || fail "write of $4 bytes at $3 to $1 failed"; }
 
 parent_untouched () {
   [ "$(sha256sum < $exp/disk.img)" = "$sum0" ] || fail "$1: the parent file's content changed"

@@ -49,12 +49,7 @@ declare -A written=()   # block numbers written
 # write call, then fsync) and to the copy; remember the blocks touched.
 wr () {
   local off=$1 len=$2 flag=${3:-} b
-  head -c "$len" /dev/urandom > "$T/data"
-  dd if="$T/data" of="$disk" bs="$len" count=1 seek="$off" \
-     oflag=seek_bytes${flag:+,$flag} conv=notrunc,fsync status=none \
-    || fail "write of $len bytes at $off ${flag:+($flag) }failed"
-  dd if="$T/data" of="$copy" bs="$len" count=1 seek="$off" \
-     oflag=seek_bytes conv=notrunc status=none
+  twin_write "$disk" "$copy" "$off" "$len" $flag || fail "write of $len bytes at $off ${flag:+($flag) }failed"
   for (( b = off / bs; b <= (off + len - 1) / bs; b++ )); do written[$b]=1; done
 }
 # rd OFF LEN: read through the mount (makes those blocks present).
