@@ -39,6 +39,14 @@ struct bitmap {
   uint64_t count;               /* atomic; bits set, kept by update_range */
 };
 
+struct batch_chunk {
+  struct meta_disk *d;
+  enum meta_map map;
+  uint32_t gen;                 /* generation when taken (META_CHANGED) */
+  uint64_t chunk;
+  uint64_t words[CHUNK_WORDS];
+};
+
 struct meta_disk {
   struct meta *m;
   char name[65];
@@ -47,6 +55,10 @@ struct meta_disk {
   struct meta_record rec;       /* protected by m->lock */
   struct bitmap maps[META_NR_MAPS];
   struct meta_disk *next;       /* protected by m->lock */
+  /* META_CHANGED chunks of an earlier generation whose batch failed after
+   * a checkpoint (see meta_batch_drop); protected by m->lock. */
+  struct batch_chunk *orphans;
+  size_t nr_orphans;
 };
 
 struct meta {
@@ -55,14 +67,6 @@ struct meta {
   pthread_mutex_t lock;         /* serialises LMDB transactions; guards disks */
   size_t map_size;              /* protected by lock */
   struct meta_disk *disks;      /* protected by lock */
-};
-
-struct batch_chunk {
-  struct meta_disk *d;
-  enum meta_map map;
-  uint32_t gen;                 /* generation when taken (META_CHANGED) */
-  uint64_t chunk;
-  uint64_t words[CHUNK_WORDS];
 };
 
 struct meta_batch {
@@ -233,6 +237,33 @@ put_chunk (struct meta *m, MDB_txn *txn, const struct meta_disk *d,
            enum meta_map map, uint64_t chunk, const uint64_t *words)
 {
   return put_chunk_gen (m, txn, d, map, chunk, words, d->rec.generation);
+}
+
+/* A META_CHANGED chunk taken before a checkpoint and committed after it.
+ * The checkpoint wrote the chunk under the old generation too if bits
+ * were set in it after the take (they made it pending again), and that
+ * copy is newer than the batch's: merge, never overwrite, or those bits
+ * would vanish from the old generation and an incremental backup from
+ * it would miss their blocks.  Must be called with m->lock held. */
+static int
+put_old_changed_chunk (struct meta *m, MDB_txn *txn, const struct batch_chunk *bc)
+{
+  unsigned char kbuf[16];
+  MDB_val key = { sizeof kbuf, kbuf }, val;
+  uint64_t words[CHUNK_WORDS], old[CHUNK_WORDS];
+  int rc;
+
+  memcpy (words, bc->words, sizeof words);
+  map_key (kbuf, bc->d, META_CHANGED, bc->chunk, bc->gen);
+  rc = mdb_get (txn, m->maps_dbi, &key, &val);
+  if (rc == 0 && val.mv_size == CHUNK_BYTES) {
+    memcpy (old, val.mv_data, sizeof old);      /* LMDB data may be unaligned */
+    for (size_t i = 0; i < CHUNK_WORDS; i++)
+      words[i] |= old[i];
+  }
+  else if (rc != 0 && rc != MDB_NOTFOUND)
+    return rc;
+  return put_chunk_gen (m, txn, bc->d, META_CHANGED, bc->chunk, words, bc->gen);
 }
 
 static int
@@ -813,6 +844,8 @@ close_txn (struct meta *m, MDB_txn *txn, void *argp)
   struct disk_value v = { .rec = d->rec, .id = d->id, .open = false };
   int rc = put_pending (m, txn, d, false);
 
+  for (size_t i = 0; rc == 0 && i < d->nr_orphans; i++)
+    rc = put_old_changed_chunk (m, txn, &d->orphans[i]);
   if (rc)
     return rc;
   return put_record (m, txn, d->name, &v);
@@ -837,6 +870,7 @@ meta_disk_close (struct meta_disk *d, bool clean)
   pthread_mutex_unlock (&m->lock);
   for (int map = 0; map < META_NR_MAPS; map++)
     bitmap_free (&d->maps[map]);
+  free (d->orphans);
   free (d);
   if (rc) {
     errno = rc;
@@ -902,6 +936,20 @@ meta_batch_begin (struct meta *m)
     return NULL;
   b->m = m;
   pthread_mutex_lock (&m->lock);
+  /* Orphans first (see meta_batch_drop); on ENOMEM they wait for the
+   * next batch. */
+  for (struct meta_disk *d = m->disks; d; d = d->next) {
+    struct batch_chunk *nv;
+    if (!d->nr_orphans ||
+        !(nv = realloc (b->v, (b->n + d->nr_orphans) * sizeof *nv)))
+      continue;
+    memcpy (nv + b->n, d->orphans, d->nr_orphans * sizeof *nv);
+    b->v = nv;
+    b->n = b->cap = b->n + d->nr_orphans;
+    free (d->orphans);
+    d->orphans = NULL;
+    d->nr_orphans = 0;
+  }
   for (struct meta_disk *d = m->disks; d; d = d->next) {
     for (int map = 0; map < META_NR_MAPS; map++) {
       struct bitmap *bm = &d->maps[map];
@@ -955,29 +1003,44 @@ meta_batch_has (const struct meta_batch *b, const struct meta_disk *d)
 }
 
 /* Remove d's chunks from the batch (all chunks if d is NULL) and put them
- * back in the pending sets.  XXX A META_CHANGED chunk taken before a
- * checkpoint and dropped after it is re-queued under the new generation,
- * whose in-memory map no longer holds those bits: they would be missing
- * from the old generation.  cor_checkpoint commits first, so this needs an
- * LMDB commit failure in that window.  A disk whose overlay failed to sync is
- * read-only from then on, so its chunks stay pending and are never
- * committed, which is what rule 7 wants. */
+ * back in the pending sets.  A META_CHANGED chunk of a generation that a
+ * checkpoint has closed since it was taken cannot go back there (the
+ * pending set and the in-memory map are the new generation's): it waits
+ * in the disk's orphans for the next batch, which commits it under its
+ * own generation (merged, see put_old_changed_chunk).  A disk whose
+ * overlay failed to sync is read-only from then on: its chunks are
+ * dropped from every batch and never committed, which is what rule 7
+ * wants. */
 void
 meta_batch_drop (struct meta_batch *b, struct meta_disk *d)
 {
   size_t j = 0;
 
+  pthread_mutex_lock (&b->m->lock);
   for (size_t i = 0; i < b->n; i++) {
     struct batch_chunk *bc = &b->v[i];
-    if (d == NULL || bc->d == d) {
+    if (d != NULL && bc->d != d)
+      b->v[j++] = *bc;
+    else if (bc->map == META_CHANGED && bc->gen != bc->d->rec.generation) {
+      struct meta_disk *od = bc->d;
+      struct batch_chunk *nv = realloc (od->orphans, (od->nr_orphans + 1) * sizeof *nv);
+      if (!nv) {
+        log_error ("meta: disk %s: out of memory keeping changed blocks of generation %"
+                   PRIu32 " (chunk %" PRIu64 "): an incremental backup from it may miss "
+                   "them", od->name, bc->gen, bc->chunk);
+        continue;
+      }
+      od->orphans = nv;
+      od->orphans[od->nr_orphans++] = *bc;
+    }
+    else {
       struct bitmap *bm = &bc->d->maps[bc->map];
       __atomic_fetch_or (&bm->pending[bc->chunk / 64], 1ULL << (bc->chunk % 64),
                          __ATOMIC_SEQ_CST);
     }
-    else
-      b->v[j++] = *bc;
   }
   b->n = j;
+  pthread_mutex_unlock (&b->m->lock);
 }
 
 static int
@@ -987,7 +1050,9 @@ batch_txn (struct meta *m, MDB_txn *txn, void *argp)
 
   for (size_t i = 0; i < b->n; i++) {
     struct batch_chunk *bc = &b->v[i];
-    int rc = put_chunk_gen (m, txn, bc->d, bc->map, bc->chunk, bc->words, bc->gen);
+    int rc = bc->map == META_CHANGED && bc->gen != bc->d->rec.generation
+      ? put_old_changed_chunk (m, txn, bc)
+      : put_chunk_gen (m, txn, bc->d, bc->map, bc->chunk, bc->words, bc->gen);
     if (rc)
       return rc;
   }

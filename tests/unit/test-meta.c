@@ -1409,6 +1409,64 @@ Test (meta, batch_taken_before_checkpoint_keeps_its_generation)
   cr_assert_eq (l.first[0], 42);
 }
 
+/* The checkpoint race: a batch takes a changed chunk, a write sets
+ * another bit in the same chunk (pending again), a checkpoint writes
+ * the chunk under the old generation with both bits, and only then does
+ * the batch commit its older copy.  Both bits must stay in generation 1
+ * (the batch used to overwrite the checkpoint's copy). */
+Test (meta, batch_after_checkpoint_merges_into_old_generation)
+{
+  struct meta_record r = mkrec (1 << 30, 65536);
+  struct meta_disk *d = open_clean ("g", &r);
+  struct meta_batch *b;
+  struct ext_list l;
+
+  meta_set (d, META_CHANGED, 10, 1);
+  b = meta_batch_begin (m);                   /* takes chunk 0: {10} */
+  cr_assert_not_null (b);
+  meta_set (d, META_CHANGED, 20, 1);          /* chunk 0 pending again: {10, 20} */
+  cr_assert_eq (meta_checkpoint (d), 2);      /* writes {10, 20} under generation 1 */
+  cr_assert_eq (meta_batch_commit (b), 0);    /* its copy {10}, also generation 1 */
+  l = changed_since (d, 1, NULL);
+  cr_assert_eq (l.n, 2, "generation 1 lost a block: %zu extents", l.n);
+  cr_assert_eq (l.first[0], 10);
+  cr_assert_eq (l.first[1], 20);
+  close_disk (d, true);
+  reopen_env ();
+  d = open_disk ("g", NULL, NULL);
+  l = changed_since (d, 1, NULL);
+  cr_assert_eq (l.n, 2, "after a reopen, generation 1 has %zu extents", l.n);
+}
+
+/* A batch taken before a checkpoint whose commit fails after it: its
+ * changed chunk belongs to the old generation and must be committed
+ * there by a later batch (it used to go back to the pending set of the
+ * new generation, whose map no longer had the bit). */
+Test (meta, dropped_batch_after_checkpoint_keeps_old_generation)
+{
+  struct meta_record r = mkrec (1 << 30, 65536);
+  struct meta_disk *d = open_clean ("g", &r);
+  struct meta_batch *b;
+  struct ext_list l;
+
+  meta_set (d, META_CHANGED, 42, 1);
+  b = meta_batch_begin (m);
+  cr_assert_not_null (b);
+  cr_assert_eq (meta_checkpoint (d), 2);
+  meta_batch_drop (b, NULL);                  /* as after a failed commit */
+  cr_assert_eq (meta_batch_commit (b), 0);    /* empty now: frees it */
+  l = changed_since (d, 2, NULL);
+  cr_assert_eq (l.n, 0, "generation 1's block leaked into generation 2");
+  l = changed_since (d, 1, NULL);
+  cr_assert_eq (l.n, 0, "not committed yet, so not in generation 1 either");
+  run_batch (d);                              /* the next commit */
+  l = changed_since (d, 1, NULL);
+  cr_assert_eq (l.n, 1, "the dropped chunk never reached generation 1");
+  cr_assert_eq (l.first[0], 42);
+  l = changed_since (d, 2, NULL);
+  cr_assert_eq (l.n, 0);
+}
+
 Test (meta, widened_flag_per_generation)
 {
   struct meta_record r = mkrec (1 << 30, 65536);
