@@ -220,3 +220,14 @@ thread_create_nosig (pthread_t *t, void *(*fn) (void *), void *arg)
   }
   return 0;
 }
+
+void
+cond_init_monotonic (pthread_cond_t *c)
+{
+  pthread_condattr_t ca;
+
+  pthread_condattr_init (&ca);
+  pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
+  pthread_cond_init (c, &ca);
+  pthread_condattr_destroy (&ca);
+}

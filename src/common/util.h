@@ -48,4 +48,8 @@ char *read_small_file (const char *path);
 /* pthread_create with every signal blocked in the new thread, so that
  * SIGTERM/SIGINT reach the FUSE loop's signal handling (main thread). */
 int thread_create_nosig (pthread_t *t, void *(*fn) (void *), void *arg);
+
+/* pthread_cond_init on CLOCK_MONOTONIC, so that pthread_cond_timedwait
+ * deadlines come from now_ns () and do not jump with the wall clock. */
+void cond_init_monotonic (pthread_cond_t *c);
 #endif

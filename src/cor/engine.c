@@ -57,16 +57,12 @@ int
 cor_engine_new (struct meta *m, struct cor_engine **ep)
 {
   struct cor_engine *e = calloc (1, sizeof *e);
-  pthread_condattr_t ca;
 
   if (!e)
     return -1;
   e->meta = m;
   pthread_mutex_init (&e->lock, NULL);
-  pthread_condattr_init (&ca);
-  pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
-  pthread_cond_init (&e->wake, &ca);
-  pthread_condattr_destroy (&ca);
+  cond_init_monotonic (&e->wake);
   pthread_cond_init (&e->done, NULL);
   *ep = e;
   return 0;
@@ -182,13 +178,7 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
   d->nr_blocks = meta_nr_blocks (cfg->md);
   d->hold_ns = cfg->hold_ns;
   pthread_mutex_init (&d->lock, NULL);
-  {
-    pthread_condattr_t ca;      /* fault_in's timed waits use now_ns () */
-    pthread_condattr_init (&ca);
-    pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
-    pthread_cond_init (&d->cond, &ca);
-    pthread_condattr_destroy (&ca);
-  }
+  cond_init_monotonic (&d->cond);    /* fault_in's timed waits use now_ns () */
   pthread_mutex_init (&d->store_lock, NULL);
   d->start_mode = cfg->stream;
   pthread_mutex_init (&d->owner_lock, NULL);

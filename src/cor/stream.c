@@ -70,13 +70,8 @@ cor_stream_state_name (struct cor_disk *d)
 int
 cor_stream_init (struct cor_disk *d, const struct cor_disk_config *cfg)
 {
-  pthread_condattr_t ca;
-
   pthread_mutex_init (&d->stream.lock, NULL);
-  pthread_condattr_init (&ca);
-  pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
-  pthread_cond_init (&d->stream.cond, &ca);
-  pthread_condattr_destroy (&ca);
+  cond_init_monotonic (&d->stream.cond);
   d->stream.state = S_OFF;
   d->stream.rate = cfg->rate;
   d->stream.release_parent = cfg->release_parent;

@@ -84,15 +84,11 @@ struct merge *
 merge_new (void)
 {
   struct merge *mg = calloc (1, sizeof *mg);
-  pthread_condattr_t ca;
 
   if (!mg)
     return NULL;
   pthread_mutex_init (&mg->lock, NULL);
-  pthread_condattr_init (&ca);
-  pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
-  pthread_cond_init (&mg->cond, &ca);
-  pthread_condattr_destroy (&ca);
+  cond_init_monotonic (&mg->cond);
   return mg;
 }
 

@@ -232,7 +232,6 @@ rhttp_open (struct remote *r, const struct remote_config *cfg, void **hp, int *e
 {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
   struct rhttp *h = calloc (1, sizeof *h);
-  pthread_condattr_t ca;
 
   pthread_once (&once, global_init);
   if (!h) {
@@ -240,10 +239,7 @@ rhttp_open (struct remote *r, const struct remote_config *cfg, void **hp, int *e
     return -1;
   }
   pthread_mutex_init (&h->lock, NULL);
-  pthread_condattr_init (&ca);
-  pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
-  pthread_cond_init (&h->cond, &ca);
-  pthread_condattr_destroy (&ca);
+  cond_init_monotonic (&h->cond);
   h->size = -1;
   h->connect_timeout_ns = cfg->connect_timeout_ns;
   h->request_timeout_ns = cfg->request_timeout_ns;

@@ -63,7 +63,6 @@ static int
 rnbd_open (struct remote *r, const struct remote_config *cfg, void **hp, int *err)
 {
   struct rnbd *h;
-  pthread_condattr_t ca;
 
   if (strstr (cfg->url, "+unix://") && !strstr (cfg->url, "socket=")) {
     log_error ("rnbd: disk %s: nbd+unix URL needs ?socket=PATH", cfg->disk);
@@ -94,10 +93,7 @@ rnbd_open (struct remote *r, const struct remote_config *cfg, void **hp, int *er
   h->request_timeout_ns = cfg->request_timeout_ns;
   h->size = -1;
   pthread_mutex_init (&h->lock, NULL);
-  pthread_condattr_init (&ca);
-  pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
-  pthread_cond_init (&h->cond, &ca);
-  pthread_condattr_destroy (&ca);
+  cond_init_monotonic (&h->cond);
   *hp = h;
   return 0;
 }

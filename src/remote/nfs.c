@@ -65,7 +65,6 @@ static int
 rnfs_open (struct remote *r, const struct remote_config *cfg, void **hp, int *err)
 {
   struct rnfs *h;
-  pthread_condattr_t ca;
   const char *p = cfg->url + 6;
 
   if (!*p || *p == '/' || !strchr (p, '/')) {
@@ -85,10 +84,7 @@ rnfs_open (struct remote *r, const struct remote_config *cfg, void **hp, int *er
   h->request_timeout_ns = cfg->request_timeout_ns;
   h->size = -1;
   pthread_mutex_init (&h->lock, NULL);
-  pthread_condattr_init (&ca);
-  pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
-  pthread_cond_init (&h->cond, &ca);
-  pthread_condattr_destroy (&ca);
+  cond_init_monotonic (&h->cond);
   *hp = h;
   return 0;
 }
