@@ -24,9 +24,9 @@
  * reads in flight (fs.c sets the mount's readahead): prefetching for
  * them as well added a store, a read back and a copy per byte, and
  * measured 5-15% slower on a cold whole-disk dd (0.84-0.95 s vs
- * 0.79-0.85 s for 1 GiB).  A failed prefetch is forgotten: the guest's own read fetches the block
- * again and reports the error.  An incoming disk reads through and never
- * gets here.
+ * 0.79-0.85 s for 1 GiB).  A failed prefetch is forgotten: the guest's
+ * own read fetches the block again and reports the error.  An incoming
+ * disk reads through and never gets here.
  *
  * Streams: COR_RA_STREAMS per disk, replaced least recently used.  A new
  * stream starts only at a read that faulted, so warm random reads cost

@@ -22,12 +22,12 @@
 #include "remote/remote-internal.h"
 
 #define BACKOFF_MIN_NS (50 * 1000000ULL)
+#define BACKOFF_MAX_NS (2 * NS_PER_SEC)
 /* Block status is asked for this much at a time and the answer kept: the
  * streamer walks the disk in 2 MiB chunks, and a parent may pay for each
  * question in proportion to the file, not the range (nbdkit's file plugin
  * on tmpfs: SEEK_HOLE scans to the end of the file). */
 #define ZCACHE_WINDOW (1ULL << 30)
-#define BACKOFF_MAX_NS (2 * NS_PER_SEC)
 
 /* The last block-status answer, for [start, end) of the parent, valid
  * while write_gen is still gen.  lock protects it; query is held across
