@@ -135,11 +135,14 @@ enum { COR_POP_READAHEAD = 1 };
 int64_t cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
                       uint64_t deadline_ns, unsigned flags, int *err);
 
-/* readahead.c.  note: a guest read of blocks [first, end) (faulted: it
- * had to fetch or wait) was answered; may queue prefetches.  Cheap when
- * the read continues no tracked stream and did not fault. */
+/* Start reading blocks [first, end), all present, from the overlay into
+ * the page cache, without waiting for it (a hint: errors are ignored). */
+void cor_overlay_willneed (struct cor_disk *d, uint64_t first, uint64_t end);
+
+/* readahead.c.  note: a guest read of blocks [first, end) was answered;
+ * may queue prefetches. */
 void cor_readahead_init (struct cor_disk *d, uint64_t max_bytes);
-void cor_readahead_note (struct cor_disk *d, uint64_t first, uint64_t end, bool faulted);
+void cor_readahead_note (struct cor_disk *d, uint64_t first, uint64_t end);
 /* Stop: no new prefetch starts; join: wait for the ones running. */
 void cor_readahead_stop (struct cor_disk *d);
 void cor_readahead_join (struct cor_disk *d);

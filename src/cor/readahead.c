@@ -18,7 +18,12 @@
  * Prefetches are ordinary fetches through the in-flight table
  * (cor_populate with COR_POP_READAHEAD): a guest read of a block being
  * prefetched waits for it, a write to it waits too, and blocks already
- * present or owned by someone else are skipped.  They count as guest
+ * present or owned by someone else are skipped.  A chunk that is all
+ * present is read into the overlay's page cache instead
+ * (cor_overlay_willneed): the overlay has no readahead of its own (see
+ * cor_disk_add), and without this a warm sequential O_DIRECT reader
+ * waited for the disk once per request (dd bs=1M iflag=direct of a warm
+ * 1 GiB disk: 1002 MB/s without, against 1298 for the local file).  They count as guest
  * faults, so the streamer gives way to them, and go into the boot trace.
  * Buffered readers are left to the kernel, which keeps several 1 MiB
  * reads in flight (fs.c sets the mount's readahead): prefetching for
@@ -28,9 +33,8 @@
  * own read fetches the block again and reports the error.  An incoming
  * disk reads through and never gets here.
  *
- * Streams: COR_RA_STREAMS per disk, replaced least recently used.  A new
- * stream starts only at a read that faulted, so warm random reads cost
- * one lock-free scan of the streams' next blocks.
+ * Streams: COR_RA_STREAMS per disk, replaced least recently used; any
+ * read that continues none of them starts one.
  *
  * Notes on the thread model: COR_RA_WORKERS threads per disk, started on
  * the first prefetch, joined at engine shutdown.  ra.lock protects the
@@ -86,7 +90,9 @@ ra_worker (void *arg)
     pthread_mutex_unlock (&d->ra.lock);
 
     int err = 0;
-    if (cor_populate (d, first, end, now_ns () + d->hold_ns, COR_POP_READAHEAD, &err) == -1)
+    if (meta_next (d->md, META_PRESENT, false, first) >= end)
+      cor_overlay_willneed (d, first, end);
+    else if (cor_populate (d, first, end, now_ns () + d->hold_ns, COR_POP_READAHEAD, &err) == -1)
       log_debug ("cor: disk %s: readahead of blocks %" PRIu64 "-%" PRIu64 " failed: %s "
                  "(the guest's read will fetch them)", d->name, first, end, strerror (err));
     pthread_mutex_lock (&d->ra.lock);
@@ -95,8 +101,9 @@ ra_worker (void *arg)
   return NULL;
 }
 
-/* Must be called with ra.lock held.  Queue the missing blocks of
- * [first, end) in chunks, as far as the queue has room.  Returns the
+/* Must be called with ra.lock held.  Queue [first, end) in chunks, as
+ * far as the queue has room (the workers fetch what is missing and read
+ * in what is present).  Returns the
  * block up to which all is queued (end when all of it is), first when
  * nothing could be (the workers cannot start): readahead is only a
  * hint, the guest fetches what it needs itself. */
@@ -117,7 +124,7 @@ enqueue_unlocked (struct cor_disk *d, uint64_t first, uint64_t end)
         return first;
       }
   }
-  while ((first = meta_next (d->md, META_PRESENT, false, first)) < end) {
+  for (; first < end; ) {
     uint64_t e = first + chunk < end ? first + chunk : end;
     if (d->ra.qlen == COR_RA_QUEUE)
       break;
@@ -132,7 +139,7 @@ enqueue_unlocked (struct cor_disk *d, uint64_t first, uint64_t end)
 }
 
 void
-cor_readahead_note (struct cor_disk *d, uint64_t first, uint64_t end, bool faulted)
+cor_readahead_note (struct cor_disk *d, uint64_t first, uint64_t end)
 {
   int hit = -1;
 
@@ -143,9 +150,6 @@ cor_readahead_note (struct cor_disk *d, uint64_t first, uint64_t end, bool fault
       hit = i;
       break;
     }
-  if (hit < 0 && !faulted)
-    return;
-
   pthread_mutex_lock (&d->ra.lock);
   d->ra.clock++;
   if (hit >= 0 && d->ra.streams[hit].next != first)
