@@ -1054,14 +1054,76 @@ needs_writeback (struct cor_disk *d, uint64_t blk)
   return meta_test (d->md, META_DIRTY, blk) || meta_test (d->md, META_SUSPECT, blk);
 }
 
+/* The copy step of cor_writeback, shared by WB_THREADS threads (the
+ * caller and helpers it starts): each takes the next run of present
+ * blocks needing writeback, at most WB_PIECE bytes, from cursor, and
+ * copies it.  One parent request at a time made a merge into an NBD
+ * export wait a round trip per MiB (M1: 1.7 s for 1 GiB, nbdcopy 0.4 s). */
+#define WB_PIECE (1ULL << 20)
+#define WB_THREADS 4
+
+struct wb_copy {
+  struct cor_disk *d;
+  uint64_t end, deadline_ns;
+  pthread_mutex_t lock;         /* protects the fields below */
+  uint64_t cursor;
+  int64_t written;
+  int err;                      /* the first failure; stops the others */
+};
+
+static void *
+wb_copy_worker (void *arg)
+{
+  struct wb_copy *c = arg;
+  struct cor_disk *d = c->d;
+  uint64_t piece = WB_PIECE >> d->block_shift ? WB_PIECE >> d->block_shift : 1;
+
+  for (;;) {
+    uint64_t blk, run;
+    pthread_mutex_lock (&c->lock);
+    for (blk = c->cursor; blk < c->end; blk++)
+      if (needs_writeback (d, blk) && meta_test (d->md, META_PRESENT, blk))
+        break;
+    for (run = blk + 1; run < c->end && run - blk < piece; run++)
+      if (!needs_writeback (d, run) || !meta_test (d->md, META_PRESENT, run))
+        break;
+    c->cursor = run;
+    bool stop = c->err != 0 || blk >= c->end;
+    pthread_mutex_unlock (&c->lock);
+    if (stop)
+      return NULL;
+
+    uint64_t off = block_offset (d, blk), len = blocks_length (d, blk, run);
+    int err = 0;
+    char *buf = malloc (len);
+    if (!buf)
+      err = ENOMEM;
+    else if (full_pread (d->overlay_fd, buf, len, off) == -1) {
+      err = errno;
+      log_error ("cor: disk %s: merge: overlay read at offset %" PRIu64 ": %m", d->name, off);
+    }
+    else if (remote_pwrite (d->remote, buf, len, off, c->deadline_ns, &err) == -1 && !err)
+      err = EIO;
+    free (buf);
+    pthread_mutex_lock (&c->lock);
+    if (err && !c->err)
+      c->err = err;
+    else if (!err)
+      c->written += len;
+    pthread_mutex_unlock (&c->lock);
+  }
+}
+
 int64_t
 cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
                uint64_t deadline_ns, int *err)
 {
   struct busy self;
-  int64_t written = 0;
+  struct wb_copy c = { .d = d, .end = end, .deadline_ns = deadline_ns, .cursor = first };
+  pthread_t helpers[WB_THREADS - 1];
+  int nr_helpers = 0, r = 0;
+  int64_t written;
   uint64_t blk;
-  int r = 0;
 
   pthread_mutex_lock (&d->lock);
   while (find_busy_unlocked (d, first, end))
@@ -1069,33 +1131,21 @@ cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
   claim_unlocked (d, &self, first, end);
   pthread_mutex_unlock (&d->lock);
 
-  /* 1. Copy runs of present blocks that need it. */
-  for (blk = first; blk < end && r == 0; ) {
-    if (!needs_writeback (d, blk) || !meta_test (d->md, META_PRESENT, blk)) {
-      blk++;
-      continue;
-    }
-    uint64_t run = blk + 1;
-    while (run < end && needs_writeback (d, run) && meta_test (d->md, META_PRESENT, run))
-      run++;
-    uint64_t off = block_offset (d, blk), len = blocks_length (d, blk, run);
-    char *buf = malloc (len);
-    if (!buf) {
-      *err = ENOMEM;
-      r = -1;
-      break;
-    }
-    if (full_pread (d->overlay_fd, buf, len, off) == -1) {
-      *err = errno;
-      log_error ("cor: disk %s: merge: overlay read at offset %" PRIu64 ": %m", d->name, off);
-      r = -1;
-    }
-    else if (remote_pwrite (d->remote, buf, len, off, deadline_ns, err) == -1)
-      r = -1;
-    else
-      written += len;
-    free (buf);
-    blk = run;
+  /* 1. Copy runs of present blocks that need it, several at once.  A
+   * helper that cannot start only means fewer at once. */
+  pthread_mutex_init (&c.lock, NULL);
+  if (blocks_length (d, first, end) > WB_PIECE)
+    for (; nr_helpers < WB_THREADS - 1; nr_helpers++)
+      if (thread_create_nosig (&helpers[nr_helpers], wb_copy_worker, &c) == -1)
+        break;
+  wb_copy_worker (&c);
+  for (int i = 0; i < nr_helpers; i++)
+    pthread_join (helpers[i], NULL);
+  pthread_mutex_destroy (&c.lock);
+  written = c.written;
+  if (c.err) {
+    *err = c.err;
+    r = -1;
   }
   /* 2. Make them stable on the parent; 3. only then clear the bits. */
   if (r == 0 && written > 0 && remote_flush (d->remote, deadline_ns, err) == -1)

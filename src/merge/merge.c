@@ -44,7 +44,13 @@
 #include "meta/meta.h"
 #include "remote/remote.h"
 
-#define CHUNK (1 << 20)
+/* Blocks handed to cor_writeback at a time: it copies them 1 MiB per
+ * request, four requests at once, then flushes the parent once.  The
+ * chunk is also what a guest write into it may wait for. */
+#define CHUNK (4 << 20)
+/* Copy reads and writes this much at a time; an all-zero piece is left a
+ * hole in the file. */
+#define COPY_PIECE (1 << 20)
 /* How long one chunk may retry inside the remote layer before the job
  * records the error (status, merge-error event) and backs off: short, so
  * that a failing parent shows at once; the job itself never gives up. */
@@ -403,7 +409,7 @@ run_copy (struct job *j)
 {
   struct cor_disk *d = j->d;
   uint64_t size = cor_disk_size (d);
-  char *buf = malloc (CHUNK);
+  char *buf = malloc (COPY_PIECE);
   int fd, err = 0;
 
   fd = open (j->to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -412,7 +418,7 @@ run_copy (struct job *j)
     goto fail;
   }
   for (uint64_t off = 0; off < size; ) {
-    size_t n = size - off < CHUNK ? size - off : CHUNK;
+    size_t n = size - off < COPY_PIECE ? size - off : COPY_PIECE;
     if (!keep_going (j))
       goto out;
     if (cor_read (d, buf, n, off, &err) != (ssize_t) n) {
