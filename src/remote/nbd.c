@@ -490,12 +490,12 @@ rnbd_release (void *hv)
 }
 
 
-/* Writes go through connection 0 only, so one FLUSH covers them whether
- * or not the server offers multi-conn; merge is not latency-bound. */
+/* Take connection i in particular (a flush must reach every connection
+ * that wrote), waiting until deadline_ns for it to be free. */
 static struct rnbd_conn *
-acquire_writer (struct rnbd *h, uint64_t deadline_ns, int *err)
+acquire_conn (struct rnbd *h, unsigned i, uint64_t deadline_ns, int *err)
 {
-  struct rnbd_conn *c = &h->conns[0];
+  struct rnbd_conn *c = &h->conns[i];
   struct timespec ts = { deadline_ns / NS_PER_SEC, deadline_ns % NS_PER_SEC };
 
   pthread_mutex_lock (&h->lock);
@@ -516,7 +516,10 @@ rnbd_pwrite (struct remote *r, void *hv, const void *buf, size_t count,
              uint64_t offset, uint64_t deadline_ns, int *err)
 {
   struct rnbd *h = hv;
-  struct rnbd_conn *c = acquire_writer (h, deadline_ns, err);
+  /* Any free connection: writes in parallel (merge copies several pieces
+   * at once), and the flush goes to every connection that wrote, so it
+   * covers them whether or not the server offers multi-conn. */
+  struct rnbd_conn *c = acquire (h, deadline_ns, err);
   int ret = 0;
 
   if (!c)
@@ -549,35 +552,46 @@ rnbd_pwrite (struct remote *r, void *hv, const void *buf, size_t count,
   return ret;
 }
 
+/* Flush every connection that wrote since its last flush.  One whose
+ * connection dropped with unflushed writes fails the flush (ESTALE, not
+ * retried): what it wrote may not be stable, and the caller must write
+ * those blocks again.  Every connection is visited even after a failure,
+ * so that a lost connection fails one flush, not every later one. */
 static int
 rnbd_flush (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
 {
   struct rnbd *h = hv;
-  struct rnbd_conn *c = acquire_writer (h, deadline_ns, err);
   int ret = 0;
 
-  if (!c)
-    return -1;
-  if (c->lost_writes) {
-    /* A connection that wrote was lost before its flush: what it wrote
-     * may not be stable.  Fail so that those blocks stay dirty. */
-    *err = ESTALE;              /* not retryable: the writes must be redone */
-    remote_note_error (r, "flush: the connection that wrote was lost");
-    c->lost_writes = false;
-    release (h, c);
-    return -1;
-  }
-  if (!c->nbd) {
-    release (h, c);
-    return 0;
-  }
-  if (nbd_can_flush (c->nbd) == 1)
-    ret = conn_finish (r, c, nbd_aio_flush (c->nbd, NBD_NULL_COMPLETION, 0),
+  for (unsigned i = 0; i < h->nconns; i++) {
+    int e = 0;
+    struct rnbd_conn *c = acquire_conn (h, i, deadline_ns, &e);
+
+    if (!c) {
+      ret = -1;
+      *err = e;
+      continue;
+    }
+    if (c->lost_writes) {
+      c->lost_writes = false;
+      remote_note_error (r, "flush: a connection that wrote was lost before its flush");
+      ret = -1;
+      *err = ESTALE;
+    }
+    else if (c->wrote && c->nbd && nbd_can_flush (c->nbd) == 1) {
+      if (conn_finish (r, c, nbd_aio_flush (c->nbd, NBD_NULL_COMPLETION, 0),
                        min_u64 (deadline_ns, now_ns () + h->request_timeout_ns),
-                       "flush", 0, err);
-  if (ret == 0)
-    c->wrote = false;
-  release (h, c);
+                       "flush", 0, &e) == 0)
+        c->wrote = false;
+      else {
+        ret = -1;
+        *err = e;
+      }
+    }
+    else
+      c->wrote = false;         /* nothing to flush, or the server cannot */
+    release (h, c);
+  }
   return ret;
 }
 
@@ -585,7 +599,7 @@ static int
 rnbd_make_writable (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
 {
   struct rnbd *h = hv;
-  struct rnbd_conn *c = acquire_writer (h, deadline_ns, err);
+  struct rnbd_conn *c = acquire_conn (h, 0, deadline_ns, err);
   int ret = 0;
 
   if (!c)
