@@ -165,7 +165,7 @@ cor_flush (struct cor_disk *d, int *err)
     return -1;
   }
   /* Mirror: the parent received every write too; make those stable. */
-  if (r == 0 && d->mirror && remote_flush (d->remote, now_ns () + d->hold_ns, err) == -1)
+  if (r == 0 && d->mirror && cor_mirror_flush (d, err) == -1)
     return -1;
   if (r) {
     *err = r == ENOSPC ? ENOSPC : EIO;

@@ -135,6 +135,10 @@ enum { COR_POP_READAHEAD = 1 };
 int64_t cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
                       uint64_t deadline_ns, unsigned flags, int *err);
 
+/* Mirror mode: flush the parent; on failure mark every block suspect
+ * (engine.c).  0 or -1 with *err. */
+int cor_mirror_flush (struct cor_disk *d, int *err);
+
 /* Start reading blocks [first, end), all present, from the overlay into
  * the page cache, without waiting for it (a hint: errors are ignored). */
 void cor_overlay_willneed (struct cor_disk *d, uint64_t first, uint64_t end);

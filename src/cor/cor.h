@@ -239,7 +239,7 @@ bool cor_disk_openable_rw (const struct cor_disk *d);
 
 /* Status snapshot (see docs/control.md for the meaning of each field). */
 struct cor_status {
-  uint64_t size, block_size, nr_blocks, present_blocks, dirty_blocks;
+  uint64_t size, block_size, nr_blocks, present_blocks, dirty_blocks, suspect_blocks;
   const char *health;           /* "rw", "ro", "failed" */
   const char *owner_state;      /* "active", "incoming", ... */
   uint64_t epoch;

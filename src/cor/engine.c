@@ -726,6 +726,26 @@ cor_read (struct cor_disk *d, void *buf, size_t count, uint64_t offset, int *err
   return r == -1 ? -1 : n;
 }
 
+/* Mirror mode: make the parent's copies of acknowledged writes stable.
+ * mirror_write marks a block clean as soon as both writes returned, so a
+ * failed flush (the parent, or a connection that held unflushed writes,
+ * went away) leaves clean blocks the parent may lack: every block is
+ * then marked suspect, which abort (and merge) copy to the parent again
+ * and mirror writes never clear.  Coarse, and only on a failure; a block
+ * list would be lost with a concurrent flush that took the failure
+ * (rnbd_flush reports a lost connection once).  0 or -1 with *err. */
+int
+cor_mirror_flush (struct cor_disk *d, int *err)
+{
+  if (remote_flush (d->remote, now_ns () + d->hold_ns, err) == 0)
+    return 0;
+  meta_set (d->md, META_SUSPECT, 0, d->nr_blocks);
+  log_error ("cor: disk %s: mirror: flushing the parent %s failed (%s); every block "
+             "is marked suspect, for abort to copy again", d->name,
+             remote_url (d->remote), strerror (*err));
+  return -1;
+}
+
 /* Mirror mode, with blocks [first, end) owned and partial edge blocks
  * present: the block is dirty (in memory) from before either write until
  * both succeeded; an overlay failure drops the blocks from the overlay
@@ -1513,7 +1533,7 @@ cor_abort (struct cor_disk *d, char *errbuf, size_t len)
       return -1;
     }
   }
-  if (remote_flush (d->remote, now_ns () + d->hold_ns, &err) == -1 || cor_flush (d, &err) == -1) {
+  if (cor_flush (d, &err) == -1) {   /* commits, and flushes the parent (mirror) */
     __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
     snprintf (errbuf, len, "disk %s: abort: flush failed (%s); try again", d->name,
               strerror (err));
@@ -1583,6 +1603,7 @@ cor_disk_status (struct cor_disk *d, struct cor_status *st)
   st->nr_blocks = d->nr_blocks;
   st->present_blocks = meta_count (d->md, META_PRESENT);
   st->dirty_blocks = meta_count (d->md, META_DIRTY);
+  st->suspect_blocks = meta_count (d->md, META_SUSPECT);
   st->health = health[__atomic_load_n (&d->health, __ATOMIC_SEQ_CST)];
   st->owner_state = owner[rec.state];
   st->epoch = rec.epoch;

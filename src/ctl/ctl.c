@@ -122,7 +122,7 @@ disk_status (struct ctl *c, struct cor_disk *d, bool maps)
   json_t *j;
 
   cor_disk_status (d, &st);
-  j = json_pack ("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:s, s:{s:s, s:I}, "
+  j = json_pack ("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:s, s:{s:s, s:I}, "
                  "s:I, s:b, s:{s:s, s:s, s:s, s:s}, "
                  "s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}}",
                  "name", cor_disk_name (d),
@@ -133,6 +133,7 @@ disk_status (struct ctl *c, struct cor_disk *d, bool maps)
                  "present_bytes", (json_int_t) (st.present_blocks == st.nr_blocks ? st.size
                                                 : st.present_blocks * st.block_size),
                  "dirty_bytes", (json_int_t) (st.dirty_blocks * st.block_size),
+                 "suspect_bytes", (json_int_t) (st.suspect_blocks * st.block_size),
                  "complete", st.present_blocks == st.nr_blocks,
                  "health", st.health,
                  "owner", "state", st.owner_state, "epoch", (json_int_t) st.epoch,
