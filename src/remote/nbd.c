@@ -556,43 +556,48 @@ rnbd_pwrite (struct remote *r, void *hv, const void *buf, size_t count,
  * connection dropped with unflushed writes fails the flush (ESTALE, not
  * retried): what it wrote may not be stable, and the caller must write
  * those blocks again.  Every connection is visited even after a failure,
- * so that a lost connection fails one flush, not every later one. */
+ * so that a lost connection fails one flush, not every later one; and
+ * ESTALE wins over any other error, because the lost connection is
+ * reported only here: a retried flush would no longer see it. */
 static int
 rnbd_flush (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
 {
   struct rnbd *h = hv;
-  int ret = 0;
+  int first_err = 0;
+  bool lost = false;
 
   for (unsigned i = 0; i < h->nconns; i++) {
     int e = 0;
     struct rnbd_conn *c = acquire_conn (h, i, deadline_ns, &e);
 
     if (!c) {
-      ret = -1;
-      *err = e;
+      if (!first_err)
+        first_err = e;          /* ETIMEDOUT: busy until the deadline */
       continue;
     }
     if (c->lost_writes) {
       c->lost_writes = false;
       remote_note_error (r, "flush: a connection that wrote was lost before its flush");
-      ret = -1;
-      *err = ESTALE;
+      lost = true;
     }
     else if (c->wrote && c->nbd && nbd_can_flush (c->nbd) == 1) {
       if (conn_finish (r, c, nbd_aio_flush (c->nbd, NBD_NULL_COMPLETION, 0),
                        min_u64 (deadline_ns, now_ns () + h->request_timeout_ns),
                        "flush", 0, &e) == 0)
         c->wrote = false;
-      else {
-        ret = -1;
-        *err = e;
-      }
+      else if (!e)
+        e = EIO;
     }
     else
       c->wrote = false;         /* nothing to flush, or the server cannot */
     release (h, c);
+    if (e && !first_err)
+      first_err = e;
   }
-  return ret;
+  if (!lost && !first_err)
+    return 0;
+  *err = lost ? ESTALE : first_err;
+  return -1;
 }
 
 static int
