@@ -124,7 +124,7 @@ enqueue_unlocked (struct cor_disk *d, uint64_t first, uint64_t end)
         return first;
       }
   }
-  for (; first < end; ) {
+  while (first < end) {
     uint64_t e = first + chunk < end ? first + chunk : end;
     if (d->ra.qlen == COR_RA_QUEUE)
       break;

@@ -22,9 +22,7 @@ cp $T/orig.img $T/parent.img; cp $T/orig.img $T/expected.img
 status () { "$CORFS" status --state $T/state d --json | jq -r "$@"; }
 parent_up () { start_nbdkit $T/nbd.pid -U $T/sock file $T/parent.img; }
 parent_kill () {
-  kill -9 "$(cat $T/nbd.pid)"
-  local i
-  for i in $(seq 50); do kill -0 "$(cat $T/nbd.pid)" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$(cat $T/nbd.pid)"; wait_gone "$(cat $T/nbd.pid)"
   rm -f $T/sock $T/nbd.pid
 }
 
