@@ -81,14 +81,14 @@ ssize_t cor_read (struct cor_disk *d, void *buf, size_t count, uint64_t offset,
                   int *err);
 
 /* Where a read's data is, for a frontend that can reply without another
- * copy: in buf + skip (malloc'd, the caller frees it: fresh from the
- * parent), or, when buf is NULL, in the file fd at the read's own offset
+ * copy: in buf + skip (fresh from the parent; the caller gives it back
+ * with cor_read_ref_release), or, when buf is NULL, in the file fd at the read's own offset
  * (the overlay, to be read or spliced from).  The data at fd is what the
  * disk held when cor_read_ref returned; a write after that may change
  * it, as it may for any read racing a write. */
 struct cor_read_ref {
-  char *buf;
-  size_t skip;
+  char *buf;                    /* release with cor_read_ref_release */
+  size_t buf_len, skip;
   int fd;
   /* Optional, set by the caller: when one fetch from the parent covers
    * the whole read, deliver is called with the data as soon as it
@@ -106,9 +106,12 @@ struct cor_read_ref {
 };
 
 /* cor_read, but the data stays where it is (above).  Same returns; on
- * -1 nothing is to be freed (and delivered is false). */
+ * -1 there is nothing to release (and delivered is false). */
 ssize_t cor_read_ref (struct cor_disk *d, size_t count, uint64_t offset,
                       struct cor_read_ref *ref, int *err);
+
+/* Give back ref->buf (if any) after the reply; buf is NULL after. */
+void cor_read_ref_release (struct cor_read_ref *ref);
 
 /* Copy the n bytes a cor_read_ref at offset returned into buf (from its
  * buffer, or read from the overlay).  Frees nothing.  0 or -1 (*err). */

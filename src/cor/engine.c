@@ -48,6 +48,7 @@
 #include <unistd.h>
 
 #include "common/cleanup.h"
+#include "common/iobuf.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "cor/cor-internal.h"
@@ -492,7 +493,7 @@ fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end,
               uint64_t deadline_ns, char **keep, struct early_reply *early, int *err)
 {
   uint64_t len = blocks_length (d, first, end), off = block_offset (d, first);
-  CLEANUP_FREE char *buf = malloc (len);
+  char *buf = iobuf_get (len);
 
   if (!buf) {
     *err = ENOMEM;
@@ -501,6 +502,7 @@ fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end,
   __atomic_fetch_add (&d->fetch_requests, 1, __ATOMIC_RELAXED);
   if (remote_pread (d->remote, buf, len, off, deadline_ns, err) == -1) {
     __atomic_fetch_add (&d->fetch_errors, 1, __ATOMIC_RELAXED);
+    iobuf_put (buf, len);
     return -1;
   }
   /* The blocks stay claimed until stored, so the data cannot change
@@ -513,6 +515,7 @@ fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end,
     *err = errno;
     log_error ("cor: disk %s: overlay write of %" PRIu64 " bytes at offset %"
                PRIu64 ": %m", d->name, len, off);
+    iobuf_put (buf, len);
     return -1;
   }
   /* Order matters: the overlay write returned before the bit is set, and
@@ -521,10 +524,10 @@ fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end,
   __atomic_store_n (&d->needs_sync, 1, __ATOMIC_SEQ_CST);
   meta_set (d->md, META_PRESENT, first, end - first);
   __atomic_fetch_add (&d->fetched_bytes, len, __ATOMIC_RELAXED);
-  if (keep) {
-    *keep = buf;
-    buf = NULL;
-  }
+  if (keep)
+    *keep = buf;                /* released with cor_read_ref_release */
+  else
+    iobuf_put (buf, len);
   return 0;
 }
 
@@ -635,6 +638,7 @@ cor_read_ref (struct cor_disk *d, size_t count, uint64_t offset,
   uint64_t first, end;
 
   ref->buf = NULL;
+  ref->buf_len = 0;
   ref->skip = 0;
   ref->fd = d->overlay_fd;
   ref->delivered = false;
@@ -647,13 +651,13 @@ cor_read_ref (struct cor_disk *d, size_t count, uint64_t offset,
       meta_next (d->md, META_PRESENT, false, first) < end) {
     /* Incoming: the source still runs the guest, so nothing read now may
      * be kept (it could be stale after the switch-over): read through. */
-    if (!(ref->buf = malloc (count))) {
+    if (!(ref->buf = iobuf_get (count))) {
       *err = ENOMEM;
       return -1;
     }
+    ref->buf_len = count;
     if (remote_pread (d->remote, ref->buf, count, offset, now_ns () + d->hold_ns, err) == -1) {
-      free (ref->buf);
-      ref->buf = NULL;
+      cor_read_ref_release (ref);
       return -1;
     }
     __atomic_fetch_add (&d->guest_read_bytes, count, __ATOMIC_RELAXED);
@@ -670,12 +674,22 @@ cor_read_ref (struct cor_disk *d, size_t count, uint64_t offset,
   ref->delivered = early.done;
   if (r == -1 && !early.done)
     return -1;
-  if (ref->buf)
+  if (ref->buf) {
     ref->skip = early.skip;
+    ref->buf_len = blocks_length (d, first, end);
+  }
   if (!ref->kernel_reads_ahead)
     cor_readahead_note (d, first, end);
   __atomic_fetch_add (&d->guest_read_bytes, count, __ATOMIC_RELAXED);
   return count;
+}
+
+void
+cor_read_ref_release (struct cor_read_ref *ref)
+{
+  iobuf_put (ref->buf, ref->buf_len);
+  ref->buf = NULL;
+  ref->buf_len = 0;
 }
 
 int
@@ -722,7 +736,7 @@ cor_read (struct cor_disk *d, void *buf, size_t count, uint64_t offset, int *err
   if (n <= 0)
     return n;
   int r = cor_read_ref_copy (d, &ref, buf, n, offset, err);
-  free (ref.buf);
+  cor_read_ref_release (&ref);
   return r == -1 ? -1 : n;
 }
 
@@ -1116,7 +1130,7 @@ wb_copy_worker (void *arg)
 
     uint64_t off = block_offset (d, blk), len = blocks_length (d, blk, run);
     int err = 0;
-    char *buf = malloc (len);
+    char *buf = iobuf_get (len);
     if (!buf)
       err = ENOMEM;
     else if (full_pread (d->overlay_fd, buf, len, off) == -1) {
@@ -1125,7 +1139,7 @@ wb_copy_worker (void *arg)
     }
     else if (remote_pwrite (d->remote, buf, len, off, c->deadline_ns, &err) == -1 && !err)
       err = EIO;
-    free (buf);
+    iobuf_put (buf, len);
     pthread_mutex_lock (&c->lock);
     if (err && !c->err)
       c->err = err;

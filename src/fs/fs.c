@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "fs/fs-fuse.h"
+#include "common/iobuf.h"
 #include "common/log.h"
 #include "cor/cor.h"
 #include "fs/fs.h"
@@ -275,21 +276,21 @@ fs_read (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
   if (n == -1)
     return (void) fuse_reply_err (req, err ? err : EIO);
   if (ref.delivered) {
-    free (ref.buf);
+    cor_read_ref_release (&ref);
     return;
   }
   if (ref.buf) {
     fuse_reply_buf (req, ref.buf + ref.skip, n);
-    free (ref.buf);
+    cor_read_ref_release (&ref);
     return;
   }
-  if (!(buf = malloc (n ? n : 1)))
+  if (!(buf = iobuf_get (n)))
     return (void) fuse_reply_err (req, ENOMEM);
   if (cor_read_ref_copy (d, &ref, buf, n, off, &err) == -1)
     fuse_reply_err (req, EIO);
   else
     fuse_reply_buf (req, buf, n);
-  free (buf);
+  iobuf_put (buf, n);
 }
 
 static void

@@ -1,9 +1,12 @@
 /* Unit tests: block arithmetic of the engine and the common helpers. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/iobuf.h"
 #include "common/util.h"
 #include "cor/cor.h"
 
@@ -102,4 +105,60 @@ Test (util, is_zero)
   cr_assert (!is_zero (buf, sizeof buf));
   buf[8191] = 0; buf[0] = 1;
   cr_assert (!is_zero (buf, sizeof buf));
+}
+
+/* iobuf: a thread gets back the buffer it returned, aligned, big enough. */
+Test (iobuf, reuse_within_a_thread)
+{
+  char *a = iobuf_get (1 << 20);
+  cr_assert_not_null (a);
+  cr_assert_eq ((uintptr_t) a % 4096, 0);
+  memset (a, 0xab, 1 << 20);            /* all of it is usable */
+  iobuf_put (a, 1 << 20);
+  char *b = iobuf_get (4096);           /* smaller: served by the kept one */
+  cr_assert_eq (b, a);
+  iobuf_put (b, 4096);
+  char *c = iobuf_get (3 << 20);        /* larger: a new one */
+  cr_assert_neq (c, a);
+  cr_assert_eq ((uintptr_t) c % 4096, 0);
+  memset (c, 0xcd, 3 << 20);
+  iobuf_put (c, 3 << 20);               /* kept instead of a */
+  char *e = iobuf_get ((3 << 20) - 100);
+  cr_assert_eq (e, c);
+  iobuf_put (e, (3 << 20) - 100);
+  iobuf_put (NULL, 10);                 /* ignored */
+}
+
+Test (iobuf, too_big_is_not_kept)
+{
+  size_t big = IOBUF_KEEP_MAX + 65536;
+  char *a = iobuf_get (big);
+  cr_assert_not_null (a);
+  memset (a, 1, big);
+  iobuf_put (a, big);                   /* freed (ASan would see a leak otherwise) */
+  char *b = iobuf_get (65536);
+  cr_assert_not_null (b);
+  iobuf_put (b, 65536);
+}
+
+static void *
+other_thread (void *arg)
+{
+  /* Another thread's kept buffer is not this one's. */
+  char *mine = iobuf_get (1 << 20);
+  iobuf_put (mine, 1 << 20);
+  return mine == arg ? (void *) 1 : NULL;
+}
+
+Test (iobuf, per_thread)
+{
+  pthread_t t;
+  void *same;
+  char *a = iobuf_get (1 << 20);
+  iobuf_put (a, 1 << 20);               /* kept by this thread */
+  cr_assert_eq (pthread_create (&t, NULL, other_thread, a), 0);
+  cr_assert_eq (pthread_join (t, &same), 0);
+  cr_assert_null (same);
+  cr_assert_eq (iobuf_get (1 << 20), a);
+  iobuf_put (a, 1 << 20);
 }

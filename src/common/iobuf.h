@@ -1,0 +1,29 @@
+/* corfs: per-thread reuse of large I/O buffers.
+ *
+ * A cold read's fetch buffer and a warm read's reply buffer are about
+ * 1 MiB each.  Allocated fresh per request, such buffers come from mmap
+ * (or from heap memory glibc has just given back), so every request
+ * faulted in and zeroed 256 new pages before the data could land: perf of
+ * a cold sequential read showed exc_page_fault and clear_page under the
+ * socket receive at 9-10% of the machine's CPU.  Each thread keeps the
+ * largest buffer it returned (up to IOBUF_KEEP_MAX) for its next request.
+ *
+ * Thread model: no shared state; each thread's kept buffer is its own
+ * (thread-specific data, freed when the thread exits). */
+#ifndef CORFS_IOBUF_H
+#define CORFS_IOBUF_H
+
+#include <stddef.h>
+
+/* A buffer a thread keeps for reuse is at most this big. */
+#define IOBUF_KEEP_MAX (4u << 20)
+
+/* A buffer of at least len bytes, aligned to 4096, or NULL with errno.
+ * Release it with iobuf_put (len the same), on any thread. */
+void *iobuf_get (size_t len);
+
+/* Give back a buffer from iobuf_get (len as asked for then).  NULL is
+ * ignored. */
+void iobuf_put (void *buf, size_t len);
+
+#endif
