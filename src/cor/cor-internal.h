@@ -105,6 +105,7 @@ struct cor_disk {
   int health;                   /* enum cor_health; only ever goes up */
   uint64_t fetched_bytes, fetch_requests, fetch_errors;
   uint64_t guest_read_bytes, guest_write_bytes, flushes;
+  uint64_t wb_written_bytes, wb_equal_bytes;   /* cor_writeback */
 };
 
 struct cor_engine {

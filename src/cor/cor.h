@@ -170,10 +170,12 @@ void cor_emit (struct cor_disk *d, const char *type, uint64_t done, uint64_t tot
 /* Merge primitive (for src/merge): copy the present blocks of [first, end)
  * that are dirty or suspect to the parent, flush the parent, then clear
  * their dirty and suspect bits (DESIGN.md rule 11: the clearing becomes
- * durable with the next commit).  The blocks are owned in the in-flight
- * table throughout, so a guest write waits and re-dirties them after.
- * Dirty blocks that are not present are only cleared (nothing to copy).
- * Returns the bytes written to the parent, or -1 with *err. */
+ * durable with the next commit).  Suspect blocks that are not dirty are
+ * read from the parent first and written only where they differ (rule 4).
+ * The blocks are owned in the in-flight table throughout, so a guest
+ * write waits and re-dirties them after.  Dirty blocks that are not
+ * present are only cleared (nothing to copy).  Returns the bytes settled
+ * (written, or found equal), or -1 with *err. */
 int64_t cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
                        uint64_t deadline_ns, int *err);
 
@@ -263,6 +265,9 @@ struct cor_status {
   int64_t eta_s;                /* -1 when unknown */
   char stream_error[512];
   uint64_t foreground_fetched_bytes, background_fetched_bytes, zero_skipped_bytes;
+  /* merge and abort: bytes written to the parent, and suspect bytes
+   * found equal to the parent's (so not written) */
+  uint64_t writeback_bytes, writeback_equal_bytes;
   /* guest fault latency histogram: counts per bucket upper bound (us) */
 #define COR_LAT_BUCKETS 12
   uint64_t fault_latency[COR_LAT_BUCKETS + 1];   /* last one: +Inf */

@@ -1102,9 +1102,46 @@ struct wb_copy {
   uint64_t end, deadline_ns;
   pthread_mutex_t lock;         /* protects the fields below */
   uint64_t cursor;
-  int64_t written;
+  int64_t written, equal;       /* bytes written; suspect bytes found equal */
   int err;                      /* the first failure; stops the others */
 };
+
+/* Write the blocks of [blk, run) (their data in buf, from blk) whose
+ * copy in pbuf differs, or all of them when pbuf is NULL; blocks that
+ * are dirty are written whatever pbuf holds.  Adds to *written and
+ * *equal.  0 or -1 with *err. */
+static int
+wb_write_differing (struct cor_disk *d, const char *buf, const char *pbuf,
+                    uint64_t blk, uint64_t run, uint64_t deadline_ns,
+                    int64_t *written, int64_t *equal, int *err)
+{
+  uint64_t base = block_offset (d, blk);
+
+  while (blk < run) {
+    uint64_t o = block_offset (d, blk) - base, n = blocks_length (d, blk, blk + 1);
+    if (pbuf && !meta_test (d->md, META_DIRTY, blk) && memcmp (buf + o, pbuf + o, n) == 0) {
+      *equal += n;
+      blk++;
+      continue;
+    }
+    uint64_t e = blk + 1;
+    while (e < run) {
+      uint64_t eo = block_offset (d, e) - base, en = blocks_length (d, e, e + 1);
+      if (pbuf && !meta_test (d->md, META_DIRTY, e) && memcmp (buf + eo, pbuf + eo, en) == 0)
+        break;
+      e++;
+    }
+    n = blocks_length (d, blk, e);
+    if (remote_pwrite (d->remote, buf + o, n, block_offset (d, blk), deadline_ns, err) == -1) {
+      if (!*err)
+        *err = EIO;
+      return -1;
+    }
+    *written += n;
+    blk = e;
+  }
+  return 0;
+}
 
 static void *
 wb_copy_worker (void *arg)
@@ -1112,9 +1149,12 @@ wb_copy_worker (void *arg)
   struct wb_copy *c = arg;
   struct cor_disk *d = c->d;
   uint64_t piece = WB_PIECE >> d->block_shift ? WB_PIECE >> d->block_shift : 1;
+  char *pbuf = NULL;            /* the parent's copy, for comparing */
+  size_t pbuf_len = 0;
 
   for (;;) {
     uint64_t blk, run;
+    bool compare = false;
     pthread_mutex_lock (&c->lock);
     for (blk = c->cursor; blk < c->end; blk++)
       if (needs_writeback (d, blk) && meta_test (d->md, META_PRESENT, blk))
@@ -1126,27 +1166,50 @@ wb_copy_worker (void *arg)
     bool stop = c->err != 0 || blk >= c->end;
     pthread_mutex_unlock (&c->lock);
     if (stop)
-      return NULL;
+      break;
+
+    /* Suspect blocks that are not dirty (every present block after an
+     * unclean shutdown, DESIGN.md rule 4) are compared with the parent
+     * and written only where they differ: most were fetched and never
+     * written, and rewriting a whole fetched disk after each crash would
+     * cost the parent as much as a full copy.  Dirty blocks are written
+     * without comparing. */
+    for (uint64_t b = blk; b < run && !compare; b++)
+      compare = !meta_test (d->md, META_DIRTY, b);
 
     uint64_t off = block_offset (d, blk), len = blocks_length (d, blk, run);
+    int64_t written = 0, equal = 0;
     int err = 0;
     char *buf = iobuf_get (len);
-    if (!buf)
+    if (compare && pbuf_len < len) {
+      free (pbuf);
+      pbuf_len = 0;
+      if ((pbuf = malloc (len)))
+        pbuf_len = len;
+    }
+    if (!buf || (compare && !pbuf))
       err = ENOMEM;
     else if (full_pread (d->overlay_fd, buf, len, off) == -1) {
       err = errno;
       log_error ("cor: disk %s: merge: overlay read at offset %" PRIu64 ": %m", d->name, off);
     }
-    else if (remote_pwrite (d->remote, buf, len, off, c->deadline_ns, &err) == -1 && !err)
-      err = EIO;
+    else if (compare && remote_pread (d->remote, pbuf, len, off, c->deadline_ns, &err) == -1) {
+      if (!err)
+        err = EIO;
+    }
+    else
+      wb_write_differing (d, buf, compare ? pbuf : NULL, blk, run, c->deadline_ns,
+                          &written, &equal, &err);
     iobuf_put (buf, len);
     pthread_mutex_lock (&c->lock);
     if (err && !c->err)
       c->err = err;
-    else if (!err)
-      c->written += len;
+    c->written += written;
+    c->equal += equal;
     pthread_mutex_unlock (&c->lock);
   }
+  free (pbuf);
+  return NULL;
 }
 
 int64_t
@@ -1182,8 +1245,11 @@ cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
     *err = c.err;
     r = -1;
   }
-  /* 2. Make them stable on the parent; 3. only then clear the bits. */
-  if (r == 0 && written > 0 && remote_flush (d->remote, deadline_ns, err) == -1)
+  /* 2. Make them stable on the parent; 3. only then clear the bits.
+   * Blocks found equal need the flush as much as written ones: what the
+   * parent read back may be a write it has not made stable yet (a
+   * mirror write whose flush failed). */
+  if (r == 0 && written + c.equal > 0 && remote_flush (d->remote, deadline_ns, err) == -1)
     r = -1;
   if (r == 0)
     for (blk = first; blk < end; blk++)
@@ -1192,7 +1258,11 @@ cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
         meta_clear (d->md, META_SUSPECT, blk, 1);
       }
   release_busy (d, &self);
-  return r == 0 ? written : -1;
+  if (r == 0) {
+    __atomic_fetch_add (&d->wb_written_bytes, written, __ATOMIC_RELAXED);
+    __atomic_fetch_add (&d->wb_equal_bytes, c.equal, __ATOMIC_RELAXED);
+  }
+  return r == 0 ? written + c.equal : -1;
 }
 
 int
@@ -1639,6 +1709,8 @@ cor_disk_status (struct cor_disk *d, struct cor_status *st)
   st->foreground_fetched_bytes = __atomic_load_n (&d->fg_fetched_bytes, __ATOMIC_RELAXED);
   st->background_fetched_bytes = __atomic_load_n (&d->bg_fetched_bytes, __ATOMIC_RELAXED);
   st->zero_skipped_bytes = __atomic_load_n (&d->zero_skipped_bytes, __ATOMIC_RELAXED);
+  st->writeback_bytes = __atomic_load_n (&d->wb_written_bytes, __ATOMIC_RELAXED);
+  st->writeback_equal_bytes = __atomic_load_n (&d->wb_equal_bytes, __ATOMIC_RELAXED);
   for (int i = 0; i <= COR_LAT_BUCKETS; i++)
     st->fault_latency[i] = __atomic_load_n (&d->fault_latency[i], __ATOMIC_RELAXED);
   st->fault_latency_sum_us = __atomic_load_n (&d->fault_latency_sum_us, __ATOMIC_RELAXED);

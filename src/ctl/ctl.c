@@ -155,6 +155,8 @@ disk_status (struct ctl *c, struct cor_disk *d, bool maps)
     json_object_set_new (ctr, "foreground_fetched_bytes", json_integer (st.foreground_fetched_bytes));
     json_object_set_new (ctr, "background_fetched_bytes", json_integer (st.background_fetched_bytes));
     json_object_set_new (ctr, "zero_skipped_bytes", json_integer (st.zero_skipped_bytes));
+    json_object_set_new (ctr, "writeback_bytes", json_integer (st.writeback_bytes));
+    json_object_set_new (ctr, "writeback_equal_bytes", json_integer (st.writeback_equal_bytes));
     json_object_set_new (j, "stream",
                          json_pack ("{s:s, s:I, s:I, s:f, s:I, s:I, s:s}",
                                     "state", st.stream_state,

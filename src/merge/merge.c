@@ -345,7 +345,7 @@ run_merge (struct job *j)
       /* 3. Nothing left to copy: the synced instant. */
       if (synced (j) == 0) {
         log_info ("merge: disk %s: synced: the parent equals the disk (%" PRIu64
-                  " bytes written in %" PRIu64 " passes)", cor_disk_name (d), j->done,
+                  " bytes merged in %" PRIu64 " passes)", cor_disk_name (d), j->done,
                   j->passes);
         cor_emit (d, "synced", j->done, j->done, NULL);
         finish (j, J_SYNCED);
