@@ -7,9 +7,12 @@
 
 #include "iobuf.h"
 
+/* Two kept buffers per thread: merge's compare holds two at once. */
+#define KEEP 2
+
 struct slot {
-  void *buf;
-  size_t cap;
+  void *buf[KEEP];
+  size_t cap[KEEP];
 };
 
 static pthread_key_t key;
@@ -21,7 +24,8 @@ slot_free (void *p)
 {
   struct slot *s = p;
 
-  free (s->buf);
+  for (int i = 0; i < KEEP; i++)
+    free (s->buf[i]);
   free (s);
 }
 
@@ -66,11 +70,15 @@ iobuf_get (size_t len)
   struct slot *s = my_slot ();
   size_t cap = capacity (len);
   void *buf;
-  int r;
+  int r, best = -1;
 
-  if (s && s->buf && s->cap >= cap) {
-    buf = s->buf;
-    s->buf = NULL;
+  /* The smallest kept buffer that is big enough. */
+  for (int i = 0; s && i < KEEP; i++)
+    if (s->buf[i] && s->cap[i] >= cap && (best == -1 || s->cap[i] < s->cap[best]))
+      best = i;
+  if (best >= 0) {
+    buf = s->buf[best];
+    s->buf[best] = NULL;
     return buf;
   }
   if ((r = posix_memalign (&buf, 4096, cap)) != 0) {
@@ -78,6 +86,18 @@ iobuf_get (size_t len)
     return NULL;
   }
   return buf;
+}
+
+size_t
+iobuf_kept (void)
+{
+  struct slot *s = my_slot ();
+  size_t n = 0;
+
+  for (int i = 0; s && i < KEEP; i++)
+    if (s->buf[i])
+      n += s->cap[i];
+  return n;
 }
 
 void
@@ -92,13 +112,23 @@ iobuf_put (void *buf, size_t len)
     free (buf);
     return;
   }
-  /* Keep the larger of the two: it serves every request the smaller
-   * would. */
-  if (s->buf && s->cap >= cap) {
+  /* Into an empty place, else in place of the smallest kept buffer if
+   * this one is larger (a larger one serves every request a smaller
+   * would). */
+  int victim = 0;
+  for (int i = 0; i < KEEP; i++) {
+    if (!s->buf[i]) {
+      victim = i;
+      break;
+    }
+    if (s->cap[i] < s->cap[victim])
+      victim = i;
+  }
+  if (s->buf[victim] && s->cap[victim] >= cap) {
     free (buf);
     return;
   }
-  free (s->buf);
-  s->buf = buf;
-  s->cap = cap;
+  free (s->buf[victim]);
+  s->buf[victim] = buf;
+  s->cap[victim] = cap;
 }

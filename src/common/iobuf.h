@@ -6,7 +6,8 @@
  * faulted in and zeroed 256 new pages before the data could land: perf of
  * a cold sequential read showed exc_page_fault and clear_page under the
  * socket receive at 9-10% of the machine's CPU.  Each thread keeps the
- * largest buffer it returned (up to IOBUF_KEEP_MAX) for its next request.
+ * two largest buffers it gave back (each up to IOBUF_KEEP_MAX) for its
+ * next requests.
  *
  * Thread model: no shared state; each thread's kept buffer is its own
  * (thread-specific data, freed when the thread exits). */
@@ -25,5 +26,8 @@ void *iobuf_get (size_t len);
 /* Give back a buffer from iobuf_get (len as asked for then).  NULL is
  * ignored. */
 void iobuf_put (void *buf, size_t len);
+
+/* Bytes of the buffers the calling thread keeps (0: none); for tests. */
+size_t iobuf_kept (void);
 
 #endif

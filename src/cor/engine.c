@@ -1104,6 +1104,7 @@ struct wb_copy {
   uint64_t cursor;
   int64_t written, equal;       /* bytes written; suspect bytes found equal */
   int err;                      /* the first failure; stops the others */
+  bool may_compare;             /* set before the workers start */
 };
 
 /* Write the blocks of [blk, run) (their data in buf, from blk) whose
@@ -1149,8 +1150,6 @@ wb_copy_worker (void *arg)
   struct wb_copy *c = arg;
   struct cor_disk *d = c->d;
   uint64_t piece = WB_PIECE >> d->block_shift ? WB_PIECE >> d->block_shift : 1;
-  char *pbuf = NULL;            /* the parent's copy, for comparing */
-  size_t pbuf_len = 0;
 
   for (;;) {
     uint64_t blk, run;
@@ -1173,20 +1172,15 @@ wb_copy_worker (void *arg)
      * and written only where they differ: most were fetched and never
      * written, and rewriting a whole fetched disk after each crash would
      * cost the parent as much as a full copy.  Dirty blocks are written
-     * without comparing. */
-    for (uint64_t b = blk; b < run && !compare; b++)
+     * without comparing.  Only where a flush can make what we read back
+     * stable (may_compare, see cor_writeback). */
+    for (uint64_t b = blk; b < run && c->may_compare && !compare; b++)
       compare = !meta_test (d->md, META_DIRTY, b);
 
     uint64_t off = block_offset (d, blk), len = blocks_length (d, blk, run);
     int64_t written = 0, equal = 0;
     int err = 0;
-    char *buf = iobuf_get (len);
-    if (compare && pbuf_len < len) {
-      free (pbuf);
-      pbuf_len = 0;
-      if ((pbuf = malloc (len)))
-        pbuf_len = len;
-    }
+    char *buf = iobuf_get (len), *pbuf = compare ? iobuf_get (len) : NULL;
     if (!buf || (compare && !pbuf))
       err = ENOMEM;
     else if (full_pread (d->overlay_fd, buf, len, off) == -1) {
@@ -1200,7 +1194,9 @@ wb_copy_worker (void *arg)
     else
       wb_write_differing (d, buf, compare ? pbuf : NULL, blk, run, c->deadline_ns,
                           &written, &equal, &err);
+    iobuf_put (pbuf, len);
     iobuf_put (buf, len);
+    __atomic_fetch_add (&d->wb_written_bytes, written, __ATOMIC_RELAXED);
     pthread_mutex_lock (&c->lock);
     if (err && !c->err)
       c->err = err;
@@ -1208,7 +1204,6 @@ wb_copy_worker (void *arg)
     c->equal += equal;
     pthread_mutex_unlock (&c->lock);
   }
-  free (pbuf);
   return NULL;
 }
 
@@ -1229,6 +1224,14 @@ cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
   claim_unlocked (d, &self, first, end);
   pthread_mutex_unlock (&d->lock);
 
+  /* A suspect block the parent reads back equal may hold a write that is
+   * not stable there (a mirror write whose flush failed, or one by the
+   * daemon that crashed); our flush covers it only if a flush covers the
+   * writes of every connection.  Otherwise it is written again, which
+   * our own flush does cover.  Unknown (no answer) counts as no. */
+  int e2;
+  c.may_compare = remote_flush_covers_all (d->remote, deadline_ns, &e2) == 1;
+
   /* 1. Copy runs of present blocks that need it, several at once.  A
    * helper that cannot start only means fewer at once. */
   pthread_mutex_init (&c.lock, NULL);
@@ -1246,10 +1249,12 @@ cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
     r = -1;
   }
   /* 2. Make them stable on the parent; 3. only then clear the bits.
-   * Blocks found equal need the flush as much as written ones: what the
-   * parent read back may be a write it has not made stable yet (a
-   * mirror write whose flush failed). */
-  if (r == 0 && written + c.equal > 0 && remote_flush (d->remote, deadline_ns, err) == -1)
+   * Blocks found equal need a flush as much as written ones, and one
+   * that reaches what other connections wrote (remote_flush_all): the
+   * data read back may not be stable yet. */
+  if (r == 0 && c.equal > 0 && remote_flush_all (d->remote, deadline_ns, err) == -1)
+    r = -1;
+  else if (r == 0 && c.equal == 0 && written > 0 && remote_flush (d->remote, deadline_ns, err) == -1)
     r = -1;
   if (r == 0)
     for (blk = first; blk < end; blk++)
@@ -1258,10 +1263,8 @@ cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
         meta_clear (d->md, META_SUSPECT, blk, 1);
       }
   release_busy (d, &self);
-  if (r == 0) {
-    __atomic_fetch_add (&d->wb_written_bytes, written, __ATOMIC_RELAXED);
+  if (r == 0)
     __atomic_fetch_add (&d->wb_equal_bytes, c.equal, __ATOMIC_RELAXED);
-  }
   return r == 0 ? written + c.equal : -1;
 }
 

@@ -284,6 +284,8 @@ fs_read (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     cor_read_ref_release (&ref);
     return;
   }
+  if (n == 0)
+    return (void) fuse_reply_buf (req, NULL, 0);   /* at or past the end */
   if (!(buf = iobuf_get (n)))
     return (void) fuse_reply_err (req, ENOMEM);
   if (cor_read_ref_copy (d, &ref, buf, n, off, &err) == -1)

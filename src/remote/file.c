@@ -250,7 +250,7 @@ rfile_pwrite (struct remote *r, void *hv, const void *buf, size_t count,
 }
 
 static int
-rfile_flush (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
+rfile_flush (struct remote *r, void *hv, bool all, uint64_t deadline_ns, int *err)
 {
   struct rfile *h = hv;
   int fd = rfile_get (r, h, err), ret = 0;
@@ -306,10 +306,18 @@ rfile_parent_writable (struct remote *r, void *hv, uint64_t deadline_ns, int *er
   return (st.st_mode & 0222) && !(sv.f_flag & ST_RDONLY);
 }
 
+/* fdatasync makes the whole file stable, whoever wrote it. */
+static int
+rfile_flush_covers_all (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
+{
+  return 1;
+}
+
 const struct remote_ops rfile_ops = {
   .parent_writable = rfile_parent_writable,
   .pwrite = rfile_pwrite,
   .flush = rfile_flush,
+  .flush_covers_all = rfile_flush_covers_all,
   .make_writable = rfile_make_writable,
   .zero_extents = rfile_zero_extents,
   .release = rfile_release,

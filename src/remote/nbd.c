@@ -558,13 +558,16 @@ rnbd_pwrite (struct remote *r, void *hv, const void *buf, size_t count,
  * those blocks again.  Every connection is visited even after a failure,
  * so that a lost connection fails one flush, not every later one; and
  * ESTALE wins over any other error, because the lost connection is
- * reported only here: a retried flush would no longer see it. */
+ * reported only here: a retried flush would no longer see it.  With all,
+ * at least one flush is sent, on a connection opened for it if none is
+ * (with multi-conn, see rnbd_flush_covers_all, that one covers every
+ * connection's writes, earlier daemons' included). */
 static int
-rnbd_flush (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
+rnbd_flush (struct remote *r, void *hv, bool all, uint64_t deadline_ns, int *err)
 {
   struct rnbd *h = hv;
   int first_err = 0;
-  bool lost = false;
+  bool lost = false, sent = false;
 
   for (unsigned i = 0; i < h->nconns; i++) {
     int e = 0;
@@ -580,11 +583,13 @@ rnbd_flush (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
       remote_note_error (r, "flush: a connection that wrote was lost before its flush");
       lost = true;
     }
-    else if (c->wrote && c->nbd && nbd_can_flush (c->nbd) == 1) {
+    else if ((c->wrote || (all && !sent)) && c->nbd && nbd_can_flush (c->nbd) == 1) {
       if (conn_finish (r, c, nbd_aio_flush (c->nbd, NBD_NULL_COMPLETION, 0),
                        min_u64 (deadline_ns, now_ns () + h->request_timeout_ns),
-                       "flush", 0, &e) == 0)
+                       "flush", 0, &e) == 0) {
         c->wrote = false;
+        sent = true;
+      }
       else if (!e)
         e = EIO;
     }
@@ -593,6 +598,22 @@ rnbd_flush (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
     release (h, c);
     if (e && !first_err)
       first_err = e;
+  }
+  if (all && !sent && !lost && !first_err) {
+    int e = 0;
+    struct rnbd_conn *c = acquire (h, deadline_ns, &e);
+    if (!c)
+      first_err = e;
+    else {
+      if ((c->nbd || conn_connect (r, h, c, deadline_ns, &e) == 0) &&
+          nbd_can_flush (c->nbd) == 1 &&
+          conn_finish (r, c, nbd_aio_flush (c->nbd, NBD_NULL_COMPLETION, 0),
+                       min_u64 (deadline_ns, now_ns () + h->request_timeout_ns),
+                       "flush", 0, &e) == -1 && !e)
+        e = EIO;
+      release (h, c);
+      first_err = e;
+    }
   }
   if (!lost && !first_err)
     return 0;
@@ -636,10 +657,31 @@ rnbd_parent_writable (struct remote *r, void *hv, uint64_t deadline_ns, int *err
   return ret;
 }
 
+/* A flush on one connection covers the writes of every connection only
+ * when the server advertises multi-conn (NBD protocol); without flush
+ * support there is no way to make anything stable. */
+static int
+rnbd_flush_covers_all (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
+{
+  struct rnbd *h = hv;
+  struct rnbd_conn *c = acquire (h, deadline_ns, err);
+  int ret;
+
+  if (!c)
+    return -1;
+  if (!c->nbd && conn_connect (r, h, c, deadline_ns, err) == -1)
+    ret = -1;
+  else
+    ret = nbd_can_multi_conn (c->nbd) == 1 && nbd_can_flush (c->nbd) == 1;
+  release (h, c);
+  return ret;
+}
+
 const struct remote_ops rnbd_ops = {
   .parent_writable = rnbd_parent_writable,
   .pwrite = rnbd_pwrite,
   .flush = rnbd_flush,
+  .flush_covers_all = rnbd_flush_covers_all,
   .make_writable = rnbd_make_writable,
   .zero_extents = rnbd_zero_extents,
   .release = rnbd_release,

@@ -333,10 +333,17 @@ rnfs_pwrite (struct remote *r, void *hv, const void *buf, size_t count, uint64_t
 }
 
 static int
-rnfs_flush (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
+rnfs_flush (struct remote *r, void *hv, bool all, uint64_t deadline_ns, int *err)
 {
-  /* Every write was FILE_SYNC: nothing is pending on the server. */
+  /* Every write was FILE_SYNC: nothing is pending on the server, from
+   * this daemon or from an earlier one. */
   return 0;
+}
+
+static int
+rnfs_flush_covers_all (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
+{
+  return 1;
 }
 
 static int
@@ -388,6 +395,7 @@ const struct remote_ops rnfs_ops = {
   .pread = rnfs_pread,
   .pwrite = rnfs_pwrite,
   .flush = rnfs_flush,
+  .flush_covers_all = rnfs_flush_covers_all,
   .make_writable = rnfs_make_writable,
   .release = rnfs_release,
 };

@@ -22,11 +22,14 @@ struct remote_ops {
   int (*pread) (struct remote *r, void *h, void *buf, size_t count,
                 uint64_t offset, uint64_t deadline_ns, int *err);
   /* Optional (NULL: read-only protocol): write all of count bytes or
-   * fail; flush makes returned writes stable; make_writable reopens for
-   * writing (EROFS if impossible). */
+   * fail; flush makes returned writes stable (with all, whatever the
+   * parent holds, as far as flush_covers_all promised it); make_writable
+   * reopens for writing (EROFS if impossible). */
   int (*pwrite) (struct remote *r, void *h, const void *buf, size_t count,
                  uint64_t offset, uint64_t deadline_ns, int *err);
-  int (*flush) (struct remote *r, void *h, uint64_t deadline_ns, int *err);
+  int (*flush) (struct remote *r, void *h, bool all, uint64_t deadline_ns, int *err);
+  /* Optional (NULL: no): see remote_flush_covers_all. */
+  int (*flush_covers_all) (struct remote *r, void *h, uint64_t deadline_ns, int *err);
   int (*make_writable) (struct remote *r, void *h, uint64_t deadline_ns, int *err);
   /* Optional: zero extents (see remote_zero_extents).  Append to *v. */
   int (*zero_extents) (struct remote *r, void *h, uint64_t offset, uint64_t count,

@@ -529,6 +529,7 @@ struct write_args {
   size_t count;
   uint64_t offset, deadline_ns;
   int *err;
+  bool all;                     /* flush: remote_flush_all */
 };
 
 static int
@@ -542,7 +543,7 @@ static int
 do_flush (struct remote *r, void *h, void *argp)
 {
   struct write_args *a = argp;
-  return r->ops->flush (r, h, a->deadline_ns, a->err);
+  return r->ops->flush (r, h, a->all, a->deadline_ns, a->err);
 }
 
 static int
@@ -594,7 +595,7 @@ int
 remote_pwrite (struct remote *r, const void *buf, size_t count, uint64_t offset,
                uint64_t deadline_ns, int *err)
 {
-  struct write_args a = { buf, count, offset, deadline_ns, err };
+  struct write_args a = { buf, count, offset, deadline_ns, err, false };
   int ret;
 
   assert (count > 0);
@@ -609,14 +610,36 @@ remote_pwrite (struct remote *r, const void *buf, size_t count, uint64_t offset,
 int
 remote_flush (struct remote *r, uint64_t deadline_ns, int *err)
 {
-  struct write_args a = { NULL, 0, 0, deadline_ns, err };
+  struct write_args a = { NULL, 0, 0, deadline_ns, err, false };
   return retry_write (r, do_flush, &a, "flush");
+}
+
+int
+remote_flush_all (struct remote *r, uint64_t deadline_ns, int *err)
+{
+  struct write_args a = { NULL, 0, 0, deadline_ns, err, true };
+  return retry_write (r, do_flush, &a, "flush");
+}
+
+int
+remote_flush_covers_all (struct remote *r, uint64_t deadline_ns, int *err)
+{
+  int ret;
+
+  if (!r->ops->flush_covers_all)
+    return 0;
+  if (r->ops->thread_model == REMOTE_SERIALIZE)
+    pthread_mutex_lock (&r->serialize);
+  ret = r->ops->flush_covers_all (r, r->h, deadline_ns, err);
+  if (r->ops->thread_model == REMOTE_SERIALIZE)
+    pthread_mutex_unlock (&r->serialize);
+  return ret;
 }
 
 int
 remote_make_writable (struct remote *r, uint64_t deadline_ns, int *err)
 {
-  struct write_args a = { NULL, 0, 0, deadline_ns, err };
+  struct write_args a = { NULL, 0, 0, deadline_ns, err, false };
   if (!r->ops->make_writable) {
     *err = EROFS;
     remote_note_error (r, "%s parents are read-only: they cannot be merged into; use "

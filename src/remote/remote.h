@@ -78,6 +78,19 @@ int remote_pwrite (struct remote *r, const void *buf, size_t count, uint64_t off
  * connection that wrote, fdatasync for files).  0 or -1 with *err. */
 int remote_flush (struct remote *r, uint64_t deadline_ns, int *err);
 
+/* Can remote_flush_all make stable whatever the parent holds, writes by
+ * connections since closed (a crashed daemon's, a lost connection's)
+ * included?  Files (fdatasync covers the inode) and NFS (every write is
+ * FILE_SYNC) can; an NBD server only if it advertises multi-conn (then a
+ * flush on one connection covers every connection's writes) and flush.
+ * 1 or 0, or -1 with *err. */
+int remote_flush_covers_all (struct remote *r, uint64_t deadline_ns, int *err);
+
+/* remote_flush, and more: everything the parent holds (see
+ * remote_flush_covers_all), even with nothing written through this
+ * remote.  0 or -1 with *err. */
+int remote_flush_all (struct remote *r, uint64_t deadline_ns, int *err);
+
 /* Open for writing from now on (reconnecting if needed).  0 or -1 with
  * *err (EROFS when the parent cannot be written). */
 int remote_make_writable (struct remote *r, uint64_t deadline_ns, int *err);

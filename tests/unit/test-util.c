@@ -132,13 +132,36 @@ Test (iobuf, reuse_within_a_thread)
 Test (iobuf, too_big_is_not_kept)
 {
   size_t big = IOBUF_KEEP_MAX + 65536;
+  cr_assert_eq (iobuf_kept (), 0);
   char *a = iobuf_get (big);
   cr_assert_not_null (a);
   memset (a, 1, big);
-  iobuf_put (a, big);                   /* freed (ASan would see a leak otherwise) */
+  iobuf_put (a, big);                   /* freed, not kept */
+  cr_assert_eq (iobuf_kept (), 0);
   char *b = iobuf_get (65536);
   cr_assert_not_null (b);
   iobuf_put (b, 65536);
+  cr_assert_eq (iobuf_kept (), 1 << 20);  /* small requests share 1 MiB buffers */
+  char *c = iobuf_get (IOBUF_KEEP_MAX);
+  iobuf_put (c, IOBUF_KEEP_MAX);        /* the limit itself is kept */
+  cr_assert_eq (iobuf_kept (), (1 << 20) + IOBUF_KEEP_MAX);
+}
+
+Test (iobuf, two_kept)
+{
+  /* Merge's compare holds two buffers at once: both come back. */
+  char *a = iobuf_get (1 << 20), *b = iobuf_get (1 << 20);
+  cr_assert_neq (a, b);
+  iobuf_put (a, 1 << 20);
+  iobuf_put (b, 1 << 20);
+  cr_assert_eq (iobuf_kept (), 2 << 20);
+  char *c = iobuf_get (1 << 20), *d = iobuf_get (1 << 20);
+  cr_assert ((c == a && d == b) || (c == b && d == a));
+  iobuf_put (c, 1 << 20);
+  iobuf_put (d, 1 << 20);
+  char *e = iobuf_get (2 << 20);        /* larger: replaces one of them */
+  iobuf_put (e, 2 << 20);
+  cr_assert_eq (iobuf_kept (), 3 << 20);
 }
 
 static void *
