@@ -19,7 +19,7 @@
 /* A buffer a thread keeps for reuse is at most this big. */
 #define IOBUF_KEEP_MAX (4u << 20)
 
-/* A buffer of at least len bytes, aligned to 4096, or NULL with errno.
+/* A buffer of at least len bytes (malloc's alignment), or NULL with errno.
  * Release it with iobuf_put (len the same), on any thread. */
 void *iobuf_get (size_t len);
 

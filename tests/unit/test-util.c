@@ -107,12 +107,11 @@ Test (util, is_zero)
   cr_assert (!is_zero (buf, sizeof buf));
 }
 
-/* iobuf: a thread gets back the buffer it returned, aligned, big enough. */
+/* iobuf: a thread gets back the buffer it returned, big enough. */
 Test (iobuf, reuse_within_a_thread)
 {
   char *a = iobuf_get (1 << 20);
   cr_assert_not_null (a);
-  cr_assert_eq ((uintptr_t) a % 4096, 0);
   memset (a, 0xab, 1 << 20);            /* all of it is usable */
   iobuf_put (a, 1 << 20);
   char *b = iobuf_get (4096);           /* smaller: served by the kept one */
@@ -120,7 +119,6 @@ Test (iobuf, reuse_within_a_thread)
   iobuf_put (b, 4096);
   char *c = iobuf_get (3 << 20);        /* larger: a new one */
   cr_assert_neq (c, a);
-  cr_assert_eq ((uintptr_t) c % 4096, 0);
   memset (c, 0xcd, 3 << 20);
   iobuf_put (c, 3 << 20);               /* kept instead of a */
   char *e = iobuf_get ((3 << 20) - 100);
