@@ -1,15 +1,17 @@
 /* corfs: per-thread reuse of large I/O buffers.
  *
- * A cold read's fetch buffer and a warm read's reply buffer are about
- * 1 MiB each.  Allocated fresh per request, such buffers come from mmap
- * (or from heap memory glibc has just given back), so every request
- * faulted in and zeroed 256 new pages before the data could land: perf of
- * a cold sequential read showed exc_page_fault and clear_page under the
- * socket receive at 9-10% of the machine's CPU.  Each thread keeps the
- * two largest buffers it gave back (each up to IOBUF_KEEP_MAX) for its
- * next requests.
+ * A cold read's fetch buffer, a warm read's reply buffer and a merge
+ * piece are about 1 MiB each.  A buffer that size that comes from a fresh
+ * mmap is faulted in and zeroed, 256 pages, before the data can land:
+ * with aligned allocations (always mmap'd) perf of a cold sequential read
+ * showed exc_page_fault and clear_page under the socket receive at 9-10%
+ * of the machine's CPU.  glibc's malloc avoids that once its dynamic mmap
+ * threshold has risen past the size, but that is a heuristic (a set
+ * MALLOC_MMAP_THRESHOLD_ or another allocator turns it off).  Each
+ * thread keeps the two largest buffers it gave back (each up to
+ * IOBUF_KEEP_MAX) for its next requests.
  *
- * Thread model: no shared state; each thread's kept buffer is its own
+ * Thread model: no shared state; each thread's kept buffers are its own
  * (thread-specific data, freed when the thread exits). */
 #ifndef CORFS_IOBUF_H
 #define CORFS_IOBUF_H
