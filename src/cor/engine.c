@@ -1228,9 +1228,11 @@ cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
    * not stable there (a mirror write whose flush failed, or one by the
    * daemon that crashed); our flush covers it only if a flush covers the
    * writes of every connection.  Otherwise it is written again, which
-   * our own flush does cover.  Unknown (no answer) counts as no. */
+   * our own flush does cover.  Unknown (no answer) counts as no; with
+   * no suspect block in the range there is nothing to ask. */
   int e2;
-  c.may_compare = remote_flush_covers_all (d->remote, deadline_ns, &e2) == 1;
+  c.may_compare = meta_next (d->md, META_SUSPECT, true, first) < end &&
+                  remote_flush_covers_all (d->remote, deadline_ns, &e2) == 1;
 
   /* 1. Copy runs of present blocks that need it, several at once.  A
    * helper that cannot start only means fewer at once. */
