@@ -8,8 +8,10 @@
  * of the machine's CPU.  glibc's malloc avoids that once its dynamic mmap
  * threshold has risen past the size, but that is a heuristic (a set
  * MALLOC_MMAP_THRESHOLD_ or another allocator turns it off).  Each
- * thread keeps the two largest buffers it gave back (each up to
- * IOBUF_KEEP_MAX) for its next requests.
+ * thread keeps up to two buffers it gave back (each up to
+ * IOBUF_KEEP_MAX; a larger one replaces the smaller kept one) for its
+ * next requests.  A buffer counts as the size its last user asked for,
+ * never more than it is.
  *
  * Thread model: no shared state; each thread's kept buffers are its own
  * (thread-specific data, freed when the thread exits). */

@@ -559,9 +559,10 @@ rnbd_pwrite (struct remote *r, void *hv, const void *buf, size_t count,
  * so that a lost connection fails one flush, not every later one; and
  * ESTALE wins over any other error, because the lost connection is
  * reported only here: a retried flush would no longer see it.  With all,
- * at least one flush is sent, on a connection opened for it if none is
- * (with multi-conn, see rnbd_flush_covers_all, that one covers every
- * connection's writes, earlier daemons' included). */
+ * success means at least one flush was sent, on a connection opened for
+ * it if none is (with multi-conn, see rnbd_flush_covers_all, that one
+ * covers every connection's writes, earlier daemons' included); a server
+ * that offers no flush fails it (EOPNOTSUPP). */
 static int
 rnbd_flush (struct remote *r, void *hv, bool all, uint64_t deadline_ns, int *err)
 {
@@ -605,12 +606,18 @@ rnbd_flush (struct remote *r, void *hv, bool all, uint64_t deadline_ns, int *err
     if (!c)
       first_err = e;
     else {
-      if ((c->nbd || conn_connect (r, h, c, deadline_ns, &e) == 0) &&
-          nbd_can_flush (c->nbd) == 1 &&
-          conn_finish (r, c, nbd_aio_flush (c->nbd, NBD_NULL_COMPLETION, 0),
-                       min_u64 (deadline_ns, now_ns () + h->request_timeout_ns),
-                       "flush", 0, &e) == -1 && !e)
-        e = EIO;
+      if (c->nbd || conn_connect (r, h, c, deadline_ns, &e) == 0) {
+        if (nbd_can_flush (c->nbd) != 1) {
+          /* Nothing can make the parent's data stable: say so, rather
+           * than vouch for it. */
+          remote_note_error (r, "flush: the NBD server offers no flush");
+          e = EOPNOTSUPP;
+        }
+        else if (conn_finish (r, c, nbd_aio_flush (c->nbd, NBD_NULL_COMPLETION, 0),
+                              min_u64 (deadline_ns, now_ns () + h->request_timeout_ns),
+                              "flush", 0, &e) == -1 && !e)
+          e = EIO;
+      }
       release (h, c);
       first_err = e;
     }

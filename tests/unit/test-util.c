@@ -120,7 +120,7 @@ Test (iobuf, reuse_within_a_thread)
   char *c = iobuf_get (3 << 20);        /* larger: a new one */
   cr_assert_neq (c, a);
   memset (c, 0xcd, 3 << 20);
-  iobuf_put (c, 3 << 20);               /* kept instead of a */
+  iobuf_put (c, 3 << 20);               /* kept beside a */
   char *e = iobuf_get ((3 << 20) - 100);
   cr_assert_eq (e, c);
   iobuf_put (e, (3 << 20) - 100);
