@@ -333,20 +333,29 @@ release (struct rnbd *h, struct rnbd_conn *c)
   pthread_mutex_unlock (&h->lock);
 }
 
+/* acquire, and connect the connection if it is not: a connected
+ * connection, or NULL with *err (nothing held). */
+static struct rnbd_conn *
+acquire_connected (struct remote *r, struct rnbd *h, uint64_t deadline_ns, int *err)
+{
+  struct rnbd_conn *c = acquire (h, deadline_ns, err);
+
+  if (c && !c->nbd && conn_connect (r, h, c, deadline_ns, err) == -1) {
+    release (h, c);
+    return NULL;
+  }
+  return c;
+}
+
 static int64_t
 rnbd_get_size (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
 {
   struct rnbd *h = hv;
-  struct rnbd_conn *c;
+  struct rnbd_conn *c = acquire_connected (r, h, deadline_ns, err);
   int64_t size;
 
-  c = acquire (h, deadline_ns, err);
   if (!c)
     return -1;
-  if (!c->nbd && conn_connect (r, h, c, deadline_ns, err) == -1) {
-    release (h, c);
-    return -1;
-  }
   release (h, c);
   pthread_mutex_lock (&h->lock);
   size = h->size;
@@ -359,15 +368,11 @@ rnbd_pread (struct remote *r, void *hv, void *buf, size_t count,
             uint64_t offset, uint64_t deadline_ns, int *err)
 {
   struct rnbd *h = hv;
-  struct rnbd_conn *c = acquire (h, deadline_ns, err);
+  struct rnbd_conn *c = acquire_connected (r, h, deadline_ns, err);
   int ret = 0;
 
   if (!c)
     return -1;
-  if (!c->nbd && conn_connect (r, h, c, deadline_ns, err) == -1) {
-    release (h, c);
-    return -1;
-  }
   /* One request may not exceed the server's maximum. */
   while (count > 0 && ret == 0) {
     size_t n = count > MAX_REQUEST ? MAX_REQUEST : count;
@@ -415,16 +420,12 @@ rnbd_zero_extents (struct remote *r, void *hv, uint64_t offset, uint64_t count,
                    int *err)
 {
   struct rnbd *h = hv;
-  struct rnbd_conn *c = acquire (h, deadline_ns, err);
+  struct rnbd_conn *c = acquire_connected (r, h, deadline_ns, err);
   uint64_t end = offset + count;
   int ret = 0;
 
   if (!c)
     return -1;
-  if (!c->nbd && conn_connect (r, h, c, deadline_ns, err) == -1) {
-    release (h, c);
-    return -1;
-  }
   if (nbd_can_meta_context (c->nbd, LIBNBD_CONTEXT_BASE_ALLOCATION) != 1)
     goto out;                   /* the server cannot tell */
   while (offset < end && ret == 0) {
@@ -519,15 +520,11 @@ rnbd_pwrite (struct remote *r, void *hv, const void *buf, size_t count,
   /* Any free connection: writes in parallel (merge copies several pieces
    * at once), and the flush goes to every connection that wrote, so it
    * covers them whether or not the server offers multi-conn. */
-  struct rnbd_conn *c = acquire (h, deadline_ns, err);
+  struct rnbd_conn *c = acquire_connected (r, h, deadline_ns, err);
   int ret = 0;
 
   if (!c)
     return -1;
-  if (!c->nbd && conn_connect (r, h, c, deadline_ns, err) == -1) {
-    release (h, c);
-    return -1;
-  }
   if (nbd_is_read_only (c->nbd) == 1) {
     *err = EROFS;
     remote_note_error (r, "write: the NBD export is read-only");
@@ -550,6 +547,20 @@ rnbd_pwrite (struct remote *r, void *hv, const void *buf, size_t count,
     c->wrote = true;
   release (h, c);
   return ret;
+}
+
+/* One FLUSH on connected connection c.  0 or -1 with *err. */
+static int
+conn_flush (struct remote *r, struct rnbd *h, struct rnbd_conn *c, uint64_t deadline_ns,
+            int *err)
+{
+  if (conn_finish (r, c, nbd_aio_flush (c->nbd, NBD_NULL_COMPLETION, 0),
+                   min_u64 (deadline_ns, now_ns () + h->request_timeout_ns),
+                   "flush", 0, err) == 0)
+    return 0;
+  if (!*err)
+    *err = EIO;
+  return -1;
 }
 
 /* Flush every connection that wrote since its last flush.  One whose
@@ -585,14 +596,10 @@ rnbd_flush (struct remote *r, void *hv, bool all, uint64_t deadline_ns, int *err
       lost = true;
     }
     else if ((c->wrote || (all && !sent)) && c->nbd && nbd_can_flush (c->nbd) == 1) {
-      if (conn_finish (r, c, nbd_aio_flush (c->nbd, NBD_NULL_COMPLETION, 0),
-                       min_u64 (deadline_ns, now_ns () + h->request_timeout_ns),
-                       "flush", 0, &e) == 0) {
+      if (conn_flush (r, h, c, deadline_ns, &e) == 0) {
         c->wrote = false;
         sent = true;
       }
-      else if (!e)
-        e = EIO;
     }
     else
       c->wrote = false;         /* nothing to flush, or the server cannot */
@@ -602,25 +609,19 @@ rnbd_flush (struct remote *r, void *hv, bool all, uint64_t deadline_ns, int *err
   }
   if (all && !sent && !lost && !first_err) {
     int e = 0;
-    struct rnbd_conn *c = acquire (h, deadline_ns, &e);
-    if (!c)
-      first_err = e;
-    else {
-      if (c->nbd || conn_connect (r, h, c, deadline_ns, &e) == 0) {
-        if (nbd_can_flush (c->nbd) != 1) {
-          /* Nothing can make the parent's data stable: say so, rather
-           * than vouch for it. */
-          remote_note_error (r, "flush: the NBD server offers no flush");
-          e = EOPNOTSUPP;
-        }
-        else if (conn_finish (r, c, nbd_aio_flush (c->nbd, NBD_NULL_COMPLETION, 0),
-                              min_u64 (deadline_ns, now_ns () + h->request_timeout_ns),
-                              "flush", 0, &e) == -1 && !e)
-          e = EIO;
+    struct rnbd_conn *c = acquire_connected (r, h, deadline_ns, &e);
+    if (c) {
+      if (nbd_can_flush (c->nbd) != 1) {
+        /* Nothing can make the parent's data stable: say so, rather
+         * than vouch for it. */
+        remote_note_error (r, "flush: the NBD server offers no flush");
+        e = EOPNOTSUPP;
       }
+      else
+        conn_flush (r, h, c, deadline_ns, &e);
       release (h, c);
-      first_err = e;
     }
+    first_err = e;
   }
   if (!lost && !first_err)
     return 0;
@@ -671,15 +672,12 @@ static int
 rnbd_flush_covers_all (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
 {
   struct rnbd *h = hv;
-  struct rnbd_conn *c = acquire (h, deadline_ns, err);
+  struct rnbd_conn *c = acquire_connected (r, h, deadline_ns, err);
   int ret;
 
   if (!c)
     return -1;
-  if (!c->nbd && conn_connect (r, h, c, deadline_ns, err) == -1)
-    ret = -1;
-  else
-    ret = nbd_can_multi_conn (c->nbd) == 1 && nbd_can_flush (c->nbd) == 1;
+  ret = nbd_can_multi_conn (c->nbd) == 1 && nbd_can_flush (c->nbd) == 1;
   release (h, c);
   return ret;
 }
