@@ -621,19 +621,29 @@ remote_flush_all (struct remote *r, uint64_t deadline_ns, int *err)
   return retry_write (r, do_flush, &a, "flush");
 }
 
-int
-remote_flush_covers_all (struct remote *r, uint64_t deadline_ns, int *err)
+/* Ask an optional yes/no question of the backend (NULL op: no), under
+ * the serialize lock where the backend needs it.  1, 0, or -1 with
+ * *err. */
+static int
+ask (struct remote *r, int (*op) (struct remote *, void *, uint64_t, int *),
+     uint64_t deadline_ns, int *err)
 {
   int ret;
 
-  if (!r->ops->flush_covers_all)
+  if (!op)
     return 0;
   if (r->ops->thread_model == REMOTE_SERIALIZE)
     pthread_mutex_lock (&r->serialize);
-  ret = r->ops->flush_covers_all (r, r->h, deadline_ns, err);
+  ret = op (r, r->h, deadline_ns, err);
   if (r->ops->thread_model == REMOTE_SERIALIZE)
     pthread_mutex_unlock (&r->serialize);
   return ret;
+}
+
+int
+remote_flush_covers_all (struct remote *r, uint64_t deadline_ns, int *err)
+{
+  return ask (r, r->ops->flush_covers_all, deadline_ns, err);
 }
 
 int
@@ -678,14 +688,5 @@ remote_repin (struct remote *r, char *identity, size_t len, uint64_t deadline_ns
 int
 remote_parent_writable (struct remote *r, uint64_t deadline_ns, int *err)
 {
-  int ret;
-
-  if (!r->ops->parent_writable)
-    return 0;
-  if (r->ops->thread_model == REMOTE_SERIALIZE)
-    pthread_mutex_lock (&r->serialize);
-  ret = r->ops->parent_writable (r, r->h, deadline_ns, err);
-  if (r->ops->thread_model == REMOTE_SERIALIZE)
-    pthread_mutex_unlock (&r->serialize);
-  return ret;
+  return ask (r, r->ops->parent_writable, deadline_ns, err);
 }
