@@ -1107,6 +1107,19 @@ struct wb_copy {
   bool may_compare;             /* set before the workers start */
 };
 
+/* Block b of a piece that starts at byte base: its data in buf, the
+ * parent's copy in pbuf (NULL: not read).  Equal means not dirty and the
+ * same bytes, so it need not be written. */
+static bool
+wb_block_equal (struct cor_disk *d, const char *buf, const char *pbuf, uint64_t base,
+                uint64_t b)
+{
+  uint64_t o = block_offset (d, b) - base;
+
+  return pbuf && !meta_test (d->md, META_DIRTY, b) &&
+    memcmp (buf + o, pbuf + o, blocks_length (d, b, b + 1)) == 0;
+}
+
 /* Write the blocks of [blk, run) (their data in buf, from blk) whose
  * copy in pbuf differs, or all of them when pbuf is NULL; blocks that
  * are dirty are written whatever pbuf holds.  Adds to *written and
@@ -1119,21 +1132,17 @@ wb_write_differing (struct cor_disk *d, const char *buf, const char *pbuf,
   uint64_t base = block_offset (d, blk);
 
   while (blk < run) {
-    uint64_t o = block_offset (d, blk) - base, n = blocks_length (d, blk, blk + 1);
-    if (pbuf && !meta_test (d->md, META_DIRTY, blk) && memcmp (buf + o, pbuf + o, n) == 0) {
-      *equal += n;
+    if (wb_block_equal (d, buf, pbuf, base, blk)) {
+      *equal += blocks_length (d, blk, blk + 1);
       blk++;
       continue;
     }
-    uint64_t e = blk + 1;
-    while (e < run) {
-      uint64_t eo = block_offset (d, e) - base, en = blocks_length (d, e, e + 1);
-      if (pbuf && !meta_test (d->md, META_DIRTY, e) && memcmp (buf + eo, pbuf + eo, en) == 0)
-        break;
+    uint64_t e = blk + 1, n;
+    while (e < run && !wb_block_equal (d, buf, pbuf, base, e))
       e++;
-    }
     n = blocks_length (d, blk, e);
-    if (remote_pwrite (d->remote, buf + o, n, block_offset (d, blk), deadline_ns, err) == -1) {
+    if (remote_pwrite (d->remote, buf + (block_offset (d, blk) - base), n,
+                       block_offset (d, blk), deadline_ns, err) == -1) {
       if (!*err)
         *err = EIO;
       return -1;
