@@ -8,6 +8,11 @@
  * Client sockets are non-blocking: one that does not read its replies is
  * dropped as soon as its socket buffer is full, so no client can stall
  * the daemon.
+ *
+ * Access: the socket is created 0600 whatever the umask (a request can
+ * activate, hand off or write a file as the daemon's user), and every
+ * client's SO_PEERCRED uid must be the daemon's effective uid or root;
+ * others get one error line and are closed (allowed_peer).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -18,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
@@ -39,6 +45,7 @@ struct client {
   size_t len;
   bool overlong;                /* discarding the rest of a too-long line */
   bool events;                  /* subscribed to the event stream */
+  bool refused;                 /* told "permission denied"; dropped once it sends */
   char buf[JSONL_MAX_LINE];
 };
 
@@ -616,8 +623,11 @@ static int
 serve_client (struct ctl *c, int i)
 {
   struct client *cl = c->clients[i];
-  ssize_t r = read (cl->fd, cl->buf + cl->len, sizeof cl->buf - cl->len);
+  ssize_t r;
 
+  if (cl->refused)
+    return -1;                  /* it has its answer (allowed_peer) */
+  r = read (cl->fd, cl->buf + cl->len, sizeof cl->buf - cl->len);
   if (r <= 0)
     return r == -1 && (errno == EINTR || errno == EAGAIN) ? 0 : -1;
   cl->len += r;
@@ -655,6 +665,30 @@ serve_client (struct ctl *c, int i)
     memmove (cl->buf, nl + 1, cl->len - linelen - 1);
     cl->len -= linelen + 1;
   }
+}
+
+/* May the peer on fd send commands?  Only the daemon's own user and
+ * root: the socket's 0600 mode already keeps others out, unless someone
+ * loosened it; this holds even then.  Refusals are logged, at most
+ * the first few and then one in a thousand (a local user could loop). */
+static bool
+allowed_peer (int fd)
+{
+  static unsigned refused;      /* the ctl thread's only */
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+
+  if (getsockopt (fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == -1) {
+    log_warn ("ctl: control client refused: SO_PEERCRED: %m");
+    return false;
+  }
+  if (cred.uid == 0 || cred.uid == geteuid ())
+    return true;
+  if (refused++ < 10 || refused % 1000 == 0)
+    log_warn ("ctl: control client refused: pid %d runs as uid %u, the daemon as "
+              "uid %u (only it and root may use the control socket)", (int) cred.pid,
+              (unsigned) cred.uid, (unsigned) geteuid ());
+  return false;
 }
 
 static void *
@@ -721,6 +755,15 @@ ctl_thread (void *arg)
           continue;
         }
         c->clients[slot]->fd = fd;
+        if (!allowed_peer (fd)) {
+          json_t *r = error_reply (NULL, "permission denied: the control socket "
+                                   "serves only its daemon's user and root");
+          jsonl_send (fd, r);
+          json_decref (r);
+          /* Closed only once it has sent its request (or hung up): closed
+           * now, its request would meet EPIPE before it read why. */
+          c->clients[slot]->refused = true;
+        }
       }
     }
   }
@@ -746,8 +789,13 @@ ctl_start (struct cor_engine *e, struct merge *mg, const char *path, struct ctl 
   /* The state directory's lock is held, so a socket file here is stale. */
   unlink (path);
   c->listen_fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (c->listen_fd == -1 || bind (c->listen_fd, (struct sockaddr *) &sun, sizeof sun) == -1 ||
-      listen (c->listen_fd, 16) == -1) {
+  /* Linux creates the socket file with the socket inode's mode minus the
+   * umask: 0600 before bind means no moment with a looser mode (a
+   * process-wide umask change would race the other threads).  The chmod
+   * after bind makes it exactly 0600 whatever the umask. */
+  if (c->listen_fd == -1 || fchmod (c->listen_fd, 0600) == -1 ||
+      bind (c->listen_fd, (struct sockaddr *) &sun, sizeof sun) == -1 ||
+      chmod (path, 0600) == -1 || listen (c->listen_fd, 16) == -1) {
     log_error ("ctl: control socket %s: %m", path);
     goto err;
   }
