@@ -14,6 +14,13 @@
  *   7. write "OK" to the pipe; serve until unmounted or SIGTERM;
  *   8. unmount, stop ctl, final commit and clean close, release the lock.
  *
+ * Secrets: the daemon is a fork of `corfs mount` (no exec), so it keeps
+ * its argv; mount_parse redacts every --disk URL there in place before
+ * forking (scrub_disk_arg).  The only programs started later are
+ * libfuse's fusermount3 (mount options: fsname, subtype, -o options) and
+ * the CLI's `fusermount3 -u`: neither carries a URL or credential, and
+ * remotes get theirs from files (credentials-file, token-file, @FILE).
+ *
  * Notes on the thread model: the main thread runs steps 1-8 and then the
  * FUSE loop, whose workers it starts; the committer and the control
  * thread are started with every signal blocked, so SIGTERM/SIGINT/SIGHUP
@@ -66,7 +73,9 @@ mount_usage (FILE *f)
 "                           nbd://HOST[:PORT]/EXPORT\n"
 "                           nbd+unix:///EXPORT?socket=PATH\n"
 "                           file:///PATH\n"
-"                         --disk NAME=@FILE reads the URL from FILE (secrets).\n"
+"                         --disk NAME=@FILE reads the URL from FILE: use it for\n"
+"                         secrets (an inline URL is redacted in the process's\n"
+"                         command line once parsed, but is visible until then)\n"
 "                         Disks recorded in DIR come back without --disk.\n"
 "  --config FILE          INI config file (see conf/corfs.conf)\n"
 "  --block-size SIZE      block size of new disks, 4K..4M, power of two\n"
@@ -98,6 +107,34 @@ mount_usage (FILE *f)
 "\n"
 "Stop it with `corfs unmount MOUNTPOINT`, fusermount3 -u, or SIGTERM.\n",
            DEFAULT_HOLD_S, DEFAULT_CONNECT_TIMEOUT_S);
+}
+
+/* Overwrite, in place, the URL of a --disk NAME=URL argument (once it
+ * has been copied) with its redacted form: argv is what
+ * /proc/PID/cmdline and ps show every local user for the daemon's whole
+ * life (the daemon is a fork of this process and keeps its argv).  The
+ * redacted URL (url_redact) is never longer; the rest is zeroed.  A
+ * URL read from @FILE never was in argv, which is why --help
+ * recommends it: argv is readable until this runs, and shells keep
+ * history. */
+void
+scrub_disk_arg (char *arg)
+{
+  char *eq = strchr (arg, '='), *url, *redacted;
+  size_t n, k;
+
+  if (!eq || eq[1] == '@')
+    return;
+  url = eq + 1;
+  n = strlen (url);
+  redacted = url_redact (url);
+  k = redacted ? strlen (redacted) : 0;
+  if (k > n)
+    k = n;
+  memset (url, 0, n);
+  if (redacted)
+    memcpy (url, redacted, k);
+  free (redacted);
 }
 
 static int
@@ -190,7 +227,11 @@ mount_parse (int argc, char **argv, struct mount_opts *o)
   while ((c = getopt_long (argc, argv, "fvdho:", longopts, NULL)) != -1) {
     switch (c) {
     case OPT_STATE: free (o->state); o->state = strdup (optarg); break;
-    case OPT_DISK: if (add_disk_arg (o, optarg) == -1) return -1; break;
+    case OPT_DISK:
+      if (add_disk_arg (o, optarg) == -1)
+        return -1;
+      scrub_disk_arg (optarg);
+      break;
     case OPT_CONFIG: config = optarg; break;
     case OPT_BLOCK_SIZE:
       if (parse_size (optarg, &o->block_size) == -1) {

@@ -59,6 +59,11 @@ enum { CLI_BLOCK_SIZE = 1, CLI_HOLD = 2, CLI_STREAM = 4, CLI_CONNECT_TIMEOUT = 8
  * --help was printed, or -1 after printing a one-line error. */
 int mount_parse (int argc, char **argv, struct mount_opts *o);
 
+/* Overwrite in place the secret parts of one --disk NAME=URL argument
+ * (argv[i] after it was copied): the URL becomes its redacted form,
+ * zero-padded to its old length.  NAME=@FILE is left as it is. */
+void scrub_disk_arg (char *arg);
+
 /* Read an INI config file into o (daemon-wide settings whose bit is in
  * o->cli_set keep their command-line value; disks are added).  0 or -1
  * (printed). */
