@@ -101,6 +101,32 @@ parse_size (const char *s, uint64_t *out)
 }
 
 int
+parse_seconds (const char *s, uint64_t max_s, uint64_t *out)
+{
+  char *end;
+  unsigned long long v;
+
+  /* Digits only: strtoull alone would take "-1" (as 2^64 - 1) and
+   * leading blanks. */
+  if (!s || !isdigit ((unsigned char) *s)) {
+    errno = EINVAL;
+    return -1;
+  }
+  errno = 0;
+  v = strtoull (s, &end, 10);
+  if (errno == ERANGE || (*end == '\0' && v > max_s)) {
+    errno = ERANGE;
+    return -1;
+  }
+  if (errno || *end != '\0' || v == 0) {
+    errno = EINVAL;
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+int
 parse_bool (const char *s, bool *out)
 {
   if (!strcasecmp (s, "true") || !strcasecmp (s, "yes") ||

@@ -25,6 +25,12 @@ void sleep_ns (uint64_t ns);
  * Return 0 and set *out, or -1 with errno EINVAL/ERANGE. */
 int parse_size (const char *s, uint64_t *out);
 
+/* Parse a duration in whole seconds, 1 to max_s ("20"; no sign, blank
+ * or suffix).  0 and sets *out, or -1 with errno EINVAL (not a positive
+ * whole number) or ERANGE (above max_s).  The result times NS_PER_SEC
+ * cannot overflow while max_s is below 18446744073. */
+int parse_seconds (const char *s, uint64_t max_s, uint64_t *out);
+
 /* Parse a boolean config value: true/false/yes/no/on/off/1/0. */
 int parse_bool (const char *s, bool *out);
 

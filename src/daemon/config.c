@@ -1,5 +1,6 @@
 /* corfs: the config file (INI, read with inih; format in conf/corfs.conf). */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,19 +43,21 @@ on_value (void *user, const char *section, const char *key, const char *value)
   struct mount_opts *o = s->o;
   uint64_t n;
   bool b;
+  char why[256];
 
 #define BAD(...) do { if (!s->error[0]) snprintf (s->error, sizeof s->error, __VA_ARGS__); return 0; } while (0)
   if (!strcmp (section, "corfs")) {
     if (!strcmp (key, "hold")) {
-      if (parse_size (value, &n) == -1) BAD ("hold: not a number of seconds: %s", value);
+      if (mount_parse_duration (key, value, &n, why, sizeof why) == -1) BAD ("%s", why);
       if (!(o->cli_set & CLI_HOLD)) o->hold_s = n;
+      o->hold_given = true;
     }
     else if (!strcmp (key, "block-size")) {
       if (parse_size (value, &n) == -1) BAD ("block-size: bad size %s", value);
       if (!(o->cli_set & CLI_BLOCK_SIZE)) o->block_size = n;
     }
     else if (!strcmp (key, "connect-timeout")) {
-      if (parse_size (value, &n) == -1 || n == 0) BAD ("connect-timeout: bad value %s", value);
+      if (mount_parse_duration (key, value, &n, why, sizeof why) == -1) BAD ("%s", why);
       if (!(o->cli_set & CLI_CONNECT_TIMEOUT)) o->connect_timeout_s = n;
     }
     else if (!strcmp (key, "readahead")) {
@@ -166,6 +169,22 @@ on_value (void *user, const char *section, const char *key, const char *value)
   }
   BAD ("unknown section [%s] (expected [corfs] or [disk NAME])", section);
 #undef BAD
+}
+
+int
+mount_parse_duration (const char *key, const char *value, uint64_t *out,
+                      char *err, size_t len)
+{
+  uint64_t max = !strcmp (key, "hold") ? HOLD_MAX_S : CONNECT_TIMEOUT_MAX_S;
+
+  if (parse_seconds (value, max, out) == 0)
+    return 0;
+  if (errno == ERANGE)
+    snprintf (err, len, "%s %s: too long (at most %" PRIu64 " s)", key, value, max);
+  else
+    snprintf (err, len, "%s %s: expected a whole number of seconds from 1 to %" PRIu64,
+              key, value, max);
+  return -1;
 }
 
 int

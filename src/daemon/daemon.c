@@ -81,9 +81,11 @@ mount_usage (FILE *f)
 "  --block-size SIZE      block size of new disks, 4K..4M, power of two\n"
 "                         (default 64K; recorded per disk, K/M/G = 1024^n)\n"
 "  --hold SECONDS         how long a guest request waits for an unreachable\n"
-"                         parent before it fails with EIO (default %d; kept\n"
-"                         below the kernel's FUSE request timeout if one is set)\n"
-"  --connect-timeout SECONDS  one connection attempt to a parent (default %d)\n"
+"                         parent before it fails with EIO (1 to %d, default %d;\n"
+"                         must stay 2 s below the kernel's FUSE request timeout\n"
+"                         if one is set: the default is lowered to fit)\n"
+"  --connect-timeout SECONDS  one connection attempt to a parent (1 to %d,\n"
+"                         default %d)\n"
 "  --readahead SIZE       most data fetched ahead of a sequential reader\n"
 "                         (default 4M; 0: fetch only what is read).  Also the\n"
 "                         kernel's readahead for buffered readers of the mount\n"
@@ -106,7 +108,7 @@ mount_usage (FILE *f)
 "  -h, --help             this help\n"
 "\n"
 "Stop it with `corfs unmount MOUNTPOINT`, fusermount3 -u, or SIGTERM.\n",
-           DEFAULT_HOLD_S, DEFAULT_CONNECT_TIMEOUT_S);
+           HOLD_MAX_S, DEFAULT_HOLD_S, CONNECT_TIMEOUT_MAX_S, DEFAULT_CONNECT_TIMEOUT_S);
 }
 
 /* Overwrite, in place, the URL of a --disk NAME=URL argument (once it
@@ -241,19 +243,19 @@ mount_parse (int argc, char **argv, struct mount_opts *o)
       o->cli_set |= CLI_BLOCK_SIZE;
       break;
     case OPT_HOLD:
-      if (parse_size (optarg, &o->hold_s) == -1 || o->hold_s == 0) {
-        fprintf (stderr, "corfs: --hold %s: expected a positive number of seconds\n", optarg);
+    case OPT_CONNECT_TIMEOUT: {
+      bool hold = c == OPT_HOLD;
+      char why[256];
+      if (mount_parse_duration (hold ? "hold" : "connect-timeout", optarg,
+                                hold ? &o->hold_s : &o->connect_timeout_s,
+                                why, sizeof why) == -1) {
+        fprintf (stderr, "corfs: --%s\n", why);
         return -1;
       }
-      o->cli_set |= CLI_HOLD;
+      o->cli_set |= hold ? CLI_HOLD : CLI_CONNECT_TIMEOUT;
+      o->hold_given |= hold;
       break;
-    case OPT_CONNECT_TIMEOUT:
-      if (parse_size (optarg, &o->connect_timeout_s) == -1 || o->connect_timeout_s == 0) {
-        fprintf (stderr, "corfs: --connect-timeout %s: expected a positive number of seconds\n", optarg);
-        return -1;
-      }
-      o->cli_set |= CLI_CONNECT_TIMEOUT;
-      break;
+    }
     case OPT_READAHEAD:
       if (parse_size (optarg, &o->readahead) == -1 || o->readahead > (1u << 30)) {
         fprintf (stderr, "corfs: --readahead %s: not a size up to 1G (e.g. 4M, 0 for the kernel's default)\n", optarg);
@@ -313,6 +315,15 @@ mount_parse (int argc, char **argv, struct mount_opts *o)
   }
   if (config && config_load (config, o) == -1)
     return -1;
+  {
+    const char *which;
+    uint64_t kernel_s = fuse_kernel_timeout_s (&which), h;
+    char why[512];
+    if (hold_fit (o->hold_s, o->hold_given, kernel_s, which, &h, why, sizeof why) == -1) {
+      fprintf (stderr, "corfs: %s\n", why);
+      return -1;
+    }
+  }
   if (o->block_size < 4096 || o->block_size > (4 << 20) ||
       (o->block_size & (o->block_size - 1))) {
     fprintf (stderr, "corfs: block size %" PRIu64 " is not a power of two from 4K to 4M\n",
@@ -433,25 +444,63 @@ lock_state (const char *state)
   return fd;
 }
 
-/* The hold time, kept below the kernel's FUSE request timeout (whose
- * expiry would abort the whole connection) if the kernel has one. */
-static uint64_t
-effective_hold_s (uint64_t hold_s)
+uint64_t
+fuse_kernel_timeout_s (const char **which)
 {
   static const char *files[] = { "/proc/sys/fs/fuse/default_request_timeout",
                                  "/proc/sys/fs/fuse/max_request_timeout", NULL };
+  uint64_t min = 0;
+
+  /* The kernel gives a mount the default, capped by the maximum: the
+   * smaller one that is set. */
+  *which = NULL;
   for (size_t i = 0; files[i]; i++) {
     char *s = read_small_file (files[i]);
     uint64_t t = s ? strtoull (s, NULL, 10) : 0;
     free (s);
-    if (t > 0 && hold_s + 2 > t) {
-      uint64_t h = t > 3 ? t - 2 : 1;
-      log_warn ("daemon: hold lowered from %" PRIu64 " to %" PRIu64 " s: %s is %" PRIu64 " s",
-                hold_s, h, files[i], t);
-      hold_s = h;
+    if (t > 0 && (min == 0 || t < min)) {
+      min = t;
+      *which = files[i];
     }
   }
-  return hold_s;
+  return min;
+}
+
+int
+hold_fit (uint64_t hold_s, bool given, uint64_t kernel_s, const char *which,
+          uint64_t *effective, char *err, size_t len)
+{
+  uint64_t max = kernel_s > 3 ? kernel_s - 2 : 1;
+
+  *effective = hold_s;
+  if (kernel_s == 0 || hold_s <= max)
+    return 0;
+  if (given) {
+    snprintf (err, len, "hold %" PRIu64 " s: the kernel aborts a FUSE mount whose "
+              "request waits %" PRIu64 " s (%s); give a hold of at most %" PRIu64 " s",
+              hold_s, kernel_s, which ? which : "fs.fuse request timeout", max);
+    return -1;
+  }
+  *effective = max;
+  return 0;
+}
+
+/* The hold to use: the default lowered below the kernel's FUSE request
+ * timeout if one is set (a hold that was given and does not fit was
+ * refused by mount_parse; the kernel's setting may have changed since:
+ * lowered too, then). */
+static uint64_t
+effective_hold_s (const struct mount_opts *o)
+{
+  const char *which;
+  uint64_t kernel_s = fuse_kernel_timeout_s (&which), h;
+  char why[512];
+
+  if (hold_fit (o->hold_s, false, kernel_s, which, &h, why, sizeof why) == 0 &&
+      h != o->hold_s)
+    log_warn ("daemon: hold lowered from %" PRIu64 " to %" PRIu64 " s: %s is %" PRIu64 " s",
+              o->hold_s, h, which, kernel_s);
+  return h;
 }
 
 /* Is disk name given on the command line / config?  Index or -1. */
@@ -771,7 +820,7 @@ run_daemon (struct mount_opts *o, int ready_fd)
   lock_fd = lock_state (o->state);
   if (lock_fd == -1)
     goto out;
-  hold_s = effective_hold_s (o->hold_s);
+  hold_s = effective_hold_s (o);
   snprintf (path, sizeof path, "%s/index", o->state);
   if (meta_open (path, &m) == -1) {
     log_error ("daemon: cannot open the index in %s: %m", path);

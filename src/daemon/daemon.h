@@ -28,6 +28,11 @@ struct disk_opts {
   int write_mode;               /* -1: the mount's; 0 writeback; 1 mirror */
 };
 
+/* The longest hold and connect timeout accepted (seconds): a guest
+ * request waiting longer than an hour is a hung VM, not patience. */
+#define HOLD_MAX_S 3600
+#define CONNECT_TIMEOUT_MAX_S 3600
+
 struct mount_opts {
   char *state;                  /* absolute after mount_resolve */
   char *mountpoint;             /* absolute after mount_resolve */
@@ -35,6 +40,7 @@ struct mount_opts {
   size_t nr_disks;
   uint64_t block_size;          /* default for new disks */
   uint64_t hold_s;
+  bool hold_given;              /* by the command line or the config file */
   uint64_t connect_timeout_s;
   int stream;                   /* enum cor_stream_mode, default on */
   uint64_t rate;                /* default streamer rate, 0 unlimited */
@@ -68,6 +74,25 @@ void scrub_disk_arg (char *arg);
  * o->cli_set keep their command-line value; disks are added).  0 or -1
  * (printed). */
 int config_load (const char *path, struct mount_opts *o);
+
+/* Parse a duration setting, key "hold" or "connect-timeout" (the same
+ * limits on the command line and in the config file): whole seconds from
+ * 1 to HOLD_MAX_S / CONNECT_TIMEOUT_MAX_S.  0, or -1 with a one-line
+ * reason in err. */
+int mount_parse_duration (const char *key, const char *value, uint64_t *out,
+                          char *err, size_t len);
+
+/* The kernel's FUSE request timeout for a new mount, in seconds (0:
+ * none), from /proc/sys/fs/fuse/{default,max}_request_timeout; *which
+ * names the file that set it. */
+uint64_t fuse_kernel_timeout_s (const char **which);
+
+/* Fit the hold below the kernel's FUSE request timeout kernel_s (0: none;
+ * its expiry aborts the whole mount), with 2 s to spare.  A hold the user
+ * gave (given) that does not fit is an error: 0 or -1 with the reason in
+ * err; the default is lowered to fit.  *effective is the hold to use. */
+int hold_fit (uint64_t hold_s, bool given, uint64_t kernel_s, const char *which,
+              uint64_t *effective, char *err, size_t len);
 
 /* "on", "off", "paused" → enum cor_stream_mode, or -1. */
 int parse_stream_mode (const char *s);

@@ -440,18 +440,41 @@ invalidate (void *opaque, size_t disk_index)
     log_warn ("fs: dropping the page cache of disk %zu: %s", disk_index, strerror (-r));
 }
 
+/* fsname for an -o option: libfuse splits options at commas and takes a
+ * backslash as an escape, so a state path with a comma would end the
+ * option there and the rest would be read as options of its own (say
+ * ",allow_other").  Escape both.  Caller frees; NULL on ENOMEM. */
+static char *
+escape_option_value (const char *v)
+{
+  char *out = malloc (2 * strlen (v) + 1), *p = out;
+
+  if (!out)
+    return NULL;
+  for (; *v; v++) {
+    if (*v == ',' || *v == '\\')
+      *p++ = '\\';
+    *p++ = *v;
+  }
+  *p = '\0';
+  return out;
+}
+
 int
 fs_mount (struct cor_engine *e, const struct fs_config *cfg, struct fs **fsp)
 {
   struct fs *fs = calloc (1, sizeof *fs);
   struct fuse_args args = FUSE_ARGS_INIT (0, NULL);
-  char *opt = NULL;
+  char *opt = NULL, *fsname = escape_option_value (cfg->fsname);
 
-  if (!fs)
+  if (!fs || !fsname) {
+    free (fs);
+    free (fsname);
     return -1;
+  }
   fs->e = e;
   clock_gettime (CLOCK_REALTIME, &fs->mount_time);
-  if (asprintf (&opt, "-ofsname=%s,subtype=corfs,default_permissions", cfg->fsname) < 0)
+  if (asprintf (&opt, "-ofsname=%s,subtype=corfs,default_permissions", fsname) < 0)
     goto err;
   if (fuse_opt_add_arg (&args, "corfs") == -1 || fuse_opt_add_arg (&args, opt) == -1)
     goto err;
@@ -480,6 +503,7 @@ fs_mount (struct cor_engine *e, const struct fs_config *cfg, struct fs **fsp)
   cor_set_invalidate_fn (e, invalidate, fs);
   fuse_opt_free_args (&args);
   free (opt);
+  free (fsname);
   *fsp = fs;
   return 0;
 
@@ -490,6 +514,7 @@ fs_mount (struct cor_engine *e, const struct fs_config *cfg, struct fs **fsp)
  err:
   fuse_opt_free_args (&args);
   free (opt);
+  free (fsname);
   free (fs);
   return -1;
 }
