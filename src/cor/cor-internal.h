@@ -96,6 +96,12 @@ struct cor_disk {
   bool mirror;                  /* write mode; fixed while mounted */
   size_t index;                 /* in the engine's array (inode 2 + index) */
 
+  /* The file's permission bits and owner, the record's (defaults
+   * resolved), for getattr without an index lookup.  attr_lock is a
+   * leaf lock; changed (after the record) under owner_lock. */
+  pthread_mutex_t attr_lock;
+  uint32_t mode, uid, gid;      /* protected by attr_lock */
+
   /* Atomics. */
   int fg_inflight;              /* guest faults talking to the parent */
   uint64_t last_fg_ns;          /* when the last guest fault ended */

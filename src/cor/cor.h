@@ -73,6 +73,18 @@ uint64_t cor_disk_size (const struct cor_disk *d);
 uint64_t cor_disk_allocated (const struct cor_disk *d);
 bool cor_disk_writable (const struct cor_disk *d);
 
+/* The disk file's permission bits and owner: as recorded by
+ * cor_disk_set_attr, else mode 0600 and the daemon's uid and gid.  Any
+ * thread. */
+void cor_disk_attr (struct cor_disk *d, uint32_t *mode, uint32_t *uid, uint32_t *gid);
+
+/* chmod and chown: durably record the permission bits (mode & 0777) and
+ * the owner; -1 keeps a value as it is.  Independent of the owner state:
+ * a read-only disk is enforced with EROFS, never through these bits.
+ * Serialised with the record's other writers.  0, or -1 with *err. */
+int cor_disk_set_attr (struct cor_disk *d, int64_t mode, int64_t uid, int64_t gid,
+                       int *err);
+
 /* Read count bytes at offset into buf, fetching missing blocks first.
  * Returns the number of bytes read (less than count only at the end of
  * the disk), or -1 with *err (EIO if the parent could not supply a block

@@ -34,7 +34,10 @@
  * which starts up to WB_THREADS - 1 helpers for the copy and joins them
  * before it returns.  d->lock protects only the busy list and is never
  * held across remote I/O, overlay I/O or a FUSE reply; waiters sleep on
- * d->cond, broadcast whenever a busy range is released.
+ * d->cond, broadcast whenever a busy range is released.  d->owner_lock
+ * orders the record's writers (owner-state transitions, cor_update_record,
+ * cor_disk_set_attr) and is taken before meta's lock; d->attr_lock, a
+ * leaf, guards only the cached mode and owner that getattr reads.
  */
 #include <assert.h>
 #include <errno.h>
@@ -108,6 +111,7 @@ disk_free (struct cor_disk *d, bool clean)
   pthread_mutex_destroy (&d->stream.lock);
   pthread_cond_destroy (&d->stream.cond);
   pthread_mutex_destroy (&d->owner_lock);
+  pthread_mutex_destroy (&d->attr_lock);
   pthread_mutex_destroy (&d->ra.lock);
   pthread_cond_destroy (&d->ra.cond);
   if (meta_disk_close (d->md, clean) == -1)
@@ -157,6 +161,58 @@ cor_engine_free (struct cor_engine *e)
   return ret;
 }
 
+/* Cache the record's mode and owner, defaults resolved (cor_disk_attr). */
+static void
+attr_from_record (struct cor_disk *d, const struct meta_record *rec)
+{
+  pthread_mutex_lock (&d->attr_lock);
+  d->mode = rec->has_mode ? rec->mode & 0777 : 0600;
+  d->uid = rec->has_uid ? rec->uid : getuid ();
+  d->gid = rec->has_gid ? rec->gid : getgid ();
+  pthread_mutex_unlock (&d->attr_lock);
+}
+
+void
+cor_disk_attr (struct cor_disk *d, uint32_t *mode, uint32_t *uid, uint32_t *gid)
+{
+  pthread_mutex_lock (&d->attr_lock);
+  *mode = d->mode;
+  *uid = d->uid;
+  *gid = d->gid;
+  pthread_mutex_unlock (&d->attr_lock);
+}
+
+int
+cor_disk_set_attr (struct cor_disk *d, int64_t mode, int64_t uid, int64_t gid, int *err)
+{
+  struct meta_record rec;
+  int r = 0;
+
+  pthread_mutex_lock (&d->owner_lock);
+  meta_disk_record (d->md, &rec);
+  if (mode >= 0) {
+    rec.mode = mode & 0777;
+    rec.has_mode = true;
+  }
+  if (uid >= 0) {
+    rec.uid = uid;
+    rec.has_uid = true;
+  }
+  if (gid >= 0) {
+    rec.gid = gid;
+    rec.has_gid = true;
+  }
+  if (meta_disk_update (d->md, &rec) == -1) {
+    *err = errno;
+    log_error ("cor: disk %s: recording its mode and owner: %m", d->name);
+    r = -1;
+  }
+  else
+    attr_from_record (d, &rec);
+  pthread_mutex_unlock (&d->owner_lock);
+  return r;
+}
+
 int
 cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
               struct cor_disk **dp)
@@ -184,6 +240,8 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
   pthread_mutex_init (&d->store_lock, NULL);
   d->start_mode = cfg->stream;
   pthread_mutex_init (&d->owner_lock, NULL);
+  pthread_mutex_init (&d->attr_lock, NULL);
+  attr_from_record (d, &rec);
   d->owner = rec.state;
   d->mirror = rec.mirror && rec.state != META_STANDALONE;
   /* While incoming, the source still writes the parent: its identity is

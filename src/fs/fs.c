@@ -66,7 +66,15 @@ fill_attr (struct fs *fs, fuse_ino_t ino, struct stat *st)
     st->st_nlink = 2;
     return;
   }
-  st->st_mode = S_IFREG | (cor_disk_writable (d) ? 0644 : 0444);
+  /* The stored mode, whatever the owner state: a read-only state is
+   * enforced with EROFS (fs_open, cor_write), never through the mode,
+   * which with default_permissions would refuse the O_RDWR open QEMU
+   * makes of an incoming disk (DESIGN.md) with EACCES. */
+  uint32_t mode, uid, gid;
+  cor_disk_attr (d, &mode, &uid, &gid);
+  st->st_mode = S_IFREG | mode;
+  st->st_uid = uid;
+  st->st_gid = gid;
   st->st_nlink = 1;
   st->st_size = cor_disk_size (d);
   st->st_blksize = 4096;
@@ -138,8 +146,18 @@ fs_setattr (fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
               (int64_t) attr->st_size, cor_disk_size (d));
     return (void) fuse_reply_err (req, EPERM);
   }
-  if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))
-    return (void) fuse_reply_err (req, EPERM);
+  /* chmod and chown are recorded in the index and survive remounts (a
+   * management stack chowns a disk to the user its VMs run as).  Who may
+   * change what is the kernel's check: the mount has default_permissions,
+   * so only root changes the owner, and only the owner or root the mode. */
+  if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+    int err = 0;
+    if (cor_disk_set_attr (d, to_set & FUSE_SET_ATTR_MODE ? (int64_t) (attr->st_mode & 0777) : -1,
+                           to_set & FUSE_SET_ATTR_UID ? (int64_t) attr->st_uid : -1,
+                           to_set & FUSE_SET_ATTR_GID ? (int64_t) attr->st_gid : -1,
+                           &err) == -1)
+      return (void) fuse_reply_err (req, err ? err : EIO);
+  }
   /* Time changes are accepted and ignored: the disk has no stored times. */
   fill_attr (fs, ino, &st);
   fuse_reply_attr (req, &st, ATTR_TIMEOUT);

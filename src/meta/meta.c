@@ -107,18 +107,28 @@ struct disk_value {
 static char *
 encode_record (const struct disk_value *v, size_t *len)
 {
-  char *s = NULL;
-  int n = asprintf (&s,
+  char *s = NULL, mode[16] = "", uid[24] = "", gid[24] = "";
+  int n;
+
+  /* Written only when set: older daemons skip unknown keys, and an
+   * unset one keeps meaning "the default" (meta_record). */
+  if (v->rec.has_mode)
+    snprintf (mode, sizeof mode, "mode=0%o\n", (unsigned) (v->rec.mode & 0777));
+  if (v->rec.has_uid)
+    snprintf (uid, sizeof uid, "uid=%" PRIu32 "\n", v->rec.uid);
+  if (v->rec.has_gid)
+    snprintf (gid, sizeof gid, "gid=%" PRIu32 "\n", v->rec.gid);
+  n = asprintf (&s,
                     "id=%" PRIu32 "\nurl=%s\nidentity=%s\nsize=%" PRIu64 "\n"
                     "block_size=%" PRIu32 "\nstate=%s\nepoch=%" PRIu64 "\n"
                     "write_mode=%s\nparent_owned=%d\ncomplete=%d\n"
                     "generation=%" PRIu32 "\nwidened_generation=%" PRIu32 "\n"
-                    "merging=%d\nopen=%d\n",
+                    "merging=%d\nopen=%d\n%s%s%s",
                     v->id, v->rec.url, v->rec.identity, v->rec.size,
                     v->rec.block_size, state_names[v->rec.state], v->rec.epoch,
                     v->rec.mirror ? "mirror" : "writeback", v->rec.parent_owned,
                     v->rec.complete, v->rec.generation,
-                    v->rec.widened_generation, v->rec.merging, v->open);
+                    v->rec.widened_generation, v->rec.merging, v->open, mode, uid, gid);
   if (n < 0)
     return NULL;
   *len = n;
@@ -159,6 +169,18 @@ decode_record (const char *data, size_t len, struct disk_value *v)
     else if (!strcmp (k, "widened_generation")) v->rec.widened_generation = strtoul (val, NULL, 10);
     else if (!strcmp (k, "merging")) v->rec.merging = atoi (val);
     else if (!strcmp (k, "open")) v->open = atoi (val);
+    else if (!strcmp (k, "mode")) {
+      v->rec.mode = strtoul (val, NULL, 8) & 0777;
+      v->rec.has_mode = true;
+    }
+    else if (!strcmp (k, "uid")) {
+      v->rec.uid = strtoul (val, NULL, 10);
+      v->rec.has_uid = true;
+    }
+    else if (!strcmp (k, "gid")) {
+      v->rec.gid = strtoul (val, NULL, 10);
+      v->rec.has_gid = true;
+    }
   }
   free (copy);
   return 0;

@@ -2,7 +2,7 @@
  *
  * One LMDB environment per state directory (STATE/index/) holds, per disk,
  * a record (parent URL without credentials, size, block size, identity,
- * owner state, flags) and chunked bitmaps:
+ * owner state, flags, the file's mode and owner) and chunked bitmaps:
  *
  *   META_PRESENT  the overlay holds the block's data
  *   META_DIRTY    the overlay differs from the parent (only merge clears it)
@@ -65,6 +65,12 @@ struct meta_record {
   uint32_t generation;           /* current change generation, from 1 */
   uint32_t widened_generation;   /* last generation widened by an unclean shutdown, or 0 */
   bool merging;                  /* a merge may have modified the parent (rule 9/11) */
+  /* The disk file's permission bits (0777 at most) and owner, as chmod
+   * and chown on the mount set them.  false (as in records written
+   * before these fields existed) means the default: mode 0600, owned
+   * by the daemon's user and group. */
+  bool has_mode, has_uid, has_gid;
+  uint32_t mode, uid, gid;
 };
 
 /* Open (creating if needed) the index in directory dir (STATE/index).

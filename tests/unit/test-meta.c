@@ -972,6 +972,67 @@ Test (meta, disk_update_persists)
   close_disk (d, true);
 }
 
+/* A record as 63d3432 wrote it (no mode, uid, gid lines), put straight
+ * into LMDB: it opens, with the defaults, and chmod/chown are then
+ * recorded and survive a reopen; mode 0 is a mode, not "unset". */
+Test (meta, mode_owner_added_to_an_old_record)
+{
+  static const char old_rec[] =
+    "id=1\nurl=file:///img\nidentity=file:1\nsize=1048576\nblock_size=65536\n"
+    "state=incoming\nepoch=0\nwrite_mode=writeback\nparent_owned=0\ncomplete=0\n"
+    "generation=1\nwidened_generation=0\nmerging=0\nopen=0\n";
+  MDB_env *env;
+  MDB_txn *txn;
+  MDB_dbi dbi;
+  MDB_val key = { 3, "old" }, val = { sizeof old_rec - 1, (void *) old_rec };
+  struct meta_record rec, upd;
+  struct meta_disk *d;
+
+  meta_close (m);
+  m = NULL;
+  cr_assert_eq (mdb_env_create (&env), 0);
+  mdb_env_set_maxdbs (env, 4);
+  cr_assert_eq (mdb_env_open (env, idxdir, 0, 0600), 0);
+  cr_assert_eq (mdb_txn_begin (env, NULL, 0, &txn), 0);
+  cr_assert_eq (mdb_dbi_open (txn, "disks", 0, &dbi), 0);
+  cr_assert_eq (mdb_put (txn, dbi, &key, &val, 0), 0);
+  cr_assert_eq (mdb_txn_commit (txn), 0);
+  mdb_env_close (env);
+  cr_assert_eq (meta_open (idxdir, &m), 0);
+
+  d = open_clean ("old", NULL);
+  meta_disk_record (d, &rec);
+  cr_assert_eq (rec.state, META_INCOMING);
+  cr_assert_eq (rec.size, 1048576);
+  cr_assert (!rec.has_mode && !rec.has_uid && !rec.has_gid);
+
+  upd = rec;
+  upd.has_mode = upd.has_uid = upd.has_gid = true;
+  upd.mode = 0640;
+  upd.uid = 65534;
+  upd.gid = 4242;
+  cr_assert_eq (meta_disk_update (d, &upd), 0);
+  close_disk (d, true);
+  reopen_env ();
+  cr_assert_eq (meta_record_get (m, "old", &rec), 0);
+  assert_record_eq (&rec, &upd);
+  cr_assert (rec.has_mode && rec.has_uid && rec.has_gid);
+  cr_assert_eq (rec.mode, 0640);
+  cr_assert_eq (rec.uid, 65534);
+  cr_assert_eq (rec.gid, 4242);
+
+  d = open_clean ("old", NULL);
+  meta_disk_record (d, &upd);
+  upd.mode = 0;
+  cr_assert_eq (meta_disk_update (d, &upd), 0);
+  close_disk (d, true);
+  reopen_env ();
+  cr_assert_eq (meta_record_get (m, "old", &rec), 0);
+  cr_assert (rec.has_mode);
+  cr_assert_eq (rec.mode, 0);
+  cr_assert_eq (rec.uid, 65534);
+}
+
 Test (meta, two_disks_separate)
 {
   const uint64_t nr = 2 * CHUNK_BITS + 9;
