@@ -12,7 +12,8 @@
  * Access: the socket is created 0600 whatever the umask (a request can
  * activate, hand off or write a file as the daemon's user), and every
  * client's SO_PEERCRED uid must be the daemon's effective uid or root;
- * others get one error line and are closed (allowed_peer).
+ * others get one error line and are closed once they send their request
+ * or hang up (allowed_peer; until then they keep their slot).
  */
 #include <errno.h>
 #include <fcntl.h>
