@@ -444,12 +444,12 @@ checkpoint_cmd (struct ctl *c, json_t *req, json_t *id)
   json_t *err = NULL, *r;
   struct cor_disk *d = req_disk (c, req, id, &err);
   uint32_t gen;
-  int e = 0;
+  char msg[1024];
 
   if (!d)
     return err;
-  if ((gen = cor_checkpoint (d, &e)) == 0)
-    return error_reply (id, "disk %s: checkpoint failed: %s", cor_disk_name (d), strerror (e));
+  if ((gen = cor_checkpoint (d, msg, sizeof msg)) == 0)
+    return error_reply (id, "%s", msg);
   r = json_pack ("{s:b, s:I}", "ok", 1, "generation", (json_int_t) gen);
   if (id)
     json_object_set (r, "id", id);
