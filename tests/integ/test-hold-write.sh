@@ -73,6 +73,7 @@ grep -q "write of 4096 bytes at offset $(( MiB + 4096 )): its blocks were still 
 # later must not add its own edge fetch's hold to that wait.  (Two
 # writes cannot show this: the kernel runs O_DIRECT writes to one FUSE
 # file one at a time, before they reach corfs.)
+touch "$T/stall"
 off=$(( 20 * MiB ))
 dd if="$mnt/d" of=/dev/null bs=4096 count=1 skip=$off iflag=direct,skip_bytes status=none \
   2>/dev/null & pr=$!
