@@ -41,7 +41,7 @@ struct cor_disk {
    * drain; while non-zero no new range is claimed: guests wait (within
    * their own deadline), the streamer and readahead back off, so that a
    * stream of new claims cannot starve the exclusive one.  Protected by
-   * lock. */
+   * lock (the streamer reads it without, as a hint). */
   int exclusive_waiters;
 
   /* The streamer (stream.c).  Lock order: stream.lock before d->lock. */
