@@ -37,6 +37,12 @@ struct cor_disk {
   pthread_mutex_t store_lock;   /* serialises stores of fetched data (engine.c) */
   pthread_cond_t cond;          /* broadcast when a busy range is released */
   struct busy *busy;            /* protected by lock */
+  /* Exclusive operations (own_all, engine.c) waiting for the disk to
+   * drain; while non-zero no new range is claimed: guests wait (within
+   * their own deadline), the streamer and readahead back off, so that a
+   * stream of new claims cannot starve the exclusive one.  Protected by
+   * lock (the streamer reads it without, as a hint). */
+  int exclusive_waiters;
 
   /* The streamer (stream.c).  Lock order: stream.lock before d->lock. */
   struct {
@@ -129,6 +135,7 @@ struct cor_engine {
   void *event_opaque;
   void (*invalidate_fn) (void *opaque, size_t disk_index);       /* set by src/fs */
   void *invalidate_opaque;
+  int stopping;                 /* atomic: cor_engine_quiesce was called */
 };
 
 

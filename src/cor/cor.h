@@ -36,6 +36,13 @@ int cor_engine_start (struct cor_engine *e);
  * Returns 0 if everything was closed cleanly, -1 otherwise (logged). */
 int cor_engine_free (struct cor_engine *e);
 
+/* Begin shutdown, once no guest request can arrive (the FUSE session has
+ * ended): tell the streamers and readahead to stop, cancel every disk's
+ * parent requests in flight and later (remote_cancel: the final commit
+ * needs none), and make exclusive commands and aborts that are waiting
+ * or copying give up.  Nothing is joined: cor_engine_free does that. */
+void cor_engine_quiesce (struct cor_engine *e);
+
 enum cor_stream_mode { COR_STREAM_OFF, COR_STREAM_ON, COR_STREAM_PAUSED };
 
 /* A byte range (hints, traces). */
@@ -191,9 +198,10 @@ void cor_emit (struct cor_disk *d, const char *type, uint64_t done, uint64_t tot
 int64_t cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
                        uint64_t deadline_ns, int *err);
 
-/* Start a new change generation with every writer held off.  Returns the
- * new generation, or 0 with *err. */
-uint32_t cor_checkpoint (struct cor_disk *d, int *err);
+/* Start a new change generation with every writer held off (new claims
+ * wait while it drains the disk, at most the hold).  Returns the new
+ * generation, or 0 with a one-line reason in errbuf. */
+uint32_t cor_checkpoint (struct cor_disk *d, char *errbuf, size_t len);
 
 /* Extents (first block, number of blocks) changed in generations >= since
  * (meta_changed_extents).  0, or -1 with errno (EINVAL: no such

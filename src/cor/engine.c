@@ -21,6 +21,14 @@
  *     is busy (all or nothing, so two writers cannot deadlock).  A write
  *     whose first or last block is missing and only partly covered fetches
  *     that block first; blocks covered whole are never fetched.
+ *   - Every guest request has one deadline, its hold from when the engine
+ *     got it; every wait and fetch it makes ends by then (EIO), whatever
+ *     the owner of a busy block (a streamer chunk, a prefetch) was given.
+ *   - Exclusive operations (checkpoint, activate, handoff, pivot, abort)
+ *     own every block (own_all).  While one waits for the claims in
+ *     flight to end, the gate (exclusive_waiters) holds off new ones:
+ *     guests wait within their deadline, the streamer and readahead back
+ *     off.  It waits at most the hold, then fails with nothing changed.
  *   - All-zero fetched blocks are punched rather than written, which keeps
  *     the overlay sparse and also clears whatever an earlier, uncommitted
  *     write left there.
@@ -34,10 +42,13 @@
  * which starts up to WB_THREADS - 1 helpers for the copy and joins them
  * before it returns.  d->lock protects only the busy list and is never
  * held across remote I/O, overlay I/O or a FUSE reply; waiters sleep on
- * d->cond, broadcast whenever a busy range is released.  d->owner_lock
- * orders the record's writers (owner-state transitions, cor_update_record,
- * cor_disk_set_attr) and is taken before meta's lock; d->attr_lock, a
- * leaf, guards only the cached mode and owner that getattr reads.
+ * d->cond (CLOCK_MONOTONIC: deadlines come from now_ns), broadcast
+ * whenever a busy range is released or the gate opens.  Exclusive
+ * operations run on ctl's job threads (one per disk at a time).
+ * d->owner_lock orders the record's writers (owner-state transitions,
+ * cor_update_record, cor_disk_set_attr); it is taken before d->lock
+ * and before meta's lock; d->attr_lock, a leaf, guards only the cached
+ * mode and owner that getattr reads.
  */
 #include <assert.h>
 #include <errno.h>
@@ -124,6 +135,23 @@ disk_free (struct cor_disk *d, bool clean)
   pthread_mutex_destroy (&d->store_lock);
   free (d->name);
   free (d);
+}
+
+void
+cor_engine_quiesce (struct cor_engine *e)
+{
+  if (!e)
+    return;
+  __atomic_store_n (&e->stopping, 1, __ATOMIC_SEQ_CST);
+  for (size_t i = 0; i < e->nr_disks; i++) {
+    struct cor_disk *d = e->disks[i];
+    cor_stream_stop (d);
+    cor_readahead_stop (d);
+    remote_cancel (d->remote);
+    pthread_mutex_lock (&d->lock);
+    pthread_cond_broadcast (&d->cond);  /* own_all re-checks stopping */
+    pthread_mutex_unlock (&d->lock);
+  }
 }
 
 int
@@ -413,6 +441,42 @@ release_busy (struct cor_disk *d, struct busy *b)
   pthread_mutex_unlock (&d->lock);
 }
 
+/* Must be called with d->lock held.  Is every new claim held off?  Yes
+ * while an exclusive operation waits for the disk to drain (own_all). */
+static bool
+gated_unlocked (const struct cor_disk *d)
+{
+  return d->exclusive_waiters > 0;
+}
+
+/* Must be called with d->lock held (dropped while asleep).  Sleep until
+ * a busy range is released, the gate changes, or deadline_ns.  0, or -1
+ * without sleeping once the deadline has passed. */
+static int
+wait_until_unlocked (struct cor_disk *d, uint64_t deadline_ns)
+{
+  if (now_ns () >= deadline_ns)
+    return -1;
+  struct timespec ts = { deadline_ns / NS_PER_SEC, deadline_ns % NS_PER_SEC };
+  pthread_cond_timedwait (&d->cond, &d->lock, &ts);   /* d->cond is monotonic */
+  return 0;
+}
+
+/* Must be called with d->lock held.  Claim [first, end) whole, waiting
+ * while any of it is busy or the gate is closed (all or nothing, so two
+ * claimers cannot deadlock), until deadline_ns.  0, or -1 if the
+ * deadline passed first (nothing claimed). */
+static int
+claim_wait_unlocked (struct cor_disk *d, struct busy *self, uint64_t first, uint64_t end,
+                     uint64_t deadline_ns)
+{
+  while (gated_unlocked (d) || find_busy_unlocked (d, first, end))
+    if (wait_until_unlocked (d, deadline_ns) == -1)
+      return -1;
+  claim_unlocked (d, self, first, end);
+  return 0;
+}
+
 /* ---- fetch ---- */
 
 static uint64_t
@@ -628,22 +692,24 @@ fault_in (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t deadline_ns
     uint64_t run;
 
     *faulted = true;
-    if (find_busy_unlocked (d, blk, blk + 1)) {
+    bool busy = find_busy_unlocked (d, blk, blk + 1) != NULL;
+    if (busy || gated_unlocked (d)) {
       /* The guest needed it now, even if the streamer or readahead was
        * first: it belongs in the boot trace. */
       if (traced != blk) {
         trace_fault_unlocked (d, blk, blk + 1);
         traced = blk;
       }
-      if (now_ns () >= deadline_ns) {
+      if (wait_until_unlocked (d, deadline_ns) == -1) {
         pthread_mutex_unlock (&d->lock);
-        log_error ("cor: disk %s: offset %" PRIu64 ": still being fetched by another "
-                   "request when this read's hold time ran out", d->name, block_offset (d, blk));
+        log_error ("cor: disk %s: offset %" PRIu64 ": %s when this read's hold time ran "
+                   "out (parent %s)", d->name, block_offset (d, blk),
+                   busy ? "still being fetched or written by another request"
+                   : "held off by an exclusive command waiting for the disk",
+                   remote_url (d->remote));
         *err = EIO;
         return -1;
       }
-      struct timespec ts = { deadline_ns / NS_PER_SEC, deadline_ns % NS_PER_SEC };
-      pthread_cond_timedwait (&d->cond, &d->lock, &ts);
       continue;                 /* re-check: it may be present now */
     }
     for (run = blk + 1; run < end; run++)
@@ -826,7 +892,7 @@ cor_mirror_flush (struct cor_disk *d, int *err)
  * The write is acknowledged only when both have it.  0 or -1 (*err). */
 static int
 mirror_write (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offset,
-              uint64_t first, uint64_t end, int *err)
+              uint64_t first, uint64_t end, uint64_t deadline_ns, int *err)
 {
   uint64_t nr = end - first;
   bool *was_dirty = malloc (nr);
@@ -846,7 +912,7 @@ mirror_write (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offs
     *err = ENOMEM;
     return -1;
   }
-  if (remote_pwrite (d->remote, buf, count, offset, now_ns () + d->hold_ns, err) == -1) {
+  if (remote_pwrite (d->remote, buf, count, offset, deadline_ns, err) == -1) {
     log_error ("cor: disk %s: mirror: parent write of %" PRIu64 " bytes at offset %"
                PRIu64 " failed; the blocks stay dirty (abort will copy them)",
                d->name, count, offset);
@@ -885,11 +951,14 @@ mirror_write (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offs
 
 /* The guest write path, for data (buf) or zeros (buf == NULL): own the
  * blocks, fetch missing partly covered edge blocks, set dirty and changed
- * (intent), change the overlay, set present.  0 or -1 with *err. */
+ * (intent), change the overlay, set present.  One deadline, the hold from
+ * now, bounds all of it: the wait for blocks that a streamer chunk, a
+ * prefetch or another write owns (whose own deadlines may be later), and
+ * the edge fetches after it.  0 or -1 with *err. */
 static int
 modify (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offset, int *err)
 {
-  uint64_t first, end, last;
+  uint64_t first, end, last, deadline_ns = now_ns () + d->hold_ns;
   struct busy self;
   int r = 0;
 
@@ -907,10 +976,16 @@ modify (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offset, in
   last = end - 1;
 
   pthread_mutex_lock (&d->lock);
-  while (find_busy_unlocked (d, first, end))
-    pthread_cond_wait (&d->cond, &d->lock);
-  claim_unlocked (d, &self, first, end);
+  r = claim_wait_unlocked (d, &self, first, end, deadline_ns);
   pthread_mutex_unlock (&d->lock);
+  if (r == -1) {
+    log_error ("cor: disk %s: %s of %" PRIu64 " bytes at offset %" PRIu64 ": its blocks "
+               "were still owned by a fetch from the parent %s, another write or an "
+               "exclusive command when its hold time ran out", d->name,
+               buf ? "write" : "zero", count, offset, remote_url (d->remote));
+    *err = EIO;
+    return -1;
+  }
   /* A hand-off may have begun while we waited: it owns the order. */
   if (!cor_disk_writable (d)) {
     release_busy (d, &self);
@@ -924,15 +999,15 @@ modify (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offset, in
   if (!meta_test (d->md, META_PRESENT, first) &&
       (offset != block_offset (d, first) ||
        offset + count < block_offset (d, first) + blocks_length (d, first, first + 1)))
-    r = fetch_blocks (d, first, first + 1, now_ns () + d->hold_ns, NULL, NULL, err);
+    r = fetch_blocks (d, first, first + 1, deadline_ns, NULL, NULL, err);
   if (r == 0 && last != first && !meta_test (d->md, META_PRESENT, last) &&
       offset + count < block_offset (d, last) + blocks_length (d, last, last + 1))
-    r = fetch_blocks (d, last, last + 1, now_ns () + d->hold_ns, NULL, NULL, err);
+    r = fetch_blocks (d, last, last + 1, deadline_ns, NULL, NULL, err);
   __atomic_store_n (&d->last_fg_ns, now_ns (), __ATOMIC_SEQ_CST);
   __atomic_fetch_sub (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
 
   if (r == 0 && d->mirror) {
-    r = mirror_write (d, buf, count, offset, first, end, err);
+    r = mirror_write (d, buf, count, offset, first, end, deadline_ns, err);
     release_busy (d, &self);
     return r;
   }
@@ -1041,6 +1116,8 @@ cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
     struct busy self;
     uint64_t run;
 
+    if (gated_unlocked (d))
+      break;                    /* an exclusive command waits: back off */
     if (find_busy_unlocked (d, blk, blk + 1)) {
       blk++;                    /* a guest operation owns it */
       continue;
@@ -1286,10 +1363,14 @@ cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
   uint64_t blk;
 
   pthread_mutex_lock (&d->lock);
-  while (find_busy_unlocked (d, first, end))
-    pthread_cond_wait (&d->cond, &d->lock);
-  claim_unlocked (d, &self, first, end);
+  r = claim_wait_unlocked (d, &self, first, end, deadline_ns);
   pthread_mutex_unlock (&d->lock);
+  if (r == -1) {
+    log_error ("cor: disk %s: writeback at offset %" PRIu64 ": blocks still owned by "
+               "a fetch or a write when the deadline passed", d->name, block_offset (d, first));
+    *err = ETIMEDOUT;
+    return -1;
+  }
 
   /* A suspect block the parent reads back equal may hold a write that is
    * not stable there (a mirror write whose flush failed, or one by the
@@ -1345,25 +1426,28 @@ cor_changed_extents (struct cor_disk *d, uint32_t since, bool *widened,
   return meta_changed_extents (d->md, since, widened, fn, opaque);
 }
 
+static int own_all (struct cor_disk *d, struct busy *self, const char *what,
+                    char *errbuf, size_t len);
+
 uint32_t
-cor_checkpoint (struct cor_disk *d, int *err)
+cor_checkpoint (struct cor_disk *d, char *errbuf, size_t len)
 {
   struct busy self;
   uint32_t gen;
+  int err;
 
   /* Commit first, so that nothing of the old generation is in flight in
    * a batch when the generation changes. */
-  if (cor_flush (d, err) == -1)
+  if (cor_flush (d, &err) == -1) {
+    snprintf (errbuf, len, "disk %s: checkpoint: flush failed: %s", d->name, strerror (err));
     return 0;
-  pthread_mutex_lock (&d->lock);
-  while (find_busy_unlocked (d, 0, d->nr_blocks))
-    pthread_cond_wait (&d->cond, &d->lock);
-  claim_unlocked (d, &self, 0, d->nr_blocks);
-  pthread_mutex_unlock (&d->lock);
+  }
+  if (own_all (d, &self, "checkpoint", errbuf, len) == -1)
+    return 0;
   gen = meta_checkpoint (d->md);
   if (gen == 0) {
-    *err = errno;
-    log_error ("cor: disk %s: checkpoint: %m", d->name);
+    snprintf (errbuf, len, "disk %s: checkpoint: %s", d->name, strerror (errno));
+    log_error ("cor: %s", errbuf);
   }
   release_busy (d, &self);
   return gen;
@@ -1405,16 +1489,50 @@ check_epoch_unlocked (struct cor_disk *d, const struct meta_record *rec, uint64_
   return 0;
 }
 
-/* Must be called with d->owner_lock held.  Own every block: no fetch or
- * write is in flight, and none starts until release_busy. */
-static void
-own_all_unlocked (struct cor_disk *d, struct busy *self)
+/* Own every block for an exclusive operation (what: its name, for the
+ * error): no fetch or write is in flight, and none starts until
+ * release_busy.  Callers that change the owner state hold owner_lock.
+ *   1. Close the gate (exclusive_waiters): new claims wait or back off,
+ *      so the streamer's next chunks cannot keep the disk busy forever.
+ *   2. Wait for the claims in flight to end, at most the hold: a fetch
+ *      that the parent stalls must not hold the command (and its reply)
+ *      longer than it would hold a guest; nor past the daemon's shutdown.
+ *   3. Claim everything, or give up with nothing owned; open the gate.
+ * 0, or -1 with a reason in errbuf (also logged). */
+static int
+own_all (struct cor_disk *d, struct busy *self, const char *what, char *errbuf, size_t len)
 {
+  uint64_t deadline_ns = now_ns () + d->hold_ns;
+  struct busy *b;
+  int r = 0;
+
   pthread_mutex_lock (&d->lock);
-  while (find_busy_unlocked (d, 0, d->nr_blocks))
-    pthread_cond_wait (&d->cond, &d->lock);
-  claim_unlocked (d, self, 0, d->nr_blocks);
+  d->exclusive_waiters++;
+  while ((b = find_busy_unlocked (d, 0, d->nr_blocks)) != NULL) {
+    if (__atomic_load_n (&d->e->stopping, __ATOMIC_SEQ_CST)) {
+      snprintf (errbuf, len, "disk %s: %s: not done: the daemon is shutting down",
+                d->name, what);
+      r = -1;
+      break;
+    }
+    if (wait_until_unlocked (d, deadline_ns) == -1) {
+      snprintf (errbuf, len, "disk %s: %s: not done: the block at offset %" PRIu64
+                " was still being fetched or written when the hold time (%" PRIu64
+                " s) ran out (parent %s slow or stalled?); try again", d->name, what,
+                block_offset (d, b->first), (uint64_t) (d->hold_ns / NS_PER_SEC),
+                remote_url (d->remote));
+      r = -1;
+      break;
+    }
+  }
+  if (r == 0)
+    claim_unlocked (d, self, 0, d->nr_blocks);
+  d->exclusive_waiters--;
+  pthread_cond_broadcast (&d->cond);    /* the gate may be open again */
   pthread_mutex_unlock (&d->lock);
+  if (r == -1)
+    log_error ("cor: %s", errbuf);
+  return r;
 }
 
 static int
@@ -1464,7 +1582,10 @@ cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size
     }
   }
   /* 1. Stop and drain: own every block. */
-  own_all_unlocked (d, &self);
+  if (own_all (d, &self, "activate", errbuf, len) == -1) {
+    pthread_mutex_unlock (&d->owner_lock);
+    return -1;
+  }
   /* 2. Durably: activating, with the epoch.  (Nothing read while incoming
    * was kept, so step 3, punching, has nothing to do.) */
   if (set_state (d, &rec, META_ACTIVATING, epoch, errbuf, len) == -1)
@@ -1520,7 +1641,11 @@ cor_handoff (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len)
   }
   /* Refuse new writes first, then wait for those in flight, flush. */
   __atomic_store_n (&d->owner, META_HANDED_OFF, __ATOMIC_SEQ_CST);
-  own_all_unlocked (d, &self);
+  if (own_all (d, &self, "handoff", errbuf, len) == -1) {
+    __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock (&d->owner_lock);
+    return -1;
+  }
   release_busy (d, &self);
   if (cor_flush (d, &err) == -1) {
     __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
@@ -1619,7 +1744,8 @@ cor_pivot (struct cor_disk *d, char *errbuf, size_t len)
               present, d->nr_blocks);
     goto fail;
   }
-  own_all_unlocked (d, &self);          /* no write in flight */
+  if (own_all (d, &self, "pivot", errbuf, len) == -1)    /* no write in flight */
+    goto fail;
   /* Again, now that no write can drop a block (a failed overlay write). */
   if (meta_count (d->md, META_PRESENT) < d->nr_blocks) {
     release_busy (d, &self);
@@ -1670,13 +1796,25 @@ cor_abort (struct cor_disk *d, char *errbuf, size_t len)
   }
   /* 1. No new writes; wait for those in flight. */
   __atomic_store_n (&d->owner, META_HANDED_OFF, __ATOMIC_SEQ_CST);
-  own_all_unlocked (d, &self);
+  if (own_all (d, &self, "abort", errbuf, len) == -1) {
+    __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock (&d->owner_lock);
+    return -1;
+  }
   release_busy (d, &self);
   /* 2. Whatever the parent may lack (a failed parent write, or every
    * present block after an unclean shutdown) goes to it now. */
   while ((blk = meta_next (d->md, META_DIRTY, true, 0)) < d->nr_blocks ||
          (blk = meta_next (d->md, META_SUSPECT, true, 0)) < d->nr_blocks) {
     uint64_t end = blk + 1;
+    if (__atomic_load_n (&d->e->stopping, __ATOMIC_SEQ_CST)) {
+      __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
+      snprintf (errbuf, len, "disk %s: abort: interrupted at offset %" PRIu64 " by the "
+                "daemon's shutdown; the mirror is still active, abort again after the "
+                "restart", d->name, block_offset (d, blk));
+      pthread_mutex_unlock (&d->owner_lock);
+      return -1;
+    }
     while (end < d->nr_blocks && end - blk < 256 &&
            (meta_test (d->md, META_DIRTY, end) || meta_test (d->md, META_SUSPECT, end)))
       end++;

@@ -339,10 +339,15 @@ worker (void *arg)
     }
     d->stream.backoff_ns = BACKOFF_MIN_NS;
     account_unlocked (d, r, (end - first) << d->block_shift);
-    if (r == 0 && meta_next (d->md, META_PRESENT, false, first) < end)
+    if (r == 0 && meta_next (d->md, META_PRESENT, false, first) < end) {
       /* All of it was busy with guest faults or other workers: give them
-       * a moment rather than spin. */
+       * a moment rather than spin.  If an exclusive command held it off
+       * (engine.c's gate), come back to it rather than skip ahead. */
+      if (__atomic_load_n (&d->exclusive_waiters, __ATOMIC_RELAXED) > 0 &&
+          d->stream.cursor > first)
+        d->stream.cursor = first;
       timedwait_unlocked (d, now_ns () + 5 * 1000000ULL);
+    }
     if (now_ns () - d->stream.last_progress_ns >= PROGRESS_NS) {
       d->stream.last_progress_ns = now_ns ();
       uint64_t present = meta_count (d->md, META_PRESENT);

@@ -3,17 +3,30 @@
  * Notes on the thread model: one thread (from ctl_start) runs a poll(2)
  * loop over the listening socket, every client and a wake-up pipe.
  * Requests are answered in order on that thread; the engine calls it
- * makes (status) take only short engine locks.  A client that sends a
- * line over JSONL_MAX_LINE, or malformed JSON, gets an error reply.
- * Client sockets are non-blocking: one that does not read its replies is
- * dropped as soon as its socket buffer is full, so no client can stall
- * the daemon.
+ * makes (status, metrics, stream, merge) take only short engine locks.
+ * A client that sends a line over JSONL_MAX_LINE, or malformed JSON,
+ * gets an error reply.  Client sockets are non-blocking: one that does
+ * not read its replies is dropped as soon as its socket buffer is full,
+ * so no client can stall the daemon.
+ *
+ * Long commands (LONG_CMDS: they wait for the disk to drain, talk to the
+ * parent, or copy the disk) run each on a job thread of its own, so that
+ * other clients keep being answered meanwhile.  The ctl thread sends the
+ * reply when the job ends (it writes to the wake-up pipe); until then it
+ * reads nothing more from that client, so each client's replies stay in
+ * the order of its requests.  One long command per disk at a time: a
+ * second one is refused.  ctl_stop joins the jobs, which the engine bounds
+ * (cor_engine_quiesce makes them give up at shutdown).
  *
  * Access: the socket is created 0600 whatever the umask (a request can
  * activate, hand off or write a file as the daemon's user), and every
  * client's SO_PEERCRED uid must be the daemon's effective uid or root;
  * others get one error line and are closed once they send their request
  * or hang up (allowed_peer; until then they keep their slot).
+ *
+ * Locks: qlock (a leaf) protects the event queue, stopping, and each
+ * job's done and reply; everything else here is the ctl thread's (and
+ * ctl_stop's once that thread has ended).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -41,13 +54,30 @@
 
 #define MAX_QUEUED_EVENTS 1024
 
+struct job;
+
 struct client {
   int fd;
   size_t len;
   bool overlong;                /* discarding the rest of a too-long line */
   bool events;                  /* subscribed to the event stream */
   bool refused;                 /* told "permission denied"; dropped once it sends */
+  struct job *pending;          /* a long command whose reply is due */
   char buf[JSONL_MAX_LINE];
+};
+
+/* A long command running on its own thread. */
+struct job {
+  struct ctl *c;
+  struct client *cl;            /* NULL once the client is gone */
+  struct cor_disk *d;
+  const char *cmd;              /* static: from LONG_CMDS */
+  json_t *(*fn) (struct ctl *c, const char *cmd, json_t *req, json_t *id);
+  json_t *req;                  /* a reference, for the job thread */
+  json_t *reply;                /* protected by qlock */
+  bool done;                    /* protected by qlock */
+  pthread_t thread;
+  struct job *next;
 };
 
 struct ctl {
@@ -62,6 +92,7 @@ struct ctl {
   json_t *queue;                /* events waiting for the ctl thread */
   uint64_t dropped;
   bool stopping;                /* protected by qlock */
+  struct job *jobs;             /* running or unreported */
 };
 
 /* Send a reply on a non-blocking client socket, waiting at most 2 s in
@@ -233,6 +264,8 @@ on_event (void *opaque, const struct cor_event *ev)
 
 /* On the ctl thread: send queued events to subscribers.  A subscriber
  * that cannot take them at once is dropped rather than stall the daemon. */
+static void drop_client (struct ctl *c, int i);
+
 static void
 flush_events (struct ctl *c)
 {
@@ -255,9 +288,7 @@ flush_events (struct ctl *c)
       if (cl && cl->events &&
           send (cl->fd, line, len, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t) len) {
         log_warn ("ctl: dropping an event subscriber that does not keep up");
-        close (cl->fd);
-        free (cl);
-        c->clients[k] = NULL;
+        drop_client (c, k);
       }
     }
     free (line);
@@ -447,17 +478,17 @@ flatten_cmd (struct ctl *c, json_t *req, json_t *id)
 }
 
 static json_t *
-checkpoint_cmd (struct ctl *c, json_t *req, json_t *id)
+checkpoint_cmd (struct ctl *c, const char *cmd, json_t *req, json_t *id)
 {
   json_t *err = NULL, *r;
   struct cor_disk *d = req_disk (c, req, id, &err);
   uint32_t gen;
-  int e = 0;
+  char msg[1024];
 
   if (!d)
     return err;
-  if ((gen = cor_checkpoint (d, &e)) == 0)
-    return error_reply (id, "disk %s: checkpoint failed: %s", cor_disk_name (d), strerror (e));
+  if ((gen = cor_checkpoint (d, msg, sizeof msg)) == 0)
+    return error_reply (id, "%s", msg);
   r = json_pack ("{s:b, s:I}", "ok", 1, "generation", (json_int_t) gen);
   if (id)
     json_object_set (r, "id", id);
@@ -544,6 +575,81 @@ owner_cmd (struct ctl *c, const char *cmd, json_t *req, json_t *id)
   return ok_reply (id);
 }
 
+/* pivot / abort: {"disk": NAME} */
+static json_t *
+mirror_cmd (struct ctl *c, const char *cmd, json_t *req, json_t *id)
+{
+  json_t *err = NULL;
+  struct cor_disk *d = req_disk (c, req, id, &err);
+  char msg[1024];
+
+  if (!d)
+    return err;
+  if ((!strcmp (cmd, "pivot") ? cor_pivot (d, msg, sizeof msg)
+       : cor_abort (d, msg, sizeof msg)) == -1)
+    return error_reply (id, "%s", msg);
+  return ok_reply (id);
+}
+
+/* The commands that run on a job thread (see the thread model). */
+static const struct {
+  const char *cmd;
+  json_t *(*fn) (struct ctl *c, const char *cmd, json_t *req, json_t *id);
+} LONG_CMDS[] = {
+  { "checkpoint", checkpoint_cmd },
+  { "activate", owner_cmd }, { "handoff", owner_cmd }, { "reclaim", owner_cmd },
+  { "pivot", mirror_cmd }, { "abort", mirror_cmd },
+};
+
+static void *
+job_thread (void *arg)
+{
+  struct job *j = arg;
+  json_t *reply = j->fn (j->c, j->cmd, j->req, json_object_get (j->req, "id"));
+
+  pthread_mutex_lock (&j->c->qlock);
+  j->reply = reply;
+  j->done = true;
+  pthread_mutex_unlock (&j->c->qlock);
+  if (write (j->c->wake[1], "j", 1) == -1) { /* the pipe is full: it is awake */ }
+  return NULL;
+}
+
+/* Start long command i of LONG_CMDS for client cl.  NULL when started
+ * (the reply comes when it ends), else the error reply. */
+static json_t *
+start_long (struct ctl *c, size_t i, json_t *req, json_t *id, struct client *cl)
+{
+  json_t *err = NULL;
+  struct cor_disk *d = req_disk (c, req, id, &err);
+  struct job *j;
+
+  if (!d)
+    return err;
+  for (j = c->jobs; j; j = j->next)
+    if (j->d == d)
+      return error_reply (id, "disk %s: %s refused: %s is still running on this disk; "
+                          "try again once it has answered", cor_disk_name (d),
+                          LONG_CMDS[i].cmd, j->cmd);
+  if (!(j = calloc (1, sizeof *j)))
+    return error_reply (id, "out of memory");
+  *j = (struct job) { .c = c, .cl = cl, .d = d, .cmd = LONG_CMDS[i].cmd,
+                      .fn = LONG_CMDS[i].fn, .req = json_incref (req) };
+  if (thread_create_nosig (&j->thread, job_thread, j) == -1) {
+    log_error ("ctl: starting a thread for %s: %m", j->cmd);
+    json_decref (j->req);
+    free (j);
+    return error_reply (id, "disk %s: %s: cannot start a thread: %s", cor_disk_name (d),
+                        LONG_CMDS[i].cmd, strerror (errno));
+  }
+  j->next = c->jobs;
+  c->jobs = j;
+  cl->pending = j;
+  return NULL;
+}
+
+/* Dispatch one request.  NULL when a long command was started for cl:
+ * its reply is sent when it ends. */
 static json_t *
 handle (struct ctl *c, json_t *req, struct client *cl)
 {
@@ -586,23 +692,11 @@ handle (struct ctl *c, json_t *req, struct client *cl)
     return merge_cmd (c, req, id);
   if (!strcmp (cmd, "flatten"))
     return flatten_cmd (c, req, id);
-  if (!strcmp (cmd, "checkpoint"))
-    return checkpoint_cmd (c, req, id);
   if (!strcmp (cmd, "dirty"))
     return dirty_cmd (c, req, id);
-  if (!strcmp (cmd, "activate") || !strcmp (cmd, "handoff") || !strcmp (cmd, "reclaim"))
-    return owner_cmd (c, cmd, req, id);
-  if (!strcmp (cmd, "pivot") || !strcmp (cmd, "abort")) {
-    json_t *err = NULL;
-    struct cor_disk *d = req_disk (c, req, id, &err);
-    char msg[1024];
-    if (!d)
-      return err;
-    if ((!strcmp (cmd, "pivot") ? cor_pivot (d, msg, sizeof msg)
-         : cor_abort (d, msg, sizeof msg)) == -1)
-      return error_reply (id, "%s", msg);
-    return ok_reply (id);
-  }
+  for (size_t i = 0; i < sizeof LONG_CMDS / sizeof LONG_CMDS[0]; i++)
+    if (!strcmp (cmd, LONG_CMDS[i].cmd))
+      return start_long (c, i, req, id, cl);
   if (!strcmp (cmd, "events")) {
     cl->events = true;
     return ok_reply (id);
@@ -613,26 +707,22 @@ handle (struct ctl *c, json_t *req, struct client *cl)
 static void
 drop_client (struct ctl *c, int i)
 {
+  if (c->clients[i]->pending)
+    c->clients[i]->pending->cl = NULL;  /* the job runs on; its reply is dropped */
   close (c->clients[i]->fd);
   free (c->clients[i]);
   c->clients[i] = NULL;
 }
 
-/* Handle the complete lines in client i's buffer.  Returns -1 if the
+/* Handle the complete lines in client i's buffer, up to one that starts
+ * a long command (the rest waits for its reply).  Returns -1 if the
  * client must be dropped. */
 static int
-serve_client (struct ctl *c, int i)
+serve_lines (struct ctl *c, int i)
 {
   struct client *cl = c->clients[i];
-  ssize_t r;
 
-  if (cl->refused)
-    return -1;                  /* it has its answer (allowed_peer) */
-  r = read (cl->fd, cl->buf + cl->len, sizeof cl->buf - cl->len);
-  if (r <= 0)
-    return r == -1 && (errno == EINTR || errno == EAGAIN) ? 0 : -1;
-  cl->len += r;
-  for (;;) {
+  while (!cl->pending) {
     char *nl = memchr (cl->buf, '\n', cl->len);
     json_t *reply;
     if (!nl) {
@@ -658,13 +748,80 @@ serve_client (struct ctl *c, int i)
       json_t *req = json_loadb (cl->buf, linelen, 0, &jerr);
       reply = req ? handle (c, req, cl) : error_reply (NULL, "malformed JSON: %s", jerr.text);
       json_decref (req);
-      int s = send_reply (cl->fd, reply);
+      int s = reply ? send_reply (cl->fd, reply) : 0;
       json_decref (reply);
       if (s == -1)
         return -1;
     }
     memmove (cl->buf, nl + 1, cl->len - linelen - 1);
     cl->len -= linelen + 1;
+  }
+  return 0;
+}
+
+/* Read what client i sent and handle it.  -1: drop the client. */
+static int
+serve_client (struct ctl *c, int i)
+{
+  struct client *cl = c->clients[i];
+  ssize_t r;
+
+  if (cl->refused)
+    return -1;                  /* it has its answer (allowed_peer) */
+  r = read (cl->fd, cl->buf + cl->len, sizeof cl->buf - cl->len);
+  if (r <= 0)
+    return r == -1 && (errno == EINTR || errno == EAGAIN) ? 0 : -1;
+  cl->len += r;
+  return serve_lines (c, i);
+}
+
+/* Remove job j from the list, join its thread and free it; returns its
+ * reply (the caller's). */
+static json_t *
+reap_job (struct ctl *c, struct job *j)
+{
+  json_t *reply = j->reply;
+
+  for (struct job **pp = &c->jobs; *pp; pp = &(*pp)->next)
+    if (*pp == j) {
+      *pp = j->next;
+      break;
+    }
+  pthread_join (j->thread, NULL);
+  json_decref (j->req);
+  free (j);
+  return reply;
+}
+
+/* On the ctl thread: send the replies of the jobs that ended, then go on
+ * with what their clients sent meanwhile. */
+static void
+finish_jobs (struct ctl *c)
+{
+  struct job *j, *next;
+
+  for (j = c->jobs; j; j = next) {
+    next = j->next;
+    pthread_mutex_lock (&c->qlock);
+    bool done = j->done;
+    pthread_mutex_unlock (&c->qlock);
+    if (!done)
+      continue;
+    struct client *cl = j->cl;
+    json_t *reply = reap_job (c, j);
+    if (!cl) {
+      json_decref (reply);
+      continue;
+    }
+    int i = 0;
+    while (c->clients[i] != cl)
+      i++;
+    cl->pending = NULL;
+    int s = reply ? send_reply (cl->fd, reply) : -1;
+    json_decref (reply);
+    if (s == -1 || serve_lines (c, i) == -1)
+      drop_client (c, i);
+    next = c->jobs;             /* serve_lines may have started one */
   }
 }
 
@@ -704,7 +861,7 @@ ctl_thread (void *arg)
     pfd[n].fd = c->wake[0]; pfd[n].events = POLLIN; idx[n++] = -2;
     pfd[n].fd = c->listen_fd; pfd[n].events = POLLIN; idx[n++] = -1;
     for (int i = 0; i < MAX_CLIENTS; i++)
-      if (c->clients[i]) {
+      if (c->clients[i] && !c->clients[i]->pending) {
         pfd[n].fd = c->clients[i]->fd;
         pfd[n].events = POLLIN;
         idx[n++] = i;
@@ -724,6 +881,7 @@ ctl_thread (void *arg)
       pthread_mutex_unlock (&c->qlock);
       if (stopping)
         return NULL;
+      finish_jobs (c);
       flush_events (c);
     }
     /* Clients first, the listener last: flush_events above may have
@@ -836,6 +994,18 @@ ctl_stop (struct ctl *c)
   if (write (c->wake[1], "x", 1) != 1 && errno != EAGAIN)
     log_error ("ctl: waking the control thread: %m");
   pthread_join (c->thread, NULL);
+  /* The jobs end soon once the engine is quiesced; their clients get the
+   * replies (an error saying the daemon is shutting down, mostly). */
+  while (c->jobs) {
+    struct job *j = c->jobs;
+    struct client *cl = j->cl;
+    json_t *reply = reap_job (c, j);
+    if (cl && reply)
+      send_reply (cl->fd, reply);
+    if (cl)
+      cl->pending = NULL;
+    json_decref (reply);
+  }
   for (int i = 0; i < MAX_CLIENTS; i++)
     if (c->clients[i])
       drop_client (c, i);

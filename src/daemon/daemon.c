@@ -12,7 +12,9 @@
  *      contact the parent unless every block is present;
  *   6. start the committer and the control socket, mount FUSE;
  *   7. write "OK" to the pipe; serve until unmounted or SIGTERM;
- *   8. unmount, stop ctl, final commit and clean close, release the lock.
+ *   8. unmount; stop the streamers, readahead and parent requests
+ *      (cor_engine_quiesce); stop ctl and its long commands; merge jobs;
+ *      final commit and clean close; release the lock.
  *
  * Secrets: the daemon is a fork of `corfs mount` (no exec), so it keeps
  * its argv; mount_parse redacts every --disk URL there in place before
@@ -878,9 +880,15 @@ run_daemon (struct mount_opts *o, int ready_fd)
   log_info ("daemon: unmounting %s", o->mountpoint);
 
  out:
-  /* Order: no more commands (so no activation is running) before the
-   * FUSE session goes; jobs and streamers (which emit events into ctl)
-   * before ctl's memory; the engine's final commit last. */
+  /* Order: the FUSE session has ended, so no guest request is in
+   * flight.  Background work first (cor_engine_quiesce: streamers and
+   * readahead told to stop, parent requests cancelled, exclusive commands
+   * and aborts give up), so that nothing below waits out a stalled
+   * parent; then no more commands, with the long ones still running
+   * joined (ctl_stop) before the FUSE session goes; jobs and streamers
+   * (which emit events into ctl) before ctl's memory; the engine's final
+   * commit last. */
+  cor_engine_quiesce (e);
   ctl_stop (ctl);
   fs_free (fs);
   merge_free (mg);              /* jobs use the disks: before the engine */

@@ -143,6 +143,8 @@ drop_conn (struct rnbd_conn *c)
   }
 }
 
+#define CANCEL_POLL_MS 100
+
 /* Wait for cookie on c, bounded.  0 or -1 with *err (conn dropped on a
  * timeout or a dead connection). */
 static int
@@ -161,7 +163,15 @@ conn_wait (struct remote *r, struct rnbd_conn *c, int64_t cookie, uint64_t deadl
       return -1;
     }
     int ms = ms_until (deadline_ns);
-    if (ms == 0 || nbd_poll (c->nbd, ms) == -1) {
+    if (remote_is_cancelled (r)) {
+      *err = ECANCELED;
+      remote_note_error (r, "%s at offset %" PRIu64 ": cancelled (shutting down)",
+                         what, offset);
+      drop_conn (c);
+      return -1;
+    }
+    /* In slices, so that remote_cancel is noticed soon. */
+    if (ms == 0 || nbd_poll (c->nbd, ms > CANCEL_POLL_MS ? CANCEL_POLL_MS : ms) == -1) {
       *err = ms == 0 ? ETIMEDOUT : EIO;
       remote_note_error (r, "%s at offset %" PRIu64 ": %s", what, offset,
                          ms == 0 ? "timed out" : nbd_get_error ());

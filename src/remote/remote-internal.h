@@ -61,6 +61,9 @@ void remote_note_connected (struct remote *r, bool reconnect);
 void remote_note_error (struct remote *r, const char *fmt, ...)
   __attribute__ ((format (printf, 2, 3)));
 
+/* Has remote_cancel been called?  Backends that wait in slices check it. */
+bool remote_is_cancelled (const struct remote *r);
+
 /* Disk name and redacted URL for messages. */
 const char *remote_disk (const struct remote *r);
 

@@ -51,6 +51,7 @@ struct remote {
   char identity[512];
   bool pinned;
   bool modifying;               /* our writes may change the identity */
+  int cancelled;                /* atomic: remote_cancel was called */
   struct remote_stats stats;
   struct log_ratelimit rl;
   uint64_t size;                /* the last size the parent gave, 0 before */
@@ -257,11 +258,11 @@ is_retryable (int err)
  * timeout would replace the real error in the log and the status. */
 #define MIN_ATTEMPT_NS (250 * 1000000ULL)
 static bool
-backoff (uint64_t *delay_ns, uint64_t deadline_ns)
+backoff (struct remote *r, uint64_t *delay_ns, uint64_t deadline_ns)
 {
   uint64_t now = now_ns (), d;
 
-  if (now + MIN_ATTEMPT_NS > deadline_ns)
+  if (remote_is_cancelled (r) || now + MIN_ATTEMPT_NS > deadline_ns)
     return false;
   d = *delay_ns / 2 + (uint64_t) random () % (*delay_ns / 2 + 1);
   if (d > deadline_ns - now - MIN_ATTEMPT_NS)
@@ -301,7 +302,7 @@ remote_get_size (struct remote *r, uint64_t deadline_ns, int *err)
     if (!is_retryable (*err))
       return -1;
     set_state (r, REMOTE_RETRYING);
-    if (!backoff (&delay, deadline_ns)) {
+    if (!backoff (r, &delay, deadline_ns)) {
       set_state (r, REMOTE_DOWN);
       if (*err != ETIMEDOUT && *err != ECONNREFUSED && *err != ENOENT)
         *err = EIO;
@@ -351,7 +352,7 @@ remote_pread (struct remote *r, void *buf, size_t count, uint64_t offset,
       return 0;
     }
     assert (*err != 0);
-    if (!is_retryable (*err) || !backoff (&delay, deadline_ns)) {
+    if (!is_retryable (*err) || !backoff (r, &delay, deadline_ns)) {
       int e = *err;
       if (is_retryable (e))
         set_state (r, REMOTE_DOWN);
@@ -498,6 +499,20 @@ remote_zero_extents (struct remote *r, uint64_t offset, uint64_t count,
 }
 
 void
+remote_cancel (struct remote *r)
+{
+  if (!r || __atomic_exchange_n (&r->cancelled, 1, __ATOMIC_SEQ_CST))
+    return;
+  log_debug ("remote: disk %s: cancelling requests to parent %s", r->disk, r->url);
+}
+
+bool
+remote_is_cancelled (const struct remote *r)
+{
+  return __atomic_load_n (&r->cancelled, __ATOMIC_SEQ_CST) != 0;
+}
+
+void
 remote_release (struct remote *r)
 {
   if (r->ops->release) {
@@ -580,7 +595,7 @@ retry_write (struct remote *r, int (*fn) (struct remote *, void *, void *),
     r->stats.retries++;
     pthread_mutex_unlock (&r->lock);
     set_state (r, REMOTE_RETRYING);
-    if (!is_retryable (*a->err) || !backoff (&delay, a->deadline_ns)) {
+    if (!is_retryable (*a->err) || !backoff (r, &delay, a->deadline_ns)) {
       log_error ("remote: disk %s: parent %s: %s at offset %" PRIu64 " failed after "
                  "%u attempts: %s", r->disk, r->url, what, a->offset, attempts,
                  strerror (*a->err));

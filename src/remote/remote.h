@@ -131,6 +131,12 @@ int remote_zero_extents (struct remote *r, uint64_t offset, uint64_t count,
  * the next request reconnects.  The pinned identity stays. */
 void remote_release (struct remote *r);
 
+/* At shutdown, for good: requests in flight end at once (ECANCELED; NBD
+ * only, other backends finish the attempt in flight) and none is retried,
+ * so that stopping the streamer and jobs does not wait out a stalled
+ * parent.  Any thread. */
+void remote_cancel (struct remote *r);
+
 /* The identity string (pinned at the first connect).  Copies into buf;
  * "" if not yet connected. */
 void remote_identity (struct remote *r, char *buf, size_t len);
