@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -388,44 +389,83 @@ release (struct rhttp *h, int slot)
   pthread_mutex_unlock (&h->lock);
 }
 
+/* Append one header line, formatted at its full length: session tokens
+ * (STS, SSO) and bearer JWTs run to several KiB, so no fixed buffer.
+ * curl_slist_append copies the line.  false on ENOMEM (*hdrs unchanged). */
+static bool __attribute__ ((format (printf, 2, 3)))
+add_header (struct curl_slist **hdrs, const char *fmt, ...)
+{
+  struct curl_slist *n = NULL;
+  char *line;
+  va_list ap;
+  int r;
+
+  va_start (ap, fmt);
+  r = vasprintf (&line, fmt, ap);
+  va_end (ap);
+  if (r < 0)
+    return false;
+  n = curl_slist_append (*hdrs, line);
+  free (line);
+  if (!n)
+    return false;
+  *hdrs = n;
+  return true;
+}
+
+/* The request headers into *hdrs: the user's, Range, If-Match, the bearer
+ * token and S3's.  false when out of memory (*hdrs is then NULL; an empty
+ * list is NULL too, so the bool tells the two apart). */
+static bool
+build_headers (struct remote *r, struct rhttp *h, uint64_t offset, size_t range_count,
+               const char *if_match, struct curl_slist **hdrs)
+{
+  bool ok = true;
+
+  *hdrs = NULL;
+  for (struct curl_slist *e = h->headers; ok && e; e = e->next)
+    ok = add_header (hdrs, "%s", e->data);
+  if (ok && range_count)
+    ok = add_header (hdrs, "Range: bytes=%" PRIu64 "-%" PRIu64, offset,
+                     offset + range_count - 1);
+  if (ok && if_match && *if_match)
+    ok = add_header (hdrs, "If-Match: %s", if_match);
+  pthread_mutex_lock (&h->lock);
+  refresh_token_unlocked (r, h);
+  if (ok && h->token)
+    ok = add_header (hdrs, "Authorization: Bearer %s", h->token);
+  pthread_mutex_unlock (&h->lock);
+  if (ok && h->s3)
+    ok = add_header (hdrs, "x-amz-content-sha256: %s", EMPTY_SHA256);
+  if (ok && h->s3 && h->session_token)
+    ok = add_header (hdrs, "x-amz-security-token: %s", h->session_token);
+  if (!ok) {
+    curl_slist_free_all (*hdrs);
+    *hdrs = NULL;
+  }
+  return ok;
+}
+
 /* One request on c.  range_count == 0: HEAD.  Fills x; returns the HTTP
  * status, or -1 with *err for a transport failure. */
 static long
 perform (struct remote *r, struct rhttp *h, CURL *c, uint64_t offset, size_t range_count,
          bool head, const char *if_match, uint64_t deadline_ns, struct xfer *x, int *err)
 {
-  struct curl_slist *hdrs = NULL, *n;
-  char line[512], errbuf[CURL_ERROR_SIZE] = "";
+  struct curl_slist *hdrs;
+  char errbuf[CURL_ERROR_SIZE] = "";
   uint64_t now = now_ns (), t;
   long status = 0;
   CURLcode rc;
 
   curl_easy_reset (c);          /* keeps the connection cache */
-  for (struct curl_slist *e = h->headers; e; e = e->next)
-    if ((n = curl_slist_append (hdrs, e->data)))
-      hdrs = n;
-  if (range_count) {
-    snprintf (line, sizeof line, "Range: bytes=%" PRIu64 "-%" PRIu64, offset,
-              offset + range_count - 1);
-    if ((n = curl_slist_append (hdrs, line))) hdrs = n;
+  if (!build_headers (r, h, offset, range_count, if_match, &hdrs)) {
+    *err = ENOMEM;
+    remote_note_error (r, "%s at offset %" PRIu64 ": out of memory for the request headers",
+                       head ? "HEAD" : "GET", offset);
+    return -1;
   }
-  if (if_match && *if_match) {
-    snprintf (line, sizeof line, "If-Match: %s", if_match);
-    if ((n = curl_slist_append (hdrs, line))) hdrs = n;
-  }
-  pthread_mutex_lock (&h->lock);
-  refresh_token_unlocked (r, h);
-  if (h->token) {
-    snprintf (line, sizeof line, "Authorization: Bearer %s", h->token);
-    if ((n = curl_slist_append (hdrs, line))) hdrs = n;
-  }
-  pthread_mutex_unlock (&h->lock);
   if (h->s3) {
-    if ((n = curl_slist_append (hdrs, "x-amz-content-sha256: " EMPTY_SHA256))) hdrs = n;
-    if (h->session_token) {
-      snprintf (line, sizeof line, "x-amz-security-token: %s", h->session_token);
-      if ((n = curl_slist_append (hdrs, line))) hdrs = n;
-    }
     curl_easy_setopt (c, CURLOPT_AWS_SIGV4, h->sigv4);
     curl_easy_setopt (c, CURLOPT_USERPWD, h->userpwd);
   }
