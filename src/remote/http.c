@@ -424,7 +424,20 @@ build_headers (struct remote *r, struct rhttp *h, uint64_t offset, size_t range_
 static bool
 has_credentials (const struct rhttp *h)
 {
-  return h->s3 || h->userpwd || h->token_file || h->headers || strchr (h->url, '@');
+  CURLU *u;
+  char *user = NULL;
+  bool userinfo;
+
+  if (h->s3 || h->userpwd || h->token_file || h->headers)
+    return true;
+  /* user[:password]@ in the URL itself; if it cannot be parsed, assume so. */
+  if (!(u = curl_url ()) || curl_url_set (u, CURLUPART_URL, h->url, 0) != CURLUE_OK)
+    userinfo = true;
+  else
+    userinfo = curl_url_get (u, CURLUPART_USER, &user, 0) == CURLUE_OK;
+  curl_free (user);
+  curl_url_cleanup (u);
+  return userinfo;
 }
 
 /* Split url into scheme, host and port (the scheme's default when none)

@@ -6,6 +6,7 @@
 #  - no credentials: A -> B is followed, the disk reads equal to the image;
 #  - a configured header (X-Test) and a bearer token-file: the mount is
 #    refused with a message about the redirect, and B never saw either;
+#    likewise a user:password in the URL;
 #  - S3 with a session token (s3-endpoint = A): refused, and B never saw
 #    the token nor the signature;
 #  - a same-host redirect (A /moved.img -> A /disk.img, which requires the
@@ -89,6 +90,10 @@ echo "$secret_tok" > $T/secret/token
 refused hdr "url = $a/x/disk.img" "header = X-Test: $secret_hdr" "token-file = $T/secret/token"
 b_saw "$secret_hdr" && fail "the configured header reached the other host"
 b_saw "$secret_tok" && fail "the bearer token reached the other host"
+
+echo "=== password in the URL: refused"
+refused userinfo "url = http://corfsuser:pw-$secret_hdr@127.0.0.1:$pa/x/disk.img"
+b_saw "auth=[Basic" && fail "basic credentials reached the other host"
 
 echo "=== S3 session token: refused"
 printf 'AKIDCORFSREDIR:s3-secret:%s\n' "$secret_sts" > $T/secret/s3cred
