@@ -282,6 +282,69 @@ all_complete (json_t *disks)
   return true;
 }
 
+/* Append the extents of from to to, joining one that continues the last
+ * (a page may end inside an extent). */
+static void
+append_extents (json_t *to, json_t *from)
+{
+  size_t i;
+  json_t *e;
+
+  json_array_foreach (from, i, e) {
+    json_t *last = json_array_get (to, json_array_size (to) - 1);
+    json_int_t off = json_integer_value (json_object_get (e, "offset"));
+    json_int_t len = json_integer_value (json_object_get (e, "length"));
+    if (last && json_integer_value (json_object_get (last, "offset")) +
+        json_integer_value (json_object_get (last, "length")) == off)
+      json_object_set_new (last, "length", json_integer (
+                             json_integer_value (json_object_get (last, "length")) + len));
+    else
+      json_array_append (to, e);
+  }
+}
+
+/* The daemon sends long maps in pages ("truncated", "next_offset"): fetch
+ * the rest of disk d's maps, so that the output holds them whole.  The
+ * pages are taken one after another, not at one instant.  0, or -1 after
+ * printing the error. */
+static int
+complete_maps (const char *state, json_t *d)
+{
+  json_t *maps = json_object_get (d, "maps");
+  const char *name = json_string_value (json_object_get (d, "name"));
+  json_int_t prev = -1;
+
+  while (maps && json_is_true (json_object_get (maps, "truncated"))) {
+    json_int_t next = json_integer_value (json_object_get (maps, "next_offset"));
+    json_t *r, *page;
+    if (!name || next <= prev) {
+      fprintf (stderr, "corfs status: disk %s: the daemon's map pages do not advance (at %lld)\n",
+               name ? name : "?", (long long) next);
+      return -1;
+    }
+    prev = next;
+    r = request ("status", state, json_pack ("{s:s, s:s, s:b, s:I}", "cmd", "status",
+                                             "disk", name, "maps", 1, "maps_from", next));
+    if (!r)
+      return -1;
+    page = json_object_get (json_array_get (json_object_get (r, "disks"), 0), "maps");
+    if (!page) {
+      fprintf (stderr, "corfs status: disk %s: the daemon sent no maps\n", name);
+      json_decref (r);
+      return -1;
+    }
+    append_extents (json_object_get (maps, "present"), json_object_get (page, "present"));
+    append_extents (json_object_get (maps, "dirty"), json_object_get (page, "dirty"));
+    json_object_set (maps, "truncated", json_object_get (page, "truncated"));
+    if (json_object_get (page, "next_offset"))
+      json_object_set (maps, "next_offset", json_object_get (page, "next_offset"));
+    json_decref (r);
+  }
+  if (maps)
+    json_object_del (maps, "next_offset");
+  return 0;
+}
+
 int
 cli_status (int argc, char **argv)
 {
@@ -314,7 +377,8 @@ cli_status (int argc, char **argv)
               "owner state and epoch, parent URL, state and last error, streamer\n"
               "state, rate and ETA.\n"
               "  --json   machine-readable output (fields in docs/control.md)\n"
-              "  --maps   add the present and dirty extents (offset, length in bytes)\n"
+              "  --maps   add the present and dirty extents (offset, length in bytes;\n"
+              "           a long map is read in pages, one after another)\n"
               "  --watch  refresh every second (a live progress bar on a terminal)\n"
               "           until every disk is complete\n");
       return 0;
@@ -374,7 +438,13 @@ cli_status (int argc, char **argv)
              json_string_value (json_object_get (reply, "error")));
   }
   else if (json) {
-    json_t *disks = json_object_get (reply, "disks");
+    json_t *disks = json_object_get (reply, "disks"), *d;
+    size_t i;
+    json_array_foreach (disks, i, d)
+      if (maps && complete_maps (state, d) == -1) {
+        json_decref (reply);
+        return 1;
+      }
     json_t *out = name ? json_array_get (disks, 0) : disks;
     char *s = json_dumps (out, JSON_INDENT (2));
     puts (s);

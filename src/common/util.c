@@ -4,10 +4,13 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "common/util.h"
+
+#define REDACTED "REDACTED"
 
 int
 full_pread (int fd, void *buf, size_t count, off_t offset)
@@ -157,33 +160,127 @@ is_zero (const void *buf, size_t count)
   return memcmp (p, p + 1, count - 1) == 0;
 }
 
+/* Query parameters whose values are credentials, by name (compared
+ * without case, after percent-decoding).  The list in README.md
+ * ("URL redaction") must match. */
+static const char *const secret_names[] = {
+  /* generic API keys, tokens and passwords */
+  "key", "apikey", "api_key", "api-key", "access_key", "accesskey", "secret",
+  "secret_key", "client_secret", "password", "passwd", "pass", "pwd",
+  "token", "access_token", "refresh_token", "id_token", "auth", "auth_token",
+  "authorization", "credential", "credentials", "session_token", "sessionid",
+  "sig", "signature", "sas", "code",
+  /* Azure SAS (sig above; its start and expiry change at every issue) */
+  "se", "st",
+  /* signed URLs of CDNs: Signature above, with Policy, Key-Pair-Id, Expires */
+  "policy", "key-pair-id", "expires",
+  NULL
+};
+/* Whole families: SigV4 and GCS query authentication (X-Amz-Signature,
+ * X-Amz-Credential, X-Amz-Security-Token, X-Amz-Date, ...), all of which
+ * change at every signing. */
+static const char *const secret_prefixes[] = { "x-amz-", "x-goog-", NULL };
+
+static int
+hex_value (char c)
+{
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* Is the parameter name [name, name + len) (still percent-encoded) one
+ * whose value is a secret? */
+static bool
+param_is_secret (const char *name, size_t len)
+{
+  char dec[64];
+  size_t n = 0;
+
+  for (size_t i = 0; i < len && n < sizeof dec - 1; i++) {
+    int hi, lo;
+    if (name[i] == '%' && i + 2 < len &&
+        (hi = hex_value (name[i + 1])) >= 0 && (lo = hex_value (name[i + 2])) >= 0) {
+      dec[n++] = (char) (hi << 4 | lo);
+      i += 2;
+    }
+    else
+      dec[n++] = name[i] == '+' ? ' ' : name[i];
+  }
+  dec[n] = '\0';
+  for (size_t i = 0; secret_prefixes[i]; i++)
+    if (!strncasecmp (dec, secret_prefixes[i], strlen (secret_prefixes[i])))
+      return true;
+  if (n == sizeof dec - 1)
+    return false;               /* longer than any listed name */
+  for (size_t i = 0; secret_names[i]; i++)
+    if (!strcasecmp (dec, secret_names[i]))
+      return true;
+  return false;
+}
+
 char *
 url_redact (const char *url)
 {
-  char *out = strdup (url), *scheme_end, *at, *slash, *q;
+  size_t len = strlen (url), nparams = 1;
+  const char *p = url, *auth, *auth_end, *at = NULL, *q, *frag;
+  char *out, *o;
 
-  if (!out)
+  for (const char *c = url; *c; c++)
+    nparams += *c == '&' || *c == ';';
+  /* Each redacted value may grow to "REDACTED". */
+  if (!(out = malloc (len + nparams * (sizeof REDACTED - 1) + 1)))
     return NULL;
-  scheme_end = strstr (out, "://");
-  if (scheme_end) {
-    char *auth = scheme_end + 3;
-    slash = strchr (auth, '/');
-    at = strchr (auth, '@');
-    if (at && (!slash || at < slash))
-      memmove (auth, at + 1, strlen (at + 1) + 1);
-  }
-  /* Drop query parameters that carry secrets (presigned URLs, tokens). */
-  q = strchr (out, '?');
-  if (q) {
-    static const char *secret[] = { "X-Amz-Signature", "X-Amz-Credential",
-      "X-Amz-Security-Token", "token", "sig", "signature", "password", NULL };
-    for (size_t i = 0; secret[i]; i++) {
-      if (strcasestr (q, secret[i])) {
-        *q = '\0';
-        break;
-      }
+  o = out;
+  /* The authority runs from "://" to the first '/', '?' or '#'; any
+   * userinfo in it (user:password@, or a token as user name) goes. */
+  auth = strstr (url, "://");
+  if (auth) {
+    auth += 3;
+    auth_end = auth + strcspn (auth, "/?#");
+    for (const char *c = auth; c < auth_end; c++)
+      if (*c == '@')
+        at = c;
+    if (at) {
+      memcpy (o, url, auth - url);
+      o += auth - url;
+      p = at + 1;
     }
   }
+  q = strchr (p, '?');
+  frag = strchr (p, '#');
+  if (!q || (frag && frag < q)) {
+    strcpy (o, p);
+    return out;
+  }
+  memcpy (o, p, q + 1 - p);
+  o += q + 1 - p;
+  p = q + 1;
+  if (!frag)
+    frag = url + len;
+  /* Each parameter NAME[=VALUE], separated by '&' or ';'. */
+  while (p < frag) {
+    size_t plen = strcspn (p, "&;#"), nlen;
+    const char *eq = memchr (p, '=', plen);
+    if (p + plen > frag)
+      plen = frag - p;
+    nlen = eq ? (size_t) (eq - p) : plen;
+    if (eq && param_is_secret (p, nlen)) {
+      memcpy (o, p, nlen + 1);
+      o += nlen + 1;
+      memcpy (o, REDACTED, sizeof REDACTED - 1);
+      o += sizeof REDACTED - 1;
+    }
+    else {
+      memcpy (o, p, plen);
+      o += plen;
+    }
+    p += plen;
+    if (p < frag)
+      *o++ = *p++;              /* the separator */
+  }
+  strcpy (o, frag);
   return out;
 }
 

@@ -37,8 +37,13 @@ int parse_bool (const char *s, bool *out);
 /* Is the buffer all zero bytes? */
 bool is_zero (const void *buf, size_t count);
 
-/* Copy of url with any "user:password@" userinfo and query parameters that
- * look like secrets removed, for logs and the index.  Caller frees. */
+/* Copy of url for logs, status and the index: any userinfo ("user:password@",
+ * or a token given as user name) removed, and the value of every query
+ * parameter named as a credential (a fixed list, compared without case after
+ * percent-decoding, plus every X-Amz-* and X-Goog-* parameter; README.md
+ * lists them) replaced by "REDACTED".  Everything else is kept as it was, so
+ * a URL without secrets (?socket=/run/p.sock) stays usable.  Caller frees;
+ * NULL when out of memory. */
 char *url_redact (const char *url);
 
 /* A disk name is [A-Za-z0-9._-]+, not "." or "..", at most 64 bytes. */

@@ -297,8 +297,10 @@ extern const uint64_t cor_latency_bounds_us[COR_LAT_BUCKETS];
 void cor_disk_status (struct cor_disk *d, struct cor_status *st);
 
 /* Call fn for each maximal extent (offset, length in bytes) of present
- * (dirty == false) or dirty blocks; stops early if fn returns -1. */
-int cor_disk_extents (struct cor_disk *d, bool dirty,
+ * (dirty == false) or dirty blocks, in order, from the block holding byte
+ * from_offset on (an extent running through that block is given from that
+ * block); stops early if fn returns -1. */
+int cor_disk_extents (struct cor_disk *d, bool dirty, uint64_t from_offset,
                       int (*fn) (void *opaque, uint64_t offset, uint64_t length),
                       void *opaque);
 

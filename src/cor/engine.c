@@ -1945,12 +1945,12 @@ cor_disk_status (struct cor_disk *d, struct cor_status *st)
 }
 
 int
-cor_disk_extents (struct cor_disk *d, bool dirty,
+cor_disk_extents (struct cor_disk *d, bool dirty, uint64_t from_offset,
                   int (*fn) (void *opaque, uint64_t offset, uint64_t length),
                   void *opaque)
 {
   enum meta_map map = dirty ? META_DIRTY : META_PRESENT;
-  uint64_t blk = 0;
+  uint64_t blk = from_offset >> d->block_shift;
 
   while ((blk = meta_next (d->md, map, true, blk)) < d->nr_blocks) {
     uint64_t end = meta_next (d->md, map, false, blk);

@@ -145,17 +145,96 @@ error_reply (json_t *id, const char *fmt, ...)
   return r;
 }
 
+/* status with maps: at most this many extents in one reply (both maps of
+ * every disk in it), so that a fragmented disk neither makes the daemon
+ * build a huge reply nor overflows the 1 MiB a client reads (jsonl_recv);
+ * a longer map is cut, says so ("truncated") and where the next page
+ * starts ("next_offset", for "maps_from"). */
+#define MAPS_MAX_EXTENTS 8192
+
+/* One map's page: extents from offset from on, at most limit of them. */
+struct map_page {
+  json_t *list;
+  uint64_t from;
+  size_t limit, count;
+  bool truncated;               /* an extent past the limit exists... */
+  uint64_t end;                 /* ...starting here: the page is whole below it */
+};
+
 static int
 add_extent (void *opaque, uint64_t offset, uint64_t length)
 {
-  json_array_append_new ((json_t *) opaque,
+  struct map_page *pg = opaque;
+
+  if (offset + length <= pg->from)
+    return 0;
+  if (offset < pg->from) {      /* runs through the page's first block */
+    length -= pg->from - offset;
+    offset = pg->from;
+  }
+  if (pg->count == pg->limit) {
+    pg->truncated = true;
+    pg->end = offset;
+    return -1;
+  }
+  json_array_append_new (pg->list,
                          json_pack ("{s:I, s:I}", "offset", (json_int_t) offset,
                                     "length", (json_int_t) length));
+  pg->count++;
   return 0;
 }
 
+/* Drop or shorten the extents of list at or past end. */
+static void
+clip_extents (json_t *list, uint64_t end)
+{
+  size_t n;
+
+  while ((n = json_array_size (list)) > 0) {
+    json_t *e = json_array_get (list, n - 1);
+    uint64_t off = json_integer_value (json_object_get (e, "offset"));
+    uint64_t len = json_integer_value (json_object_get (e, "length"));
+    if (off >= end)
+      json_array_remove (list, n - 1);
+    else {
+      if (off + len > end)
+        json_object_set_new (e, "length", json_integer ((json_int_t) (end - off)));
+      return;
+    }
+  }
+}
+
+/* The present and dirty maps of d from byte from on, within *budget
+ * extents (reduced by those used).  Both maps are whole below
+ * next_offset; truncated when that is short of the disk's end. */
 static json_t *
-disk_status (struct ctl *c, struct cor_disk *d, bool maps)
+disk_maps (struct cor_disk *d, uint64_t size, uint64_t from, size_t *budget)
+{
+  struct map_page p = { .list = json_array (), .from = from, .limit = (*budget + 1) / 2 };
+  struct map_page q = { .list = json_array (), .from = from, .limit = *budget / 2 };
+  uint64_t next = size;
+  json_t *j;
+
+  if (from < size) {
+    cor_disk_extents (d, false, from, add_extent, &p);
+    cor_disk_extents (d, true, from, add_extent, &q);
+  }
+  if (p.truncated && p.end < next)
+    next = p.end;
+  if (q.truncated && q.end < next)
+    next = q.end;
+  clip_extents (p.list, next);
+  clip_extents (q.list, next);
+  *budget -= json_array_size (p.list) + json_array_size (q.list);
+  j = json_pack ("{s:o, s:o, s:b}", "present", p.list, "dirty", q.list, "truncated", next < size);
+  if (j && next < size)
+    json_object_set_new (j, "next_offset", json_integer ((json_int_t) next));
+  return j;
+}
+
+/* maps_budget: NULL for no maps, else the extents the reply may still hold. */
+static json_t *
+disk_status (struct ctl *c, struct cor_disk *d, uint64_t maps_from, size_t *maps_budget)
 {
   struct cor_status st;
   json_t *j;
@@ -221,13 +300,8 @@ disk_status (struct ctl *c, struct cor_disk *d, bool maps)
     if (!strcmp (st.owner_state, "standalone"))
       json_object_set_new (json_object_get (j, "parent"), "state", json_string ("detached"));
   }
-  if (j && maps) {
-    json_t *present = json_array (), *dirty = json_array ();
-    cor_disk_extents (d, false, add_extent, present);
-    cor_disk_extents (d, true, add_extent, dirty);
-    json_object_set_new (j, "maps", json_pack ("{s:o, s:o}", "present", present,
-                                               "dirty", dirty));
-  }
+  if (j && maps_budget)
+    json_object_set_new (j, "maps", disk_maps (d, st.size, maps_from, maps_budget));
   return j;
 }
 
@@ -663,11 +737,16 @@ handle (struct ctl *c, json_t *req, struct client *cl)
   if (!strcmp (cmd, "status")) {
     const char *name = json_string_value (json_object_get (req, "disk"));
     bool maps = json_is_true (json_object_get (req, "maps"));
-    json_t *disks = json_array (), *r;
+    json_t *from = json_object_get (req, "maps_from"), *disks, *r;
+    size_t budget = MAPS_MAX_EXTENTS;
+    if (from && (!json_is_integer (from) || json_integer_value (from) < 0))
+      return error_reply (id, "\"maps_from\" must be a byte offset (an integer >= 0)");
+    disks = json_array ();
     for (size_t i = 0; i < cor_disk_count (c->e); i++) {
       struct cor_disk *d = cor_disk_get (c->e, i);
       if (!name || !strcmp (name, cor_disk_name (d)))
-        json_array_append_new (disks, disk_status (c, d, maps));
+        json_array_append_new (disks, disk_status (c, d, from ? json_integer_value (from) : 0,
+                                                   maps ? &budget : NULL));
     }
     if (name && json_array_size (disks) == 0) {
       json_decref (disks);

@@ -18,11 +18,18 @@
  * default) with libcurl's SigV4 signing.  Debian 12's libcurl does not add
  * x-amz-content-sha256, which S3 requires, so it is sent as a header (the
  * hash of an empty payload) and thereby signed; a session token travels
- * in x-amz-security-token, also signed.
+ * in x-amz-security-token, also signed.  Header lines are built at their
+ * full length (STS tokens and JWTs run to several KiB).
+ *
+ * Redirects are followed by perform, hop by hop, not by libcurl, which
+ * would send the extra headers (the user's, x-amz-security-token) to any
+ * host a redirect names: https never goes to http, and a request carrying
+ * credentials never leaves its origin (scheme, host, port).
  */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +41,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "remote/http-reply.h"
 #include "remote/remote-internal.h"
 
 /* One request per handle (HTTP/1.1, no pipelining): enough for the
@@ -41,6 +49,8 @@
  * workers to be in flight at once without a guest fault queueing for a
  * handle. */
 #define NR_HANDLES 8
+/* Redirects followed per request (perform), as libcurl's MAXREDIRS was. */
+#define MAX_REDIRECTS 5
 #define EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 struct rhttp {
@@ -67,18 +77,6 @@ struct rhttp {
   char last_modified[128];      /* pinned Last-Modified, when no strong ETag */
 };
 
-/* One response's interesting headers (reset on every status line, since
- * redirects pass several responses through). */
-struct xfer {
-  char *buf;
-  size_t cap, len;
-  bool overflow;
-  char etag[256], last_modified[128], content_range[128];
-  int64_t content_length;
-  bool accept_ranges;
-  long retry_after;
-};
-
 static bool
 rhttp_handles (const char *url)
 {
@@ -89,37 +87,8 @@ rhttp_handles (const char *url)
 static size_t
 on_header (char *data, size_t size, size_t n, void *opaque)
 {
-  struct xfer *x = opaque;
-  size_t len = size * n;
-  char line[512], *v;
-
-  if (len >= 5 && !strncmp (data, "HTTP/", 5)) {
-    x->etag[0] = x->last_modified[0] = x->content_range[0] = '\0';
-    x->content_length = -1;
-    x->accept_ranges = false;
-    x->retry_after = 0;
-    return len;
-  }
-  snprintf (line, sizeof line, "%.*s", (int) (len < sizeof line - 1 ? len : sizeof line - 1), data);
-  line[strcspn (line, "\r\n")] = '\0';
-  if (!(v = strchr (line, ':')))
-    return len;
-  *v++ = '\0';
-  while (*v == ' ' || *v == '\t')
-    v++;
-  if (!strcasecmp (line, "ETag"))
-    snprintf (x->etag, sizeof x->etag, "%s", v);
-  else if (!strcasecmp (line, "Last-Modified"))
-    snprintf (x->last_modified, sizeof x->last_modified, "%s", v);
-  else if (!strcasecmp (line, "Content-Range"))
-    snprintf (x->content_range, sizeof x->content_range, "%s", v);
-  else if (!strcasecmp (line, "Content-Length"))
-    x->content_length = strtoll (v, NULL, 10);
-  else if (!strcasecmp (line, "Accept-Ranges"))
-    x->accept_ranges = strcasestr (v, "bytes") != NULL;
-  else if (!strcasecmp (line, "Retry-After"))
-    x->retry_after = strtol (v, NULL, 10);   /* seconds form only */
-  return len;
+  rhttp_reply_header (opaque, data, size * n);
+  return size * n;
 }
 
 static size_t
@@ -128,6 +97,8 @@ on_body (char *data, size_t size, size_t n, void *opaque)
   struct xfer *x = opaque;
   size_t len = size * n;
 
+  if (x->status >= 300 && x->status < 400)
+    return len;                 /* a redirect's body: perform follows it */
   if (x->len + len > x->cap) {
     x->overflow = true;
     return 0;                   /* abort: never more than asked */
@@ -388,44 +359,217 @@ release (struct rhttp *h, int slot)
   pthread_mutex_unlock (&h->lock);
 }
 
+/* Append one header line, formatted at its full length: session tokens
+ * (STS, SSO) and bearer JWTs run to several KiB, so no fixed buffer.
+ * curl_slist_append copies the line.  false on ENOMEM (*hdrs unchanged). */
+static bool __attribute__ ((format (printf, 2, 3)))
+add_header (struct curl_slist **hdrs, const char *fmt, ...)
+{
+  struct curl_slist *n = NULL;
+  char *line;
+  va_list ap;
+  int r;
+
+  va_start (ap, fmt);
+  r = vasprintf (&line, fmt, ap);
+  va_end (ap);
+  if (r < 0)
+    return false;
+  n = curl_slist_append (*hdrs, line);
+  free (line);
+  if (!n)
+    return false;
+  *hdrs = n;
+  return true;
+}
+
+/* The request headers into *hdrs: the user's, Range, If-Match, the bearer
+ * token and S3's.  false when out of memory (*hdrs is then NULL; an empty
+ * list is NULL too, so the bool tells the two apart). */
+static bool
+build_headers (struct remote *r, struct rhttp *h, uint64_t offset, size_t range_count,
+               const char *if_match, struct curl_slist **hdrs)
+{
+  bool ok = true;
+
+  *hdrs = NULL;
+  for (struct curl_slist *e = h->headers; ok && e; e = e->next)
+    ok = add_header (hdrs, "%s", e->data);
+  if (ok && range_count)
+    ok = add_header (hdrs, "Range: bytes=%" PRIu64 "-%" PRIu64, offset,
+                     offset + range_count - 1);
+  if (ok && if_match && *if_match)
+    ok = add_header (hdrs, "If-Match: %s", if_match);
+  pthread_mutex_lock (&h->lock);
+  refresh_token_unlocked (r, h);
+  if (ok && h->token)
+    ok = add_header (hdrs, "Authorization: Bearer %s", h->token);
+  pthread_mutex_unlock (&h->lock);
+  if (ok && h->s3)
+    ok = add_header (hdrs, "x-amz-content-sha256: %s", EMPTY_SHA256);
+  if (ok && h->s3 && h->session_token)
+    ok = add_header (hdrs, "x-amz-security-token: %s", h->session_token);
+  if (!ok) {
+    curl_slist_free_all (*hdrs);
+    *hdrs = NULL;
+  }
+  return ok;
+}
+
+/* Does the request carry anything that must not reach another origin:
+ * a password, a bearer token, S3 signing (and its session token), the
+ * user's extra headers?  libcurl drops its own credentials on a redirect
+ * to another host, but not the extra headers (x-amz-security-token, the
+ * user's), so corfs follows redirects itself (see next_hop). */
+static bool
+has_credentials (const struct rhttp *h)
+{
+  CURLU *u;
+  char *user = NULL;
+  bool userinfo;
+
+  if (h->s3 || h->userpwd || h->token_file || h->headers)
+    return true;
+  /* user[:password]@ in the URL itself; if it cannot be parsed, assume so. */
+  if (!(u = curl_url ()) || curl_url_set (u, CURLUPART_URL, h->url, 0) != CURLUE_OK)
+    userinfo = true;
+  else
+    userinfo = curl_url_get (u, CURLUPART_USER, &user, 0) == CURLUE_OK;
+  curl_free (user);
+  curl_url_cleanup (u);
+  return userinfo;
+}
+
+/* Split url into scheme, host and port (the scheme's default when none)
+ * with libcurl's URL parser.  0, or -1 if it does not parse. */
+static int
+url_origin (const char *url, char **scheme, char **host, char **port)
+{
+  CURLU *u = curl_url ();
+  int ret = -1;
+
+  *scheme = *host = *port = NULL;
+  if (u && curl_url_set (u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+      curl_url_get (u, CURLUPART_SCHEME, scheme, 0) == CURLUE_OK &&
+      curl_url_get (u, CURLUPART_HOST, host, 0) == CURLUE_OK &&
+      curl_url_get (u, CURLUPART_PORT, port, CURLU_DEFAULT_PORT) == CURLUE_OK)
+    ret = 0;
+  curl_url_cleanup (u);
+  return ret;
+}
+
+/* May a request to from follow its redirect to to?  Never from https to
+ * anything but https (the data and the credentials would travel in
+ * clear), never to another scheme than http(s), and never to another
+ * origin (scheme, host, port) when the request carries credentials.
+ * true, or false with the reason in why. */
+static bool
+redirect_allowed (const struct rhttp *h, const char *from, const char *to,
+                  char *why, size_t len)
+{
+  char *fs, *fh, *fp, *ts, *th, *tp;
+  bool ok = false;
+
+  if (url_origin (from, &fs, &fh, &fp) == -1 || url_origin (to, &ts, &th, &tp) == -1)
+    snprintf (why, len, "the redirect target does not parse as a URL");
+  else if (strcasecmp (ts, "http") != 0 && strcasecmp (ts, "https") != 0)
+    snprintf (why, len, "redirects go to http or https only, not %s", ts);
+  else if (!strcasecmp (fs, "https") && strcasecmp (ts, "https") != 0)
+    snprintf (why, len, "a redirect from https to %s is refused", ts);
+  else if (has_credentials (h) &&
+           (strcasecmp (fs, ts) || strcasecmp (fh, th) || strcmp (fp, tp)))
+    snprintf (why, len, "a redirect to another host (%s:%s) is refused: the request "
+              "carries credentials or configured headers, which must not reach it", th, tp);
+  else
+    ok = true;
+  curl_free (fs); curl_free (fh); curl_free (fp);
+  curl_free (ts); curl_free (th); curl_free (tp);
+  return ok;
+}
+
+/* A transport failure as errno, noted on the parent. */
+static int
+transport_errno (struct remote *r, CURLcode rc, const char *errbuf, bool head, uint64_t offset)
+{
+  int err;
+
+  switch (rc) {
+  case CURLE_OPERATION_TIMEDOUT: err = ETIMEDOUT; break;
+  case CURLE_COULDNT_CONNECT: err = ECONNREFUSED; break;
+  case CURLE_COULDNT_RESOLVE_HOST: err = EHOSTUNREACH; break;
+  case CURLE_PEER_FAILED_VERIFICATION: case CURLE_SSL_CACERT_BADFILE:
+  case CURLE_SSL_CERTPROBLEM: err = EACCES; break;
+  case CURLE_TOO_MANY_REDIRECTS: case CURLE_UNSUPPORTED_PROTOCOL:
+  case CURLE_URL_MALFORMAT: err = EINVAL; break;   /* retrying cannot help */
+  default: err = EIO; break;
+  }
+  remote_note_error (r, "%s at offset %" PRIu64 ": %s", head ? "HEAD" : "GET", offset,
+                     *errbuf ? errbuf : curl_easy_strerror (rc));
+  return err;
+}
+
+static bool
+is_redirect (long status)
+{
+  return status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
+}
+
+/* After a redirect reply on c (to url): the next URL to request (caller
+ * frees), or NULL with *err when the redirect must not be followed.  A
+ * 3xx without Location returns NULL with *err == 0: the caller treats the
+ * status as the answer. */
+static char *
+next_hop (struct remote *r, struct rhttp *h, CURL *c, const char *url, int hop,
+          bool head, uint64_t offset, int *err)
+{
+  char *loc = NULL, why[512], *to, *shown;
+
+  *err = 0;
+  if (curl_easy_getinfo (c, CURLINFO_REDIRECT_URL, &loc) != CURLE_OK || !loc)
+    return NULL;
+  shown = url_redact (loc);
+  if (hop >= MAX_REDIRECTS)
+    snprintf (why, sizeof why, "more than %d redirects", MAX_REDIRECTS);
+  else if (redirect_allowed (h, url, loc, why, sizeof why)) {
+    free (shown);
+    if (!(to = strdup (loc)))
+      *err = ENOMEM;
+    return to;
+  }
+  *err = EACCES;                /* retrying cannot help */
+  remote_note_error (r, "%s at offset %" PRIu64 ": redirected to %s: %s", head ? "HEAD" : "GET",
+                     offset, shown ? shown : "(URL)", why);
+  log_error ("rhttp: disk %s: parent %s redirects to %s: %s", remote_disk (r), remote_url (r),
+             shown ? shown : "(URL)", why);
+  free (shown);
+  return NULL;
+}
+
 /* One request on c.  range_count == 0: HEAD.  Fills x; returns the HTTP
- * status, or -1 with *err for a transport failure. */
+ * status, or -1 with *err for a transport failure or a refused redirect.
+ *
+ * Redirects are followed here, not by libcurl: libcurl would send the
+ * extra headers (the user's, x-amz-security-token) to whatever host a
+ * redirect names.  Every hop is checked by redirect_allowed; libcurl's
+ * own protocol list (https only when the parent is https) backs that up. */
 static long
 perform (struct remote *r, struct rhttp *h, CURL *c, uint64_t offset, size_t range_count,
          bool head, const char *if_match, uint64_t deadline_ns, struct xfer *x, int *err)
 {
-  struct curl_slist *hdrs = NULL, *n;
-  char line[512], errbuf[CURL_ERROR_SIZE] = "";
-  uint64_t now = now_ns (), t;
+  struct curl_slist *hdrs;
+  char errbuf[CURL_ERROR_SIZE] = "", *url = NULL;
+  uint64_t now, t;
   long status = 0;
   CURLcode rc;
 
   curl_easy_reset (c);          /* keeps the connection cache */
-  for (struct curl_slist *e = h->headers; e; e = e->next)
-    if ((n = curl_slist_append (hdrs, e->data)))
-      hdrs = n;
-  if (range_count) {
-    snprintf (line, sizeof line, "Range: bytes=%" PRIu64 "-%" PRIu64, offset,
-              offset + range_count - 1);
-    if ((n = curl_slist_append (hdrs, line))) hdrs = n;
+  if (!build_headers (r, h, offset, range_count, if_match, &hdrs)) {
+    *err = ENOMEM;
+    remote_note_error (r, "%s at offset %" PRIu64 ": out of memory for the request headers",
+                       head ? "HEAD" : "GET", offset);
+    return -1;
   }
-  if (if_match && *if_match) {
-    snprintf (line, sizeof line, "If-Match: %s", if_match);
-    if ((n = curl_slist_append (hdrs, line))) hdrs = n;
-  }
-  pthread_mutex_lock (&h->lock);
-  refresh_token_unlocked (r, h);
-  if (h->token) {
-    snprintf (line, sizeof line, "Authorization: Bearer %s", h->token);
-    if ((n = curl_slist_append (hdrs, line))) hdrs = n;
-  }
-  pthread_mutex_unlock (&h->lock);
   if (h->s3) {
-    if ((n = curl_slist_append (hdrs, "x-amz-content-sha256: " EMPTY_SHA256))) hdrs = n;
-    if (h->session_token) {
-      snprintf (line, sizeof line, "x-amz-security-token: %s", h->session_token);
-      if ((n = curl_slist_append (hdrs, line))) hdrs = n;
-    }
     curl_easy_setopt (c, CURLOPT_AWS_SIGV4, h->sigv4);
     curl_easy_setopt (c, CURLOPT_USERPWD, h->userpwd);
   }
@@ -433,7 +577,6 @@ perform (struct remote *r, struct rhttp *h, CURL *c, uint64_t offset, size_t ran
     curl_easy_setopt (c, CURLOPT_HTTPAUTH, (long) CURLAUTH_BASIC);
     curl_easy_setopt (c, CURLOPT_USERPWD, h->userpwd);
   }
-  curl_easy_setopt (c, CURLOPT_URL, h->url);
   pthread_mutex_lock (&h->lock);
   for (int i = 0; i < NR_HANDLES; i++)
     if (h->handles[i] == c && h->fresh[i]) {
@@ -441,17 +584,13 @@ perform (struct remote *r, struct rhttp *h, CURL *c, uint64_t offset, size_t ran
       h->fresh[i] = false;
     }
   pthread_mutex_unlock (&h->lock);
+  curl_easy_setopt (c, CURLOPT_PROTOCOLS_STR,
+                    strncasecmp (h->url, "https:", 6) == 0 ? "https" : "http,https");
   curl_easy_setopt (c, CURLOPT_HTTPHEADER, hdrs);
   curl_easy_setopt (c, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt (c, CURLOPT_FOLLOWLOCATION, 1L);
-  curl_easy_setopt (c, CURLOPT_MAXREDIRS, 5L);
   curl_easy_setopt (c, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS);
   curl_easy_setopt (c, CURLOPT_ERRORBUFFER, errbuf);
   curl_easy_setopt (c, CURLOPT_CONNECTTIMEOUT_MS, (long) (h->connect_timeout_ns / 1000000));
-  t = deadline_ns > now ? deadline_ns - now : 1000000;
-  if (t > h->request_timeout_ns)
-    t = h->request_timeout_ns;
-  curl_easy_setopt (c, CURLOPT_TIMEOUT_MS, (long) (t / 1000000 + 1));
   /* A stalled transfer (no progress for 10 s) is aborted and retried. */
   curl_easy_setopt (c, CURLOPT_LOW_SPEED_LIMIT, 1L);
   curl_easy_setopt (c, CURLOPT_LOW_SPEED_TIME, 10L);
@@ -469,24 +608,37 @@ perform (struct remote *r, struct rhttp *h, CURL *c, uint64_t offset, size_t ran
   if (head)
     curl_easy_setopt (c, CURLOPT_NOBODY, 1L);
 
-  rc = curl_easy_perform (c);
-  curl_slist_free_all (hdrs);
-  curl_easy_getinfo (c, CURLINFO_RESPONSE_CODE, &status);
-  if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && x->overflow)) {
-    switch (rc) {
-    case CURLE_OPERATION_TIMEDOUT: *err = ETIMEDOUT; break;
-    case CURLE_COULDNT_CONNECT: *err = ECONNREFUSED; break;
-    case CURLE_COULDNT_RESOLVE_HOST: *err = EHOSTUNREACH; break;
-    case CURLE_PEER_FAILED_VERIFICATION: case CURLE_SSL_CACERT_BADFILE:
-    case CURLE_SSL_CERTPROBLEM: *err = EACCES; break;
-    case CURLE_TOO_MANY_REDIRECTS: case CURLE_UNSUPPORTED_PROTOCOL:
-    case CURLE_URL_MALFORMAT: *err = EINVAL; break;   /* retrying cannot help */
-    default: *err = EIO; break;
+  for (int hop = 0;; hop++) {
+    char *next;
+    curl_easy_setopt (c, CURLOPT_URL, url ? url : h->url);
+    now = now_ns ();
+    t = deadline_ns > now ? deadline_ns - now : 1000000;
+    if (t > h->request_timeout_ns)
+      t = h->request_timeout_ns;
+    curl_easy_setopt (c, CURLOPT_TIMEOUT_MS, (long) (t / 1000000 + 1));
+    x->len = 0;
+    x->overflow = false;
+    rc = curl_easy_perform (c);
+    status = 0;
+    curl_easy_getinfo (c, CURLINFO_RESPONSE_CODE, &status);
+    if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && x->overflow)) {
+      *err = transport_errno (r, rc, errbuf, head, offset);
+      status = -1;
+      break;
     }
-    remote_note_error (r, "%s at offset %" PRIu64 ": %s", head ? "HEAD" : "GET", offset,
-                       *errbuf ? errbuf : curl_easy_strerror (rc));
-    return -1;
+    if (!is_redirect (status))
+      break;
+    next = next_hop (r, h, c, url ? url : h->url, hop, head, offset, err);
+    if (!next) {
+      if (*err)
+        status = -1;
+      break;
+    }
+    free (url);
+    url = next;
   }
+  curl_slist_free_all (hdrs);
+  free (url);
   return status;
 }
 

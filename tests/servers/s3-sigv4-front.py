@@ -18,7 +18,8 @@ Content-Range, Content-Length, body).
                     [--region R] [--port-file F] [--log F] [--pid-file F]
 
 Listens on 127.0.0.1 on a free port, written to --port-file once listening.
-The log has one line per request ("OK"/"DENY", method, path, reason); for a
+The log has one line per request ("OK"/"DENY", method, path, reason; an OK
+line gives the length of the session token received, token_len); for a
 mismatch also the canonical request botocore computed, so what the client
 signed can be compared.
 """
@@ -173,8 +174,10 @@ class Front(BaseHTTPRequestHandler):
             self.deny(d)
             return
         status = self.forward(body)
+        token = self.headers.get("X-Amz-Security-Token")
         self._log(f"OK {self.command} {self.path} key={key} range={self.headers.get('Range')} "
-                  f"if-match={self.headers.get('If-Match')} signed={signed} -> {status}")
+                  f"if-match={self.headers.get('If-Match')} signed={signed} "
+                  f"token_len={len(token) if token is not None else 0} -> {status}")
 
     do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = handle_any
 

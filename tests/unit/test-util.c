@@ -96,6 +96,77 @@ Test (util, url_redact)
   free (u);
 }
 
+/* url_redact keeps a URL whole except for the credentials in it. */
+static void
+redacts_to (const char *url, const char *want)
+{
+  char *u = url_redact (url);
+  cr_assert_not_null (u);
+  cr_assert_str_eq (u, want, "url_redact (%s)", url);
+  free (u);
+}
+
+Test (util, url_redact_by_name)
+{
+  /* Secrets named key / apikey reached the index and the log. */
+  redacts_to ("https://h.test/d.img?key=s3cr3t", "https://h.test/d.img?key=REDACTED");
+  redacts_to ("https://h.test/d.img?apikey=s3cr3t&x=1", "https://h.test/d.img?apikey=REDACTED&x=1");
+  redacts_to ("https://h.test/d.img?a=1&API_KEY=s3cr3t", "https://h.test/d.img?a=1&API_KEY=REDACTED");
+  redacts_to ("https://h.test/d.img?access_token=t&password=p&passwd=q&secret=s&auth=a",
+              "https://h.test/d.img?access_token=REDACTED&password=REDACTED&passwd=REDACTED"
+              "&secret=REDACTED&auth=REDACTED");
+  redacts_to ("https://h.test/d?Authorization=Bearer%20x&token=t&sas=z",
+              "https://h.test/d?Authorization=REDACTED&token=REDACTED&sas=REDACTED");
+  /* Percent-encoded names are still names: %6Bey is key. */
+  redacts_to ("https://h.test/d?%6Bey=s3cr3t", "https://h.test/d?%6Bey=REDACTED");
+  /* ';' separates parameters too. */
+  redacts_to ("https://h.test/d?a=1;key=s", "https://h.test/d?a=1;key=REDACTED");
+  /* The fragment is kept, and is not a parameter. */
+  redacts_to ("https://h.test/d?sig=x#key=frag", "https://h.test/d?sig=REDACTED#key=frag");
+}
+
+Test (util, url_redact_presigned)
+{
+  /* Every SigV4 query parameter: they change at each signing. */
+  redacts_to ("https://b.test/d.img?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKID%2F2"
+              "&X-Amz-Date=20260101T000000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host"
+              "&X-Amz-Security-Token=tok&X-Amz-Signature=abc&versionId=7",
+              "https://b.test/d.img?X-Amz-Algorithm=REDACTED&X-Amz-Credential=REDACTED"
+              "&X-Amz-Date=REDACTED&X-Amz-Expires=REDACTED&X-Amz-SignedHeaders=REDACTED"
+              "&X-Amz-Security-Token=REDACTED&X-Amz-Signature=REDACTED&versionId=7");
+  redacts_to ("https://g.test/o?x-goog-signature=abc&alt=media",
+              "https://g.test/o?x-goog-signature=REDACTED&alt=media");
+  redacts_to ("https://a.test/c/d.img?sv=2022-11-02&sp=r&st=1&se=2&sig=abc",
+              "https://a.test/c/d.img?sv=2022-11-02&sp=r&st=REDACTED&se=REDACTED&sig=REDACTED");
+}
+
+Test (util, url_redact_keeps_the_rest)
+{
+  /* Names that merely contain a listed one are not secrets: the old
+   * substring match dropped ?socket=/run/signed.sock (it contains "sig"). */
+  redacts_to ("nbd+unix:///?socket=/run/signed.sock", "nbd+unix:///?socket=/run/signed.sock");
+  redacts_to ("nbd+unix:///exp?socket=/run/tokens/p.sock&tls-psk-file=/etc/k",
+              "nbd+unix:///exp?socket=/run/tokens/p.sock&tls-psk-file=/etc/k");
+  redacts_to ("nfs://srv/exp/d.img?version=3&uid=0", "nfs://srv/exp/d.img?version=3&uid=0");
+  redacts_to ("https://h.test/monkey?keyboard=1&design=2&flag",
+              "https://h.test/monkey?keyboard=1&design=2&flag");
+  redacts_to ("https://h.test/d.img", "https://h.test/d.img");
+  redacts_to ("https://h.test/d.img?", "https://h.test/d.img?");
+  redacts_to ("file:///var/lib/x.img", "file:///var/lib/x.img");
+  redacts_to ("", "");
+}
+
+Test (util, url_redact_userinfo)
+{
+  redacts_to ("nbd://user:secret@host:10809/export", "nbd://host:10809/export");
+  /* A token as user name, and an unescaped '@' in a password. */
+  redacts_to ("https://ghp_t0ken@h.test/d.img", "https://h.test/d.img");
+  redacts_to ("https://u:p@ss@h.test/d.img?key=k", "https://h.test/d.img?key=REDACTED");
+  /* An '@' after the authority is not userinfo. */
+  redacts_to ("https://h.test/a@b/d.img?x=a@b", "https://h.test/a@b/d.img?x=a@b");
+  redacts_to ("https://h.test?x=a@b", "https://h.test?x=a@b");
+}
+
 Test (util, is_zero)
 {
   char buf[8192] = { 0 };

@@ -1,0 +1,29 @@
+/* corfs: the HTTP reply headers the http backend reads, parsed one line
+ * at a time.  Kept apart from http.c so that the parser can be tested and
+ * fuzzed without libcurl or a server. */
+#ifndef CORFS_HTTP_REPLY_H
+#define CORFS_HTTP_REPLY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* One transfer: the body buffer and one response's interesting headers
+ * (reset on every status line: a request can see several responses). */
+struct xfer {
+  char *buf;
+  size_t cap, len;
+  bool overflow;
+  long status;                  /* from the last status line, 0 before one */
+  char etag[256], last_modified[128], content_range[128];
+  int64_t content_length;
+  bool accept_ranges;
+  long retry_after;
+};
+
+/* Take one raw header line (len bytes, not NUL-terminated, usually ending
+ * in CRLF) into x.  A status line ("HTTP/...") resets the fields; lines of
+ * any length are accepted; values longer than a field are cut to it. */
+void rhttp_reply_header (struct xfer *x, const char *data, size_t len);
+
+#endif

@@ -1,0 +1,62 @@
+/* Unit tests: the HTTP reply header parser of the http backend. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "remote/http-reply.h"
+
+static void
+feed (struct xfer *x, const char *line)
+{
+  rhttp_reply_header (x, line, strlen (line));
+}
+
+Test (http_reply, fields)
+{
+  struct xfer x = { 0 };
+  feed (&x, "HTTP/1.1 206 Partial Content\r\n");
+  cr_assert_eq (x.status, 206);
+  cr_assert_eq (x.content_length, -1);
+  feed (&x, "etag: \"abc\"\r\n");
+  feed (&x, "Content-Range:bytes 0-0/42 \r\n");
+  feed (&x, "Content-Length: 1\r\n");
+  feed (&x, "Accept-Ranges: Bytes\r\n");
+  feed (&x, "Retry-After: 3\r\n");
+  feed (&x, "Last-Modified: Tue, 01 Dec 2026 10:00:00 GMT\r\n");
+  feed (&x, "X-ETag: \"not-this\"\r\n");
+  feed (&x, "no colon here\r\n");
+  cr_assert_str_eq (x.etag, "\"abc\"");
+  cr_assert_str_eq (x.content_range, "bytes 0-0/42");
+  cr_assert_eq (x.content_length, 1);
+  cr_assert (x.accept_ranges);
+  cr_assert_eq (x.retry_after, 3);
+  cr_assert_str_eq (x.last_modified, "Tue, 01 Dec 2026 10:00:00 GMT");
+  /* A new status line (a redirect followed) resets them. */
+  feed (&x, "HTTP/2 302\r\n");
+  cr_assert_eq (x.status, 302);
+  cr_assert_str_eq (x.etag, "");
+  cr_assert_eq (x.content_length, -1);
+  cr_assert (!x.accept_ranges);
+}
+
+/* Lines longer than the 512 bytes once copied: a header after a long one
+ * is still read, and a long value is cut to its field, not overrun. */
+Test (http_reply, long_lines)
+{
+  struct xfer x = { 0 };
+  char line[3000];
+
+  feed (&x, "HTTP/1.1 200 OK\r\n");
+  snprintf (line, sizeof line, "X-Amz-Id-2: %2900d\r\n", 7);
+  feed (&x, line);
+  memset (line, 'e', sizeof line);
+  memcpy (line, "ETag: ", 6);
+  rhttp_reply_header (&x, line, sizeof line);   /* not NUL-terminated */
+  cr_assert_eq (strlen (x.etag), sizeof x.etag - 1);
+  feed (&x, "Content-Length: 12345678901\r\n");
+  cr_assert_eq (x.content_length, 12345678901LL);
+  /* Content-Length whose value begins past byte 512 of the line. */
+  snprintf (line, sizeof line, "Content-Length:%600s77\r\n", "");
+  feed (&x, line);
+  cr_assert_eq (x.content_length, 77);
+}
