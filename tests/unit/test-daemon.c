@@ -139,9 +139,15 @@ Test (daemon, scrub_disk_arg)
   size_t n = sizeof a;
 
   scrub_disk_arg (a);
-  cr_assert_str_eq (a, "d=https://host/x.img");
+  cr_assert_str_eq (a, "d=https://host/x.img?X-Amz-Signature=REDACTED");
   for (size_t i = strlen (a); i < n; i++)
     cr_assert_eq (a[i], '\0', "byte %zu of the old URL left", i);
   scrub_disk_arg (b);
   cr_assert_str_eq (b, "d=@/etc/corfs/url");
+  /* A redacted form longer than the URL is cut to the URL's length: the
+   * secret's bytes are overwritten all the same. */
+  char c[] = "d=http://h/?key=s3";
+  scrub_disk_arg (c);
+  cr_assert_null (strstr (c, "s3"));
+  cr_assert_eq (strlen (c), strlen ("d=http://h/?key=s3"));
 }
