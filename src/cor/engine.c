@@ -751,7 +751,18 @@ cor_read (struct cor_disk *d, void *buf, size_t count, uint64_t offset, int *err
 int
 cor_mirror_flush (struct cor_disk *d, int *err)
 {
-  if (remote_flush (d->remote, now_ns () + d->hold_ns, err) == 0)
+  /* The writes this flush must cover were issued after the last flush
+   * began: that one covered (or, failing, marked suspect) every write
+   * issued before it. */
+  uint64_t start = now_ns (), since = __atomic_load_n (&d->mirror_flushed_ns, __ATOMIC_SEQ_CST);
+  int r = remote_flush_since (d->remote, false, since, start + d->hold_ns, err);
+
+  /* Advance, never back (flushes may overlap). */
+  while (since < start &&
+         !__atomic_compare_exchange_n (&d->mirror_flushed_ns, &since, start, false,
+                                       __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+    ;
+  if (r == 0)
     return 0;
   meta_set (d->md, META_SUSPECT, 0, d->nr_blocks);
   log_error ("cor: disk %s: mirror: flushing the parent %s failed (%s); every block "
@@ -1243,6 +1254,10 @@ cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
   c.may_compare = meta_next (d->md, META_SUSPECT, true, first) < end &&
                   remote_flush_covers_all (d->remote, deadline_ns, &e2) == 1;
 
+  /* Before our first write: the flush must fail if a lost connection
+   * took any write issued since (whoever's flush finds it). */
+  uint64_t since_ns = now_ns ();
+
   /* 1. Copy runs of present blocks that need it, several at once.  A
    * helper that cannot start only means fewer at once. */
   pthread_mutex_init (&c.lock, NULL);
@@ -1263,9 +1278,8 @@ cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
    * Blocks found equal need a flush as much as written ones, and one
    * that reaches what other connections wrote (remote_flush_all): the
    * data read back may not be stable yet. */
-  if (r == 0 && c.equal > 0 && remote_flush_all (d->remote, deadline_ns, err) == -1)
-    r = -1;
-  else if (r == 0 && c.equal == 0 && written > 0 && remote_flush (d->remote, deadline_ns, err) == -1)
+  if (r == 0 && (c.equal > 0 || written > 0) &&
+      remote_flush_since (d->remote, c.equal > 0, since_ns, deadline_ns, err) == -1)
     r = -1;
   if (r == 0)
     for (blk = first; blk < end; blk++)

@@ -322,8 +322,13 @@ run_merge (struct job *j)
       }
       int64_t r = cor_writeback (d, blk, end, now_ns () + CHUNK_DEADLINE_NS, &err);
       if (r == -1) {
-        set_error (j, "offset %" PRIu64 ": %s", blk << cor_disk_block_shift (d),
-                   strerror (err));
+        if (err == EOPNOTSUPP)
+          set_error (j, "offset %" PRIu64 ": the parent %s offers no flush: what was "
+                     "written to it cannot be made durable, so nothing is marked merged",
+                     blk << cor_disk_block_shift (d), remote_url (cor_disk_remote (d)));
+        else
+          set_error (j, "offset %" PRIu64 ": %s", blk << cor_disk_block_shift (d),
+                     strerror (err));
         cor_emit (d, "merge-error", 0, 0, j->last_error);
         log_warn ("merge: disk %s: %s; retrying in %.1f s", cor_disk_name (d),
                   j->last_error, backoff / 1e9);

@@ -40,6 +40,7 @@ struct rnbd_conn {
   bool ever_connected;
   bool wrote;                   /* written since its last flush */
   bool lost_writes;             /* dropped while holding unflushed writes */
+  uint64_t lost_ns;             /* when (now_ns), if lost_writes */
 };
 
 struct rnbd {
@@ -135,6 +136,7 @@ drop_conn (struct rnbd_conn *c)
 {
   if (c->wrote) {
     c->lost_writes = true;      /* the next flush must fail */
+    c->lost_ns = now_ns ();     /* every lost write returned before this */
     c->wrote = false;
   }
   if (c->nbd) {
@@ -569,11 +571,18 @@ conn_flush (struct remote *r, struct rnbd *h, struct rnbd_conn *c, uint64_t dead
  * those blocks again.  Every connection is visited even after a failure,
  * so that a lost connection fails one flush, not every later one; and
  * ESTALE wins over any other error, because the lost connection is
- * reported only here: a retried flush would no longer see it.  With all,
- * success means at least one flush was sent, on a connection opened for
- * it if none is (with multi-conn, see rnbd_flush_covers_all, that one
- * covers every connection's writes, earlier daemons' included); a server
- * that offers no flush fails it (EOPNOTSUPP). */
+ * reported only here: a retried flush would no longer see it.  The flag
+ * is cleared by the flush that finds it, but the loss is passed to the
+ * wrapper with the time of the drop (remote_note_lost_writes), which
+ * fails every flush whose caller wrote since before then, whoever found
+ * it (a concurrent flusher's writes may have been on that connection
+ * too).  A connection that wrote on a server that offers no flush fails every
+ * flush (EOPNOTSUPP, not retried) and stays marked: nothing can make
+ * those writes stable.  With all, success means at least one flush was
+ * sent, on a connection opened for it if none is (with multi-conn, see
+ * rnbd_flush_covers_all, that one covers every connection's writes,
+ * earlier daemons' included); a server that offers no flush fails it
+ * (EOPNOTSUPP). */
 static int
 rnbd_flush (struct remote *r, void *hv, bool all, uint64_t deadline_ns, int *err)
 {
@@ -593,7 +602,16 @@ rnbd_flush (struct remote *r, void *hv, bool all, uint64_t deadline_ns, int *err
     if (c->lost_writes) {
       c->lost_writes = false;
       remote_note_error (r, "flush: a connection that wrote was lost before its flush");
+      remote_note_lost_writes (r, c->lost_ns);
       lost = true;
+    }
+    else if (c->wrote && c->nbd && nbd_can_flush (c->nbd) != 1) {
+      /* Nothing can make these writes stable: fail, and keep c->wrote
+       * so that every later flush fails too (the caller keeps its blocks
+       * dirty), rather than vouch for them. */
+      remote_note_error (r, "flush: the NBD server offers no flush: what was written "
+                         "cannot be made durable");
+      e = EOPNOTSUPP;
     }
     else if ((c->wrote || (all && !sent)) && c->nbd && nbd_can_flush (c->nbd) == 1) {
       if (conn_flush (r, h, c, deadline_ns, &e) == 0) {
@@ -601,8 +619,6 @@ rnbd_flush (struct remote *r, void *hv, bool all, uint64_t deadline_ns, int *err
         sent = true;
       }
     }
-    else
-      c->wrote = false;         /* nothing to flush, or the server cannot */
     release (h, c);
     if (e && !first_err)
       first_err = e;

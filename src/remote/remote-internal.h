@@ -61,6 +61,13 @@ void remote_note_connected (struct remote *r, bool reconnect);
 void remote_note_error (struct remote *r, const char *fmt, ...)
   __attribute__ ((format (printf, 2, 3)));
 
+/* A backend's flush found that writes were lost before a flush covered
+ * them (a connection dropped while holding them), every one of them
+ * returned before lost_ns (CLOCK_MONOTONIC).  The wrapper then fails
+ * every flush whose caller's writes may be among them (remote_flush_since),
+ * not only the one that found the loss. */
+void remote_note_lost_writes (struct remote *r, uint64_t lost_ns);
+
 /* Disk name and redacted URL for messages. */
 const char *remote_disk (const struct remote *r);
 

@@ -57,6 +57,10 @@ struct remote {
   /* Our own writes to the parent bump this before and after each, so a
    * block-status answer that may predate one is never cached. */
   uint64_t write_gen;           /* atomic */
+  /* The latest time before which lost writes returned (see
+   * remote_note_lost_writes), and the latest time a loss was found; 0 if
+   * none were ever lost. */
+  uint64_t lost_writes_ns, lost_found_ns;
   struct zcache zc;
 };
 
@@ -247,7 +251,7 @@ static bool
 is_retryable (int err)
 {
   return err != ESTALE && err != EINVAL && err != ERANGE && err != EROFS &&
-    err != EPERM && err != EACCES;
+    err != EPERM && err != EACCES && err != EOPNOTSUPP;
 }
 
 /* Sleep before the next attempt: exponential backoff with jitter, cut
@@ -584,7 +588,9 @@ retry_write (struct remote *r, int (*fn) (struct remote *, void *, void *),
       log_error ("remote: disk %s: parent %s: %s at offset %" PRIu64 " failed after "
                  "%u attempts: %s", r->disk, r->url, what, a->offset, attempts,
                  strerror (*a->err));
-      if (*a->err != EROFS && *a->err != ENOSPC)
+      /* EOPNOTSUPP: a flush the parent cannot do (no NBD FLUSH), for the
+       * caller to name. */
+      if (*a->err != EROFS && *a->err != ENOSPC && *a->err != EOPNOTSUPP)
         *a->err = EIO;
       return -1;
     }
@@ -607,18 +613,58 @@ remote_pwrite (struct remote *r, const void *buf, size_t count, uint64_t offset,
   return ret;
 }
 
+void
+remote_note_lost_writes (struct remote *r, uint64_t lost_ns)
+{
+  pthread_mutex_lock (&r->lock);
+  if (lost_ns > r->lost_writes_ns)
+    r->lost_writes_ns = lost_ns;
+  r->lost_found_ns = now_ns ();
+  pthread_mutex_unlock (&r->lock);
+}
+
+/* The backend reports a lost connection to one flush only (it clears its
+ * mark), maybe not the one whose caller's writes were on it.  So a flush
+ * also fails when a loss found by anyone may include writes issued since
+ * since_ns, or, with since_ns UINT64_MAX (the caller cannot tell), when a
+ * loss was found while this flush ran. */
+static int
+flush_checked (struct remote *r, bool all, uint64_t since_ns, uint64_t deadline_ns, int *err)
+{
+  struct write_args a = { NULL, 0, 0, deadline_ns, err, all };
+  uint64_t start = now_ns (), lost_ns, found_ns;
+  int ret = retry_write (r, do_flush, &a, "flush");
+
+  pthread_mutex_lock (&r->lock);
+  lost_ns = r->lost_writes_ns;
+  found_ns = r->lost_found_ns;
+  pthread_mutex_unlock (&r->lock);
+  if (ret == 0 && (since_ns == UINT64_MAX ? found_ns >= start : lost_ns > since_ns)) {
+    log_error ("remote: disk %s: parent %s: flush: writes this flush must cover may "
+               "have been lost with a connection (another flush found it)", r->disk, r->url);
+    *err = EIO;
+    ret = -1;
+  }
+  return ret;
+}
+
+int
+remote_flush_since (struct remote *r, bool all, uint64_t since_ns, uint64_t deadline_ns,
+                    int *err)
+{
+  return flush_checked (r, all, since_ns, deadline_ns, err);
+}
+
 int
 remote_flush (struct remote *r, uint64_t deadline_ns, int *err)
 {
-  struct write_args a = { NULL, 0, 0, deadline_ns, err, false };
-  return retry_write (r, do_flush, &a, "flush");
+  return flush_checked (r, false, UINT64_MAX, deadline_ns, err);
 }
 
 int
 remote_flush_all (struct remote *r, uint64_t deadline_ns, int *err)
 {
-  struct write_args a = { NULL, 0, 0, deadline_ns, err, true };
-  return retry_write (r, do_flush, &a, "flush");
+  return flush_checked (r, true, UINT64_MAX, deadline_ns, err);
 }
 
 /* Ask an optional yes/no question of the backend (NULL op: no), under
