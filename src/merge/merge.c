@@ -98,6 +98,19 @@ merge_new (void)
   return mg;
 }
 
+static const char *
+owner_state_name (enum meta_state s)
+{
+  switch (s) {
+  case META_ACTIVE: return "active";
+  case META_INCOMING: return "incoming";
+  case META_ACTIVATING: return "activating";
+  case META_HANDED_OFF: return "handed-off";
+  case META_STANDALONE: return "standalone";
+  }
+  return "in an unknown state";
+}
+
 static bool
 finished (enum jstate s)
 {
@@ -577,6 +590,14 @@ merge_control (struct merge *mg, struct cor_disk *d, const char *action,
   if (rec.state == META_STANDALONE) {
     snprintf (errbuf, len, "disk %s is standalone (flattened): it has no parent to merge into",
               cor_disk_name (d));
+    return -1;
+  }
+  if (rec.state != META_ACTIVE) {
+    /* Incoming: the source still writes the parent, and a merge would
+     * turn the identity check off under it; handed off: the disk is no
+     * longer ours to write anywhere. */
+    snprintf (errbuf, len, "disk %s is %s: only an active disk can be merged into its "
+              "parent", cor_disk_name (d), owner_state_name (rec.state));
     return -1;
   }
   if (!rec.parent_owned) {
