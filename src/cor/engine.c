@@ -774,9 +774,18 @@ cor_mirror_flush (struct cor_disk *d, int *err)
 /* Mirror mode, with blocks [first, end) owned and partial edge blocks
  * present: the block is dirty (in memory) from before either write until
  * both succeeded; an overlay failure drops the blocks from the overlay
- * (not present, punched: reads go to the parent, which has the data if
- * its write succeeded); a parent failure leaves them dirty for abort.
- * The write is acknowledged only when both have it.  0 or -1 (*err). */
+ * (not present: reads go to the parent, which has the data if its write
+ * succeeded); a parent failure leaves them dirty for abort.  The write
+ * is acknowledged only when both have it.  0 or -1 (*err).
+ *
+ * The dropped blocks are not punched: the cleared present bit reaches
+ * the index only with the next commit (up to COMMIT_INTERVAL_S later),
+ * and a crash before it would leave a present block reading zeros where
+ * the guest never wrote any (abort would then copy those zeros to the
+ * parent).  Unpunched, each byte of the range holds its old data or this
+ * unacknowledged write's, whichever index survives; forcing a commit
+ * first instead would mean an fdatasync of the overlay that just failed.
+ * The space is reused when the blocks are fetched again. */
 static int
 mirror_write (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offset,
               uint64_t first, uint64_t end, int *err)
@@ -811,9 +820,6 @@ mirror_write (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offs
     log_error ("cor: disk %s: mirror: overlay write at offset %" PRIu64 ": %s; "
                "dropping the blocks from the overlay", d->name, offset, strerror (oerr));
     meta_clear (d->md, META_PRESENT, first, nr);
-    if (overlay_zero (d, block_offset (d, first), blocks_length (d, first, end)) == -1)
-      log_error ("cor: disk %s: mirror: punching offset %" PRIu64 ": %m", d->name,
-                 block_offset (d, first));
     if (r == 0)
       *err = oerr;
     r = -1;
