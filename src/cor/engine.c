@@ -792,7 +792,7 @@ mirror_write (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offs
 {
   uint64_t nr = end - first;
   bool *was_dirty = malloc (nr);
-  char *zeros = NULL;
+  bool zeros = !buf;
   int r = 0, oerr = 0;
 
   if (!was_dirty) {
@@ -803,15 +803,13 @@ mirror_write (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offs
     was_dirty[b] = meta_test (d->md, META_DIRTY, first + b);
   meta_set (d->md, META_DIRTY, first, nr);
   meta_set (d->md, META_CHANGED, first, nr);
-  if (!buf && !(buf = zeros = calloc (1, count))) {
-    free (was_dirty);
-    *err = ENOMEM;
-    return -1;
-  }
-  if (remote_pwrite (d->remote, buf, count, offset, now_ns () + d->hold_ns, err) == -1) {
-    log_error ("cor: disk %s: mirror: parent write of %" PRIu64 " bytes at offset %"
+  /* A discard may cover GiBs (fstrim, mkfs): the parent zeroes the range
+   * itself where it can, else it is sent from a small buffer. */
+  if ((zeros ? remote_pwrite_zeros (d->remote, offset, count, now_ns () + d->hold_ns, err)
+       : remote_pwrite (d->remote, buf, count, offset, now_ns () + d->hold_ns, err)) == -1) {
+    log_error ("cor: disk %s: mirror: parent %s of %" PRIu64 " bytes at offset %"
                PRIu64 " failed; the blocks stay dirty (abort will copy them)",
-               d->name, count, offset);
+               d->name, zeros ? "zeroing" : "write", count, offset);
     r = -1;
   }
   if ((zeros ? overlay_zero (d, offset, count)
@@ -837,7 +835,6 @@ mirror_write (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offs
     if (!zeros)
       __atomic_fetch_add (&d->guest_write_bytes, count, __ATOMIC_RELAXED);
   }
-  free (zeros);
   free (was_dirty);
   return r;
 }

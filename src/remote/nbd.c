@@ -551,6 +551,40 @@ rnbd_pwrite (struct remote *r, void *hv, const void *buf, size_t count,
   return ret;
 }
 
+/* WRITE_ZEROES, in pieces the server accepts (the protocol's length is
+ * 32 bits); the server may punch holes.  EOPNOTSUPP where it offers no
+ * zeroing (the wrapper then writes zeros). */
+#define MAX_ZERO (1ULL << 30)
+
+static int
+rnbd_zero (struct remote *r, void *hv, uint64_t offset, uint64_t count,
+           uint64_t deadline_ns, int *err)
+{
+  struct rnbd *h = hv;
+  struct rnbd_conn *c = acquire_connected (r, h, deadline_ns, err);
+  int ret = 0;
+
+  if (!c)
+    return -1;
+  if (nbd_is_read_only (c->nbd) == 1 || nbd_can_zero (c->nbd) != 1) {
+    *err = nbd_is_read_only (c->nbd) == 1 ? EROFS : EOPNOTSUPP;
+    release (h, c);
+    return -1;
+  }
+  while (count > 0 && ret == 0) {
+    uint64_t n = count > MAX_ZERO ? MAX_ZERO : count;
+    ret = conn_finish (r, c, nbd_aio_zero (c->nbd, n, offset, NBD_NULL_COMPLETION, 0),
+                       min_u64 (deadline_ns, now_ns () + h->request_timeout_ns),
+                       "zero", offset, err);
+    offset += n;
+    count -= n;
+  }
+  if (ret == 0)
+    c->wrote = true;            /* as a write: only a flush makes it stable */
+  release (h, c);
+  return ret;
+}
+
 /* One FLUSH on connected connection c.  0 or -1 with *err. */
 static int
 conn_flush (struct remote *r, struct rnbd *h, struct rnbd_conn *c, uint64_t deadline_ns,
@@ -701,6 +735,7 @@ rnbd_flush_covers_all (struct remote *r, void *hv, uint64_t deadline_ns, int *er
 const struct remote_ops rnbd_ops = {
   .parent_writable = rnbd_parent_writable,
   .pwrite = rnbd_pwrite,
+  .zero = rnbd_zero,
   .flush = rnbd_flush,
   .flush_covers_all = rnbd_flush_covers_all,
   .make_writable = rnbd_make_writable,

@@ -28,6 +28,12 @@ struct remote_ops {
   int (*pwrite) (struct remote *r, void *h, const void *buf, size_t count,
                  uint64_t offset, uint64_t deadline_ns, int *err);
   int (*flush) (struct remote *r, void *h, bool all, uint64_t deadline_ns, int *err);
+  /* Optional: make count bytes at offset read as zeros without sending
+   * them (NBD WRITE_ZEROES, a punched hole); covered by flush like a
+   * write.  EOPNOTSUPP when the parent cannot: the wrapper then writes
+   * zeros. */
+  int (*zero) (struct remote *r, void *h, uint64_t offset, uint64_t count,
+               uint64_t deadline_ns, int *err);
   /* Optional (NULL: no): see remote_flush_covers_all. */
   int (*flush_covers_all) (struct remote *r, void *h, uint64_t deadline_ns, int *err);
   int (*make_writable) (struct remote *r, void *h, uint64_t deadline_ns, int *err);

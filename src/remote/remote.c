@@ -551,6 +551,13 @@ do_flush (struct remote *r, void *h, void *argp)
 }
 
 static int
+do_zero (struct remote *r, void *h, void *argp)
+{
+  struct write_args *a = argp;
+  return r->ops->zero (r, h, a->offset, a->count, a->deadline_ns, a->err);
+}
+
+static int
 do_make_writable (struct remote *r, void *h, void *argp)
 {
   struct write_args *a = argp;
@@ -584,6 +591,8 @@ retry_write (struct remote *r, int (*fn) (struct remote *, void *, void *),
     r->stats.retries++;
     pthread_mutex_unlock (&r->lock);
     set_state (r, REMOTE_RETRYING);
+    if (fn == do_zero && *a->err == EOPNOTSUPP)
+      return -1;                /* not an error: the caller writes zeros */
     if (!is_retryable (*a->err) || !backoff (&delay, a->deadline_ns)) {
       log_error ("remote: disk %s: parent %s: %s at offset %" PRIu64 " failed after "
                  "%u attempts: %s", r->disk, r->url, what, a->offset, attempts,
@@ -609,6 +618,36 @@ remote_pwrite (struct remote *r, const void *buf, size_t count, uint64_t offset,
    * have seen either state (see struct zcache). */
   __atomic_fetch_add (&r->write_gen, 1, __ATOMIC_SEQ_CST);
   ret = retry_write (r, do_pwrite, &a, "write");
+  __atomic_fetch_add (&r->write_gen, 1, __ATOMIC_SEQ_CST);
+  return ret;
+}
+
+/* Zeros are written from this, a piece at a time, where the parent has
+ * no zeroing of its own. */
+#define ZERO_PIECE (1 << 20)
+static const char zero_piece[ZERO_PIECE];
+
+int
+remote_pwrite_zeros (struct remote *r, uint64_t offset, uint64_t count,
+                     uint64_t deadline_ns, int *err)
+{
+  struct write_args a = { NULL, count, offset, deadline_ns, err, false };
+  int ret = -1;
+
+  assert (count > 0);
+  __atomic_fetch_add (&r->write_gen, 1, __ATOMIC_SEQ_CST);
+  if (r->ops->zero)
+    ret = retry_write (r, do_zero, &a, "zero");
+  if (ret == -1 && (!r->ops->zero || *err == EOPNOTSUPP)) {
+    ret = 0;
+    while (count > 0 && ret == 0) {
+      size_t n = count > ZERO_PIECE ? ZERO_PIECE : count;
+      a = (struct write_args) { zero_piece, n, offset, deadline_ns, err, false };
+      ret = retry_write (r, do_pwrite, &a, "write");
+      offset += n;
+      count -= n;
+    }
+  }
   __atomic_fetch_add (&r->write_gen, 1, __ATOMIC_SEQ_CST);
   return ret;
 }

@@ -74,6 +74,15 @@ int remote_pread (struct remote *r, void *buf, size_t count, uint64_t offset,
 int remote_pwrite (struct remote *r, const void *buf, size_t count, uint64_t offset,
                    uint64_t deadline_ns, int *err);
 
+/* Make count bytes at offset of the parent read as zeros, like
+ * remote_pwrite of zeros (and, like it, covered by remote_flush): with
+ * the parent's own zeroing where it has one (NBD WRITE_ZEROES, a punched
+ * hole in a file), else by writing zeros from a small buffer, never
+ * allocating count bytes.  Bounded by deadline_ns as a whole.  0 or -1
+ * with *err. */
+int remote_pwrite_zeros (struct remote *r, uint64_t offset, uint64_t count,
+                         uint64_t deadline_ns, int *err);
+
 /* Make every write that returned stable on the parent (NBD FLUSH on every
  * connection that wrote, fdatasync for files).  0 or -1 with *err
  * (EOPNOTSUPP, not retried: written to an NBD server that offers no flush,
