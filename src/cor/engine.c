@@ -487,10 +487,14 @@ struct early_reply {
  * present.  The caller owns the blocks in the in-flight table.  0 or -1
  * with *err.  With keep non-NULL, a successful fetch hands its buffer
  * (the blocks' data, from block_offset (first)) to the caller to free:
- * a cold read replies from it instead of reading the overlay back. */
+ * a cold read replies from it instead of reading the overlay back.  With
+ * unstored (and keep) non-NULL, a store that fails (the overlay's
+ * filesystem is full) does not fail the fetch: the blocks stay missing,
+ * *unstored is set, and the caller serves the data from *keep. */
 static int
 fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end,
-              uint64_t deadline_ns, char **keep, struct early_reply *early, int *err)
+              uint64_t deadline_ns, char **keep, struct early_reply *early,
+              bool *unstored, int *err)
 {
   uint64_t len = blocks_length (d, first, end), off = block_offset (d, first);
   char *buf = iobuf_get (len);
@@ -513,11 +517,26 @@ fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end,
   }
   if (store_blocks (d, buf, first, end) == -1) {
     *err = errno;
+    if (unstored && keep) {
+      /* Logged once until a store succeeds again: a full overlay would
+       * otherwise log every read. */
+      if (!__atomic_exchange_n (&d->store_failing, 1, __ATOMIC_SEQ_CST))
+        log_error ("cor: disk %s: overlay write of %" PRIu64 " bytes at offset %" PRIu64
+                   ": %s; reads are served from the parent without keeping the data "
+                   "until the overlay can be written again", d->name, len, off,
+                   strerror (*err));
+      __atomic_fetch_add (&d->fetched_bytes, len, __ATOMIC_RELAXED);
+      *unstored = true;
+      *keep = buf;
+      return 0;
+    }
     log_error ("cor: disk %s: overlay write of %" PRIu64 " bytes at offset %"
-               PRIu64 ": %m", d->name, len, off);
+               PRIu64 ": %s", d->name, len, off, strerror (*err));
     iobuf_put (buf, len);
     return -1;
   }
+  if (__atomic_load_n (&d->store_failing, __ATOMIC_RELAXED))
+    __atomic_store_n (&d->store_failing, 0, __ATOMIC_SEQ_CST);
   /* Order matters: the overlay write returned before the bit is set, and
    * needs_sync is set before the bit so the committer that takes the bit
    * also syncs the data. */
@@ -550,6 +569,62 @@ trace_fault_unlocked (struct cor_disk *d, uint64_t first, uint64_t end)
   d->nr_trace++;
 }
 
+/* A read's blocks [first, end) gathered in one buffer, for when some of
+ * them were fetched but could not be stored (see fault_in). */
+struct gather {
+  char *buf;                    /* iobuf of blocks_length (first, end), or NULL */
+  bool *held;                   /* per block: its data is in buf, not the overlay */
+};
+
+/* Copy fetched blocks [blk, run) (data, unstored) into g. */
+static int
+gather_add (struct cor_disk *d, struct gather *g, uint64_t first, uint64_t end,
+            uint64_t blk, uint64_t run, const char *data, int *err)
+{
+  if (!g->buf) {
+    g->buf = iobuf_get (blocks_length (d, first, end));
+    g->held = calloc (end - first, sizeof *g->held);
+    if (!g->buf || !g->held) {
+      *err = ENOMEM;
+      return -1;
+    }
+  }
+  memcpy (g->buf + (block_offset (d, blk) - block_offset (d, first)), data,
+          blocks_length (d, blk, run));
+  for (uint64_t b = blk; b < run; b++)
+    g->held[b - first] = true;
+  return 0;
+}
+
+/* Fill the rest of g (blocks that are present) from the overlay. */
+static int
+gather_finish (struct cor_disk *d, struct gather *g, uint64_t first, uint64_t end, int *err)
+{
+  for (uint64_t blk = first; blk < end; ) {
+    uint64_t run = blk + 1;
+    bool held = g->held[blk - first];
+    while (run < end && g->held[run - first] == held)
+      run++;
+    if (!held && full_pread (d->overlay_fd, g->buf + (block_offset (d, blk) - block_offset (d, first)),
+                             blocks_length (d, blk, run), block_offset (d, blk)) == -1) {
+      *err = errno;
+      log_error ("cor: disk %s: overlay read at offset %" PRIu64 ": %m", d->name,
+                 block_offset (d, blk));
+      return -1;
+    }
+    blk = run;
+  }
+  return 0;
+}
+
+static void
+gather_free (struct cor_disk *d, struct gather *g, uint64_t first, uint64_t end)
+{
+  if (g->buf)
+    iobuf_put (g->buf, blocks_length (d, first, end));
+  free (g->held);
+}
+
 /* Make blocks [first, end) present, fetching what is missing, coalescing
  * adjacent missing blocks into one request and waiting for blocks that
  * another operation is fetching or writing.  Sets *faulted if it had to
@@ -557,12 +632,17 @@ trace_fault_unlocked (struct cor_disk *d, uint64_t first, uint64_t end)
  * [first, end), *keep is its buffer (see fetch_blocks), else NULL.  All
  * of it, waits included, ends by deadline_ns: a guest read waiting for a
  * prefetch or a streamer chunk that the parent stalls must not wait its
- * own hold time on top of theirs.  0 or -1 with *err. */
+ * own hold time on top of theirs.  0 or -1 with *err.
+ *
+ * With keep non-NULL, a full overlay never fails a fetch that succeeded:
+ * blocks that could not be stored stay missing, and *keep is a buffer of
+ * all of [first, end), gathered from the fetches and the overlay. */
 static int
 fault_in (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t deadline_ns,
           bool *faulted, char **keep, struct early_reply *early, int *err)
 {
   uint64_t blk = first, traced = UINT64_MAX;
+  struct gather g = { NULL, NULL };
 
   pthread_mutex_lock (&d->lock);
   while ((blk = meta_next (d->md, META_PRESENT, false, blk)) < end) {
@@ -597,21 +677,42 @@ fault_in (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t deadline_ns
 
     /* The streamer gives way while this is in flight. */
     __atomic_fetch_add (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
-    bool whole = keep && blk == first && run == end;
-    int r = fetch_blocks (d, blk, run, deadline_ns, whole ? keep : NULL,
-                          whole ? early : NULL, err);
+    bool whole = keep && blk == first && run == end, unstored = false;
+    char *got = NULL;
+    int r = fetch_blocks (d, blk, run, deadline_ns, keep ? &got : NULL,
+                          whole ? early : NULL, keep ? &unstored : NULL, err);
     if (r == 0)
       __atomic_fetch_add (&d->fg_fetched_bytes, blocks_length (d, blk, run), __ATOMIC_RELAXED);
     __atomic_store_n (&d->last_fg_ns, now_ns (), __ATOMIC_SEQ_CST);
     __atomic_fetch_sub (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
 
     release_busy (d, &self);
-    if (r == -1)
+    if (r == 0 && got) {
+      if (whole)
+        *keep = got;
+      else {
+        if (unstored)
+          r = gather_add (d, &g, first, end, blk, run, got, err);
+        iobuf_put (got, blocks_length (d, blk, run));
+      }
+    }
+    if (r == -1) {
+      gather_free (d, &g, first, end);
       return -1;
+    }
     blk = run;
     pthread_mutex_lock (&d->lock);
   }
   pthread_mutex_unlock (&d->lock);
+  if (g.buf) {
+    if (gather_finish (d, &g, first, end, err) == -1) {
+      gather_free (d, &g, first, end);
+      return -1;
+    }
+    *keep = g.buf;
+    g.buf = NULL;
+    gather_free (d, &g, first, end);
+  }
   return 0;
 }
 
@@ -880,10 +981,10 @@ modify (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offset, in
   if (!meta_test (d->md, META_PRESENT, first) &&
       (offset != block_offset (d, first) ||
        offset + count < block_offset (d, first) + blocks_length (d, first, first + 1)))
-    r = fetch_blocks (d, first, first + 1, now_ns () + d->hold_ns, NULL, NULL, err);
+    r = fetch_blocks (d, first, first + 1, now_ns () + d->hold_ns, NULL, NULL, NULL, err);
   if (r == 0 && last != first && !meta_test (d->md, META_PRESENT, last) &&
       offset + count < block_offset (d, last) + blocks_length (d, last, last + 1))
-    r = fetch_blocks (d, last, last + 1, now_ns () + d->hold_ns, NULL, NULL, err);
+    r = fetch_blocks (d, last, last + 1, now_ns () + d->hold_ns, NULL, NULL, NULL, err);
   __atomic_store_n (&d->last_fg_ns, now_ns (), __ATOMIC_SEQ_CST);
   __atomic_fetch_sub (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
 
@@ -972,7 +1073,7 @@ fetch_sparse (struct cor_disk *d, uint64_t first, uint64_t end,
       __atomic_fetch_add (&d->zero_skipped_bytes, len, __ATOMIC_RELAXED);
     }
     else {
-      if (fetch_blocks (d, blk, run, deadline_ns, NULL, NULL, err) == -1) {
+      if (fetch_blocks (d, blk, run, deadline_ns, NULL, NULL, NULL, err) == -1) {
         free (z);
         return -1;
       }
@@ -1013,7 +1114,7 @@ cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
     if (fg) {
       /* On behalf of a guest: the streamer gives way as to a fault. */
       __atomic_fetch_add (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
-      r = fetch_blocks (d, blk, run, deadline_ns, NULL, NULL, err) == 0
+      r = fetch_blocks (d, blk, run, deadline_ns, NULL, NULL, NULL, err) == 0
           ? (int64_t) blocks_length (d, blk, run) : -1;
       __atomic_store_n (&d->last_fg_ns, now_ns (), __ATOMIC_SEQ_CST);
       __atomic_fetch_sub (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
