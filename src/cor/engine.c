@@ -846,9 +846,12 @@ cor_read (struct cor_disk *d, void *buf, size_t count, uint64_t offset, int *err
  * failed flush (the parent, or a connection that held unflushed writes,
  * went away) leaves clean blocks the parent may lack: every block is
  * then marked suspect, which abort (and merge) copy to the parent again
- * and mirror writes never clear.  Coarse, and only on a failure; a block
- * list would be lost with a concurrent flush that took the failure
- * (rnbd_flush reports a lost connection once).  0 or -1 with *err. */
+ * and mirror writes never clear.  Coarse, and only on a failure (which
+ * blocks were on a lost connection is not known).  A loss found by
+ * another flush (a merge or abort chunk's) fails this one too when it may
+ * hold writes issued since the previous mirror flush began
+ * (remote_flush_since).  A parent that offers no flush fails every one
+ * (EOPNOTSUPP).  0 or -1 with *err. */
 int
 cor_mirror_flush (struct cor_disk *d, int *err)
 {

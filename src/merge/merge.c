@@ -31,7 +31,9 @@
  * merge_control/merge_flatten (ctl's thread) and joined by the next job
  * on the same disk or by merge_free.  mg->lock protects the job list and
  * every job's state fields; it is never held across engine or remote
- * calls.  Jobs wait on mg->cond (pause, rate changes, cancel).
+ * calls.  Jobs wait on mg->cond (pause, rate changes, cancel).  A copy's
+ * partial file (fd, paths) is opened by the starter before the thread
+ * exists, used only by the job's thread, and closed by whoever joins it.
  */
 #include <errno.h>
 #include <fcntl.h>

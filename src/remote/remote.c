@@ -2,8 +2,9 @@
  * with backoff, parent state, identity pinning.
  *
  * Notes on the thread model: any thread may call the wrappers at any
- * time.  r->lock protects the state, the last error, the identity and the
- * counters; it is never held across a backend call.  r->serialize is held
+ * time.  r->lock protects the state, the last error, the identity, the
+ * counters and the lost-write times (remote_note_lost_writes, called by a
+ * backend's flush); it is never held across a backend call.  r->serialize is held
  * across backend calls for REMOTE_SERIALIZE backends only.  The
  * block-status cache has its own two locks (see struct zcache), taken
  * query before lock, never with r->lock held.
