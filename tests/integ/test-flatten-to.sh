@@ -3,8 +3,9 @@
 #  - the copy is mode 0600 and equals the disk; no FILE.partial is left;
 #  - a copy that fails half-way (the parent stopped) leaves an existing
 #    FILE as it was and FILE.partial (0600); run again with the parent
-#    back, it continues that partial file from where it was durable (the
-#    log says so) and replaces FILE with the whole copy;
+#    back and the daemon restarted, it continues that partial file from
+#    where it was durable (the log says so) and replaces FILE with the
+#    whole copy;
 #  - a FILE.partial that is not the recorded one (replaced by another
 #    file, or a symlink to another file) is refused and left alone, and the
 #    file a symlink points to is never written;
@@ -45,7 +46,13 @@ echo "copy with the parent stopped: exit $rc: $(cat $T/err)"
 [ "$(cat $T/out.img)" = "old contents" ] || fail "a failed copy changed the existing FILE"
 [ -f $T/out.img.partial ] || fail "no partial file after a failed copy"
 [ "$(stat -c %a $T/out.img.partial)" = 600 ] || fail "the partial file has mode $(stat -c %a $T/out.img.partial)"
+# The daemon restarts in between: the record in the state directory
+# carries the partial file over.
+pid=$(daemon_pid $st)
+corfs_unmount $mnt || fail "unmount before continuing failed"
+wait_gone $pid
 start_nbdkit $T/nbd.pid -r -U $T/sock file $img
+corfs_mount $st $mnt --hold 2
 disk=e flatten_to $T/out.img || fail "the copy started again failed"
 cmp $T/out.img $img || fail "the continued copy differs from the disk"
 [ ! -e $T/out.img.partial ] || fail "the partial file was left after the continued copy"
