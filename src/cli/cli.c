@@ -822,7 +822,9 @@ cli_flatten (int argc, char **argv)
     "Fill the disk (starting the streamer), then detach its parent for good:\n"
     "the disk becomes standalone and its overlay is the whole raw image.\n"
     "  --to FILE  instead, write a standalone raw copy of the current disk\n"
-    "             contents to FILE (sparse where the disk reads zeros)\n"
+    "             contents to FILE (sparse where the disk reads zeros, mode\n"
+    "             0600), through FILE.partial, which replaces FILE only when\n"
+    "             whole; run again, it continues its own FILE.partial\n"
     "  --wait     wait until done (0) or failed (non-zero)\n";
   struct job_args a;
   int r = parse_job_args ("flatten", argc, argv, usage, &a);

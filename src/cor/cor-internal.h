@@ -118,6 +118,8 @@ struct cor_disk {
   uint64_t fetched_bytes, fetch_requests, fetch_errors;
   uint64_t guest_read_bytes, guest_write_bytes, flushes;
   uint64_t wb_written_bytes, wb_equal_bytes;   /* cor_writeback */
+  uint64_t mirror_flushed_ns;   /* when the last mirror flush began (cor_mirror_flush) */
+  int store_failing;            /* the last store of fetched data failed (logged once) */
 };
 
 struct cor_engine {

@@ -609,10 +609,14 @@ struct early_reply {
  * present.  The caller owns the blocks in the in-flight table.  0 or -1
  * with *err.  With keep non-NULL, a successful fetch hands its buffer
  * (the blocks' data, from block_offset (first)) to the caller to free:
- * a cold read replies from it instead of reading the overlay back. */
+ * a cold read replies from it instead of reading the overlay back.  With
+ * unstored (and keep) non-NULL, a store that fails (the overlay's
+ * filesystem is full) does not fail the fetch: the blocks stay missing,
+ * *unstored is set, and the caller serves the data from *keep. */
 static int
 fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end,
-              uint64_t deadline_ns, char **keep, struct early_reply *early, int *err)
+              uint64_t deadline_ns, char **keep, struct early_reply *early,
+              bool *unstored, int *err)
 {
   uint64_t len = blocks_length (d, first, end), off = block_offset (d, first);
   char *buf = iobuf_get (len);
@@ -635,11 +639,26 @@ fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end,
   }
   if (store_blocks (d, buf, first, end) == -1) {
     *err = errno;
+    if (unstored && keep) {
+      /* Logged once until a store succeeds again: a full overlay would
+       * otherwise log every read. */
+      if (!__atomic_exchange_n (&d->store_failing, 1, __ATOMIC_SEQ_CST))
+        log_error ("cor: disk %s: overlay write of %" PRIu64 " bytes at offset %" PRIu64
+                   ": %s; reads are served from the parent without keeping the data "
+                   "until the overlay can be written again", d->name, len, off,
+                   strerror (*err));
+      __atomic_fetch_add (&d->fetched_bytes, len, __ATOMIC_RELAXED);
+      *unstored = true;
+      *keep = buf;
+      return 0;
+    }
     log_error ("cor: disk %s: overlay write of %" PRIu64 " bytes at offset %"
-               PRIu64 ": %m", d->name, len, off);
+               PRIu64 ": %s", d->name, len, off, strerror (*err));
     iobuf_put (buf, len);
     return -1;
   }
+  if (__atomic_load_n (&d->store_failing, __ATOMIC_RELAXED))
+    __atomic_store_n (&d->store_failing, 0, __ATOMIC_SEQ_CST);
   /* Order matters: the overlay write returned before the bit is set, and
    * needs_sync is set before the bit so the committer that takes the bit
    * also syncs the data. */
@@ -672,6 +691,62 @@ trace_fault_unlocked (struct cor_disk *d, uint64_t first, uint64_t end)
   d->nr_trace++;
 }
 
+/* A read's blocks [first, end) gathered in one buffer, for when some of
+ * them were fetched but could not be stored (see fault_in). */
+struct gather {
+  char *buf;                    /* iobuf of blocks_length (first, end), or NULL */
+  bool *held;                   /* per block: its data is in buf, not the overlay */
+};
+
+/* Copy fetched blocks [blk, run) (data, unstored) into g. */
+static int
+gather_add (struct cor_disk *d, struct gather *g, uint64_t first, uint64_t end,
+            uint64_t blk, uint64_t run, const char *data, int *err)
+{
+  if (!g->buf) {
+    g->buf = iobuf_get (blocks_length (d, first, end));
+    g->held = calloc (end - first, sizeof *g->held);
+    if (!g->buf || !g->held) {
+      *err = ENOMEM;
+      return -1;
+    }
+  }
+  memcpy (g->buf + (block_offset (d, blk) - block_offset (d, first)), data,
+          blocks_length (d, blk, run));
+  for (uint64_t b = blk; b < run; b++)
+    g->held[b - first] = true;
+  return 0;
+}
+
+/* Fill the rest of g (blocks that are present) from the overlay. */
+static int
+gather_finish (struct cor_disk *d, struct gather *g, uint64_t first, uint64_t end, int *err)
+{
+  for (uint64_t blk = first; blk < end; ) {
+    uint64_t run = blk + 1;
+    bool held = g->held[blk - first];
+    while (run < end && g->held[run - first] == held)
+      run++;
+    if (!held && full_pread (d->overlay_fd, g->buf + (block_offset (d, blk) - block_offset (d, first)),
+                             blocks_length (d, blk, run), block_offset (d, blk)) == -1) {
+      *err = errno;
+      log_error ("cor: disk %s: overlay read at offset %" PRIu64 ": %m", d->name,
+                 block_offset (d, blk));
+      return -1;
+    }
+    blk = run;
+  }
+  return 0;
+}
+
+static void
+gather_free (struct cor_disk *d, struct gather *g, uint64_t first, uint64_t end)
+{
+  if (g->buf)
+    iobuf_put (g->buf, blocks_length (d, first, end));
+  free (g->held);
+}
+
 /* Make blocks [first, end) present, fetching what is missing, coalescing
  * adjacent missing blocks into one request and waiting for blocks that
  * another operation is fetching or writing.  Sets *faulted if it had to
@@ -679,12 +754,17 @@ trace_fault_unlocked (struct cor_disk *d, uint64_t first, uint64_t end)
  * [first, end), *keep is its buffer (see fetch_blocks), else NULL.  All
  * of it, waits included, ends by deadline_ns: a guest read waiting for a
  * prefetch or a streamer chunk that the parent stalls must not wait its
- * own hold time on top of theirs.  0 or -1 with *err. */
+ * own hold time on top of theirs.  0 or -1 with *err.
+ *
+ * With keep non-NULL, a full overlay never fails a fetch that succeeded:
+ * blocks that could not be stored stay missing, and *keep is a buffer of
+ * all of [first, end), gathered from the fetches and the overlay. */
 static int
 fault_in (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t deadline_ns,
           bool *faulted, char **keep, struct early_reply *early, int *err)
 {
   uint64_t blk = first, traced = UINT64_MAX;
+  struct gather g = { NULL, NULL };
 
   pthread_mutex_lock (&d->lock);
   while ((blk = meta_next (d->md, META_PRESENT, false, blk)) < end) {
@@ -721,21 +801,42 @@ fault_in (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t deadline_ns
 
     /* The streamer gives way while this is in flight. */
     __atomic_fetch_add (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
-    bool whole = keep && blk == first && run == end;
-    int r = fetch_blocks (d, blk, run, deadline_ns, whole ? keep : NULL,
-                          whole ? early : NULL, err);
+    bool whole = keep && blk == first && run == end, unstored = false;
+    char *got = NULL;
+    int r = fetch_blocks (d, blk, run, deadline_ns, keep ? &got : NULL,
+                          whole ? early : NULL, keep ? &unstored : NULL, err);
     if (r == 0)
       __atomic_fetch_add (&d->fg_fetched_bytes, blocks_length (d, blk, run), __ATOMIC_RELAXED);
     __atomic_store_n (&d->last_fg_ns, now_ns (), __ATOMIC_SEQ_CST);
     __atomic_fetch_sub (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
 
     release_busy (d, &self);
-    if (r == -1)
+    if (r == 0 && got) {
+      if (whole)
+        *keep = got;
+      else {
+        if (unstored)
+          r = gather_add (d, &g, first, end, blk, run, got, err);
+        iobuf_put (got, blocks_length (d, blk, run));
+      }
+    }
+    if (r == -1) {
+      gather_free (d, &g, first, end);
       return -1;
+    }
     blk = run;
     pthread_mutex_lock (&d->lock);
   }
   pthread_mutex_unlock (&d->lock);
+  if (g.buf) {
+    if (gather_finish (d, &g, first, end, err) == -1) {
+      gather_free (d, &g, first, end);
+      return -1;
+    }
+    *keep = g.buf;
+    g.buf = NULL;
+    gather_free (d, &g, first, end);
+  }
   return 0;
 }
 
@@ -869,13 +970,27 @@ cor_read (struct cor_disk *d, void *buf, size_t count, uint64_t offset, int *err
  * failed flush (the parent, or a connection that held unflushed writes,
  * went away) leaves clean blocks the parent may lack: every block is
  * then marked suspect, which abort (and merge) copy to the parent again
- * and mirror writes never clear.  Coarse, and only on a failure; a block
- * list would be lost with a concurrent flush that took the failure
- * (rnbd_flush reports a lost connection once).  0 or -1 with *err. */
+ * and mirror writes never clear.  Coarse, and only on a failure (which
+ * blocks were on a lost connection is not known).  A loss found by
+ * another flush (a merge or abort chunk's) fails this one too when it may
+ * hold writes issued since the previous mirror flush began
+ * (remote_flush_since).  A parent that offers no flush fails every one
+ * (EOPNOTSUPP).  0 or -1 with *err. */
 int
 cor_mirror_flush (struct cor_disk *d, int *err)
 {
-  if (remote_flush (d->remote, now_ns () + d->hold_ns, err) == 0)
+  /* The writes this flush must cover were issued after the last flush
+   * began: that one covered (or, failing, marked suspect) every write
+   * issued before it. */
+  uint64_t start = now_ns (), since = __atomic_load_n (&d->mirror_flushed_ns, __ATOMIC_SEQ_CST);
+  int r = remote_flush_since (d->remote, false, since, start + d->hold_ns, err);
+
+  /* Advance, never back (flushes may overlap). */
+  while (since < start &&
+         !__atomic_compare_exchange_n (&d->mirror_flushed_ns, &since, start, false,
+                                       __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+    ;
+  if (r == 0)
     return 0;
   meta_set (d->md, META_SUSPECT, 0, d->nr_blocks);
   log_error ("cor: disk %s: mirror: flushing the parent %s failed (%s); every block "
@@ -887,16 +1002,25 @@ cor_mirror_flush (struct cor_disk *d, int *err)
 /* Mirror mode, with blocks [first, end) owned and partial edge blocks
  * present: the block is dirty (in memory) from before either write until
  * both succeeded; an overlay failure drops the blocks from the overlay
- * (not present, punched: reads go to the parent, which has the data if
- * its write succeeded); a parent failure leaves them dirty for abort.
- * The write is acknowledged only when both have it.  0 or -1 (*err). */
+ * (not present: reads go to the parent, which has the data if its write
+ * succeeded); a parent failure leaves them dirty for abort.  The write
+ * is acknowledged only when both have it.  0 or -1 (*err).
+ *
+ * The dropped blocks are not punched: the cleared present bit reaches
+ * the index only with the next commit (up to COMMIT_INTERVAL_S later),
+ * and a crash before it would leave a present block reading zeros where
+ * the guest never wrote any (abort would then copy those zeros to the
+ * parent).  Unpunched, each byte of the range holds its old data or this
+ * unacknowledged write's, whichever index survives; forcing a commit
+ * first instead would mean an fdatasync of the overlay that just failed.
+ * The space is reused when the blocks are fetched again. */
 static int
 mirror_write (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offset,
               uint64_t first, uint64_t end, uint64_t deadline_ns, int *err)
 {
   uint64_t nr = end - first;
   bool *was_dirty = malloc (nr);
-  char *zeros = NULL;
+  bool zeros = !buf;
   int r = 0, oerr = 0;
 
   if (!was_dirty) {
@@ -907,15 +1031,13 @@ mirror_write (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offs
     was_dirty[b] = meta_test (d->md, META_DIRTY, first + b);
   meta_set (d->md, META_DIRTY, first, nr);
   meta_set (d->md, META_CHANGED, first, nr);
-  if (!buf && !(buf = zeros = calloc (1, count))) {
-    free (was_dirty);
-    *err = ENOMEM;
-    return -1;
-  }
-  if (remote_pwrite (d->remote, buf, count, offset, deadline_ns, err) == -1) {
-    log_error ("cor: disk %s: mirror: parent write of %" PRIu64 " bytes at offset %"
+  /* A discard may cover GiBs (fstrim, mkfs): the parent zeroes the range
+   * itself where it can, else it is sent from a small buffer. */
+  if ((zeros ? remote_pwrite_zeros (d->remote, offset, count, deadline_ns, err)
+       : remote_pwrite (d->remote, buf, count, offset, deadline_ns, err)) == -1) {
+    log_error ("cor: disk %s: mirror: parent %s of %" PRIu64 " bytes at offset %"
                PRIu64 " failed; the blocks stay dirty (abort will copy them)",
-               d->name, count, offset);
+               d->name, zeros ? "zeroing" : "write", count, offset);
     r = -1;
   }
   if ((zeros ? overlay_zero (d, offset, count)
@@ -924,9 +1046,6 @@ mirror_write (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offs
     log_error ("cor: disk %s: mirror: overlay write at offset %" PRIu64 ": %s; "
                "dropping the blocks from the overlay", d->name, offset, strerror (oerr));
     meta_clear (d->md, META_PRESENT, first, nr);
-    if (overlay_zero (d, block_offset (d, first), blocks_length (d, first, end)) == -1)
-      log_error ("cor: disk %s: mirror: punching offset %" PRIu64 ": %m", d->name,
-                 block_offset (d, first));
     if (r == 0)
       *err = oerr;
     r = -1;
@@ -944,7 +1063,6 @@ mirror_write (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offs
     if (!zeros)
       __atomic_fetch_add (&d->guest_write_bytes, count, __ATOMIC_RELAXED);
   }
-  free (zeros);
   free (was_dirty);
   return r;
 }
@@ -999,10 +1117,10 @@ modify (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offset, in
   if (!meta_test (d->md, META_PRESENT, first) &&
       (offset != block_offset (d, first) ||
        offset + count < block_offset (d, first) + blocks_length (d, first, first + 1)))
-    r = fetch_blocks (d, first, first + 1, deadline_ns, NULL, NULL, err);
+    r = fetch_blocks (d, first, first + 1, deadline_ns, NULL, NULL, NULL, err);
   if (r == 0 && last != first && !meta_test (d->md, META_PRESENT, last) &&
       offset + count < block_offset (d, last) + blocks_length (d, last, last + 1))
-    r = fetch_blocks (d, last, last + 1, deadline_ns, NULL, NULL, err);
+    r = fetch_blocks (d, last, last + 1, deadline_ns, NULL, NULL, NULL, err);
   __atomic_store_n (&d->last_fg_ns, now_ns (), __ATOMIC_SEQ_CST);
   __atomic_fetch_sub (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
 
@@ -1091,7 +1209,7 @@ fetch_sparse (struct cor_disk *d, uint64_t first, uint64_t end,
       __atomic_fetch_add (&d->zero_skipped_bytes, len, __ATOMIC_RELAXED);
     }
     else {
-      if (fetch_blocks (d, blk, run, deadline_ns, NULL, NULL, err) == -1) {
+      if (fetch_blocks (d, blk, run, deadline_ns, NULL, NULL, NULL, err) == -1) {
         free (z);
         return -1;
       }
@@ -1134,7 +1252,7 @@ cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
     if (fg) {
       /* On behalf of a guest: the streamer gives way as to a fault. */
       __atomic_fetch_add (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
-      r = fetch_blocks (d, blk, run, deadline_ns, NULL, NULL, err) == 0
+      r = fetch_blocks (d, blk, run, deadline_ns, NULL, NULL, NULL, err) == 0
           ? (int64_t) blocks_length (d, blk, run) : -1;
       __atomic_store_n (&d->last_fg_ns, now_ns (), __ATOMIC_SEQ_CST);
       __atomic_fetch_sub (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
@@ -1382,6 +1500,10 @@ cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
   c.may_compare = meta_next (d->md, META_SUSPECT, true, first) < end &&
                   remote_flush_covers_all (d->remote, deadline_ns, &e2) == 1;
 
+  /* Before our first write: the flush must fail if a lost connection
+   * took any write issued since (whoever's flush finds it). */
+  uint64_t since_ns = now_ns ();
+
   /* 1. Copy runs of present blocks that need it, several at once.  A
    * helper that cannot start only means fewer at once. */
   pthread_mutex_init (&c.lock, NULL);
@@ -1402,9 +1524,8 @@ cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
    * Blocks found equal need a flush as much as written ones, and one
    * that reaches what other connections wrote (remote_flush_all): the
    * data read back may not be stable yet. */
-  if (r == 0 && c.equal > 0 && remote_flush_all (d->remote, deadline_ns, err) == -1)
-    r = -1;
-  else if (r == 0 && c.equal == 0 && written > 0 && remote_flush (d->remote, deadline_ns, err) == -1)
+  if (r == 0 && (c.equal > 0 || written > 0) &&
+      remote_flush_since (d->remote, c.equal > 0, since_ns, deadline_ns, err) == -1)
     r = -1;
   if (r == 0)
     for (blk = first; blk < end; blk++)

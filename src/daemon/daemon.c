@@ -855,7 +855,7 @@ run_daemon (struct mount_opts *o, int ready_fd)
 
   if (cor_engine_start (e) == -1)
     goto out;
-  if (!(mg = merge_new ()))
+  if (!(mg = merge_new (o->state)))
     goto out;
   snprintf (path, sizeof path, "%s/corfs.sock", o->state);
   if (ctl_start (e, mg, path, &ctl) == -1)

@@ -18,22 +18,33 @@
  * Flatten: start the streamer, wait for completion, then record the disk
  * standalone and release the parent for good.  Copy (--to FILE): read the
  * disk through the engine in 1 MiB pieces and write non-zero pieces to
- * FILE (sparse), then fdatasync it.
+ * FILE.partial (sparse, mode 0600, created with O_EXCL|O_NOFOLLOW), then
+ * fsync it, rename it over FILE and fsync the directory: FILE is replaced
+ * only by a whole copy, and a symlink at either name is never followed.
+ * The partial file is recorded in STATE/NAME.copy (its device, inode and
+ * the bytes made durable so far); a copy to the same FILE started again
+ * (after a failure or a restart) reopens that file only if it is still
+ * the recorded one, and continues.  FILE may not be in the state
+ * directory (the index, overlays, socket, log) nor be a file:// parent.
  *
  * Notes on the thread model: one thread per job, created by
  * merge_control/merge_flatten (ctl's thread) and joined by the next job
  * on the same disk or by merge_free.  mg->lock protects the job list and
  * every job's state fields; it is never held across engine or remote
- * calls.  Jobs wait on mg->cond (pause, rate changes, cancel).
+ * calls.  Jobs wait on mg->cond (pause, rate changes, cancel).  A copy's
+ * partial file (fd, paths) is opened by the starter before the thread
+ * exists, used only by the job's thread, and closed by whoever joins it.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -51,6 +62,9 @@
 /* Copy reads and writes this much at a time; an all-zero piece is left a
  * hole in the file. */
 #define COPY_PIECE (1 << 20)
+/* A copy makes its progress durable (fdatasync, then the record) this
+ * often, so that a copy started again continues from there. */
+#define COPY_CHECKPOINT (256 << 20)
 /* How long one chunk may retry inside the remote layer before the job
  * records the error (status, merge-error event) and backs off: short, so
  * that a failing parent shows at once; the job itself never gives up. */
@@ -71,7 +85,11 @@ struct job {
   struct cor_disk *d;
   enum kind kind;
   pthread_t thread;
-  char *to;                     /* K_COPY */
+  char *to;                     /* K_COPY: the final name */
+  char *partial;                /* K_COPY: to + ".partial", open as fd */
+  char *record;                 /* K_COPY: STATE/NAME.copy */
+  int fd;                       /* K_COPY */
+  uint64_t start;               /* K_COPY: bytes already durable in partial */
   /* protected by mg->lock */
   enum jstate state;
   uint64_t rate, done, total, passes, errors;
@@ -84,24 +102,53 @@ struct merge {
   pthread_mutex_t lock;         /* protects jobs and their state fields */
   pthread_cond_t cond;          /* state or rate changes */
   struct job *jobs;
+  char *state_dir;              /* canonical; copies may not go there */
 };
 
 struct merge *
-merge_new (void)
+merge_new (const char *state_dir)
 {
   struct merge *mg = calloc (1, sizeof *mg);
 
   if (!mg)
     return NULL;
+  if (!(mg->state_dir = realpath (state_dir, NULL))) {
+    free (mg);
+    return NULL;
+  }
   pthread_mutex_init (&mg->lock, NULL);
   cond_init_monotonic (&mg->cond);
   return mg;
+}
+
+static const char *
+owner_state_name (enum meta_state s)
+{
+  switch (s) {
+  case META_ACTIVE: return "active";
+  case META_INCOMING: return "incoming";
+  case META_ACTIVATING: return "activating";
+  case META_HANDED_OFF: return "handed-off";
+  case META_STANDALONE: return "standalone";
+  }
+  return "in an unknown state";
 }
 
 static bool
 finished (enum jstate s)
 {
   return s != J_RUNNING && s != J_PAUSED;
+}
+
+static void
+job_free (struct job *j)
+{
+  if (j->fd >= 0)
+    close (j->fd);
+  free (j->to);
+  free (j->partial);
+  free (j->record);
+  free (j);
 }
 
 void
@@ -119,11 +166,11 @@ merge_free (struct merge *mg)
     struct job *j = mg->jobs;
     mg->jobs = j->next;
     pthread_join (j->thread, NULL);
-    free (j->to);
-    free (j);
+    job_free (j);
   }
   pthread_cond_destroy (&mg->cond);
   pthread_mutex_destroy (&mg->lock);
+  free (mg->state_dir);
   free (mg);
 }
 
@@ -322,8 +369,13 @@ run_merge (struct job *j)
       }
       int64_t r = cor_writeback (d, blk, end, now_ns () + CHUNK_DEADLINE_NS, &err);
       if (r == -1) {
-        set_error (j, "offset %" PRIu64 ": %s", blk << cor_disk_block_shift (d),
-                   strerror (err));
+        if (err == EOPNOTSUPP)
+          set_error (j, "offset %" PRIu64 ": the parent %s offers no flush: what was "
+                     "written to it cannot be made durable, so nothing is marked merged",
+                     blk << cor_disk_block_shift (d), remote_url (cor_disk_remote (d)));
+        else
+          set_error (j, "offset %" PRIu64 ": %s", blk << cor_disk_block_shift (d),
+                     strerror (err));
         cor_emit (d, "merge-error", 0, 0, j->last_error);
         log_warn ("merge: disk %s: %s; retrying in %.1f s", cor_disk_name (d),
                   j->last_error, backoff / 1e9);
@@ -404,20 +456,124 @@ run_flatten (struct job *j)
   finish (j, J_DONE);
 }
 
+/* The record of a copy's partial file: "dev ino done to" on one line,
+ * replaced atomically (written aside, fsync'd, renamed). */
+static int
+copy_record_write (const char *record, dev_t dev, ino_t ino, uint64_t done, const char *to)
+{
+  char tmp[PATH_MAX + 8];
+  FILE *f;
+  int ok;
+
+  snprintf (tmp, sizeof tmp, "%s.tmp", record);
+  if (!(f = fopen (tmp, "we")))
+    return -1;
+  fprintf (f, "%ju %ju %" PRIu64 " %s\n", (uintmax_t) dev, (uintmax_t) ino, done, to);
+  ok = fflush (f) == 0 && fsync (fileno (f)) == 0;
+  if (fclose (f) != 0 || !ok || rename (tmp, record) == -1) {
+    int e = errno;
+    unlink (tmp);
+    errno = e;
+    return -1;
+  }
+  return 0;
+}
+
+/* 0 with the record's fields, or -1 (none, or unreadable). */
+static int
+copy_record_read (const char *record, dev_t *dev, ino_t *ino, uint64_t *done,
+                  char *to, size_t len)
+{
+  FILE *f = fopen (record, "re");
+  uintmax_t dv, in;
+  uint64_t dn;
+  char line[PATH_MAX + 128];
+  int n = -1;
+
+  if (!f)
+    return -1;
+  if (fgets (line, sizeof line, f) && sscanf (line, "%ju %ju %" SCNu64 " %n", &dv, &in, &dn, &n) == 3 &&
+      n > 0 && line[n] == '/') {
+    line[strcspn (line, "\n")] = '\0';
+    snprintf (to, len, "%s", line + n);
+    *dev = dv;
+    *ino = in;
+    *done = dn;
+    n = 0;
+  }
+  else
+    n = -1;
+  fclose (f);
+  return n;
+}
+
+/* fsync the directory holding path (the rename must be durable too). */
+static int
+fsync_parent_dir (const char *path)
+{
+  char dir[PATH_MAX];
+  const char *slash = strrchr (path, '/');
+  int fd, r;
+
+  snprintf (dir, sizeof dir, "%.*s", slash && slash != path ? (int) (slash - path) : 1,
+            slash && slash != path ? path : "/");
+  if ((fd = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
+    return -1;
+  r = fsync (fd);
+  close (fd);
+  return r;
+}
+
+/* Record the partial file and its durable progress.  Only a copy started
+ * again needs the record: failing to write it (the state directory's
+ * filesystem is full) is logged, and the copy goes on. */
+static void
+copy_record (struct job *j, const struct stat *st, uint64_t done)
+{
+  if (copy_record_write (j->record, st->st_dev, st->st_ino, done, j->to) == -1)
+    log_warn ("merge: disk %s: recording the copy's progress in %s: %m (a copy started "
+              "again will not continue %s)", cor_disk_name (j->d), j->record, j->partial);
+}
+
+/* Make the first done bytes of the partial file durable and record them. */
+static int
+copy_checkpoint (struct job *j, uint64_t done)
+{
+  struct stat st;
+
+  if (fdatasync (j->fd) == -1 || fstat (j->fd, &st) == -1)
+    return -1;
+  copy_record (j, &st, done);
+  return 0;
+}
+
+/* A zero piece of a continued copy may hold data from the earlier run. */
+static int
+copy_zero (int fd, uint64_t off, size_t n)
+{
+  static const char zeros[COPY_PIECE];
+
+  if (fallocate (fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, n) == 0)
+    return 0;
+  return errno == EOPNOTSUPP ? full_pwrite (fd, zeros, n, off) : -1;
+}
+
 static void
 run_copy (struct job *j)
 {
   struct cor_disk *d = j->d;
-  uint64_t size = cor_disk_size (d);
+  uint64_t size = cor_disk_size (d), off = j->start, checkpoint = j->start;
   char *buf = malloc (COPY_PIECE);
-  int fd, err = 0;
+  int err = 0;
 
-  fd = open (j->to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (!buf || fd == -1 || ftruncate (fd, size) == -1) {
-    set_error (j, "%s: %s", j->to, strerror (buf ? errno : ENOMEM));
+  if (!buf) {
+    set_error (j, "out of memory");
     goto fail;
   }
-  for (uint64_t off = 0; off < size; ) {
+  if (j->start)
+    log_info ("merge: disk %s: continuing the copy to %s at offset %" PRIu64,
+              cor_disk_name (d), j->to, j->start);
+  while (off < size) {
     size_t n = size - off < COPY_PIECE ? size - off : COPY_PIECE;
     if (!keep_going (j))
       goto out;
@@ -425,21 +581,35 @@ run_copy (struct job *j)
       set_error (j, "reading the disk at offset %" PRIu64 ": %s", off, strerror (err ? err : EIO));
       goto fail;
     }
-    if (!is_zero (buf, n) && full_pwrite (fd, buf, n, off) == -1) {
-      set_error (j, "%s: write at offset %" PRIu64 ": %s", j->to, off, strerror (errno));
+    if (!is_zero (buf, n) ? full_pwrite (j->fd, buf, n, off) == -1
+        : j->start > 0 && copy_zero (j->fd, off, n) == -1) {
+      set_error (j, "%s: write at offset %" PRIu64 ": %s", j->partial, off, strerror (errno));
       goto fail;
     }
     off += n;
+    if (off - checkpoint >= COPY_CHECKPOINT && off < size) {
+      if (copy_checkpoint (j, off) == -1) {
+        set_error (j, "%s: %s", j->partial, strerror (errno));
+        goto fail;
+      }
+      checkpoint = off;
+    }
     pthread_mutex_lock (&j->mg->lock);
     j->done = off;
     pthread_mutex_unlock (&j->mg->lock);
   }
-  if (fdatasync (fd) == -1 || close (fd) == -1) {
-    fd = -1;
-    set_error (j, "%s: %s", j->to, strerror (errno));
+  /* Whole and durable: only now may it replace FILE. */
+  if (fsync (j->fd) == -1 || close (j->fd) == -1) {
+    j->fd = -1;
+    set_error (j, "%s: %s", j->partial, strerror (errno));
     goto fail;
   }
-  fd = -1;
+  j->fd = -1;
+  if (rename (j->partial, j->to) == -1 || fsync_parent_dir (j->to) == -1) {
+    set_error (j, "renaming %s to %s: %s", j->partial, j->to, strerror (errno));
+    goto fail;
+  }
+  unlink (j->record);
   log_info ("merge: disk %s: copied to %s", cor_disk_name (d), j->to);
   cor_emit (d, "copy-complete", size, size, j->to);
   finish (j, J_DONE);
@@ -449,8 +619,9 @@ run_copy (struct job *j)
   cor_emit (d, "copy-failed", 0, 0, j->last_error);
   finish (j, J_FAILED);
  out:
-  if (fd >= 0)
-    close (fd);
+  /* Keep what is durable for a copy started again. */
+  if (j->fd >= 0 && checkpoint < off && copy_checkpoint (j, off) == 0)
+    checkpoint = off;
   free (buf);
 }
 
@@ -465,6 +636,122 @@ job_thread (void *arg)
   case K_COPY: run_copy (j); break;
   }
   return NULL;
+}
+
+/* Is path (canonical) dir itself or inside it? */
+static bool
+path_within (const char *path, const char *dir)
+{
+  size_t n = strlen (dir);
+  return strncmp (path, dir, n) == 0 && (path[n] == '\0' || path[n] == '/' || n == 1);
+}
+
+/* Refuse a copy target that would replace what the disk runs on: a file
+ * in the state directory (index, overlays, socket, log, records) or the
+ * file:// parent, by name or, where it exists, by what it resolves to
+ * (the rename replaces only the name, but a copy named after either is
+ * a mistake).  canon receives the canonical target.  0 or -1 (errbuf). */
+static int
+copy_target_check (struct merge *mg, struct cor_disk *d, const char *to, char *canon,
+                   size_t canon_len, char *errbuf, size_t len)
+{
+  const char *slash = strrchr (to, '/'), *base = slash ? slash + 1 : to;
+  char dir[PATH_MAX], rdir[PATH_MAX], rto[PATH_MAX];
+  struct remote *r = cor_disk_remote (d);
+  struct stat st, pst;
+
+  if (!slash || !*base || !strcmp (base, ".") || !strcmp (base, "..")) {
+    snprintf (errbuf, len, "--to %s: not a file name", to);
+    return -1;
+  }
+  snprintf (dir, sizeof dir, "%.*s", slash == to ? 1 : (int) (slash - to), to);
+  if (!realpath (dir, rdir)) {
+    snprintf (errbuf, len, "--to %s: %s: %s", to, dir, strerror (errno));
+    return -1;
+  }
+  snprintf (canon, canon_len, "%s/%s", strcmp (rdir, "/") ? rdir : "", base);
+  bool exists = lstat (canon, &st) == 0;
+  if (exists && S_ISDIR (st.st_mode)) {
+    snprintf (errbuf, len, "--to %s is a directory", to);
+    return -1;
+  }
+  if (path_within (canon, mg->state_dir) ||
+      (exists && realpath (canon, rto) && path_within (rto, mg->state_dir))) {
+    snprintf (errbuf, len, "--to %s is in the state directory %s: refusing to replace "
+              "the daemon's own files", to, mg->state_dir);
+    return -1;
+  }
+  if (!strcmp (remote_backend (r), "file")) {
+    const char *ppath = remote_url (r) + strlen ("file://");
+    bool same = !strcmp (canon, ppath) || (exists && realpath (canon, rto) && !strcmp (rto, ppath));
+    if (!same && stat (ppath, &pst) == 0 && stat (canon, &st) == 0)
+      same = st.st_dev == pst.st_dev && st.st_ino == pst.st_ino;
+    if (!same && realpath (ppath, rto))
+      same = !strcmp (canon, rto);
+    if (same) {
+      snprintf (errbuf, len, "--to %s is the disk's parent %s: refusing to replace it",
+                to, remote_url (r));
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* Open the partial file of a copy to `to` for j: a new one (O_EXCL, never
+ * through a symlink, 0600), or the one this disk's earlier copy to the
+ * same file left, if its device and inode are still the recorded ones.
+ * 0 or -1 (errbuf). */
+static int
+copy_open (struct merge *mg, struct cor_disk *d, struct job *j, const char *to,
+           char *errbuf, size_t len)
+{
+  char canon[PATH_MAX + 256], rec_to[PATH_MAX + 256];
+  dev_t dev = 0;
+  ino_t ino = 0;
+  uint64_t done = 0;
+  struct stat st;
+
+  if (copy_target_check (mg, d, to, canon, sizeof canon, errbuf, len) == -1)
+    return -1;
+  if (asprintf (&j->partial, "%s.partial", canon) == -1 ||
+      asprintf (&j->record, "%s/%s.copy", mg->state_dir, cor_disk_name (d)) == -1 ||
+      !(j->to = strdup (canon))) {
+    snprintf (errbuf, len, "out of memory");
+    return -1;
+  }
+  j->fd = open (j->partial, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (j->fd >= 0) {
+    if (fstat (j->fd, &st) == -1 || ftruncate (j->fd, cor_disk_size (d)) == -1) {
+      snprintf (errbuf, len, "%s: %s", j->partial, strerror (errno));
+      close (j->fd);
+      j->fd = -1;
+      unlink (j->partial);
+      return -1;
+    }
+    j->d = d;
+    copy_record (j, &st, 0);
+    return 0;
+  }
+  if (errno != EEXIST) {
+    snprintf (errbuf, len, "%s: %s", j->partial, strerror (errno));
+    return -1;
+  }
+  /* It exists: continue it only if it is the one we recorded. */
+  if (copy_record_read (j->record, &dev, &ino, &done, rec_to, sizeof rec_to) == -1 ||
+      strcmp (rec_to, j->to) != 0 ||
+      (j->fd = open (j->partial, O_WRONLY | O_NOFOLLOW | O_CLOEXEC)) == -1 ||
+      fstat (j->fd, &st) == -1 || !S_ISREG (st.st_mode) ||
+      st.st_dev != dev || st.st_ino != ino) {
+    snprintf (errbuf, len, "%s exists and is not the partial copy that disk %s left "
+              "there: remove it to copy to %s", j->partial, cor_disk_name (d), j->to);
+    return -1;
+  }
+  if (ftruncate (j->fd, cor_disk_size (d)) == -1) {
+    snprintf (errbuf, len, "%s: %s", j->partial, strerror (errno));
+    return -1;
+  }
+  j->start = done <= cor_disk_size (d) ? done : 0;
+  return 0;
 }
 
 /* Start a job of kind on d (replacing a finished one).  0 or -1 (errbuf). */
@@ -490,13 +777,16 @@ start_job (struct merge *mg, struct cor_disk *d, enum kind kind, uint64_t rate,
   pthread_mutex_unlock (&mg->lock);
   if (old) {
     pthread_join (old->thread, NULL);
-    free (old->to);
-    free (old);
+    job_free (old);
   }
   j = calloc (1, sizeof *j);
-  if (!j || (to && !(j->to = strdup (to)))) {
-    free (j);
+  if (!j) {
     snprintf (errbuf, len, "out of memory");
+    return -1;
+  }
+  j->fd = -1;
+  if (to && copy_open (mg, d, j, to, errbuf, len) == -1) {
+    job_free (j);
     return -1;
   }
   j->mg = mg;
@@ -505,12 +795,12 @@ start_job (struct merge *mg, struct cor_disk *d, enum kind kind, uint64_t rate,
   j->state = J_RUNNING;
   j->rate = rate == UINT64_MAX ? 0 : rate;
   j->total = kind == K_MERGE ? remaining_bytes (d) : cor_disk_size (d);
+  j->done = j->start;
   pthread_mutex_lock (&mg->lock);
   if (thread_create_nosig (&j->thread, job_thread, j) == -1) {
     pthread_mutex_unlock (&mg->lock);
     snprintf (errbuf, len, "cannot start a thread: %s", strerror (errno));
-    free (j->to);
-    free (j);
+    job_free (j);
     return -1;
   }
   j->next = mg->jobs;
@@ -572,6 +862,14 @@ merge_control (struct merge *mg, struct cor_disk *d, const char *action,
   if (rec.state == META_STANDALONE) {
     snprintf (errbuf, len, "disk %s is standalone (flattened): it has no parent to merge into",
               cor_disk_name (d));
+    return -1;
+  }
+  if (rec.state != META_ACTIVE) {
+    /* Incoming: the source still writes the parent, and a merge would
+     * turn the identity check off under it; handed off: the disk is no
+     * longer ours to write anywhere. */
+    snprintf (errbuf, len, "disk %s is %s: only an active disk can be merged into its "
+              "parent", cor_disk_name (d), owner_state_name (rec.state));
     return -1;
   }
   if (!rec.parent_owned) {

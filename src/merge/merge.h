@@ -14,8 +14,10 @@
 struct cor_disk;
 struct merge;                   /* the jobs of one engine */
 
-/* Create/free the job table.  merge_free cancels and joins every job. */
-struct merge *merge_new (void);
+/* Create/free the job table (state_dir: where the daemon keeps its
+ * files; copies may not be written there).  merge_free cancels and joins
+ * every job.  merge_new: NULL with errno. */
+struct merge *merge_new (const char *state_dir);
 void merge_free (struct merge *mg);
 
 /* Start merging disk d into its parent (or steer the running merge:
@@ -26,8 +28,12 @@ int merge_control (struct merge *mg, struct cor_disk *d, const char *action,
                    bool parent_owned, uint64_t rate, char *errbuf, size_t len);
 
 /* Start flattening d: fill it (starting the streamer if needed), then
- * detach the parent for good; or, with to != NULL, copy the current disk
- * contents to the file `to` (sparse) without detaching.  0 or -1 (errbuf). */
+ * detach the parent for good; or, with to != NULL (absolute), copy the
+ * current disk contents to the file `to` (sparse, 0600) without
+ * detaching: written to `to`.partial, which replaces `to` once whole and
+ * durable; a copy to the same file started again continues that partial
+ * file if it is still the one recorded.  Refused for a `to` in the state
+ * directory or naming a file:// parent.  0 or -1 (errbuf). */
 int merge_flatten (struct merge *mg, struct cor_disk *d, const char *to,
                    char *errbuf, size_t len);
 

@@ -249,6 +249,32 @@ rfile_pwrite (struct remote *r, void *hv, const void *buf, size_t count,
   return 0;
 }
 
+/* A punched hole reads as zeros (a block device zeroes the range, or
+ * refuses: EOPNOTSUPP, and the wrapper writes zeros). */
+static int
+rfile_zero (struct remote *r, void *hv, uint64_t offset, uint64_t count,
+            uint64_t deadline_ns, int *err)
+{
+  struct rfile *h = hv;
+  int fd, ret = 0;
+
+  if (!h->writable) {
+    *err = EROFS;
+    return -1;
+  }
+  if ((fd = rfile_get (r, h, err)) == -1)
+    return -1;
+  if (fallocate (fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, count) == -1) {
+    *err = errno == EOPNOTSUPP || errno == ENOSYS ? EOPNOTSUPP : errno;
+    if (*err != EOPNOTSUPP)
+      remote_note_error (r, "punching %" PRIu64 " bytes at offset %" PRIu64 ": %m",
+                         count, offset);
+    ret = -1;
+  }
+  rfile_put (h);
+  return ret;
+}
+
 static int
 rfile_flush (struct remote *r, void *hv, bool all, uint64_t deadline_ns, int *err)
 {
@@ -316,6 +342,7 @@ rfile_flush_covers_all (struct remote *r, void *hv, uint64_t deadline_ns, int *e
 const struct remote_ops rfile_ops = {
   .parent_writable = rfile_parent_writable,
   .pwrite = rfile_pwrite,
+  .zero = rfile_zero,
   .flush = rfile_flush,
   .flush_covers_all = rfile_flush_covers_all,
   .make_writable = rfile_make_writable,

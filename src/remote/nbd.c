@@ -40,6 +40,7 @@ struct rnbd_conn {
   bool ever_connected;
   bool wrote;                   /* written since its last flush */
   bool lost_writes;             /* dropped while holding unflushed writes */
+  uint64_t lost_ns;             /* when (now_ns), if lost_writes */
 };
 
 struct rnbd {
@@ -135,6 +136,7 @@ drop_conn (struct rnbd_conn *c)
 {
   if (c->wrote) {
     c->lost_writes = true;      /* the next flush must fail */
+    c->lost_ns = now_ns ();     /* every lost write returned before this */
     c->wrote = false;
   }
   if (c->nbd) {
@@ -559,6 +561,40 @@ rnbd_pwrite (struct remote *r, void *hv, const void *buf, size_t count,
   return ret;
 }
 
+/* WRITE_ZEROES, in pieces the server accepts (the protocol's length is
+ * 32 bits); the server may punch holes.  EOPNOTSUPP where it offers no
+ * zeroing (the wrapper then writes zeros). */
+#define MAX_ZERO (1ULL << 30)
+
+static int
+rnbd_zero (struct remote *r, void *hv, uint64_t offset, uint64_t count,
+           uint64_t deadline_ns, int *err)
+{
+  struct rnbd *h = hv;
+  struct rnbd_conn *c = acquire_connected (r, h, deadline_ns, err);
+  int ret = 0;
+
+  if (!c)
+    return -1;
+  if (nbd_is_read_only (c->nbd) == 1 || nbd_can_zero (c->nbd) != 1) {
+    *err = nbd_is_read_only (c->nbd) == 1 ? EROFS : EOPNOTSUPP;
+    release (h, c);
+    return -1;
+  }
+  while (count > 0 && ret == 0) {
+    uint64_t n = count > MAX_ZERO ? MAX_ZERO : count;
+    ret = conn_finish (r, c, nbd_aio_zero (c->nbd, n, offset, NBD_NULL_COMPLETION, 0),
+                       min_u64 (deadline_ns, now_ns () + h->request_timeout_ns),
+                       "zero", offset, err);
+    offset += n;
+    count -= n;
+  }
+  if (ret == 0)
+    c->wrote = true;            /* as a write: only a flush makes it stable */
+  release (h, c);
+  return ret;
+}
+
 /* One FLUSH on connected connection c.  0 or -1 with *err. */
 static int
 conn_flush (struct remote *r, struct rnbd *h, struct rnbd_conn *c, uint64_t deadline_ns,
@@ -579,11 +615,18 @@ conn_flush (struct remote *r, struct rnbd *h, struct rnbd_conn *c, uint64_t dead
  * those blocks again.  Every connection is visited even after a failure,
  * so that a lost connection fails one flush, not every later one; and
  * ESTALE wins over any other error, because the lost connection is
- * reported only here: a retried flush would no longer see it.  With all,
- * success means at least one flush was sent, on a connection opened for
- * it if none is (with multi-conn, see rnbd_flush_covers_all, that one
- * covers every connection's writes, earlier daemons' included); a server
- * that offers no flush fails it (EOPNOTSUPP). */
+ * reported only here: a retried flush would no longer see it.  The flag
+ * is cleared by the flush that finds it, but the loss is passed to the
+ * wrapper with the time of the drop (remote_note_lost_writes), which
+ * fails every flush whose caller wrote since before then, whoever found
+ * it (a concurrent flusher's writes may have been on that connection
+ * too).  A connection that wrote on a server that offers no flush fails every
+ * flush (EOPNOTSUPP, not retried) and stays marked: nothing can make
+ * those writes stable.  With all, success means at least one flush was
+ * sent, on a connection opened for it if none is (with multi-conn, see
+ * rnbd_flush_covers_all, that one covers every connection's writes,
+ * earlier daemons' included); a server that offers no flush fails it
+ * (EOPNOTSUPP). */
 static int
 rnbd_flush (struct remote *r, void *hv, bool all, uint64_t deadline_ns, int *err)
 {
@@ -603,7 +646,16 @@ rnbd_flush (struct remote *r, void *hv, bool all, uint64_t deadline_ns, int *err
     if (c->lost_writes) {
       c->lost_writes = false;
       remote_note_error (r, "flush: a connection that wrote was lost before its flush");
+      remote_note_lost_writes (r, c->lost_ns);
       lost = true;
+    }
+    else if (c->wrote && c->nbd && nbd_can_flush (c->nbd) != 1) {
+      /* Nothing can make these writes stable: fail, and keep c->wrote
+       * so that every later flush fails too (the caller keeps its blocks
+       * dirty), rather than vouch for them. */
+      remote_note_error (r, "flush: the NBD server offers no flush: what was written "
+                         "cannot be made durable");
+      e = EOPNOTSUPP;
     }
     else if ((c->wrote || (all && !sent)) && c->nbd && nbd_can_flush (c->nbd) == 1) {
       if (conn_flush (r, h, c, deadline_ns, &e) == 0) {
@@ -611,8 +663,6 @@ rnbd_flush (struct remote *r, void *hv, bool all, uint64_t deadline_ns, int *err
         sent = true;
       }
     }
-    else
-      c->wrote = false;         /* nothing to flush, or the server cannot */
     release (h, c);
     if (e && !first_err)
       first_err = e;
@@ -695,6 +745,7 @@ rnbd_flush_covers_all (struct remote *r, void *hv, uint64_t deadline_ns, int *er
 const struct remote_ops rnbd_ops = {
   .parent_writable = rnbd_parent_writable,
   .pwrite = rnbd_pwrite,
+  .zero = rnbd_zero,
   .flush = rnbd_flush,
   .flush_covers_all = rnbd_flush_covers_all,
   .make_writable = rnbd_make_writable,

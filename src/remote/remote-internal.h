@@ -28,6 +28,12 @@ struct remote_ops {
   int (*pwrite) (struct remote *r, void *h, const void *buf, size_t count,
                  uint64_t offset, uint64_t deadline_ns, int *err);
   int (*flush) (struct remote *r, void *h, bool all, uint64_t deadline_ns, int *err);
+  /* Optional: make count bytes at offset read as zeros without sending
+   * them (NBD WRITE_ZEROES, a punched hole); covered by flush like a
+   * write.  EOPNOTSUPP when the parent cannot: the wrapper then writes
+   * zeros. */
+  int (*zero) (struct remote *r, void *h, uint64_t offset, uint64_t count,
+               uint64_t deadline_ns, int *err);
   /* Optional (NULL: no): see remote_flush_covers_all. */
   int (*flush_covers_all) (struct remote *r, void *h, uint64_t deadline_ns, int *err);
   int (*make_writable) (struct remote *r, void *h, uint64_t deadline_ns, int *err);
@@ -63,6 +69,13 @@ void remote_note_error (struct remote *r, const char *fmt, ...)
 
 /* Has remote_cancel been called?  Backends that wait in slices check it. */
 bool remote_is_cancelled (const struct remote *r);
+
+/* A backend's flush found that writes were lost before a flush covered
+ * them (a connection dropped while holding them), every one of them
+ * returned before lost_ns (CLOCK_MONOTONIC).  The wrapper then fails
+ * every flush whose caller's writes may be among them (remote_flush_since),
+ * not only the one that found the loss. */
+void remote_note_lost_writes (struct remote *r, uint64_t lost_ns);
 
 /* Disk name and redacted URL for messages. */
 const char *remote_disk (const struct remote *r);

@@ -2,8 +2,9 @@
  * with backoff, parent state, identity pinning.
  *
  * Notes on the thread model: any thread may call the wrappers at any
- * time.  r->lock protects the state, the last error, the identity and the
- * counters; it is never held across a backend call.  r->serialize is held
+ * time.  r->lock protects the state, the last error, the identity, the
+ * counters and the lost-write times (remote_note_lost_writes, called by a
+ * backend's flush); it is never held across a backend call.  r->serialize is held
  * across backend calls for REMOTE_SERIALIZE backends only.  The
  * block-status cache has its own two locks (see struct zcache), taken
  * query before lock, never with r->lock held.
@@ -58,6 +59,10 @@ struct remote {
   /* Our own writes to the parent bump this before and after each, so a
    * block-status answer that may predate one is never cached. */
   uint64_t write_gen;           /* atomic */
+  /* The latest time before which lost writes returned (see
+   * remote_note_lost_writes), and the latest time a loss was found; 0 if
+   * none were ever lost. */
+  uint64_t lost_writes_ns, lost_found_ns;
   struct zcache zc;
 };
 
@@ -248,7 +253,7 @@ static bool
 is_retryable (int err)
 {
   return err != ESTALE && err != EINVAL && err != ERANGE && err != EROFS &&
-    err != EPERM && err != EACCES;
+    err != EPERM && err != EACCES && err != EOPNOTSUPP;
 }
 
 /* Sleep before the next attempt: exponential backoff with jitter, cut
@@ -562,6 +567,13 @@ do_flush (struct remote *r, void *h, void *argp)
 }
 
 static int
+do_zero (struct remote *r, void *h, void *argp)
+{
+  struct write_args *a = argp;
+  return r->ops->zero (r, h, a->offset, a->count, a->deadline_ns, a->err);
+}
+
+static int
 do_make_writable (struct remote *r, void *h, void *argp)
 {
   struct write_args *a = argp;
@@ -595,11 +607,15 @@ retry_write (struct remote *r, int (*fn) (struct remote *, void *, void *),
     r->stats.retries++;
     pthread_mutex_unlock (&r->lock);
     set_state (r, REMOTE_RETRYING);
+    if (fn == do_zero && *a->err == EOPNOTSUPP)
+      return -1;                /* not an error: the caller writes zeros */
     if (!is_retryable (*a->err) || !backoff (r, &delay, a->deadline_ns)) {
       log_error ("remote: disk %s: parent %s: %s at offset %" PRIu64 " failed after "
                  "%u attempts: %s", r->disk, r->url, what, a->offset, attempts,
                  strerror (*a->err));
-      if (*a->err != EROFS && *a->err != ENOSPC)
+      /* EOPNOTSUPP: a flush the parent cannot do (no NBD FLUSH), for the
+       * caller to name. */
+      if (*a->err != EROFS && *a->err != ENOSPC && *a->err != EOPNOTSUPP)
         *a->err = EIO;
       return -1;
     }
@@ -622,18 +638,88 @@ remote_pwrite (struct remote *r, const void *buf, size_t count, uint64_t offset,
   return ret;
 }
 
+/* Zeros are written from this, a piece at a time, where the parent has
+ * no zeroing of its own. */
+#define ZERO_PIECE (1 << 20)
+static const char zero_piece[ZERO_PIECE];
+
+int
+remote_pwrite_zeros (struct remote *r, uint64_t offset, uint64_t count,
+                     uint64_t deadline_ns, int *err)
+{
+  struct write_args a = { NULL, count, offset, deadline_ns, err, false };
+  int ret = -1;
+
+  assert (count > 0);
+  __atomic_fetch_add (&r->write_gen, 1, __ATOMIC_SEQ_CST);
+  if (r->ops->zero)
+    ret = retry_write (r, do_zero, &a, "zero");
+  if (ret == -1 && (!r->ops->zero || *err == EOPNOTSUPP)) {
+    ret = 0;
+    while (count > 0 && ret == 0) {
+      size_t n = count > ZERO_PIECE ? ZERO_PIECE : count;
+      a = (struct write_args) { zero_piece, n, offset, deadline_ns, err, false };
+      ret = retry_write (r, do_pwrite, &a, "write");
+      offset += n;
+      count -= n;
+    }
+  }
+  __atomic_fetch_add (&r->write_gen, 1, __ATOMIC_SEQ_CST);
+  return ret;
+}
+
+void
+remote_note_lost_writes (struct remote *r, uint64_t lost_ns)
+{
+  pthread_mutex_lock (&r->lock);
+  if (lost_ns > r->lost_writes_ns)
+    r->lost_writes_ns = lost_ns;
+  r->lost_found_ns = now_ns ();
+  pthread_mutex_unlock (&r->lock);
+}
+
+/* The backend reports a lost connection to one flush only (it clears its
+ * mark), maybe not the one whose caller's writes were on it.  So a flush
+ * also fails when a loss found by anyone may include writes issued since
+ * since_ns, or, with since_ns UINT64_MAX (the caller cannot tell), when a
+ * loss was found while this flush ran. */
+static int
+flush_checked (struct remote *r, bool all, uint64_t since_ns, uint64_t deadline_ns, int *err)
+{
+  struct write_args a = { NULL, 0, 0, deadline_ns, err, all };
+  uint64_t start = now_ns (), lost_ns, found_ns;
+  int ret = retry_write (r, do_flush, &a, "flush");
+
+  pthread_mutex_lock (&r->lock);
+  lost_ns = r->lost_writes_ns;
+  found_ns = r->lost_found_ns;
+  pthread_mutex_unlock (&r->lock);
+  if (ret == 0 && (since_ns == UINT64_MAX ? found_ns >= start : lost_ns > since_ns)) {
+    log_error ("remote: disk %s: parent %s: flush: writes this flush must cover may "
+               "have been lost with a connection (another flush found it)", r->disk, r->url);
+    *err = EIO;
+    ret = -1;
+  }
+  return ret;
+}
+
+int
+remote_flush_since (struct remote *r, bool all, uint64_t since_ns, uint64_t deadline_ns,
+                    int *err)
+{
+  return flush_checked (r, all, since_ns, deadline_ns, err);
+}
+
 int
 remote_flush (struct remote *r, uint64_t deadline_ns, int *err)
 {
-  struct write_args a = { NULL, 0, 0, deadline_ns, err, false };
-  return retry_write (r, do_flush, &a, "flush");
+  return flush_checked (r, false, UINT64_MAX, deadline_ns, err);
 }
 
 int
 remote_flush_all (struct remote *r, uint64_t deadline_ns, int *err)
 {
-  struct write_args a = { NULL, 0, 0, deadline_ns, err, true };
-  return retry_write (r, do_flush, &a, "flush");
+  return flush_checked (r, true, UINT64_MAX, deadline_ns, err);
 }
 
 /* Ask an optional yes/no question of the backend (NULL op: no), under

@@ -74,9 +74,29 @@ int remote_pread (struct remote *r, void *buf, size_t count, uint64_t offset,
 int remote_pwrite (struct remote *r, const void *buf, size_t count, uint64_t offset,
                    uint64_t deadline_ns, int *err);
 
+/* Make count bytes at offset of the parent read as zeros, like
+ * remote_pwrite of zeros (and, like it, covered by remote_flush): with
+ * the parent's own zeroing where it has one (NBD WRITE_ZEROES, a punched
+ * hole in a file), else by writing zeros from a small buffer, never
+ * allocating count bytes.  Bounded by deadline_ns as a whole.  0 or -1
+ * with *err. */
+int remote_pwrite_zeros (struct remote *r, uint64_t offset, uint64_t count,
+                         uint64_t deadline_ns, int *err);
+
 /* Make every write that returned stable on the parent (NBD FLUSH on every
- * connection that wrote, fdatasync for files).  0 or -1 with *err. */
+ * connection that wrote, fdatasync for files).  0 or -1 with *err
+ * (EOPNOTSUPP, not retried: written to an NBD server that offers no flush,
+ * so the writes can never be made stable). */
 int remote_flush (struct remote *r, uint64_t deadline_ns, int *err);
+
+/* remote_flush (all false) or remote_flush_all (true), for a caller whose
+ * writes were all issued at or after since_ns (CLOCK_MONOTONIC): it fails
+ * too when writes issued since then were lost with a connection (NBD)
+ * before any flush covered them, even if another caller's flush was the
+ * one that found the loss.  remote_flush and remote_flush_all, whose
+ * callers cannot tell, fail on any loss found while they run. */
+int remote_flush_since (struct remote *r, bool all, uint64_t since_ns, uint64_t deadline_ns,
+                        int *err);
 
 /* Can remote_flush_all make stable whatever the parent holds, writes by
  * connections since closed (a crashed daemon's, a lost connection's)
