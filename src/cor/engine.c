@@ -185,6 +185,7 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
   struct cor_disk *d = calloc (1, sizeof *d), **nv;
   struct meta_record rec;
   struct stat st;
+  uint64_t present;
 
   if (!d || !(d->name = strdup (cfg->name))) {
     free (d);
@@ -233,17 +234,31 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
   if (cor_stream_init (d, cfg) == -1)
     goto err;
 
-  d->overlay_fd = open (cfg->overlay_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  /* Only a disk with nothing present may get a new overlay: where the
+   * index records present blocks, a missing overlay is lost data, not a
+   * file to create. */
+  present = meta_count (d->md, META_PRESENT);
+  d->overlay_fd = open (cfg->overlay_path, O_RDWR | O_CLOEXEC | (present ? 0 : O_CREAT), 0600);
   if (d->overlay_fd == -1 || fstat (d->overlay_fd, &st) == -1) {
-    log_error ("cor: disk %s: overlay %s: %m", d->name, cfg->overlay_path);
+    if (present)
+      log_error ("cor: disk %s: overlay %s: %m; the index records %" PRIu64 " blocks "
+                 "present in it", d->name, cfg->overlay_path, present);
+    else
+      log_error ("cor: disk %s: overlay %s: %m", d->name, cfg->overlay_path);
     goto err;
   }
   if ((uint64_t) st.st_size != d->size) {
     /* A new overlay is extended to the disk size (sparse).  One with
-     * another size while blocks are recorded present is not ours. */
-    if (st.st_size != 0 && meta_count (d->md, META_PRESENT) > 0) {
-      log_error ("cor: disk %s: overlay %s has size %" PRIu64 " but the disk is %"
-                 PRIu64 " bytes", d->name, cfg->overlay_path, (uint64_t) st.st_size, d->size);
+     * another size while blocks are recorded present is not ours, or
+     * was lost (an empty file): its blocks would read as zeros. */
+    if (present > 0) {
+      if (st.st_size == 0)
+        log_error ("cor: disk %s: overlay %s is empty, but the index records %" PRIu64
+                   " blocks present in it (was it lost or replaced?); refusing to serve "
+                   "zeros for them", d->name, cfg->overlay_path, present);
+      else
+        log_error ("cor: disk %s: overlay %s has size %" PRIu64 " but the disk is %"
+                   PRIu64 " bytes", d->name, cfg->overlay_path, (uint64_t) st.st_size, d->size);
       errno = EINVAL;
       goto err;
     }
