@@ -158,6 +158,15 @@ cor_engine_free (struct cor_engine *e)
   return ret;
 }
 
+/* Why a re-pin failed, for a message: the parent's last error (it names
+ * what the parent did, e.g. an absurd size), else strerror (err). */
+static const char *
+repin_why (struct cor_disk *d, int err, char *buf, size_t len)
+{
+  remote_status (d->remote, buf, len);
+  return *buf ? buf : strerror (err);
+}
+
 /* The parent is final (an interrupted activation found at mount): put
  * its identity in rec.  The mount pinned it on its first connection; a
  * disk that made none is pinned here.  0 or -1 (logged). */
@@ -169,8 +178,10 @@ pin_parent (struct cor_disk *d, struct meta_record *rec)
 
   remote_identity (d->remote, id, sizeof id);
   if (!*id && remote_repin (d->remote, id, sizeof id, now_ns () + d->hold_ns, &err) == -1) {
+    char why[1280];
     log_error ("cor: disk %s: finishing an interrupted activation: cannot pin the "
-               "identity of parent %s: %s", d->name, remote_url (d->remote), strerror (err));
+               "identity of parent %s: %s", d->name, remote_url (d->remote),
+               repin_why (d, err, why, sizeof why));
     errno = err;
     return -1;
   }
@@ -1506,10 +1517,11 @@ cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size
   {
     char id[META_ID_MAX];
     if (remote_repin (d->remote, id, sizeof id, now_ns () + d->hold_ns, &err) == -1) {
+      char why[1280];
       snprintf (errbuf, len, "disk %s: activation: cannot pin the identity of parent %s "
                 "(%s); the disk stays incoming until `activate` is repeated with epoch %"
                 PRIu64 " or the disk is mounted again", d->name, remote_url (d->remote),
-                strerror (err), epoch);
+                repin_why (d, err, why, sizeof why), epoch);
       goto fail;
     }
     remote_set_modifying (d->remote, false);
@@ -1734,10 +1746,11 @@ cor_abort (struct cor_disk *d, char *errbuf, size_t len)
   {
     char id[META_ID_MAX];
     if (remote_repin (d->remote, id, sizeof id, now_ns () + d->hold_ns, &err) == -1) {
+      char why[1280];
       __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
       snprintf (errbuf, len, "disk %s: abort: cannot pin the identity of parent %s (%s); "
                 "the mirror is still active, try again", d->name, remote_url (d->remote),
-                strerror (err));
+                repin_why (d, err, why, sizeof why));
       pthread_mutex_unlock (&d->owner_lock);
       return -1;
     }
