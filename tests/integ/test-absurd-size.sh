@@ -11,6 +11,9 @@
 #    disk is not active; a read fails with EIO;
 #  - the real size again: the same `activate` (same epoch) succeeds and
 #    the disk reads the image.
+# And an NBD export of 2^63-1 bytes (nbdkit null): the mount is refused
+# with a message naming the parent and the size (63d3432: "Cannot
+# allocate memory" from the index).
 . "$(dirname "$0")/../functions.sh"
 requires fusermount3 --version
 requires jq --version
@@ -84,4 +87,20 @@ rc=0; "$CORFS" activate --state "$st" d --epoch 1 > "$T/out" 2>&1 || rc=$?
 cmp "$mnt/d" "$img" || fail "the activated disk differs from the image"
 corfs_unmount "$mnt" || fail "unmount failed"
 wait_gone "$pid"
+
+if nbdkit --version > /dev/null 2>&1; then
+  start_nbdkit "$T/nbd.pid" -r -U "$T/nbd.sock" null size=9223372036854775807
+  rc=0
+  "$CORFS" mount --state "$T/st-nbd" --stream=off --disk d="$(nbd_uri "$T/nbd.sock")" "$mnt" \
+    > "$T/out" 2>&1 || rc=$?
+  echo "NBD export of 2^63-1 bytes: exit $rc: $(cat "$T/out")"
+  if [ $rc -eq 0 ]; then
+    cleanup_fn _force_unmount "$T/st-nbd" "$mnt"
+    fail "NBD: a parent of 2^63-1 bytes was attached"
+  fi
+  grep -qF "nbd.sock" "$T/out" && grep -q "9223372036854775807" "$T/out" \
+    || fail "NBD: the refusal does not name the parent and its size: $(cat "$T/out")"
+else
+  echo "(nbdkit missing: NBD case skipped)"
+fi
 echo OK
