@@ -14,10 +14,11 @@
  *   - One operation per block at a time (DESIGN.md rule 5): a fetch or a
  *     write owns its blocks in the in-flight table ("busy" ranges) from
  *     before it starts until its bits are set; so does an incoming disk's
- *     read-through for the time of its parent read (see read_through).  A fetch claims only blocks
- *     that are neither present nor busy, so it never overwrites newer
- *     guest data; a reader that finds a missing block busy waits for it,
- *     so each block is fetched once however many readers want it.
+ *     read-through for the time of its parent read (see read_through).
+ *     A fetch claims only blocks that are neither present nor busy, so
+ *     it never overwrites newer guest data; a reader that finds a
+ *     missing block busy waits for it, so each block is fetched once
+ *     however many readers want it.
  *   - Writes claim their whole range at once, waiting until no part of it
  *     is busy (all or nothing, so two writers cannot deadlock).  A write
  *     whose first or last block is missing and only partly covered fetches

@@ -14,7 +14,9 @@
  *
  * Identity (DESIGN.md rule 9): NBD has none, so each (re)connect reads a
  * few sampled 4 KiB blocks and hashes them with the size; the remote
- * wrapper compares the result with the pinned identity.
+ * wrapper compares the result with the pinned identity.  A re-pin asks
+ * on a connection outside the pool (rnbd_identify), which no request can
+ * hold.
  */
 #include <errno.h>
 #include <inttypes.h>

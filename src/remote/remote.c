@@ -312,7 +312,7 @@ ask_size (struct remote *r, char *id, size_t len, uint64_t deadline_ns, int *err
                        r->ops->name, size);
     *err = EIO;
   }
-  if (size < 0 || remote_check_size (r, "reported", size, err) == -1)
+  if (size < 0 || remote_check_size (r, r->ops->name, size, err) == -1)
     return -1;
   return size;
 }
