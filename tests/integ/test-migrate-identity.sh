@@ -2,14 +2,16 @@
 # The parent's identity is pinned at activation, also when the activation
 # is busy or interrupted (DESIGN.md rule 9, "Disk states"; issue 15 items
 # 2 and 8).  NBD parent behind nbdkit's delay filter (every read 1 s).
-#  A. Incoming disk, eight O_DIRECT reads in flight (more than the four
-#     connections), `activate` meanwhile: every read returns the image's
+#  A. Incoming disk, its four connections connected, twelve O_DIRECT
+#     reads in flight (three per connection), `activate` meanwhile: every read returns the image's
 #     bytes, the index records a non-empty identity, and after an unmount
 #     a remount over another image of the same size is refused ("changed").
 #  B. `activate` killed (-9) while it pins the parent (state "activating"
 #     in the index): the remount finishes the activation and records an
 #     identity; a parent then swapped for another image of the same size
 #     fails closed (EIO, parent.state "changed"), never re-pinned.
+# `activate --force` although the export is read-only: the writability
+# check would cost a connection of its own (three delayed sample reads).
 . "$(dirname "$0")/../functions.sh"
 requires nbdkit --version
 requires nbdkit --filter=delay null --dump-plugin
@@ -49,19 +51,29 @@ serve () {
 sockA=$T/a.sock urlA=$(nbd_uri "$T/a.sock") stA=$T/stA mntA=$T/mntA
 serve "$sockA" "$imgA" delay
 corfs_mount "$stA" "$mntA" --incoming --hold 30 --disk d="$urlA"
+# Warm-up: four reads at once connect all four connections (each
+# connect reads three delayed samples): later reads find them connected.
 pids=()
-for i in 0 1 2 3 4 5 6 7; do
-  dd if="$mntA/d" of="$T/r$i" bs=64K skip=$((i * 16 + 3)) count=1 iflag=direct status=none \
+for i in 0 1 2 3; do
+  dd if="$mntA/d" of=/dev/null bs=4K skip=$((i * 300 + 1)) count=1 iflag=direct status=none &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p" || fail "A: warm-up read failed"; done
+# Twelve reads of a second each, on four connections: all four stay busy
+# for about three seconds; activate meanwhile.
+pids=()
+for i in $(seq 0 11); do
+  dd if="$mntA/d" of="$T/r$i" bs=64K skip=$((i * 10 + 3)) count=1 iflag=direct status=none \
      2> "$T/r$i.err" &
   pids+=($!)
 done
-sleep 0.5
-rc=0; "$CORFS" activate --state "$stA" d --epoch 1 > "$T/out" 2>&1 || rc=$?
+sleep 1
+rc=0; "$CORFS" activate --state "$stA" d --epoch 1 --force > "$T/out" 2>&1 || rc=$?
 echo "A: activate with reads in flight: exit $rc: $(cat "$T/out")"
 [ $rc -eq 0 ] || fail "A: activate failed: $(cat "$T/out")"
-for i in 0 1 2 3 4 5 6 7; do
+for i in $(seq 0 11); do
   wait "${pids[$i]}" || soft "A: read $i failed: $(cat "$T/r$i.err")"
-  cmp -s "$T/r$i" <(piece "$imgA" $(( (i * 16 + 3) * 64 * KiB )) $((64 * KiB))) \
+  cmp -s "$T/r$i" <(piece "$imgA" $(( (i * 10 + 3) * 64 * KiB )) $((64 * KiB))) \
     || soft "A: read $i returned wrong data"
 done
 [ "$(js "$stA" .owner.state)" = active ] || soft "A: owner $(js "$stA" .owner.state) after activate"
@@ -87,7 +99,7 @@ fi
 sockB=$T/b.sock urlB=$(nbd_uri "$T/b.sock") stB=$T/stB mntB=$T/mntB
 serve "$sockB" "$imgA" delay
 corfs_mount "$stB" "$mntB" --incoming --hold 30 --disk d="$urlB"
-"$CORFS" activate --state "$stB" d --epoch 3 > "$T/act.out" 2>&1 &
+"$CORFS" activate --state "$stB" d --epoch 3 --force > "$T/act.out" 2>&1 &
 actpid=$!
 # The pin reads sampled blocks (1 s each) after state=activating is durable.
 for i in $(seq 100); do [ "$(rec "$stB" state)" = activating ] && break; sleep 0.1; done
