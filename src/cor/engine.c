@@ -13,10 +13,12 @@
  *     the committer's fdatasync (commit.c).
  *   - One operation per block at a time (DESIGN.md rule 5): a fetch or a
  *     write owns its blocks in the in-flight table ("busy" ranges) from
- *     before it starts until its bits are set.  A fetch claims only blocks
- *     that are neither present nor busy, so it never overwrites newer
- *     guest data; a reader that finds a missing block busy waits for it,
- *     so each block is fetched once however many readers want it.
+ *     before it starts until its bits are set; so does an incoming disk's
+ *     read-through for the time of its parent read (see read_through).
+ *     A fetch claims only blocks that are neither present nor busy, so
+ *     it never overwrites newer guest data; a reader that finds a
+ *     missing block busy waits for it, so each block is fetched once
+ *     however many readers want it.
  *   - Writes claim their whole range at once, waiting until no part of it
  *     is busy (all or nothing, so two writers cannot deadlock).  A write
  *     whose first or last block is missing and only partly covered fetches
@@ -241,6 +243,37 @@ cor_disk_set_attr (struct cor_disk *d, int64_t mode, int64_t uid, int64_t gid, i
   return r;
 }
 
+/* Why a re-pin failed, for a message: the parent's last error (it names
+ * what the parent did, e.g. an absurd size), else strerror (err). */
+static const char *
+repin_why (struct cor_disk *d, int err, char *buf, size_t len)
+{
+  remote_status (d->remote, buf, len);
+  return *buf ? buf : strerror (err);
+}
+
+/* The parent is final (an interrupted activation found at mount): put
+ * its identity in rec.  The mount pinned it on its first connection; a
+ * disk that made none is pinned here.  0 or -1 (logged). */
+static int
+pin_parent (struct cor_disk *d, struct meta_record *rec)
+{
+  char id[META_ID_MAX];
+  int err = 0;
+
+  remote_identity (d->remote, id, sizeof id);
+  if (!*id && remote_repin (d->remote, id, sizeof id, now_ns () + d->hold_ns, &err) == -1) {
+    char why[1280];
+    log_error ("cor: disk %s: finishing an interrupted activation: cannot pin the "
+               "identity of parent %s: %s", d->name, remote_url (d->remote),
+               repin_why (d, err, why, sizeof why));
+    errno = err;
+    return -1;
+  }
+  snprintf (rec->identity, sizeof rec->identity, "%s", id);
+  return 0;
+}
+
 int
 cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
               struct cor_disk **dp)
@@ -248,6 +281,7 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
   struct cor_disk *d = calloc (1, sizeof *d), **nv;
   struct meta_record rec;
   struct stat st;
+  uint64_t present;
 
   if (!d || !(d->name = strdup (cfg->name))) {
     free (d);
@@ -272,14 +306,13 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
   attr_from_record (d, &rec);
   d->owner = rec.state;
   d->mirror = rec.mirror && rec.state != META_STANDALONE;
-  /* While incoming, the source still writes the parent: its identity is
-   * pinned at activation, not before. */
-  if (rec.state == META_INCOMING || rec.state == META_ACTIVATING ||
-      (d->mirror && rec.state == META_ACTIVE))
-    remote_set_modifying (cfg->remote, true);
   if (rec.state == META_ACTIVATING) {
     /* Interrupted activation: this is a fresh mount, so the kernel has
-     * no cached pages to drop; finish with the last step. */
+     * no cached pages to drop; finish with the last steps: pin the
+     * parent, which is final now, and record it with state active.  From
+     * here on a changed parent fails closed, as after any activation. */
+    if (pin_parent (d, &rec) == -1)
+      goto err;
     rec.state = META_ACTIVE;
     if (meta_disk_update (cfg->md, &rec) == -1) {
       log_error ("cor: disk %s: finishing an interrupted activation: %m", cfg->name);
@@ -289,23 +322,41 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
               cfg->name, rec.epoch);
     d->owner = META_ACTIVE;
   }
+  /* While incoming, the source still writes the parent: its identity is
+   * pinned at activation, not before.  A mirror writes it itself. */
+  if (rec.state == META_INCOMING || (d->mirror && rec.state == META_ACTIVE))
+    remote_set_modifying (cfg->remote, true);
   if (cfg->trace_path && !(d->trace_path = strdup (cfg->trace_path)))
     goto err;
   cor_readahead_init (d, cfg->readahead);
   if (cor_stream_init (d, cfg) == -1)
     goto err;
 
-  d->overlay_fd = open (cfg->overlay_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  /* Only a disk with nothing present may get a new overlay: where the
+   * index records present blocks, a missing overlay is lost data, not a
+   * file to create. */
+  present = meta_count (d->md, META_PRESENT);
+  d->overlay_fd = open (cfg->overlay_path, O_RDWR | O_CLOEXEC | (present ? 0 : O_CREAT), 0600);
   if (d->overlay_fd == -1 || fstat (d->overlay_fd, &st) == -1) {
-    log_error ("cor: disk %s: overlay %s: %m", d->name, cfg->overlay_path);
+    if (present)
+      log_error ("cor: disk %s: overlay %s: %m; the index records %" PRIu64 " blocks "
+                 "present in it", d->name, cfg->overlay_path, present);
+    else
+      log_error ("cor: disk %s: overlay %s: %m", d->name, cfg->overlay_path);
     goto err;
   }
   if ((uint64_t) st.st_size != d->size) {
     /* A new overlay is extended to the disk size (sparse).  One with
-     * another size while blocks are recorded present is not ours. */
-    if (st.st_size != 0 && meta_count (d->md, META_PRESENT) > 0) {
-      log_error ("cor: disk %s: overlay %s has size %" PRIu64 " but the disk is %"
-                 PRIu64 " bytes", d->name, cfg->overlay_path, (uint64_t) st.st_size, d->size);
+     * another size while blocks are recorded present is not ours, or
+     * was lost (an empty file): its blocks would read as zeros. */
+    if (present > 0) {
+      if (st.st_size == 0)
+        log_error ("cor: disk %s: overlay %s is empty, but the index records %" PRIu64
+                   " blocks present in it (was it lost or replaced?); refusing to serve "
+                   "zeros for them", d->name, cfg->overlay_path, present);
+      else
+        log_error ("cor: disk %s: overlay %s has size %" PRIu64 " but the disk is %"
+                   PRIu64 " bytes", d->name, cfg->overlay_path, (uint64_t) st.st_size, d->size);
       errno = EINVAL;
       goto err;
     }
@@ -856,6 +907,56 @@ record_latency (struct cor_disk *d, uint64_t ns)
   __atomic_fetch_add (&d->fault_latency_sum_us, us, __ATOMIC_RELAXED);
 }
 
+/* Incoming: the source still runs the guest, so nothing read now may be
+ * kept (it could be stale after the switch-over): read count bytes at
+ * offset (blocks [first, end)) through into ref->buf.  The blocks are
+ * claimed in the in-flight table meanwhile, as a fetch's are, so that
+ * activation's drain waits for this read and finds every connection to
+ * the parent idle when it pins it.  Every wait ends by deadline_ns.
+ * count, 0 if the disk is no longer incoming once its blocks are free
+ * (activated: the caller reads the usual way), or -1 with *err. */
+static ssize_t
+read_through (struct cor_disk *d, size_t count, uint64_t offset, uint64_t first, uint64_t end,
+              uint64_t deadline_ns, struct cor_read_ref *ref, int *err)
+{
+  struct busy self;
+  int r;
+
+  /* Like any claim, wait while an exclusive operation (activate) drains
+   * the disk: it must not find a read-through in flight once it owns it. */
+  pthread_mutex_lock (&d->lock);
+  while (gated_unlocked (d) || find_busy_unlocked (d, first, end))
+    if (wait_until_unlocked (d, deadline_ns) == -1) {
+      pthread_mutex_unlock (&d->lock);
+      log_error ("cor: disk %s: offset %" PRIu64 ": busy (activating?) when this read's "
+                 "hold time ran out", d->name, offset);
+      *err = EIO;
+      return -1;
+    }
+  /* Activation sets the owner before it releases its claim. */
+  if (__atomic_load_n (&d->owner, __ATOMIC_SEQ_CST) != META_INCOMING) {
+    pthread_mutex_unlock (&d->lock);
+    return 0;
+  }
+  claim_unlocked (d, &self, first, end);
+  pthread_mutex_unlock (&d->lock);
+
+  if (!(ref->buf = iobuf_get (count))) {
+    release_busy (d, &self);
+    *err = ENOMEM;
+    return -1;
+  }
+  ref->buf_len = count;
+  r = remote_pread (d->remote, ref->buf, count, offset, deadline_ns, err);
+  release_busy (d, &self);
+  if (r == -1) {
+    cor_read_ref_release (ref);
+    return -1;
+  }
+  __atomic_fetch_add (&d->guest_read_bytes, count, __ATOMIC_RELAXED);
+  return count;
+}
+
 ssize_t
 cor_read_ref (struct cor_disk *d, size_t count, uint64_t offset,
               struct cor_read_ref *ref, int *err)
@@ -872,23 +973,14 @@ cor_read_ref (struct cor_disk *d, size_t count, uint64_t offset,
   if (count > d->size - offset)
     count = d->size - offset;
   cor_block_range (offset, count, d->block_shift, &first, &end);
+  uint64_t t0 = now_ns ();
   if (__atomic_load_n (&d->owner, __ATOMIC_SEQ_CST) == META_INCOMING &&
       meta_next (d->md, META_PRESENT, false, first) < end) {
-    /* Incoming: the source still runs the guest, so nothing read now may
-     * be kept (it could be stale after the switch-over): read through. */
-    if (!(ref->buf = iobuf_get (count))) {
-      *err = ENOMEM;
-      return -1;
-    }
-    ref->buf_len = count;
-    if (remote_pread (d->remote, ref->buf, count, offset, now_ns () + d->hold_ns, err) == -1) {
-      cor_read_ref_release (ref);
-      return -1;
-    }
-    __atomic_fetch_add (&d->guest_read_bytes, count, __ATOMIC_RELAXED);
-    return count;
+    ssize_t n = read_through (d, count, offset, first, end, t0 + d->hold_ns, ref, err);
+    if (n != 0)
+      return n;
+    /* (0: activated meanwhile, read the usual way.) */
   }
-  uint64_t t0 = now_ns ();
   bool faulted = false;
   struct early_reply early = { ref->deliver, ref->opaque, offset - block_offset (d, first),
                                count, false };
@@ -1679,7 +1771,10 @@ cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size
 
   pthread_mutex_lock (&d->owner_lock);
   meta_disk_record (d->md, &rec);
-  r = check_epoch_unlocked (d, &rec, epoch, META_ACTIVE, "activate", errbuf, len);
+  /* The same epoch again finishes an activation that could not pin the
+   * parent (below). */
+  r = rec.state == META_ACTIVATING && epoch == rec.epoch ? 0
+    : check_epoch_unlocked (d, &rec, epoch, META_ACTIVE, "activate", errbuf, len);
   if (r != 0) {
     pthread_mutex_unlock (&d->owner_lock);
     return r == 1 ? 0 : -1;
@@ -1714,15 +1809,23 @@ cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size
   /* 4. Drop the kernel's cached pages: they may predate the switch-over. */
   if (d->e->invalidate_fn)
     d->e->invalidate_fn (d->e->invalidate_opaque, d->index);
-  /* The parent is final now: pin its identity, in the same record. */
+  /* The parent is final now: pin its identity, in the same record.  The
+   * drain left no request on a connection, and the re-pin asks on one of
+   * its own.  Without an identity a later remount would take any image
+   * of the same size: stay activating (incoming to the guest) instead;
+   * the same activate again, or the next mount, finishes. */
   {
     char id[META_ID_MAX];
+    if (remote_repin (d->remote, id, sizeof id, now_ns () + d->hold_ns, &err) == -1) {
+      char why[1280];
+      snprintf (errbuf, len, "disk %s: activation: cannot pin the identity of parent %s "
+                "(%s); the disk stays incoming until `activate` is repeated with epoch %"
+                PRIu64 " or the disk is mounted again", d->name, remote_url (d->remote),
+                repin_why (d, err, why, sizeof why), epoch);
+      goto fail;
+    }
     remote_set_modifying (d->remote, false);
-    if (remote_repin (d->remote, id, sizeof id, now_ns () + d->hold_ns, &err) == 0)
-      snprintf (rec.identity, sizeof rec.identity, "%s", id);
-    else
-      log_warn ("cor: disk %s: activation: cannot reach the parent to pin its identity "
-                "(%s); it is pinned at the next connection", d->name, strerror (err));
+    snprintf (rec.identity, sizeof rec.identity, "%s", id);
   }
   /* 5. Active, durably; only then writes. */
   if (set_state (d, &rec, META_ACTIVE, epoch, errbuf, len) == -1)
@@ -1955,12 +2058,21 @@ cor_abort (struct cor_disk *d, char *errbuf, size_t len)
     pthread_mutex_unlock (&d->owner_lock);
     return -1;
   }
-  /* 3. Durably read-only: the parent is the disk now; pin what it is. */
+  /* 3. Durably read-only: the parent is the disk now; pin what it is
+   * (never an empty identity: that would accept any image later). */
   {
     char id[META_ID_MAX];
+    if (remote_repin (d->remote, id, sizeof id, now_ns () + d->hold_ns, &err) == -1) {
+      char why[1280];
+      __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
+      snprintf (errbuf, len, "disk %s: abort: cannot pin the identity of parent %s (%s); "
+                "the mirror is still active, try again", d->name, remote_url (d->remote),
+                repin_why (d, err, why, sizeof why));
+      pthread_mutex_unlock (&d->owner_lock);
+      return -1;
+    }
     remote_set_modifying (d->remote, false);
-    if (remote_repin (d->remote, id, sizeof id, now_ns () + d->hold_ns, &err) == 0)
-      snprintf (rec.identity, sizeof rec.identity, "%s", id);
+    snprintf (rec.identity, sizeof rec.identity, "%s", id);
   }
   rec.state = META_HANDED_OFF;
   if (meta_disk_update (d->md, &rec) == -1) {

@@ -78,12 +78,54 @@ rfile_close (void *hv)
   free (h);
 }
 
+/* Open the file and compute its identity into id.  The fd (*sizep: the
+ * size), or -1 with *err. */
+static int
+file_open_identify (struct remote *r, struct rfile *h, char *id, size_t len,
+                    int64_t *sizep, int *err)
+{
+  struct stat st;
+  int fd = open (h->path, (h->writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+
+  if (fd == -1 || fstat (fd, &st) == -1) {
+    *err = errno;
+    remote_note_error (r, "open %s: %m", h->path);
+    if (fd >= 0)
+      close (fd);
+    return -1;
+  }
+  if (S_ISBLK (st.st_mode)) {
+    st.st_size = lseek (fd, 0, SEEK_END);
+    if (st.st_size == -1) {
+      *err = errno;
+      remote_note_error (r, "size of %s: %m", h->path);
+      close (fd);
+      return -1;
+    }
+  }
+  else if (!S_ISREG (st.st_mode)) {
+    *err = EINVAL;
+    remote_note_error (r, "%s is not a regular file or block device", h->path);
+    close (fd);
+    return -1;
+  }
+  if (remote_check_size (r, h->path, st.st_size, err) == -1) {
+    close (fd);
+    return -1;
+  }
+  snprintf (id, len, "file:dev=%" PRIu64 ",ino=%" PRIu64 ",size=%" PRIu64
+            ",mtime=%" PRId64 ".%09ld", (uint64_t) st.st_dev, (uint64_t) st.st_ino,
+            (uint64_t) st.st_size, (int64_t) st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+  *sizep = st.st_size;
+  return fd;
+}
+
 /* Open the file if not yet open; returns the fd or -1 with *err. */
 static int
 rfile_connect (struct remote *r, struct rfile *h, int *err)
 {
-  struct stat st;
   char id[256];
+  int64_t size;
   int fd, ret;
 
   pthread_mutex_lock (&h->lock);
@@ -91,34 +133,18 @@ rfile_connect (struct remote *r, struct rfile *h, int *err)
     ret = h->fd;
     goto out;
   }
-  fd = open (h->path, (h->writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
-  if (fd == -1 || fstat (fd, &st) == -1) {
-    *err = errno;
-    remote_note_error (r, "open %s: %m", h->path);
-    if (fd >= 0)
-      close (fd);
+  fd = file_open_identify (r, h, id, sizeof id, &size, err);
+  if (fd == -1) {
     ret = -1;
     goto out;
   }
-  if (S_ISBLK (st.st_mode))
-    st.st_size = lseek (fd, 0, SEEK_END);
-  else if (!S_ISREG (st.st_mode)) {
-    *err = EINVAL;
-    remote_note_error (r, "%s is not a regular file or block device", h->path);
-    close (fd);
-    ret = -1;
-    goto out;
-  }
-  snprintf (id, sizeof id, "file:dev=%" PRIu64 ",ino=%" PRIu64 ",size=%" PRIu64
-            ",mtime=%" PRId64 ".%09ld", (uint64_t) st.st_dev, (uint64_t) st.st_ino,
-            (uint64_t) st.st_size, (int64_t) st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
   if (remote_check_identity (r, id, err) == -1) {
     close (fd);
     ret = -1;
     goto out;
   }
   h->fd = ret = fd;
-  h->size = st.st_size;
+  h->size = size;
   remote_note_connected (r, false);
  out:
   pthread_mutex_unlock (&h->lock);
@@ -155,6 +181,20 @@ rfile_get_size (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
     return -1;
   size = h->size;
   rfile_put (h);
+  return size;
+}
+
+/* A new open: the path may name another file than the open fd. */
+static int64_t
+rfile_identify (struct remote *r, void *hv, uint64_t deadline_ns, char *id, size_t len,
+                int *err)
+{
+  int64_t size;
+  int fd = file_open_identify (r, hv, id, len, &size, err);
+
+  if (fd == -1)
+    return -1;
+  close (fd);
   return size;
 }
 
@@ -354,5 +394,6 @@ const struct remote_ops rfile_ops = {
   .open = rfile_open,
   .close = rfile_close,
   .get_size = rfile_get_size,
+  .identify = rfile_identify,
   .pread = rfile_pread,
 };

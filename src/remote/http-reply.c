@@ -5,6 +5,7 @@
 #include <strings.h>
 
 #include "remote/http-reply.h"
+#include "remote/remote-internal.h"
 
 /* Copy the value [v, v + n) into a field of size cap, cut to fit. */
 static void
@@ -24,6 +25,31 @@ value_ll (const char *v, size_t n)
 
   set_field (tmp, sizeof tmp, v, n);
   return strtoll (tmp, NULL, 10);
+}
+
+int64_t
+rhttp_header_size (const char *s, size_t n)
+{
+  const char *end = s + n;
+  uint64_t v = 0;
+
+  if (n == 0 || *s < '0' || *s > '9')
+    return -1;
+  for (; s < end && *s >= '0' && *s <= '9'; s++) {
+    v = v * 10 + (*s - '0');
+    if (v > REMOTE_MAX_SIZE)
+      return -1;
+  }
+  while (s < end && (*s == ' ' || *s == '\t'))
+    s++;
+  return s < end ? -1 : (int64_t) v;
+}
+
+int64_t
+rhttp_range_total (const char *content_range)
+{
+  const char *slash = strrchr (content_range, '/');
+  return slash ? rhttp_header_size (slash + 1, strlen (slash + 1)) : -1;
 }
 
 /* Does [v, v + n) contain word, in any case? */
@@ -74,9 +100,13 @@ rhttp_reply_header (struct xfer *x, const char *data, size_t len)
   else if (name_is (data, nn, "Content-Range"))
     set_field (x->content_range, sizeof x->content_range, v, vn);
   else if (name_is (data, nn, "Content-Length"))
-    x->content_length = value_ll (v, vn);
+    x->content_length = rhttp_header_size (v, vn);   /* -1: unusable, probe instead */
   else if (name_is (data, nn, "Accept-Ranges"))
     x->accept_ranges = has_word (v, vn, "bytes");
-  else if (name_is (data, nn, "Retry-After"))
-    x->retry_after = (long) value_ll (v, vn);   /* seconds form only */
+  else if (name_is (data, nn, "Retry-After")) {
+    /* Seconds form only; the caller's deadline bounds the wait anyway,
+     * the cap keeps the product with NS_PER_SEC in range. */
+    long long s = value_ll (v, vn);
+    x->retry_after = s < 0 ? 0 : s > RHTTP_RETRY_AFTER_MAX ? RHTTP_RETRY_AFTER_MAX : (long) s;
+  }
 }

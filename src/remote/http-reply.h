@@ -26,4 +26,16 @@ struct xfer {
  * any length are accepted; values longer than a field are cut to it. */
 void rhttp_reply_header (struct xfer *x, const char *data, size_t len);
 
+/* Retry-After is taken up to this many seconds. */
+#define RHTTP_RETRY_AFTER_MAX 3600
+
+/* A size in a header value of n bytes (Content-Length, the total of
+ * Content-Range): decimal digits only (trailing blanks allowed), at most
+ * REMOTE_MAX_SIZE.  The size, or -1. */
+int64_t rhttp_header_size (const char *s, size_t n);
+
+/* The total size in a Content-Range value ("bytes A-B/TOTAL"), or -1
+ * ("*", absent or not a size). */
+int64_t rhttp_range_total (const char *content_range);
+
 #endif

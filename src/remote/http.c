@@ -669,24 +669,25 @@ status_errno (struct remote *r, long status, const struct xfer *x, uint64_t dead
 }
 
 /* HEAD (or a one-byte ranged GET when HEAD is refused): size, range
- * support, identity.  Must not hold h->lock. */
-static int
-connect_identity (struct remote *r, struct rhttp *h, CURL *c, uint64_t deadline_ns, int *err)
+ * support, and the identity into id; x receives the headers of the reply
+ * used.  Must not hold h->lock.  The size, or -1 with *err. */
+static int64_t
+probe (struct remote *r, struct rhttp *h, CURL *c, uint64_t deadline_ns, struct xfer *x,
+       char *id, size_t idlen, int *err)
 {
-  struct xfer x = { 0 };
-  char one[1], id[512];
-  long status = perform (r, h, c, 0, 0, true, NULL, deadline_ns, &x, err);
+  char one[1];
+  long status = perform (r, h, c, 0, 0, true, NULL, deadline_ns, x, err);
   int64_t size = -1;
   bool ranges = false;
 
   if (status == -1)
     return -1;
-  if (status >= 200 && status < 300 && x.content_length >= 0) {
-    size = x.content_length;
-    ranges = x.accept_ranges;
+  if (status >= 200 && status < 300 && x->content_length >= 0) {
+    size = x->content_length;
+    ranges = x->accept_ranges;
   }
   else if (status != 403 && status != 405 && status != 501 && !(status >= 200 && status < 300)) {
-    *err = status_errno (r, status, &x, deadline_ns, "HEAD");
+    *err = status_errno (r, status, x, deadline_ns, "HEAD");
     return -1;
   }
   if (size < 0 || !ranges) {
@@ -713,15 +714,40 @@ connect_identity (struct remote *r, struct rhttp *h, CURL *c, uint64_t deadline_
       remote_note_error (r, "no total size in Content-Range '%s'", g.content_range);
       return -1;
     }
-    size = strtoll (slash + 1, NULL, 10);
-    x = g;
+    size = rhttp_range_total (g.content_range);
+    if (size < 0) {
+      /* Negative, not a number, or beyond any real image: a broken
+       * server, which retrying will not mend. */
+      *err = ERANGE;
+      remote_note_error (r, "Content-Range '%s': the total is not a size in bytes "
+                         "(0 to %llu)", g.content_range, REMOTE_MAX_SIZE);
+      return -1;
+    }
+    *x = g;
+    x->buf = NULL;
   }
-  if (x.etag[0] && strncmp (x.etag, "W/", 2) != 0)
-    snprintf (id, sizeof id, "http:size=%" PRId64 ",etag=%s", size, x.etag);
-  else if (x.last_modified[0])
-    snprintf (id, sizeof id, "http:size=%" PRId64 ",last-modified=%s", size, x.last_modified);
+  if (remote_check_size (r, "HTTP", size, err) == -1)
+    return -1;
+  if (x->etag[0] && strncmp (x->etag, "W/", 2) != 0)
+    snprintf (id, idlen, "http:size=%" PRId64 ",etag=%s", size, x->etag);
+  else if (x->last_modified[0])
+    snprintf (id, idlen, "http:size=%" PRId64 ",last-modified=%s", size, x->last_modified);
   else
-    snprintf (id, sizeof id, "http:size=%" PRId64, size);
+    snprintf (id, idlen, "http:size=%" PRId64, size);
+  return size;
+}
+
+/* probe, then check the identity against the pin and keep what the
+ * range requests compare.  Must not hold h->lock.  0 or -1 with *err. */
+static int
+connect_identity (struct remote *r, struct rhttp *h, CURL *c, uint64_t deadline_ns, int *err)
+{
+  struct xfer x = { 0 };
+  char id[512];
+  int64_t size = probe (r, h, c, deadline_ns, &x, id, sizeof id, err);
+
+  if (size < 0)
+    return -1;
   if (remote_check_identity (r, id, err) == -1)
     return -1;
   pthread_mutex_lock (&h->lock);
@@ -748,6 +774,29 @@ rhttp_get_size (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
   ret = connect_identity (r, h, c, deadline_ns, err);
   release (h, slot);
   return ret == -1 ? -1 : h->size;
+}
+
+/* On a new connection (a kept-alive one may reach a server process that
+ * still has the old file open); the pin is remote_repin's to set, and
+ * the next range request re-probes (release cleared connected). */
+static int64_t
+rhttp_identify (struct remote *r, void *hv, uint64_t deadline_ns, char *id, size_t len,
+                int *err)
+{
+  struct rhttp *h = hv;
+  struct xfer x = { 0 };
+  int slot;
+  CURL *c = acquire (h, deadline_ns, &slot, err);
+  int64_t size;
+
+  if (!c)
+    return -1;
+  pthread_mutex_lock (&h->lock);
+  h->fresh[slot] = true;
+  pthread_mutex_unlock (&h->lock);
+  size = probe (r, h, c, deadline_ns, &x, id, len, err);
+  release (h, slot);
+  return size;
 }
 
 /* The reply shows another object: mark the parent changed, fail closed. */
@@ -820,9 +869,8 @@ rhttp_pread (struct remote *r, void *hv, void *buf, size_t count, uint64_t offse
     ret = changed (r, why, err);
   }
   else {
-    const char *slash = strrchr (x.content_range, '/');
     uint64_t first = 0, last = 0;
-    if (!slash || strtoll (slash + 1, NULL, 10) != size) {
+    if (rhttp_range_total (x.content_range) != size) {
       snprintf (why, sizeof why, "Content-Range %s, pinned size %" PRId64, x.content_range, size);
       ret = changed (r, why, err);
     }
@@ -860,6 +908,7 @@ const struct remote_ops rhttp_ops = {
   .open = rhttp_open,
   .close = rhttp_close,
   .get_size = rhttp_get_size,
+  .identify = rhttp_identify,
   .pread = rhttp_pread,
   .release = rhttp_release,
 };

@@ -14,7 +14,9 @@
  *
  * Identity (DESIGN.md rule 9): NBD has none, so each (re)connect reads a
  * few sampled 4 KiB blocks and hashes them with the size; the remote
- * wrapper compares the result with the pinned identity.
+ * wrapper compares the result with the pinned identity.  A re-pin asks
+ * on a connection outside the pool (rnbd_identify), which no request can
+ * hold.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -221,17 +223,17 @@ fnv1a (uint64_t h, const void *data, size_t len)
   return h;
 }
 
-/* Connect c, bounded by the connect timeout and the deadline, then check
- * size and identity.  0 or -1 with *err. */
-static int
-conn_connect (struct remote *r, struct rnbd *h, struct rnbd_conn *c,
-              uint64_t deadline_ns, int *err)
+/* Connect c, bounded by the connect timeout and the deadline, and compute
+ * the identity into id (size plus a hash of sampled blocks).  The size,
+ * or -1 with *err (c dropped). */
+static int64_t
+conn_open (struct remote *r, struct rnbd *h, struct rnbd_conn *c, uint64_t deadline_ns,
+           char *id, size_t idlen, int *err)
 {
   uint64_t cdeadline = min_u64 (deadline_ns, now_ns () + h->connect_timeout_ns);
   unsigned char *sample;
   uint64_t hash = 0xcbf29ce484222325ULL;
   int64_t size;
-  char id[128];
 
   c->nbd = nbd_create ();
   if (!c->nbd) {
@@ -269,6 +271,10 @@ conn_connect (struct remote *r, struct rnbd *h, struct rnbd_conn *c,
   size = nbd_get_size (c->nbd);
   if (size < 0)
     goto err;
+  if (remote_check_size (r, "NBD handshake", size, err) == -1) {
+    drop_conn (c);
+    return -1;
+  }
 
   /* Identity: size plus a hash of sampled blocks. */
   sample = malloc (SAMPLE_SIZE);
@@ -291,7 +297,27 @@ conn_connect (struct remote *r, struct rnbd *h, struct rnbd_conn *c,
     }
   }
   free (sample);
-  snprintf (id, sizeof id, "nbd:size=%" PRId64 ",sample=%016" PRIx64, size, hash);
+  snprintf (id, idlen, "nbd:size=%" PRId64 ",sample=%016" PRIx64, size, hash);
+  return size;
+
+ err:
+  *err = nbd_get_errno () ? nbd_get_errno () : ECONNREFUSED;
+  remote_note_error (r, "connect: %s", nbd_get_error ());
+  drop_conn (c);
+  return -1;
+}
+
+/* Connect c (conn_open), then check its identity against the pin.  0 or
+ * -1 with *err. */
+static int
+conn_connect (struct remote *r, struct rnbd *h, struct rnbd_conn *c,
+              uint64_t deadline_ns, int *err)
+{
+  char id[128];
+  int64_t size = conn_open (r, h, c, deadline_ns, id, sizeof id, err);
+
+  if (size < 0)
+    return -1;
   if (remote_check_identity (r, id, err) == -1) {
     drop_conn (c);
     return -1;
@@ -302,12 +328,6 @@ conn_connect (struct remote *r, struct rnbd *h, struct rnbd_conn *c,
   remote_note_connected (r, c->ever_connected);
   c->ever_connected = true;
   return 0;
-
- err:
-  *err = nbd_get_errno () ? nbd_get_errno () : ECONNREFUSED;
-  remote_note_error (r, "connect: %s", nbd_get_error ());
-  drop_conn (c);
-  return -1;
 }
 
 /* Take a free connection (preferring a connected one), waiting until the
@@ -725,6 +745,19 @@ rnbd_parent_writable (struct remote *r, void *hv, uint64_t deadline_ns, int *err
   return ret;
 }
 
+/* On a connection of its own: the pool's may all be busy, and one that
+ * stayed connected would tell nothing about the server now. */
+static int64_t
+rnbd_identify (struct remote *r, void *hv, uint64_t deadline_ns, char *id, size_t len,
+               int *err)
+{
+  struct rnbd_conn c = { 0 };
+  int64_t size = conn_open (r, hv, &c, deadline_ns, id, len, err);
+
+  drop_conn (&c);
+  return size;
+}
+
 /* A flush on one connection covers the writes of every connection only
  * when the server advertises multi-conn (NBD protocol); without flush
  * support there is no way to make anything stable. */
@@ -757,5 +790,6 @@ const struct remote_ops rnbd_ops = {
   .open = rnbd_open,
   .close = rnbd_close,
   .get_size = rnbd_get_size,
+  .identify = rnbd_identify,
   .pread = rnbd_pread,
 };

@@ -135,14 +135,14 @@ bound_call (struct rnfs_ctx *c, uint64_t deadline_ns, uint64_t limit_ns)
   return true;
 }
 
-/* Mount, open and check identity on context c.  0 or -1 with *err. */
-static int
-ctx_connect (struct remote *r, struct rnfs *h, struct rnfs_ctx *c, uint64_t deadline_ns,
-             int *err)
+/* Mount and open on context c, and compute the identity into id.  The
+ * size, or -1 with *err (c dropped). */
+static int64_t
+ctx_open (struct remote *r, struct rnfs *h, struct rnfs_ctx *c, uint64_t deadline_ns,
+          char *id, size_t idlen, int *err)
 {
   struct nfs_url *u;
   struct nfs_stat_64 st;
-  char id[256];
   int rc;
 
   c->nfs = nfs_init_context ();
@@ -191,14 +191,33 @@ ctx_connect (struct remote *r, struct rnfs *h, struct rnfs_ctx *c, uint64_t dead
     return -1;
   }
   nfs_destroy_url (u);
-  snprintf (id, sizeof id, "nfs:size=%" PRIu64 ",fileid=%" PRIu64, (uint64_t) st.nfs_size,
+  /* The size is a uint64 on the wire: one above REMOTE_MAX_SIZE would be
+   * negative as an int64. */
+  if (remote_check_size (r, "NFS GETATTR", st.nfs_size, err) == -1) {
+    drop_ctx (c);
+    return -1;
+  }
+  snprintf (id, idlen, "nfs:size=%" PRIu64 ",fileid=%" PRIu64, (uint64_t) st.nfs_size,
             (uint64_t) st.nfs_ino);
+  return st.nfs_size;
+}
+
+/* Mount, open and check identity on context c.  0 or -1 with *err. */
+static int
+ctx_connect (struct remote *r, struct rnfs *h, struct rnfs_ctx *c, uint64_t deadline_ns,
+             int *err)
+{
+  char id[256];
+  int64_t size = ctx_open (r, h, c, deadline_ns, id, sizeof id, err);
+
+  if (size < 0)
+    return -1;
   if (remote_check_identity (r, id, err) == -1) {
     drop_ctx (c);
     return -1;
   }
   pthread_mutex_lock (&h->lock);
-  h->size = st.nfs_size;
+  h->size = size;
   pthread_mutex_unlock (&h->lock);
   remote_note_connected (r, false);
   return 0;
@@ -258,6 +277,19 @@ rnfs_get_size (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
     return -1;
   release (h, c);
   return h->size;
+}
+
+/* On a context of its own: the pool's may all be busy, and one that
+ * stayed open would tell nothing about the file now. */
+static int64_t
+rnfs_identify (struct remote *r, void *hv, uint64_t deadline_ns, char *id, size_t len,
+               int *err)
+{
+  struct rnfs_ctx c = { 0 };
+  int64_t size = ctx_open (r, hv, &c, deadline_ns, id, len, err);
+
+  drop_ctx (&c);
+  return size;
 }
 
 static int
@@ -392,6 +424,7 @@ const struct remote_ops rnfs_ops = {
   .open = rnfs_open,
   .close = rnfs_close,
   .get_size = rnfs_get_size,
+  .identify = rnfs_identify,
   .pread = rnfs_pread,
   .pwrite = rnfs_pwrite,
   .flush = rnfs_flush,

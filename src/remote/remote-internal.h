@@ -18,6 +18,12 @@ struct remote_ops {
   void (*close) (void *h);
   /* Connect if needed and return the size.  Bounded by deadline_ns. */
   int64_t (*get_size) (struct remote *r, void *h, uint64_t deadline_ns, int *err);
+  /* Open a connection of its own (never one that a request may be
+   * using or that predates the call), write the parent's identity into
+   * id, close it, and return the size; pins nothing (see remote_repin).
+   * Bounded by deadline_ns.  -1 with *err. */
+  int64_t (*identify) (struct remote *r, void *h, uint64_t deadline_ns, char *id, size_t len,
+                       int *err);
   /* Read all of count bytes or fail; bounded by deadline_ns. */
   int (*pread) (struct remote *r, void *h, void *buf, size_t count,
                 uint64_t offset, uint64_t deadline_ns, int *err);
@@ -61,6 +67,17 @@ extern const struct remote_ops rnfs_ops;
  * Pins it the first time; afterwards a different string marks the remote
  * changed.  Returns 0, or -1 with *err = ESTALE. */
 int remote_check_identity (struct remote *r, const char *identity, int *err);
+
+/* The largest parent size accepted: 1 EiB.  Far above any real image,
+ * and far enough below 2^63 that offsets plus lengths never overflow an
+ * off_t or an int64_t. */
+#define REMOTE_MAX_SIZE (1ULL << 60)
+
+/* Backends call this on every size a parent reports (what: where it came
+ * from, for the message).  0, or -1 with *err = ERANGE and the reason
+ * noted: a parent reporting an absurd size is broken or hostile, and
+ * retrying does not help. */
+int remote_check_size (struct remote *r, const char *what, uint64_t size, int *err);
 
 /* Backends call these so that status shows the connection's state. */
 void remote_note_connected (struct remote *r, bool reconnect);

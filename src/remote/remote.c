@@ -286,24 +286,55 @@ set_state (struct remote *r, enum remote_state s)
   pthread_mutex_unlock (&r->lock);
 }
 
-int64_t
-remote_get_size (struct remote *r, uint64_t deadline_ns, int *err)
+int
+remote_check_size (struct remote *r, const char *what, uint64_t size, int *err)
+{
+  if (size <= REMOTE_MAX_SIZE)
+    return 0;
+  remote_note_error (r, "%s: size %" PRIu64 " bytes is beyond the %llu-byte limit: "
+                     "a broken parent", what, size, REMOTE_MAX_SIZE);
+  *err = ERANGE;
+  return -1;
+}
+
+/* One size question: the backend's get_size, or with id non-NULL its
+ * identify.  The answer is checked whatever the backend did: a size
+ * outside [0, REMOTE_MAX_SIZE] is an error, never an abort.  The size, or
+ * -1 with *err. */
+static int64_t
+ask_size (struct remote *r, char *id, size_t len, uint64_t deadline_ns, int *err)
+{
+  int64_t size;
+
+  *err = 0;
+  if (r->ops->thread_model == REMOTE_SERIALIZE)
+    pthread_mutex_lock (&r->serialize);
+  size = id ? r->ops->identify (r, r->h, deadline_ns, id, len, err)
+    : r->ops->get_size (r, r->h, deadline_ns, err);
+  if (r->ops->thread_model == REMOTE_SERIALIZE)
+    pthread_mutex_unlock (&r->serialize);
+  if (size < 0 && *err == 0) {
+    remote_note_error (r, "the %s backend reported size %" PRId64 " without an error",
+                       r->ops->name, size);
+    *err = EIO;
+  }
+  if (size < 0 || remote_check_size (r, r->ops->name, size, err) == -1)
+    return -1;
+  return size;
+}
+
+/* ask_size, retried with backoff until the deadline. */
+static int64_t
+size_retrying (struct remote *r, char *id, size_t len, uint64_t deadline_ns, int *err)
 {
   uint64_t delay = BACKOFF_MIN_NS;
 
   for (;;) {
-    int64_t size;
-    *err = 0;
-    if (r->ops->thread_model == REMOTE_SERIALIZE)
-      pthread_mutex_lock (&r->serialize);
-    size = r->ops->get_size (r, r->h, deadline_ns, err);
-    if (r->ops->thread_model == REMOTE_SERIALIZE)
-      pthread_mutex_unlock (&r->serialize);
+    int64_t size = ask_size (r, id, len, deadline_ns, err);
     if (size >= 0) {
       __atomic_store_n (&r->size, (uint64_t) size, __ATOMIC_RELAXED);
       return size;
     }
-    assert (*err != 0);
     if (!is_retryable (*err))
       return -1;
     set_state (r, REMOTE_RETRYING);
@@ -314,6 +345,12 @@ remote_get_size (struct remote *r, uint64_t deadline_ns, int *err)
       return -1;
     }
   }
+}
+
+int64_t
+remote_get_size (struct remote *r, uint64_t deadline_ns, int *err)
+{
+  return size_retrying (r, NULL, 0, deadline_ns, err);
 }
 
 int
@@ -771,18 +808,30 @@ remote_set_modifying (struct remote *r, bool modifying)
 int
 remote_repin (struct remote *r, char *identity, size_t len, uint64_t deadline_ns, int *err)
 {
-  /* Reconnect so that the backend computes the identity afresh. */
+  char id[sizeof r->identity] = "";
+
+  /* Pooled connections are checked against the new pin when they next
+   * reconnect: close the idle ones now.  The identity itself comes from
+   * a connection of the backend's own, never from one that stayed open
+   * (busy when we asked), which would tell no identity at all. */
   if (r->ops->release)
     r->ops->release (r->h);
   __atomic_fetch_add (&r->write_gen, 1, __ATOMIC_SEQ_CST);
+  if (size_retrying (r, id, sizeof id, deadline_ns, err) < 0)
+    return -1;
+  if (!*id) {
+    remote_note_error (r, "re-pin: the %s backend told no identity", r->ops->name);
+    *err = EPROTO;
+    return -1;
+  }
   pthread_mutex_lock (&r->lock);
-  r->pinned = false;
+  snprintf (r->identity, sizeof r->identity, "%s", id);
+  r->pinned = true;
   if (r->state == REMOTE_CHANGED)
     r->state = REMOTE_IDLE;
   pthread_mutex_unlock (&r->lock);
-  if (remote_get_size (r, deadline_ns, err) < 0)
-    return -1;
-  remote_identity (r, identity, len);
+  log_info ("remote: disk %s: parent %s pinned as %s", r->disk, r->url, id);
+  snprintf (identity, len, "%s", id);
   return 0;
 }
 

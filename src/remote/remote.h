@@ -59,7 +59,9 @@ int remote_open (const struct remote_config *cfg, struct remote **rp);
 void remote_close (struct remote *r);
 
 /* Connect if not yet connected and return the size in bytes.  Retries
- * until deadline_ns (CLOCK_MONOTONIC).  -1 with *err set on failure. */
+ * until deadline_ns (CLOCK_MONOTONIC).  -1 with *err set on failure
+ * (ERANGE: the parent reported a size that is not one, negative or above
+ * 1 EiB; the reason is in the status's last error). */
 int64_t remote_get_size (struct remote *r, uint64_t deadline_ns, int *err);
 
 /* Read count bytes at offset, retrying until deadline_ns.  offset + count
@@ -117,8 +119,11 @@ int remote_make_writable (struct remote *r, uint64_t deadline_ns, int *err);
 
 /* While modifying is true, our own writes change the parent's identity:
  * a mismatch on reconnect is accepted and re-pinned instead of failing.
- * remote_repin forgets the pinned identity and takes the current one
- * (connecting); *identity receives it.  0 or -1 with *err. */
+ * remote_repin pins the parent's current identity instead of the old
+ * one, asking on a new connection of its own (never one a request is
+ * using), and closes the idle pooled connections so that each is checked
+ * against the new pin when it reconnects; *identity receives it, never
+ * empty.  0 or -1 with *err (the pin is then unchanged). */
 void remote_set_modifying (struct remote *r, bool modifying);
 int remote_repin (struct remote *r, char *identity, size_t len, uint64_t deadline_ns,
                   int *err);
