@@ -103,8 +103,9 @@ struct cor_disk {
   size_t index;                 /* in the engine's array (inode 2 + index) */
 
   /* The file's permission bits and owner, the record's (defaults
-   * resolved), for getattr without an index lookup.  attr_lock is a
-   * leaf lock; changed (after the record) under owner_lock. */
+   * resolved), for getattr without an index lookup.  attr_lock is
+   * held across meta_disk_set_attr's commit (before meta's lock), so
+   * the cache follows the index; no owner_lock (see engine.c). */
   pthread_mutex_t attr_lock;
   uint32_t mode, uid, gid;      /* protected by attr_lock */
 

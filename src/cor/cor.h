@@ -88,7 +88,8 @@ void cor_disk_attr (struct cor_disk *d, uint32_t *mode, uint32_t *uid, uint32_t 
 /* chmod and chown: durably record the permission bits (mode & 0777) and
  * the owner; -1 keeps a value as it is.  Independent of the owner state:
  * a read-only disk is enforced with EROFS, never through these bits.
- * Serialised with the record's other writers.  0, or -1 with *err. */
+ * Never waits for an owner-state change in progress (a handoff stuck on
+ * a stalled parent): only the index's own commit.  0, or -1 with *err. */
 int cor_disk_set_attr (struct cor_disk *d, int64_t mode, int64_t uid, int64_t gid,
                        int *err);
 

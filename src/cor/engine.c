@@ -48,9 +48,12 @@
  * whenever a busy range is released or the gate opens.  Exclusive
  * operations run on ctl's job threads (one per disk at a time).
  * d->owner_lock orders the record's writers (owner-state transitions,
- * cor_update_record, cor_disk_set_attr); it is taken before d->lock
- * and before meta's lock; d->attr_lock, a leaf, guards only the cached
- * mode and owner that getattr reads.
+ * cor_update_record); it is taken before d->lock and before meta's
+ * lock.  cor_disk_set_attr (chmod, chown) takes no owner_lock: meta
+ * changes mode and owner alone and keeps them from older record copies.
+ * d->attr_lock guards the cached mode and owner that getattr reads; it
+ * is taken before meta's lock (cor_disk_set_attr holds it across the
+ * commit) and nothing else is taken under it.
  */
 #include <assert.h>
 #include <errno.h>
@@ -191,14 +194,21 @@ cor_engine_free (struct cor_engine *e)
   return ret;
 }
 
-/* Cache the record's mode and owner, defaults resolved (cor_disk_attr). */
+/* Must be called with d->attr_lock held.  Cache the record's mode and
+ * owner, defaults resolved (cor_disk_attr). */
+static void
+attr_cache (struct cor_disk *d, const struct meta_record *rec)
+{
+  d->mode = rec->has_mode ? rec->mode & 0777 : 0600;
+  d->uid = rec->has_uid ? rec->uid : getuid ();
+  d->gid = rec->has_gid ? rec->gid : getgid ();
+}
+
 static void
 attr_from_record (struct cor_disk *d, const struct meta_record *rec)
 {
   pthread_mutex_lock (&d->attr_lock);
-  d->mode = rec->has_mode ? rec->mode & 0777 : 0600;
-  d->uid = rec->has_uid ? rec->uid : getuid ();
-  d->gid = rec->has_gid ? rec->gid : getgid ();
+  attr_cache (d, rec);
   pthread_mutex_unlock (&d->attr_lock);
 }
 
@@ -212,34 +222,28 @@ cor_disk_attr (struct cor_disk *d, uint32_t *mode, uint32_t *uid, uint32_t *gid)
   pthread_mutex_unlock (&d->attr_lock);
 }
 
+/* No owner_lock: a state change holds it across slow work (draining a
+ * stalled parent's fetches), and chmod must not wait for that (the
+ * kernel holds the inode's lock across it, so writes would wait too).
+ * meta changes only these fields, under its own lock, and a state
+ * change's older copy of the record cannot roll them back.  attr_lock
+ * is held across the commit so that two concurrent changes leave the
+ * cache as the index has it. */
 int
 cor_disk_set_attr (struct cor_disk *d, int64_t mode, int64_t uid, int64_t gid, int *err)
 {
   struct meta_record rec;
-  int r = 0;
+  int r;
 
-  pthread_mutex_lock (&d->owner_lock);
-  meta_disk_record (d->md, &rec);
-  if (mode >= 0) {
-    rec.mode = mode & 0777;
-    rec.has_mode = true;
-  }
-  if (uid >= 0) {
-    rec.uid = uid;
-    rec.has_uid = true;
-  }
-  if (gid >= 0) {
-    rec.gid = gid;
-    rec.has_gid = true;
-  }
-  if (meta_disk_update (d->md, &rec) == -1) {
+  pthread_mutex_lock (&d->attr_lock);
+  r = meta_disk_set_attr (d->md, mode, uid, gid, &rec);
+  if (r == -1) {
     *err = errno;
     log_error ("cor: disk %s: recording its mode and owner: %m", d->name);
-    r = -1;
   }
   else
-    attr_from_record (d, &rec);
-  pthread_mutex_unlock (&d->owner_lock);
+    attr_cache (d, &rec);
+  pthread_mutex_unlock (&d->attr_lock);
   return r;
 }
 

@@ -150,6 +150,14 @@ fs_setattr (fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
    * management stack chowns a disk to the user its VMs run as).  Who may
    * change what is the kernel's check: the mount has default_permissions,
    * so only root changes the owner, and only the owner or root the mode. */
+  if ((to_set & FUSE_SET_ATTR_MODE) && (attr->st_mode & (S_ISUID | S_ISGID | S_ISVTX))) {
+    /* A disk image is never executed, and only the permission bits are
+     * stored: refuse rather than drop the bits silently. */
+    log_warn ("fs: disk %s: chmod %04o refused: setuid, setgid and sticky bits are "
+              "not supported (only the permission bits 0777)", cor_disk_name (d),
+              (unsigned) (attr->st_mode & 07777));
+    return (void) fuse_reply_err (req, EPERM);
+  }
   if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
     int err = 0;
     if (cor_disk_set_attr (d, to_set & FUSE_SET_ATTR_MODE ? (int64_t) (attr->st_mode & 0777) : -1,

@@ -911,34 +911,88 @@ meta_disk_record (struct meta_disk *d, struct meta_record *rec)
 
 struct update_arg { struct meta_disk *d; const struct meta_record *rec; };
 
-/* Must be called with m->lock held.  The change generation belongs to
- * meta_checkpoint and the widening mark to meta_disk_open: a caller's
- * copy of the record, read before a checkpoint, must not roll them back. */
+/* Must be called with m->lock held.  Put into rec the fields that
+ * meta_disk_update never changes from a caller's copy: the change
+ * generation belongs to meta_checkpoint, the widening mark to
+ * meta_disk_open, mode and owner to meta_disk_set_attr.  A caller's copy
+ * read before one of those (a state change that waited a long time on a
+ * stalled parent, say) must not roll them back. */
+static void
+keep_own_fields (const struct meta_disk *d, struct meta_record *rec)
+{
+  rec->generation = d->rec.generation;
+  rec->widened_generation = d->rec.widened_generation;
+  rec->has_mode = d->rec.has_mode;
+  rec->has_uid = d->rec.has_uid;
+  rec->has_gid = d->rec.has_gid;
+  rec->mode = d->rec.mode;
+  rec->uid = d->rec.uid;
+  rec->gid = d->rec.gid;
+}
+
+/* Must be called with m->lock held. */
 static int
 update_txn (struct meta *m, MDB_txn *txn, void *argp)
 {
   struct update_arg *a = argp;
   struct disk_value v = { .rec = *a->rec, .id = a->d->id, .open = true };
-  v.rec.generation = a->d->rec.generation;
-  v.rec.widened_generation = a->d->rec.widened_generation;
   return put_record (m, txn, a->d->name, &v);
+}
+
+/* Must be called with m->lock held: write *rec, and make it the
+ * in-memory record once committed.  0 or errno. */
+static int
+put_disk_record (struct meta_disk *d, const char *op, const struct meta_record *rec)
+{
+  struct update_arg a = { d, rec };
+  int rc = write_txn (d->m, op, update_txn, &a);
+  if (rc == 0)
+    d->rec = *rec;
+  return rc;
 }
 
 int
 meta_disk_update (struct meta_disk *d, const struct meta_record *rec)
 {
-  struct update_arg a = { d, rec };
+  struct meta_record r = *rec;
   int rc;
 
   assert (rec->size == d->rec.size && rec->block_size == d->rec.block_size);
   pthread_mutex_lock (&d->m->lock);
-  rc = write_txn (d->m, "update record", update_txn, &a);
-  if (rc == 0) {
-    uint32_t gen = d->rec.generation, wgen = d->rec.widened_generation;
-    d->rec = *rec;
-    d->rec.generation = gen;
-    d->rec.widened_generation = wgen;
+  keep_own_fields (d, &r);
+  rc = put_disk_record (d, "update record", &r);
+  pthread_mutex_unlock (&d->m->lock);
+  if (rc) {
+    errno = rc;
+    return -1;
   }
+  return 0;
+}
+
+int
+meta_disk_set_attr (struct meta_disk *d, int64_t mode, int64_t uid, int64_t gid,
+                    struct meta_record *out)
+{
+  struct meta_record r;
+  int rc;
+
+  pthread_mutex_lock (&d->m->lock);
+  r = d->rec;
+  if (mode >= 0) {
+    r.mode = mode & 0777;
+    r.has_mode = true;
+  }
+  if (uid >= 0) {
+    r.uid = uid;
+    r.has_uid = true;
+  }
+  if (gid >= 0) {
+    r.gid = gid;
+    r.has_gid = true;
+  }
+  rc = put_disk_record (d, "record mode and owner", &r);
+  if (out)
+    *out = d->rec;
   pthread_mutex_unlock (&d->m->lock);
   if (rc) {
     errno = rc;

@@ -117,9 +117,20 @@ void meta_disk_record (struct meta_disk *d, struct meta_record *rec);
 
 /* Durably replace the record (one LMDB commit), except generation and
  * widened_generation, which only meta_checkpoint and meta_disk_open
- * change.  Callers that read, modify and write the record must serialise
- * with each other (src/cor's cor_update_record does).  0 or -1 with errno. */
+ * change, and mode, uid and gid (with their has_ flags), which only
+ * meta_disk_set_attr changes: those are kept from the in-memory record,
+ * so a copy read before a checkpoint or a chmod does not roll them back.
+ * Callers that read, modify and write the record must serialise with
+ * each other (src/cor's cor_update_record does).  0 or -1 with errno. */
 int meta_disk_update (struct meta_disk *d, const struct meta_record *rec);
+
+/* Durably set the disk file's mode (mode & 0777), owner and group, each
+ * only if >= 0, in one LMDB commit under meta's own lock, leaving every
+ * other field as it is: callers need no other lock (chmod must not wait
+ * for a state change).  *out (if not NULL) gets the record as it is after
+ * the call, changed or not.  0 or -1 with errno. */
+int meta_disk_set_attr (struct meta_disk *d, int64_t mode, int64_t uid, int64_t gid,
+                        struct meta_record *out);
 
 /* Number of blocks (size rounded up to the block size). */
 uint64_t meta_nr_blocks (const struct meta_disk *d);

@@ -1006,12 +1006,9 @@ Test (meta, mode_owner_added_to_an_old_record)
   cr_assert_eq (rec.size, 1048576);
   cr_assert (!rec.has_mode && !rec.has_uid && !rec.has_gid);
 
-  upd = rec;
-  upd.has_mode = upd.has_uid = upd.has_gid = true;
-  upd.mode = 0640;
-  upd.uid = 65534;
-  upd.gid = 4242;
-  cr_assert_eq (meta_disk_update (d, &upd), 0);
+  cr_assert_eq (meta_disk_set_attr (d, 0640, 65534, 4242, &upd), 0);
+  cr_assert (upd.has_mode && upd.has_uid && upd.has_gid);
+  cr_assert_eq (upd.state, META_INCOMING);
   close_disk (d, true);
   reopen_env ();
   cr_assert_eq (meta_record_get (m, "old", &rec), 0);
@@ -1022,9 +1019,7 @@ Test (meta, mode_owner_added_to_an_old_record)
   cr_assert_eq (rec.gid, 4242);
 
   d = open_clean ("old", NULL);
-  meta_disk_record (d, &upd);
-  upd.mode = 0;
-  cr_assert_eq (meta_disk_update (d, &upd), 0);
+  cr_assert_eq (meta_disk_set_attr (d, 0, -1, -1, NULL), 0);
   close_disk (d, true);
   reopen_env ();
   cr_assert_eq (meta_record_get (m, "old", &rec), 0);
@@ -1548,4 +1543,33 @@ Test (meta, widened_flag_per_generation)
   cr_assert_eq (l.n, 1);
   cr_assert_eq (l.first[0], 0);
   cr_assert_eq (l.nr[0], 4, "the present blocks are in the widened generation");
+}
+
+/* A state change that read the record before a chmod (it waited on a
+ * stalled parent meanwhile) writes its copy back: the chmod and chown
+ * stay, in memory and in the index; the state change lands too. */
+Test (meta, update_from_an_older_copy_keeps_mode_and_owner)
+{
+  struct meta_record init = mkrec (1 * MiB, 4096), old, rec;
+  struct meta_disk *d = open_clean ("attr", &init);
+
+  meta_disk_record (d, &old);
+  cr_assert (!old.has_mode);
+  cr_assert_eq (meta_disk_set_attr (d, 0640, -1, 4242, NULL), 0);
+  old.state = META_HANDED_OFF;
+  old.epoch = 7;
+  cr_assert_eq (meta_disk_update (d, &old), 0);
+  meta_disk_record (d, &rec);
+  cr_assert (rec.has_mode && !rec.has_uid && rec.has_gid);
+  cr_assert_eq (rec.mode, 0640);
+  cr_assert_eq (rec.gid, 4242);
+  cr_assert_eq (rec.state, META_HANDED_OFF);
+  close_disk (d, true);
+  reopen_env ();
+  cr_assert_eq (meta_record_get (m, "attr", &rec), 0);
+  cr_assert (rec.has_mode && rec.has_gid);
+  cr_assert_eq (rec.mode, 0640);
+  cr_assert_eq (rec.gid, 4242);
+  cr_assert_eq (rec.state, META_HANDED_OFF);
+  cr_assert_eq (rec.epoch, 7);
 }
