@@ -84,7 +84,8 @@ mount_usage (FILE *f)
 "                         (default 64K; recorded per disk, K/M/G = 1024^n)\n"
 "  --hold SECONDS         how long a guest request waits for an unreachable\n"
 "                         parent before it fails with EIO (1 to %d, default %d;\n"
-"                         must stay 2 s below the kernel's FUSE request timeout\n"
+"                         at most half the kernel's FUSE request timeout,\n"
+"                         fs.fuse.default_request_timeout or max_request_timeout,\n"
 "                         if one is set: the default is lowered to fit)\n"
 "  --connect-timeout SECONDS  one connection attempt to a parent (1 to %d,\n"
 "                         default %d)\n"
@@ -448,41 +449,54 @@ lock_state (const char *state)
   return fd;
 }
 
+const char *fuse_sysctl_dir = "/proc/sys/fs/fuse";
+
 uint64_t
 fuse_kernel_timeout_s (const char **which)
 {
-  static const char *files[] = { "/proc/sys/fs/fuse/default_request_timeout",
-                                 "/proc/sys/fs/fuse/max_request_timeout", NULL };
+  static const char *names[] = { "default_request_timeout", "max_request_timeout", NULL };
+  static const char *sysctls[] = { "fs.fuse.default_request_timeout",
+                                   "fs.fuse.max_request_timeout" };
   uint64_t min = 0;
 
   /* The kernel gives a mount the default, capped by the maximum: the
    * smaller one that is set. */
   *which = NULL;
-  for (size_t i = 0; files[i]; i++) {
-    char *s = read_small_file (files[i]);
+  for (size_t i = 0; names[i]; i++) {
+    char path[4096];
+    snprintf (path, sizeof path, "%s/%s", fuse_sysctl_dir, names[i]);
+    char *s = read_small_file (path);
     uint64_t t = s ? strtoull (s, NULL, 10) : 0;
     free (s);
     if (t > 0 && (min == 0 || t < min)) {
       min = t;
-      *which = files[i];
+      *which = sysctls[i];
     }
   }
   return min;
+}
+
+uint64_t
+hold_max_for_kernel (uint64_t kernel_s)
+{
+  return kernel_s >= 2 ? kernel_s / 2 : 1;
 }
 
 int
 hold_fit (uint64_t hold_s, bool given, uint64_t kernel_s, const char *which,
           uint64_t *effective, char *err, size_t len)
 {
-  uint64_t max = kernel_s > 3 ? kernel_s - 2 : 1;
+  uint64_t max = hold_max_for_kernel (kernel_s);
 
   *effective = hold_s;
   if (kernel_s == 0 || hold_s <= max)
     return 0;
   if (given) {
     snprintf (err, len, "hold %" PRIu64 " s: the kernel aborts a FUSE mount whose "
-              "request waits %" PRIu64 " s (%s); give a hold of at most %" PRIu64 " s",
-              hold_s, kernel_s, which ? which : "fs.fuse request timeout", max);
+              "request waits %" PRIu64 " s (%s), and a hold may be at most half of "
+              "that (a request can also wait in the kernel's queue): give a hold of at "
+              "most %" PRIu64 " s", hold_s, kernel_s,
+              which ? which : "fs.fuse request timeout", max);
     return -1;
   }
   *effective = max;

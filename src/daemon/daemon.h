@@ -82,15 +82,26 @@ int config_load (const char *path, struct mount_opts *o);
 int mount_parse_duration (const char *key, const char *value, uint64_t *out,
                           char *err, size_t len);
 
+/* Where fuse_kernel_timeout_s reads the kernel's settings:
+ * "/proc/sys/fs/fuse" (unit tests point it at a directory of their own,
+ * so that they do not depend on the host's). */
+extern const char *fuse_sysctl_dir;
+
 /* The kernel's FUSE request timeout for a new mount, in seconds (0:
- * none), from /proc/sys/fs/fuse/{default,max}_request_timeout; *which
- * names the file that set it. */
+ * none), from fuse_sysctl_dir's {default,max}_request_timeout: the
+ * smaller one that is set; *which names its sysctl (fs.fuse.NAME). */
 uint64_t fuse_kernel_timeout_s (const char **which);
 
-/* Fit the hold below the kernel's FUSE request timeout kernel_s (0: none;
- * its expiry aborts the whole mount), with 2 s to spare.  A hold the user
- * gave (given) that does not fit is an error: 0 or -1 with the reason in
- * err; the default is lowered to fit.  *effective is the hold to use. */
+/* The largest hold for a kernel FUSE request timeout kernel_s (> 0):
+ * half of it, at least 1 s.  Its expiry aborts the whole mount, and a
+ * request can wait in the kernel's queue before a worker sees it, so
+ * the hold keeps a wide margin rather than a fixed 2 s. */
+uint64_t hold_max_for_kernel (uint64_t kernel_s);
+
+/* Fit the hold below the kernel's FUSE request timeout kernel_s (0: none)
+ * (hold_max_for_kernel).  A hold the user gave (given) that does not fit
+ * is an error: 0 or -1 with the reason in err; the default is lowered to
+ * fit.  *effective is the hold to use. */
 int hold_fit (uint64_t hold_s, bool given, uint64_t kernel_s, const char *which,
               uint64_t *effective, char *err, size_t len);
 

@@ -1,7 +1,8 @@
 /* corfs: the FUSE low-level frontend.
  *
  * Notes on the thread model: libfuse's multi-threaded loop runs the
- * handlers below on a pool of worker threads, many at once; every handler
+ * handlers below on a pool of worker threads, many at once (up to
+ * FS_MAX_THREADS, see fs_run); every handler
  * calls into the engine (which has its own locking) and replies exactly
  * once, holding no lock.  The engine and the disk list do not change while
  * the session runs, so the handlers read them without locks.
@@ -32,6 +33,22 @@
 #include "fs/fs.h"
 
 #define ATTR_TIMEOUT 1.0
+
+/* Background requests the kernel may have outstanding (readahead, async
+ * direct I/O); set in fs_init. */
+#define FS_MAX_BACKGROUND 64
+
+/* Worker threads at most.  Every request a worker has not picked up
+ * waits in the kernel's queue, where no hold applies: with libfuse's
+ * default of 10 workers, 30 concurrent reads of a stalled parent ended
+ * at 1, 2 and 3 times the hold.  Each blocked guest request holds one
+ * worker, so there must be one for every request that can be in flight:
+ * all the background ones plus synchronous ones from many callers (a
+ * hypervisor's I/O threads, several VMs).  Idle workers above
+ * FS_IDLE_THREADS exit, so the cost of the limit is paid only while
+ * requests wait; beyond it, requests queue again. */
+#define FS_MAX_THREADS (4 * FS_MAX_BACKGROUND)
+#define FS_IDLE_THREADS 16
 
 struct fs {
   struct cor_engine *e;
@@ -92,8 +109,8 @@ fs_init (void *userdata, struct fuse_conn_info *conn)
   /* Readahead and async direct I/O put many reads in flight at once;
    * the kernel's default (12 background requests) would serialise them
    * behind slow parent fetches. */
-  conn->max_background = 64;
-  conn->congestion_threshold = 48;
+  conn->max_background = FS_MAX_BACKGROUND;
+  conn->congestion_threshold = FS_MAX_BACKGROUND * 3 / 4;
   /* Writeback caching would acknowledge writes before they reach us. */
   conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
 }
@@ -551,10 +568,20 @@ fs_run (struct fs *fs)
   /* clone_fd (a /dev/fuse fd per thread) measured the same here: warm
    * random 4 KiB O_DIRECT reads at iodepth 32, 56.5k vs 57.5k and 77.6k
    * vs 78.0k IOPS in alternated runs; kept off. */
-  struct fuse_loop_config cfg = { .clone_fd = 0, .max_idle_threads = 16 };
+  struct fuse_loop_config *cfg = fuse_loop_cfg_create ();
+  int r;
+
+  if (!cfg) {
+    log_error ("fs: configuring the FUSE loop: out of memory");
+    return -1;
+  }
+  fuse_loop_cfg_set_clone_fd (cfg, 0);
+  fuse_loop_cfg_set_idle_threads (cfg, FS_IDLE_THREADS);
+  fuse_loop_cfg_set_max_threads (cfg, FS_MAX_THREADS);
   /* The loop returns the signal number when SIGTERM/SIGINT/SIGHUP ended
    * it (a clean stop), and a negative errno on failure. */
-  int r = fuse_session_loop_mt (fs->se, &cfg);
+  r = fuse_session_loop_mt (fs->se, cfg);
+  fuse_loop_cfg_destroy (cfg);
   if (r < 0)
     log_error ("fs: the FUSE loop failed: %s", strerror (-r));
   return r < 0 ? -1 : 0;
