@@ -144,7 +144,7 @@ request (const char *cmdname, const char *state, json_t *req)
     json_decref (req);
     return NULL;
   }
-  if (jsonl_send (fd, req) == -1 || !(reply = jsonl_recv (fd))) {
+  if (!(reply = jsonl_call (fd, req))) {
     fprintf (stderr, "corfs %s: talking to the daemon of %s: %s\n", cmdname, state,
              strerror (errno));
     json_decref (req);
@@ -173,7 +173,7 @@ subscribe_events (const char *state)
 
   /* The reply means the daemon has subscribed us: no event after it is
    * missed by the status check that follows. */
-  if (fd >= 0 && (jsonl_send (fd, req) == -1 || !(reply = jsonl_recv (fd)))) {
+  if (fd >= 0 && (!(reply = jsonl_call (fd, req)))) {
     close (fd);
     fd = -1;
   }
@@ -425,7 +425,7 @@ cli_status (int argc, char **argv)
   req = json_pack ("{s:s, s:b}", "cmd", "status", "maps", maps);
   if (name)
     json_object_set_new (req, "disk", json_string (name));
-  if (jsonl_send (fd, req) == -1 || !(reply = jsonl_recv (fd))) {
+  if (!(reply = jsonl_call (fd, req))) {
     fprintf (stderr, "corfs status: talking to the daemon: %s\n", strerror (errno));
     json_decref (req);
     close (fd);
@@ -619,15 +619,24 @@ cli_events (int argc, char **argv)
     return 1;
   }
   req = json_pack ("{s:s}", "cmd", "events");
-  if (jsonl_send (fd, req) == -1) {
+  /* The subscription's reply, read even if the send failed (a refusal). */
+  if (!(ev = jsonl_call (fd, req))) {
     fprintf (stderr, "corfs events: %s\n", strerror (errno));
     json_decref (req);
     close (fd);
     return 1;
   }
   json_decref (req);
+  if (!json_is_true (json_object_get (ev, "ok"))) {
+    fprintf (stderr, "corfs events: %s\n",
+             json_string_value (json_object_get (ev, "error")));
+    json_decref (ev);
+    close (fd);
+    return 1;
+  }
+  json_decref (ev);
   while ((ev = jsonl_recv (fd))) {
-    if (!json_object_get (ev, "ok")) {       /* skip the subscription's reply */
+    if (!json_object_get (ev, "ok")) {       /* skip replies, if any */
       char *line = json_dumps (ev, JSON_COMPACT);
       puts (line);
       fflush (stdout);

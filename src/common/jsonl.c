@@ -80,6 +80,23 @@ jsonl_recv (int fd)
   return v;
 }
 
+json_t *
+jsonl_call (int fd, const json_t *req)
+{
+  json_t *reply;
+  int err = 0;
+
+  /* A daemon that refuses the client writes why and closes before it
+   * reads anything: the send then fails (EPIPE), but the reason is
+   * already queued, so read it all the same. */
+  if (jsonl_send (fd, req) == -1)
+    err = errno;
+  reply = jsonl_recv (fd);
+  if (!reply && err)
+    errno = err;
+  return reply;
+}
+
 int
 jsonl_connect (const char *state, char *errbuf, size_t len)
 {
@@ -97,8 +114,12 @@ jsonl_connect (const char *state, char *errbuf, size_t len)
     return -1;
   }
   if (connect (fd, (struct sockaddr *) &sun, sizeof sun) == -1) {
-    snprintf (errbuf, len, "cannot reach the corfs daemon of %s (%s): is it mounted?",
-              state, strerror (errno));
+    if (errno == EACCES || errno == EPERM)
+      snprintf (errbuf, len, "permission denied on the control socket %s: it serves "
+                "only the daemon's user and root", sun.sun_path);
+    else
+      snprintf (errbuf, len, "cannot reach the corfs daemon of %s (%s): is it mounted?",
+                state, strerror (errno));
     close (fd);
     return -1;
   }

@@ -17,6 +17,11 @@ int jsonl_send (int fd, const json_t *v);
  * ECONNRESET on EOF). */
 json_t *jsonl_recv (int fd);
 
+/* Send req and read the reply, which is read even if the send failed
+ * (a refused client's reason is queued before the daemon hangs up).  A
+ * new reference, or NULL with errno (the send's error if it failed). */
+json_t *jsonl_call (int fd, const json_t *req);
+
 /* Connect to the control socket of state directory state.  fd or -1 with
  * the reason in errbuf. */
 int jsonl_connect (const char *state, char *errbuf, size_t len);

@@ -101,8 +101,12 @@ save_trace (struct cor_disk *d)
   if (!d->trace_path || d->nr_trace == 0 || access (d->trace_path, F_OK) == 0)
     return;
   snprintf (tmp, sizeof tmp, "%s.tmp", d->trace_path);
-  f = fopen (tmp, "w");
+  /* Never through a symlink left in the state directory. */
+  int fd = open (tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+  f = fd >= 0 ? fdopen (fd, "w") : NULL;
   if (!f) {
+    if (fd >= 0)
+      close (fd);
     log_warn ("cor: disk %s: saving fault trace %s: %m", d->name, tmp);
     return;
   }
@@ -340,7 +344,8 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
    * index records present blocks, a missing overlay is lost data, not a
    * file to create. */
   present = meta_count (d->md, META_PRESENT);
-  d->overlay_fd = open (cfg->overlay_path, O_RDWR | O_CLOEXEC | (present ? 0 : O_CREAT), 0600);
+  d->overlay_fd = open (cfg->overlay_path, O_RDWR | O_CLOEXEC | O_NOFOLLOW | (present ? 0 : O_CREAT),
+                        0600);
   if (d->overlay_fd == -1 || fstat (d->overlay_fd, &st) == -1) {
     if (present)
       log_error ("cor: disk %s: overlay %s: %m; the index records %" PRIu64 " blocks "

@@ -21,8 +21,8 @@
  * Access: the socket is created 0600 whatever the umask (a request can
  * activate, hand off or write a file as the daemon's user), and every
  * client's SO_PEERCRED uid must be the daemon's effective uid or root;
- * others get one error line and are closed once they send their request
- * or hang up (allowed_peer; until then they keep their slot).
+ * others get one error line and are closed at once, before they take a
+ * client slot (allowed_peer).
  *
  * Locks: qlock (a leaf) protects the event queue, stopping, and each
  * job's done and reply; everything else here is the ctl thread's (and
@@ -61,7 +61,6 @@ struct client {
   size_t len;
   bool overlong;                /* discarding the rest of a too-long line */
   bool events;                  /* subscribed to the event stream */
-  bool refused;                 /* told "permission denied"; dropped once it sends */
   struct job *pending;          /* a long command whose reply is due */
   char buf[JSONL_MAX_LINE];
 };
@@ -845,8 +844,6 @@ serve_client (struct ctl *c, int i)
   struct client *cl = c->clients[i];
   ssize_t r;
 
-  if (cl->refused)
-    return -1;                  /* it has its answer (allowed_peer) */
   r = read (cl->fd, cl->buf + cl->len, sizeof cl->buf - cl->len);
   if (r <= 0)
     return r == -1 && (errno == EINTR || errno == EAGAIN) ? 0 : -1;
@@ -983,6 +980,18 @@ ctl_thread (void *arg)
         int slot = -1;
         if (fd == -1)
           continue;
+        if (!allowed_peer (fd)) {
+          /* Closed at once: a refused client must not hold a slot (64
+           * idle ones would lock root out).  The reply is queued on its
+           * socket before the close, so it can still read why, even
+           * after its own send met EPIPE (the CLI reads it then). */
+          json_t *r = error_reply (NULL, "permission denied: the control socket "
+                                   "serves only its daemon's user and root");
+          jsonl_send (fd, r);
+          json_decref (r);
+          close (fd);
+          continue;
+        }
         for (int i = 0; i < MAX_CLIENTS; i++)
           if (!c->clients[i]) { slot = i; break; }
         if (slot == -1 || !(c->clients[slot] = calloc (1, sizeof (struct client)))) {
@@ -993,15 +1002,6 @@ ctl_thread (void *arg)
           continue;
         }
         c->clients[slot]->fd = fd;
-        if (!allowed_peer (fd)) {
-          json_t *r = error_reply (NULL, "permission denied: the control socket "
-                                   "serves only its daemon's user and root");
-          jsonl_send (fd, r);
-          json_decref (r);
-          /* Closed only once it has sent its request (or hung up): closed
-           * now, its request would meet EPIPE before it read why. */
-          c->clients[slot]->refused = true;
-        }
       }
     }
   }
@@ -1030,10 +1030,13 @@ ctl_start (struct cor_engine *e, struct merge *mg, const char *path, struct ctl 
   /* Linux creates the socket file with the socket inode's mode minus the
    * umask: 0600 before bind means no moment with a looser mode (a
    * process-wide umask change would race the other threads).  The chmod
-   * after bind makes it exactly 0600 whatever the umask. */
+   * after bind makes it exactly 0600 whatever the umask; it does not
+   * follow a symlink (the state directory is the daemon user's alone,
+   * daemon.c checks, so nothing should have replaced the file). */
   if (c->listen_fd == -1 || fchmod (c->listen_fd, 0600) == -1 ||
       bind (c->listen_fd, (struct sockaddr *) &sun, sizeof sun) == -1 ||
-      chmod (path, 0600) == -1 || listen (c->listen_fd, 16) == -1) {
+      fchmodat (AT_FDCWD, path, 0600, AT_SYMLINK_NOFOLLOW) == -1 ||
+      listen (c->listen_fd, 16) == -1) {
     log_error ("ctl: control socket %s: %m", path);
     goto err;
   }

@@ -3,7 +3,9 @@
  * Start-up, in this order (the parent waits on a readiness pipe and exits
  * non-zero with the daemon's error if any step fails):
  *   1. parse options and the config file; resolve every path with
- *      realpath() (the daemon changes directory to /);
+ *      realpath() (the daemon changes directory to /); refuse a state
+ *      directory others can write (check_state_dir); open the log
+ *      (O_NOFOLLOW, like every file the daemon opens there);
  *   2. fork; the child starts a new session and logs to STATE/corfs.log;
  *   3. take STATE/corfs.pid with flock (it survives fork, and a file left
  *      by kill -9 holds no lock, so it never means "in use");
@@ -70,7 +72,8 @@ mount_usage (FILE *f)
 "mount serves (or exits non-zero with the daemon's error).\n"
 "\n"
 "  --state DIR            state directory: index, overlays, control socket, log\n"
-"                         (created if missing; one daemon per directory)\n"
+"                         (created 0700 if missing; one daemon per directory;\n"
+"                         must be the daemon user's and not group/other-writable)\n"
 "  --disk NAME=URL        add a disk; NAME is [A-Za-z0-9._-]+.  URL is one of\n"
 "                           nbd://HOST[:PORT]/EXPORT\n"
 "                           nbd+unix:///EXPORT?socket=PATH\n"
@@ -376,8 +379,40 @@ mount_opts_free (struct mount_opts *o)
   free (o->mountpoint);
 }
 
+/* The state directory holds the control socket (its 0600 mode is what
+ * keeps other users from commanding the daemon), the pid file, the
+ * overlays and the log, all opened by the daemon, often root.  Whoever
+ * can write the directory can replace any of them: swap the socket for a
+ * server of their own, or plant symlinks the daemon would write through.
+ * So it must belong to the daemon's user and be writable by no one else.
+ * (A symlink given as --state is resolved once, by realpath; the
+ * directory it leads to is what is checked and used.)  0 or -1 (printed). */
+static int
+check_state_dir (const char *path)
+{
+  struct stat st;
+
+  if (lstat (path, &st) == -1) {
+    fprintf (stderr, "corfs: state directory %s: %s\n", path, strerror (errno));
+    return -1;
+  }
+  if (!S_ISDIR (st.st_mode)) {
+    fprintf (stderr, "corfs: state directory %s is not a directory\n", path);
+    return -1;
+  }
+  if (st.st_uid != geteuid () || (st.st_mode & (S_IWGRP | S_IWOTH))) {
+    fprintf (stderr, "corfs: state directory %s has mode %04o and owner uid %u: it must "
+             "belong to the daemon's user (uid %u) and be writable by no one else, "
+             "or other users could replace its control socket, pid file, overlays or "
+             "log (chown it, chmod go-w it, or use another directory)\n", path,
+             (unsigned) (st.st_mode & 07777), (unsigned) st.st_uid, (unsigned) geteuid ());
+    return -1;
+  }
+  return 0;
+}
+
 /* Resolve state and mountpoint to absolute paths (creating the state
- * directory).  0 or -1 (printed). */
+ * directory, and checking it: check_state_dir).  0 or -1 (printed). */
 static int
 mount_resolve (struct mount_opts *o)
 {
@@ -393,6 +428,8 @@ mount_resolve (struct mount_opts *o)
              errno ? strerror (errno) : "not a directory");
     return -1;
   }
+  if (check_state_dir (buf) == -1)
+    return -1;
   free (o->state);
   o->state = strdup (buf);
   if (strlen (o->state) + sizeof "/corfs.sock" > 108) {
@@ -422,7 +459,8 @@ lock_state (const char *state)
   int fd;
 
   snprintf (path, sizeof path, "%s/corfs.pid", state);
-  fd = open (path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  /* O_NOFOLLOW: never write through a symlink found in the state dir. */
+  fd = open (path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (fd == -1) {
     log_error ("daemon: %s: %m", path);
     return -1;
@@ -942,6 +980,13 @@ mount_main (struct mount_opts *o)
   if (o->foreground)
     return run_daemon (o, -1);
 
+  /* Opened here, not in the child, so that a failure is reported. */
+  snprintf (path, sizeof path, "%s/corfs.log", o->state);
+  logfd = open (path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (logfd == -1) {
+    fprintf (stderr, "corfs: log file %s: %s\n", path, strerror (errno));
+    return 1;
+  }
   if (pipe2 (pipefd, O_CLOEXEC) == -1) {
     perror ("corfs: pipe");
     return 1;
@@ -956,8 +1001,6 @@ mount_main (struct mount_opts *o)
     close (pipefd[0]);
     setsid ();
     if (chdir ("/") == -1) { /* cannot fail for / */ }
-    snprintf (path, sizeof path, "%s/corfs.log", o->state);
-    logfd = open (path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
     int nullfd = open ("/dev/null", O_RDWR);
     if (nullfd >= 0) {
       dup2 (nullfd, 0);
@@ -972,6 +1015,7 @@ mount_main (struct mount_opts *o)
     exit (run_daemon (o, pipefd[1]));
   }
   close (pipefd[1]);
+  close (logfd);
   while ((n = read (pipefd[0], msg + total, sizeof msg - 1 - total)) > 0)
     total += n;
   close (pipefd[0]);
