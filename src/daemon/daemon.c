@@ -119,32 +119,61 @@ mount_usage (FILE *f)
            HOLD_MAX_S, DEFAULT_HOLD_S, CONNECT_TIMEOUT_MAX_S, DEFAULT_CONNECT_TIMEOUT_S);
 }
 
+size_t
+argv_redact (const char *s, char *out, size_t len)
+{
+  const char *sep = strstr (s, "://"), *p, *end;
+  size_t n = 0;
+
+  /* What is kept: scheme://, the host[:port] after the authority's
+   * last '@', and the path up to the first '?', '#' or ';'.  Without
+   * "://" the same, from after the last '@' before any of those. */
+  if (sep) {
+    const char *auth = sep + 3, *auth_end = auth + strcspn (auth, "/?#");
+    const char *at = NULL;
+    for (const char *q = auth; q < auth_end; q++)
+      if (*q == '@')
+        at = q;
+    n = snprintf (out, len, "%.*s", (int) (auth - s), s);
+    p = at ? at + 1 : auth;
+  }
+  else {
+    const char *stop = s + strcspn (s, "?#;"), *at = NULL;
+    for (const char *q = s; q < stop; q++)
+      if (*q == '@')
+        at = q;
+    p = at ? at + 1 : s;
+  }
+  end = p + strcspn (p, "?#;");
+  if (n < len)
+    n += snprintf (out + n, len - n, "%.*s", (int) (end - p), p);
+  return n;
+}
+
 /* Overwrite, in place, the URL of a --disk NAME=URL argument (once it
- * has been copied) with its redacted form: argv is what
+ * has been copied) with what argv_redact keeps of it: argv is what
  * /proc/PID/cmdline and ps show every local user for the daemon's whole
- * life (the daemon is a fork of this process and keeps its argv).  The
- * redacted URL (url_redact) is never longer; the rest is zeroed.  A
- * URL read from @FILE never was in argv, which is why --help
- * recommends it: argv is readable until this runs, and shells keep
- * history. */
+ * life (the daemon is a fork of this process and keeps its argv).  It
+ * keeps no userinfo, query, fragment or path parameter, whatever their
+ * names (url_redact, for logs and the index, keeps what it knows to be
+ * harmless; argv needs no more than what the disk is), so it is never
+ * longer; the rest is zeroed.  A URL read from @FILE never was in argv,
+ * which is why --help recommends it: argv is readable until this runs,
+ * and shells keep history. */
 void
 scrub_disk_arg (char *arg)
 {
-  char *eq = strchr (arg, '='), *url, *redacted;
-  size_t n, k;
+  char *eq = strchr (arg, '='), *url;
+  size_t n;
 
   if (!eq || eq[1] == '@')
     return;
   url = eq + 1;
   n = strlen (url);
-  redacted = url_redact (url);
-  k = redacted ? strlen (redacted) : 0;
-  if (k > n)
-    k = n;
+  char kept[n + 1];
+  argv_redact (url, kept, n + 1);
   memset (url, 0, n);
-  if (redacted)
-    memcpy (url, redacted, k);
-  free (redacted);
+  memcpy (url, kept, strlen (kept));
 }
 
 static int
@@ -154,14 +183,21 @@ add_disk_arg (struct mount_opts *o, const char *arg)
   struct disk_opts *nv, *d;
   char *name;
 
+  /* The argument may be a URL with credentials given the wrong way
+   * (no NAME=, or a URL where the name goes): print only what
+   * argv_redact keeps of it. */
   if (!eq) {
-    fprintf (stderr, "corfs: --disk %s: expected NAME=URL\n", arg);
+    char shown[strlen (arg) + 1];
+    argv_redact (arg, shown, sizeof shown);
+    fprintf (stderr, "corfs: --disk %s: expected NAME=URL\n", shown);
     return -1;
   }
   name = strndup (arg, eq - arg);
   if (!name_is_valid (name)) {
+    char shown[strlen (name) + 1];
+    argv_redact (name, shown, sizeof shown);
     fprintf (stderr, "corfs: --disk: invalid disk name '%s' (use [A-Za-z0-9._-]+, "
-             "at most 64 characters)\n", name);
+             "at most 64 characters)\n", shown);
     free (name);
     return -1;
   }

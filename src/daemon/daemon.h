@@ -65,8 +65,15 @@ enum { CLI_BLOCK_SIZE = 1, CLI_HOLD = 2, CLI_STREAM = 4, CLI_CONNECT_TIMEOUT = 8
  * --help was printed, or -1 after printing a one-line error. */
 int mount_parse (int argc, char **argv, struct mount_opts *o);
 
+/* What may be shown of a --disk URL in argv and in errors about the
+ * argument: scheme://host[:port]/path only (userinfo up to the
+ * authority's last '@', query, fragment and ';' parameters dropped,
+ * whatever their names).  Written to out (len bytes, NUL-terminated;
+ * never longer than s); returns the length it needed. */
+size_t argv_redact (const char *s, char *out, size_t len);
+
 /* Overwrite in place the secret parts of one --disk NAME=URL argument
- * (argv[i] after it was copied): the URL becomes its redacted form,
+ * (argv[i] after it was copied): the URL becomes what argv_redact keeps,
  * zero-padded to its old length.  NAME=@FILE is left as it is. */
 void scrub_disk_arg (char *arg);
 
