@@ -26,7 +26,7 @@ start_nbdkit "$T/nbd.pid" -r -U "$sock" eval thread_model='echo parallel' \
          dd if='$img' skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none"
 cleanup_fn rm -f "$T/stall"
 st=$T/st mnt=$T/mnt f=$T/mnt/d
-corfs_mount "$st" "$mnt" --hold 15 --stream=on --disk d="$(nbd_uri "$sock")"
+corfs_mount "$st" "$mnt" --hold 15 --stream=paused --disk d="$(nbd_uri "$sock")"
 attrs () { stat -c '%a %u %g' "$f"; }
 [ "$(attrs)" = "600 0 0" ] || fail "new disk: $(attrs)"
 
@@ -39,6 +39,7 @@ done
 
 echo "=== chmod and chown while a handoff waits for a stalled fetch"
 touch "$T/stall"
+"$CORFS" stream --state "$st" d --resume > /dev/null
 sleep 2    # the streamer is now inside a fetch that takes 8 s
 "$CORFS" status --state "$st" | grep -q "stream.*running" || fail "the streamer is not running"
 "$CORFS" handoff --state "$st" d --epoch 5 > "$T/ho.out" 2>&1 & ho=$!
