@@ -262,7 +262,8 @@ pin_parent (struct cor_disk *d, struct meta_record *rec)
   int err = 0;
 
   remote_identity (d->remote, id, sizeof id);
-  if (!*id && remote_repin (d->remote, id, sizeof id, now_ns () + d->hold_ns, &err) == -1) {
+  if (!*id && remote_repin (d->remote, true, d->size, id, sizeof id, now_ns () + d->hold_ns,
+                            &err) == -1) {
     char why[1280];
     log_error ("cor: disk %s: finishing an interrupted activation: cannot pin the "
                "identity of parent %s: %s", d->name, remote_url (d->remote),
@@ -1762,11 +1763,28 @@ set_state (struct cor_disk *d, struct meta_record *rec, int state, uint64_t epoc
   return 0;
 }
 
+/* A failed activation (the parent could not be pinned, or has another
+ * size) is undone in the record: state incoming again, with the epoch it
+ * had, so that neither a mount nor the same epoch finishes it; only an
+ * explicit `activate` that succeeds does.  A crash between the two
+ * records (activating, then this) leaves it activating: the mount
+ * finishes that one, as after any interrupted activation. */
+static void
+back_to_incoming (struct cor_disk *d, struct meta_record *rec, const struct meta_record *before)
+{
+  rec->state = before->state;
+  rec->epoch = before->epoch;
+  if (meta_disk_update (d->md, rec) == -1)
+    log_error ("cor: disk %s: putting the record back to incoming after a failed "
+               "activation: %m", d->name);
+}
+
 int
 cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size_t len)
 {
   struct meta_record rec;
   struct busy self;
+  struct meta_record before;
   int r, err = 0;
 
   pthread_mutex_lock (&d->owner_lock);
@@ -1797,6 +1815,7 @@ cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size
       return -1;
     }
   }
+  before = rec;
   /* 1. Stop and drain: own every block. */
   if (own_all (d, &self, "activate", errbuf, len) == -1) {
     pthread_mutex_unlock (&d->owner_lock);
@@ -1812,16 +1831,18 @@ cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size
   /* The parent is final now: pin its identity, in the same record.  The
    * drain left no request on a connection, and the re-pin asks on one of
    * its own.  Without an identity a later remount would take any image
-   * of the same size: stay activating (incoming to the guest) instead;
-   * the same activate again, or the next mount, finishes. */
+   * of the same size, and a parent of another size would fail reads
+   * past its end: the disk goes back to incoming, durably (a mount must
+   * not finish what failed), until `activate` is repeated. */
   {
     char id[META_ID_MAX];
-    if (remote_repin (d->remote, id, sizeof id, now_ns () + d->hold_ns, &err) == -1) {
+    if (remote_repin (d->remote, true, d->size, id, sizeof id, now_ns () + d->hold_ns,
+                      &err) == -1) {
       char why[1280];
-      snprintf (errbuf, len, "disk %s: activation: cannot pin the identity of parent %s "
-                "(%s); the disk stays incoming until `activate` is repeated with epoch %"
-                PRIu64 " or the disk is mounted again", d->name, remote_url (d->remote),
-                repin_why (d, err, why, sizeof why), epoch);
+      snprintf (errbuf, len, "disk %s: activation: cannot pin parent %s (%s); the disk "
+                "stays incoming until `activate` is repeated", d->name,
+                remote_url (d->remote), repin_why (d, err, why, sizeof why));
+      back_to_incoming (d, &rec, &before);
       goto fail;
     }
     remote_set_modifying (d->remote, false);
@@ -2062,7 +2083,8 @@ cor_abort (struct cor_disk *d, char *errbuf, size_t len)
    * (never an empty identity: that would accept any image later). */
   {
     char id[META_ID_MAX];
-    if (remote_repin (d->remote, id, sizeof id, now_ns () + d->hold_ns, &err) == -1) {
+    if (remote_repin (d->remote, true, d->size, id, sizeof id, now_ns () + d->hold_ns,
+                      &err) == -1) {
       char why[1280];
       __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
       snprintf (errbuf, len, "disk %s: abort: cannot pin the identity of parent %s (%s); "
