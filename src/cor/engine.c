@@ -139,6 +139,39 @@ disk_free (struct cor_disk *d, bool clean)
   free (d);
 }
 
+/* A mirror's own writes move its parent's identity, so the identity
+ * pinned at mount no longer describes the parent: at a clean stop (no
+ * guest request left), record it as it is now for the next mount to
+ * verify (daemon.c, verify_mirror_parent), or "" when it cannot be asked
+ * within a few seconds (that mount then cannot verify).  Skipped while
+ * an owner transition (abort, pivot) holds the disk: those record what
+ * they leave. */
+#define SEAL_DEADLINE_NS (5 * NS_PER_SEC)
+static void
+seal_mirror (struct cor_disk *d)
+{
+  struct meta_record rec;
+  char id[META_ID_MAX] = "";
+  int err = 0;
+
+  if (!d->mirror || pthread_mutex_trylock (&d->owner_lock) != 0)
+    return;
+  meta_disk_record (d->md, &rec);
+  if (d->mirror && rec.mirror && rec.state == META_ACTIVE && !rec.merging) {
+    uint64_t wait = d->hold_ns < SEAL_DEADLINE_NS ? d->hold_ns : SEAL_DEADLINE_NS;
+    if (remote_repin (d->remote, false, d->size, id, sizeof id, now_ns () + wait, &err) == -1) {
+      log_warn ("cor: disk %s: mirror: cannot record the identity of parent %s at this "
+                "stop (%s): the next mount cannot verify it", d->name, remote_url (d->remote),
+                strerror (err));
+      id[0] = '\0';
+    }
+    snprintf (rec.identity, sizeof rec.identity, "%s", id);
+    if (meta_disk_update (d->md, &rec) == -1)
+      log_error ("cor: disk %s: recording the parent's identity: %m", d->name);
+  }
+  pthread_mutex_unlock (&d->owner_lock);
+}
+
 void
 cor_engine_quiesce (struct cor_engine *e)
 {
@@ -149,6 +182,7 @@ cor_engine_quiesce (struct cor_engine *e)
     struct cor_disk *d = e->disks[i];
     cor_stream_stop (d);
     cor_readahead_stop (d);
+    seal_mirror (d);
     remote_cancel (d->remote);
     pthread_mutex_lock (&d->lock);
     pthread_cond_broadcast (&d->cond);  /* own_all re-checks stopping */
@@ -1914,7 +1948,7 @@ int
 cor_reclaim (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len)
 {
   struct meta_record rec;
-  int r;
+  int r, err = 0;
 
   pthread_mutex_lock (&d->owner_lock);
   meta_disk_record (d->md, &rec);
@@ -1929,10 +1963,24 @@ cor_reclaim (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len)
     pthread_mutex_unlock (&d->owner_lock);
     return -1;
   }
+  /* A mirror (handed off by abort) writes its parent again once active:
+   * the identity check must accept its own writes (modifying), but only
+   * over the image abort left, not one written or swapped since. */
+  if (d->mirror && remote_verify (d->remote, NULL, now_ns () + d->hold_ns, &err) == -1) {
+    char why[1280];
+    snprintf (errbuf, len, "disk %s: reclaim refused: mirror parent %s %s (%s); the disk "
+              "stays handed off", d->name, remote_url (d->remote),
+              err == ESTALE ? "is not the image abort left" : "cannot be verified",
+              repin_why (d, err, why, sizeof why));
+    pthread_mutex_unlock (&d->owner_lock);
+    return -1;
+  }
   if (set_state (d, &rec, META_ACTIVE, epoch, errbuf, len) == -1) {
     pthread_mutex_unlock (&d->owner_lock);
     return -1;
   }
+  if (d->mirror)
+    remote_set_modifying (d->remote, true);
   __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
   pthread_mutex_unlock (&d->owner_lock);
   log_info ("cor: disk %s: reclaimed with epoch %" PRIu64 "; writable again", d->name, epoch);

@@ -637,6 +637,38 @@ check_unpinned (const char *name, const struct meta_record *rec, struct meta_dis
   return -1;
 }
 
+/* An active mirror writes its parent, so its identity is not pinned at
+ * mount (the mirror's own writes move it) and a reconnect re-pins it.
+ * What the record holds is the parent's identity at the last clean stop
+ * (cor_engine_quiesce seals it): verify it on a connection of its own
+ * before any write, so that an image swapped while the disk was not
+ * mounted is refused.  Not after an unclean stop (widened: writes after
+ * the last seal), nor without a recorded identity (the seal could not
+ * ask the parent): logged.  0 or -1 (logged). */
+static int
+verify_mirror_parent (const char *name, const struct meta_record *rec, struct remote *r,
+                      bool widened, uint64_t hold_s)
+{
+  char why[1280];
+  int err = 0;
+
+  if (!rec->mirror || rec->state != META_ACTIVE || rec->merging)
+    return 0;
+  if (widened || !*rec->identity) {
+    log_info ("daemon: disk %s: mirror: parent %s cannot be verified at this mount (%s)",
+              name, remote_url (r), widened ? "the last stop was unclean"
+              : "no identity was recorded at the last stop");
+    return 0;
+  }
+  if (remote_verify (r, rec->identity, now_ns () + hold_s * NS_PER_SEC, &err) == 0)
+    return 0;
+  remote_status (r, why, sizeof why);
+  log_error ("daemon: disk %s: mirror: parent %s %s: %s", name, remote_url (r),
+             err == ESTALE ? "is not the image the mirror last wrote" : "cannot be verified",
+             *why ? why : strerror (err));
+  return -1;
+}
+
 /* Too many blocks for the index's bitmaps (META_MAX_BLOCKS): refused
  * before anything is allocated.  0 or -1 (logged). */
 static int
@@ -759,10 +791,13 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
   }
 
   if (recorded) {
-    if (meta_disk_open (m, name, NULL, &md, NULL) == -1) {
+    bool widened = false;
+    if (meta_disk_open (m, name, NULL, &md, &widened) == -1) {
       log_error ("daemon: disk %s: opening its index: %m", name);
       goto err;
     }
+    if (verify_mirror_parent (name, &rec, r, widened, hold_s) == -1)
+      goto err;
     if (dopt && (dopt->parent_owned || o->parent_owned) && !rec.parent_owned) {
       rec.parent_owned = true;
       meta_disk_record (md, &rec);

@@ -898,7 +898,7 @@ merge_control (struct merge *mg, struct cor_disk *d, const char *action,
    * identity check off for its own writes (remote_set_modifying): a
    * swap not yet noticed would be adopted by the first reconnect, and
    * written into. */
-  if (remote_verify (cor_disk_remote (d), now_ns () + SETUP_DEADLINE_NS, &err) == -1) {
+  if (remote_verify (cor_disk_remote (d), NULL, now_ns () + SETUP_DEADLINE_NS, &err) == -1) {
     char why[1280];
     remote_status (cor_disk_remote (d), why, sizeof why);
     snprintf (errbuf, len, "disk %s: merge refused: parent %s %s: %s", cor_disk_name (d),

@@ -846,7 +846,7 @@ is_changed (struct remote *r)
 }
 
 int
-remote_verify (struct remote *r, uint64_t deadline_ns, int *err)
+remote_verify (struct remote *r, const char *expected, uint64_t deadline_ns, int *err)
 {
   char id[sizeof r->identity] = "";
   int ret = 0;
@@ -858,6 +858,11 @@ remote_verify (struct remote *r, uint64_t deadline_ns, int *err)
   if (identify_fresh (r, "verify", id, sizeof id, deadline_ns, err) < 0)
     return -1;
   pthread_mutex_lock (&r->lock);
+  if (expected && *expected) {
+    /* The recorded identity is the pin from now on, whatever was pinned. */
+    snprintf (r->identity, sizeof r->identity, "%s", expected);
+    r->pinned = true;
+  }
   if (!r->pinned) {
     snprintf (r->identity, sizeof r->identity, "%s", id);
     r->pinned = true;

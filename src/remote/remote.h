@@ -123,7 +123,9 @@ int remote_make_writable (struct remote *r, uint64_t deadline_ns, int *err);
  * would otherwise be adopted silently by the first reconnect.
  *
  * remote_verify asks the parent's identity on a new connection of its
- * own and compares it with the pin (pinning it if nothing is pinned yet):
+ * own and compares it with expected when that is given and non-empty
+ * (and pins it: a mount that verifies a recorded identity the pool has
+ * not pinned), else with the pin (pinning it if nothing is pinned yet).
  * 0, or -1 with *err (ESTALE: the parent changed, or was found changed
  * before; the state is then "changed").
  *
@@ -137,7 +139,7 @@ int remote_make_writable (struct remote *r, uint64_t deadline_ns, int *err);
  * it is now (activation, a mirror's abort) sets it, never a merge.  0 or
  * -1 with *err (the pin is then unchanged). */
 void remote_set_modifying (struct remote *r, bool modifying);
-int remote_verify (struct remote *r, uint64_t deadline_ns, int *err);
+int remote_verify (struct remote *r, const char *expected, uint64_t deadline_ns, int *err);
 int remote_repin (struct remote *r, bool accept_changed, uint64_t expect_size, char *identity,
                   size_t len, uint64_t deadline_ns, int *err);
 

@@ -377,9 +377,9 @@ Test (remote, verify_finds_swap_repin_keeps_changed)
   int err = 0;
 
   remote_identity (r, before, sizeof before);
-  cr_assert_eq (remote_verify (r, now_ns () + NS_PER_SEC, &err), 0, "%s", strerror (err));
+  cr_assert_eq (remote_verify (r, NULL, now_ns () + NS_PER_SEC, &err), 0, "%s", strerror (err));
   swap_parent (4 * MiB);
-  cr_assert_eq (remote_verify (r, now_ns () + NS_PER_SEC, &err), -1);
+  cr_assert_eq (remote_verify (r, NULL, now_ns () + NS_PER_SEC, &err), -1);
   cr_assert_eq (err, ESTALE);
   cr_assert_eq (remote_status (r, msg, sizeof msg), REMOTE_CHANGED);
   cr_assert_not_null (strstr (msg, "changed"), "%s", msg);
