@@ -52,6 +52,7 @@ struct remote {
   char identity[512];
   bool pinned;
   bool modifying;               /* our writes may change the identity */
+  bool size_failed;             /* the last error is a size/identity question's */
   int cancelled;                /* atomic: remote_cancel was called */
   struct remote_stats stats;
   struct log_ratelimit rl;
@@ -323,17 +324,27 @@ ask_size (struct remote *r, char *id, size_t len, uint64_t deadline_ns, int *err
   return size;
 }
 
-/* The parent answered: an earlier failure (retrying, down, the last
- * error) no longer describes it.  A changed parent stays changed. */
+/* The parent answered a size or identity question: retrying or down no
+ * longer describes it, nor does the last error if an earlier such
+ * question made it (a re-pin that failed, then succeeded).  Errors of
+ * reads and writes stay for status.  A changed parent stays changed. */
 static void
 note_answered (struct remote *r)
 {
   pthread_mutex_lock (&r->lock);
-  if (r->state != REMOTE_CHANGED) {
-    if (r->state != REMOTE_CONNECTED)
-      r->state = REMOTE_IDLE;
+  if (r->state == REMOTE_RETRYING || r->state == REMOTE_DOWN)
+    r->state = REMOTE_IDLE;
+  if (r->size_failed && r->state != REMOTE_CHANGED)
     r->last_error[0] = '\0';
-  }
+  r->size_failed = false;
+  pthread_mutex_unlock (&r->lock);
+}
+
+static void
+note_size_failed (struct remote *r)
+{
+  pthread_mutex_lock (&r->lock);
+  r->size_failed = true;
   pthread_mutex_unlock (&r->lock);
 }
 
@@ -350,6 +361,7 @@ size_retrying (struct remote *r, char *id, size_t len, uint64_t deadline_ns, int
       note_answered (r);
       return size;
     }
+    note_size_failed (r);
     if (!is_retryable (*err))
       return -1;
     set_state (r, REMOTE_RETRYING);
@@ -830,6 +842,7 @@ identify_fresh (struct remote *r, const char *what, char *id, size_t len,
 
   if (size >= 0 && !*id) {
     remote_note_error (r, "%s: the %s backend told no identity", what, r->ops->name);
+    note_size_failed (r);
     *err = EPROTO;
     return -1;
   }
@@ -908,14 +921,16 @@ remote_repin (struct remote *r, bool accept_changed, uint64_t expect_size, char 
     remote_note_error (r, "re-pin: the parent has %" PRId64 " bytes but the disk has %"
                        PRIu64 "; refusing a parent of another size", size, expect_size);
     *err = EMEDIUMTYPE;
+    note_size_failed (r);
     return -1;
   }
   pthread_mutex_lock (&r->lock);
   snprintf (r->identity, sizeof r->identity, "%s", id);
   r->pinned = true;
-  if (r->state == REMOTE_CHANGED)
+  if (r->state == REMOTE_CHANGED) {
     r->state = REMOTE_IDLE;
-  r->last_error[0] = '\0';
+    r->last_error[0] = '\0';
+  }
   pthread_mutex_unlock (&r->lock);
   log_info ("remote: disk %s: parent %s pinned as %s", r->disk, r->url, id);
   snprintf (identity, len, "%s", id);
