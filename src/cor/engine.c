@@ -48,7 +48,9 @@
  * whenever a busy range is released or the gate opens.  Exclusive
  * operations run on ctl's job threads (one per disk at a time).
  * d->owner_lock orders the record's writers (owner-state transitions,
- * cor_update_record, cor_disk_set_attr); it is taken before d->lock
+ * cor_update_record, cor_disk_set_attr, and a mirror's identity sealed
+ * at shutdown by cor_engine_quiesce, which only tries it so that a stop
+ * never waits for a command); it is taken before d->lock
  * and before meta's lock; d->attr_lock, a leaf, guards only the cached
  * mode and owner that getattr reads.
  */
