@@ -330,6 +330,13 @@ run_merge (struct job *j)
 
   if (chunk == 0)
     chunk = 1;
+  /* merge_control verified the parent; a reconnect since then found it
+   * changed: not recorded as merging (a mount would then re-pin it). */
+  if (remote_status (cor_disk_remote (d), NULL, 0) == REMOTE_CHANGED) {
+    set_error (j, "parent %s changed before the first write", remote_url (cor_disk_remote (d)));
+    finish (j, J_FAILED);
+    return;
+  }
   /* 1. "Parent being modified", durably, before the first write. */
   if (cor_update_record (d, set_merging, NULL, msg, sizeof msg) == -1) {
     set_error (j, "recording the merge: %s", msg);

@@ -658,6 +658,11 @@ retry_write (struct remote *r, int (*fn) (struct remote *, void *, void *),
                r->ops->name);
     return -1;
   }
+  /* A changed parent is not ours to write (as reads fail closed). */
+  if (remote_status (r, NULL, 0) == REMOTE_CHANGED) {
+    *a->err = ESTALE;
+    return -1;
+  }
   for (;;) {
     *a->err = 0;
     attempts++;

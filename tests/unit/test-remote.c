@@ -417,3 +417,19 @@ Test (remote, repin_size_mismatch)
   cr_assert_str_eq (after, before);
   remote_close (r);
 }
+
+/* A parent found changed is not written (as it is not read). */
+Test (remote, changed_parent_not_written)
+{
+  struct remote *r = open_parent (true);
+  char buf[4096] = "corfs";
+  int err = 0;
+
+  swap_parent (4 * MiB);
+  cr_assert_eq (remote_verify (r, NULL, now_ns () + NS_PER_SEC, &err), -1);
+  err = 0;
+  cr_assert_eq (remote_pwrite (r, buf, sizeof buf, 0, now_ns () + NS_PER_SEC, &err), -1,
+                "a changed parent was written");
+  cr_assert_eq (err, ESTALE, "err %d (%s)", err, strerror (err));
+  remote_close (r);
+}
