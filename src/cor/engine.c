@@ -48,9 +48,11 @@
  * whenever a busy range is released or the gate opens.  Exclusive
  * operations run on ctl's job threads (one per disk at a time).
  * d->owner_lock orders the record's writers (owner-state transitions,
- * cor_update_record); it is taken before d->lock and before meta's
- * lock.  cor_disk_set_attr (chmod, chown) takes no owner_lock: meta
- * changes mode and owner alone and keeps them from older record copies.
+ * cor_update_record, and a mirror's identity sealed at shutdown by
+ * cor_engine_quiesce, which only tries it so that a stop never waits for
+ * a command); it is taken before d->lock and before meta's lock.
+ * cor_disk_set_attr (chmod, chown) takes no owner_lock: meta changes
+ * mode and owner alone and keeps them from older record copies.
  * d->attr_lock guards the cached mode and owner that getattr reads; it
  * is taken before meta's lock (cor_disk_set_attr holds it across the
  * commit) and nothing else is taken under it.
@@ -146,6 +148,39 @@ disk_free (struct cor_disk *d, bool clean)
   free (d);
 }
 
+/* A mirror's own writes move its parent's identity, so the identity
+ * pinned at mount no longer describes the parent: at a clean stop (no
+ * guest request left), record it as it is now for the next mount to
+ * verify (daemon.c, verify_mirror_parent), or "" when it cannot be asked
+ * within a few seconds (that mount then cannot verify).  Skipped while
+ * an owner transition (abort, pivot) holds the disk: those record what
+ * they leave. */
+#define SEAL_DEADLINE_NS (5 * NS_PER_SEC)
+static void
+seal_mirror (struct cor_disk *d)
+{
+  struct meta_record rec;
+  char id[META_ID_MAX] = "";
+  int err = 0;
+
+  if (!d->mirror || pthread_mutex_trylock (&d->owner_lock) != 0)
+    return;
+  meta_disk_record (d->md, &rec);
+  if (d->mirror && rec.mirror && rec.state == META_ACTIVE && !rec.merging) {
+    uint64_t wait = d->hold_ns < SEAL_DEADLINE_NS ? d->hold_ns : SEAL_DEADLINE_NS;
+    if (remote_repin (d->remote, false, d->size, id, sizeof id, now_ns () + wait, &err) == -1) {
+      log_warn ("cor: disk %s: mirror: cannot record the identity of parent %s at this "
+                "stop (%s): the next mount cannot verify it", d->name, remote_url (d->remote),
+                strerror (err));
+      id[0] = '\0';
+    }
+    snprintf (rec.identity, sizeof rec.identity, "%s", id);
+    if (meta_disk_update (d->md, &rec) == -1)
+      log_error ("cor: disk %s: recording the parent's identity: %m", d->name);
+  }
+  pthread_mutex_unlock (&d->owner_lock);
+}
+
 void
 cor_engine_quiesce (struct cor_engine *e)
 {
@@ -156,6 +191,7 @@ cor_engine_quiesce (struct cor_engine *e)
     struct cor_disk *d = e->disks[i];
     cor_stream_stop (d);
     cor_readahead_stop (d);
+    seal_mirror (d);
     remote_cancel (d->remote);
     pthread_mutex_lock (&d->lock);
     pthread_cond_broadcast (&d->cond);  /* own_all re-checks stopping */
@@ -270,7 +306,8 @@ pin_parent (struct cor_disk *d, struct meta_record *rec)
   int err = 0;
 
   remote_identity (d->remote, id, sizeof id);
-  if (!*id && remote_repin (d->remote, id, sizeof id, now_ns () + d->hold_ns, &err) == -1) {
+  if (!*id && remote_repin (d->remote, true, d->size, id, sizeof id, now_ns () + d->hold_ns,
+                            &err) == -1) {
     char why[1280];
     log_error ("cor: disk %s: finishing an interrupted activation: cannot pin the "
                "identity of parent %s: %s", d->name, remote_url (d->remote),
@@ -1771,11 +1808,28 @@ set_state (struct cor_disk *d, struct meta_record *rec, int state, uint64_t epoc
   return 0;
 }
 
+/* A failed activation (the parent could not be pinned, or has another
+ * size) is undone in the record: state incoming again, with the epoch it
+ * had, so that neither a mount nor the same epoch finishes it; only an
+ * explicit `activate` that succeeds does.  A crash between the two
+ * records (activating, then this) leaves it activating: the mount
+ * finishes that one, as after any interrupted activation. */
+static void
+back_to_incoming (struct cor_disk *d, struct meta_record *rec, const struct meta_record *before)
+{
+  rec->state = before->state;
+  rec->epoch = before->epoch;
+  if (meta_disk_update (d->md, rec) == -1)
+    log_error ("cor: disk %s: putting the record back to incoming after a failed "
+               "activation: %m", d->name);
+}
+
 int
 cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size_t len)
 {
   struct meta_record rec;
   struct busy self;
+  struct meta_record before;
   int r, err = 0;
 
   pthread_mutex_lock (&d->owner_lock);
@@ -1806,6 +1860,7 @@ cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size
       return -1;
     }
   }
+  before = rec;
   /* 1. Stop and drain: own every block. */
   if (own_all (d, &self, "activate", errbuf, len) == -1) {
     pthread_mutex_unlock (&d->owner_lock);
@@ -1821,16 +1876,18 @@ cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size
   /* The parent is final now: pin its identity, in the same record.  The
    * drain left no request on a connection, and the re-pin asks on one of
    * its own.  Without an identity a later remount would take any image
-   * of the same size: stay activating (incoming to the guest) instead;
-   * the same activate again, or the next mount, finishes. */
+   * of the same size, and a parent of another size would fail reads
+   * past its end: the disk goes back to incoming, durably (a mount must
+   * not finish what failed), until `activate` is repeated. */
   {
     char id[META_ID_MAX];
-    if (remote_repin (d->remote, id, sizeof id, now_ns () + d->hold_ns, &err) == -1) {
+    if (remote_repin (d->remote, true, d->size, id, sizeof id, now_ns () + d->hold_ns,
+                      &err) == -1) {
       char why[1280];
-      snprintf (errbuf, len, "disk %s: activation: cannot pin the identity of parent %s "
-                "(%s); the disk stays incoming until `activate` is repeated with epoch %"
-                PRIu64 " or the disk is mounted again", d->name, remote_url (d->remote),
-                repin_why (d, err, why, sizeof why), epoch);
+      snprintf (errbuf, len, "disk %s: activation: cannot pin parent %s (%s); the disk "
+                "stays incoming until `activate` is repeated", d->name,
+                remote_url (d->remote), repin_why (d, err, why, sizeof why));
+      back_to_incoming (d, &rec, &before);
       goto fail;
     }
     remote_set_modifying (d->remote, false);
@@ -1902,7 +1959,7 @@ int
 cor_reclaim (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len)
 {
   struct meta_record rec;
-  int r;
+  int r, err = 0;
 
   pthread_mutex_lock (&d->owner_lock);
   meta_disk_record (d->md, &rec);
@@ -1917,10 +1974,24 @@ cor_reclaim (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len)
     pthread_mutex_unlock (&d->owner_lock);
     return -1;
   }
+  /* A mirror (handed off by abort) writes its parent again once active:
+   * the identity check must accept its own writes (modifying), but only
+   * over the image abort left, not one written or swapped since. */
+  if (d->mirror && remote_verify (d->remote, NULL, now_ns () + d->hold_ns, &err) == -1) {
+    char why[1280];
+    snprintf (errbuf, len, "disk %s: reclaim refused: mirror parent %s %s (%s); the disk "
+              "stays handed off", d->name, remote_url (d->remote),
+              err == ESTALE ? "is not the image abort left" : "cannot be verified",
+              repin_why (d, err, why, sizeof why));
+    pthread_mutex_unlock (&d->owner_lock);
+    return -1;
+  }
   if (set_state (d, &rec, META_ACTIVE, epoch, errbuf, len) == -1) {
     pthread_mutex_unlock (&d->owner_lock);
     return -1;
   }
+  if (d->mirror)
+    remote_set_modifying (d->remote, true);
   __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
   pthread_mutex_unlock (&d->owner_lock);
   log_info ("cor: disk %s: reclaimed with epoch %" PRIu64 "; writable again", d->name, epoch);
@@ -2071,7 +2142,8 @@ cor_abort (struct cor_disk *d, char *errbuf, size_t len)
    * (never an empty identity: that would accept any image later). */
   {
     char id[META_ID_MAX];
-    if (remote_repin (d->remote, id, sizeof id, now_ns () + d->hold_ns, &err) == -1) {
+    if (remote_repin (d->remote, true, d->size, id, sizeof id, now_ns () + d->hold_ns,
+                      &err) == -1) {
       char why[1280];
       __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
       snprintf (errbuf, len, "disk %s: abort: cannot pin the identity of parent %s (%s); "

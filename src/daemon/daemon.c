@@ -100,6 +100,11 @@ mount_usage (FILE *f)
 "  --incoming             attach new disks as the destination of a migration:\n"
 "                         reads come from the parent and are not kept, writes\n"
 "                         fail with EROFS until `corfs activate`\n"
+  "  --repin NAME           disk NAME's record has no parent identity (written by\n"
+"                         an older corfs) although blocks are present: such a\n"
+"                         mount is refused, since a swapped parent would go\n"
+"                         unnoticed; --repin trusts the parent as it is now\n"
+"                         and pins it (only if it is the image the disk came from)\n"
 "  --stream=on|off|paused fill the overlay in the background (default on);\n"
 "                         `corfs stream` steers it while mounted\n"
 "  --write-mode=writeback|mirror\n"
@@ -240,7 +245,7 @@ mount_parse (int argc, char **argv, struct mount_opts *o)
 {
   enum { OPT_STATE = 256, OPT_DISK, OPT_CONFIG, OPT_BLOCK_SIZE, OPT_HOLD,
          OPT_CONNECT_TIMEOUT, OPT_PARENT_OWNED, OPT_STREAM, OPT_WRITE_MODE,
-         OPT_INCOMING, OPT_READAHEAD };
+         OPT_INCOMING, OPT_READAHEAD, OPT_REPIN };
   static const struct option longopts[] = {
     { "state", required_argument, NULL, OPT_STATE },
     { "disk", required_argument, NULL, OPT_DISK },
@@ -253,6 +258,7 @@ mount_parse (int argc, char **argv, struct mount_opts *o)
     { "write-mode", required_argument, NULL, OPT_WRITE_MODE },
     { "incoming", no_argument, NULL, OPT_INCOMING },
     { "readahead", required_argument, NULL, OPT_READAHEAD },
+    { "repin", required_argument, NULL, OPT_REPIN },
     { "foreground", no_argument, NULL, 'f' },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
@@ -325,6 +331,18 @@ mount_parse (int argc, char **argv, struct mount_opts *o)
       o->have_write_mode = true;
       break;
     case OPT_INCOMING: o->incoming = true; break;
+    case OPT_REPIN: {
+      char **nv = realloc (o->repin, (o->nr_repin + 1) * sizeof *nv);
+      if (!nv)
+        return -1;
+      o->repin = nv;
+      if (!name_is_valid (optarg)) {
+        fprintf (stderr, "corfs: --repin: invalid disk name '%s'\n", optarg);
+        return -1;
+      }
+      nv[o->nr_repin++] = strdup (optarg);
+      break;
+    }
     case 'f': o->foreground = true; break;
     case 'v': o->verbose = true; break;
     case 'd': o->fuse_debug = o->foreground = true; break;
@@ -411,6 +429,9 @@ mount_opts_free (struct mount_opts *o)
   for (size_t i = 0; i < o->nr_fuse_options; i++)
     free (o->fuse_options[i]);
   free (o->fuse_options);
+  for (size_t i = 0; i < o->nr_repin; i++)
+    free (o->repin[i]);
+  free (o->repin);
   free (o->state);
   free (o->mountpoint);
 }
@@ -665,6 +686,93 @@ trace_path_for (const char *state, const char *identity, char *buf, size_t len)
   snprintf (buf, len, "%s/traces/%016" PRIx64 ".trace", state, h);
 }
 
+static bool
+wants_repin (const struct mount_opts *o, const char *name)
+{
+  for (size_t i = 0; i < o->nr_repin; i++)
+    if (!strcmp (o->repin[i], name))
+      return true;
+  return false;
+}
+
+/* A record in a pinned state (active writeback, handed off) with blocks
+ * present must carry the parent's identity: records written before
+ * identities were always computed may say identity= (empty), and would
+ * accept any image of the same size.  Refused unless --repin NAME says
+ * to pin the parent as it is now; --repin over a record that has an
+ * identity is refused too (that would be accept-changed-parent).  0 or
+ * -1 (logged). */
+static int
+check_unpinned (const char *name, const struct meta_record *rec, struct meta_disk *md,
+                bool repin)
+{
+  bool pinned_state = (rec->state == META_ACTIVE && !rec->mirror) ||
+    rec->state == META_HANDED_OFF;
+  uint64_t present = meta_count (md, META_PRESENT);
+
+  if (repin && *rec->identity) {
+    log_error ("daemon: disk %s: --repin refused: its record pins parent %s as %s "
+               "(--repin is only for a record without an identity)", name, rec->url,
+               rec->identity);
+    return -1;
+  }
+  if (repin || *rec->identity || !pinned_state || rec->merging || present == 0)
+    return 0;
+  log_error ("daemon: disk %s: its record has no parent identity (written by an older "
+             "corfs) and %" PRIu64 " blocks are present: a different image at %s would "
+             "not be noticed; if the parent is the image this disk came from, mount "
+             "with --repin %s to pin it", name, present, rec->url, name);
+  return -1;
+}
+
+/* An active mirror writes its parent, so its identity is not pinned at
+ * mount (the mirror's own writes move it) and a reconnect re-pins it.
+ * What the record holds is the parent's identity at the last clean stop
+ * (cor_engine_quiesce seals it): verify it on a connection of its own
+ * before any write, so that an image swapped while the disk was not
+ * mounted is refused.  Not after an unclean stop (widened: writes after
+ * the last seal), nor without a recorded identity (the seal could not
+ * ask the parent): logged.  0 or -1 (logged). */
+static int
+verify_mirror_parent (const char *name, const struct meta_record *rec, struct remote *r,
+                      bool widened, uint64_t hold_s)
+{
+  char why[1280];
+  int err = 0;
+
+  if (!rec->mirror || rec->state != META_ACTIVE || rec->merging)
+    return 0;
+  if (widened || !*rec->identity) {
+    log_info ("daemon: disk %s: mirror: parent %s cannot be verified at this mount (%s)",
+              name, remote_url (r), widened ? "the last stop was unclean"
+              : "no identity was recorded at the last stop");
+    return 0;
+  }
+  if (remote_verify (r, rec->identity, now_ns () + hold_s * NS_PER_SEC, &err) == 0)
+    return 0;
+  remote_status (r, why, sizeof why);
+  log_error ("daemon: disk %s: mirror: parent %s %s: %s", name, remote_url (r),
+             err == ESTALE ? "is not the image the mirror last wrote" : "cannot be verified",
+             *why ? why : strerror (err));
+  return -1;
+}
+
+/* Too many blocks for the index's bitmaps (META_MAX_BLOCKS): refused
+ * before anything is allocated.  0 or -1 (logged). */
+static int
+check_nr_blocks (const char *name, const struct remote *r, int64_t size, uint64_t bs)
+{
+  uint64_t nr = ((uint64_t) size + bs - 1) / bs;
+
+  if (nr <= META_MAX_BLOCKS)
+    return 0;
+  log_error ("daemon: disk %s: parent %s has %" PRId64 " bytes: %" PRIu64 " blocks of %"
+             PRIu64 " bytes, more than the %llu blocks a disk can have (a larger "
+             "--block-size, up to 4M, allows up to %llu bytes)", name, remote_url (r),
+             size, nr, bs, META_MAX_BLOCKS, META_MAX_BLOCKS << 22);
+  return -1;
+}
+
 /* Attach one disk (steps 5): open its index record (creating it for a new
  * disk), its parent and its overlay, and add it to the engine.  url is
  * NULL for a recorded disk not given this time. */
@@ -771,10 +879,13 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
   }
 
   if (recorded) {
-    if (meta_disk_open (m, name, NULL, &md, NULL) == -1) {
+    bool widened = false;
+    if (meta_disk_open (m, name, NULL, &md, &widened) == -1) {
       log_error ("daemon: disk %s: opening its index: %m", name);
       goto err;
     }
+    if (verify_mirror_parent (name, &rec, r, widened, hold_s) == -1)
+      goto err;
     if (dopt && (dopt->parent_owned || o->parent_owned) && !rec.parent_owned) {
       rec.parent_owned = true;
       meta_disk_record (md, &rec);
@@ -782,8 +893,11 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
       if (meta_disk_update (md, &rec) == -1)
         goto err;
     }
-    if (meta_count (md, META_PRESENT) < meta_nr_blocks (md)) {
-      /* The parent is needed: check that it is still the same image. */
+    if (check_unpinned (name, &rec, md, wants_repin (o, name)) == -1)
+      goto err;
+    if (meta_count (md, META_PRESENT) < meta_nr_blocks (md) || wants_repin (o, name)) {
+      /* The parent is needed (or to be pinned): check that it is still
+       * the same image. */
       int64_t size = remote_get_size (r, now_ns () + hold_s * NS_PER_SEC, &err);
       if (size < 0) {
         char msg[1280];
@@ -825,6 +939,9 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
       log_error ("daemon: disk %s: parent %s is empty", name, remote_url (r));
       goto err;
     }
+    if (check_nr_blocks (name, r, size, dopt->block_size ? dopt->block_size : o->block_size)
+        == -1)
+      goto err;
     memset (&init, 0, sizeof init);
     snprintf (init.url, sizeof init.url, "%s", redacted);
     remote_identity (r, init.identity, sizeof init.identity);
@@ -935,6 +1052,11 @@ run_daemon (struct mount_opts *o, int ready_fd)
     if (!cor_disk_find (e, o->disks[i].name) &&
         attach_disk (o, m, e, o->disks[i].name, &o->disks[i], hold_s) == -1)
       goto out;
+  for (size_t i = 0; i < o->nr_repin; i++)
+    if (!cor_disk_find (e, o->repin[i])) {
+      log_error ("daemon: --repin %s: no such disk", o->repin[i]);
+      goto out;
+    }
   if (cor_disk_count (e) == 0) {
     log_error ("daemon: no disks: give --disk NAME=URL (state directory %s has none recorded)",
                o->state);

@@ -54,6 +54,8 @@ struct mount_opts {
   bool fuse_debug;
   char **fuse_options;          /* NULL-terminated */
   size_t nr_fuse_options;
+  char **repin;                 /* --repin NAME: disks whose record has no identity */
+  size_t nr_repin;
 };
 
 /* Daemon-wide settings given on the command line win over the config

@@ -300,9 +300,14 @@ synced (struct job *j)
     set_error (j, "commit at synced: %s", strerror (err));
     return -1;
   }
-  if (remote_repin (cor_disk_remote (d), id, sizeof id,
+  /* Never accepting a parent found changed: that one is not what the
+   * merge wrote into. */
+  if (remote_repin (cor_disk_remote (d), false, cor_disk_size (d), id, sizeof id,
                     now_ns () + SETUP_DEADLINE_NS, &err) == -1) {
-    set_error (j, "re-pinning the parent: %s", strerror (err));
+    char why[1280];
+    remote_status (cor_disk_remote (d), why, sizeof why);
+    set_error (j, "re-pinning the parent %s: %s", remote_url (cor_disk_remote (d)),
+               *why ? why : strerror (err));
     return -1;
   }
   if (cor_update_record (d, set_synced, id, msg, sizeof msg) == -1) {
@@ -325,6 +330,13 @@ run_merge (struct job *j)
 
   if (chunk == 0)
     chunk = 1;
+  /* merge_control verified the parent; a reconnect since then found it
+   * changed: not recorded as merging (a mount would then re-pin it). */
+  if (remote_status (cor_disk_remote (d), NULL, 0) == REMOTE_CHANGED) {
+    set_error (j, "parent %s changed before the first write", remote_url (cor_disk_remote (d)));
+    finish (j, J_FAILED);
+    return;
+  }
   /* 1. "Parent being modified", durably, before the first write. */
   if (cor_update_record (d, set_merging, NULL, msg, sizeof msg) == -1) {
     set_error (j, "recording the merge: %s", msg);
@@ -887,6 +899,18 @@ merge_control (struct merge *mg, struct cor_disk *d, const char *action,
     remote_status (cor_disk_remote (d), why, sizeof why);
     snprintf (errbuf, len, "disk %s: parent %s cannot be written: %s", cor_disk_name (d),
               rec.url, *why ? why : strerror (err));
+    return -1;
+  }
+  /* The parent must still be the pinned image before the merge turns the
+   * identity check off for its own writes (remote_set_modifying): a
+   * swap not yet noticed would be adopted by the first reconnect, and
+   * written into. */
+  if (remote_verify (cor_disk_remote (d), NULL, now_ns () + SETUP_DEADLINE_NS, &err) == -1) {
+    char why[1280];
+    remote_status (cor_disk_remote (d), why, sizeof why);
+    snprintf (errbuf, len, "disk %s: merge refused: parent %s %s: %s", cor_disk_name (d),
+              rec.url, err == ESTALE ? "is not the pinned image" : "cannot be checked",
+              *why ? why : strerror (err));
     return -1;
   }
   return start_job (mg, d, K_MERGE, rate, NULL, errbuf, len);

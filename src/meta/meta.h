@@ -52,6 +52,11 @@ enum meta_state { META_ACTIVE, META_INCOMING, META_ACTIVATING, META_HANDED_OFF,
 #define META_ID_MAX 512
 
 /* A disk's durable record.  Plain data: copy freely. */
+/* The most blocks a disk may have: the index keeps META_NR_MAPS bitmaps
+ * of one bit per block in memory, 512 MiB at this many (4 PiB with 4 MiB
+ * blocks). */
+#define META_MAX_BLOCKS (1ULL << 30)
+
 struct meta_record {
   char url[META_URL_MAX];        /* parent URL, credentials stripped */
   char identity[META_ID_MAX];    /* pinned parent identity (remote's string) */

@@ -85,7 +85,10 @@ file_open_identify (struct remote *r, struct rfile *h, char *id, size_t len,
                     int64_t *sizep, int *err)
 {
   struct stat st;
-  int fd = open (h->path, (h->writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+  /* O_NONBLOCK: a FIFO (or a device that waits for a peer) at the path
+   * must not block the open without a deadline; such parents are refused
+   * below, and the flag is cleared for the rest. */
+  int fd = open (h->path, (h->writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NONBLOCK);
 
   if (fd == -1 || fstat (fd, &st) == -1) {
     *err = errno;
@@ -106,6 +109,12 @@ file_open_identify (struct remote *r, struct rfile *h, char *id, size_t len,
   else if (!S_ISREG (st.st_mode)) {
     *err = EINVAL;
     remote_note_error (r, "%s is not a regular file or block device", h->path);
+    close (fd);
+    return -1;
+  }
+  if (fcntl (fd, F_SETFL, fcntl (fd, F_GETFL) & ~O_NONBLOCK) == -1) {
+    *err = errno;
+    remote_note_error (r, "%s: %m", h->path);
     close (fd);
     return -1;
   }

@@ -52,6 +52,7 @@ struct remote {
   char identity[512];
   bool pinned;
   bool modifying;               /* our writes may change the identity */
+  bool size_failed;             /* the last error is a size/identity question's */
   int cancelled;                /* atomic: remote_cancel was called */
   struct remote_stats stats;
   struct log_ratelimit rl;
@@ -323,6 +324,30 @@ ask_size (struct remote *r, char *id, size_t len, uint64_t deadline_ns, int *err
   return size;
 }
 
+/* The parent answered a size or identity question: retrying or down no
+ * longer describes it, nor does the last error if an earlier such
+ * question made it (a re-pin that failed, then succeeded).  Errors of
+ * reads and writes stay for status.  A changed parent stays changed. */
+static void
+note_answered (struct remote *r)
+{
+  pthread_mutex_lock (&r->lock);
+  if (r->state == REMOTE_RETRYING || r->state == REMOTE_DOWN)
+    r->state = REMOTE_IDLE;
+  if (r->size_failed && r->state != REMOTE_CHANGED)
+    r->last_error[0] = '\0';
+  r->size_failed = false;
+  pthread_mutex_unlock (&r->lock);
+}
+
+static void
+note_size_failed (struct remote *r)
+{
+  pthread_mutex_lock (&r->lock);
+  r->size_failed = true;
+  pthread_mutex_unlock (&r->lock);
+}
+
 /* ask_size, retried with backoff until the deadline. */
 static int64_t
 size_retrying (struct remote *r, char *id, size_t len, uint64_t deadline_ns, int *err)
@@ -333,8 +358,10 @@ size_retrying (struct remote *r, char *id, size_t len, uint64_t deadline_ns, int
     int64_t size = ask_size (r, id, len, deadline_ns, err);
     if (size >= 0) {
       __atomic_store_n (&r->size, (uint64_t) size, __ATOMIC_RELAXED);
+      note_answered (r);
       return size;
     }
+    note_size_failed (r);
     if (!is_retryable (*err))
       return -1;
     set_state (r, REMOTE_RETRYING);
@@ -631,6 +658,11 @@ retry_write (struct remote *r, int (*fn) (struct remote *, void *, void *),
                r->ops->name);
     return -1;
   }
+  /* A changed parent is not ours to write (as reads fail closed). */
+  if (remote_status (r, NULL, 0) == REMOTE_CHANGED) {
+    *a->err = ESTALE;
+    return -1;
+  }
   for (;;) {
     *a->err = 0;
     attempts++;
@@ -805,11 +837,81 @@ remote_set_modifying (struct remote *r, bool modifying)
   pthread_mutex_unlock (&r->lock);
 }
 
+/* Identify the parent on a connection of its own (never one a request is
+ * using), retried until the deadline.  The size, or -1 with *err. */
+static int64_t
+identify_fresh (struct remote *r, const char *what, char *id, size_t len,
+                uint64_t deadline_ns, int *err)
+{
+  int64_t size = size_retrying (r, id, len, deadline_ns, err);
+
+  if (size >= 0 && !*id) {
+    remote_note_error (r, "%s: the %s backend told no identity", what, r->ops->name);
+    note_size_failed (r);
+    *err = EPROTO;
+    return -1;
+  }
+  return size;
+}
+
+static bool
+is_changed (struct remote *r)
+{
+  pthread_mutex_lock (&r->lock);
+  bool changed = r->state == REMOTE_CHANGED;
+  pthread_mutex_unlock (&r->lock);
+  return changed;
+}
+
 int
-remote_repin (struct remote *r, char *identity, size_t len, uint64_t deadline_ns, int *err)
+remote_verify (struct remote *r, const char *expected, uint64_t deadline_ns, int *err)
 {
   char id[sizeof r->identity] = "";
+  int ret = 0;
 
+  if (is_changed (r)) {
+    *err = ESTALE;
+    return -1;
+  }
+  if (identify_fresh (r, "verify", id, sizeof id, deadline_ns, err) < 0)
+    return -1;
+  pthread_mutex_lock (&r->lock);
+  if (expected && *expected) {
+    /* The recorded identity is the pin from now on, whatever was pinned. */
+    snprintf (r->identity, sizeof r->identity, "%s", expected);
+    r->pinned = true;
+  }
+  if (!r->pinned) {
+    snprintf (r->identity, sizeof r->identity, "%s", id);
+    r->pinned = true;
+  }
+  else if (strcmp (r->identity, id) != 0) {
+    log_error ("remote: disk %s: parent %s changed: pinned identity %s, now %s; "
+               "refusing to mix data from two images", r->disk, r->url, r->identity, id);
+    r->state = REMOTE_CHANGED;
+    snprintf (r->last_error, sizeof r->last_error,
+              "parent changed (pinned %s, found %s)", r->identity, id);
+    *err = ESTALE;
+    ret = -1;
+  }
+  pthread_mutex_unlock (&r->lock);
+  return ret;
+}
+
+int
+remote_repin (struct remote *r, bool accept_changed, uint64_t expect_size, char *identity,
+              size_t len, uint64_t deadline_ns, int *err)
+{
+  char id[sizeof r->identity] = "";
+  int64_t size;
+
+  /* A parent found changed stays refused unless the caller means to take
+   * a new one (activation, abort): a merge must not adopt a foreign
+   * image that it would then write into. */
+  if (!accept_changed && is_changed (r)) {
+    *err = ESTALE;
+    return -1;
+  }
   /* Pooled connections are checked against the new pin when they next
    * reconnect: close the idle ones now.  The identity itself comes from
    * a connection of the backend's own, never from one that stayed open
@@ -817,18 +919,23 @@ remote_repin (struct remote *r, char *identity, size_t len, uint64_t deadline_ns
   if (r->ops->release)
     r->ops->release (r->h);
   __atomic_fetch_add (&r->write_gen, 1, __ATOMIC_SEQ_CST);
-  if (size_retrying (r, id, sizeof id, deadline_ns, err) < 0)
+  size = identify_fresh (r, "re-pin", id, sizeof id, deadline_ns, err);
+  if (size < 0)
     return -1;
-  if (!*id) {
-    remote_note_error (r, "re-pin: the %s backend told no identity", r->ops->name);
-    *err = EPROTO;
+  if ((uint64_t) size != expect_size) {
+    remote_note_error (r, "re-pin: the parent has %" PRId64 " bytes but the disk has %"
+                       PRIu64 "; refusing a parent of another size", size, expect_size);
+    *err = EMEDIUMTYPE;
+    note_size_failed (r);
     return -1;
   }
   pthread_mutex_lock (&r->lock);
   snprintf (r->identity, sizeof r->identity, "%s", id);
   r->pinned = true;
-  if (r->state == REMOTE_CHANGED)
+  if (r->state == REMOTE_CHANGED) {
     r->state = REMOTE_IDLE;
+    r->last_error[0] = '\0';
+  }
   pthread_mutex_unlock (&r->lock);
   log_info ("remote: disk %s: parent %s pinned as %s", r->disk, r->url, id);
   snprintf (identity, len, "%s", id);

@@ -119,14 +119,29 @@ int remote_make_writable (struct remote *r, uint64_t deadline_ns, int *err);
 
 /* While modifying is true, our own writes change the parent's identity:
  * a mismatch on reconnect is accepted and re-pinned instead of failing.
+ * Turn it on only after remote_verify: an image swapped in before then
+ * would otherwise be adopted silently by the first reconnect.
+ *
+ * remote_verify asks the parent's identity on a new connection of its
+ * own and compares it with expected when that is given and non-empty
+ * (and pins it: a mount that verifies a recorded identity the pool has
+ * not pinned), else with the pin (pinning it if nothing is pinned yet).
+ * 0, or -1 with *err (ESTALE: the parent changed, or was found changed
+ * before; the state is then "changed").
+ *
  * remote_repin pins the parent's current identity instead of the old
  * one, asking on a new connection of its own (never one a request is
  * using), and closes the idle pooled connections so that each is checked
  * against the new pin when it reconnects; *identity receives it, never
- * empty.  0 or -1 with *err (the pin is then unchanged). */
+ * empty.  The parent must have expect_size bytes (else EMEDIUMTYPE, the
+ * sizes in the last error).  A parent found changed is refused (ESTALE)
+ * unless accept_changed: only a caller that means to take the parent as
+ * it is now (activation, a mirror's abort) sets it, never a merge.  0 or
+ * -1 with *err (the pin is then unchanged). */
 void remote_set_modifying (struct remote *r, bool modifying);
-int remote_repin (struct remote *r, char *identity, size_t len, uint64_t deadline_ns,
-                  int *err);
+int remote_verify (struct remote *r, const char *expected, uint64_t deadline_ns, int *err);
+int remote_repin (struct remote *r, bool accept_changed, uint64_t expect_size, char *identity,
+                  size_t len, uint64_t deadline_ns, int *err);
 
 /* Could someone write the parent (activate refuses such a parent unless
  * forced: the source might still be writing it)?  NBD: the export is not

@@ -85,6 +85,11 @@ rc=0; "$CORFS" activate --state "$st" d --epoch 1 > "$T/out" 2>&1 || rc=$?
 [ "$(js '.owner.state + "/" + (.owner.epoch|tostring)')" = active/1 ] \
   || fail "owner $(js '.owner|tostring') after the repeated activate, expected active/1"
 cmp "$mnt/d" "$img" || fail "the activated disk differs from the image"
+# The failures before no longer describe the parent (63d3432 kept the
+# last one, and "down", after the successful re-pin).
+[ -z "$(js .parent.last_error)" ] \
+  || fail "status still shows an earlier failure after a successful re-pin: $(js .parent.last_error)"
+case $(js .parent.state) in retrying|down|changed) fail "parent state $(js .parent.state) after a successful re-pin";; esac
 corfs_unmount "$mnt" || fail "unmount failed"
 wait_gone "$pid"
 
@@ -100,6 +105,26 @@ if nbdkit --version > /dev/null 2>&1; then
   fi
   grep -qF "nbd.sock" "$T/out" && grep -q "9223372036854775807" "$T/out" \
     || fail "NBD: the refusal does not name the parent and its size: $(cat "$T/out")"
+  # 2^60 bytes (within the remote layer's 1 EiB) and 2^50: more blocks
+  # than the index can keep bitmaps for.  63d3432: "meta: open disk:
+  # Cannot allocate memory" naming nothing, and 2^50 spent seconds
+  # allocating.  Refused at once, naming the parent and the size.
+  for size in 1152921504606846976 1125899906842624; do
+    kill_pid "$(cat "$T/nbd.pid")"; rm -f "$T/nbd.sock"
+    start_nbdkit "$T/nbd.pid" -r -U "$T/nbd.sock" null size=$size
+    rc=0; start=$(date +%s)
+    timeout 60 "$CORFS" mount --state "$T/st-$size" --stream=off \
+      --disk d="$(nbd_uri "$T/nbd.sock")" "$mnt" > "$T/out" 2>&1 || rc=$?
+    took=$(( $(date +%s) - start ))
+    echo "NBD export of $size bytes: exit $rc after $took s: $(cat "$T/out")"
+    if [ $rc -eq 0 ]; then
+      cleanup_fn _force_unmount "$T/st-$size" "$mnt"
+      fail "NBD: a parent of $size bytes was attached"
+    fi
+    grep -qF "nbd.sock" "$T/out" && grep -q "$size" "$T/out" \
+      || fail "NBD $size: the refusal does not name the parent and its size: $(cat "$T/out")"
+    [ $took -le 5 ] || fail "NBD $size: the refusal took $took s"
+  done
 else
   echo "(nbdkit missing: NBD case skipped)"
 fi

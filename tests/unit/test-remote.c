@@ -308,16 +308,21 @@ Test (remote_size, repin_absurd_size)
   cr_assert_str_neq (before, "");
   set_total ("-1");
   err = 0;
-  cr_assert_eq (remote_repin (r, id, sizeof id, now_ns () + 5 * NS_PER_SEC, &err), -1);
+  cr_assert_eq (remote_repin (r, true, 1048576, id, sizeof id, now_ns () + 5 * NS_PER_SEC,
+                              &err), -1);
   cr_assert_eq (err, ERANGE, "err %d (%s)", err, strerror (err));
   remote_status (r, msg, sizeof msg);
   cr_assert_not_null (strstr (msg, "Content-Range"), "%s", msg);
   remote_identity (r, id, sizeof id);
   cr_assert_str_eq (id, before, "a failed re-pin changed the pin");
   set_total ("1048576");
-  cr_assert_eq (remote_repin (r, id, sizeof id, now_ns () + 5 * NS_PER_SEC, &err), 0,
-                "re-pin: %s", strerror (err));
+  cr_assert_eq (remote_repin (r, true, 1048576, id, sizeof id, now_ns () + 5 * NS_PER_SEC,
+                              &err), 0, "re-pin: %s", strerror (err));
   cr_assert_str_eq (id, before);
+  /* The earlier failure no longer describes the parent. */
+  cr_assert_neq (remote_status (r, msg, sizeof msg), REMOTE_RETRYING);
+  cr_assert_neq (remote_status (r, msg, sizeof msg), REMOTE_DOWN);
+  cr_assert_str_eq (msg, "", "the last error stayed after a successful re-pin: %s", msg);
   remote_close (r);
 }
 
@@ -337,10 +342,94 @@ Test (remote, repin_fresh_open)
   cr_assert_eq (ftruncate (fd, 4 * MiB), 0);
   close (fd);
   cr_assert_eq (rename (tmp, path), 0);
-  cr_assert_eq (remote_repin (r, after, sizeof after, now_ns () + NS_PER_SEC, &err), 0);
+  cr_assert_eq (remote_repin (r, true, 4 * MiB, after, sizeof after, now_ns () + NS_PER_SEC,
+                              &err), 0);
   cr_assert_str_neq (after, "", "empty identity recorded");
   cr_assert_str_neq (after, before, "the re-pin did not see the replaced file");
   remote_identity (r, before, sizeof before);
   cr_assert_str_eq (before, after);
+  remote_close (r);
+}
+
+/* Replace the parent file with another of size bytes (a swap). */
+static void
+swap_parent (uint64_t size)
+{
+  char tmp[160];
+  int fd;
+
+  snprintf (tmp, sizeof tmp, "%s/other.img", dir);
+  fd = open (tmp, O_RDWR | O_CREAT | O_TRUNC, 0600);
+  cr_assert_geq (fd, 0);
+  cr_assert_eq (ftruncate (fd, size), 0);
+  close (fd);
+  cr_assert_eq (rename (tmp, path), 0);
+}
+
+/* remote_verify asks on an open of its own: a swapped file is found
+ * although the pooled fd still reads the old one, and the parent is
+ * "changed" from then on; a merge's re-pin (accept_changed false) then
+ * refuses it, an activation's (true) takes it. */
+Test (remote, verify_finds_swap_repin_keeps_changed)
+{
+  struct remote *r = open_parent (false);
+  char before[512], after[512], msg[1280];
+  int err = 0;
+
+  remote_identity (r, before, sizeof before);
+  cr_assert_eq (remote_verify (r, NULL, now_ns () + NS_PER_SEC, &err), 0, "%s", strerror (err));
+  swap_parent (4 * MiB);
+  cr_assert_eq (remote_verify (r, NULL, now_ns () + NS_PER_SEC, &err), -1);
+  cr_assert_eq (err, ESTALE);
+  cr_assert_eq (remote_status (r, msg, sizeof msg), REMOTE_CHANGED);
+  cr_assert_not_null (strstr (msg, "changed"), "%s", msg);
+  err = 0;
+  cr_assert_eq (remote_repin (r, false, 4 * MiB, after, sizeof after, now_ns () + NS_PER_SEC,
+                              &err), -1, "a merge's re-pin took a changed parent");
+  cr_assert_eq (err, ESTALE);
+  remote_identity (r, after, sizeof after);
+  cr_assert_str_eq (after, before, "the refused re-pin moved the pin");
+  cr_assert_eq (remote_status (r, msg, sizeof msg), REMOTE_CHANGED);
+  cr_assert_eq (remote_repin (r, true, 4 * MiB, after, sizeof after, now_ns () + NS_PER_SEC,
+                              &err), 0, "%s", strerror (err));
+  cr_assert_str_neq (after, before);
+  cr_assert_neq (remote_status (r, msg, sizeof msg), REMOTE_CHANGED);
+  remote_close (r);
+}
+
+/* A re-pin checks the size: a parent of another size is refused, the
+ * sizes are in the last error, and the pin stays. */
+Test (remote, repin_size_mismatch)
+{
+  struct remote *r = open_parent (false);
+  char before[512], after[512], msg[1280];
+  int err = 0;
+
+  remote_identity (r, before, sizeof before);
+  swap_parent (8 * MiB);
+  cr_assert_eq (remote_repin (r, true, 4 * MiB, after, sizeof after, now_ns () + NS_PER_SEC,
+                              &err), -1, "a parent of another size was pinned");
+  cr_assert_eq (err, EMEDIUMTYPE, "err %d (%s)", err, strerror (err));
+  remote_status (r, msg, sizeof msg);
+  cr_assert_not_null (strstr (msg, "8388608"), "%s", msg);
+  cr_assert_not_null (strstr (msg, "4194304"), "%s", msg);
+  remote_identity (r, after, sizeof after);
+  cr_assert_str_eq (after, before);
+  remote_close (r);
+}
+
+/* A parent found changed is not written (as it is not read). */
+Test (remote, changed_parent_not_written)
+{
+  struct remote *r = open_parent (true);
+  char buf[4096] = "corfs";
+  int err = 0;
+
+  swap_parent (4 * MiB);
+  cr_assert_eq (remote_verify (r, NULL, now_ns () + NS_PER_SEC, &err), -1);
+  err = 0;
+  cr_assert_eq (remote_pwrite (r, buf, sizeof buf, 0, now_ns () + NS_PER_SEC, &err), -1,
+                "a changed parent was written");
+  cr_assert_eq (err, ESTALE, "err %d (%s)", err, strerror (err));
   remote_close (r);
 }
