@@ -72,7 +72,8 @@ Test (http_reply, control_characters)
   cr_assert_str_eq (x.etag, "");
   feed (&x, "ETag: \"a\nb\"\r\n");
   cr_assert_str_eq (x.etag, "");
-  rhttp_reply_header (&x, "ETag: \"a\0b\"\r\n", 15);
+  static const char nul_line[] = "ETag: \"a\0b\"\r\n";
+  rhttp_reply_header (&x, nul_line, sizeof nul_line - 1);
   cr_assert_str_eq (x.etag, "");
   feed (&x, "Last-Modified: Tue,\x01 01 Dec 2026\r\n");
   cr_assert_str_eq (x.last_modified, "");
