@@ -726,10 +726,10 @@ perform (struct remote *r, struct rhttp *h, CURL *c, uint64_t offset, size_t ran
     status = 0;
     curl_easy_getinfo (c, CURLINFO_RESPONSE_CODE, &status);
     /* A write error is ours: the body was more than asked (overflow), or
-     * a redirect's body, which on_body refuses at its first byte (a
-     * server could send gigabytes there). */
+     * a 3xx body, which on_body refuses at its first byte (a server could
+     * send gigabytes there); the status is the answer then. */
     if (rc != CURLE_OK &&
-        !(rc == CURLE_WRITE_ERROR && (x->overflow || is_redirect (status)))) {
+        !(rc == CURLE_WRITE_ERROR && (x->overflow || (status >= 300 && status < 400)))) {
       *err = transport_errno (r, rc, errbuf, head, offset);
       status = -1;
       break;
