@@ -473,6 +473,12 @@ name_is_valid (const char *name)
 char *
 read_small_file (const char *path)
 {
+  return read_small_file_len (path, NULL);
+}
+
+char *
+read_small_file_len (const char *path, size_t *len)
+{
   char *buf;
   ssize_t n, total = 0;
   int fd = open (path, O_RDONLY | O_CLOEXEC);
@@ -494,6 +500,8 @@ read_small_file (const char *path)
   buf[total] = '\0';
   while (total > 0 && (buf[total - 1] == '\n' || buf[total - 1] == '\r'))
     buf[--total] = '\0';
+  if (len)
+    *len = total;
   return buf;
 }
 

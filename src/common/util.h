@@ -62,6 +62,10 @@ bool name_is_valid (const char *name);
  * Caller frees.  NULL with errno on error. */
 char *read_small_file (const char *path);
 
+/* read_small_file, and the length read into *len (the string may hold a
+ * NUL before it: a caller that must not cut a value short checks). */
+char *read_small_file_len (const char *path, size_t *len);
+
 
 
 #include <pthread.h>

@@ -123,10 +123,16 @@ header_safe (const char *s)
 static int
 load_credentials (struct rhttp *h, const char *path, const char *disk)
 {
-  char *s = read_small_file (path), *key = NULL, *secret = NULL, *token = NULL;
+  size_t len;
+  char *s = read_small_file_len (path, &len), *key = NULL, *secret = NULL, *token = NULL;
 
   if (!s) {
     log_error ("rhttp: disk %s: credentials file %s: %m", disk, path);
+    return -1;
+  }
+  if (strlen (s) != len) {
+    log_error ("rhttp: disk %s: credentials file %s holds a NUL byte: refused", disk, path);
+    free (s);
     return -1;
   }
   if (strstr (s, "aws_access_key_id")) {
@@ -202,9 +208,10 @@ check_header_inputs (struct rhttp *h, const struct remote_config *cfg)
       return -1;
     }
   if (h->token_file) {
-    char *t = read_small_file (h->token_file);
-    bool ok = header_safe (t);
-    free (t);                   /* read for use by refresh_token_unlocked */
+    size_t len = 0;
+    char *t = read_small_file_len (h->token_file, &len);
+    bool ok = !t || (strlen (t) == len && header_safe (t));
+    free (t);                   /* only checked: refresh_token_unlocked reads it for use */
     if (!ok) {
       log_error ("rhttp: disk %s: token file %s holds a control character "
                  "(CR, LF, NUL, ...) inside the token: refused", cfg->disk, h->token_file);
@@ -370,7 +377,8 @@ refresh_token_unlocked (struct remote *r, struct rhttp *h)
   if (h->token && st.st_mtim.tv_sec == h->token_mtime.tv_sec &&
       st.st_mtim.tv_nsec == h->token_mtime.tv_nsec)
     return;
-  char *t = read_small_file (h->token_file);
+  size_t len;
+  char *t = read_small_file_len (h->token_file, &len);
   if (!t) {
     remote_note_error (r, "token file %s: %s", h->token_file, strerror (errno));
     return;
@@ -378,7 +386,7 @@ refresh_token_unlocked (struct remote *r, struct rhttp *h)
   free (h->token);
   h->token = t;
   h->token_mtime = st.st_mtim;
-  h->token_bad = !header_safe (t);
+  h->token_bad = strlen (t) != len || !header_safe (t);
   if (h->token_bad)
     log_error ("rhttp: disk %s: token file %s holds a control character (CR, LF, NUL, "
                "...) inside the token: requests fail until it is replaced",

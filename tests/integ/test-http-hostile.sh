@@ -114,6 +114,14 @@ echo "mount with a CRLF token: exit $rc: $(cat $T/tok.out)"
 grep -q "disk d" $T/tok.out && grep -qF "$T/secret/token" $T/tok.out ||
   fail "the refusal does not name the disk and the token file"
 
+printf 'good-token\0X-Injected: 1\n' > $T/secret/token
+rc=0
+timeout 60 "$CORFS" mount --state $T/s-tok --stream=off --hold 5 --config $T/tok.conf $T/m-tok \
+  > $T/tok.out 2>&1 || rc=$?
+echo "mount with a NUL in the token: exit $rc: $(cat $T/tok.out)"
+[ $rc -ne 0 ] || fail "the mount with a NUL in the token file succeeded"
+grep -qF "$T/secret/token" $T/tok.out || fail "the refusal does not name the token file"
+
 printf '%s\n' "[disk d]" "url = $base_inj/disk.img" > $T/hdr.conf
 printf 'header = X-Test: a\rX-Injected: 1\n' >> $T/hdr.conf
 rc=0
