@@ -3,7 +3,7 @@
 file at /disk.img (HEAD, single Range, strict If-Match) and a redirect to
 it whose body never ends.
 
-Usage: http-odd.py --file IMG --port-file F [--etag ETAG]
+Usage: http-odd.py --file IMG --port-file F [--etag ETAG] [--hop-delay S]
 
   Binds 127.0.0.1 on a free port, writes the port to --port-file once
   listening.  --etag: the ETag sent (default "size-mtime" in hex, quoted);
@@ -13,6 +13,8 @@ Usage: http-odd.py --file IMG --port-file F [--etag ETAG]
   /redirect.img  302 to /disk.img with Content-Length 1 GiB, and a body
                  sent 64 KiB every 0.2 s until the client closes (the
                  bytes sent are counted)
+  /hop/N         after --hop-delay seconds, 302 to /hop/N-1 (/hop/0: to
+                 /disk.img): a chain of slow redirects
   /_control?retry_after=V   from now on every request on /disk.img gets
                  503 with "Retry-After: V" (V empty: back to normal)
   /_stats        JSON: requests, redirect_body_bytes, injected (requests
@@ -80,6 +82,11 @@ class Handler(BaseHTTPRequestHandler):
             retry_after = state["retry_after"]
         if u.path == "/redirect.img":
             return self.endless_redirect()
+        if u.path.startswith("/hop/"):
+            n = int(u.path[5:])
+            time.sleep(args.hop_delay)
+            to = "/hop/%d" % (n - 1) if n > 0 else "/disk.img"
+            return self.simple(302, b"", [("Location", to)])
         if u.path != "/disk.img":
             return self.simple(404)
         if retry_after is not None:
@@ -143,6 +150,7 @@ def main():
     p.add_argument("--file", required=True)
     p.add_argument("--port-file", required=True)
     p.add_argument("--etag")
+    p.add_argument("--hop-delay", type=float, default=0.0)
     args = p.parse_args()
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     srv.daemon_threads = True
