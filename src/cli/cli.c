@@ -345,6 +345,25 @@ complete_maps (const char *state, json_t *d)
   return 0;
 }
 
+/* The text form of disk d's maps (after complete_maps): each map's
+ * extents, one "OFFSET LENGTH" line (bytes) each. */
+static void
+print_maps (json_t *d)
+{
+  static const char *const which[] = { "present", "dirty" };
+  json_t *maps = json_object_get (d, "maps");
+
+  for (size_t k = 0; maps && k < 2; k++) {
+    json_t *list = json_object_get (maps, which[k]), *e;
+    size_t i;
+    printf ("  %s extents: %zu (offset length, in bytes)\n", which[k], json_array_size (list));
+    json_array_foreach (list, i, e)
+      printf ("    %" JSON_INTEGER_FORMAT " %" JSON_INTEGER_FORMAT "\n",
+              json_integer_value (json_object_get (e, "offset")),
+              json_integer_value (json_object_get (e, "length")));
+  }
+}
+
 int
 cli_status (int argc, char **argv)
 {
@@ -377,8 +396,9 @@ cli_status (int argc, char **argv)
               "owner state and epoch, parent URL, state and last error, streamer\n"
               "state, rate and ETA.\n"
               "  --json   machine-readable output (fields in docs/control.md)\n"
-              "  --maps   add the present and dirty extents (offset, length in bytes;\n"
-              "           a long map is read in pages, one after another)\n"
+              "  --maps   add the present and dirty extents (offset, length in bytes,\n"
+              "           one a line without --json; a long map is read in pages,\n"
+              "           one after another)\n"
               "  --watch  refresh every second (a live progress bar on a terminal)\n"
               "           until every disk is complete\n");
       return 0;
@@ -454,9 +474,16 @@ cli_status (int argc, char **argv)
   else {
     size_t i;
     json_t *d;
-    json_array_foreach (json_object_get (reply, "disks"), i, d)
-      print_disk (d);
     ret = 0;
+    json_array_foreach (json_object_get (reply, "disks"), i, d) {
+      if (maps && complete_maps (state, d) == -1) {
+        ret = 1;
+        break;
+      }
+      print_disk (d);
+      if (maps)
+        print_maps (d);
+    }
   }
   json_decref (reply);
   return ret;

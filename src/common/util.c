@@ -160,26 +160,40 @@ is_zero (const void *buf, size_t count)
   return memcmp (p, p + 1, count - 1) == 0;
 }
 
-/* Query parameters whose values are credentials, by name (compared
- * without case, after percent-decoding).  The list in README.md
- * ("URL redaction") must match. */
-static const char *const secret_names[] = {
-  /* generic API keys, tokens and passwords */
-  "key", "apikey", "api_key", "api-key", "access_key", "accesskey", "secret",
-  "secret_key", "client_secret", "password", "passwd", "pass", "pwd",
-  "token", "access_token", "refresh_token", "id_token", "auth", "auth_token",
-  "authorization", "credential", "credentials", "session_token", "sessionid",
-  "sig", "signature", "sas", "code",
-  /* Azure SAS (sig above; its start and expiry change at every issue) */
-  "se", "st",
-  /* signed URLs of CDNs: Signature above, with Policy, Key-Pair-Id, Expires */
-  "policy", "key-pair-id", "expires",
+/* URL redaction (url_redact; README.md "URL redaction" lists the same
+ * rules).  A query parameter's name is percent-decoded and cut into
+ * words at '-', '_', '.', ' ' and at camelCase and letter/digit
+ * boundaries ("x-api-key", "accessToken", "q-signature").  Its value is a
+ * secret when one of the words is below (without case), when a word ends
+ * in one of secret_suffixes ("apitoken", "clientsecret"), when the whole
+ * name is in secret_exact, or when the name starts with one of
+ * secret_prefixes. */
+static const char *const secret_words[] = {
+  "token", "secret", "password", "passwd", "pwd", "pass", "passphrase",
+  "key", "apikey", "accesskey", "secretkey", "privatekey", "signingkey",
+  "sig", "signature", "credential", "credentials", "auth", "authorization",
+  "sas", "session", "sessionid", "jwt", "bearer",
   NULL
 };
+static const char *const secret_suffixes[] = {
+  "token", "secret", "password", "passwd", "signature", NULL
+};
+/* Names too generic to match as words ("country_code"): whole names only.
+ * ?code= is, among others, a function key of some cloud HTTP triggers. */
+static const char *const secret_exact[] = { "code", NULL };
 /* Whole families: SigV4 and GCS query authentication (X-Amz-Signature,
  * X-Amz-Credential, X-Amz-Security-Token, X-Amz-Date, ...), all of which
  * change at every signing. */
 static const char *const secret_prefixes[] = { "x-amz-", "x-goog-", NULL };
+/* The validity window and policy of a signed URL (Azure SAS st, se and
+ * its user-delegation key's skt, ske, skoid, sktid; signed-CDN Expires
+ * and Policy): they change at every signing, so they are redacted, but
+ * only in a URL that carries a signature ("sig", "Signature", any name
+ * with the word sig or signature), because as plain names they are
+ * harmless. */
+static const char *const signed_window[] = {
+  "st", "se", "skt", "ske", "skoid", "sktid", "expires", "policy", NULL
+};
 
 static int
 hex_value (char c)
@@ -190,16 +204,17 @@ hex_value (char c)
   return -1;
 }
 
-/* Is the parameter name [name, name + len) (still percent-encoded) one
- * whose value is a secret? */
+/* Percent-decode the name [name, name + len) into dec (of size cap).
+ * false when it does not fit. */
 static bool
-param_is_secret (const char *name, size_t len)
+decode_name (const char *name, size_t len, char *dec, size_t cap)
 {
-  char dec[64];
   size_t n = 0;
 
-  for (size_t i = 0; i < len && n < sizeof dec - 1; i++) {
+  for (size_t i = 0; i < len; i++) {
     int hi, lo;
+    if (n + 1 >= cap)
+      return false;
     if (name[i] == '%' && i + 2 < len &&
         (hi = hex_value (name[i + 1])) >= 0 && (lo = hex_value (name[i + 2])) >= 0) {
       dec[n++] = (char) (hi << 4 | lo);
@@ -209,22 +224,150 @@ param_is_secret (const char *name, size_t len)
       dec[n++] = name[i] == '+' ? ' ' : name[i];
   }
   dec[n] = '\0';
+  return true;
+}
+
+static bool
+in_list (const char *const *list, const char *s, size_t n)
+{
+  for (size_t i = 0; list[i]; i++)
+    if (strlen (list[i]) == n && !strncasecmp (s, list[i], n))
+      return true;
+  return false;
+}
+
+static bool
+ends_with_listed (const char *const *list, const char *s, size_t n)
+{
+  for (size_t i = 0; list[i]; i++) {
+    size_t ln = strlen (list[i]);
+    if (ln <= n && !strncasecmp (s + n - ln, list[i], ln))
+      return true;
+  }
+  return false;
+}
+
+/* Does a word of the decoded name dec match: in words, or (if suffixes)
+ * ending in one of suffixes? */
+static bool
+has_word (const char *dec, const char *const *words, const char *const *suffixes)
+{
+  const char *w = dec;
+
+  while (*w) {
+    const char *e = w;
+    unsigned char c;
+    if (strchr ("-_. ", *w)) {
+      w++;
+      continue;
+    }
+    /* A word: up to a separator, a lower-to-upper step (accessToken), an
+     * upper followed by upper-lower (APIKey: API|Key), or a letter/digit
+     * step. */
+    for (e = w + 1; (c = *e) && !strchr ("-_. ", c); e++) {
+      unsigned char p = e[-1];
+      if ((islower (p) && isupper (c)) ||
+          (isupper (p) && isupper (c) && islower ((unsigned char) e[1])) ||
+          (!!isdigit (p) != !!isdigit (c)))
+        break;
+    }
+    if (in_list (words, w, e - w) || (suffixes && ends_with_listed (suffixes, w, e - w)))
+      return true;
+    w = e;
+  }
+  return false;
+}
+
+#define NAME_MAX_DECODED 256
+
+/* Is the parameter name [name, name + len) (still percent-encoded) one
+ * whose value is a secret?  signed: the URL carries a signature. */
+static bool
+param_is_secret (const char *name, size_t len, bool is_signed)
+{
+  char dec[NAME_MAX_DECODED];
+
+  if (!decode_name (name, len, dec, sizeof dec))
+    return true;                /* an absurd name: on the safe side */
   for (size_t i = 0; secret_prefixes[i]; i++)
     if (!strncasecmp (dec, secret_prefixes[i], strlen (secret_prefixes[i])))
       return true;
-  if (n == sizeof dec - 1)
-    return false;               /* longer than any listed name */
-  for (size_t i = 0; secret_names[i]; i++)
-    if (!strcasecmp (dec, secret_names[i]))
+  if (in_list (secret_exact, dec, strlen (dec)) ||
+      has_word (dec, secret_words, secret_suffixes))
+    return true;
+  return is_signed && in_list (signed_window, dec, strlen (dec));
+}
+
+/* Does the query [p, end) carry a signature parameter? */
+static bool
+query_is_signed (const char *p, const char *end)
+{
+  static const char *const sig_words[] = { "sig", "signature", NULL };
+  char dec[NAME_MAX_DECODED];
+
+  while (p < end) {
+    size_t plen = strcspn (p, "&;#");
+    const char *eq;
+    if (p + plen > end)
+      plen = end - p;
+    eq = memchr (p, '=', plen);
+    if (eq && decode_name (p, eq - p, dec, sizeof dec) && has_word (dec, sig_words, NULL))
       return true;
+    p += plen + 1;
+  }
   return false;
+}
+
+/* Does the authority [a, a + n) read as host[:port] or [v6][:port]? */
+static bool
+authority_parses (const char *a, size_t n)
+{
+  const char *end = a + n, *colon;
+
+  if (n && *a == '[') {
+    const char *rb = memchr (a, ']', n);
+    if (!rb)
+      return false;
+    colon = rb + 1;
+    if (colon == end)
+      return true;
+    if (*colon != ':')
+      return false;
+  }
+  else if (!(colon = memchr (a, ':', n)))
+    return true;
+  for (const char *c = colon + 1; c < end; c++)
+    if (!isdigit ((unsigned char) *c))
+      return false;
+  return true;
+}
+
+/* Where the host begins: after the userinfo if there is one.  An '@'
+ * inside the authority (from "://" to the first '/', '?' or '#') ends
+ * the userinfo; when the authority does not parse as host[:port] (a
+ * password holding '/', '?' or '#': "u:pa/ss@host"), everything up to
+ * the last '@' of the URL is taken as userinfo, which may take more than
+ * the userinfo of a URL that is broken anyway but never leaves a
+ * password.  NULL: no userinfo. */
+static const char *
+userinfo_end (const char *auth)
+{
+  const char *auth_end = auth + strcspn (auth, "/?#"), *at = NULL;
+
+  for (const char *c = auth; c < auth_end; c++)
+    if (*c == '@')
+      at = c;
+  if (at || authority_parses (auth, auth_end - auth))
+    return at;
+  return strrchr (auth, '@');
 }
 
 char *
 url_redact (const char *url)
 {
   size_t len = strlen (url), nparams = 1;
-  const char *p = url, *auth, *auth_end, *at = NULL, *q, *frag;
+  const char *p = url, *auth, *at = NULL, *q, *frag;
+  bool is_signed;
   char *out, *o;
 
   for (const char *c = url; *c; c++)
@@ -233,20 +376,12 @@ url_redact (const char *url)
   if (!(out = malloc (len + nparams * (sizeof REDACTED - 1) + 1)))
     return NULL;
   o = out;
-  /* The authority runs from "://" to the first '/', '?' or '#'; any
-   * userinfo in it (user:password@, or a token as user name) goes. */
+  /* Any userinfo (user:password@, or a token as user name) goes. */
   auth = strstr (url, "://");
-  if (auth) {
-    auth += 3;
-    auth_end = auth + strcspn (auth, "/?#");
-    for (const char *c = auth; c < auth_end; c++)
-      if (*c == '@')
-        at = c;
-    if (at) {
-      memcpy (o, url, auth - url);
-      o += auth - url;
-      p = at + 1;
-    }
+  if (auth && (at = userinfo_end (auth + 3))) {
+    memcpy (o, url, auth + 3 - url);
+    o += auth + 3 - url;
+    p = at + 1;
   }
   q = strchr (p, '?');
   frag = strchr (p, '#');
@@ -259,14 +394,21 @@ url_redact (const char *url)
   p = q + 1;
   if (!frag)
     frag = url + len;
-  /* Each parameter NAME[=VALUE], separated by '&' or ';'. */
+  is_signed = query_is_signed (p, frag);
+  /* Each parameter NAME[=VALUE], separated by '&' or ';'.  A secret's
+   * value runs to the next '&' (or the fragment): a ';' may be part of
+   * it (?password=hunter;2). */
   while (p < frag) {
     size_t plen = strcspn (p, "&;#"), nlen;
-    const char *eq = memchr (p, '=', plen);
+    const char *eq;
     if (p + plen > frag)
       plen = frag - p;
+    eq = memchr (p, '=', plen);
     nlen = eq ? (size_t) (eq - p) : plen;
-    if (eq && param_is_secret (p, nlen)) {
+    if (eq && param_is_secret (p, nlen, is_signed)) {
+      plen = strcspn (p, "&#");
+      if (p + plen > frag)
+        plen = frag - p;
       memcpy (o, p, nlen + 1);
       o += nlen + 1;
       memcpy (o, REDACTED, sizeof REDACTED - 1);
@@ -281,6 +423,35 @@ url_redact (const char *url)
       *o++ = *p++;              /* the separator */
   }
   strcpy (o, frag);
+  return out;
+}
+
+char *
+url_redact_legacy (const char *url)
+{
+  char *out = strdup (url), *scheme_end, *at, *slash, *q;
+
+  if (!out)
+    return NULL;
+  scheme_end = strstr (out, "://");
+  if (scheme_end) {
+    char *auth = scheme_end + 3;
+    slash = strchr (auth, '/');
+    at = strchr (auth, '@');
+    if (at && (!slash || at < slash))
+      memmove (auth, at + 1, strlen (at + 1) + 1);
+  }
+  q = strchr (out, '?');
+  if (q) {
+    static const char *secret[] = { "X-Amz-Signature", "X-Amz-Credential",
+      "X-Amz-Security-Token", "token", "sig", "signature", "password", NULL };
+    for (size_t i = 0; secret[i]; i++) {
+      if (strcasestr (q, secret[i])) {
+        *q = '\0';
+        break;
+      }
+    }
+  }
   return out;
 }
 
@@ -301,6 +472,12 @@ name_is_valid (const char *name)
 
 char *
 read_small_file (const char *path)
+{
+  return read_small_file_len (path, NULL);
+}
+
+char *
+read_small_file_len (const char *path, size_t *len)
 {
   char *buf;
   ssize_t n, total = 0;
@@ -323,6 +500,8 @@ read_small_file (const char *path)
   buf[total] = '\0';
   while (total > 0 && (buf[total - 1] == '\n' || buf[total - 1] == '\r'))
     buf[--total] = '\0';
+  if (len)
+    *len = total;
   return buf;
 }
 

@@ -39,12 +39,21 @@ bool is_zero (const void *buf, size_t count);
 
 /* Copy of url for logs, status and the index: any userinfo ("user:password@",
  * or a token given as user name) removed, and the value of every query
- * parameter named as a credential (a fixed list, compared without case after
- * percent-decoding, plus every X-Amz-* and X-Goog-* parameter; README.md
- * lists them) replaced by "REDACTED".  Everything else is kept as it was, so
- * a URL without secrets (?socket=/run/p.sock) stays usable.  Caller frees;
- * NULL when out of memory. */
+ * parameter named as a credential replaced by "REDACTED" (names matched by
+ * word after percent-decoding, plus every X-Amz-* and X-Goog-* parameter,
+ * and a signed URL's validity window; the rules are atop url_redact in
+ * util.c and in README.md).  Everything else is kept as it was, so a URL
+ * without secrets (?socket=/run/p.sock) stays usable.  Caller frees; NULL
+ * when out of memory. */
 char *url_redact (const char *url);
+
+/* The redaction of corfs up to 63d3432, kept only to recognise the URLs
+ * that it recorded in existing indexes (daemon.c compares a remount's
+ * --disk URL with the record): the userinfo removed, and the whole query
+ * dropped when it contains any of a few substrings (sig, token,
+ * password, X-Amz-...).  Never use it to show a URL.  Caller frees; NULL
+ * when out of memory. */
+char *url_redact_legacy (const char *url);
 
 /* A disk name is [A-Za-z0-9._-]+, not "." or "..", at most 64 bytes. */
 bool name_is_valid (const char *name);
@@ -52,6 +61,10 @@ bool name_is_valid (const char *name);
 /* Read a whole small file (at most 64 KiB), stripping one trailing newline.
  * Caller frees.  NULL with errno on error. */
 char *read_small_file (const char *path);
+
+/* read_small_file, and the length read into *len (the string may hold a
+ * NUL before it: a caller that must not cut a value short checks). */
+char *read_small_file_len (const char *path, size_t *len);
 
 
 

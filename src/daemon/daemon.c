@@ -792,6 +792,7 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
   struct cor_disk *d;
   char overlay[PATH_MAX];
   CLEANUP_FREE char *redacted = NULL;
+  bool rewrite_url = false;
   int err;
 
   if (!recorded && errno != ENOENT) {
@@ -820,10 +821,22 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
   }
   if (dopt) {
     redacted = url_redact (dopt->url);
-    if (recorded && strcmp (redacted, rec.url) != 0) {
-      log_error ("daemon: disk %s is recorded with parent %s; --disk gives %s "
-                 "(a disk's parent cannot change)", name, rec.url, redacted);
+    if (!redacted) {
+      log_error ("daemon: disk %s: out of memory", name);
       return -1;
+    }
+    if (recorded && strcmp (redacted, rec.url) != 0) {
+      /* A record written by corfs up to 63d3432 holds the URL in that
+       * version's redaction (a whole query dropped): the same URL given
+       * again is accepted, and the record rewritten in the current
+       * form, which a remount without --disk can connect with. */
+      CLEANUP_FREE char *legacy = url_redact_legacy (dopt->url);
+      if (!legacy || strcmp (legacy, rec.url) != 0) {
+        log_error ("daemon: disk %s is recorded with parent %s; --disk gives %s "
+                   "(a disk's parent cannot change)", name, rec.url, redacted);
+        return -1;
+      }
+      rewrite_url = true;
     }
     uint64_t bs = dopt->block_size ? dopt->block_size : 0;
     if (recorded && bs && bs != rec.block_size) {
@@ -883,6 +896,14 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
     if (meta_disk_open (m, name, NULL, &md, &widened) == -1) {
       log_error ("daemon: disk %s: opening its index: %m", name);
       goto err;
+    }
+    if (rewrite_url) {
+      meta_disk_record (md, &rec);
+      log_info ("daemon: disk %s: parent recorded as %s by an older corfs; "
+                "recorded as %s now", name, rec.url, redacted);
+      snprintf (rec.url, sizeof rec.url, "%s", redacted);
+      if (meta_disk_update (md, &rec) == -1)
+        goto err;
     }
     if (verify_mirror_parent (name, &rec, r, widened, hold_s) == -1)
       goto err;

@@ -7,24 +7,44 @@
 #include "remote/http-reply.h"
 #include "remote/remote-internal.h"
 
-/* Copy the value [v, v + n) into a field of size cap, cut to fit. */
+bool
+rhttp_value_ok (const char *s, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    if (((unsigned char) s[i] < 0x20 && s[i] != '\t') || s[i] == 0x7f)
+      return false;
+  return true;
+}
+
+/* Copy the value [v, v + n) into a field of size cap.  A value that does
+ * not fit, or holds a control character other than tab (a CR would be
+ * sent back in If-Match: a header injected into our request), is taken
+ * as absent: "" (a cut ETag never matches the server's own). */
 static void
 set_field (char *field, size_t cap, const char *v, size_t n)
 {
-  if (n >= cap)
-    n = cap - 1;
+  field[0] = '\0';
+  if (n >= cap || !rhttp_value_ok (v, n))
+    return;
   memcpy (field, v, n);
   field[n] = '\0';
 }
 
-/* A number from the value [v, v + n) (at most 31 digits are looked at). */
+/* A whole number in the value [v, v + n): decimal digits, then only
+ * blanks, of any length, saturated at max.  -1 when it is not one. */
 static long long
-value_ll (const char *v, size_t n)
+value_num (const char *v, size_t n, long long max)
 {
-  char tmp[32];
+  const char *end = v + n;
+  long long r = 0;
 
-  set_field (tmp, sizeof tmp, v, n);
-  return strtoll (tmp, NULL, 10);
+  if (n == 0 || *v < '0' || *v > '9')
+    return -1;
+  for (; v < end && *v >= '0' && *v <= '9'; v++)
+    r = r > (max - (*v - '0')) / 10 ? max : r * 10 + (*v - '0');
+  while (v < end && (*v == ' ' || *v == '\t'))
+    v++;
+  return v < end ? -1 : r;
 }
 
 int64_t
@@ -76,8 +96,16 @@ rhttp_reply_header (struct xfer *x, const char *data, size_t len)
   const char *colon, *v, *end = data + len;
 
   if (len >= 5 && !strncmp (data, "HTTP/", 5)) {
-    const char *sp = memchr (data, ' ', len);
-    x->status = sp ? (long) value_ll (sp + 1, end - sp - 1) : 0;
+    const char *sp = memchr (data, ' ', len), *code_end;
+    /* The three digits of the status code, ended by a blank or the line. */
+    x->status = 0;
+    if (sp) {
+      code_end = sp + 1;
+      while (code_end < end && *code_end >= '0' && *code_end <= '9')
+        code_end++;
+      if (code_end - sp - 1 == 3)
+        x->status = (long) value_num (sp + 1, 3, 999);
+    }
     x->etag[0] = x->last_modified[0] = x->content_range[0] = '\0';
     x->content_length = -1;
     x->accept_ranges = false;
@@ -104,9 +132,10 @@ rhttp_reply_header (struct xfer *x, const char *data, size_t len)
   else if (name_is (data, nn, "Accept-Ranges"))
     x->accept_ranges = has_word (v, vn, "bytes");
   else if (name_is (data, nn, "Retry-After")) {
-    /* Seconds form only; the caller's deadline bounds the wait anyway,
-     * the cap keeps the product with NS_PER_SEC in range. */
-    long long s = value_ll (v, vn);
-    x->retry_after = s < 0 ? 0 : s > RHTTP_RETRY_AFTER_MAX ? RHTTP_RETRY_AFTER_MAX : (long) s;
+    /* Seconds form only (an HTTP date is ignored: 0); the caller's
+     * deadline bounds the wait anyway, the cap keeps the product with
+     * NS_PER_SEC in range. */
+    long long s = value_num (v, vn, RHTTP_RETRY_AFTER_MAX);
+    x->retry_after = s < 0 ? 0 : (long) s;
   }
 }

@@ -23,8 +23,16 @@ struct xfer {
 
 /* Take one raw header line (len bytes, not NUL-terminated, usually ending
  * in CRLF) into x.  A status line ("HTTP/...") resets the fields; lines of
- * any length are accepted; values longer than a field are cut to it. */
+ * any length are accepted; a value longer than its field, or holding a
+ * control character other than tab, is taken as absent (""): it is never
+ * cut, nor sent back (If-Match), nor pinned.  Numbers (status,
+ * Content-Length, Retry-After) are read whole, digits only. */
 void rhttp_reply_header (struct xfer *x, const char *data, size_t len);
+
+/* May [s, s + n) go into a request header line: no control character but
+ * tab (a CR or LF would end the line and start another header: an
+ * injection)? */
+bool rhttp_value_ok (const char *s, size_t n);
 
 /* Retry-After is taken up to this many seconds. */
 #define RHTTP_RETRY_AFTER_MAX 3600

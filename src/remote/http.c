@@ -71,6 +71,7 @@ struct rhttp {
   bool fresh[NR_HANDLES];       /* open a new connection for the next request */
   char *token;                  /* bearer token, re-read when the file changes */
   struct timespec token_mtime;
+  bool token_bad;               /* the file's token holds a control character */
   bool connected;
   int64_t size;
   char etag[256];               /* pinned strong ETag, or "" */
@@ -98,7 +99,8 @@ on_body (char *data, size_t size, size_t n, void *opaque)
   size_t len = size * n;
 
   if (x->status >= 300 && x->status < 400)
-    return len;                 /* a redirect's body: perform follows it */
+    return 0;                   /* a redirect's body: not read (perform
+                                 * follows the redirect, see there) */
   if (x->len + len > x->cap) {
     x->overflow = true;
     return 0;                   /* abort: never more than asked */
@@ -108,16 +110,29 @@ on_body (char *data, size_t size, size_t n, void *opaque)
   return len;
 }
 
+/* Can s go into a request header line (rhttp_value_ok)?  NULL is. */
+static bool
+header_safe (const char *s)
+{
+  return !s || rhttp_value_ok (s, strlen (s));
+}
+
 /* Read the credentials file: "user:password" for HTTP; for S3 either an
  * AWS credentials file (aws_access_key_id = ..., aws_secret_access_key =
  * ..., aws_session_token = ...) or "KEY:SECRET[:TOKEN]". */
 static int
 load_credentials (struct rhttp *h, const char *path, const char *disk)
 {
-  char *s = read_small_file (path), *key = NULL, *secret = NULL, *token = NULL;
+  size_t len;
+  char *s = read_small_file_len (path, &len), *key = NULL, *secret = NULL, *token = NULL;
 
   if (!s) {
     log_error ("rhttp: disk %s: credentials file %s: %m", disk, path);
+    return -1;
+  }
+  if (strlen (s) != len) {
+    log_error ("rhttp: disk %s: credentials file %s holds a NUL byte: refused", disk, path);
+    free (s);
     return -1;
   }
   if (strstr (s, "aws_access_key_id")) {
@@ -166,7 +181,49 @@ load_credentials (struct rhttp *h, const char *path, const char *disk)
     h->userpwd = strdup (s);
   }
   free (s);
-  return h->userpwd ? 0 : -1;
+  if (!h->userpwd)
+    return -1;
+  /* The key and the session token go into the signed headers (S3); a
+   * CR or LF there would add a header of the file's choosing. */
+  if (!header_safe (h->userpwd) || !header_safe (h->session_token)) {
+    log_error ("rhttp: disk %s: credentials file %s holds a control character "
+               "(CR, LF, NUL, ...) inside a credential: refused", disk, path);
+    return -1;
+  }
+  return 0;
+}
+
+/* Refuse what would go into a header line with a control character (an
+ * injected header): the configured headers, the token file's token, the
+ * environment's S3 credentials.  Checked again when the token file
+ * changes (refresh_token_unlocked) and for every line (add_header). */
+static int
+check_header_inputs (struct rhttp *h, const struct remote_config *cfg)
+{
+  for (size_t i = 0; cfg->headers && cfg->headers[i]; i++)
+    if (!header_safe (cfg->headers[i])) {
+      log_error ("rhttp: disk %s: configured header %.*s holds a control character "
+                 "(CR, LF, NUL, ...): refused", cfg->disk,
+                 (int) strcspn (cfg->headers[i], ":\r\n"), cfg->headers[i]);
+      return -1;
+    }
+  if (h->token_file) {
+    size_t len = 0;
+    char *t = read_small_file_len (h->token_file, &len);
+    bool ok = !t || (strlen (t) == len && header_safe (t));
+    free (t);                   /* only checked: refresh_token_unlocked reads it for use */
+    if (!ok) {
+      log_error ("rhttp: disk %s: token file %s holds a control character "
+                 "(CR, LF, NUL, ...) inside the token: refused", cfg->disk, h->token_file);
+      return -1;
+    }
+  }
+  if (!header_safe (h->userpwd) || !header_safe (h->session_token)) {
+    log_error ("rhttp: disk %s: the S3 credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+               "AWS_SESSION_TOKEN) hold a control character (CR, LF, ...): refused", cfg->disk);
+    return -1;
+  }
+  return 0;
 }
 
 static void
@@ -291,6 +348,10 @@ rhttp_open (struct remote *r, const struct remote_config *cfg, void **hp, int *e
       goto err;
     }
   }
+  if (check_header_inputs (h, cfg) == -1) {
+    *err = EINVAL;
+    goto err;
+  }
   if (h->insecure)
     log_warn ("rhttp: disk %s: TLS certificate verification is OFF (insecure = true): "
               "anyone on the path can serve this disk's data", cfg->disk);
@@ -316,7 +377,8 @@ refresh_token_unlocked (struct remote *r, struct rhttp *h)
   if (h->token && st.st_mtim.tv_sec == h->token_mtime.tv_sec &&
       st.st_mtim.tv_nsec == h->token_mtime.tv_nsec)
     return;
-  char *t = read_small_file (h->token_file);
+  size_t len;
+  char *t = read_small_file_len (h->token_file, &len);
   if (!t) {
     remote_note_error (r, "token file %s: %s", h->token_file, strerror (errno));
     return;
@@ -324,6 +386,11 @@ refresh_token_unlocked (struct remote *r, struct rhttp *h)
   free (h->token);
   h->token = t;
   h->token_mtime = st.st_mtim;
+  h->token_bad = strlen (t) != len || !header_safe (t);
+  if (h->token_bad)
+    log_error ("rhttp: disk %s: token file %s holds a control character (CR, LF, NUL, "
+               "...) inside the token: requests fail until it is replaced",
+               remote_disk (r), h->token_file);
 }
 
 static CURL *
@@ -361,8 +428,10 @@ release (struct rhttp *h, int slot)
 
 /* Append one header line, formatted at its full length: session tokens
  * (STS, SSO) and bearer JWTs run to several KiB, so no fixed buffer.
- * curl_slist_append copies the line.  false on ENOMEM (*hdrs unchanged). */
-static bool __attribute__ ((format (printf, 2, 3)))
+ * curl_slist_append copies the line.  0, ENOMEM, or EINVAL for a line
+ * holding a control character (a last check: the inputs were refused at
+ * load already); *hdrs is unchanged on error. */
+static int __attribute__ ((format (printf, 2, 3)))
 add_header (struct curl_slist **hdrs, const char *fmt, ...)
 {
   struct curl_slist *n = NULL;
@@ -374,51 +443,67 @@ add_header (struct curl_slist **hdrs, const char *fmt, ...)
   r = vasprintf (&line, fmt, ap);
   va_end (ap);
   if (r < 0)
-    return false;
+    return ENOMEM;
+  if (!rhttp_value_ok (line, r)) {
+    free (line);
+    return EINVAL;
+  }
   n = curl_slist_append (*hdrs, line);
   free (line);
   if (!n)
-    return false;
+    return ENOMEM;
   *hdrs = n;
-  return true;
+  return 0;
 }
 
 /* The request headers into *hdrs: the user's, Range, If-Match, the bearer
- * token and S3's.  false when out of memory (*hdrs is then NULL; an empty
- * list is NULL too, so the bool tells the two apart). */
-static bool
+ * token and S3's.  0, or ENOMEM, or EINVAL when a line would hold a
+ * control character (the token file's token, most likely); *hdrs is NULL
+ * then (an empty list is NULL too, so the result tells the two apart). */
+static int
 build_headers (struct remote *r, struct rhttp *h, uint64_t offset, size_t range_count,
                const char *if_match, struct curl_slist **hdrs)
 {
-  bool ok = true;
+  int e = 0;
+  bool bad_token = false;
 
   *hdrs = NULL;
-  for (struct curl_slist *e = h->headers; ok && e; e = e->next)
-    ok = add_header (hdrs, "%s", e->data);
-  if (ok && range_count)
-    ok = add_header (hdrs, "Range: bytes=%" PRIu64 "-%" PRIu64, offset,
-                     offset + range_count - 1);
-  if (ok && if_match && *if_match)
-    ok = add_header (hdrs, "If-Match: %s", if_match);
+  for (struct curl_slist *l = h->headers; !e && l; l = l->next)
+    e = add_header (hdrs, "%s", l->data);
+  if (!e && range_count)
+    e = add_header (hdrs, "Range: bytes=%" PRIu64 "-%" PRIu64, offset,
+                    offset + range_count - 1);
+  if (!e && if_match && *if_match)
+    e = add_header (hdrs, "If-Match: %s", if_match);
   pthread_mutex_lock (&h->lock);
   refresh_token_unlocked (r, h);
-  if (ok && h->token)
-    ok = add_header (hdrs, "Authorization: Bearer %s", h->token);
+  if (!e && h->token_bad) {
+    bad_token = true;
+    e = EINVAL;                 /* not retried: the file must be replaced */
+    remote_note_error (r, "token file %s holds a control character (CR, LF, NUL, ...) "
+                       "inside the token: not sent", h->token_file);
+  }
+  else if (!e && h->token)
+    e = add_header (hdrs, "Authorization: Bearer %s", h->token);
   pthread_mutex_unlock (&h->lock);
-  if (ok && h->s3)
-    ok = add_header (hdrs, "x-amz-content-sha256: %s", EMPTY_SHA256);
-  if (ok && h->s3 && h->session_token)
-    ok = add_header (hdrs, "x-amz-security-token: %s", h->session_token);
-  if (!ok) {
+  if (!e && h->s3)
+    e = add_header (hdrs, "x-amz-content-sha256: %s", EMPTY_SHA256);
+  if (!e && h->s3 && h->session_token)
+    e = add_header (hdrs, "x-amz-security-token: %s", h->session_token);
+  if (e == EINVAL && !bad_token)
+    remote_note_error (r, "a request header would hold a control character (CR, LF, "
+                       "NUL, ...): not sent");
+  if (e) {
     curl_slist_free_all (*hdrs);
     *hdrs = NULL;
   }
-  return ok;
+  return e;
 }
 
 /* Does the request carry anything that must not reach another origin:
  * a password, a bearer token, S3 signing (and its session token), the
- * user's extra headers?  libcurl drops its own credentials on a redirect
+ * user's extra headers, a client certificate (it authenticates us to
+ * whichever server asks for it)?  libcurl drops its own credentials on a redirect
  * to another host, but not the extra headers (x-amz-security-token, the
  * user's), so corfs follows redirects itself (see next_hop). */
 static bool
@@ -428,7 +513,7 @@ has_credentials (const struct rhttp *h)
   char *user = NULL;
   bool userinfo;
 
-  if (h->s3 || h->userpwd || h->token_file || h->headers)
+  if (h->s3 || h->userpwd || h->token_file || h->headers || h->client_cert || h->client_key)
     return true;
   /* user[:password]@ in the URL itself; if it cannot be parsed, assume so. */
   if (!(u = curl_url ()) || curl_url_set (u, CURLUPART_URL, h->url, 0) != CURLUE_OK)
@@ -479,7 +564,8 @@ redirect_allowed (const struct rhttp *h, const char *from, const char *to,
   else if (has_credentials (h) &&
            (strcasecmp (fs, ts) || strcasecmp (fh, th) || strcmp (fp, tp)))
     snprintf (why, len, "a redirect to another host (%s:%s) is refused: the request "
-              "carries credentials or configured headers, which must not reach it", th, tp);
+              "carries credentials (a password, token, S3 signature, configured headers or a "
+              "client certificate), which must not reach it", th, tp);
   else
     ok = true;
   curl_free (fs); curl_free (fh); curl_free (fp);
@@ -514,6 +600,31 @@ is_redirect (long status)
   return status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
 }
 
+/* Where the redirect reply on c (a request to url) points, as an absolute
+ * URL (caller frees), or NULL.  libcurl's CURLINFO_REDIRECT_URL is not
+ * set when the transfer ended early (on_body refuses a redirect's body),
+ * so the Location header is then resolved against url here. */
+static char *
+redirect_target (CURL *c, const char *url)
+{
+  char *loc = NULL, *abs = NULL, *ret;
+  struct curl_header *hh;
+  CURLU *u;
+
+  if (curl_easy_getinfo (c, CURLINFO_REDIRECT_URL, &loc) == CURLE_OK && loc)
+    return strdup (loc);
+  if (curl_easy_header (c, "Location", 0, CURLH_HEADER, -1, &hh) != CURLHE_OK ||
+      !(u = curl_url ()))
+    return NULL;
+  if (curl_url_set (u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+      curl_url_set (u, CURLUPART_URL, hh->value, 0) == CURLUE_OK)
+    curl_url_get (u, CURLUPART_URL, &abs, 0);
+  curl_url_cleanup (u);
+  ret = abs ? strdup (abs) : NULL;
+  curl_free (abs);
+  return ret;
+}
+
 /* After a redirect reply on c (to url): the next URL to request (caller
  * frees), or NULL with *err when the redirect must not be followed.  A
  * 3xx without Location returns NULL with *err == 0: the caller treats the
@@ -522,20 +633,19 @@ static char *
 next_hop (struct remote *r, struct rhttp *h, CURL *c, const char *url, int hop,
           bool head, uint64_t offset, int *err)
 {
-  char *loc = NULL, why[512], *to, *shown;
+  char *loc, why[512], *shown;
 
   *err = 0;
-  if (curl_easy_getinfo (c, CURLINFO_REDIRECT_URL, &loc) != CURLE_OK || !loc)
+  if (!(loc = redirect_target (c, url)))
     return NULL;
   shown = url_redact (loc);
   if (hop >= MAX_REDIRECTS)
     snprintf (why, sizeof why, "more than %d redirects", MAX_REDIRECTS);
   else if (redirect_allowed (h, url, loc, why, sizeof why)) {
     free (shown);
-    if (!(to = strdup (loc)))
-      *err = ENOMEM;
-    return to;
+    return loc;
   }
+  free (loc);
   *err = EACCES;                /* retrying cannot help */
   remote_note_error (r, "%s at offset %" PRIu64 ": redirected to %s: %s", head ? "HEAD" : "GET",
                      offset, shown ? shown : "(URL)", why);
@@ -563,10 +673,10 @@ perform (struct remote *r, struct rhttp *h, CURL *c, uint64_t offset, size_t ran
   CURLcode rc;
 
   curl_easy_reset (c);          /* keeps the connection cache */
-  if (!build_headers (r, h, offset, range_count, if_match, &hdrs)) {
-    *err = ENOMEM;
-    remote_note_error (r, "%s at offset %" PRIu64 ": out of memory for the request headers",
-                       head ? "HEAD" : "GET", offset);
+  if ((*err = build_headers (r, h, offset, range_count, if_match, &hdrs))) {
+    if (*err == ENOMEM)        /* (build_headers noted the others) */
+      remote_note_error (r, "%s at offset %" PRIu64 ": out of memory for the request headers",
+                         head ? "HEAD" : "GET", offset);
     return -1;
   }
   if (h->s3) {
@@ -608,20 +718,26 @@ perform (struct remote *r, struct rhttp *h, CURL *c, uint64_t offset, size_t ran
   if (head)
     curl_easy_setopt (c, CURLOPT_NOBODY, 1L);
 
+  /* The request's own timeout bounds all its hops together. */
+  now = now_ns ();
+  if (deadline_ns > now + h->request_timeout_ns)
+    deadline_ns = now + h->request_timeout_ns;
   for (int hop = 0;; hop++) {
     char *next;
     curl_easy_setopt (c, CURLOPT_URL, url ? url : h->url);
     now = now_ns ();
     t = deadline_ns > now ? deadline_ns - now : 1000000;
-    if (t > h->request_timeout_ns)
-      t = h->request_timeout_ns;
     curl_easy_setopt (c, CURLOPT_TIMEOUT_MS, (long) (t / 1000000 + 1));
     x->len = 0;
     x->overflow = false;
     rc = curl_easy_perform (c);
     status = 0;
     curl_easy_getinfo (c, CURLINFO_RESPONSE_CODE, &status);
-    if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && x->overflow)) {
+    /* A write error is ours: the body was more than asked (overflow), or
+     * a 3xx body, which on_body refuses at its first byte (a server could
+     * send gigabytes there); the status is the answer then. */
+    if (rc != CURLE_OK &&
+        !(rc == CURLE_WRITE_ERROR && (x->overflow || (status >= 300 && status < 400)))) {
       *err = transport_errno (r, rc, errbuf, head, offset);
       status = -1;
       break;
@@ -650,9 +766,12 @@ status_errno (struct remote *r, long status, const struct xfer *x, uint64_t dead
   remote_note_error (r, "%s: HTTP %ld", what, status);
   if (status == 429 || status == 503) {
     if (x->retry_after > 0) {
-      uint64_t now = now_ns (), wait = x->retry_after * NS_PER_SEC;
-      if (now + wait > deadline_ns)
-        wait = deadline_ns > now ? deadline_ns - now : 0;
+      /* Compared in seconds with what is left before the product is
+       * formed: a huge Retry-After must neither wrap nor outlast the
+       * deadline, whatever the parser lets through. */
+      uint64_t now = now_ns (), left = deadline_ns > now ? deadline_ns - now : 0;
+      uint64_t wait = (uint64_t) x->retry_after >= left / NS_PER_SEC
+        ? left : (uint64_t) x->retry_after * NS_PER_SEC;
       sleep_ns (wait);
     }
     return EAGAIN;

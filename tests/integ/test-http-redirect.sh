@@ -12,7 +12,10 @@
 #  - a same-host redirect (A /moved.img -> A /disk.img, which requires the
 #    X-Test header) is still followed with the header: the disk reads equal;
 #  - https (A', test CA) -> http B, no credentials: refused (a downgrade),
-#    and B never got a request from that mount.
+#    and B never got a request from that mount;
+#  - https A' -> https B' (127.0.0.2): followed without credentials, but
+#    refused with a client certificate (it authenticates us too), and B'
+#    never got a request from that mount.
 . "$(dirname "$0")/../functions.sh"
 . "$(dirname "$0")/../servers/nginx.sh"
 requires fusermount3 --version
@@ -33,11 +36,15 @@ ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
 ossl req -x509 "${ec[@]}" -keyout $pki/ca.key -out $pki/ca.pem -days 2 -subj "/CN=corfs test CA" \
   -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
 ossl req "${ec[@]}" -keyout $pki/srv.key -out $pki/srv.csr -subj "/CN=127.0.0.1"
-printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' > $pki/srv.ext
+printf 'subjectAltName=IP:127.0.0.1,IP:127.0.0.2\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' > $pki/srv.ext
 ossl x509 -req -in $pki/srv.csr -CA $pki/ca.pem -CAkey $pki/ca.key -CAcreateserial \
   -out $pki/srv.pem -days 2 -extfile $pki/srv.ext
+ossl req "${ec[@]}" -keyout $pki/cli.key -out $pki/cli.csr -subj "/CN=corfs client"
+printf 'extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n' > $pki/cli.ext
+ossl x509 -req -in $pki/cli.csr -CA $pki/ca.pem -CAkey $pki/ca.key -CAcreateserial \
+  -out $pki/cli.pem -days 2 -extfile $pki/cli.ext
 
-pa=$(free_port); ps=$(free_port); pb=$(free_port)
+pa=$(free_port); ps=$(free_port); pb=$(free_port); pbs=$(free_port)
 while [ "$ps" = "$pa" ]; do ps=$(free_port); done
 b=http://127.0.0.2:$pb
 start_nginx $T/nginx "
@@ -47,13 +54,17 @@ start_nginx $T/nginx "
     location = /moved.img { return 302 http://127.0.0.1:$pa/disk.img; }
     location = /disk.img { if (\$http_x_test != \"$secret_hdr\") { return 403; } }
     location / { return 302 $b\$request_uri; } }
+  server { listen 127.0.0.2:$pbs ssl; root $www; access_log $T/bs.log hdrs;
+    ssl_certificate $pki/srv.pem; ssl_certificate_key $pki/srv.key; }
   server { listen 127.0.0.1:$ps ssl; root $www;
     ssl_certificate $pki/srv.pem; ssl_certificate_key $pki/srv.key;
+    location /c/ { return 302 https://127.0.0.2:$pbs/disk.img; }
     location / { return 302 $b\$request_uri; } }"
 a=http://127.0.0.1:$pa
 wait_http $b/disk.img 200
 wait_http $a/x/disk.img 302
 wait_http https://127.0.0.1:$ps/disk.img 302 --cacert $pki/ca.pem
+wait_http https://127.0.0.2:$pbs/disk.img 200 --cacert $pki/ca.pem
 mkdir -p $www/x; cp $www/disk.img $www/x/disk.img
 
 # mount_ok NAME CONF-LINES...: mount, the disk reads equal, unmount.
@@ -110,4 +121,13 @@ n0=$(wc -l < $T/b.log)
 refused downgrade "url = https://127.0.0.1:$ps/x/disk.img" "ca-file = $pki/ca.pem"
 n1=$(wc -l < $T/b.log)
 [ "$n1" -eq "$n0" ] || fail "the plain-http host got $((n1 - n0)) request(s) redirected from https"
+
+echo "=== https -> https on another host: followed, but not with a client certificate"
+mount_ok tls "url = https://127.0.0.1:$ps/c/disk.img" "ca-file = $pki/ca.pem"
+n0=$(wc -l < $T/bs.log)
+[ "$n0" -gt 0 ] || fail "B' served nothing: the https redirect was not followed"
+refused cert "url = https://127.0.0.1:$ps/c/disk.img" "ca-file = $pki/ca.pem" \
+  "client-cert = $pki/cli.pem" "client-key = $pki/cli.key"
+n1=$(wc -l < $T/bs.log)
+[ "$n1" -eq "$n0" ] || fail "the other host got $((n1 - n0)) request(s) from a disk with a client certificate"
 echo PASS

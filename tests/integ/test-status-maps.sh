@@ -6,6 +6,8 @@
 #    1 MiB and says truncated, with next_offset;
 #  - `corfs status --maps --json` exits 0 and prints both maps whole and
 #    exact (every extent, no truncated marker left);
+#  - `corfs status --maps` without --json prints them too, one extent a
+#    line (it asked the daemon for maps and printed none);
 #  - a page asked from inside an extent (maps_from) starts at that offset.
 . "$(dirname "$0")/../functions.sh"
 requires fusermount3 --version
@@ -69,6 +71,25 @@ for m in ("present", "dirty"):
 if d["maps"].get("truncated") or "next_offset" in d["maps"]:
     sys.exit("the joined maps still say truncated: " + json.dumps({k: v for k, v in d["maps"].items() if k not in ("present", "dirty")}))
 print(f"present and dirty: {n} extents each, exact")
+PY
+
+echo "=== corfs status --maps prints the maps as text"
+rc=0
+timeout 120 "$CORFS" status --state $T/st d --maps > $T/maps.txt 2> $T/maps.err || rc=$?
+[ $rc -eq 0 ] || fail "corfs status --maps exit $rc: $(cat $T/maps.err)"
+python3 - $T/maps.txt $N $bs <<'PY' || fail "the text maps are not the disk's"
+import sys
+n, bs = int(sys.argv[2]), int(sys.argv[3])
+want = [f"    {k * 2 * bs} {bs}" for k in range(n)]
+lines = open(sys.argv[1]).read().split("\n")
+for m in ("present", "dirty"):
+    head = f"  {m} extents: {n} "
+    at = next((i for i, l in enumerate(lines) if l.startswith(head)), None)
+    if at is None:
+        sys.exit(f"no line starting {head!r} in: {lines[:4]}")
+    if lines[at + 1:at + 1 + n] != want:
+        sys.exit(f"{m}: the extent lines differ")
+print("text: present and dirty, {} extents each, exact".format(n))
 PY
 
 echo "=== maps_from inside an extent"

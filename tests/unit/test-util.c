@@ -1,5 +1,6 @@
 /* Unit tests: block arithmetic of the engine and the common helpers. */
 #include <criterion/criterion.h>
+#include <stdio.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -154,6 +155,73 @@ Test (util, url_redact_keeps_the_rest)
   redacts_to ("https://h.test/d.img?", "https://h.test/d.img?");
   redacts_to ("file:///var/lib/x.img", "file:///var/lib/x.img");
   redacts_to ("", "");
+}
+
+/* Review of the by-name redaction: a secret value ran only to ';', and
+ * names were compared whole (accessToken, x-api-key went through). */
+Test (util, url_redact_value_to_ampersand)
+{
+  redacts_to ("https://h.test/d?password=hunter;2", "https://h.test/d?password=REDACTED");
+  redacts_to ("https://h.test/d?token=a;b;c&x=1#f", "https://h.test/d?token=REDACTED&x=1#f");
+  /* A harmless parameter still ends at ';'. */
+  redacts_to ("https://h.test/d?a=1;password=p;q&b=2", "https://h.test/d?a=1;password=REDACTED&b=2");
+}
+
+Test (util, url_redact_words)
+{
+  static const char *const names[] = {
+    "accessToken", "access-token", "apiToken", "authToken", "sessionToken", "x-api-key",
+    "private_token", "security-token", "q-signature", "X-Api-Key", "APIKey", "apikey",
+    "client.secret", "clientsecret", "oauth_token", "accesstoken", "ACCESS_KEY_ID",
+    "sharedAccessSignature", "user_password", "db_pwd", "Credential", "auth", "jwt",
+    "signingKey", "session_id", "code", "key2",
+  };
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    char url[256], want[256];
+    snprintf (url, sizeof url, "https://h.test/d.img?a=1&%s=s3cr3t&b=2", names[i]);
+    snprintf (want, sizeof want, "https://h.test/d.img?a=1&%s=REDACTED&b=2", names[i]);
+    redacts_to (url, want);
+  }
+  /* Words inside other words are not secrets. */
+  redacts_to ("https://h.test/d?keyboard=1&monkey=2&tokenizer=3&passage=4&country_code=5&authors=6",
+              "https://h.test/d?keyboard=1&monkey=2&tokenizer=3&passage=4&country_code=5&authors=6");
+}
+
+Test (util, url_redact_signed_window)
+{
+  /* Plain names: kept. */
+  redacts_to ("https://h.test/d.img?st=1&se=2&expires=3&policy=p",
+              "https://h.test/d.img?st=1&se=2&expires=3&policy=p");
+  /* With a signature: the window goes too (it changes at every signing). */
+  redacts_to ("https://a.test/c/d.img?sv=1&st=1&se=2&skt=3&ske=4&sig=abc",
+              "https://a.test/c/d.img?sv=1&st=REDACTED&se=REDACTED&skt=REDACTED&ske=REDACTED"
+              "&sig=REDACTED");
+  redacts_to ("https://c.test/d.img?Expires=9&Policy=p&Signature=s&Key-Pair-Id=k",
+              "https://c.test/d.img?Expires=REDACTED&Policy=REDACTED&Signature=REDACTED"
+              "&Key-Pair-Id=REDACTED");
+}
+
+Test (util, url_redact_broken_authority)
+{
+  /* A password holding '/', '?' or '#': the authority does not parse, so
+   * everything up to the last '@' goes. */
+  redacts_to ("https://u:pa/ss@h.test/d.img", "https://h.test/d.img");
+  redacts_to ("https://u:pa?ss@h.test/d.img?x=1", "https://h.test/d.img?x=1");
+  redacts_to ("https://u:pa#ss@h.test/d.img", "https://h.test/d.img");
+  /* Hosts that parse are not touched, '@' in the path or an IPv6 host. */
+  redacts_to ("https://[::1]/a@b/d.img", "https://[::1]/a@b/d.img");
+  redacts_to ("https://[::1]:8443/a@b", "https://[::1]:8443/a@b");
+  redacts_to ("https://h.test:8080/a@b", "https://h.test:8080/a@b");
+}
+
+Test (util, url_redact_legacy)
+{
+  char *u = url_redact_legacy ("nbd+unix:///?socket=/run/signed.sock");
+  cr_assert_str_eq (u, "nbd+unix:///");
+  free (u);
+  u = url_redact_legacy ("https://u:p@h.test/d.img?key=k");
+  cr_assert_str_eq (u, "https://h.test/d.img?key=k");
+  free (u);
 }
 
 Test (util, url_redact_userinfo)
