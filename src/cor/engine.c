@@ -1561,9 +1561,13 @@ wb_copy_worker (void *arg)
   return NULL;
 }
 
-int64_t
-cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
-               uint64_t deadline_ns, int *err)
+static const char *owner_name (int s);
+
+/* cor_writeback, and abort's copy (for_abort: abort itself marked the
+ * disk handed off to hold off guest writes, and holds owner_lock). */
+static int64_t
+writeback (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t deadline_ns,
+           bool for_abort, int *err)
 {
   struct busy self;
   struct wb_copy c = { .d = d, .end = end, .deadline_ns = deadline_ns, .cursor = first };
@@ -1579,6 +1583,18 @@ cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
     log_error ("cor: disk %s: writeback at offset %" PRIu64 ": blocks still owned by "
                "a fetch or a write when the deadline passed", d->name, block_offset (d, first));
     *err = ETIMEDOUT;
+    return -1;
+  }
+  /* Checked with the blocks owned: a hand-off sets the owner state
+   * before it waits for every claim (own_all), so either it waits for
+   * this copy, or this copy sees the disk is no longer ours to write
+   * back and leaves the parent alone. */
+  if (!for_abort && __atomic_load_n (&d->owner, __ATOMIC_SEQ_CST) != META_ACTIVE) {
+    release_busy (d, &self);
+    log_error ("cor: disk %s: writeback at offset %" PRIu64 " refused: the disk is %s, "
+               "not active", d->name, block_offset (d, first),
+               owner_name (__atomic_load_n (&d->owner, __ATOMIC_SEQ_CST)));
+    *err = EROFS;
     return -1;
   }
 
@@ -1629,6 +1645,13 @@ cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
   if (r == 0)
     __atomic_fetch_add (&d->wb_equal_bytes, c.equal, __ATOMIC_RELAXED);
   return r == 0 ? written + c.equal : -1;
+}
+
+int64_t
+cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
+               uint64_t deadline_ns, int *err)
+{
+  return writeback (d, first, end, deadline_ns, false, err);
 }
 
 int
@@ -1863,6 +1886,18 @@ cor_handoff (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len)
     pthread_mutex_unlock (&d->owner_lock);
     return -1;
   }
+  /* A merge is writing the parent (or stopped before synced: the parent
+   * is partly written and its identity check off).  Handing off now
+   * would let it go on writing, then re-pin, under the new owner.  The
+   * merge sets this mark under owner_lock, and refuses to start on a
+   * disk that is no longer active, so the two cannot cross. */
+  if (rec.merging) {
+    snprintf (errbuf, len, "disk %s: handoff refused: a merge into the parent %s is "
+              "running or was stopped before it synced (the parent is partly written); "
+              "let `corfs merge` reach synced first", d->name, remote_url (d->remote));
+    pthread_mutex_unlock (&d->owner_lock);
+    return -1;
+  }
   /* Refuse new writes first, then wait for those in flight, flush. */
   __atomic_store_n (&d->owner, META_HANDED_OFF, __ATOMIC_SEQ_CST);
   if (own_all (d, &self, "handoff", errbuf, len) == -1) {
@@ -2042,7 +2077,7 @@ cor_abort (struct cor_disk *d, char *errbuf, size_t len)
     while (end < d->nr_blocks && end - blk < 256 &&
            (meta_test (d->md, META_DIRTY, end) || meta_test (d->md, META_SUSPECT, end)))
       end++;
-    if (cor_writeback (d, blk, end, now_ns () + d->hold_ns, &err) == -1) {
+    if (writeback (d, blk, end, now_ns () + d->hold_ns, true, &err) == -1) {
       __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
       snprintf (errbuf, len, "disk %s: abort: copying offset %" PRIu64 " to the parent "
                 "failed (%s); the mirror is still active, try again", d->name,

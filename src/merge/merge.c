@@ -249,9 +249,23 @@ remaining_bytes (struct cor_disk *d)
 
 /* Record updates, through cor_update_record (serialised with the owner
  * state transitions). */
+/* Merge writes the parent, and re-pins it, only while the disk is
+ * active: checked here, under the owner lock that hand-off takes (which
+ * refuses while record.merging is set), never from an earlier look. */
+static int
+require_active (const struct meta_record *rec, char *errbuf, size_t len)
+{
+  if (rec->state == META_ACTIVE)
+    return 0;
+  snprintf (errbuf, len, "the disk is %s, no longer active", owner_state_name (rec->state));
+  return -1;
+}
+
 static int
 set_merging (struct meta_record *rec, void *arg, char *errbuf, size_t len)
 {
+  if (require_active (rec, errbuf, len) == -1)
+    return -1;
   if (rec->merging)
     return 1;
   rec->merging = true;
@@ -261,6 +275,8 @@ set_merging (struct meta_record *rec, void *arg, char *errbuf, size_t len)
 static int
 set_synced (struct meta_record *rec, void *arg, char *errbuf, size_t len)
 {
+  if (require_active (rec, errbuf, len) == -1)
+    return -1;
   snprintf (rec->identity, sizeof rec->identity, "%s", (const char *) arg);
   rec->merging = false;
   return 0;
@@ -311,6 +327,24 @@ synced (struct job *j)
   }
   remote_set_modifying (cor_disk_remote (d), false);
   return 0;
+}
+
+/* A disk that is no longer active (handed off, or aborted) is not ours
+ * to write back: the job fails instead of retrying.  True if it did. */
+static bool
+stop_if_not_active (struct job *j)
+{
+  struct meta_record rec;
+
+  meta_disk_record (cor_disk_meta (j->d), &rec);
+  if (rec.state == META_ACTIVE)
+    return false;
+  set_error (j, "stopped: the disk is %s, no longer active; the parent is not written",
+             owner_state_name (rec.state));
+  log_error ("merge: disk %s: %s", cor_disk_name (j->d), j->last_error);
+  cor_emit (j->d, "merge-error", 0, 0, j->last_error);
+  finish (j, J_FAILED);
+  return true;
 }
 
 static void
@@ -368,6 +402,8 @@ run_merge (struct job *j)
         pthread_mutex_unlock (&j->mg->lock);
       }
       int64_t r = cor_writeback (d, blk, end, now_ns () + CHUNK_DEADLINE_NS, &err);
+      if (r == -1 && stop_if_not_active (j))
+        return;
       if (r == -1) {
         if (err == EOPNOTSUPP)
           set_error (j, "offset %" PRIu64 ": the parent %s offers no flush: what was "
@@ -403,6 +439,8 @@ run_merge (struct job *j)
         finish (j, J_SYNCED);
         return;
       }
+      if (stop_if_not_active (j))
+        return;
       pthread_mutex_lock (&j->mg->lock);
       wait_unlocked (j->mg, now_ns () + backoff);
       pthread_mutex_unlock (&j->mg->lock);
