@@ -612,9 +612,11 @@ cor_overlay_willneed (struct cor_disk *d, uint64_t first, uint64_t end)
 }
 
 /* Store fetched data for blocks [first, end) in the overlay: all-zero
- * blocks are punched, runs of data blocks written.  0 or -1 with errno. */
+ * blocks are punched, runs of data blocks written (*wrote_data set once
+ * one was).  0 or -1 with errno. */
 static int
-store_blocks (struct cor_disk *d, const char *buf, uint64_t first, uint64_t end)
+store_blocks (struct cor_disk *d, const char *buf, uint64_t first, uint64_t end,
+              bool *wrote_data)
 {
   uint64_t base = block_offset (d, first);
   uint64_t blk = first;
@@ -641,6 +643,7 @@ store_blocks (struct cor_disk *d, const char *buf, uint64_t first, uint64_t end)
        * time in half on 2 loaded cores. */
       if (overlay_pwrite (d, buf + off, len, block_offset (d, blk), &d->store_lock) == -1)
         return -1;
+      *wrote_data = true;
     }
     blk = run;
   }
@@ -688,11 +691,12 @@ fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end,
     early->fn (early->opaque, buf + early->skip, early->count);
     early->done = true;
   }
-  if (store_blocks (d, buf, first, end) == -1) {
+  bool wrote_data = false;
+  if (store_blocks (d, buf, first, end, &wrote_data) == -1) {
     *err = errno;
     if (unstored && keep) {
-      /* Logged once until a store succeeds again: a full overlay would
-       * otherwise log every read. */
+      /* Logged once until a data write succeeds again: a full overlay
+       * would otherwise log every read. */
       if (!__atomic_exchange_n (&d->store_failing, 1, __ATOMIC_SEQ_CST))
         log_error ("cor: disk %s: overlay write of %" PRIu64 " bytes at offset %" PRIu64
                    ": %s; reads are served from the parent without keeping the data "
@@ -708,7 +712,10 @@ fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end,
     iobuf_put (buf, len);
     return -1;
   }
-  if (__atomic_load_n (&d->store_failing, __ATOMIC_RELAXED))
+  /* Only data written shows the overlay has room again: a punch (an
+   * all-zero fetch) succeeds on a full filesystem too, and resetting on
+   * it would log every other read of a disk that mixes data and zeros. */
+  if (wrote_data && __atomic_load_n (&d->store_failing, __ATOMIC_RELAXED))
     __atomic_store_n (&d->store_failing, 0, __ATOMIC_SEQ_CST);
   /* Order matters: the overlay write returned before the bit is set, and
    * needs_sync is set before the bit so the committer that takes the bit
