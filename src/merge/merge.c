@@ -721,7 +721,10 @@ copy_truncate (struct job *j, uint64_t from)
 
 /* Before the first byte is read: a checkpoint, so that the changed maps
  * say from here on what a copy started again must read afresh; then, for
- * a continued copy, what changed since its last run.  0 or -1. */
+ * a continued copy, what changed since its last run.  Without the
+ * checkpoint (the index's filesystem is full, or the disk stayed busy
+ * past the hold) the copy still runs, only it cannot be continued: a
+ * copy started again starts over.  0 or -1. */
 static int
 copy_prepare (struct job *j, char *buf)
 {
@@ -729,10 +732,9 @@ copy_prepare (struct job *j, char *buf)
   uint32_t gen = cor_checkpoint (j->d, msg, sizeof msg);
   int r = 0;
 
-  if (gen == 0) {
-    set_error (j, "%s", msg);
-    return -1;
-  }
+  if (gen == 0)
+    log_warn ("merge: disk %s: the copy to %s goes on without a checkpoint (%s): if it "
+              "is interrupted, the next copy starts over", cor_disk_name (j->d), j->to, msg);
   if (j->start > 0 && (r = copy_changed (j, buf)) == 1) {
     log_info ("merge: disk %s: the copy to %s starts over: what changed since its last "
               "run is not known", cor_disk_name (j->d), j->to);
