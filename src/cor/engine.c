@@ -1827,6 +1827,16 @@ cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size
       return -1;
     }
   }
+  /* A mirror disk flushes the parent at every guest fsync: a parent
+   * that cannot flush (an NBD server without FLUSH) would fail them all. */
+  if (d->mirror && remote_flush_all (d->remote, now_ns () + d->hold_ns, &err) == -1 &&
+      err == EOPNOTSUPP) {
+    snprintf (errbuf, len, "disk %s: mirror mode needs a parent that can flush: %s offers "
+              "none, so no write to it could be made durable; the disk stays incoming",
+              d->name, remote_url (d->remote));
+    pthread_mutex_unlock (&d->owner_lock);
+    return -1;
+  }
   /* 1. Stop and drain: own every block. */
   if (own_all (d, &self, "activate", errbuf, len) == -1) {
     pthread_mutex_unlock (&d->owner_lock);
