@@ -54,7 +54,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -106,6 +108,7 @@ struct job {
   int fd;                       /* K_COPY */
   uint64_t start;               /* K_COPY: bytes already durable in partial */
   uint32_t gen;                 /* K_COPY: [0, start) is current as of it (0: unknown) */
+  char cookie[40];              /* K_COPY: the partial file's (copy_cookie_set) */
   /* protected by mg->lock */
   enum jstate state;
   uint64_t rate, done, total, passes, errors;
@@ -520,17 +523,48 @@ run_flatten (struct job *j)
   finish (j, J_DONE);
 }
 
-/* The record of a copy's partial file, one line "dev ino done gen size to":
- * the partial file's device and inode, the bytes of it that are durable,
- * the disk's change generation that those bytes are current as of (a
- * checkpoint taken before they were read; 0: none), and the disk's size.
- * Replaced atomically (written aside, fsync'd, renamed, the state
- * directory fsync'd). */
+/* The record of a copy's partial file, one line
+ * "dev ino done gen size cookie to": the partial file's device and inode,
+ * the bytes of it that are durable, the disk's change generation that
+ * those bytes are current as of (a checkpoint taken before they were
+ * read; 0: none), the disk's size, and a cookie that binds the record to
+ * that very file (see copy_cookie).  Replaced atomically (written aside,
+ * fsync'd, renamed, the state directory fsync'd). */
 struct copy_rec {
   uintmax_t dev, ino;
   uint64_t done, size;
   uint32_t gen;
+  char cookie[40];
 };
+
+#define COOKIE_XATTR "user.corfs.copy"
+
+/* A device and inode number alone may name another file by now: ours
+ * deleted, a new one given the same inode.  So the partial file also
+ * carries a random cookie in a user xattr ("x" + 16 hex digits), or,
+ * where the filesystem has no user xattrs, the record keeps its birth
+ * time ("b" + seconds.nanoseconds); "-" where it has neither.
+ *
+ * The cookie of the open file fd, of the kind (the first letter of) kind
+ * says. */
+static void
+copy_cookie_get (int fd, const char *kind, char *cookie, size_t len)
+{
+  char v[17];
+  struct statx stx;
+
+  snprintf (cookie, len, "-");
+  if (kind[0] == 'x') {
+    if (fgetxattr (fd, COOKIE_XATTR, v, 16) == 16) {
+      v[16] = '\0';
+      snprintf (cookie, len, "x%s", v);
+    }
+  }
+  else if (kind[0] == 'b' && statx (fd, "", AT_EMPTY_PATH, STATX_BTIME, &stx) == 0 &&
+           (stx.stx_mask & STATX_BTIME))
+    snprintf (cookie, len, "b%" PRId64 ".%09" PRIu32, (int64_t) stx.stx_btime.tv_sec,
+              stx.stx_btime.tv_nsec);
+}
 
 /* fsync a directory (a rename or a new name in it must be durable too). */
 static int
@@ -545,6 +579,20 @@ fsync_dir (const char *dir)
   return r;
 }
 
+/* Give the new partial file fd a cookie. */
+static void
+copy_cookie_set (int fd, char *cookie, size_t len)
+{
+  uint64_t rnd;
+
+  if (getrandom (&rnd, sizeof rnd, 0) == (ssize_t) sizeof rnd) {
+    snprintf (cookie, len, "x%016" PRIx64, rnd);
+    if (fsetxattr (fd, COOKIE_XATTR, cookie + 1, 16, 0) == 0)
+      return;
+  }
+  copy_cookie_get (fd, "b", cookie, len);
+}
+
 static int
 copy_record_write (struct merge *mg, const char *record, const struct copy_rec *cr,
                    const char *to)
@@ -556,8 +604,8 @@ copy_record_write (struct merge *mg, const char *record, const struct copy_rec *
   snprintf (tmp, sizeof tmp, "%s.tmp", record);
   if (!(f = fopen (tmp, "we")))
     return -1;
-  fprintf (f, "%ju %ju %" PRIu64 " %" PRIu32 " %" PRIu64 " %s\n", cr->dev, cr->ino,
-           cr->done, cr->gen, cr->size, to);
+  fprintf (f, "%ju %ju %" PRIu64 " %" PRIu32 " %" PRIu64 " %s %s\n", cr->dev, cr->ino,
+           cr->done, cr->gen, cr->size, cr->cookie, to);
   ok = fflush (f) == 0 && fsync (fileno (f)) == 0;
   if (fclose (f) != 0 || !ok || rename (tmp, record) == -1) {
     int e = errno;
@@ -579,8 +627,9 @@ copy_record_read (const char *record, struct copy_rec *cr, char *to, size_t len)
   if (!f)
     return -1;
   if (fgets (line, sizeof line, f) &&
-      sscanf (line, "%ju %ju %" SCNu64 " %" SCNu32 " %" SCNu64 " %n", &cr->dev, &cr->ino,
-              &cr->done, &cr->gen, &cr->size, &n) == 5 && n > 0 && line[n] == '/') {
+      sscanf (line, "%ju %ju %" SCNu64 " %" SCNu32 " %" SCNu64 " %39s %n", &cr->dev,
+              &cr->ino, &cr->done, &cr->gen, &cr->size, cr->cookie, &n) == 6 && n > 0 &&
+      line[n] == '/') {
     line[strcspn (line, "\n")] = '\0';
     snprintf (to, len, "%s", line + n);
     n = 0;
@@ -597,7 +646,9 @@ copy_record_read (const char *record, struct copy_rec *cr, char *to, size_t len)
 static void
 copy_record (struct job *j, const struct stat *st, uint64_t done)
 {
-  struct copy_rec cr = { st->st_dev, st->st_ino, done, cor_disk_size (j->d), j->gen };
+  struct copy_rec cr = { st->st_dev, st->st_ino, done, cor_disk_size (j->d), j->gen, "" };
+
+  snprintf (cr.cookie, sizeof cr.cookie, "%s", j->cookie);
 
   if (copy_record_write (j->mg, j->record, &cr, j->to) == -1)
     log_warn ("merge: disk %s: recording the copy's progress in %s: %m (a copy started "
@@ -793,7 +844,10 @@ run_copy (struct job *j)
     j->done = off;
     pthread_mutex_unlock (&j->mg->lock);
   }
-  /* Whole and durable: only now may it replace FILE. */
+  /* Whole and durable: only now may it replace FILE (without the cookie,
+   * which only a partial file needs). */
+  if (j->cookie[0] == 'x')
+    fremovexattr (j->fd, COOKIE_XATTR);
   if (fsync (j->fd) == -1 || close (j->fd) == -1) {
     j->fd = -1;
     set_error (j, "%s: %s", j->partial, strerror (errno));
@@ -954,6 +1008,14 @@ copy_target_check (struct merge *mg, struct cor_disk *d, struct job *j, const ch
   return 0;
 }
 
+/* Does j->fd carry the cookie of record cr?  (Kept in j->cookie.) */
+static bool
+cookie_matches (struct job *j, const struct copy_rec *cr)
+{
+  copy_cookie_get (j->fd, cr->cookie, j->cookie, sizeof j->cookie);
+  return strcmp (j->cookie, cr->cookie) == 0;
+}
+
 /* Open the partial file of a copy to `to` for j: a new one (O_EXCL, never
  * through a symlink, 0600, its name made durable), or the one this disk's
  * earlier copy to the same file left, if its device and inode are still
@@ -981,14 +1043,16 @@ copy_open (struct merge *mg, struct cor_disk *d, struct job *j, const char *to,
   }
   j->fd = openat (j->dirfd, j->pbase, flags | O_CREAT | O_EXCL, 0600);
   if (j->fd >= 0) {
-    if (fstat (j->fd, &st) == -1 || ftruncate (j->fd, size) == -1 || fsync (j->dirfd) == -1) {
+    fcntl (j->fd, F_SETFL, O_WRONLY);
+    copy_cookie_set (j->fd, j->cookie, sizeof j->cookie);
+    if (fstat (j->fd, &st) == -1 || ftruncate (j->fd, size) == -1 || fsync (j->fd) == -1 ||
+        fsync (j->dirfd) == -1) {
       snprintf (errbuf, len, "%s: %s", j->partial, strerror (errno));
       close (j->fd);
       j->fd = -1;
       unlinkat (j->dirfd, j->pbase, 0);
       return -1;
     }
-    fcntl (j->fd, F_SETFL, O_WRONLY);
     copy_record (j, &st, 0);
     return 0;
   }
@@ -1003,7 +1067,7 @@ copy_open (struct merge *mg, struct cor_disk *d, struct job *j, const char *to,
       st.st_dev != cr.dev || st.st_ino != cr.ino ||
       (j->fd = openat (j->dirfd, j->pbase, flags)) == -1 ||
       fstat (j->fd, &st) == -1 || !S_ISREG (st.st_mode) ||
-      st.st_dev != cr.dev || st.st_ino != cr.ino) {
+      st.st_dev != cr.dev || st.st_ino != cr.ino || !cookie_matches (j, &cr)) {
     snprintf (errbuf, len, "%s exists and is not the partial copy that disk %s left "
               "there: remove it to copy to %s", j->partial, cor_disk_name (d), j->to);
     return -1;

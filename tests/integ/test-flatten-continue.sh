@@ -8,7 +8,10 @@
 #  - a record whose progress cannot be trusted (done past the disk's end)
 #    starts over, and nothing of the old partial file survives where the
 #    disk reads zeros (before, start reset to 0 left stale data in zero
-#    pieces).
+#    pieces);
+#  - a partial file with the recorded device and inode but without the
+#    cookie the copy gave it (a new file that got the inode of ours: here,
+#    ours with the cookie's xattr removed) is refused and left alone.
 . "$(dirname "$0")/../functions.sh"
 requires nbdkit --version
 requires fusermount3 --version
@@ -19,7 +22,8 @@ img=$T/parent.img
 head -c $((8 * MiB)) /dev/urandom > $img
 start_nbdkit $T/nbd.pid -r -U $T/sock file $img
 st=$T/state mnt=$T/mnt
-corfs_mount $st $mnt --hold 2 --disk e="$(nbd_uri $T/sock)" --disk f="$(nbd_uri $T/sock)"
+corfs_mount $st $mnt --hold 2 --disk e="$(nbd_uri $T/sock)" --disk f="$(nbd_uri $T/sock)" \
+  --disk g="$(nbd_uri $T/sock)"
 stop_parent () { local p; p=$(cat $T/nbd.pid); kill -9 $p; wait_gone $p; rm -f $T/sock; }
 flatten_to () { "$CORFS" flatten --state $st $1 --to "$2" --wait; }
 
@@ -27,9 +31,10 @@ flatten_to () { "$CORFS" flatten --state $st $1 --to "$2" --wait; }
 dd if=$mnt/e of=/dev/null bs=1M count=3 iflag=direct status=none
 dd if=$mnt/f of=/dev/null bs=1M count=3 iflag=direct status=none
 stop_parent
-flatten_to e $T/e.img 2>/dev/null && fail "the copy of e succeeded with the parent stopped"
-flatten_to f $T/f.img 2>/dev/null && fail "the copy of f succeeded with the parent stopped"
-[ -f $T/e.img.partial ] && [ -f $T/f.img.partial ] || fail "no partial files after the failed copies"
+for x in e f g; do
+  flatten_to $x $T/$x.img 2>/dev/null && fail "the copy of $x succeeded with the parent stopped"
+  [ -f $T/$x.img.partial ] || fail "no partial file after the failed copy of $x"
+done
 
 ### 1. Writes between the runs, inside what the first run copied.
 head -c 4096 /dev/urandom > $T/data
@@ -50,6 +55,21 @@ dd if=/dev/zero of=$mnt/f bs=1M seek=1 count=1 oflag=direct conv=notrunc,fsync s
 awk '{ $3 = "4611686018427387904"; print }' $st/f.copy > $T/rec && cp $T/rec $st/f.copy
 flatten_to f $T/f.img || fail "the copy of f started again failed"
 cmp $T/f.img $mnt/f || fail "the copy started over differs from the disk (stale data in its holes)"
+### 3. The same inode, not the same file.
+python3 - $T/g.img.partial <<'PY' || skip "no user xattrs here"
+import errno, os, sys
+try:
+    os.removexattr(sys.argv[1], "user.corfs.copy")
+except OSError as e:
+    if e.errno != errno.ENODATA:   # none: a build that sets no cookie
+        raise
+PY
+sum=$(md5sum < $T/g.img.partial)
+rc=0; flatten_to g $T/g.img 2> $T/err || rc=$?
+echo "continuing over a partial file without its cookie: exit $rc: $(cat $T/err)"
+[ $rc -ne 0 ] || fail "a partial file without the copy's cookie was taken over"
+grep -q "is not the partial copy" $T/err || fail "the refusal does not say why: $(cat $T/err)"
+[ "$(md5sum < $T/g.img.partial)" = "$sum" ] || fail "the refused partial file was written"
 pid=$(daemon_pid $st)
 corfs_unmount $mnt || fail "unmount failed"
 wait_gone $pid
