@@ -790,7 +790,9 @@ copy_prepare (struct job *j, char *buf)
     log_info ("merge: disk %s: the copy to %s starts over: what changed since its last "
               "run is not known", cor_disk_name (j->d), j->to);
     j->start = 0;
-    if (copy_truncate (j, 0) == -1) {
+    /* The record must never claim more than the file holds: it goes
+     * first (rewritten at the next checkpoint). */
+    if ((unlink (j->record) == -1 && errno != ENOENT) || copy_truncate (j, 0) == -1) {
       set_error (j, "%s: %s", j->partial, strerror (errno));
       return -1;
     }
@@ -819,8 +821,11 @@ run_copy (struct job *j)
     goto fail;
   }
   off = checkpoint = j->start;
-  if (copy_prepare (j, buf) == -1)
+  if (copy_prepare (j, buf) == -1) {
+    if (!keep_going (j))
+      goto out;                 /* the daemon is stopping */
     goto fail;
+  }
   off = checkpoint = j->start;
   if (j->start)
     log_info ("merge: disk %s: continuing the copy to %s at offset %" PRIu64,
