@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # `flatten --to FILE` targets that are not what they seem
 # (src/merge/merge.c copy_target_check/copy_open, src/ctl/ctl.c):
+#  - a target on a filesystem that hangs (a second corfs mount whose
+#    daemon is stopped with SIGSTOP) holds only that request: the control
+#    socket keeps answering status (before, the ctl thread resolved and
+#    opened the target itself, and froze);
 #  - a FIFO put at FILE.partial of a recorded copy is refused at once; the
 #    control socket keeps answering meanwhile (before, the ctl thread
 #    blocked for ever opening the FIFO for writing);
@@ -24,6 +28,34 @@ st=$T/top/state mnt=$T/mnt
 corfs_mount $st $mnt --hold 2 --disk d="$(nbd_uri $T/sock)" --disk e="$(nbd_uri $T/sock)"
 stop_parent () { local p; p=$(cat $T/nbd.pid); kill -9 $p; wait_gone $p; rm -f $T/sock; }
 flatten_to () { "$CORFS" flatten --state $st ${disk:-d} --to "$1" --wait; }
+
+### 0. A target on a filesystem that hangs.
+st2=$T/state2 mnt2=$T/mnt2
+corfs_mount $st2 $mnt2 --disk h="$(nbd_uri $T/sock)"
+pid2=$(daemon_pid $st2)
+kill -STOP $pid2
+cleanup_fn kill -CONT $pid2
+# Straight to the socket: the CLI would hang resolving the path itself.
+python3 - $st/corfs.sock "{\"cmd\": \"flatten\", \"disk\": \"d\", \"to\": \"$mnt2/x/copy.img\"}" \
+  > $T/hung.out 2>&1 <<'PY' &
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(sys.argv[2].encode() + b"\n")
+print(s.makefile().readline().strip())
+PY
+hpid=$!
+sleep 1
+rc=0; timeout 10 "$CORFS" status --state $st --json > /dev/null || rc=$?
+hung=yes; [ -s $T/hung.out ] && hung=no
+kill -CONT $pid2
+wait $hpid || true
+echo "status while flatten --to resolved a path on a hung filesystem: exit $rc; flatten: $(cat $T/hung.out)"
+[ $hung = yes ] || fail "flatten --to answered while the target's filesystem hung: the test proves nothing"
+[ $rc -eq 0 ] || fail "status did not answer while flatten --to waited on a hung filesystem"
+grep -q '"ok": *false' $T/hung.out || fail "flatten --to into a corfs mount did not fail: $(cat $T/hung.out)"
+corfs_unmount $mnt2 || fail "unmount of the second mount failed"
+wait_gone $pid2
 
 ### 1. A FIFO at the recorded partial file.
 stop_parent
