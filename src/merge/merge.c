@@ -918,7 +918,7 @@ open_target_dir (struct merge *mg, const char *dir, const char *to, char *errbuf
 {
   char buf[PATH_MAX], *save = NULL;
   const char *comp;
-  int fd = open ("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC), next;
+  int fd = open ("/", O_PATH | O_DIRECTORY | O_CLOEXEC), next;
   struct stat st;
 
   snprintf (buf, sizeof buf, "%s", dir);
@@ -934,9 +934,14 @@ open_target_dir (struct merge *mg, const char *dir, const char *to, char *errbuf
       close (fd);
       return refuse_state_dir (mg, to, errbuf, len);
     }
-    if (!comp)
-      return fd;
-    next = openat (fd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    /* O_PATH on the way (search permission is enough), a real fd for
+     * the directory itself (fsync needs one). */
+    next = comp ? openat (fd, comp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+      : openat (fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (!comp && next >= 0) {
+      close (fd);
+      return next;
+    }
     int e = errno;
     close (fd);
     fd = next;
