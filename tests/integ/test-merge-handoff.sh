@@ -22,8 +22,10 @@ head -c $size /dev/urandom > $T/data
 dd if=$T/data of=$mnt/d bs=1M conv=notrunc,fsync status=none || fail "write failed"
 [ "$(status .dirty_bytes)" = $size ] || fail "dirty_bytes $(status .dirty_bytes), expected $size"
 
-### 1. Hand-off while the merge runs: refused.
-"$CORFS" merge --state $st d || fail "merge start failed"
+### 1. Hand-off while the merge runs: refused.  (At 2 MiB/s, and each
+# write 0.4 s late, the merge runs for seconds: still running when it is
+# cancelled below.)
+"$CORFS" merge --state $st d --rate 2M || fail "merge start failed"
 sleep 1
 [ "$(status .job.state)" = running ] || fail "the merge is not running: $(status -c .job)"
 rc=0; "$CORFS" handoff --state $st d --epoch 2 2> $T/err || rc=$?
@@ -33,13 +35,14 @@ grep -q "merge" $T/err || fail "the refusal does not name the merge: $(cat $T/er
 [ "$(status .owner.state)" = active ] || fail "owner state $(status .owner.state) after the refusal"
 
 ### 2. Cancelled before synced: still refused.
+[ "$(status .job.state)" = running ] || fail "the merge ended before the cancel: $(status -c .job)"
 "$CORFS" merge --state $st d --cancel || fail "merge cancel failed"
 rc=0; "$CORFS" handoff --state $st d --epoch 2 2> $T/err || rc=$?
 echo "handoff after a cancelled merge: exit $rc: $(cat $T/err)"
 [ $rc -ne 0 ] || fail "handoff was accepted after a merge stopped before synced"
 
-### 3. Merged to synced: the hand-off goes through.
-"$CORFS" merge --state $st d || fail "merge restart failed"
+### 3. Merged to synced (unlimited): the hand-off goes through.
+"$CORFS" merge --state $st d --rate 0 || fail "merge restart failed"
 for i in $(seq 600); do
   [ "$(status .job.state)" = synced ] && break
   sleep 0.1
