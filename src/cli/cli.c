@@ -860,7 +860,9 @@ cli_flatten (int argc, char **argv)
     "  --to FILE  instead, write a standalone raw copy of the current disk\n"
     "             contents to FILE (sparse where the disk reads zeros, mode\n"
     "             0600), through FILE.partial, which replaces FILE only when\n"
-    "             whole; run again, it continues its own FILE.partial\n"
+    "             whole (FILE must be new or a regular file); run again, it\n"
+    "             continues its own FILE.partial, copying again what the disk\n"
+    "             wrote since\n"
     "  --wait     wait until done (0) or failed (non-zero)\n";
   struct job_args a;
   int r = parse_job_args ("flatten", argc, argv, usage, &a);

@@ -658,9 +658,11 @@ cor_overlay_willneed (struct cor_disk *d, uint64_t first, uint64_t end)
 }
 
 /* Store fetched data for blocks [first, end) in the overlay: all-zero
- * blocks are punched, runs of data blocks written.  0 or -1 with errno. */
+ * blocks are punched, runs of data blocks written (*wrote_data set once
+ * one was).  0 or -1 with errno. */
 static int
-store_blocks (struct cor_disk *d, const char *buf, uint64_t first, uint64_t end)
+store_blocks (struct cor_disk *d, const char *buf, uint64_t first, uint64_t end,
+              bool *wrote_data)
 {
   uint64_t base = block_offset (d, first);
   uint64_t blk = first;
@@ -687,6 +689,7 @@ store_blocks (struct cor_disk *d, const char *buf, uint64_t first, uint64_t end)
        * time in half on 2 loaded cores. */
       if (overlay_pwrite (d, buf + off, len, block_offset (d, blk), &d->store_lock) == -1)
         return -1;
+      *wrote_data = true;
     }
     blk = run;
   }
@@ -734,11 +737,12 @@ fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end,
     early->fn (early->opaque, buf + early->skip, early->count);
     early->done = true;
   }
-  if (store_blocks (d, buf, first, end) == -1) {
+  bool wrote_data = false;
+  if (store_blocks (d, buf, first, end, &wrote_data) == -1) {
     *err = errno;
     if (unstored && keep) {
-      /* Logged once until a store succeeds again: a full overlay would
-       * otherwise log every read. */
+      /* Logged once until a data write succeeds again: a full overlay
+       * would otherwise log every read. */
       if (!__atomic_exchange_n (&d->store_failing, 1, __ATOMIC_SEQ_CST))
         log_error ("cor: disk %s: overlay write of %" PRIu64 " bytes at offset %" PRIu64
                    ": %s; reads are served from the parent without keeping the data "
@@ -754,7 +758,10 @@ fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end,
     iobuf_put (buf, len);
     return -1;
   }
-  if (__atomic_load_n (&d->store_failing, __ATOMIC_RELAXED))
+  /* Only data written shows the overlay has room again: a punch (an
+   * all-zero fetch) succeeds on a full filesystem too, and resetting on
+   * it would log every other read of a disk that mixes data and zeros. */
+  if (wrote_data && __atomic_load_n (&d->store_failing, __ATOMIC_RELAXED))
     __atomic_store_n (&d->store_failing, 0, __ATOMIC_SEQ_CST);
   /* Order matters: the overlay write returned before the bit is set, and
    * needs_sync is set before the bit so the committer that takes the bit
@@ -1607,9 +1614,13 @@ wb_copy_worker (void *arg)
   return NULL;
 }
 
-int64_t
-cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
-               uint64_t deadline_ns, int *err)
+static const char *owner_name (int s);
+
+/* cor_writeback, and abort's copy (for_abort: abort itself marked the
+ * disk handed off to hold off guest writes, and holds owner_lock). */
+static int64_t
+writeback (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t deadline_ns,
+           bool for_abort, int *err)
 {
   struct busy self;
   struct wb_copy c = { .d = d, .end = end, .deadline_ns = deadline_ns, .cursor = first };
@@ -1625,6 +1636,18 @@ cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
     log_error ("cor: disk %s: writeback at offset %" PRIu64 ": blocks still owned by "
                "a fetch or a write when the deadline passed", d->name, block_offset (d, first));
     *err = ETIMEDOUT;
+    return -1;
+  }
+  /* Checked with the blocks owned: a hand-off sets the owner state
+   * before it waits for every claim (own_all), so either it waits for
+   * this copy, or this copy sees the disk is no longer ours to write
+   * back and leaves the parent alone. */
+  if (!for_abort && __atomic_load_n (&d->owner, __ATOMIC_SEQ_CST) != META_ACTIVE) {
+    release_busy (d, &self);
+    log_error ("cor: disk %s: writeback at offset %" PRIu64 " refused: the disk is %s, "
+               "not active", d->name, block_offset (d, first),
+               owner_name (__atomic_load_n (&d->owner, __ATOMIC_SEQ_CST)));
+    *err = EROFS;
     return -1;
   }
 
@@ -1675,6 +1698,13 @@ cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
   if (r == 0)
     __atomic_fetch_add (&d->wb_equal_bytes, c.equal, __ATOMIC_RELAXED);
   return r == 0 ? written + c.equal : -1;
+}
+
+int64_t
+cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
+               uint64_t deadline_ns, int *err)
+{
+  return writeback (d, first, end, deadline_ns, false, err);
 }
 
 int
@@ -1860,6 +1890,16 @@ cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size
       return -1;
     }
   }
+  /* A mirror disk flushes the parent at every guest fsync: a parent
+   * that cannot flush (an NBD server without FLUSH) would fail them all. */
+  if (d->mirror && remote_flush_all (d->remote, now_ns () + d->hold_ns, &err) == -1 &&
+      err == EOPNOTSUPP) {
+    snprintf (errbuf, len, "disk %s: mirror mode needs a parent that can flush: %s offers "
+              "none, so no write to it could be made durable; the disk stays incoming",
+              d->name, remote_url (d->remote));
+    pthread_mutex_unlock (&d->owner_lock);
+    return -1;
+  }
   before = rec;
   /* 1. Stop and drain: own every block. */
   if (own_all (d, &self, "activate", errbuf, len) == -1) {
@@ -1926,6 +1966,18 @@ cor_handoff (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len)
   if (rec.state != META_ACTIVE) {
     snprintf (errbuf, len, "disk %s is %s: only an active disk can be handed off",
               d->name, owner_name (rec.state));
+    pthread_mutex_unlock (&d->owner_lock);
+    return -1;
+  }
+  /* A merge is writing the parent (or stopped before synced: the parent
+   * is partly written and its identity check off).  Handing off now
+   * would let it go on writing, then re-pin, under the new owner.  The
+   * merge sets this mark under owner_lock, and refuses to start on a
+   * disk that is no longer active, so the two cannot cross. */
+  if (rec.merging) {
+    snprintf (errbuf, len, "disk %s: handoff refused: a merge into the parent %s is "
+              "running or was stopped before it synced (the parent is partly written); "
+              "let `corfs merge` reach synced first", d->name, remote_url (d->remote));
     pthread_mutex_unlock (&d->owner_lock);
     return -1;
   }
@@ -2122,7 +2174,7 @@ cor_abort (struct cor_disk *d, char *errbuf, size_t len)
     while (end < d->nr_blocks && end - blk < 256 &&
            (meta_test (d->md, META_DIRTY, end) || meta_test (d->md, META_SUSPECT, end)))
       end++;
-    if (cor_writeback (d, blk, end, now_ns () + d->hold_ns, &err) == -1) {
+    if (writeback (d, blk, end, now_ns () + d->hold_ns, true, &err) == -1) {
       __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
       snprintf (errbuf, len, "disk %s: abort: copying offset %" PRIu64 " to the parent "
                 "failed (%s); the mirror is still active, try again", d->name,

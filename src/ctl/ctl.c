@@ -10,13 +10,15 @@
  * so no client can stall the daemon.
  *
  * Long commands (LONG_CMDS: they wait for the disk to drain, talk to the
- * parent, or copy the disk) run each on a job thread of its own, so that
- * other clients keep being answered meanwhile.  The ctl thread sends the
- * reply when the job ends (it writes to the wake-up pipe); until then it
- * reads nothing more from that client, so each client's replies stay in
- * the order of its requests.  One long command per disk at a time: a
- * second one is refused.  ctl_stop joins the jobs, which the engine bounds
- * (cor_engine_quiesce makes them give up at shutdown).
+ * parent, or open a file anywhere: flatten --to) run each on a job thread
+ * of its own, so that other clients keep being answered meanwhile.  The
+ * ctl thread sends the reply when the job ends (it writes to the wake-up
+ * pipe); until then it reads nothing more from that client, so each
+ * client's replies stay in the order of its requests.  One long command
+ * per disk at a time: a second one is refused.  ctl_stop joins the jobs,
+ * which the engine bounds (cor_engine_quiesce makes them give up at
+ * shutdown); only a flatten --to target on a filesystem that hangs in
+ * open(2) is not bounded (a FIFO or a device there is refused at once).
  *
  * Access: the socket is created 0600 whatever the umask (a request can
  * activate, hand off or write a file as the daemon's user), and every
@@ -533,8 +535,10 @@ merge_cmd (struct ctl *c, json_t *req, json_t *id)
   return ok_reply (id);
 }
 
+/* A long command: the target of a copy is resolved and opened here, and
+ * a hung filesystem there must not stop the ctl thread. */
 static json_t *
-flatten_cmd (struct ctl *c, json_t *req, json_t *id)
+flatten_cmd (struct ctl *c, const char *cmd, json_t *req, json_t *id)
 {
   json_t *err = NULL;
   struct cor_disk *d = req_disk (c, req, id, &err);
@@ -671,7 +675,7 @@ static const struct {
 } LONG_CMDS[] = {
   { "checkpoint", checkpoint_cmd },
   { "activate", owner_cmd }, { "handoff", owner_cmd }, { "reclaim", owner_cmd },
-  { "pivot", mirror_cmd }, { "abort", mirror_cmd },
+  { "pivot", mirror_cmd }, { "abort", mirror_cmd }, { "flatten", flatten_cmd },
 };
 
 static void *
@@ -768,8 +772,6 @@ handle (struct ctl *c, json_t *req, struct client *cl)
     return metrics_cmd (c, id);
   if (!strcmp (cmd, "merge"))
     return merge_cmd (c, req, id);
-  if (!strcmp (cmd, "flatten"))
-    return flatten_cmd (c, req, id);
   if (!strcmp (cmd, "dirty"))
     return dirty_cmd (c, req, id);
   for (size_t i = 0; i < sizeof LONG_CMDS / sizeof LONG_CMDS[0]; i++)

@@ -110,7 +110,8 @@ mount_usage (FILE *f)
 "  --write-mode=writeback|mirror\n"
 "                         writeback (default): writes stay in the overlay;\n"
 "                         mirror: every write also goes to the parent before it\n"
-"                         is acknowledged (needs --parent-owned); then\n"
+"                         is acknowledged (needs --parent-owned, and a parent\n"
+"                         that can flush); then\n"
 "                         `corfs pivot` or `corfs abort`\n"
 "  -f, --foreground       stay in the foreground, log to stderr\n"
 "  -o OPT                 extra FUSE mount option; allow_other lets users other\n"
@@ -989,6 +990,16 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
       remote_status (r, why, sizeof why);
       log_error ("daemon: disk %s: mirror mode needs a writable parent: %s", name,
                  *why ? why : strerror (err));
+      goto err;
+    }
+    /* Every guest fsync flushes the parent: one that cannot flush (an
+     * NBD server without FLUSH) would fail them all, so refuse now. */
+    if (now.mirror && now.state == META_ACTIVE &&
+        remote_flush_all (r, now_ns () + hold_s * NS_PER_SEC, &err) == -1 &&
+        err == EOPNOTSUPP) {
+      log_error ("daemon: disk %s: mirror mode needs a parent that can flush: %s offers "
+                 "none, so no write to it could be made durable (serve it with flush, or use "
+                 "writeback mode)", name, remote_url (r));
       goto err;
     }
   }

@@ -16,24 +16,34 @@
  * a backoff; the job never gives up on its own.
  *
  * Flatten: start the streamer, wait for completion, then record the disk
- * standalone and release the parent for good.  Copy (--to FILE): read the
- * disk through the engine in 1 MiB pieces and write non-zero pieces to
- * FILE.partial (sparse, mode 0600, created with O_EXCL|O_NOFOLLOW), then
- * fsync it, rename it over FILE and fsync the directory: FILE is replaced
- * only by a whole copy, and a symlink at either name is never followed.
- * The partial file is recorded in STATE/NAME.copy (its device, inode and
- * the bytes made durable so far); a copy to the same FILE started again
+ * standalone and release the parent for good.
+ *
+ * Copy (--to FILE): take a checkpoint, read the disk through the engine
+ * in 1 MiB pieces and write non-zero pieces to FILE.partial (sparse, mode
+ * 0600, created with O_EXCL|O_NOFOLLOW in FILE's directory, opened once
+ * without following symlinks), then fsync it, rename it over FILE and
+ * fsync the directory: FILE is replaced only by a whole copy, and a
+ * symlink at either name is never followed.  The partial file is recorded
+ * in STATE/NAME.copy (its device, inode, the bytes made durable so far and
+ * the checkpoint's generation); a copy to the same FILE started again
  * (after a failure or a restart) reopens that file only if it is still
- * the recorded one, and continues.  FILE may not be in the state
- * directory (the index, overlays, socket, log) nor be a file:// parent.
+ * the recorded one, copies again what the disk's changed maps say was
+ * written since (or starts over when they cannot say), and continues.
+ * FILE may not be in the state directory (the index, overlays, socket,
+ * log; by inode, so no alias of it either), be the file:// parent, nor
+ * exist as anything but a regular file.
  *
  * Notes on the thread model: one thread per job, created by
- * merge_control/merge_flatten (ctl's thread) and joined by the next job
- * on the same disk or by merge_free.  mg->lock protects the job list and
- * every job's state fields; it is never held across engine or remote
- * calls.  Jobs wait on mg->cond (pause, rate changes, cancel).  A copy's
- * partial file (fd, paths) is opened by the starter before the thread
- * exists, used only by the job's thread, and closed by whoever joins it.
+ * merge_control (ctl's thread) or merge_flatten (one of ctl's job
+ * threads: opening a copy's target may block) and joined by the next job
+ * on the same disk or by merge_free (after ctl_stop: no starter is left).
+ * A job is listed, as starting, before its starter opens anything, so
+ * two starters cannot both start a job on one disk.  mg->lock protects
+ * the job list and every job's state fields; it is never held across
+ * engine, remote or file system calls.  Jobs wait on mg->cond (pause,
+ * rate changes, cancel).  A copy's partial file and directory (fds,
+ * paths) are opened by the starter before the thread exists, used only
+ * by the job's thread, and closed by whoever frees the job.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -44,7 +54,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -75,21 +87,28 @@
 #define BACKOFF_MAX_NS (30 * NS_PER_SEC)
 
 enum kind { K_MERGE, K_FLATTEN, K_COPY };
-enum jstate { J_RUNNING, J_PAUSED, J_SYNCED, J_CANCELLED, J_FAILED, J_DONE };
+/* J_STARTING: listed (so that no other job starts on the disk) while
+ * its starter opens a copy's target; no thread yet. */
+enum jstate { J_RUNNING, J_PAUSED, J_SYNCED, J_CANCELLED, J_FAILED, J_DONE, J_STARTING };
 static const char *kind_names[] = { "merge", "flatten", "copy" };
 static const char *state_names[] = { "running", "paused", "synced", "cancelled",
-                                     "failed", "done" };
+                                     "failed", "done", "starting" };
 
 struct job {
   struct merge *mg;
   struct cor_disk *d;
   enum kind kind;
   pthread_t thread;
-  char *to;                     /* K_COPY: the final name */
+  bool started;                 /* thread exists (to join) */
+  char *to;                     /* K_COPY: the final name (canonical) */
   char *partial;                /* K_COPY: to + ".partial", open as fd */
+  const char *base, *pbase;     /* K_COPY: their names in dirfd */
+  int dirfd;                    /* K_COPY: their directory */
   char *record;                 /* K_COPY: STATE/NAME.copy */
   int fd;                       /* K_COPY */
   uint64_t start;               /* K_COPY: bytes already durable in partial */
+  uint32_t gen;                 /* K_COPY: [0, start) is current as of it (0: unknown) */
+  char cookie[40];              /* K_COPY: the partial file's (copy_cookie_set) */
   /* protected by mg->lock */
   enum jstate state;
   uint64_t rate, done, total, passes, errors;
@@ -103,6 +122,8 @@ struct merge {
   pthread_cond_t cond;          /* state or rate changes */
   struct job *jobs;
   char *state_dir;              /* canonical; copies may not go there */
+  dev_t state_dev;              /* its device and inode: nor through an alias */
+  ino_t state_ino;
 };
 
 struct merge *
@@ -112,10 +133,15 @@ merge_new (const char *state_dir)
 
   if (!mg)
     return NULL;
-  if (!(mg->state_dir = realpath (state_dir, NULL))) {
+  struct stat st;
+
+  if (!(mg->state_dir = realpath (state_dir, NULL)) || stat (mg->state_dir, &st) == -1) {
+    free (mg->state_dir);
     free (mg);
     return NULL;
   }
+  mg->state_dev = st.st_dev;
+  mg->state_ino = st.st_ino;
   pthread_mutex_init (&mg->lock, NULL);
   cond_init_monotonic (&mg->cond);
   return mg;
@@ -137,7 +163,7 @@ owner_state_name (enum meta_state s)
 static bool
 finished (enum jstate s)
 {
-  return s != J_RUNNING && s != J_PAUSED;
+  return s != J_RUNNING && s != J_PAUSED && s != J_STARTING;
 }
 
 static void
@@ -145,6 +171,8 @@ job_free (struct job *j)
 {
   if (j->fd >= 0)
     close (j->fd);
+  if (j->dirfd >= 0)
+    close (j->dirfd);
   free (j->to);
   free (j->partial);
   free (j->record);
@@ -165,7 +193,8 @@ merge_free (struct merge *mg)
   while (mg->jobs) {
     struct job *j = mg->jobs;
     mg->jobs = j->next;
-    pthread_join (j->thread, NULL);
+    if (j->started)
+      pthread_join (j->thread, NULL);
     job_free (j);
   }
   pthread_cond_destroy (&mg->cond);
@@ -249,9 +278,23 @@ remaining_bytes (struct cor_disk *d)
 
 /* Record updates, through cor_update_record (serialised with the owner
  * state transitions). */
+/* Merge writes the parent, and re-pins it, only while the disk is
+ * active: checked here, under the owner lock that hand-off takes (which
+ * refuses while record.merging is set), never from an earlier look. */
+static int
+require_active (const struct meta_record *rec, char *errbuf, size_t len)
+{
+  if (rec->state == META_ACTIVE)
+    return 0;
+  snprintf (errbuf, len, "the disk is %s, no longer active", owner_state_name (rec->state));
+  return -1;
+}
+
 static int
 set_merging (struct meta_record *rec, void *arg, char *errbuf, size_t len)
 {
+  if (require_active (rec, errbuf, len) == -1)
+    return -1;
   if (rec->merging)
     return 1;
   rec->merging = true;
@@ -261,6 +304,8 @@ set_merging (struct meta_record *rec, void *arg, char *errbuf, size_t len)
 static int
 set_synced (struct meta_record *rec, void *arg, char *errbuf, size_t len)
 {
+  if (require_active (rec, errbuf, len) == -1)
+    return -1;
   snprintf (rec->identity, sizeof rec->identity, "%s", (const char *) arg);
   rec->merging = false;
   return 0;
@@ -316,6 +361,24 @@ synced (struct job *j)
   }
   remote_set_modifying (cor_disk_remote (d), false);
   return 0;
+}
+
+/* A disk that is no longer active (handed off, or aborted) is not ours
+ * to write back: the job fails instead of retrying.  True if it did. */
+static bool
+stop_if_not_active (struct job *j)
+{
+  struct meta_record rec;
+
+  meta_disk_record (cor_disk_meta (j->d), &rec);
+  if (rec.state == META_ACTIVE)
+    return false;
+  set_error (j, "stopped: the disk is %s, no longer active; the parent is not written",
+             owner_state_name (rec.state));
+  log_error ("merge: disk %s: %s", cor_disk_name (j->d), j->last_error);
+  cor_emit (j->d, "merge-error", 0, 0, j->last_error);
+  finish (j, J_FAILED);
+  return true;
 }
 
 static void
@@ -380,6 +443,8 @@ run_merge (struct job *j)
         pthread_mutex_unlock (&j->mg->lock);
       }
       int64_t r = cor_writeback (d, blk, end, now_ns () + CHUNK_DEADLINE_NS, &err);
+      if (r == -1 && stop_if_not_active (j))
+        return;
       if (r == -1) {
         if (err == EOPNOTSUPP)
           set_error (j, "offset %" PRIu64 ": the parent %s offers no flush: what was "
@@ -415,6 +480,8 @@ run_merge (struct job *j)
         finish (j, J_SYNCED);
         return;
       }
+      if (stop_if_not_active (j))
+        return;
       pthread_mutex_lock (&j->mg->lock);
       wait_unlocked (j->mg, now_ns () + backoff);
       pthread_mutex_unlock (&j->mg->lock);
@@ -468,10 +535,79 @@ run_flatten (struct job *j)
   finish (j, J_DONE);
 }
 
-/* The record of a copy's partial file: "dev ino done to" on one line,
- * replaced atomically (written aside, fsync'd, renamed). */
+/* The record of a copy's partial file, one line
+ * "dev ino done gen size cookie to": the partial file's device and inode,
+ * the bytes of it that are durable, the disk's change generation that
+ * those bytes are current as of (a checkpoint taken before they were
+ * read; 0: none), the disk's size, and a cookie that binds the record to
+ * that very file (see copy_cookie).  Replaced atomically (written aside,
+ * fsync'd, renamed, the state directory fsync'd). */
+struct copy_rec {
+  uintmax_t dev, ino;
+  uint64_t done, size;
+  uint32_t gen;
+  char cookie[40];
+};
+
+#define COOKIE_XATTR "user.corfs.copy"
+
+/* A device and inode number alone may name another file by now: ours
+ * deleted, a new one given the same inode.  So the partial file also
+ * carries a random cookie in a user xattr ("x" + 16 hex digits), or,
+ * where the filesystem has no user xattrs, the record keeps its birth
+ * time ("b" + seconds.nanoseconds); "-" where it has neither.
+ *
+ * The cookie of the open file fd, of the kind (the first letter of) kind
+ * says. */
+static void
+copy_cookie_get (int fd, const char *kind, char *cookie, size_t len)
+{
+  char v[17];
+  struct statx stx;
+
+  snprintf (cookie, len, "-");
+  if (kind[0] == 'x') {
+    if (fgetxattr (fd, COOKIE_XATTR, v, 16) == 16) {
+      v[16] = '\0';
+      snprintf (cookie, len, "x%s", v);
+    }
+  }
+  else if (kind[0] == 'b' && statx (fd, "", AT_EMPTY_PATH, STATX_BTIME, &stx) == 0 &&
+           (stx.stx_mask & STATX_BTIME))
+    snprintf (cookie, len, "b%" PRId64 ".%09" PRIu32, (int64_t) stx.stx_btime.tv_sec,
+              stx.stx_btime.tv_nsec);
+}
+
+/* fsync a directory (a rename or a new name in it must be durable too). */
 static int
-copy_record_write (const char *record, dev_t dev, ino_t ino, uint64_t done, const char *to)
+fsync_dir (const char *dir)
+{
+  int fd = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), r;
+
+  if (fd == -1)
+    return -1;
+  r = fsync (fd);
+  close (fd);
+  return r;
+}
+
+/* Give the new partial file fd a cookie. */
+static void
+copy_cookie_set (int fd, char *cookie, size_t len)
+{
+  uint64_t rnd;
+
+  if (getrandom (&rnd, sizeof rnd, 0) == (ssize_t) sizeof rnd) {
+    snprintf (cookie, len, "x%016" PRIx64, rnd);
+    if (fsetxattr (fd, COOKIE_XATTR, cookie + 1, 16, 0) == 0)
+      return;
+  }
+  copy_cookie_get (fd, "b", cookie, len);
+}
+
+static int
+copy_record_write (struct merge *mg, const char *record, const struct copy_rec *cr,
+                   const char *to)
 {
   char tmp[PATH_MAX + 8];
   FILE *f;
@@ -480,7 +616,8 @@ copy_record_write (const char *record, dev_t dev, ino_t ino, uint64_t done, cons
   snprintf (tmp, sizeof tmp, "%s.tmp", record);
   if (!(f = fopen (tmp, "we")))
     return -1;
-  fprintf (f, "%ju %ju %" PRIu64 " %s\n", (uintmax_t) dev, (uintmax_t) ino, done, to);
+  fprintf (f, "%ju %ju %" PRIu64 " %" PRIu32 " %" PRIu64 " %s %s\n", cr->dev, cr->ino,
+           cr->done, cr->gen, cr->size, cr->cookie, to);
   ok = fflush (f) == 0 && fsync (fileno (f)) == 0;
   if (fclose (f) != 0 || !ok || rename (tmp, record) == -1) {
     int e = errno;
@@ -488,29 +625,25 @@ copy_record_write (const char *record, dev_t dev, ino_t ino, uint64_t done, cons
     errno = e;
     return -1;
   }
-  return 0;
+  return fsync_dir (mg->state_dir);
 }
 
 /* 0 with the record's fields, or -1 (none, or unreadable). */
 static int
-copy_record_read (const char *record, dev_t *dev, ino_t *ino, uint64_t *done,
-                  char *to, size_t len)
+copy_record_read (const char *record, struct copy_rec *cr, char *to, size_t len)
 {
   FILE *f = fopen (record, "re");
-  uintmax_t dv, in;
-  uint64_t dn;
   char line[PATH_MAX + 128];
   int n = -1;
 
   if (!f)
     return -1;
-  if (fgets (line, sizeof line, f) && sscanf (line, "%ju %ju %" SCNu64 " %n", &dv, &in, &dn, &n) == 3 &&
-      n > 0 && line[n] == '/') {
+  if (fgets (line, sizeof line, f) &&
+      sscanf (line, "%ju %ju %" SCNu64 " %" SCNu32 " %" SCNu64 " %39s %n", &cr->dev,
+              &cr->ino, &cr->done, &cr->gen, &cr->size, cr->cookie, &n) == 6 && n > 0 &&
+      line[n] == '/') {
     line[strcspn (line, "\n")] = '\0';
     snprintf (to, len, "%s", line + n);
-    *dev = dv;
-    *ino = in;
-    *done = dn;
     n = 0;
   }
   else
@@ -519,30 +652,17 @@ copy_record_read (const char *record, dev_t *dev, ino_t *ino, uint64_t *done,
   return n;
 }
 
-/* fsync the directory holding path (the rename must be durable too). */
-static int
-fsync_parent_dir (const char *path)
-{
-  char dir[PATH_MAX];
-  const char *slash = strrchr (path, '/');
-  int fd, r;
-
-  snprintf (dir, sizeof dir, "%.*s", slash && slash != path ? (int) (slash - path) : 1,
-            slash && slash != path ? path : "/");
-  if ((fd = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
-    return -1;
-  r = fsync (fd);
-  close (fd);
-  return r;
-}
-
 /* Record the partial file and its durable progress.  Only a copy started
  * again needs the record: failing to write it (the state directory's
  * filesystem is full) is logged, and the copy goes on. */
 static void
 copy_record (struct job *j, const struct stat *st, uint64_t done)
 {
-  if (copy_record_write (j->record, st->st_dev, st->st_ino, done, j->to) == -1)
+  struct copy_rec cr = { st->st_dev, st->st_ino, done, cor_disk_size (j->d), j->gen, "" };
+
+  snprintf (cr.cookie, sizeof cr.cookie, "%s", j->cookie);
+
+  if (copy_record_write (j->mg, j->record, &cr, j->to) == -1)
     log_warn ("merge: disk %s: recording the copy's progress in %s: %m (a copy started "
               "again will not continue %s)", cor_disk_name (j->d), j->record, j->partial);
 }
@@ -570,18 +690,155 @@ copy_zero (int fd, uint64_t off, size_t n)
   return errno == EOPNOTSUPP ? full_pwrite (fd, zeros, n, off) : -1;
 }
 
+/* Copy n bytes (at most COPY_PIECE) at off from the disk to the partial
+ * file; a zero piece is left a hole, or punched where the file may hold
+ * older data (punch).  0 or -1 (set_error). */
+static int
+copy_piece (struct job *j, char *buf, uint64_t off, size_t n, bool punch)
+{
+  int err = 0;
+
+  if (cor_read (j->d, buf, n, off, &err) != (ssize_t) n) {
+    set_error (j, "reading the disk at offset %" PRIu64 ": %s", off, strerror (err ? err : EIO));
+    return -1;
+  }
+  if (!is_zero (buf, n) ? full_pwrite (j->fd, buf, n, off) == -1
+      : punch && copy_zero (j->fd, off, n) == -1) {
+    set_error (j, "%s: write at offset %" PRIu64 ": %s", j->partial, off, strerror (errno));
+    return -1;
+  }
+  return 0;
+}
+
+/* Changed extents, in blocks, collected (cor_changed_extents calls back
+ * under the index's lock: no I/O there). */
+struct extents {
+  uint64_t (*v)[2];
+  size_t n, cap;
+};
+
+static int
+add_extent (void *opaque, uint64_t first, uint64_t nr)
+{
+  struct extents *x = opaque;
+
+  if (x->n == x->cap) {
+    size_t cap = x->cap ? 2 * x->cap : 64;
+    void *v = realloc (x->v, cap * sizeof *x->v);
+    if (!v)
+      return -1;
+    x->v = v;
+    x->cap = cap;
+  }
+  x->v[x->n][0] = first;
+  x->v[x->n][1] = nr;
+  x->n++;
+  return 0;
+}
+
+/* A copy started again continues at j->start, but the disk may have been
+ * written in [0, j->start) since those bytes were copied: copy again what
+ * changed since the recorded generation j->gen.  1 if that cannot be
+ * known (no generation recorded, or the index no longer has it: the copy
+ * starts over), 0 when done, -1 on failure (set_error). */
+static int
+copy_changed (struct job *j, char *buf)
+{
+  struct cor_disk *d = j->d;
+  unsigned shift = cor_disk_block_shift (d);
+  struct extents x = { NULL, 0, 0 };
+  bool widened;
+  int r = 0;
+
+  if (j->gen == 0 || cor_changed_extents (d, j->gen, &widened, add_extent, &x) == -1) {
+    free (x.v);
+    return 1;
+  }
+  for (size_t i = 0; i < x.n && r == 0; i++) {
+    uint64_t off = x.v[i][0] << shift, end = (x.v[i][0] + x.v[i][1]) << shift;
+    if (end > j->start)
+      end = j->start;
+    for (; off < end && r == 0; off += COPY_PIECE) {
+      if (!keep_going (j))
+        r = -1;
+      else
+        r = copy_piece (j, buf, off, end - off < COPY_PIECE ? end - off : COPY_PIECE, true);
+    }
+  }
+  if (r == 0 && x.n > 0)
+    log_info ("merge: disk %s: the copy to %s copied again %zu extents written since its "
+              "last run", cor_disk_name (d), j->to, x.n);
+  free (x.v);
+  return r;
+}
+
+/* Drop what the partial file holds from `from` on (a crashed run may have
+ * written past its durable point): it reads zeros there, as the disk's
+ * holes must. */
+static int
+copy_truncate (struct job *j, uint64_t from)
+{
+  return ftruncate (j->fd, from) == -1 || ftruncate (j->fd, cor_disk_size (j->d)) == -1
+    ? -1 : 0;
+}
+
+/* Before the first byte is read: a checkpoint, so that the changed maps
+ * say from here on what a copy started again must read afresh; then, for
+ * a continued copy, what changed since its last run.  Without the
+ * checkpoint (the index's filesystem is full, or the disk stayed busy
+ * past the hold) the copy still runs, only it cannot be continued: a
+ * copy started again starts over.  0 or -1. */
+static int
+copy_prepare (struct job *j, char *buf)
+{
+  char msg[512];
+  uint32_t gen = cor_checkpoint (j->d, msg, sizeof msg);
+  int r = 0;
+
+  if (gen == 0)
+    log_warn ("merge: disk %s: the copy to %s goes on without a checkpoint (%s): if it "
+              "is interrupted, the next copy starts over", cor_disk_name (j->d), j->to, msg);
+  if (j->start > 0 && (r = copy_changed (j, buf)) == 1) {
+    log_info ("merge: disk %s: the copy to %s starts over: what changed since its last "
+              "run is not known", cor_disk_name (j->d), j->to);
+    j->start = 0;
+    /* The record must never claim more than the file holds: it goes
+     * first (rewritten at the next checkpoint). */
+    if ((unlink (j->record) == -1 && errno != ENOENT) || copy_truncate (j, 0) == -1) {
+      set_error (j, "%s: %s", j->partial, strerror (errno));
+      return -1;
+    }
+  }
+  if (r == -1)
+    return -1;
+  /* [0, start) is current as of gen now, once durable. */
+  j->gen = gen;
+  if (j->start > 0 && copy_checkpoint (j, j->start) == -1) {
+    set_error (j, "%s: %s", j->partial, strerror (errno));
+    return -1;
+  }
+  return 0;
+}
+
 static void
 run_copy (struct job *j)
 {
   struct cor_disk *d = j->d;
-  uint64_t size = cor_disk_size (d), off = j->start, checkpoint = j->start;
+  uint64_t size = cor_disk_size (d), off, checkpoint;
   char *buf = malloc (COPY_PIECE);
-  int err = 0;
 
   if (!buf) {
     set_error (j, "out of memory");
+    off = checkpoint = 0;
     goto fail;
   }
+  off = checkpoint = j->start;
+  if (copy_prepare (j, buf) == -1) {
+    if (!keep_going (j))
+      goto out;                 /* the daemon is stopping */
+    goto fail;
+  }
+  off = checkpoint = j->start;
   if (j->start)
     log_info ("merge: disk %s: continuing the copy to %s at offset %" PRIu64,
               cor_disk_name (d), j->to, j->start);
@@ -589,15 +846,9 @@ run_copy (struct job *j)
     size_t n = size - off < COPY_PIECE ? size - off : COPY_PIECE;
     if (!keep_going (j))
       goto out;
-    if (cor_read (d, buf, n, off, &err) != (ssize_t) n) {
-      set_error (j, "reading the disk at offset %" PRIu64 ": %s", off, strerror (err ? err : EIO));
+    /* Past start the file is all holes (copy_truncate): no punching. */
+    if (copy_piece (j, buf, off, n, false) == -1)
       goto fail;
-    }
-    if (!is_zero (buf, n) ? full_pwrite (j->fd, buf, n, off) == -1
-        : j->start > 0 && copy_zero (j->fd, off, n) == -1) {
-      set_error (j, "%s: write at offset %" PRIu64 ": %s", j->partial, off, strerror (errno));
-      goto fail;
-    }
     off += n;
     if (off - checkpoint >= COPY_CHECKPOINT && off < size) {
       if (copy_checkpoint (j, off) == -1) {
@@ -610,14 +861,17 @@ run_copy (struct job *j)
     j->done = off;
     pthread_mutex_unlock (&j->mg->lock);
   }
-  /* Whole and durable: only now may it replace FILE. */
+  /* Whole and durable: only now may it replace FILE (without the cookie,
+   * which only a partial file needs). */
+  if (j->cookie[0] == 'x')
+    fremovexattr (j->fd, COOKIE_XATTR);
   if (fsync (j->fd) == -1 || close (j->fd) == -1) {
     j->fd = -1;
     set_error (j, "%s: %s", j->partial, strerror (errno));
     goto fail;
   }
   j->fd = -1;
-  if (rename (j->partial, j->to) == -1 || fsync_parent_dir (j->to) == -1) {
+  if (renameat (j->dirfd, j->pbase, j->dirfd, j->base) == -1 || fsync (j->dirfd) == -1) {
     set_error (j, "renaming %s to %s: %s", j->partial, j->to, strerror (errno));
     goto fail;
   }
@@ -658,14 +912,74 @@ path_within (const char *path, const char *dir)
   return strncmp (path, dir, n) == 0 && (path[n] == '\0' || path[n] == '/' || n == 1);
 }
 
-/* Refuse a copy target that would replace what the disk runs on: a file
- * in the state directory (index, overlays, socket, log, records) or the
- * file:// parent, by name or, where it exists, by what it resolves to
- * (the rename replaces only the name, but a copy named after either is
- * a mistake).  canon receives the canonical target.  0 or -1 (errbuf). */
 static int
-copy_target_check (struct merge *mg, struct cor_disk *d, const char *to, char *canon,
-                   size_t canon_len, char *errbuf, size_t len)
+refuse_state_dir (struct merge *mg, const char *to, char *errbuf, size_t len)
+{
+  snprintf (errbuf, len, "--to %s is in the state directory %s: refusing to replace "
+            "the daemon's own files", to, mg->state_dir);
+  return -1;
+}
+
+/* Open the directory dir (canonical: realpath's answer) one component at
+ * a time, never through a symlink (a component swapped for one since
+ * realpath fails), and refuse it if it or any directory above it is the
+ * state directory by device and inode: a bind mount of the state
+ * directory has another name but the same inode.  An fd, or -1 (errbuf). */
+static int
+open_target_dir (struct merge *mg, const char *dir, const char *to, char *errbuf, size_t len)
+{
+  char buf[PATH_MAX], *save = NULL;
+  const char *comp;
+  int fd = open ("/", O_PATH | O_DIRECTORY | O_CLOEXEC), next;
+  struct stat st;
+
+  snprintf (buf, sizeof buf, "%s", dir);
+  for (comp = strtok_r (buf, "/", &save);; comp = strtok_r (NULL, "/", &save)) {
+    if (fd == -1 || fstat (fd, &st) == -1) {
+      snprintf (errbuf, len, "--to %s: opening the directory %s: %s", to, dir,
+                strerror (errno));
+      if (fd >= 0)
+        close (fd);
+      return -1;
+    }
+    if (st.st_dev == mg->state_dev && st.st_ino == mg->state_ino) {
+      close (fd);
+      return refuse_state_dir (mg, to, errbuf, len);
+    }
+    /* O_PATH on the way (search permission is enough), a real fd for
+     * the directory itself (fsync needs one). */
+    next = comp ? openat (fd, comp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+      : openat (fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (!comp && next >= 0) {
+      close (fd);
+      return next;
+    }
+    int e = errno;
+    close (fd);
+    fd = next;
+    errno = e;
+  }
+}
+
+static const char *
+file_type_name (mode_t m)
+{
+  return S_ISDIR (m) ? "a directory" : S_ISLNK (m) ? "a symlink" : S_ISBLK (m) ?
+    "a block device" : S_ISCHR (m) ? "a character device" : S_ISFIFO (m) ? "a FIFO" :
+    S_ISSOCK (m) ? "a socket" : "not a regular file";
+}
+
+/* Resolve and check a copy target for j: j->to (canonical), j->partial,
+ * j->dirfd (its directory, opened once: every later step is relative to
+ * it), j->base and j->pbase.  Refused: a target in the state directory
+ * (index, overlays, socket, log, records; by name, and by inode through
+ * any alias), the file:// parent (by name, through a symlink, or by
+ * inode), and an existing FILE that is not a regular file (a device, or
+ * a symlink such as /dev/vg/lv, would be replaced by a file).  0 or -1
+ * (errbuf). */
+static int
+copy_target_check (struct merge *mg, struct cor_disk *d, struct job *j, const char *to,
+                   char *errbuf, size_t len)
 {
   const char *slash = strrchr (to, '/'), *base = slash ? slash + 1 : to;
   char dir[PATH_MAX], rdir[PATH_MAX], rto[PATH_MAX];
@@ -681,66 +995,86 @@ copy_target_check (struct merge *mg, struct cor_disk *d, const char *to, char *c
     snprintf (errbuf, len, "--to %s: %s: %s", to, dir, strerror (errno));
     return -1;
   }
-  snprintf (canon, canon_len, "%s/%s", strcmp (rdir, "/") ? rdir : "", base);
-  bool exists = lstat (canon, &st) == 0;
-  if (exists && S_ISDIR (st.st_mode)) {
-    snprintf (errbuf, len, "--to %s is a directory", to);
+  if (asprintf (&j->to, "%s/%s", strcmp (rdir, "/") ? rdir : "", base) == -1 ||
+      asprintf (&j->partial, "%s.partial", j->to) == -1) {
+    j->to = j->partial = NULL;
+    snprintf (errbuf, len, "out of memory");
     return -1;
   }
-  if (path_within (canon, mg->state_dir) ||
-      (exists && realpath (canon, rto) && path_within (rto, mg->state_dir))) {
-    snprintf (errbuf, len, "--to %s is in the state directory %s: refusing to replace "
-              "the daemon's own files", to, mg->state_dir);
+  j->base = strrchr (j->to, '/') + 1;
+  j->pbase = strrchr (j->partial, '/') + 1;
+  if (path_within (j->to, mg->state_dir))
+    return refuse_state_dir (mg, to, errbuf, len);
+  if ((j->dirfd = open_target_dir (mg, rdir, to, errbuf, len)) == -1)
     return -1;
-  }
+  bool exists = fstatat (j->dirfd, j->base, &st, AT_SYMLINK_NOFOLLOW) == 0;
   if (!strcmp (remote_backend (r), "file")) {
     const char *ppath = remote_url (r) + strlen ("file://");
-    bool same = !strcmp (canon, ppath) || (exists && realpath (canon, rto) && !strcmp (rto, ppath));
-    if (!same && stat (ppath, &pst) == 0 && stat (canon, &st) == 0)
+    bool same = !strcmp (j->to, ppath) ||
+      (exists && realpath (j->to, rto) && !strcmp (rto, ppath));
+    if (!same && exists && stat (ppath, &pst) == 0)
       same = st.st_dev == pst.st_dev && st.st_ino == pst.st_ino;
     if (!same && realpath (ppath, rto))
-      same = !strcmp (canon, rto);
+      same = !strcmp (j->to, rto);
     if (same) {
       snprintf (errbuf, len, "--to %s is the disk's parent %s: refusing to replace it",
                 to, remote_url (r));
       return -1;
     }
   }
+  if (exists && !S_ISREG (st.st_mode)) {
+    snprintf (errbuf, len, "--to %s exists and is %s: refusing to replace it with the "
+              "copy (remove it, or name a regular file)", to, file_type_name (st.st_mode));
+    return -1;
+  }
   return 0;
 }
 
+/* Does j->fd carry the cookie of record cr?  (Kept in j->cookie.) */
+static bool
+cookie_matches (struct job *j, const struct copy_rec *cr)
+{
+  copy_cookie_get (j->fd, cr->cookie, j->cookie, sizeof j->cookie);
+  return strcmp (j->cookie, cr->cookie) == 0;
+}
+
 /* Open the partial file of a copy to `to` for j: a new one (O_EXCL, never
- * through a symlink, 0600), or the one this disk's earlier copy to the
- * same file left, if its device and inode are still the recorded ones.
+ * through a symlink, 0600, its name made durable), or the one this disk's
+ * earlier copy to the same file left, if its device and inode are still
+ * the recorded ones.  Opened non-blocking and checked to be a regular
+ * file first: a FIFO or a device put there is refused, never waited on.
  * 0 or -1 (errbuf). */
 static int
 copy_open (struct merge *mg, struct cor_disk *d, struct job *j, const char *to,
            char *errbuf, size_t len)
 {
-  char canon[PATH_MAX + 256], rec_to[PATH_MAX + 256];
-  dev_t dev = 0;
-  ino_t ino = 0;
-  uint64_t done = 0;
+  char rec_to[PATH_MAX + 256];
+  struct copy_rec cr;
+  uint64_t size = cor_disk_size (d);
   struct stat st;
+  const int flags = O_WRONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK;
 
-  if (copy_target_check (mg, d, to, canon, sizeof canon, errbuf, len) == -1)
+  j->d = d;
+  j->mg = mg;
+  if (copy_target_check (mg, d, j, to, errbuf, len) == -1)
     return -1;
-  if (asprintf (&j->partial, "%s.partial", canon) == -1 ||
-      asprintf (&j->record, "%s/%s.copy", mg->state_dir, cor_disk_name (d)) == -1 ||
-      !(j->to = strdup (canon))) {
+  if (asprintf (&j->record, "%s/%s.copy", mg->state_dir, cor_disk_name (d)) == -1) {
+    j->record = NULL;
     snprintf (errbuf, len, "out of memory");
     return -1;
   }
-  j->fd = open (j->partial, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  j->fd = openat (j->dirfd, j->pbase, flags | O_CREAT | O_EXCL, 0600);
   if (j->fd >= 0) {
-    if (fstat (j->fd, &st) == -1 || ftruncate (j->fd, cor_disk_size (d)) == -1) {
+    fcntl (j->fd, F_SETFL, O_WRONLY);
+    copy_cookie_set (j->fd, j->cookie, sizeof j->cookie);
+    if (fstat (j->fd, &st) == -1 || ftruncate (j->fd, size) == -1 || fsync (j->fd) == -1 ||
+        fsync (j->dirfd) == -1) {
       snprintf (errbuf, len, "%s: %s", j->partial, strerror (errno));
       close (j->fd);
       j->fd = -1;
-      unlink (j->partial);
+      unlinkat (j->dirfd, j->pbase, 0);
       return -1;
     }
-    j->d = d;
     copy_record (j, &st, 0);
     return 0;
   }
@@ -749,36 +1083,69 @@ copy_open (struct merge *mg, struct cor_disk *d, struct job *j, const char *to,
     return -1;
   }
   /* It exists: continue it only if it is the one we recorded. */
-  if (copy_record_read (j->record, &dev, &ino, &done, rec_to, sizeof rec_to) == -1 ||
+  if (copy_record_read (j->record, &cr, rec_to, sizeof rec_to) == -1 ||
       strcmp (rec_to, j->to) != 0 ||
-      (j->fd = open (j->partial, O_WRONLY | O_NOFOLLOW | O_CLOEXEC)) == -1 ||
+      fstatat (j->dirfd, j->pbase, &st, AT_SYMLINK_NOFOLLOW) == -1 || !S_ISREG (st.st_mode) ||
+      st.st_dev != cr.dev || st.st_ino != cr.ino ||
+      (j->fd = openat (j->dirfd, j->pbase, flags)) == -1 ||
       fstat (j->fd, &st) == -1 || !S_ISREG (st.st_mode) ||
-      st.st_dev != dev || st.st_ino != ino) {
+      st.st_dev != cr.dev || st.st_ino != cr.ino || !cookie_matches (j, &cr)) {
     snprintf (errbuf, len, "%s exists and is not the partial copy that disk %s left "
               "there: remove it to copy to %s", j->partial, cor_disk_name (d), j->to);
     return -1;
   }
-  if (ftruncate (j->fd, cor_disk_size (d)) == -1) {
+  fcntl (j->fd, F_SETFL, O_WRONLY);
+  /* Continue from the durable point of a copy of this disk (same size);
+   * past it the file is dropped (copy_truncate), so a hole in the disk
+   * reads zeros in the copy whatever the last run left there. */
+  j->start = cr.size == size && cr.done <= size ? cr.done : 0;
+  j->gen = cr.gen;
+  if (copy_truncate (j, j->start) == -1) {
     snprintf (errbuf, len, "%s: %s", j->partial, strerror (errno));
     return -1;
   }
-  j->start = done <= cor_disk_size (d) ? done : 0;
   return 0;
 }
 
-/* Start a job of kind on d (replacing a finished one).  0 or -1 (errbuf). */
+/* Unlist j (a job that never started). */
+static void
+unlist (struct merge *mg, struct job *j)
+{
+  pthread_mutex_lock (&mg->lock);
+  for (struct job **pp = &mg->jobs; *pp; pp = &(*pp)->next)
+    if (*pp == j) {
+      *pp = j->next;
+      break;
+    }
+  pthread_mutex_unlock (&mg->lock);
+}
+
+/* Start a job of kind on d (replacing a finished one).  The new job is
+ * listed first, as starting, so that a job started meanwhile from another
+ * thread (flatten runs on one of ctl's job threads) is refused; then a
+ * copy's target is opened, without mg->lock.  0 or -1 (errbuf). */
 static int
 start_job (struct merge *mg, struct cor_disk *d, enum kind kind, uint64_t rate,
            const char *to, char *errbuf, size_t len)
 {
   struct job *j, *old, **pp;
 
+  if (!(j = calloc (1, sizeof *j))) {
+    snprintf (errbuf, len, "out of memory");
+    return -1;
+  }
+  j->fd = j->dirfd = -1;
+  j->mg = mg;
+  j->d = d;
+  j->kind = kind;
+  j->state = J_STARTING;
   pthread_mutex_lock (&mg->lock);
   old = find_job_unlocked (mg, d);
   if (old && !finished (old->state)) {
     snprintf (errbuf, len, "disk %s: a %s job is %s", cor_disk_name (d),
               kind_names[old->kind], state_names[old->state]);
     pthread_mutex_unlock (&mg->lock);
+    free (j);
     return -1;
   }
   if (old) {
@@ -786,37 +1153,31 @@ start_job (struct merge *mg, struct cor_disk *d, enum kind kind, uint64_t rate,
       ;
     *pp = old->next;
   }
+  j->next = mg->jobs;
+  mg->jobs = j;
   pthread_mutex_unlock (&mg->lock);
   if (old) {
     pthread_join (old->thread, NULL);
     job_free (old);
   }
-  j = calloc (1, sizeof *j);
-  if (!j) {
-    snprintf (errbuf, len, "out of memory");
-    return -1;
-  }
-  j->fd = -1;
   if (to && copy_open (mg, d, j, to, errbuf, len) == -1) {
+    unlist (mg, j);
     job_free (j);
     return -1;
   }
-  j->mg = mg;
-  j->d = d;
-  j->kind = kind;
-  j->state = J_RUNNING;
+  pthread_mutex_lock (&mg->lock);
   j->rate = rate == UINT64_MAX ? 0 : rate;
   j->total = kind == K_MERGE ? remaining_bytes (d) : cor_disk_size (d);
   j->done = j->start;
-  pthread_mutex_lock (&mg->lock);
+  j->state = J_RUNNING;
   if (thread_create_nosig (&j->thread, job_thread, j) == -1) {
     pthread_mutex_unlock (&mg->lock);
     snprintf (errbuf, len, "cannot start a thread: %s", strerror (errno));
+    unlist (mg, j);
     job_free (j);
     return -1;
   }
-  j->next = mg->jobs;
-  mg->jobs = j;
+  j->started = true;
   pthread_mutex_unlock (&mg->lock);
   return 0;
 }
@@ -834,7 +1195,7 @@ merge_control (struct merge *mg, struct cor_disk *d, const char *action,
     int ret = 0;
     pthread_mutex_lock (&mg->lock);
     j = find_job_unlocked (mg, d);
-    if (!j || j->kind != K_MERGE || finished (j->state))
+    if (!j || j->kind != K_MERGE || finished (j->state) || j->state == J_STARTING)
       ret = -1;
     else if (!strcmp (action, "pause") && j->state == J_RUNNING)
       j->state = J_PAUSED;
@@ -859,7 +1220,7 @@ merge_control (struct merge *mg, struct cor_disk *d, const char *action,
   /* start, or steer the running merge's rate */
   pthread_mutex_lock (&mg->lock);
   j = find_job_unlocked (mg, d);
-  if (j && j->kind == K_MERGE && !finished (j->state)) {
+  if (j && j->kind == K_MERGE && !finished (j->state) && j->state != J_STARTING) {
     if (rate != UINT64_MAX)
       j->rate = rate;
     if (j->state == J_PAUSED)

@@ -32,8 +32,12 @@ int merge_control (struct merge *mg, struct cor_disk *d, const char *action,
  * current disk contents to the file `to` (sparse, 0600) without
  * detaching: written to `to`.partial, which replaces `to` once whole and
  * durable; a copy to the same file started again continues that partial
- * file if it is still the one recorded.  Refused for a `to` in the state
- * directory or naming a file:// parent.  0 or -1 (errbuf). */
+ * file if it is still the one recorded, copying again what changed since.
+ * Refused for a `to` in the state directory (also through an alias),
+ * naming a file:// parent, or existing as anything but a regular file.
+ * Opens `to`'s directory and partial file before it returns, which may
+ * block on a hung filesystem: call it off ctl's thread.  0 or -1
+ * (errbuf). */
 int merge_flatten (struct merge *mg, struct cor_disk *d, const char *to,
                    char *errbuf, size_t len);
 

@@ -333,7 +333,12 @@ rfile_flush (struct remote *r, void *hv, bool all, uint64_t deadline_ns, int *er
   if (fd == -1)
     return -1;
   if (fdatasync (fd) == -1) {
+    /* The kernel reports a writeback error to one fdatasync on this file
+     * description only: the next one, a retry or another flusher's, gets
+     * 0 although the writes issued before now may be lost.  So tell the
+     * wrapper, which fails every flush that must cover them. */
     *err = errno;
+    remote_note_lost_writes (r, now_ns ());
     remote_note_error (r, "fdatasync: %m");
     ret = -1;
   }

@@ -4,7 +4,8 @@
  * Notes on the thread model: any thread may call the wrappers at any
  * time.  r->lock protects the state, the last error, the identity, the
  * counters and the lost-write times (remote_note_lost_writes, called by a
- * backend's flush); it is never held across a backend call.  r->serialize is held
+ * backend's flush); it is never held across a backend call (no_zero is
+ * atomic).  r->serialize is held
  * across backend calls for REMOTE_SERIALIZE backends only.  The
  * block-status cache has its own two locks (see struct zcache), taken
  * query before lock, never with r->lock held.
@@ -64,6 +65,9 @@ struct remote {
    * remote_note_lost_writes), and the latest time a loss was found; 0 if
    * none were ever lost. */
   uint64_t lost_writes_ns, lost_found_ns;
+  /* atomic: the parent said it cannot zero (EOPNOTSUPP) once; zeros are
+   * written as data from then on, without asking again. */
+  int no_zero;
   struct zcache zc;
 };
 
@@ -671,13 +675,16 @@ retry_write (struct remote *r, int (*fn) (struct remote *, void *, void *),
       return 0;
     }
     assert (*a->err != 0);
+    /* Not an error, and nothing to retry: the caller writes zeros. */
+    if (fn == do_zero && *a->err == EOPNOTSUPP) {
+      __atomic_store_n (&r->no_zero, 1, __ATOMIC_SEQ_CST);
+      return -1;
+    }
     pthread_mutex_lock (&r->lock);
     r->stats.errors++;
     r->stats.retries++;
     pthread_mutex_unlock (&r->lock);
     set_state (r, REMOTE_RETRYING);
-    if (fn == do_zero && *a->err == EOPNOTSUPP)
-      return -1;                /* not an error: the caller writes zeros */
     if (!is_retryable (*a->err) || !backoff (r, &delay, a->deadline_ns)) {
       log_error ("remote: disk %s: parent %s: %s at offset %" PRIu64 " failed after "
                  "%u attempts: %s", r->disk, r->url, what, a->offset, attempts,
@@ -717,13 +724,14 @@ remote_pwrite_zeros (struct remote *r, uint64_t offset, uint64_t count,
                      uint64_t deadline_ns, int *err)
 {
   struct write_args a = { NULL, count, offset, deadline_ns, err, false };
+  bool can_zero = r->ops->zero && !__atomic_load_n (&r->no_zero, __ATOMIC_SEQ_CST);
   int ret = -1;
 
   assert (count > 0);
   __atomic_fetch_add (&r->write_gen, 1, __ATOMIC_SEQ_CST);
-  if (r->ops->zero)
+  if (can_zero)
     ret = retry_write (r, do_zero, &a, "zero");
-  if (ret == -1 && (!r->ops->zero || *err == EOPNOTSUPP)) {
+  if (ret == -1 && (!can_zero || *err == EOPNOTSUPP)) {
     ret = 0;
     while (count > 0 && ret == 0) {
       size_t n = count > ZERO_PIECE ? ZERO_PIECE : count;
@@ -763,9 +771,13 @@ flush_checked (struct remote *r, bool all, uint64_t since_ns, uint64_t deadline_
   lost_ns = r->lost_writes_ns;
   found_ns = r->lost_found_ns;
   pthread_mutex_unlock (&r->lock);
-  if (ret == 0 && (since_ns == UINT64_MAX ? found_ns >= start : lost_ns > since_ns)) {
+  /* A loss at since_ns itself may include writes issued then (0: none
+   * was ever lost). */
+  if (ret == 0 && (since_ns == UINT64_MAX ? found_ns >= start
+                   : lost_ns != 0 && lost_ns >= since_ns)) {
     log_error ("remote: disk %s: parent %s: flush: writes this flush must cover may "
-               "have been lost with a connection (another flush found it)", r->disk, r->url);
+               "have been lost (with a connection, or in a write-back error that "
+               "another flush found)", r->disk, r->url);
     *err = EIO;
     ret = -1;
   }

@@ -4,8 +4,9 @@
 #  - `corfs merge` never says synced: the job keeps retrying with an error
 #    that names the parent and says it offers no flush, dirty_bytes stays,
 #    and the daemon log says so too;
-#  - in mirror mode, the guest's fsync after a write fails (EIO or
-#    EOPNOTSUPP), and every block is marked suspect for abort.
+#  - mirror mode is refused: at mount, and at activation of an incoming
+#    disk, naming the disk and the parent (before, it was accepted, and
+#    every guest fsync failed and marked the whole disk suspect again).
 . "$(dirname "$0")/../functions.sh"
 requires nbdkit --version
 requires fusermount3 --version
@@ -49,18 +50,27 @@ pid=$(daemon_pid $st)
 corfs_unmount $mnt || fail "unmount failed"
 wait_gone $pid
 
-### 2. Mirror mode: the guest's fsync fails.
+### 2. Mirror mode: refused at mount, and at activation (every guest fsync
+# would fail and mark the whole disk suspect again).
 head -c $size /dev/urandom > $T/parent2.img
 noflush_nbdkit $T/nbd2.pid $T/sock2 $T/parent2.img
 st=$T/state2 mnt=$T/mnt2
-corfs_mount $st $mnt --write-mode=mirror --parent-owned --hold 5 --disk d="$(nbd_uri $T/sock2)"
+mkdir -p $mnt
 rc=0
-dd if=$T/data of=$mnt/d bs=100000 seek=$((2 * 1048576 + 5)) oflag=seek_bytes conv=notrunc,fsync \
-   status=none 2> $T/dd.err || rc=$?
-echo "mirror write + fsync: exit $rc: $(cat $T/dd.err)"
-[ $rc -ne 0 ] || fail "in mirror mode, fsync succeeded although the parent offers no flush"
-[ "$(status .suspect_bytes)" = $size ] || fail "suspect_bytes $(status .suspect_bytes) after a failed mirror flush"
-grep -q "disk d: parent .*offers no flush" $st/corfs.log || fail "the log does not say the parent offers no flush"
+"$CORFS" mount --state $st --stream=off --write-mode=mirror --parent-owned --hold 5 \
+  --disk d="$(nbd_uri $T/sock2)" $mnt > $T/mount.out 2>&1 || rc=$?
+echo "mirror mount over a parent without flush: exit $rc: $(cat $T/mount.out)"
+if is_mounted $mnt; then cleanup_fn _force_unmount $st $mnt; fi
+[ $rc -ne 0 ] || fail "mirror mode was accepted over a parent that offers no flush"
+grep -q "disk d: mirror mode needs a parent that can flush: .*socket=$T/sock2" \
+  $T/mount.out $st/corfs.log || fail "the refusal does not name the disk, the parent and the missing flush"
+st=$T/state3 mnt=$T/mnt3
+corfs_mount $st $mnt --incoming --write-mode=mirror --parent-owned --hold 5 --disk d="$(nbd_uri $T/sock2)"
+rc=0; "$CORFS" activate --state $st d --epoch 1 --force 2> $T/err || rc=$?
+echo "activating a mirror disk over a parent without flush: exit $rc: $(cat $T/err)"
+[ $rc -ne 0 ] || fail "a mirror disk over a parent without flush was activated"
+grep -q "mirror mode needs a parent that can flush" $T/err || fail "the refusal does not say why: $(cat $T/err)"
+[ "$(status .owner.state)" = incoming ] || fail "owner state $(status .owner.state) after the refusal"
 pid=$(daemon_pid $st)
 corfs_unmount $mnt || fail "unmount (mirror) failed"
 wait_gone $pid
