@@ -101,6 +101,36 @@ parse_size (const char *s, uint64_t *out)
 }
 
 int
+parse_epoch (const char *s, uint64_t *out)
+{
+  uint64_t v = 0;
+
+  if (!s || !*s) {
+    errno = EINVAL;
+    return -1;
+  }
+  /* Digits only: strtoull would also take blanks, a sign and "-1" (as
+   * 2^64 - 1). */
+  for (; *s; s++) {
+    if (!isdigit ((unsigned char) *s)) {
+      errno = EINVAL;
+      return -1;
+    }
+    if (v > (UINT64_MAX - (*s - '0')) / 10) {
+      errno = ERANGE;
+      return -1;
+    }
+    v = v * 10 + (*s - '0');
+  }
+  if (v == 0 || v > INT64_MAX) {        /* JSON integers are signed */
+    errno = v ? ERANGE : EINVAL;
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+int
 parse_bool (const char *s, bool *out)
 {
   if (!strcasecmp (s, "true") || !strcasecmp (s, "yes") ||
@@ -140,10 +170,12 @@ url_redact (const char *url)
     return NULL;
   scheme_end = strstr (out, "://");
   if (scheme_end) {
+    /* The userinfo ends at the authority's last '@' (a password may
+     * hold an '@' of its own); the authority ends at '/', '?' or '#'. */
     char *auth = scheme_end + 3;
-    slash = strchr (auth, '/');
-    at = strchr (auth, '@');
-    if (at && (!slash || at < slash))
+    slash = auth + strcspn (auth, "/?#");
+    at = memrchr (auth, '@', slash - auth);
+    if (at)
       memmove (auth, at + 1, strlen (at + 1) + 1);
   }
   /* Drop query parameters that carry secrets (presigned URLs, tokens). */

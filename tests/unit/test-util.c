@@ -96,6 +96,43 @@ Test (util, url_redact)
   free (u);
 }
 
+/* Found with the URL fuzzer's check that no '@' stays in the authority:
+ * a password holding an '@' kept its tail in the "redacted" URL, and an
+ * '@' in the query of a URL without a path ate its host. */
+Test (util, url_redact_userinfo_at)
+{
+  char *u = url_redact ("https://user:p@ss@host/disk.img");
+  cr_assert_str_eq (u, "https://host/disk.img");
+  free (u);
+  u = url_redact ("nbd://u:a@b@c@host:10809");
+  cr_assert_str_eq (u, "nbd://host:10809");
+  free (u);
+  u = url_redact ("http://host?x=a@b");
+  cr_assert_str_eq (u, "http://host?x=a@b");
+  free (u);
+}
+
+/* --epoch: digits only, 1 to INT64_MAX (strtoull took " -5" as 2^64 - 5). */
+Test (util, parse_epoch)
+{
+  uint64_t v = 0;
+
+  cr_assert_eq (parse_epoch ("12", &v), 0);
+  cr_assert_eq (v, 12);
+  cr_assert_eq (parse_epoch ("9223372036854775807", &v), 0);
+  cr_assert_eq (v, INT64_MAX);
+  cr_assert_eq (parse_epoch ("9223372036854775808", &v), -1);
+  cr_assert_eq (errno, ERANGE);
+  cr_assert_eq (parse_epoch ("99999999999999999999", &v), -1);
+  cr_assert_eq (parse_epoch ("0", &v), -1);
+  cr_assert_eq (parse_epoch ("", &v), -1);
+  cr_assert_eq (parse_epoch (" -5", &v), -1);
+  cr_assert_eq (parse_epoch ("+5", &v), -1);
+  cr_assert_eq (parse_epoch (" 5", &v), -1);
+  cr_assert_eq (parse_epoch ("5 ", &v), -1);
+  cr_assert_eq (errno, EINVAL);
+}
+
 Test (util, is_zero)
 {
   char buf[8192] = { 0 };
