@@ -34,6 +34,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "remote/http-reply.h"
 #include "remote/remote-internal.h"
 
 /* One request per handle (HTTP/1.1, no pipelining): enough for the
@@ -67,18 +68,6 @@ struct rhttp {
   char last_modified[128];      /* pinned Last-Modified, when no strong ETag */
 };
 
-/* One response's interesting headers (reset on every status line, since
- * redirects pass several responses through). */
-struct xfer {
-  char *buf;
-  size_t cap, len;
-  bool overflow;
-  char etag[256], last_modified[128], content_range[128];
-  int64_t content_length;
-  bool accept_ranges;
-  long retry_after;
-};
-
 static bool
 rhttp_handles (const char *url)
 {
@@ -89,37 +78,8 @@ rhttp_handles (const char *url)
 static size_t
 on_header (char *data, size_t size, size_t n, void *opaque)
 {
-  struct xfer *x = opaque;
-  size_t len = size * n;
-  char line[512], *v;
-
-  if (len >= 5 && !strncmp (data, "HTTP/", 5)) {
-    x->etag[0] = x->last_modified[0] = x->content_range[0] = '\0';
-    x->content_length = -1;
-    x->accept_ranges = false;
-    x->retry_after = 0;
-    return len;
-  }
-  snprintf (line, sizeof line, "%.*s", (int) (len < sizeof line - 1 ? len : sizeof line - 1), data);
-  line[strcspn (line, "\r\n")] = '\0';
-  if (!(v = strchr (line, ':')))
-    return len;
-  *v++ = '\0';
-  while (*v == ' ' || *v == '\t')
-    v++;
-  if (!strcasecmp (line, "ETag"))
-    snprintf (x->etag, sizeof x->etag, "%s", v);
-  else if (!strcasecmp (line, "Last-Modified"))
-    snprintf (x->last_modified, sizeof x->last_modified, "%s", v);
-  else if (!strcasecmp (line, "Content-Range"))
-    snprintf (x->content_range, sizeof x->content_range, "%s", v);
-  else if (!strcasecmp (line, "Content-Length"))
-    x->content_length = strtoll (v, NULL, 10);
-  else if (!strcasecmp (line, "Accept-Ranges"))
-    x->accept_ranges = strcasestr (v, "bytes") != NULL;
-  else if (!strcasecmp (line, "Retry-After"))
-    x->retry_after = strtol (v, NULL, 10);   /* seconds form only */
-  return len;
+  http_reply_header (opaque, data, size * n);
+  return size * n;
 }
 
 static size_t
@@ -555,13 +515,12 @@ connect_identity (struct remote *r, struct rhttp *h, CURL *c, uint64_t deadline_
       *err = status_errno (r, status, &g, deadline_ns, "GET");
       return -1;
     }
-    const char *slash = strrchr (g.content_range, '/');
-    if (!slash || slash[1] == '*') {
+    uint64_t first, last;
+    if (http_content_range (g.content_range, &first, &last, &size) == -1 || size < 0) {
       *err = EIO;
       remote_note_error (r, "no total size in Content-Range '%s'", g.content_range);
       return -1;
     }
-    size = strtoll (slash + 1, NULL, 10);
     x = g;
   }
   if (x.etag[0] && strncmp (x.etag, "W/", 2) != 0)
@@ -668,14 +627,14 @@ rhttp_pread (struct remote *r, void *hv, void *buf, size_t count, uint64_t offse
     ret = changed (r, why, err);
   }
   else {
-    const char *slash = strrchr (x.content_range, '/');
     uint64_t first = 0, last = 0;
-    if (!slash || strtoll (slash + 1, NULL, 10) != size) {
+    int64_t total = -1;
+    int bad = http_content_range (x.content_range, &first, &last, &total);
+    if (!bad && total != size) {
       snprintf (why, sizeof why, "Content-Range %s, pinned size %" PRId64, x.content_range, size);
       ret = changed (r, why, err);
     }
-    else if (sscanf (x.content_range, "bytes %" SCNu64 "-%" SCNu64, &first, &last) != 2 ||
-             first != offset || last != offset + count - 1 || x.len != count || x.overflow) {
+    else if (bad || first != offset || last != offset + count - 1 || x.len != count || x.overflow) {
       *err = EIO;
       remote_note_error (r, "GET at offset %" PRIu64 ": got %zu bytes (%s) for %zu asked",
                          offset, x.len, x.content_range, count);

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
+#include "remote/http-reply.h"
 #include "remote/remote-internal.h"
 
 #define KiB 1024ULL
@@ -138,4 +139,43 @@ Test (remote, extent_append_long)
     cr_assert_eq (v[i].length, i + 1 < n ? 4096 : 8192);
   }
   free (v);
+}
+
+/* The HTTP parent's Content-Range parser (src/remote/http-reply.c): a
+ * total of -1 (once returned as the parent's size, which then tripped an
+ * assertion), numbers past int64 and inconsistent ranges are refused. */
+Test (http_reply, content_range)
+{
+  uint64_t first, last;
+  int64_t total;
+
+  cr_assert_eq (http_content_range ("bytes 0-0/4194304", &first, &last, &total), 0);
+  cr_assert (first == 0 && last == 0 && total == 4194304);
+  cr_assert_eq (http_content_range ("bytes 10-19/*", &first, &last, &total), 0);
+  cr_assert (first == 10 && last == 19 && total == -1);
+  cr_assert_eq (http_content_range ("bytes 0-0/-1", &first, &last, &total), -1);
+  cr_assert_eq (http_content_range ("bytes 0-0/99999999999999999999", &first, &last, &total), -1);
+  cr_assert_eq (http_content_range ("bytes 5-4/10", &first, &last, &total), -1);
+  cr_assert_eq (http_content_range ("bytes 0-10/10", &first, &last, &total), -1);
+  cr_assert_eq (http_content_range ("bytes 0-1/10x", &first, &last, &total), -1);
+  cr_assert_eq (http_content_range ("0-1/10", &first, &last, &total), -1);
+}
+
+/* Header lines as libcurl passes them; a status line resets. */
+Test (http_reply, headers)
+{
+  struct xfer x = { 0 };
+  static const char *lines[] = { "HTTP/1.1 206 Partial Content\r\n", "ETag: \"abc\"\r\n",
+    "Content-Length: -5\r\n", "Retry-After: 999999999999999999\r\n",
+    "Content-Range: bytes 0-0/7\r\n", NULL };
+
+  for (int i = 0; lines[i]; i++)
+    http_reply_header (&x, lines[i], strlen (lines[i]));
+  cr_assert_str_eq (x.etag, "\"abc\"");
+  cr_assert_eq (x.content_length, -1);
+  cr_assert_eq (x.retry_after, HTTP_RETRY_AFTER_MAX);
+  cr_assert_str_eq (x.content_range, "bytes 0-0/7");
+  http_reply_header (&x, "HTTP/1.1 200 OK\r\n", 17);
+  cr_assert_str_eq (x.etag, "");
+  cr_assert_eq (x.content_length, -1);
 }
