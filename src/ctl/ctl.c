@@ -28,6 +28,7 @@
 #include "common/util.h"
 #include "cor/cor.h"
 #include "ctl/ctl.h"
+#include "ctl/ctl-internal.h"
 #include "merge/merge.h"
 
 #define MAX_CLIENTS 64
@@ -537,7 +538,7 @@ owner_cmd (struct ctl *c, const char *cmd, json_t *req, json_t *id)
 }
 
 static json_t *
-handle (struct ctl *c, json_t *req, struct client *cl)
+handle (struct ctl *c, json_t *req, bool *events)
 {
   json_t *id = json_object_get (req, "id");
   const char *cmd = json_string_value (json_object_get (req, "cmd"));
@@ -596,10 +597,34 @@ handle (struct ctl *c, json_t *req, struct client *cl)
     return ok_reply (id);
   }
   if (!strcmp (cmd, "events")) {
-    cl->events = true;
+    *events = true;
     return ok_reply (id);
   }
   return error_reply (id, "unknown command %s", cmd);
+}
+
+/* The reply to one request line (without its newline), or NULL. */
+static json_t *
+answer (struct ctl *c, const char *line, size_t len, bool *events)
+{
+  json_error_t jerr;
+  json_t *req = json_loadb (line, len, 0, &jerr), *reply;
+
+  reply = req ? handle (c, req, events) : error_reply (NULL, "malformed JSON: %s", jerr.text);
+  json_decref (req);
+  return reply;
+}
+
+char *
+ctl_answer_line (struct cor_engine *e, struct merge *mg, const char *line, size_t len,
+                 bool *events)
+{
+  struct ctl c = { .e = e, .mg = mg, .listen_fd = -1, .wake = { -1, -1 } };
+  json_t *reply = answer (&c, line, len, events);
+  char *s = reply ? json_dumps (reply, JSON_COMPACT) : NULL;
+
+  json_decref (reply);
+  return s;
 }
 
 static void
@@ -643,10 +668,7 @@ serve_client (struct ctl *c, int i)
     if (cl->overlong)
       cl->overlong = false;     /* the tail of the long line: drop it */
     else if (linelen > 0) {
-      json_error_t jerr;
-      json_t *req = json_loadb (cl->buf, linelen, 0, &jerr);
-      reply = req ? handle (c, req, cl) : error_reply (NULL, "malformed JSON: %s", jerr.text);
-      json_decref (req);
+      reply = answer (c, cl->buf, linelen, &cl->events);
       int s = send_reply (cl->fd, reply);
       json_decref (reply);
       if (s == -1)
