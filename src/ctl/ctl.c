@@ -91,17 +91,40 @@ send_reply (int fd, const json_t *v)
   return 0;
 }
 
+/* A message cut at its buffer's end may end in part of a multi-byte
+ * character: no valid UTF-8, which json_pack refuses (and a client would
+ * get no reply at all).  Drop such a partial character. */
+static void
+utf8_trim_partial (char *s)
+{
+  size_t n = strlen (s), i = n;
+
+  while (i > 0 && n - i < 3 && ((unsigned char) s[i - 1] & 0xc0) == 0x80)
+    i--;                        /* continuation bytes */
+  if (i > 0) {
+    unsigned char c = s[i - 1];
+    size_t need = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
+    if (n - (i - 1) < need)
+      s[i - 1] = '\0';
+  }
+}
+
 static json_t *
 error_reply (json_t *id, const char *fmt, ...)
 {
   char msg[512];
   va_list ap;
   json_t *r;
+  int n;
 
   va_start (ap, fmt);
-  vsnprintf (msg, sizeof msg, fmt, ap);
+  n = vsnprintf (msg, sizeof msg, fmt, ap);
   va_end (ap);
+  if (n >= (int) sizeof msg)
+    utf8_trim_partial (msg);
   r = json_pack ("{s:b, s:s}", "ok", 0, "error", msg);
+  if (!r)                       /* still not UTF-8: say so rather than nothing */
+    r = json_pack ("{s:b, s:s}", "ok", 0, "error", "(an error message that is not UTF-8)");
   if (id)
     json_object_set (r, "id", id);
   return r;
