@@ -130,6 +130,36 @@ parse_seconds (const char *s, uint64_t max_s, uint64_t *out)
 }
 
 int
+parse_epoch (const char *s, uint64_t *out)
+{
+  uint64_t v = 0;
+
+  if (!s || !*s) {
+    errno = EINVAL;
+    return -1;
+  }
+  /* Digits only: strtoull would also take blanks, a sign and "-1" (as
+   * 2^64 - 1). */
+  for (; *s; s++) {
+    if (!isdigit ((unsigned char) *s)) {
+      errno = EINVAL;
+      return -1;
+    }
+    if (v > (UINT64_MAX - (*s - '0')) / 10) {
+      errno = ERANGE;
+      return -1;
+    }
+    v = v * 10 + (*s - '0');
+  }
+  if (v == 0 || v > INT64_MAX) {        /* JSON integers are signed */
+    errno = v ? ERANGE : EINVAL;
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+int
 parse_bool (const char *s, bool *out)
 {
   if (!strcasecmp (s, "true") || !strcasecmp (s, "yes") ||

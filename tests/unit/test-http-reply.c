@@ -60,3 +60,37 @@ Test (http_reply, long_lines)
   feed (&x, line);
   cr_assert_eq (x.content_length, 77);
 }
+
+/* The total of a Content-Range (the parent's size on a ranged GET): -1,
+ * a number past any size and trailing garbage are no size (a total of -1
+ * was once returned as the parent's size, which then tripped an
+ * assertion). */
+Test (http_reply, range_total)
+{
+  cr_assert_eq (rhttp_range_total ("bytes 0-0/4194304"), 4194304);
+  cr_assert_eq (rhttp_range_total ("bytes 0-0/7 "), 7);
+  cr_assert_eq (rhttp_range_total ("bytes 10-19/*"), -1);
+  cr_assert_eq (rhttp_range_total ("bytes 0-0/-1"), -1);
+  cr_assert_eq (rhttp_range_total ("bytes 0-0/99999999999999999999"), -1);
+  cr_assert_eq (rhttp_range_total ("bytes 0-1/10x"), -1);
+  cr_assert_eq (rhttp_range_total ("bytes 0-1/ 10"), -1);
+  cr_assert_eq (rhttp_range_total ("bytes 0-1"), -1);
+  cr_assert_eq (rhttp_range_total (""), -1);
+}
+
+/* Values that are no number: a negative Content-Length is absent, a huge
+ * Retry-After is capped, a negative one is none. */
+Test (http_reply, bad_numbers)
+{
+  struct xfer x = { 0 };
+
+  feed (&x, "HTTP/1.1 503 Slow Down\r\n");
+  feed (&x, "Content-Length: -5\r\n");
+  cr_assert_eq (x.content_length, -1);
+  feed (&x, "Content-Length: 12x\r\n");
+  cr_assert_eq (x.content_length, -1);
+  feed (&x, "Retry-After: 999999999999999999\r\n");
+  cr_assert_eq (x.retry_after, RHTTP_RETRY_AFTER_MAX);
+  feed (&x, "Retry-After: -7\r\n");
+  cr_assert_eq (x.retry_after, 0);
+}
