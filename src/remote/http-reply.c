@@ -84,8 +84,14 @@ rhttp_reply_header (struct xfer *x, const char *data, size_t len)
     x->retry_after = 0;
     return;
   }
-  while (end > data && (end[-1] == '\n' || end[-1] == '\r'))
-    end--;
+  /* The line ends at its first CR or LF: a bare CR inside it (no valid
+   * field value has one) must not reach a stored value, which goes to the
+   * index, the log and an If-Match header. */
+  for (const char *c = data; c < end; c++)
+    if (*c == '\r' || *c == '\n') {
+      end = c;
+      break;
+    }
   if (!(colon = memchr (data, ':', end - data)))
     return;
   for (v = colon + 1; v < end && (*v == ' ' || *v == '\t'); v++)

@@ -94,3 +94,18 @@ Test (http_reply, bad_numbers)
   feed (&x, "Retry-After: -7\r\n");
   cr_assert_eq (x.retry_after, 0);
 }
+
+/* A bare CR inside a line ends it (found by the fuzzer: the rest of the
+ * line was stored, CR included, in the ETag or Content-Range, which reach
+ * the index, the log and the If-Match header). */
+Test (http_reply, bare_cr)
+{
+  struct xfer x = { 0 };
+
+  feed (&x, "HTTP/1.1 206 Partial Content\r\n");
+  feed (&x, "ETag: \"a\"\rX-Injected: 1\r\n");
+  cr_assert_str_eq (x.etag, "\"a\"");
+  feed (&x, "Content-Range: bytes 0-0/42\rjunk\n");
+  cr_assert_str_eq (x.content_range, "bytes 0-0/42");
+  cr_assert_eq (rhttp_range_total (x.content_range), 42);
+}
