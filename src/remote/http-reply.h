@@ -22,8 +22,9 @@ struct xfer {
 };
 
 /* Take one raw header line (len bytes, not NUL-terminated, usually ending
- * in CRLF) into x.  A status line ("HTTP/...") resets the fields; lines of
- * any length are accepted; values longer than a field are cut to it. */
+ * in CRLF; it ends at its first CR or LF) into x.  A status line
+ * ("HTTP/...") resets the fields; lines of any length are accepted; values
+ * longer than a field are cut to it. */
 void rhttp_reply_header (struct xfer *x, const char *data, size_t len);
 
 /* Retry-After is taken up to this many seconds. */
