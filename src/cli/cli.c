@@ -724,7 +724,6 @@ parse_job_args (const char *cmd, int argc, char **argv, const char *usage,
     { NULL, 0, NULL, 0 },
   };
   int c;
-  char *end;
 
   memset (a, 0, sizeof *a);
   a->action = "start";
@@ -750,9 +749,7 @@ parse_job_args (const char *cmd, int argc, char **argv, const char *usage,
     case OPT_JSON: a->json = true; break;
     case OPT_FORCE: a->force = true; break;
     case OPT_EPOCH:
-      errno = 0;
-      a->epoch = strtoull (optarg, &end, 10);
-      if (errno || *end || !*optarg || optarg[0] == '-' || a->epoch == 0) {
+      if (parse_epoch (optarg, &a->epoch) == -1) {
         fprintf (stderr, "corfs %s: --epoch %s: expected a positive integer\n", cmd, optarg);
         return 2;
       }

@@ -130,6 +130,36 @@ parse_seconds (const char *s, uint64_t max_s, uint64_t *out)
 }
 
 int
+parse_epoch (const char *s, uint64_t *out)
+{
+  uint64_t v = 0;
+
+  if (!s || !*s) {
+    errno = EINVAL;
+    return -1;
+  }
+  /* Digits only: strtoull would also take blanks, a sign and "-1" (as
+   * 2^64 - 1). */
+  for (; *s; s++) {
+    if (!isdigit ((unsigned char) *s)) {
+      errno = EINVAL;
+      return -1;
+    }
+    if (v > (UINT64_MAX - (*s - '0')) / 10) {
+      errno = ERANGE;
+      return -1;
+    }
+    v = v * 10 + (*s - '0');
+  }
+  if (v == 0 || v > INT64_MAX) {        /* JSON integers are signed */
+    errno = v ? ERANGE : EINVAL;
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+int
 parse_bool (const char *s, bool *out)
 {
   if (!strcasecmp (s, "true") || !strcasecmp (s, "yes") ||
@@ -292,7 +322,9 @@ param_is_secret (const char *name, size_t len, bool is_signed)
   for (size_t i = 0; secret_prefixes[i]; i++)
     if (!strncasecmp (dec, secret_prefixes[i], strlen (secret_prefixes[i])))
       return true;
-  if (in_list (secret_exact, dec, strlen (dec)) ||
+  /* The whole name first, in any case ("toKen", "PassWord"), then its
+   * words ("accessToken", "x-api-key"). */
+  if (in_list (secret_exact, dec, strlen (dec)) || in_list (secret_words, dec, strlen (dec)) ||
       has_word (dec, secret_words, secret_suffixes))
     return true;
   return is_signed && in_list (signed_window, dec, strlen (dec));
@@ -357,9 +389,24 @@ userinfo_end (const char *auth)
   for (const char *c = auth; c < auth_end; c++)
     if (*c == '@')
       at = c;
-  if (at || authority_parses (auth, auth_end - auth))
+  /* What follows the userinfo must read as a host: if not, a password
+   * held '/', '?' or '#', and everything up to the URL's last '@' goes
+   * (which also makes a second redaction change nothing). */
+  if (at ? authority_parses (at + 1, auth_end - at - 1) : authority_parses (auth, auth_end - auth))
     return at;
   return strrchr (auth, '@');
+}
+
+/* Is [s, s + n) a URI scheme (RFC 3986, section 3.1)? */
+static bool
+is_scheme (const char *s, size_t n)
+{
+  if (n == 0 || !isalpha ((unsigned char) s[0]))
+    return false;
+  for (size_t i = 1; i < n; i++)
+    if (!isalnum ((unsigned char) s[i]) && s[i] != '+' && s[i] != '-' && s[i] != '.')
+      return false;
+  return true;
 }
 
 char *
@@ -377,7 +424,14 @@ url_redact (const char *url)
     return NULL;
   o = out;
   /* Any userinfo (user:password@, or a token as user name) goes. */
+  /* What comes before the first "://" is a scheme only if it is one
+   * (RFC 3986: a letter, then letters, digits, '+', '-', '.'): in
+   * "h/x?token=t&u=https://a@b" that "://" is inside the query, and
+   * taking it for the authority would drop the query's start as userinfo
+   * (found by the fuzzer). */
   auth = strstr (url, "://");
+  if (auth && !is_scheme (url, auth - url))
+    auth = NULL;
   if (auth && (at = userinfo_end (auth + 3))) {
     memcpy (o, url, auth + 3 - url);
     o += auth + 3 - url;

@@ -31,6 +31,11 @@ int parse_size (const char *s, uint64_t *out);
  * cannot overflow while max_s is below 18446744073. */
 int parse_seconds (const char *s, uint64_t max_s, uint64_t *out);
 
+/* Parse a migration epoch: a positive decimal integer, digits only, at
+ * most INT64_MAX (the control socket's JSON integers are signed).
+ * Return 0 and set *out, or -1 with errno EINVAL/ERANGE. */
+int parse_epoch (const char *s, uint64_t *out);
+
 /* Parse a boolean config value: true/false/yes/no/on/off/1/0. */
 int parse_bool (const char *s, bool *out);
 

@@ -20,6 +20,12 @@
  * shutdown); only a flatten --to target on a filesystem that hangs in
  * open(2) is not bounded (a FIFO or a device there is refused at once).
  *
+ * ctl_answer_line (ctl-internal.h, for the fuzzer and unit tests) takes
+ * one line through the same answer/handle path on its caller's thread,
+ * with a struct ctl and client of its own (no socket, no ctl thread); a
+ * long command still runs on a job thread, which it joins before it
+ * returns the reply.
+ *
  * Access: the socket is created 0600 whatever the umask (a request can
  * activate, hand off or write a file as the daemon's user), and every
  * client's SO_PEERCRED uid must be the daemon's effective uid or root;
@@ -50,6 +56,7 @@
 #include "common/util.h"
 #include "cor/cor.h"
 #include "ctl/ctl.h"
+#include "ctl/ctl-internal.h"
 #include "merge/merge.h"
 
 #define MAX_CLIENTS 64
@@ -130,17 +137,40 @@ send_reply (int fd, const json_t *v)
   return 0;
 }
 
+/* A message cut at its buffer's end may end in part of a multi-byte
+ * character: no valid UTF-8, which json_pack refuses (and a client would
+ * get no reply at all).  Drop such a partial character. */
+static void
+utf8_trim_partial (char *s)
+{
+  size_t n = strlen (s), i = n;
+
+  while (i > 0 && n - i < 3 && ((unsigned char) s[i - 1] & 0xc0) == 0x80)
+    i--;                        /* continuation bytes */
+  if (i > 0) {
+    unsigned char c = s[i - 1];
+    size_t need = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
+    if (n - (i - 1) < need)
+      s[i - 1] = '\0';
+  }
+}
+
 static json_t *
 error_reply (json_t *id, const char *fmt, ...)
 {
   char msg[512];
   va_list ap;
   json_t *r;
+  int n;
 
   va_start (ap, fmt);
-  vsnprintf (msg, sizeof msg, fmt, ap);
+  n = vsnprintf (msg, sizeof msg, fmt, ap);
   va_end (ap);
+  if (n >= (int) sizeof msg)
+    utf8_trim_partial (msg);
   r = json_pack ("{s:b, s:s}", "ok", 0, "error", msg);
+  if (!r)                       /* still not UTF-8: say so rather than nothing */
+    r = json_pack ("{s:b, s:s}", "ok", 0, "error", "(an error message that is not UTF-8)");
   if (id)
     json_object_set (r, "id", id);
   return r;
@@ -688,7 +718,7 @@ job_thread (void *arg)
   j->reply = reply;
   j->done = true;
   pthread_mutex_unlock (&j->c->qlock);
-  if (write (j->c->wake[1], "j", 1) == -1) { /* the pipe is full: it is awake */ }
+  if (j->c->wake[1] >= 0 && write (j->c->wake[1], "j", 1) == -1) { /* full: it is awake */ }
   return NULL;
 }
 
@@ -784,6 +814,19 @@ handle (struct ctl *c, json_t *req, struct client *cl)
   return error_reply (id, "unknown command %s", cmd);
 }
 
+/* The reply to one request line of client cl (without its newline), or
+ * NULL when a long command was started for cl (see handle). */
+static json_t *
+answer (struct ctl *c, const char *line, size_t len, struct client *cl)
+{
+  json_error_t jerr;
+  json_t *req = json_loadb (line, len, 0, &jerr), *reply;
+
+  reply = req ? handle (c, req, cl) : error_reply (NULL, "malformed JSON: %s", jerr.text);
+  json_decref (req);
+  return reply;
+}
+
 static void
 drop_client (struct ctl *c, int i)
 {
@@ -824,10 +867,7 @@ serve_lines (struct ctl *c, int i)
     if (cl->overlong)
       cl->overlong = false;     /* the tail of the long line: drop it */
     else if (linelen > 0) {
-      json_error_t jerr;
-      json_t *req = json_loadb (cl->buf, linelen, 0, &jerr);
-      reply = req ? handle (c, req, cl) : error_reply (NULL, "malformed JSON: %s", jerr.text);
-      json_decref (req);
+      reply = answer (c, cl->buf, linelen, cl);
       int s = reply ? send_reply (cl->fd, reply) : 0;
       json_decref (reply);
       if (s == -1)
@@ -853,12 +893,12 @@ serve_client (struct ctl *c, int i)
   return serve_lines (c, i);
 }
 
-/* Remove job j from the list, join its thread and free it; returns its
- * reply (the caller's). */
+/* Remove job j from the list, join its thread (waiting for it if it has
+ * not ended) and free it; returns its reply (the caller's). */
 static json_t *
 reap_job (struct ctl *c, struct job *j)
 {
-  json_t *reply = j->reply;
+  json_t *reply;
 
   for (struct job **pp = &c->jobs; *pp; pp = &(*pp)->next)
     if (*pp == j) {
@@ -866,9 +906,38 @@ reap_job (struct ctl *c, struct job *j)
       break;
     }
   pthread_join (j->thread, NULL);
+  reply = j->reply;             /* set before the thread ended: no lock needed */
   json_decref (j->req);
   free (j);
   return reply;
+}
+
+/* For the fuzzer and tests: one line answered as the ctl thread answers
+ * it, without a socket.  A long command runs on its job thread as usual,
+ * and is waited for here, so that its reply is returned like any other. */
+char *
+ctl_answer_line (struct cor_engine *e, struct merge *mg, const char *line, size_t len,
+                 bool *events)
+{
+  struct ctl c = { .e = e, .mg = mg, .listen_fd = -1, .wake = { -1, -1 },
+                   .qlock = PTHREAD_MUTEX_INITIALIZER };
+  struct client *cl = calloc (1, sizeof *cl);
+  json_t *reply;
+  char *s;
+
+  if (!cl)
+    return NULL;
+  cl->fd = -1;
+  cl->events = *events;
+  reply = answer (&c, line, len, cl);
+  if (!reply && cl->pending)
+    reply = reap_job (&c, cl->pending);
+  s = reply ? json_dumps (reply, JSON_COMPACT) : NULL;
+  json_decref (reply);
+  *events = cl->events;
+  free (cl);
+  pthread_mutex_destroy (&c.qlock);
+  return s;
 }
 
 /* On the ctl thread: send the replies of the jobs that ended, then go on

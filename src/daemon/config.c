@@ -146,10 +146,17 @@ on_value (void *user, const char *section, const char *key, const char *value)
       *f = strdup (value);
     }
     else if (!strcmp (key, "header")) {
-      char **nv = realloc (d->headers, (d->nr_headers + 2) * sizeof *nv);
-      if (!nv || !strchr (value, ':')) BAD ("header = %s: expected Name: value", value);
+      char **nv, *h;
+      /* Check first: a refused line must leave the list as it was (the
+       * grown array must not be dropped, nor the old one kept). */
+      if (!strchr (value, ':')) BAD ("header = %s: expected Name: value", value);
+      if (!(h = strdup (value))) BAD ("out of memory");
+      if (!(nv = realloc (d->headers, (d->nr_headers + 2) * sizeof *nv))) {
+        free (h);
+        BAD ("out of memory");
+      }
       d->headers = nv;
-      nv[d->nr_headers++] = strdup (value);
+      nv[d->nr_headers++] = h;
       nv[d->nr_headers] = NULL;
     }
     else if (!strcmp (key, "insecure") || !strcmp (key, "s3-path-style") ||

@@ -112,6 +112,9 @@ rhttp_reply_header (struct xfer *x, const char *data, size_t len)
     x->retry_after = 0;
     return;
   }
+  /* Only the line's own CRLF is trimmed: a CR or LF inside it makes the
+   * value absent (set_field), never cut, since a cut value would be
+   * pinned and sent back as if it were the server's. */
   while (end > data && (end[-1] == '\n' || end[-1] == '\r'))
     end--;
   if (!(colon = memchr (data, ':', end - data)))

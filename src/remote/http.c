@@ -552,7 +552,8 @@ static bool
 redirect_allowed (const struct rhttp *h, const char *from, const char *to,
                   char *why, size_t len)
 {
-  char *fs, *fh, *fp, *ts, *th, *tp;
+  /* NULL: when from does not parse, to is never split, yet freed below. */
+  char *fs, *fh, *fp, *ts = NULL, *th = NULL, *tp = NULL;
   bool ok = false;
 
   if (url_origin (from, &fs, &fh, &fp) == -1 || url_origin (to, &ts, &th, &tp) == -1)

@@ -127,3 +127,53 @@ Test (http_reply, numbers_whole)
   feed (&x, "HTTP/2 206\r\n");
   cr_assert_eq (x.status, 206);
 }
+
+/* The total of a Content-Range (the parent's size on a ranged GET): -1,
+ * a number past any size and trailing garbage are no size (a total of -1
+ * was once returned as the parent's size, which then tripped an
+ * assertion). */
+Test (http_reply, range_total)
+{
+  cr_assert_eq (rhttp_range_total ("bytes 0-0/4194304"), 4194304);
+  cr_assert_eq (rhttp_range_total ("bytes 0-0/7 "), 7);
+  cr_assert_eq (rhttp_range_total ("bytes 10-19/*"), -1);
+  cr_assert_eq (rhttp_range_total ("bytes 0-0/-1"), -1);
+  cr_assert_eq (rhttp_range_total ("bytes 0-0/99999999999999999999"), -1);
+  cr_assert_eq (rhttp_range_total ("bytes 0-1/10x"), -1);
+  cr_assert_eq (rhttp_range_total ("bytes 0-1/ 10"), -1);
+  cr_assert_eq (rhttp_range_total ("bytes 0-1"), -1);
+  cr_assert_eq (rhttp_range_total (""), -1);
+}
+
+/* Values that are no number: a negative Content-Length is absent, a huge
+ * Retry-After is capped, a negative one is none. */
+Test (http_reply, bad_numbers)
+{
+  struct xfer x = { 0 };
+
+  feed (&x, "HTTP/1.1 503 Slow Down\r\n");
+  feed (&x, "Content-Length: -5\r\n");
+  cr_assert_eq (x.content_length, -1);
+  feed (&x, "Content-Length: 12x\r\n");
+  cr_assert_eq (x.content_length, -1);
+  feed (&x, "Retry-After: 999999999999999999\r\n");
+  cr_assert_eq (x.retry_after, RHTTP_RETRY_AFTER_MAX);
+  feed (&x, "Retry-After: -7\r\n");
+  cr_assert_eq (x.retry_after, 0);
+}
+
+/* A bare CR inside a line makes its value absent (found by the fuzzer:
+ * the rest of the line was stored, CR included, in the ETag or
+ * Content-Range, which reach the index, the log and the If-Match
+ * header). */
+Test (http_reply, bare_cr)
+{
+  struct xfer x = { 0 };
+
+  feed (&x, "HTTP/1.1 206 Partial Content\r\n");
+  feed (&x, "ETag: \"a\"\rX-Injected: 1\r\n");
+  cr_assert_str_eq (x.etag, "");
+  feed (&x, "Content-Range: bytes 0-0/42\rjunk\n");
+  cr_assert_str_eq (x.content_range, "");
+  cr_assert_eq (rhttp_range_total (x.content_range), -1);
+}

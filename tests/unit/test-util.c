@@ -230,9 +230,32 @@ Test (util, url_redact_userinfo)
   /* A token as user name, and an unescaped '@' in a password. */
   redacts_to ("https://ghp_t0ken@h.test/d.img", "https://h.test/d.img");
   redacts_to ("https://u:p@ss@h.test/d.img?key=k", "https://h.test/d.img?key=REDACTED");
+  /* Several '@' and no path: the userinfo ends at the last one. */
+  redacts_to ("nbd://u:a@b@c@host:10809", "nbd://host:10809");
   /* An '@' after the authority is not userinfo. */
   redacts_to ("https://h.test/a@b/d.img?x=a@b", "https://h.test/a@b/d.img?x=a@b");
   redacts_to ("https://h.test?x=a@b", "https://h.test?x=a@b");
+}
+
+/* --epoch: digits only, 1 to INT64_MAX (strtoull took " -5" as 2^64 - 5). */
+Test (util, parse_epoch)
+{
+  uint64_t v = 0;
+
+  cr_assert_eq (parse_epoch ("12", &v), 0);
+  cr_assert_eq (v, 12);
+  cr_assert_eq (parse_epoch ("9223372036854775807", &v), 0);
+  cr_assert_eq (v, INT64_MAX);
+  cr_assert_eq (parse_epoch ("9223372036854775808", &v), -1);
+  cr_assert_eq (errno, ERANGE);
+  cr_assert_eq (parse_epoch ("99999999999999999999", &v), -1);
+  cr_assert_eq (parse_epoch ("0", &v), -1);
+  cr_assert_eq (parse_epoch ("", &v), -1);
+  cr_assert_eq (parse_epoch (" -5", &v), -1);
+  cr_assert_eq (parse_epoch ("+5", &v), -1);
+  cr_assert_eq (parse_epoch (" 5", &v), -1);
+  cr_assert_eq (parse_epoch ("5 ", &v), -1);
+  cr_assert_eq (errno, EINVAL);
 }
 
 Test (util, is_zero)
