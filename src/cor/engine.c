@@ -1276,9 +1276,14 @@ fetch_sparse (struct cor_disk *d, uint64_t first, uint64_t end,
   int zerr;
 
   if (remote_zero_extents (d->remote, block_offset (d, first),
-                           blocks_length (d, first, end), deadline_ns, &z, &nz, &zerr) == -1)
+                           blocks_length (d, first, end), deadline_ns, &z, &nz, &zerr) == -1) {
+    if (__atomic_load_n (&d->e->stopping, __ATOMIC_SEQ_CST)) {
+      *err = ECANCELED;         /* shutting down: no reading instead */
+      return -1;
+    }
     log_debug ("cor: disk %s: block status failed (%s); reading instead",
                d->name, strerror (zerr));
+  }
   while (blk < end) {
     bool zero = block_in_zero (d, blk, z, nz, &hint);
     uint64_t run = blk + 1;

@@ -322,6 +322,12 @@ worker (void *arg)
     r = cor_populate (d, first, end, now_ns () + CHUNK_DEADLINE_NS, 0, &err);
 
     pthread_mutex_lock (&d->stream.lock);
+    if (r == -1 && d->stream.stop) {
+      /* Cut short by the shutdown (remote_cancel): not a stream error. */
+      if (d->stream.cursor > first)
+        d->stream.cursor = first;
+      continue;
+    }
     if (r == -1) {
       char msg[512];
       d->stream.errors++;
