@@ -49,7 +49,9 @@
  * operations run on ctl's job threads (one per disk at a time).
  * d->owner_lock orders the record's writers (owner-state transitions,
  * cor_update_record, cor_disk_set_attr); it is taken before d->lock
- * and before meta's lock; d->attr_lock, a leaf, guards only the cached
+ * and before meta's lock.  A transition holds it for its whole run
+ * (abort's copy included), so cor_update_record waits for it at most the
+ * hold (pthread_mutex_clocklock) and then fails with EAGAIN; d->attr_lock, a leaf, guards only the cached
  * mode and owner that getattr reads.
  */
 #include <assert.h>
@@ -61,6 +63,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/cleanup.h"
@@ -1929,10 +1932,22 @@ cor_update_record (struct cor_disk *d,
                    int (*fn) (struct meta_record *rec, void *arg, char *errbuf, size_t len),
                    void *arg, char *errbuf, size_t len)
 {
+  uint64_t deadline_ns = now_ns () + d->hold_ns;
+  struct timespec ts = { deadline_ns / NS_PER_SEC, deadline_ns % NS_PER_SEC };
   struct meta_record rec;
   int r;
 
-  pthread_mutex_lock (&d->owner_lock);
+  /* A transition may hold owner_lock through long work (abort's copy,
+   * activate's questions to the parent): wait for it at most the hold,
+   * then fail; every caller retries or reports. */
+  if ((r = pthread_mutex_clocklock (&d->owner_lock, CLOCK_MONOTONIC, &ts)) != 0) {
+    snprintf (errbuf, len, "disk %s: the record is busy with an owner-state change "
+              "(activate, handoff, pivot or abort) that took longer than the hold time "
+              "(%" PRIu64 " s); try again once it has ended", d->name,
+              (uint64_t) (d->hold_ns / NS_PER_SEC));
+    errno = r == ETIMEDOUT ? EAGAIN : r;
+    return -1;
+  }
   meta_disk_record (d->md, &rec);
   r = fn (&rec, arg, errbuf, len);
   if (r == 0 && meta_disk_update (d->md, &rec) == -1) {
