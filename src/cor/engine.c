@@ -1871,13 +1871,16 @@ cor_handoff (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len)
     pthread_mutex_unlock (&d->owner_lock);
     return -1;
   }
-  /* Refuse new writes first, then wait for those in flight, flush. */
-  __atomic_store_n (&d->owner, META_HANDED_OFF, __ATOMIC_SEQ_CST);
+  /* Wait for the writes in flight, then refuse new ones, flush.  The
+   * state changes only once own_all succeeded: its claim holds new writes
+   * off meanwhile (they wait within their hold, then re-check the state:
+   * modify), so a hand-off that fails here never made the guest see
+   * EROFS. */
   if (own_all (d, &self, "handoff", errbuf, len) == -1) {
-    __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock (&d->owner_lock);
     return -1;
   }
+  __atomic_store_n (&d->owner, META_HANDED_OFF, __ATOMIC_SEQ_CST);
   release_busy (d, &self);
   if (cor_flush (d, &err) == -1) {
     __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
@@ -2038,13 +2041,17 @@ cor_abort (struct cor_disk *d, char *errbuf, size_t len)
     pthread_mutex_unlock (&d->owner_lock);
     return -1;
   }
-  /* 1. No new writes; wait for those in flight. */
-  __atomic_store_n (&d->owner, META_HANDED_OFF, __ATOMIC_SEQ_CST);
+  /* 1. Wait for the writes in flight; then no new writes (as in
+   * cor_handoff: the state changes only once own_all succeeded, so an
+   * abort that cannot get the disk never fails a guest write).  From
+   * here until the copy below ends, writes get EROFS; a copy that fails
+   * (or is cut short by the shutdown) reverts the disk to an active
+   * mirror. */
   if (own_all (d, &self, "abort", errbuf, len) == -1) {
-    __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock (&d->owner_lock);
     return -1;
   }
+  __atomic_store_n (&d->owner, META_HANDED_OFF, __ATOMIC_SEQ_CST);
   release_busy (d, &self);
   /* 2. Whatever the parent may lack (a failed parent write, or every
    * present block after an unclean shutdown) goes to it now. */
