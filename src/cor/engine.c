@@ -26,11 +26,20 @@
  *   - Every guest request has one deadline, its hold from when the engine
  *     got it; every wait and fetch it makes ends by then (EIO), whatever
  *     the owner of a busy block (a streamer chunk, a prefetch) was given.
- *   - Exclusive operations (checkpoint, activate, handoff, pivot, abort)
- *     own every block (own_all).  While one waits for the claims in
- *     flight to end, the gate (exclusive_waiters) holds off new ones:
- *     guests wait within their deadline, the streamer and readahead back
- *     off.  It waits at most the hold, then fails with nothing changed.
+ *   - Exclusive operations (activate, handoff, pivot, abort) own every
+ *     block (own_all).  While one waits for the claims in flight to end,
+ *     the gate (exclusive_waiters) holds off new ones: guests wait within
+ *     their deadline, the streamer and readahead back off.  A guest whose
+ *     own deadline is before the operation's passes (it ends first; the
+ *     gate would only turn it into an EIO).  It waits at most the hold,
+ *     then fails with nothing changed.  checkpoint waits only for write
+ *     claims (fetches never touch dirty or changed bits) and holds the
+ *     gate shut, claiming nothing, while it switches generations.
+ *   - A guest that must wait to claim a range (a write or discard, which
+ *     claim all or nothing; an incoming read-through) counts in
+ *     guest_waiters meanwhile, and the streamer and readahead back off
+ *     for it as for the gate: otherwise their chunks, one after another,
+ *     would keep a large range from ever being free at once.
  *   - All-zero fetched blocks are punched rather than written, which keeps
  *     the overlay sparse and also clears whatever an earlier, uncommitted
  *     write left there.
@@ -42,8 +51,9 @@
  * threads, many at once; cor_populate on the streamer's and readahead's
  * workers (stream.c, readahead.c); cor_writeback on a merge job's thread,
  * which starts up to WB_THREADS - 1 helpers for the copy and joins them
- * before it returns.  d->lock protects only the busy list and is never
- * held across remote I/O, overlay I/O or a FUSE reply; waiters sleep on
+ * before it returns.  d->lock protects only the busy list (and the gate
+ * and waiter counts, which are also read without it as hints) and is
+ * never held across remote I/O, overlay I/O or a FUSE reply; waiters sleep on
  * d->cond (CLOCK_MONOTONIC: deadlines come from now_ns), broadcast
  * whenever a busy range is released or the gate opens.  Exclusive
  * operations run on ctl's job threads (one per disk at a time).
@@ -302,6 +312,7 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
   d->hold_ns = cfg->hold_ns;
   pthread_mutex_init (&d->lock, NULL);
   cond_init_monotonic (&d->cond);    /* fault_in's timed waits use now_ns () */
+  d->exclusive_deadline_ns = UINT64_MAX;
   pthread_mutex_init (&d->store_lock, NULL);
   d->start_mode = cfg->stream;
   pthread_mutex_init (&d->owner_lock, NULL);
@@ -472,12 +483,14 @@ find_busy_unlocked (struct cor_disk *d, uint64_t first, uint64_t end)
   return NULL;
 }
 
-/* Must be called with d->lock held. */
+/* Must be called with d->lock held.  write: the owner changes data or
+ * the dirty/changed bits (not a fetch); checkpoint waits only for these. */
 static void
-claim_unlocked (struct cor_disk *d, struct busy *b, uint64_t first, uint64_t end)
+claim_unlocked (struct cor_disk *d, struct busy *b, uint64_t first, uint64_t end, bool write)
 {
   b->first = first;
   b->end = end;
+  b->write = write;
   b->next = d->busy;
   d->busy = b;
 }
@@ -495,12 +508,23 @@ release_busy (struct cor_disk *d, struct busy *b)
   pthread_mutex_unlock (&d->lock);
 }
 
-/* Must be called with d->lock held.  Is every new claim held off?  Yes
- * while an exclusive operation waits for the disk to drain (own_all). */
+/* Must be called with d->lock held.  Is a guest request with deadline_ns
+ * held off by the gate?  Not if its deadline is before the exclusive
+ * operation's: it began before the gate closed and ends (at worst with
+ * EIO) before that operation would give up, so letting it through costs
+ * the operation nothing and the guest a needless EIO. */
 static bool
-gated_unlocked (const struct cor_disk *d)
+gated_for_unlocked (const struct cor_disk *d, uint64_t deadline_ns)
 {
-  return d->exclusive_waiters > 0;
+  return d->exclusive_waiters > 0 && deadline_ns >= d->exclusive_deadline_ns;
+}
+
+/* Must be called with d->lock held.  Should the streamer and readahead
+ * back off (an exclusive operation or a guest waits to claim blocks)? */
+static bool
+background_yields_unlocked (const struct cor_disk *d)
+{
+  return d->exclusive_waiters > 0 || d->guest_waiters > 0;
 }
 
 /* Must be called with d->lock held (dropped while asleep).  Sleep until
@@ -516,18 +540,35 @@ wait_until_unlocked (struct cor_disk *d, uint64_t deadline_ns)
   return 0;
 }
 
-/* Must be called with d->lock held.  Claim [first, end) whole, waiting
- * while any of it is busy or the gate is closed (all or nothing, so two
- * claimers cannot deadlock), until deadline_ns.  0, or -1 if the
- * deadline passed first (nothing claimed). */
+/* Must be called with d->lock held (dropped while asleep).  A guest
+ * request's wait: like wait_until_unlocked, counted in guest_waiters
+ * meanwhile so that background fetches back off for it. */
+static int
+guest_wait_unlocked (struct cor_disk *d, uint64_t deadline_ns)
+{
+  int r;
+
+  __atomic_store_n (&d->guest_waiters, d->guest_waiters + 1, __ATOMIC_SEQ_CST);
+  r = wait_until_unlocked (d, deadline_ns);
+  __atomic_store_n (&d->guest_waiters, d->guest_waiters - 1, __ATOMIC_SEQ_CST);
+  return r;
+}
+
+/* Must be called with d->lock held.  Claim [first, end) whole for a
+ * write, waiting while any of it is busy or the gate holds it off (all
+ * or nothing, so two claimers cannot deadlock), until deadline_ns.  A
+ * guest's wait counts in guest_waiters (the streamer gives way to it:
+ * otherwise a large range would rarely be free all at once).  0, or -1
+ * if the deadline passed first (nothing claimed). */
 static int
 claim_wait_unlocked (struct cor_disk *d, struct busy *self, uint64_t first, uint64_t end,
-                     uint64_t deadline_ns)
+                     uint64_t deadline_ns, bool guest)
 {
-  while (gated_unlocked (d) || find_busy_unlocked (d, first, end))
-    if (wait_until_unlocked (d, deadline_ns) == -1)
+  while (gated_for_unlocked (d, deadline_ns) || find_busy_unlocked (d, first, end))
+    if ((guest ? guest_wait_unlocked (d, deadline_ns)
+         : wait_until_unlocked (d, deadline_ns)) == -1)
       return -1;
-  claim_unlocked (d, self, first, end);
+  claim_unlocked (d, self, first, end, true);
   return 0;
 }
 
@@ -827,13 +868,15 @@ fault_in (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t deadline_ns
 
     *faulted = true;
     bool busy = find_busy_unlocked (d, blk, blk + 1) != NULL;
-    if (busy || gated_unlocked (d)) {
+    if (busy || gated_for_unlocked (d, deadline_ns)) {
       /* The guest needed it now, even if the streamer or readahead was
        * first: it belongs in the boot trace. */
       if (traced != blk) {
         trace_fault_unlocked (d, blk, blk + 1);
         traced = blk;
       }
+      /* (Not counted in guest_waiters: it waits for one busy block,
+       * which is present once released, not for a range to be free.) */
       if (wait_until_unlocked (d, deadline_ns) == -1) {
         pthread_mutex_unlock (&d->lock);
         log_error ("cor: disk %s: offset %" PRIu64 ": %s when this read's hold time ran "
@@ -849,7 +892,7 @@ fault_in (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t deadline_ns
     for (run = blk + 1; run < end; run++)
       if (meta_test (d->md, META_PRESENT, run) || find_busy_unlocked (d, run, run + 1))
         break;
-    claim_unlocked (d, &self, blk, run);
+    claim_unlocked (d, &self, blk, run, false);
     trace_fault_unlocked (d, blk, run);
     pthread_mutex_unlock (&d->lock);
 
@@ -928,8 +971,8 @@ read_through (struct cor_disk *d, size_t count, uint64_t offset, uint64_t first,
   /* Like any claim, wait while an exclusive operation (activate) drains
    * the disk: it must not find a read-through in flight once it owns it. */
   pthread_mutex_lock (&d->lock);
-  while (gated_unlocked (d) || find_busy_unlocked (d, first, end))
-    if (wait_until_unlocked (d, deadline_ns) == -1) {
+  while (gated_for_unlocked (d, deadline_ns) || find_busy_unlocked (d, first, end))
+    if (guest_wait_unlocked (d, deadline_ns) == -1) {
       pthread_mutex_unlock (&d->lock);
       log_error ("cor: disk %s: offset %" PRIu64 ": busy (activating?) when this read's "
                  "hold time ran out", d->name, offset);
@@ -941,7 +984,7 @@ read_through (struct cor_disk *d, size_t count, uint64_t offset, uint64_t first,
     pthread_mutex_unlock (&d->lock);
     return 0;
   }
-  claim_unlocked (d, &self, first, end);
+  claim_unlocked (d, &self, first, end, false);
   pthread_mutex_unlock (&d->lock);
 
   if (!(ref->buf = iobuf_get (count))) {
@@ -1189,7 +1232,7 @@ modify (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offset, in
   last = end - 1;
 
   pthread_mutex_lock (&d->lock);
-  r = claim_wait_unlocked (d, &self, first, end, deadline_ns);
+  r = claim_wait_unlocked (d, &self, first, end, deadline_ns, true);
   pthread_mutex_unlock (&d->lock);
   if (r == -1) {
     log_error ("cor: disk %s: %s of %" PRIu64 " bytes at offset %" PRIu64 ": its blocks "
@@ -1323,19 +1366,26 @@ fetch_sparse (struct cor_disk *d, uint64_t first, uint64_t end,
 
 int64_t
 cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
-              uint64_t deadline_ns, unsigned flags, int *err)
+              uint64_t deadline_ns, unsigned flags, uint64_t *next, uint64_t *covered,
+              int *err)
 {
   bool fg = flags & COR_POP_READAHEAD;
-  uint64_t blk = first;
+  uint64_t blk = first, stop = end;
   int64_t total = 0;
 
+  if (covered)
+    *covered = 0;
   pthread_mutex_lock (&d->lock);
   while ((blk = meta_next (d->md, META_PRESENT, false, blk)) < end) {
     struct busy self;
     uint64_t run;
 
-    if (gated_unlocked (d))
-      break;                    /* an exclusive command waits: back off */
+    if (background_yields_unlocked (d)) {
+      /* An exclusive command or a guest waits to claim blocks: back
+       * off, and tell the caller where to come back. */
+      stop = blk;
+      break;
+    }
     if (find_busy_unlocked (d, blk, blk + 1)) {
       blk++;                    /* a guest operation owns it */
       continue;
@@ -1343,7 +1393,7 @@ cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
     for (run = blk + 1; run < end; run++)
       if (meta_test (d->md, META_PRESENT, run) || find_busy_unlocked (d, run, run + 1))
         break;
-    claim_unlocked (d, &self, blk, run);
+    claim_unlocked (d, &self, blk, run, false);
     if (fg)
       trace_fault_unlocked (d, blk, run);
     pthread_mutex_unlock (&d->lock);
@@ -1361,8 +1411,13 @@ cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
       r = fetch_sparse (d, blk, run, deadline_ns, err);
 
     release_busy (d, &self);
-    if (r == -1)
+    if (r == -1) {
+      if (next)
+        *next = blk;
       return -1;
+    }
+    if (covered)
+      *covered += blocks_length (d, blk, run);
     /* Start writing the run back now, not at the next commit: these
      * blocks are not about to be rewritten, and a stream's final flush
      * would otherwise write the whole disk at once.  A hint only. */
@@ -1375,6 +1430,8 @@ cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
     pthread_mutex_lock (&d->lock);
   }
   pthread_mutex_unlock (&d->lock);
+  if (next)
+    *next = stop;
   return total;
 }
 
@@ -1581,7 +1638,7 @@ cor_writeback (struct cor_disk *d, uint64_t first, uint64_t end,
   uint64_t blk;
 
   pthread_mutex_lock (&d->lock);
-  r = claim_wait_unlocked (d, &self, first, end, deadline_ns);
+  r = claim_wait_unlocked (d, &self, first, end, deadline_ns, false);
   pthread_mutex_unlock (&d->lock);
   if (r == -1) {
     log_error ("cor: disk %s: writeback at offset %" PRIu64 ": blocks still owned by "
@@ -1647,13 +1704,13 @@ cor_changed_extents (struct cor_disk *d, uint32_t since, bool *widened,
   return meta_changed_extents (d->md, since, widened, fn, opaque);
 }
 
-static int own_all (struct cor_disk *d, struct busy *self, const char *what,
-                    char *errbuf, size_t len);
+static int own_all_mode (struct cor_disk *d, struct busy *self, bool writes_only,
+                         const char *what, char *errbuf, size_t len);
+static void gate_release (struct cor_disk *d);
 
 uint32_t
 cor_checkpoint (struct cor_disk *d, char *errbuf, size_t len)
 {
-  struct busy self;
   uint32_t gen;
   int err;
 
@@ -1663,14 +1720,16 @@ cor_checkpoint (struct cor_disk *d, char *errbuf, size_t len)
     snprintf (errbuf, len, "disk %s: checkpoint: flush failed: %s", d->name, strerror (err));
     return 0;
   }
-  if (own_all (d, &self, "checkpoint", errbuf, len) == -1)
+  /* Only writes change the changed bits: fetches in flight (a
+   * streamer chunk from a slow parent) may go on (own_all_mode). */
+  if (own_all_mode (d, NULL, true, "checkpoint", errbuf, len) == -1)
     return 0;
   gen = meta_checkpoint (d->md);
   if (gen == 0) {
     snprintf (errbuf, len, "disk %s: checkpoint: %s", d->name, strerror (errno));
     log_error ("cor: %s", errbuf);
   }
-  release_busy (d, &self);
+  gate_release (d);
   return gen;
 }
 
@@ -1710,26 +1769,65 @@ check_epoch_unlocked (struct cor_disk *d, const struct meta_record *rec, uint64_
   return 0;
 }
 
+/* Must be called with d->lock held.  The first write claim, or NULL. */
+static struct busy *
+find_write_unlocked (struct cor_disk *d)
+{
+  for (struct busy *b = d->busy; b; b = b->next)
+    if (b->write)
+      return b;
+  return NULL;
+}
+
+/* Must be called with d->lock held.  Close the gate for an exclusive
+ * operation whose deadline is deadline_ns (see exclusive_deadline_ns). */
+static void
+gate_close_unlocked (struct cor_disk *d, uint64_t deadline_ns)
+{
+  if (d->exclusive_waiters == 0 || deadline_ns < d->exclusive_deadline_ns)
+    __atomic_store_n (&d->exclusive_deadline_ns, deadline_ns, __ATOMIC_SEQ_CST);
+  __atomic_store_n (&d->exclusive_waiters, d->exclusive_waiters + 1, __ATOMIC_SEQ_CST);
+}
+
+/* Must be called with d->lock held.  Open it again (for this waiter). */
+static void
+gate_open_unlocked (struct cor_disk *d)
+{
+  __atomic_store_n (&d->exclusive_waiters, d->exclusive_waiters - 1, __ATOMIC_SEQ_CST);
+  /* With other waiters left, their earliest deadline is unknown here:
+   * the one kept is earlier, which only lets fewer guests through. */
+  if (d->exclusive_waiters == 0)
+    __atomic_store_n (&d->exclusive_deadline_ns, UINT64_MAX, __ATOMIC_SEQ_CST);
+  pthread_cond_broadcast (&d->cond);
+}
+
 /* Own every block for an exclusive operation (what: its name, for the
  * error): no fetch or write is in flight, and none starts until
  * release_busy.  Callers that change the owner state hold owner_lock.
  *   1. Close the gate (exclusive_waiters): new claims wait or back off,
  *      so the streamer's next chunks cannot keep the disk busy forever.
+ *      Guest requests whose deadline is before ours still get through
+ *      (they end before we would give up).
  *   2. Wait for the claims in flight to end, at most the hold: a fetch
  *      that the parent stalls must not hold the command (and its reply)
  *      longer than it would hold a guest; nor past the daemon's shutdown.
  *   3. Claim everything, or give up with nothing owned; open the gate.
+ * With writes_only (checkpoint), step 2 waits only for write claims
+ * (fetches never touch the dirty or changed bits), and step 3 claims
+ * nothing: the gate stays shut (nobody passes) until gate_release.
  * 0, or -1 with a reason in errbuf (also logged). */
 static int
-own_all (struct cor_disk *d, struct busy *self, const char *what, char *errbuf, size_t len)
+own_all_mode (struct cor_disk *d, struct busy *self, bool writes_only, const char *what,
+              char *errbuf, size_t len)
 {
   uint64_t deadline_ns = now_ns () + d->hold_ns;
   struct busy *b;
   int r = 0;
 
   pthread_mutex_lock (&d->lock);
-  d->exclusive_waiters++;
-  while ((b = find_busy_unlocked (d, 0, d->nr_blocks)) != NULL) {
+  gate_close_unlocked (d, deadline_ns);
+  while ((b = writes_only ? find_write_unlocked (d)
+          : find_busy_unlocked (d, 0, d->nr_blocks)) != NULL) {
     if (__atomic_load_n (&d->e->stopping, __ATOMIC_SEQ_CST)) {
       snprintf (errbuf, len, "disk %s: %s: not done: the daemon is shutting down",
                 d->name, what);
@@ -1738,22 +1836,42 @@ own_all (struct cor_disk *d, struct busy *self, const char *what, char *errbuf, 
     }
     if (wait_until_unlocked (d, deadline_ns) == -1) {
       snprintf (errbuf, len, "disk %s: %s: not done: the block at offset %" PRIu64
-                " was still being fetched or written when the hold time (%" PRIu64
+                " was still being %s when the hold time (%" PRIu64
                 " s) ran out (parent %s slow or stalled?); try again", d->name, what,
-                block_offset (d, b->first), (uint64_t) (d->hold_ns / NS_PER_SEC),
-                remote_url (d->remote));
+                block_offset (d, b->first), writes_only ? "written" : "fetched or written",
+                (uint64_t) (d->hold_ns / NS_PER_SEC), remote_url (d->remote));
       r = -1;
       break;
     }
   }
+  if (r == 0 && writes_only) {
+    /* Hold the gate shut: no claim passes, whatever its deadline. */
+    __atomic_store_n (&d->exclusive_deadline_ns, 0, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock (&d->lock);
+    return 0;
+  }
   if (r == 0)
-    claim_unlocked (d, self, 0, d->nr_blocks);
-  d->exclusive_waiters--;
-  pthread_cond_broadcast (&d->cond);    /* the gate may be open again */
+    claim_unlocked (d, self, 0, d->nr_blocks, true);
+  gate_open_unlocked (d);               /* the gate may be open again */
   pthread_mutex_unlock (&d->lock);
   if (r == -1)
     log_error ("cor: %s", errbuf);
   return r;
+}
+
+static int
+own_all (struct cor_disk *d, struct busy *self, const char *what, char *errbuf, size_t len)
+{
+  return own_all_mode (d, self, false, what, errbuf, len);
+}
+
+/* End an own_all_mode (writes_only) hold. */
+static void
+gate_release (struct cor_disk *d)
+{
+  pthread_mutex_lock (&d->lock);
+  gate_open_unlocked (d);
+  pthread_mutex_unlock (&d->lock);
 }
 
 static int
