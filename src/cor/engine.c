@@ -2118,6 +2118,13 @@ cor_pivot (struct cor_disk *d, char *errbuf, size_t len)
               "wait for mirror-ready again", d->name);
     goto fail;
   }
+  /* After quiesce the parent's flush is cancelled, and a failed mirror
+   * flush marks every block suspect: do not get there at shutdown. */
+  if (__atomic_load_n (&d->e->stopping, __ATOMIC_SEQ_CST)) {
+    release_busy (d, &self);
+    snprintf (errbuf, len, "disk %s: pivot: not done: the daemon is shutting down", d->name);
+    goto fail;
+  }
   if (cor_flush (d, &err) == -1) {
     release_busy (d, &self);
     snprintf (errbuf, len, "disk %s: flush before pivot: %s", d->name, strerror (err));
@@ -2142,6 +2149,22 @@ cor_pivot (struct cor_disk *d, char *errbuf, size_t len)
  fail:
   pthread_mutex_unlock (&d->owner_lock);
   return -1;
+}
+
+static bool
+engine_stopping (const struct cor_disk *d)
+{
+  return __atomic_load_n (&d->e->stopping, __ATOMIC_SEQ_CST) != 0;
+}
+
+/* cor_abort cut short by the daemon's shutdown at block blk (the
+ * documented message; the caller reverts the owner and unlocks). */
+static void
+abort_interrupted (struct cor_disk *d, uint64_t blk, char *errbuf, size_t len)
+{
+  snprintf (errbuf, len, "disk %s: abort: interrupted at offset %" PRIu64 " by the "
+            "daemon's shutdown; the mirror is still active, abort again after the "
+            "restart", d->name, block_offset (d, blk));
 }
 
 int
@@ -2176,11 +2199,9 @@ cor_abort (struct cor_disk *d, char *errbuf, size_t len)
   while ((blk = meta_next (d->md, META_DIRTY, true, 0)) < d->nr_blocks ||
          (blk = meta_next (d->md, META_SUSPECT, true, 0)) < d->nr_blocks) {
     uint64_t end = blk + 1;
-    if (__atomic_load_n (&d->e->stopping, __ATOMIC_SEQ_CST)) {
+    if (engine_stopping (d)) {
       __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
-      snprintf (errbuf, len, "disk %s: abort: interrupted at offset %" PRIu64 " by the "
-                "daemon's shutdown; the mirror is still active, abort again after the "
-                "restart", d->name, block_offset (d, blk));
+      abort_interrupted (d, blk, errbuf, len);
       pthread_mutex_unlock (&d->owner_lock);
       return -1;
     }
@@ -2189,12 +2210,25 @@ cor_abort (struct cor_disk *d, char *errbuf, size_t len)
       end++;
     if (cor_writeback (d, blk, end, now_ns () + d->hold_ns, &err) == -1) {
       __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
-      snprintf (errbuf, len, "disk %s: abort: copying offset %" PRIu64 " to the parent "
-                "failed (%s); the mirror is still active, try again", d->name,
-                block_offset (d, blk), strerror (err));
+      if (engine_stopping (d))    /* the copy was cancelled (remote_cancel) */
+        abort_interrupted (d, blk, errbuf, len);
+      else
+        snprintf (errbuf, len, "disk %s: abort: copying offset %" PRIu64 " to the parent "
+                  "failed (%s); the mirror is still active, try again", d->name,
+                  block_offset (d, blk), strerror (err));
       pthread_mutex_unlock (&d->owner_lock);
       return -1;
     }
+  }
+  /* After quiesce the parent's flush is cancelled, and a failed mirror
+   * flush marks every block suspect: do not get there at shutdown. */
+  if (engine_stopping (d)) {
+    __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
+    snprintf (errbuf, len, "disk %s: abort: interrupted by the daemon's shutdown before "
+              "its final flush; the mirror is still active, abort again after the "
+              "restart", d->name);
+    pthread_mutex_unlock (&d->owner_lock);
+    return -1;
   }
   if (cor_flush (d, &err) == -1) {   /* commits, and flushes the parent (mirror) */
     __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);

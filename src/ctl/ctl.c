@@ -875,11 +875,12 @@ serve_client (struct ctl *c, int i)
 }
 
 /* Remove job j from the list, join its thread and free it; returns its
- * reply (the caller's). */
+ * reply (the caller's).  The reply is read after the join: ctl_stop
+ * reaps jobs that may still be running. */
 static json_t *
 reap_job (struct ctl *c, struct job *j)
 {
-  json_t *reply = j->reply;
+  json_t *reply;
 
   for (struct job **pp = &c->jobs; *pp; pp = &(*pp)->next)
     if (*pp == j) {
@@ -887,6 +888,7 @@ reap_job (struct ctl *c, struct job *j)
       break;
     }
   pthread_join (j->thread, NULL);
+  reply = j->reply;
   json_decref (j->req);
   free (j);
   return reply;
