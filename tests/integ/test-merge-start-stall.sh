@@ -11,14 +11,14 @@ requires fusermount3 --version
 requires jq --version
 
 MiB=$((1 << 20))
-HOLD=15
+HOLD=8
 img=$T/parent.img
 head -c $((128 * MiB)) /dev/urandom > "$img"
 now_ms () { local t=${EPOCHREALTIME/./}; echo $(( t / 1000 )); }
 start_nbdkit "$T/e.pid" -U "$T/e.sock" eval \
   thread_model='echo parallel' \
   get_size="stat -c %s '$img'" \
-  pread="if [ -e '$T/stall' ]; then sleep 20; fi
+  pread="if [ -e '$T/stall' ]; then sleep 12; fi
          dd if='$img' skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none" \
   pwrite="dd of='$img' seek=\$4 bs=\$3 count=1 oflag=seek_bytes conv=notrunc status=none" \
   flush="true" can_flush="exit 0" can_write="exit 0"
@@ -30,7 +30,7 @@ for m in 100 104 108 112; do dd if="$mnt/d" of=/dev/null bs=$MiB count=1 skip=$m
 dd if=/dev/urandom of="$mnt/d" bs=64k count=1 seek=1700 conv=notrunc,fsync status=none ||
   fail "write failed"
 touch "$T/stall"
-# Four guest reads hold the four connections for 20 s (each ends at its hold, 15 s).
+# Four guest reads hold the four connections for 12 s (each ends at its hold, 8 s).
 for k in 90 92 94 96; do
   dd if="$mnt/d" of=/dev/null bs=4096 count=1 skip=$((k * MiB / 4096)) iflag=direct status=none 2>/dev/null &
 done

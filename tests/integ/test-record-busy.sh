@@ -24,7 +24,7 @@ start_nbdkit "$T/e.pid" -U "$T/e.sock" eval \
   thread_model='echo parallel' \
   get_size="stat -c %s '$img'" \
   pread="dd if='$img' skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none" \
-  pwrite="if [ -e '$T/fail' ]; then echo ENOSPC no room >&2; exit 1; fi
+  pwrite="if [ -e '$T/fail' ]; then echo EPERM refused >&2; exit 1; fi
           if [ -e '$T/slow' ]; then sleep 1; fi
           dd of='$img' seek=\$4 bs=\$3 count=1 oflag=seek_bytes conv=notrunc status=none" \
   flush="true" can_flush="exit 0" can_write="exit 0"
