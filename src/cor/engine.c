@@ -53,16 +53,17 @@
  * which starts up to WB_THREADS - 1 helpers for the copy and joins them
  * before it returns.  d->lock protects only the busy list (and the gate
  * and waiter counts, which are also read without it as hints) and is
- * never held across remote I/O, overlay I/O or a FUSE reply; waiters sleep on
- * d->cond (CLOCK_MONOTONIC: deadlines come from now_ns), broadcast
+ * never held across remote I/O, overlay I/O or a FUSE reply; waiters
+ * sleep on d->cond (CLOCK_MONOTONIC: deadlines come from now_ns), broadcast
  * whenever a busy range is released or the gate opens.  Exclusive
  * operations run on ctl's job threads (one per disk at a time).
  * d->owner_lock orders the record's writers (owner-state transitions,
  * cor_update_record, cor_disk_set_attr); it is taken before d->lock
  * and before meta's lock.  A transition holds it for its whole run
  * (abort's copy included), so cor_update_record waits for it at most the
- * hold (pthread_mutex_clocklock) and then fails with EAGAIN; d->attr_lock, a leaf, guards only the cached
- * mode and owner that getattr reads.
+ * hold (pthread_mutex_clocklock) and then fails with EAGAIN.
+ * d->attr_lock, a leaf, guards only the cached mode and owner that
+ * getattr reads.
  */
 #include <assert.h>
 #include <errno.h>
