@@ -355,7 +355,7 @@ worker (void *arg)
     if (r == -1) {
       char msg[512];
       d->stream.errors++;
-      snprintf (msg, sizeof msg, "offset %" PRIu64 ": %s", first << d->block_shift,
+      snprintf (msg, sizeof msg, "offset %" PRIu64 ": %s", next << d->block_shift,
                 strerror (err));
       snprintf (d->stream.last_error, sizeof d->stream.last_error, "%s", msg);
       rewind_unlocked (d, hint, next);
