@@ -19,6 +19,7 @@ enum cor_health { COR_RW, COR_RO, COR_FAILED };
  * write): the in-flight table.  Nodes live on the owner's stack. */
 struct busy {
   uint64_t first, end;
+  bool write;                   /* a write (guest, writeback, own_all), not a fetch */
   struct busy *next;
 };
 
@@ -40,9 +41,18 @@ struct cor_disk {
   /* Exclusive operations (own_all, engine.c) waiting for the disk to
    * drain; while non-zero no new range is claimed: guests wait (within
    * their own deadline), the streamer and readahead back off, so that a
-   * stream of new claims cannot starve the exclusive one.  Protected by
-   * lock (the streamer reads it without, as a hint). */
+   * stream of new claims cannot starve the exclusive one.  A guest
+   * request whose own deadline is before exclusive_deadline_ns (the
+   * earliest waiter's; 0 while one holds the gate shut) is let through:
+   * it ends first.  Changed under lock, with __atomic stores; read
+   * under lock, or without it (__atomic_load) as a hint. */
   int exclusive_waiters;
+  uint64_t exclusive_deadline_ns;
+  /* Guest requests waiting to claim blocks (fault_in, modify,
+   * read_through): the streamer and readahead back off for them as for
+   * the gate, so that a large all-or-nothing claim (a discard) is not
+   * starved by chunk after chunk.  Same rules as exclusive_waiters. */
+  int guest_waiters;
 
   /* The streamer (stream.c).  Lock order: stream.lock before d->lock. */
   struct {
@@ -149,8 +159,13 @@ struct cor_engine {
  * (traced, counted as foreground, the streamer yields to them).  Bounded
  * by deadline_ns.  Returns bytes fetched (>= 0) or -1 with *err. */
 enum { COR_POP_READAHEAD = 1 };
+/* With next non-NULL, *next is the first block not yet looked at: end, or
+ * where it backed off for an exclusive command or a waiting guest (come
+ * back there); with covered non-NULL, *covered is the bytes made present
+ * (fetched or found zero). */
 int64_t cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
-                      uint64_t deadline_ns, unsigned flags, int *err);
+                      uint64_t deadline_ns, unsigned flags, uint64_t *next,
+                      uint64_t *covered, int *err);
 
 /* Mirror mode: flush the parent; on failure mark every block suspect
  * (engine.c).  0 or -1 with *err. */

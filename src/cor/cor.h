@@ -250,7 +250,9 @@ int cor_abort (struct cor_disk *d, char *errbuf, size_t len);
 /* Read, modify and durably write the disk's record, serialised with the
  * owner-state transitions (activate, handoff, pivot, ...) so that no
  * writer rolls back another's change.  fn returns 0 to write, 1 to
- * leave the record as it is, or -1 with a reason in errbuf.  0 or -1. */
+ * leave the record as it is, or -1 with a reason in errbuf.  Waits at
+ * most the hold for a transition in progress, then fails (errno EAGAIN,
+ * the reason in errbuf).  0 or -1. */
 int cor_update_record (struct cor_disk *d,
                        int (*fn) (struct meta_record *rec, void *arg, char *errbuf, size_t len),
                        void *arg, char *errbuf, size_t len);

@@ -26,11 +26,20 @@
  *   - Every guest request has one deadline, its hold from when the engine
  *     got it; every wait and fetch it makes ends by then (EIO), whatever
  *     the owner of a busy block (a streamer chunk, a prefetch) was given.
- *   - Exclusive operations (checkpoint, activate, handoff, pivot, abort)
- *     own every block (own_all).  While one waits for the claims in
- *     flight to end, the gate (exclusive_waiters) holds off new ones:
- *     guests wait within their deadline, the streamer and readahead back
- *     off.  It waits at most the hold, then fails with nothing changed.
+ *   - Exclusive operations (activate, handoff, pivot, abort) own every
+ *     block (own_all).  While one waits for the claims in flight to end,
+ *     the gate (exclusive_waiters) holds off new ones: guests wait within
+ *     their deadline, the streamer and readahead back off.  A guest whose
+ *     own deadline is before the operation's passes (it ends first; the
+ *     gate would only turn it into an EIO).  It waits at most the hold,
+ *     then fails with nothing changed.  checkpoint waits only for write
+ *     claims (fetches never touch dirty or changed bits) and holds the
+ *     gate shut, claiming nothing, while it switches generations.
+ *   - A guest that must wait to claim a range (a write or discard, which
+ *     claim all or nothing; an incoming read-through) counts in
+ *     guest_waiters meanwhile, and the streamer and readahead back off
+ *     for it as for the gate: otherwise their chunks, one after another,
+ *     would keep a large range from ever being free at once.
  *   - All-zero fetched blocks are punched rather than written, which keeps
  *     the overlay sparse and also clears whatever an earlier, uncommitted
  *     write left there.
@@ -42,15 +51,19 @@
  * threads, many at once; cor_populate on the streamer's and readahead's
  * workers (stream.c, readahead.c); cor_writeback on a merge job's thread,
  * which starts up to WB_THREADS - 1 helpers for the copy and joins them
- * before it returns.  d->lock protects only the busy list and is never
- * held across remote I/O, overlay I/O or a FUSE reply; waiters sleep on
- * d->cond (CLOCK_MONOTONIC: deadlines come from now_ns), broadcast
+ * before it returns.  d->lock protects only the busy list (and the gate
+ * and waiter counts, which are also read without it as hints) and is
+ * never held across remote I/O, overlay I/O or a FUSE reply; waiters
+ * sleep on d->cond (CLOCK_MONOTONIC: deadlines come from now_ns), broadcast
  * whenever a busy range is released or the gate opens.  Exclusive
  * operations run on ctl's job threads (one per disk at a time).
  * d->owner_lock orders the record's writers (owner-state transitions,
  * cor_update_record, and a mirror's identity sealed at shutdown by
  * cor_engine_quiesce, which only tries it so that a stop never waits for
- * a command); it is taken before d->lock and before meta's lock.
+ * a command); it is taken before d->lock and before meta's lock.  A
+ * transition holds it for its whole run (abort's copy included), so
+ * cor_update_record waits for it at most the hold
+ * (pthread_mutex_clocklock) and then fails with EAGAIN.
  * cor_disk_set_attr (chmod, chown) takes no owner_lock: meta changes
  * mode and owner alone and keeps them from older record copies.
  * d->attr_lock guards the cached mode and owner that getattr reads; it
@@ -66,6 +79,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/cleanup.h"
@@ -344,6 +358,7 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
   d->hold_ns = cfg->hold_ns;
   pthread_mutex_init (&d->lock, NULL);
   cond_init_monotonic (&d->cond);    /* fault_in's timed waits use now_ns () */
+  d->exclusive_deadline_ns = UINT64_MAX;
   pthread_mutex_init (&d->store_lock, NULL);
   d->start_mode = cfg->stream;
   pthread_mutex_init (&d->owner_lock, NULL);
@@ -515,12 +530,14 @@ find_busy_unlocked (struct cor_disk *d, uint64_t first, uint64_t end)
   return NULL;
 }
 
-/* Must be called with d->lock held. */
+/* Must be called with d->lock held.  write: the owner changes data or
+ * the dirty/changed bits (not a fetch); checkpoint waits only for these. */
 static void
-claim_unlocked (struct cor_disk *d, struct busy *b, uint64_t first, uint64_t end)
+claim_unlocked (struct cor_disk *d, struct busy *b, uint64_t first, uint64_t end, bool write)
 {
   b->first = first;
   b->end = end;
+  b->write = write;
   b->next = d->busy;
   d->busy = b;
 }
@@ -538,12 +555,23 @@ release_busy (struct cor_disk *d, struct busy *b)
   pthread_mutex_unlock (&d->lock);
 }
 
-/* Must be called with d->lock held.  Is every new claim held off?  Yes
- * while an exclusive operation waits for the disk to drain (own_all). */
+/* Must be called with d->lock held.  Is a guest request with deadline_ns
+ * held off by the gate?  Not if its deadline is before the exclusive
+ * operation's: it began before the gate closed and ends (at worst with
+ * EIO) before that operation would give up, so letting it through costs
+ * the operation nothing and the guest a needless EIO. */
 static bool
-gated_unlocked (const struct cor_disk *d)
+gated_for_unlocked (const struct cor_disk *d, uint64_t deadline_ns)
 {
-  return d->exclusive_waiters > 0;
+  return d->exclusive_waiters > 0 && deadline_ns >= d->exclusive_deadline_ns;
+}
+
+/* Must be called with d->lock held.  Should the streamer and readahead
+ * back off (an exclusive operation or a guest waits to claim blocks)? */
+static bool
+background_yields_unlocked (const struct cor_disk *d)
+{
+  return d->exclusive_waiters > 0 || d->guest_waiters > 0;
 }
 
 /* Must be called with d->lock held (dropped while asleep).  Sleep until
@@ -559,18 +587,35 @@ wait_until_unlocked (struct cor_disk *d, uint64_t deadline_ns)
   return 0;
 }
 
-/* Must be called with d->lock held.  Claim [first, end) whole, waiting
- * while any of it is busy or the gate is closed (all or nothing, so two
- * claimers cannot deadlock), until deadline_ns.  0, or -1 if the
- * deadline passed first (nothing claimed). */
+/* Must be called with d->lock held (dropped while asleep).  A guest
+ * request's wait: like wait_until_unlocked, counted in guest_waiters
+ * meanwhile so that background fetches back off for it. */
+static int
+guest_wait_unlocked (struct cor_disk *d, uint64_t deadline_ns)
+{
+  int r;
+
+  __atomic_store_n (&d->guest_waiters, d->guest_waiters + 1, __ATOMIC_SEQ_CST);
+  r = wait_until_unlocked (d, deadline_ns);
+  __atomic_store_n (&d->guest_waiters, d->guest_waiters - 1, __ATOMIC_SEQ_CST);
+  return r;
+}
+
+/* Must be called with d->lock held.  Claim [first, end) whole for a
+ * write, waiting while any of it is busy or the gate holds it off (all
+ * or nothing, so two claimers cannot deadlock), until deadline_ns.  A
+ * guest's wait counts in guest_waiters (the streamer gives way to it:
+ * otherwise a large range would rarely be free all at once).  0, or -1
+ * if the deadline passed first (nothing claimed). */
 static int
 claim_wait_unlocked (struct cor_disk *d, struct busy *self, uint64_t first, uint64_t end,
-                     uint64_t deadline_ns)
+                     uint64_t deadline_ns, bool guest)
 {
-  while (gated_unlocked (d) || find_busy_unlocked (d, first, end))
-    if (wait_until_unlocked (d, deadline_ns) == -1)
+  while (gated_for_unlocked (d, deadline_ns) || find_busy_unlocked (d, first, end))
+    if ((guest ? guest_wait_unlocked (d, deadline_ns)
+         : wait_until_unlocked (d, deadline_ns)) == -1)
       return -1;
-  claim_unlocked (d, self, first, end);
+  claim_unlocked (d, self, first, end, true);
   return 0;
 }
 
@@ -877,13 +922,15 @@ fault_in (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t deadline_ns
 
     *faulted = true;
     bool busy = find_busy_unlocked (d, blk, blk + 1) != NULL;
-    if (busy || gated_unlocked (d)) {
+    if (busy || gated_for_unlocked (d, deadline_ns)) {
       /* The guest needed it now, even if the streamer or readahead was
        * first: it belongs in the boot trace. */
       if (traced != blk) {
         trace_fault_unlocked (d, blk, blk + 1);
         traced = blk;
       }
+      /* (Not counted in guest_waiters: it waits for one busy block,
+       * which is present once released, not for a range to be free.) */
       if (wait_until_unlocked (d, deadline_ns) == -1) {
         pthread_mutex_unlock (&d->lock);
         log_error ("cor: disk %s: offset %" PRIu64 ": %s when this read's hold time ran "
@@ -899,7 +946,7 @@ fault_in (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t deadline_ns
     for (run = blk + 1; run < end; run++)
       if (meta_test (d->md, META_PRESENT, run) || find_busy_unlocked (d, run, run + 1))
         break;
-    claim_unlocked (d, &self, blk, run);
+    claim_unlocked (d, &self, blk, run, false);
     trace_fault_unlocked (d, blk, run);
     pthread_mutex_unlock (&d->lock);
 
@@ -978,8 +1025,8 @@ read_through (struct cor_disk *d, size_t count, uint64_t offset, uint64_t first,
   /* Like any claim, wait while an exclusive operation (activate) drains
    * the disk: it must not find a read-through in flight once it owns it. */
   pthread_mutex_lock (&d->lock);
-  while (gated_unlocked (d) || find_busy_unlocked (d, first, end))
-    if (wait_until_unlocked (d, deadline_ns) == -1) {
+  while (gated_for_unlocked (d, deadline_ns) || find_busy_unlocked (d, first, end))
+    if (guest_wait_unlocked (d, deadline_ns) == -1) {
       pthread_mutex_unlock (&d->lock);
       log_error ("cor: disk %s: offset %" PRIu64 ": busy (activating?) when this read's "
                  "hold time ran out", d->name, offset);
@@ -991,7 +1038,7 @@ read_through (struct cor_disk *d, size_t count, uint64_t offset, uint64_t first,
     pthread_mutex_unlock (&d->lock);
     return 0;
   }
-  claim_unlocked (d, &self, first, end);
+  claim_unlocked (d, &self, first, end, false);
   pthread_mutex_unlock (&d->lock);
 
   if (!(ref->buf = iobuf_get (count))) {
@@ -1239,7 +1286,7 @@ modify (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offset, in
   last = end - 1;
 
   pthread_mutex_lock (&d->lock);
-  r = claim_wait_unlocked (d, &self, first, end, deadline_ns);
+  r = claim_wait_unlocked (d, &self, first, end, deadline_ns, true);
   pthread_mutex_unlock (&d->lock);
   if (r == -1) {
     log_error ("cor: disk %s: %s of %" PRIu64 " bytes at offset %" PRIu64 ": its blocks "
@@ -1329,9 +1376,14 @@ fetch_sparse (struct cor_disk *d, uint64_t first, uint64_t end,
   int zerr;
 
   if (remote_zero_extents (d->remote, block_offset (d, first),
-                           blocks_length (d, first, end), deadline_ns, &z, &nz, &zerr) == -1)
+                           blocks_length (d, first, end), deadline_ns, &z, &nz, &zerr) == -1) {
+    if (__atomic_load_n (&d->e->stopping, __ATOMIC_SEQ_CST)) {
+      *err = ECANCELED;         /* shutting down: no reading instead */
+      return -1;
+    }
     log_debug ("cor: disk %s: block status failed (%s); reading instead",
                d->name, strerror (zerr));
+  }
   while (blk < end) {
     bool zero = block_in_zero (d, blk, z, nz, &hint);
     uint64_t run = blk + 1;
@@ -1368,19 +1420,26 @@ fetch_sparse (struct cor_disk *d, uint64_t first, uint64_t end,
 
 int64_t
 cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
-              uint64_t deadline_ns, unsigned flags, int *err)
+              uint64_t deadline_ns, unsigned flags, uint64_t *next, uint64_t *covered,
+              int *err)
 {
   bool fg = flags & COR_POP_READAHEAD;
-  uint64_t blk = first;
+  uint64_t blk = first, stop = end;
   int64_t total = 0;
 
+  if (covered)
+    *covered = 0;
   pthread_mutex_lock (&d->lock);
   while ((blk = meta_next (d->md, META_PRESENT, false, blk)) < end) {
     struct busy self;
     uint64_t run;
 
-    if (gated_unlocked (d))
-      break;                    /* an exclusive command waits: back off */
+    if (background_yields_unlocked (d)) {
+      /* An exclusive command or a guest waits to claim blocks: back
+       * off, and tell the caller where to come back. */
+      stop = blk;
+      break;
+    }
     if (find_busy_unlocked (d, blk, blk + 1)) {
       blk++;                    /* a guest operation owns it */
       continue;
@@ -1388,7 +1447,7 @@ cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
     for (run = blk + 1; run < end; run++)
       if (meta_test (d->md, META_PRESENT, run) || find_busy_unlocked (d, run, run + 1))
         break;
-    claim_unlocked (d, &self, blk, run);
+    claim_unlocked (d, &self, blk, run, false);
     if (fg)
       trace_fault_unlocked (d, blk, run);
     pthread_mutex_unlock (&d->lock);
@@ -1406,8 +1465,13 @@ cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
       r = fetch_sparse (d, blk, run, deadline_ns, err);
 
     release_busy (d, &self);
-    if (r == -1)
+    if (r == -1) {
+      if (next)
+        *next = blk;
       return -1;
+    }
+    if (covered)
+      *covered += blocks_length (d, blk, run);
     /* Start writing the run back now, not at the next commit: these
      * blocks are not about to be rewritten, and a stream's final flush
      * would otherwise write the whole disk at once.  A hint only. */
@@ -1420,6 +1484,8 @@ cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
     pthread_mutex_lock (&d->lock);
   }
   pthread_mutex_unlock (&d->lock);
+  if (next)
+    *next = stop;
   return total;
 }
 
@@ -1630,7 +1696,7 @@ writeback (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t deadline_n
   uint64_t blk;
 
   pthread_mutex_lock (&d->lock);
-  r = claim_wait_unlocked (d, &self, first, end, deadline_ns);
+  r = claim_wait_unlocked (d, &self, first, end, deadline_ns, false);
   pthread_mutex_unlock (&d->lock);
   if (r == -1) {
     log_error ("cor: disk %s: writeback at offset %" PRIu64 ": blocks still owned by "
@@ -1715,13 +1781,13 @@ cor_changed_extents (struct cor_disk *d, uint32_t since, bool *widened,
   return meta_changed_extents (d->md, since, widened, fn, opaque);
 }
 
-static int own_all (struct cor_disk *d, struct busy *self, const char *what,
-                    char *errbuf, size_t len);
+static int own_all_mode (struct cor_disk *d, struct busy *self, bool writes_only,
+                         const char *what, char *errbuf, size_t len);
+static void gate_release (struct cor_disk *d);
 
 uint32_t
 cor_checkpoint (struct cor_disk *d, char *errbuf, size_t len)
 {
-  struct busy self;
   uint32_t gen;
   int err;
 
@@ -1731,14 +1797,16 @@ cor_checkpoint (struct cor_disk *d, char *errbuf, size_t len)
     snprintf (errbuf, len, "disk %s: checkpoint: flush failed: %s", d->name, strerror (err));
     return 0;
   }
-  if (own_all (d, &self, "checkpoint", errbuf, len) == -1)
+  /* Only writes change the changed bits: fetches in flight (a
+   * streamer chunk from a slow parent) may go on (own_all_mode). */
+  if (own_all_mode (d, NULL, true, "checkpoint", errbuf, len) == -1)
     return 0;
   gen = meta_checkpoint (d->md);
   if (gen == 0) {
     snprintf (errbuf, len, "disk %s: checkpoint: %s", d->name, strerror (errno));
     log_error ("cor: %s", errbuf);
   }
-  release_busy (d, &self);
+  gate_release (d);
   return gen;
 }
 
@@ -1778,26 +1846,65 @@ check_epoch_unlocked (struct cor_disk *d, const struct meta_record *rec, uint64_
   return 0;
 }
 
+/* Must be called with d->lock held.  The first write claim, or NULL. */
+static struct busy *
+find_write_unlocked (struct cor_disk *d)
+{
+  for (struct busy *b = d->busy; b; b = b->next)
+    if (b->write)
+      return b;
+  return NULL;
+}
+
+/* Must be called with d->lock held.  Close the gate for an exclusive
+ * operation whose deadline is deadline_ns (see exclusive_deadline_ns). */
+static void
+gate_close_unlocked (struct cor_disk *d, uint64_t deadline_ns)
+{
+  if (d->exclusive_waiters == 0 || deadline_ns < d->exclusive_deadline_ns)
+    __atomic_store_n (&d->exclusive_deadline_ns, deadline_ns, __ATOMIC_SEQ_CST);
+  __atomic_store_n (&d->exclusive_waiters, d->exclusive_waiters + 1, __ATOMIC_SEQ_CST);
+}
+
+/* Must be called with d->lock held.  Open it again (for this waiter). */
+static void
+gate_open_unlocked (struct cor_disk *d)
+{
+  __atomic_store_n (&d->exclusive_waiters, d->exclusive_waiters - 1, __ATOMIC_SEQ_CST);
+  /* With other waiters left, their earliest deadline is unknown here:
+   * the one kept is earlier, which only lets fewer guests through. */
+  if (d->exclusive_waiters == 0)
+    __atomic_store_n (&d->exclusive_deadline_ns, UINT64_MAX, __ATOMIC_SEQ_CST);
+  pthread_cond_broadcast (&d->cond);
+}
+
 /* Own every block for an exclusive operation (what: its name, for the
  * error): no fetch or write is in flight, and none starts until
  * release_busy.  Callers that change the owner state hold owner_lock.
  *   1. Close the gate (exclusive_waiters): new claims wait or back off,
  *      so the streamer's next chunks cannot keep the disk busy forever.
+ *      Guest requests whose deadline is before ours still get through
+ *      (they end before we would give up).
  *   2. Wait for the claims in flight to end, at most the hold: a fetch
  *      that the parent stalls must not hold the command (and its reply)
  *      longer than it would hold a guest; nor past the daemon's shutdown.
  *   3. Claim everything, or give up with nothing owned; open the gate.
+ * With writes_only (checkpoint), step 2 waits only for write claims
+ * (fetches never touch the dirty or changed bits), and step 3 claims
+ * nothing: the gate stays shut (nobody passes) until gate_release.
  * 0, or -1 with a reason in errbuf (also logged). */
 static int
-own_all (struct cor_disk *d, struct busy *self, const char *what, char *errbuf, size_t len)
+own_all_mode (struct cor_disk *d, struct busy *self, bool writes_only, const char *what,
+              char *errbuf, size_t len)
 {
   uint64_t deadline_ns = now_ns () + d->hold_ns;
   struct busy *b;
   int r = 0;
 
   pthread_mutex_lock (&d->lock);
-  d->exclusive_waiters++;
-  while ((b = find_busy_unlocked (d, 0, d->nr_blocks)) != NULL) {
+  gate_close_unlocked (d, deadline_ns);
+  while ((b = writes_only ? find_write_unlocked (d)
+          : find_busy_unlocked (d, 0, d->nr_blocks)) != NULL) {
     if (__atomic_load_n (&d->e->stopping, __ATOMIC_SEQ_CST)) {
       snprintf (errbuf, len, "disk %s: %s: not done: the daemon is shutting down",
                 d->name, what);
@@ -1806,22 +1913,42 @@ own_all (struct cor_disk *d, struct busy *self, const char *what, char *errbuf, 
     }
     if (wait_until_unlocked (d, deadline_ns) == -1) {
       snprintf (errbuf, len, "disk %s: %s: not done: the block at offset %" PRIu64
-                " was still being fetched or written when the hold time (%" PRIu64
+                " was still being %s when the hold time (%" PRIu64
                 " s) ran out (parent %s slow or stalled?); try again", d->name, what,
-                block_offset (d, b->first), (uint64_t) (d->hold_ns / NS_PER_SEC),
-                remote_url (d->remote));
+                block_offset (d, b->first), writes_only ? "written" : "fetched or written",
+                (uint64_t) (d->hold_ns / NS_PER_SEC), remote_url (d->remote));
       r = -1;
       break;
     }
   }
+  if (r == 0 && writes_only) {
+    /* Hold the gate shut: no claim passes, whatever its deadline. */
+    __atomic_store_n (&d->exclusive_deadline_ns, 0, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock (&d->lock);
+    return 0;
+  }
   if (r == 0)
-    claim_unlocked (d, self, 0, d->nr_blocks);
-  d->exclusive_waiters--;
-  pthread_cond_broadcast (&d->cond);    /* the gate may be open again */
+    claim_unlocked (d, self, 0, d->nr_blocks, true);
+  gate_open_unlocked (d);               /* the gate may be open again */
   pthread_mutex_unlock (&d->lock);
   if (r == -1)
     log_error ("cor: %s", errbuf);
   return r;
+}
+
+static int
+own_all (struct cor_disk *d, struct busy *self, const char *what, char *errbuf, size_t len)
+{
+  return own_all_mode (d, self, false, what, errbuf, len);
+}
+
+/* End an own_all_mode (writes_only) hold. */
+static void
+gate_release (struct cor_disk *d)
+{
+  pthread_mutex_lock (&d->lock);
+  gate_open_unlocked (d);
+  pthread_mutex_unlock (&d->lock);
 }
 
 static int
@@ -1981,13 +2108,16 @@ cor_handoff (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len)
     pthread_mutex_unlock (&d->owner_lock);
     return -1;
   }
-  /* Refuse new writes first, then wait for those in flight, flush. */
-  __atomic_store_n (&d->owner, META_HANDED_OFF, __ATOMIC_SEQ_CST);
+  /* Wait for the writes in flight, then refuse new ones, flush.  The
+   * state changes only once own_all succeeded: its claim holds new writes
+   * off meanwhile (they wait within their hold, then re-check the state:
+   * modify), so a hand-off that fails here never made the guest see
+   * EROFS. */
   if (own_all (d, &self, "handoff", errbuf, len) == -1) {
-    __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock (&d->owner_lock);
     return -1;
   }
+  __atomic_store_n (&d->owner, META_HANDED_OFF, __ATOMIC_SEQ_CST);
   release_busy (d, &self);
   if (cor_flush (d, &err) == -1) {
     __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
@@ -2056,10 +2186,22 @@ cor_update_record (struct cor_disk *d,
                    int (*fn) (struct meta_record *rec, void *arg, char *errbuf, size_t len),
                    void *arg, char *errbuf, size_t len)
 {
+  uint64_t deadline_ns = now_ns () + d->hold_ns;
+  struct timespec ts = { deadline_ns / NS_PER_SEC, deadline_ns % NS_PER_SEC };
   struct meta_record rec;
   int r;
 
-  pthread_mutex_lock (&d->owner_lock);
+  /* A transition may hold owner_lock through long work (abort's copy,
+   * activate's questions to the parent): wait for it at most the hold,
+   * then fail; every caller retries or reports. */
+  if ((r = pthread_mutex_clocklock (&d->owner_lock, CLOCK_MONOTONIC, &ts)) != 0) {
+    snprintf (errbuf, len, "disk %s: the record is busy with an owner-state change "
+              "(activate, handoff, pivot or abort) that took longer than the hold time "
+              "(%" PRIu64 " s); try again once it has ended", d->name,
+              (uint64_t) (d->hold_ns / NS_PER_SEC));
+    errno = r == ETIMEDOUT ? EAGAIN : r;
+    return -1;
+  }
   meta_disk_record (d->md, &rec);
   r = fn (&rec, arg, errbuf, len);
   if (r == 0 && meta_disk_update (d->md, &rec) == -1) {
@@ -2109,6 +2251,13 @@ cor_pivot (struct cor_disk *d, char *errbuf, size_t len)
               "wait for mirror-ready again", d->name);
     goto fail;
   }
+  /* After quiesce the parent's flush is cancelled, and a failed mirror
+   * flush marks every block suspect: do not get there at shutdown. */
+  if (__atomic_load_n (&d->e->stopping, __ATOMIC_SEQ_CST)) {
+    release_busy (d, &self);
+    snprintf (errbuf, len, "disk %s: pivot: not done: the daemon is shutting down", d->name);
+    goto fail;
+  }
   if (cor_flush (d, &err) == -1) {
     release_busy (d, &self);
     snprintf (errbuf, len, "disk %s: flush before pivot: %s", d->name, strerror (err));
@@ -2135,6 +2284,22 @@ cor_pivot (struct cor_disk *d, char *errbuf, size_t len)
   return -1;
 }
 
+static bool
+engine_stopping (const struct cor_disk *d)
+{
+  return __atomic_load_n (&d->e->stopping, __ATOMIC_SEQ_CST) != 0;
+}
+
+/* cor_abort cut short by the daemon's shutdown at block blk (the
+ * documented message; the caller reverts the owner and unlocks). */
+static void
+abort_interrupted (struct cor_disk *d, uint64_t blk, char *errbuf, size_t len)
+{
+  snprintf (errbuf, len, "disk %s: abort: interrupted at offset %" PRIu64 " by the "
+            "daemon's shutdown; the mirror is still active, abort again after the "
+            "restart", d->name, block_offset (d, blk));
+}
+
 int
 cor_abort (struct cor_disk *d, char *errbuf, size_t len)
 {
@@ -2150,24 +2315,26 @@ cor_abort (struct cor_disk *d, char *errbuf, size_t len)
     pthread_mutex_unlock (&d->owner_lock);
     return -1;
   }
-  /* 1. No new writes; wait for those in flight. */
-  __atomic_store_n (&d->owner, META_HANDED_OFF, __ATOMIC_SEQ_CST);
+  /* 1. Wait for the writes in flight; then no new writes (as in
+   * cor_handoff: the state changes only once own_all succeeded, so an
+   * abort that cannot get the disk never fails a guest write).  From
+   * here until the copy below ends, writes get EROFS; a copy that fails
+   * (or is cut short by the shutdown) reverts the disk to an active
+   * mirror. */
   if (own_all (d, &self, "abort", errbuf, len) == -1) {
-    __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock (&d->owner_lock);
     return -1;
   }
+  __atomic_store_n (&d->owner, META_HANDED_OFF, __ATOMIC_SEQ_CST);
   release_busy (d, &self);
   /* 2. Whatever the parent may lack (a failed parent write, or every
    * present block after an unclean shutdown) goes to it now. */
   while ((blk = meta_next (d->md, META_DIRTY, true, 0)) < d->nr_blocks ||
          (blk = meta_next (d->md, META_SUSPECT, true, 0)) < d->nr_blocks) {
     uint64_t end = blk + 1;
-    if (__atomic_load_n (&d->e->stopping, __ATOMIC_SEQ_CST)) {
+    if (engine_stopping (d)) {
       __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
-      snprintf (errbuf, len, "disk %s: abort: interrupted at offset %" PRIu64 " by the "
-                "daemon's shutdown; the mirror is still active, abort again after the "
-                "restart", d->name, block_offset (d, blk));
+      abort_interrupted (d, blk, errbuf, len);
       pthread_mutex_unlock (&d->owner_lock);
       return -1;
     }
@@ -2176,12 +2343,25 @@ cor_abort (struct cor_disk *d, char *errbuf, size_t len)
       end++;
     if (writeback (d, blk, end, now_ns () + d->hold_ns, true, &err) == -1) {
       __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
-      snprintf (errbuf, len, "disk %s: abort: copying offset %" PRIu64 " to the parent "
-                "failed (%s); the mirror is still active, try again", d->name,
-                block_offset (d, blk), strerror (err));
+      if (engine_stopping (d))    /* the copy was cancelled (remote_cancel) */
+        abort_interrupted (d, blk, errbuf, len);
+      else
+        snprintf (errbuf, len, "disk %s: abort: copying offset %" PRIu64 " to the parent "
+                  "failed (%s); the mirror is still active, try again", d->name,
+                  block_offset (d, blk), strerror (err));
       pthread_mutex_unlock (&d->owner_lock);
       return -1;
     }
+  }
+  /* After quiesce the parent's flush is cancelled, and a failed mirror
+   * flush marks every block suspect: do not get there at shutdown. */
+  if (engine_stopping (d)) {
+    __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
+    snprintf (errbuf, len, "disk %s: abort: interrupted by the daemon's shutdown before "
+              "its final flush; the mirror is still active, abort again after the "
+              "restart", d->name);
+    pthread_mutex_unlock (&d->owner_lock);
+    return -1;
   }
   if (cor_flush (d, &err) == -1) {   /* commits, and flushes the parent (mirror) */
     __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);

@@ -92,7 +92,8 @@ ra_worker (void *arg)
     int err = 0;
     if (meta_next (d->md, META_PRESENT, false, first) >= end)
       cor_overlay_willneed (d, first, end);
-    else if (cor_populate (d, first, end, now_ns () + d->hold_ns, COR_POP_READAHEAD, &err) == -1)
+    else if (cor_populate (d, first, end, now_ns () + d->hold_ns, COR_POP_READAHEAD,
+                           NULL, NULL, &err) == -1)
       log_debug ("cor: disk %s: readahead of blocks %" PRIu64 "-%" PRIu64 " failed: %s "
                  "(the guest's read will fetch them)", d->name, first, end, strerror (err));
     pthread_mutex_lock (&d->ra.lock);

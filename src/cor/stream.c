@@ -16,8 +16,12 @@
  *
  * Giving way to the guest (dm-clone's do_hydration does the same): before
  * each chunk a worker waits while any guest fault is talking to the
- * parent and for QUIET_NS after the last one ended, at most YIELD_MAX_NS
- * (so a guest that faults all the time cannot starve the stream).
+ * parent or a guest waits to claim blocks (guest_waiters), and for
+ * QUIET_NS after the last fault ended, at most YIELD_MAX_NS (so a guest
+ * that faults all the time cannot starve the stream).  A chunk that
+ * cor_populate cut short (an exclusive command or a waiting guest) is
+ * picked again from where it stopped, from the cursor it came from (the
+ * sequential one or the hint's).
  *
  * Rate limit: a token bucket shared by the workers, refilled at `rate`
  * bytes/s with one second of burst; each chunk is charged what it read
@@ -100,11 +104,15 @@ block_missing (struct cor_disk *d, uint64_t blk)
   return !meta_test (d->md, META_PRESENT, blk);
 }
 
+/* No hint range: a chunk picked from the sequential cursor. */
+#define NO_HINT SIZE_MAX
+
 /* Must be called with stream.lock held.  The next run to fetch: up to one
- * chunk of consecutive missing blocks.  false when none is missing (that
- * the bitmap shows: busy blocks still count as missing). */
+ * chunk of consecutive missing blocks; *hint is the hint range it came
+ * from, or NO_HINT.  false when none is missing (that the bitmap shows:
+ * busy blocks still count as missing). */
 static bool
-pick_unlocked (struct cor_disk *d, uint64_t *first, uint64_t *end)
+pick_unlocked (struct cor_disk *d, uint64_t *first, uint64_t *end, size_t *hint)
 {
   uint64_t chunk = STREAM_CHUNK >> d->block_shift, blk, e;
 
@@ -125,6 +133,7 @@ pick_unlocked (struct cor_disk *d, uint64_t *first, uint64_t *end)
       d->stream.hint_cursor = e;
       *first = blk;
       *end = e;
+      *hint = d->stream.hint_idx;
       return true;
     }
     d->stream.hint_idx++;
@@ -144,7 +153,22 @@ pick_unlocked (struct cor_disk *d, uint64_t *first, uint64_t *end)
   d->stream.cursor = e;
   *first = blk;
   *end = e;
+  *hint = NO_HINT;
   return true;
+}
+
+/* Must be called with stream.lock held.  Come back to block blk of a
+ * chunk picked from hint range hint (or NO_HINT): move the cursor it
+ * came from back to it, so that it is not skipped until the next pass. */
+static void
+rewind_unlocked (struct cor_disk *d, size_t hint, uint64_t blk)
+{
+  if (hint == NO_HINT) {
+    if (d->stream.cursor > blk)
+      d->stream.cursor = blk;
+  }
+  else if (d->stream.hint_idx == hint && d->stream.hint_cursor > blk)
+    d->stream.hint_cursor = blk;
 }
 
 static bool
@@ -163,6 +187,7 @@ yield_to_guest (struct cor_disk *d)
   while (running (d) && now_ns () - start < YIELD_MAX_NS) {
     uint64_t last = __atomic_load_n (&d->last_fg_ns, __ATOMIC_SEQ_CST);
     if (__atomic_load_n (&d->fg_inflight, __ATOMIC_SEQ_CST) == 0 &&
+        __atomic_load_n (&d->guest_waiters, __ATOMIC_SEQ_CST) == 0 &&
         (last == 0 || now_ns () - last >= QUIET_NS))
       return;
     sleep_ns (5 * 1000000ULL);
@@ -277,7 +302,8 @@ worker (void *arg)
 
   pthread_mutex_lock (&d->stream.lock);
   for (;;) {
-    uint64_t first, end;
+    uint64_t first, end, next, covered;
+    size_t hint;
     int64_t r;
     int err = 0;
 
@@ -285,7 +311,7 @@ worker (void *arg)
       pthread_cond_wait (&d->stream.cond, &d->stream.lock);
     if (d->stream.stop)
       break;
-    if (!pick_unlocked (d, &first, &end)) {
+    if (!pick_unlocked (d, &first, &end, &hint)) {
       if (meta_count (d->md, META_PRESENT) == d->nr_blocks && !d->stream.finishing) {
         /* One worker finishes; the others wait for it (finishing) and
          * then see the state change. */
@@ -313,23 +339,26 @@ worker (void *arg)
     yield_to_guest (d);
     if (!throttle (d)) {
       pthread_mutex_lock (&d->stream.lock);
-      if (d->stream.cursor > first)
-        d->stream.cursor = first;
+      rewind_unlocked (d, hint, first);
       continue;
     }
     /* A guest read waiting for this chunk's blocks gives up at its own
      * deadline (fault_in); the chunk may take longer on a slow link. */
-    r = cor_populate (d, first, end, now_ns () + CHUNK_DEADLINE_NS, 0, &err);
+    r = cor_populate (d, first, end, now_ns () + CHUNK_DEADLINE_NS, 0, &next, &covered, &err);
 
     pthread_mutex_lock (&d->stream.lock);
+    if (r == -1 && d->stream.stop) {
+      /* Cut short by the shutdown (remote_cancel): not a stream error. */
+      rewind_unlocked (d, hint, next);
+      continue;
+    }
     if (r == -1) {
       char msg[512];
       d->stream.errors++;
-      snprintf (msg, sizeof msg, "offset %" PRIu64 ": %s", first << d->block_shift,
+      snprintf (msg, sizeof msg, "offset %" PRIu64 ": %s", next << d->block_shift,
                 strerror (err));
       snprintf (d->stream.last_error, sizeof d->stream.last_error, "%s", msg);
-      if (d->stream.cursor > first)
-        d->stream.cursor = first;
+      rewind_unlocked (d, hint, next);
       uint64_t backoff = d->stream.backoff_ns;
       d->stream.backoff_ns = backoff * 2 > BACKOFF_MAX_NS ? BACKOFF_MAX_NS : backoff * 2;
       log_warn ("cor: disk %s: stream: %s; retrying in %.1f s", d->name, msg, backoff / 1e9);
@@ -338,16 +367,19 @@ worker (void *arg)
       continue;
     }
     d->stream.backoff_ns = BACKOFF_MIN_NS;
-    account_unlocked (d, r, (end - first) << d->block_shift);
-    if (r == 0 && meta_next (d->md, META_PRESENT, false, first) < end) {
-      /* All of it was busy with guest faults or other workers: give them
-       * a moment rather than spin.  If an exclusive command held it off
-       * (engine.c's gate), come back to it rather than skip ahead. */
-      if (__atomic_load_n (&d->exclusive_waiters, __ATOMIC_RELAXED) > 0 &&
-          d->stream.cursor > first)
-        d->stream.cursor = first;
+    /* Only what this chunk made present counts for the rate and the
+     * ETA: a chunk held off or found busy covered nothing. */
+    account_unlocked (d, r, covered);
+    if (next < end) {
+      /* Held off by an exclusive command or a waiting guest (engine.c):
+       * come back to the rest rather than skip ahead, after a moment. */
+      rewind_unlocked (d, hint, next);
       timedwait_unlocked (d, now_ns () + 5 * 1000000ULL);
     }
+    else if (covered == 0 && meta_next (d->md, META_PRESENT, false, first) < end)
+      /* All of it was busy with guest faults or other workers: give them
+       * a moment rather than spin. */
+      timedwait_unlocked (d, now_ns () + 5 * 1000000ULL);
     if (now_ns () - d->stream.last_progress_ns >= PROGRESS_NS) {
       d->stream.last_progress_ns = now_ns ();
       uint64_t present = meta_count (d->md, META_PRESENT);

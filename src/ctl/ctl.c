@@ -10,7 +10,8 @@
  * so no client can stall the daemon.
  *
  * Long commands (LONG_CMDS: they wait for the disk to drain, talk to the
- * parent, or open a file anywhere: flatten --to) run each on a job thread
+ * parent, or open a file anywhere: flatten --to; merge start makes the
+ * parent writable) run each on a job thread
  * of its own, so that other clients keep being answered meanwhile.  The
  * ctl thread sends the reply when the job ends (it writes to the wake-up
  * pipe); until then it reads nothing more from that client, so each
@@ -698,11 +699,30 @@ mirror_cmd (struct ctl *c, const char *cmd, json_t *req, json_t *id)
   return ok_reply (id);
 }
 
+/* merge start: it may talk to the parent (making it writable: an NBD
+ * parent's connection 0 may be busy with a stalled read for a while) and
+ * wait for the record (cor_update_record), so it runs as a long command.
+ * pause, resume, cancel and rate only touch the job and stay on the ctl
+ * thread. */
+static json_t *
+merge_start_cmd (struct ctl *c, const char *cmd, json_t *req, json_t *id)
+{
+  return merge_cmd (c, req, id);
+}
+
+static bool
+is_merge_start (json_t *req)
+{
+  const char *action = json_string_value (json_object_get (req, "action"));
+  return !action || !strcmp (action, "start");
+}
+
 /* The commands that run on a job thread (see the thread model). */
 static const struct {
   const char *cmd;
   json_t *(*fn) (struct ctl *c, const char *cmd, json_t *req, json_t *id);
 } LONG_CMDS[] = {
+  { "merge", merge_start_cmd },
   { "checkpoint", checkpoint_cmd },
   { "activate", owner_cmd }, { "handoff", owner_cmd }, { "reclaim", owner_cmd },
   { "pivot", mirror_cmd }, { "abort", mirror_cmd }, { "flatten", flatten_cmd },
@@ -800,7 +820,7 @@ handle (struct ctl *c, json_t *req, struct client *cl)
     return stream_cmd (c, req, id);
   if (!strcmp (cmd, "metrics"))
     return metrics_cmd (c, id);
-  if (!strcmp (cmd, "merge"))
+  if (!strcmp (cmd, "merge") && !is_merge_start (req))
     return merge_cmd (c, req, id);
   if (!strcmp (cmd, "dirty"))
     return dirty_cmd (c, req, id);

@@ -253,13 +253,14 @@ conn_open (struct remote *r, struct rnbd *h, struct rnbd_conn *c, uint64_t deadl
     goto err;
   while (nbd_aio_is_connecting (c->nbd)) {
     int ms = ms_until (cdeadline);
-    if (ms == 0) {
-      *err = ETIMEDOUT;
-      remote_note_error (r, "connect: timed out");
+    if (ms == 0 || remote_is_cancelled (r)) {
+      *err = ms == 0 ? ETIMEDOUT : ECANCELED;
+      remote_note_error (r, "connect: %s", ms == 0 ? "timed out" : "cancelled (shutting down)");
       drop_conn (c);
       return -1;
     }
-    if (nbd_poll (c->nbd, ms) == -1)
+    /* In slices, so that remote_cancel is noticed soon. */
+    if (nbd_poll (c->nbd, ms > CANCEL_POLL_MS ? CANCEL_POLL_MS : ms) == -1)
       goto err;
   }
   if (!nbd_aio_is_ready (c->nbd)) {
@@ -472,6 +473,9 @@ rnbd_zero_extents (struct remote *r, void *hv, uint64_t offset, uint64_t count,
       ret = -1;
       break;
     }
+    /* The request's own deadline, once: recomputed after each poll it
+     * would move on and the request timeout would never apply. */
+    uint64_t rdeadline = min_u64 (deadline_ns, now_ns () + h->request_timeout_ns);
     for (;;) {
       int done = nbd_aio_command_completed (c->nbd, cookie);
       if (done == 1)
@@ -481,8 +485,15 @@ rnbd_zero_extents (struct remote *r, void *hv, uint64_t offset, uint64_t count,
         ret = -1;
         break;
       }
-      int ms = ms_until (min_u64 (deadline_ns, now_ns () + h->request_timeout_ns));
-      if (ms == 0 || nbd_poll (c->nbd, ms) == -1) {
+      if (remote_is_cancelled (r)) {
+        *err = ECANCELED;
+        drop_conn (c);
+        ret = -1;
+        break;
+      }
+      /* In slices, so that remote_cancel is noticed soon. */
+      int ms = ms_until (rdeadline);
+      if (ms == 0 || nbd_poll (c->nbd, ms > CANCEL_POLL_MS ? CANCEL_POLL_MS : ms) == -1) {
         *err = ms == 0 ? ETIMEDOUT : EIO;
         drop_conn (c);
         ret = -1;

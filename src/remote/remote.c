@@ -250,7 +250,11 @@ remote_note_error (struct remote *r, const char *fmt, ...)
   snprintf (r->last_error, sizeof r->last_error, "%s", msg);
   log = log_ratelimit_ok (&r->rl);
   pthread_mutex_unlock (&r->lock);
-  if (log)
+  /* Requests cut short by the shutdown (remote_cancel) are expected:
+   * not worth a warning on every unmount with fetches in flight. */
+  if (remote_is_cancelled (r))
+    log_debug ("remote: disk %s: parent %s: %s", r->disk, r->url, msg);
+  else if (log)
     log_warn ("remote: disk %s: parent %s: %s", r->disk, r->url, msg);
 }
 
@@ -427,15 +431,18 @@ remote_pread (struct remote *r, void *buf, size_t count, uint64_t offset,
     assert (*err != 0);
     if (!is_retryable (*err) || !backoff (r, &delay, deadline_ns)) {
       int e = *err;
-      if (is_retryable (e))
+      bool cancelled = remote_is_cancelled (r);
+      if (is_retryable (e) && !cancelled)
         set_state (r, REMOTE_DOWN);
       /* Whatever the cause (a timeout, a changed parent), the caller's
-       * answer is EIO: the detail is in the log and in the status. */
+       * answer is EIO: the detail is in the log and in the status.  A
+       * read cut short by the shutdown is not an error worth logging. */
       *err = EIO;
-      log_error ("remote: disk %s: parent %s: read of %zu bytes at offset %"
-                 PRIu64 " failed after %u attempts in %.1f s: %s",
-                 r->disk, r->url, count, offset, attempts,
-                 (now_ns () - start) / 1e9, strerror (e));
+      log_msg (cancelled ? LOG_LVL_DEBUG : LOG_LVL_ERROR,
+               "remote: disk %s: parent %s: read of %zu bytes at offset %"
+               PRIu64 " failed after %u attempts in %.1f s: %s",
+               r->disk, r->url, count, offset, attempts,
+               (now_ns () - start) / 1e9, strerror (e));
       return -1;
     }
     set_state (r, REMOTE_RETRYING);
@@ -686,9 +693,10 @@ retry_write (struct remote *r, int (*fn) (struct remote *, void *, void *),
     pthread_mutex_unlock (&r->lock);
     set_state (r, REMOTE_RETRYING);
     if (!is_retryable (*a->err) || !backoff (r, &delay, a->deadline_ns)) {
-      log_error ("remote: disk %s: parent %s: %s at offset %" PRIu64 " failed after "
-                 "%u attempts: %s", r->disk, r->url, what, a->offset, attempts,
-                 strerror (*a->err));
+      log_msg (remote_is_cancelled (r) ? LOG_LVL_DEBUG : LOG_LVL_ERROR,
+               "remote: disk %s: parent %s: %s at offset %" PRIu64 " failed after "
+               "%u attempts: %s", r->disk, r->url, what, a->offset, attempts,
+               strerror (*a->err));
       /* EOPNOTSUPP: a flush the parent cannot do (no NBD FLUSH), for the
        * caller to name. */
       if (*a->err != EROFS && *a->err != ENOSPC && *a->err != EOPNOTSUPP)

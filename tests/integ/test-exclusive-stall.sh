@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Exclusive commands (here `checkpoint`, which must own every block) with
-# the streamer on and a slow or stalled parent:
+# Exclusive commands (here `handoff`, which must own every block; a
+# checkpoint waits only for writes, see test-checkpoint-fetching) with the
+# streamer on and a slow or stalled parent:
 #  1. slow parent (each read 1.5 s): the streamer's next chunks are held
 #     off while the command waits, so it gets the disk as soon as the
 #     chunks in flight end, and succeeds well within the hold;
@@ -60,38 +61,38 @@ prompt () {
 touch "$T/slow"
 "$CORFS" stream --state "$st" d >/dev/null || fail "stream start failed"
 sleep 1
-timed "$T/c1" "$CORFS" checkpoint --state "$st" d
-echo "checkpoint, slow parent: rc $(cat "$T/c1.rc") after $(cat "$T/c1") ms: $(cat "$T/c1.txt")"
-[ "$(cat "$T/c1.rc")" -eq 0 ] || fail "checkpoint failed with a slow but live parent: $(cat "$T/c1.txt")"
-[ "$(cat "$T/c1")" -lt $(( HOLD * 1000 + 2000 )) ] || fail "checkpoint took $(cat "$T/c1") ms"
-grep -qx '[0-9]*' "$T/c1.txt" || fail "checkpoint printed no generation: $(cat "$T/c1.txt")"
+timed "$T/c1" "$CORFS" handoff --state "$st" d --epoch 2
+echo "handoff, slow parent: rc $(cat "$T/c1.rc") after $(cat "$T/c1") ms: $(cat "$T/c1.txt")"
+[ "$(cat "$T/c1.rc")" -eq 0 ] || fail "handoff failed with a slow but live parent: $(cat "$T/c1.txt")"
+[ "$(cat "$T/c1")" -lt $(( HOLD * 1000 + 2000 )) ] || fail "handoff took $(cat "$T/c1") ms"
+"$CORFS" reclaim --state "$st" d --epoch 3 || fail "reclaim failed"
+"$CORFS" stream --state "$st" d >/dev/null || fail "stream start failed"
 
 # --- 2. stalled parent: a clear error after the hold ----------------------
 touch "$T/stall"
 rm -f "$T/slow"
 sleep 2                          # the streamer's workers are stalled now
-timed "$T/c2" "$CORFS" checkpoint --state "$st" d & cp=$!
+timed "$T/c2" "$CORFS" handoff --state "$st" d --epoch 4 & cp=$!
 sleep 0.5
 prompt "status" "$CORFS" status --state "$st" --json
 jq -e '.[0].name == "d"' "$T/p.txt" >/dev/null || fail "status reply: $(cat "$T/p.txt")"
 prompt "metrics" "$CORFS" metrics --state "$st"
 timed "$T/c3" "$CORFS" checkpoint --state "$st" d
-[ "$(cat "$T/c3.rc")" -ne 0 ] || fail "a second checkpoint ran alongside the first"
-grep -q "disk d: checkpoint refused: checkpoint is still running" "$T/c3.txt" ||
-  fail "second checkpoint: unexpected answer: $(cat "$T/c3.txt")"
+[ "$(cat "$T/c3.rc")" -ne 0 ] || fail "a checkpoint ran alongside the handoff"
+grep -q "disk d: checkpoint refused: handoff is still running" "$T/c3.txt" ||
+  fail "checkpoint during the handoff: unexpected answer: $(cat "$T/c3.txt")"
 [ "$(cat "$T/c3")" -lt 2000 ] || fail "the refusal took $(cat "$T/c3") ms"
 wait $cp
-echo "checkpoint, stalled parent: rc $(cat "$T/c2.rc") after $(cat "$T/c2") ms: $(cat "$T/c2.txt")"
-[ "$(cat "$T/c2.rc")" -ne 124 ] || fail "checkpoint hung"
-[ "$(cat "$T/c2")" -lt $(( HOLD * 1000 + 2000 )) ] || fail "checkpoint took $(cat "$T/c2") ms, past the hold"
-if [ "$(cat "$T/c2.rc")" -ne 0 ]; then
-  grep -q "disk d: checkpoint: not done: the block at offset [0-9]* was still being fetched or written when the hold time ($HOLD s) ran out" "$T/c2.txt" ||
-    fail "checkpoint failed without a clear reason: $(cat "$T/c2.txt")"
-fi
+echo "handoff, stalled parent: rc $(cat "$T/c2.rc") after $(cat "$T/c2") ms: $(cat "$T/c2.txt")"
+[ "$(cat "$T/c2.rc")" -ne 124 ] || fail "handoff hung"
+[ "$(cat "$T/c2")" -lt $(( HOLD * 1000 + 2000 )) ] || fail "handoff took $(cat "$T/c2") ms, past the hold"
+[ "$(cat "$T/c2.rc")" -ne 0 ] || fail "handoff got the disk although the streamer's chunks were stalled"
+grep -q "disk d: handoff: not done: the block at offset [0-9]* was still being fetched or written when the hold time ($HOLD s) ran out" "$T/c2.txt" ||
+  fail "handoff failed without a clear reason: $(cat "$T/c2.txt")"
 
 # --- 3. unmount while a command waits -------------------------------------
 pid=$(daemon_pid "$st")
-timed "$T/c4" "$CORFS" checkpoint --state "$st" d & cp=$!
+timed "$T/c4" "$CORFS" handoff --state "$st" d --epoch 5 & cp=$!
 sleep 0.5
 timed "$T/u" "$CORFS" unmount "$mnt"
 echo "unmount: rc $(cat "$T/u.rc") after $(cat "$T/u") ms: $(cat "$T/u.txt")"
@@ -99,7 +100,7 @@ echo "unmount: rc $(cat "$T/u.rc") after $(cat "$T/u") ms: $(cat "$T/u.txt")"
 [ "$(cat "$T/u")" -lt 10000 ] || fail "unmount took $(cat "$T/u") ms"
 alive "$pid" && fail "the daemon is still running after corfs unmount"
 wait $cp
-echo "checkpoint during unmount: rc $(cat "$T/c4.rc"): $(cat "$T/c4.txt")"
+echo "handoff during unmount: rc $(cat "$T/c4.rc"): $(cat "$T/c4.txt")"
 [ "$(cat "$T/c4.rc")" -ne 124 ] || fail "the client of a command waiting at unmount hung"
-grep -q "checkpoint: not done" "$T/c4.txt" || fail "checkpoint during unmount: $(cat "$T/c4.txt")"
+grep -q "handoff: not done" "$T/c4.txt" || fail "handoff during unmount: $(cat "$T/c4.txt")"
 echo OK
