@@ -89,8 +89,15 @@ jsonl_call (int fd, const json_t *req)
   /* A daemon that refuses the client writes why and closes before it
    * reads anything: the send then fails (EPIPE), but the reason is
    * already queued, so read it all the same. */
-  if (jsonl_send (fd, req) == -1)
+  if (jsonl_send (fd, req) == -1) {
     err = errno;
+    /* Anything else (ENOMEM, a send that never went out) leaves a daemon
+     * still waiting for our request: reading would wait for ever. */
+    if (err != EPIPE && err != ECONNRESET) {
+      errno = err;
+      return NULL;
+    }
+  }
   reply = jsonl_recv (fd);
   if (!reply && err)
     errno = err;

@@ -866,6 +866,15 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
   rcfg.pinned_identity = recorded && !rec.merging && rec.state != META_INCOMING &&
     rec.state != META_ACTIVATING && !(rec.mirror && rec.state == META_ACTIVE)
     ? rec.identity : NULL;
+  if (rewrite_url && (!rcfg.pinned_identity || !*rcfg.pinned_identity)) {
+    /* Nothing to confirm the old-form match with: the URL stays as the
+     * record has it. */
+    log_error ("daemon: disk %s is recorded with parent %s by an older corfs; --disk "
+               "gives %s, which only the parent's pinned identity could confirm, and "
+               "none is pinned while a disk is incoming, activating, merging or an "
+               "active mirror: mount without --disk", name, rec.url, redacted);
+    return -1;
+  }
   if (recorded && dopt && dopt->accept_changed_parent) {
     /* Re-basing onto a changed parent is only sane with nothing local. */
     struct meta_disk *probe = NULL;
@@ -898,14 +907,6 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
       log_error ("daemon: disk %s: opening its index: %m", name);
       goto err;
     }
-    if (rewrite_url) {
-      meta_disk_record (md, &rec);
-      log_info ("daemon: disk %s: parent recorded as %s by an older corfs; "
-                "recorded as %s now", name, rec.url, redacted);
-      snprintf (rec.url, sizeof rec.url, "%s", redacted);
-      if (meta_disk_update (md, &rec) == -1)
-        goto err;
-    }
     if (verify_mirror_parent (name, &rec, r, widened, hold_s) == -1)
       goto err;
     if (dopt && (dopt->parent_owned || o->parent_owned) && !rec.parent_owned) {
@@ -917,7 +918,12 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
     }
     if (check_unpinned (name, &rec, md, wants_repin (o, name)) == -1)
       goto err;
-    if (meta_count (md, META_PRESENT) < meta_nr_blocks (md) || wants_repin (o, name)) {
+    /* A URL matched only through the old redaction (which dropped whole
+     * queries: "?socket=/x/sig.sock" and "?socket=/y/sig.sock" looked the
+     * same) is confirmed by the parent's identity before it is recorded,
+     * even when every block is present. */
+    if (meta_count (md, META_PRESENT) < meta_nr_blocks (md) || wants_repin (o, name) ||
+        rewrite_url) {
       /* The parent is needed (or to be pinned): check that it is still
        * the same image. */
       int64_t size = remote_get_size (r, now_ns () + hold_s * NS_PER_SEC, &err);
@@ -941,6 +947,14 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
       meta_disk_record (md, &rec);
       if (*cur && strcmp (cur, rec.identity) != 0) {
         snprintf (rec.identity, sizeof rec.identity, "%s", cur);
+        if (meta_disk_update (md, &rec) == -1)
+          goto err;
+      }
+      if (rewrite_url) {
+        meta_disk_record (md, &rec);
+        log_info ("daemon: disk %s: parent recorded as %s by an older corfs; "
+                  "recorded as %s now", name, rec.url, redacted);
+        snprintf (rec.url, sizeof rec.url, "%s", redacted);
         if (meta_disk_update (md, &rec) == -1)
           goto err;
       }

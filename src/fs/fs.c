@@ -35,8 +35,11 @@
 #define ATTR_TIMEOUT 1.0
 
 /* Background requests the kernel may have outstanding (readahead, async
- * direct I/O); set in fs_init. */
-#define FS_MAX_BACKGROUND 64
+ * direct I/O); set in fs_init.  Those beyond it wait in the kernel, where
+ * no hold applies: at 64, libaio at queue depth 200 on a stalled parent
+ * got its EIOs 64 per hold period.  Kept below FS_MAX_THREADS so that
+ * synchronous requests still find workers. */
+#define FS_MAX_BACKGROUND 192
 
 /* Worker threads at most.  Every request a worker has not picked up
  * waits in the kernel's queue, where no hold applies: with libfuse's
@@ -47,7 +50,7 @@
  * hypervisor's I/O threads, several VMs).  Idle workers above
  * FS_IDLE_THREADS exit, so the cost of the limit is paid only while
  * requests wait; beyond it, requests queue again. */
-#define FS_MAX_THREADS (4 * FS_MAX_BACKGROUND)
+#define FS_MAX_THREADS (FS_MAX_BACKGROUND + 64)
 #define FS_IDLE_THREADS 16
 
 struct fs {

@@ -70,6 +70,21 @@ cat "$T/other.out"
 [ $rc -ne 0 ] || fail "a remount with another parent URL was accepted"
 grep -q "parent cannot change" "$T/other.out" || fail "the refusal does not say why"
 
+echo "=== another image behind a socket whose name the old form also drops: refused, record kept"
+# The old redaction dropped any query holding "sig": ?socket=.../evil-sig.sock
+# reduces to the same nbd+unix:/// as the true URL.  Every block is present,
+# so only the parent's identity can tell them apart, and it must be asked.
+img2=$T/other.img
+head -c $(stat -c %s "$img") /dev/urandom > "$img2"
+evil=$T/evil-sig.sock
+start_nbdkit "$T/nbdkit3.pid" -U "$evil" file "$img2"
+rc=0
+timeout 60 "$CORFS" mount --state "$st" --stream=off --hold 10 --disk "d=$(nbd_uri "$evil")" \
+  "$mnt" > "$T/evil.out" 2>&1 || rc=$?
+cat "$T/evil.out"
+[ $rc -ne 0 ] || fail "an old-form match over another image was accepted"
+[ "$(recorded_url)" = "nbd+unix:///" ] || fail "a refused mount rewrote the record: $(recorded_url)"
+
 echo "=== the same --disk: accepted, record rewritten"
 corfs_mount "$st" "$mnt" --hold 10 --disk "d=$url"
 cmp "$mnt/d" "$img" || fail "remount: the disk differs"
