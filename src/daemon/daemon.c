@@ -508,6 +508,49 @@ mount_resolve (struct mount_opts *o)
   return 0;
 }
 
+/* Is the daemon named in the lock file (fd) dying?  A daemon killed with
+ * SIGKILL is a zombie (or gone) as soon as its main thread has exited,
+ * but its other threads, some inside the FUSE or I/O code, may hold its
+ * files (and so the lock) a little longer.  Waits for the lock, at most
+ * LOCK_DYING_WAIT_S; true if it got it.  A live holder is never waited
+ * for: that is another daemon on this state directory. */
+#define LOCK_DYING_WAIT_S 10
+static bool
+holder_dying (int fd)
+{
+  uint64_t deadline = now_ns () + LOCK_DYING_WAIT_S * NS_PER_SEC;
+  char buf[32] = "", path[64], stat[512];
+
+  errno = EWOULDBLOCK;          /* what the caller reports on false */
+  if (pread (fd, buf, sizeof buf - 1, 0) <= 0)
+    return false;
+  long pid = strtol (buf, NULL, 10);
+  if (pid <= 0)
+    return false;
+  snprintf (path, sizeof path, "/proc/%ld/stat", pid);
+  while (now_ns () < deadline) {
+    FILE *f = fopen (path, "re");
+    if (f) {
+      /* The state follows the last ')' (the name may hold any byte). */
+      size_t n = fread (stat, 1, sizeof stat - 1, f);
+      fclose (f);
+      stat[n] = '\0';
+      char *rp = strrchr (stat, ')');
+      if (rp && rp[1] == ' ' && rp[2] != 'Z' && rp[2] != 'X') {
+        errno = EWOULDBLOCK;
+        return false;           /* alive */
+      }
+    }
+    if (flock (fd, LOCK_EX | LOCK_NB) == 0)
+      return true;
+    if (errno != EWOULDBLOCK)
+      return false;
+    usleep (50000);
+  }
+  errno = EWOULDBLOCK;
+  return false;
+}
+
 /* Take the state directory's lock.  Returns the fd (kept open for the
  * daemon's life) or -1 (logged). */
 static int
@@ -523,7 +566,7 @@ lock_state (const char *state)
     log_error ("daemon: %s: %m", path);
     return -1;
   }
-  if (flock (fd, LOCK_EX | LOCK_NB) == -1) {
+  if (flock (fd, LOCK_EX | LOCK_NB) == -1 && (errno != EWOULDBLOCK || !holder_dying (fd))) {
     char other[32] = "";
     ssize_t n = pread (fd, other, sizeof other - 1, 0);
     if (n > 0)
