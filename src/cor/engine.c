@@ -166,9 +166,7 @@ disk_free (struct cor_disk *d, bool clean)
  * pinned at mount no longer describes the parent: at a clean stop (no
  * guest request left), record it as it is now for the next mount to
  * verify (daemon.c, verify_mirror_parent), or "" when it cannot be asked
- * within a few seconds (that mount then cannot verify).  Skipped while
- * an owner transition (abort, pivot) holds the disk: those record what
- * they leave. */
+ * within a few seconds (that mount then cannot verify). */
 #define SEAL_DEADLINE_NS (5 * NS_PER_SEC)
 static void
 seal_mirror (struct cor_disk *d)
@@ -177,12 +175,28 @@ seal_mirror (struct cor_disk *d)
   char id[META_ID_MAX] = "";
   int err = 0;
 
-  if (!d->mirror || pthread_mutex_trylock (&d->owner_lock) != 0)
+  uint64_t wait = d->hold_ns < SEAL_DEADLINE_NS ? d->hold_ns : SEAL_DEADLINE_NS;
+  uint64_t deadline = now_ns () + wait;
+  struct timespec ts = { deadline / NS_PER_SEC, deadline % NS_PER_SEC };
+
+  /* A command holding owner_lock (an abort copying, which stops at its
+   * next chunk now that the engine is stopping) is waited for, bounded:
+   * the identity must be taken after its last write.  If the lock does
+   * not come, nothing is sealed, and the record keeps the empty identity
+   * that the mount left for an active mirror: the next mount says it
+   * cannot verify, never compares with an identity from before this
+   * run's writes. */
+  if (!d->mirror)
     return;
+  if (pthread_mutex_clocklock (&d->owner_lock, CLOCK_MONOTONIC, &ts) != 0) {
+    log_warn ("cor: disk %s: mirror: a command kept the disk past %" PRIu64 " s at this "
+              "stop: the parent's identity is not recorded, so the next mount cannot "
+              "verify it", d->name, (uint64_t) (wait / NS_PER_SEC));
+    return;
+  }
   meta_disk_record (d->md, &rec);
   if (d->mirror && rec.mirror && rec.state == META_ACTIVE && !rec.merging) {
-    uint64_t wait = d->hold_ns < SEAL_DEADLINE_NS ? d->hold_ns : SEAL_DEADLINE_NS;
-    if (remote_repin (d->remote, false, d->size, id, sizeof id, now_ns () + wait, &err) == -1) {
+    if (remote_repin (d->remote, false, d->size, id, sizeof id, deadline, &err) == -1) {
       log_warn ("cor: disk %s: mirror: cannot record the identity of parent %s at this "
                 "stop (%s): the next mount cannot verify it", d->name, remote_url (d->remote),
                 strerror (err));

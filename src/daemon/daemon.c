@@ -801,6 +801,25 @@ verify_mirror_parent (const char *name, const struct meta_record *rec, struct re
   return -1;
 }
 
+/* An active mirror writes its parent from now on, which moves the
+ * parent's identity: the one recorded at the last stop is spent once
+ * verified.  It is cleared, so that a stop that cannot record a new one
+ * (seal_mirror in src/cor) leaves "cannot verify" for the next mount,
+ * never a stale identity that a healthy parent would fail.  0 or -1. */
+static int
+forget_mirror_identity (const char *name, struct meta_disk *md, struct meta_record *rec)
+{
+  if (!rec->mirror || rec->state != META_ACTIVE || rec->merging || !*rec->identity)
+    return 0;
+  meta_disk_record (md, rec);
+  rec->identity[0] = '\0';
+  if (meta_disk_update (md, rec) == -1) {
+    log_error ("daemon: disk %s: recording the mirror's identity as spent: %m", name);
+    return -1;
+  }
+  return 0;
+}
+
 /* Too many blocks for the index's bitmaps (META_MAX_BLOCKS): refused
  * before anything is allocated.  0 or -1 (logged). */
 static int
@@ -951,6 +970,8 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
       goto err;
     }
     if (verify_mirror_parent (name, &rec, r, widened, hold_s) == -1)
+      goto err;
+    if (forget_mirror_identity (name, md, &rec) == -1)
       goto err;
     if (dopt && (dopt->parent_owned || o->parent_owned) && !rec.parent_owned) {
       rec.parent_owned = true;
