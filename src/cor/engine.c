@@ -2139,6 +2139,19 @@ cor_handoff (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len)
     pthread_mutex_unlock (&d->owner_lock);
     return -1;
   }
+  if (d->mirror) {
+    /* The mirror's writes moved the parent's identity since the mount
+     * (which cleared the one recorded): record it as the hand-off leaves
+     * it, for the next mount of the handed-off disk to check. */
+    char id[META_ID_MAX] = "";
+    int ierr = 0;
+    if (remote_repin (d->remote, false, d->size, id, sizeof id, now_ns () + d->hold_ns,
+                      &ierr) == -1)
+      log_warn ("cor: disk %s: mirror: the identity of parent %s could not be recorded at "
+                "hand-off (%s): a remount of this disk needs --repin", d->name,
+                remote_url (d->remote), strerror (ierr));
+    snprintf (rec.identity, sizeof rec.identity, "%s", id);
+  }
   if (set_state (d, &rec, META_HANDED_OFF, epoch, errbuf, len) == -1) {
     __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock (&d->owner_lock);
