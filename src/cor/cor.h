@@ -79,6 +79,8 @@ uint64_t cor_disk_size (const struct cor_disk *d);
 /* Bytes of overlay storage allocated (for st_blocks). */
 uint64_t cor_disk_allocated (const struct cor_disk *d);
 bool cor_disk_writable (const struct cor_disk *d);
+/* Mirror mode: guest writes go to the parent too. */
+bool cor_disk_mirror (const struct cor_disk *d);
 
 /* The disk file's permission bits and owner: as recorded by
  * cor_disk_set_attr, else mode 0600 and the daemon's uid and gid.  Any

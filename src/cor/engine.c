@@ -497,6 +497,12 @@ owner_accepts_writes (int owner)
 }
 
 bool
+cor_disk_mirror (const struct cor_disk *d)
+{
+  return d->mirror;
+}
+
+bool
 cor_disk_writable (const struct cor_disk *d)
 {
   return __atomic_load_n (&d->health, __ATOMIC_SEQ_CST) == COR_RW &&
