@@ -2063,7 +2063,7 @@ cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size
       back_to_incoming (d, &rec, &before);
       goto fail;
     }
-    remote_set_modifying (d->remote, false);
+    remote_set_modifying (d->remote, d->mirror);
     snprintf (rec.identity, sizeof rec.identity, "%s", id);
   }
   /* 5. Active, durably; only then writes. */
