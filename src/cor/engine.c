@@ -248,6 +248,42 @@ cor_engine_free (struct cor_engine *e)
   return ret;
 }
 
+int
+cor_engine_finish (struct cor_engine *e)
+{
+  int r, ret = 0;
+
+  if (!e)
+    return 0;
+  for (size_t i = 0; i < e->nr_disks; i++) {
+    cor_stream_stop (e->disks[i]);
+    cor_readahead_stop (e->disks[i]);
+  }
+  for (size_t i = 0; i < e->nr_disks; i++) {
+    cor_stream_join (e->disks[i]);
+    cor_readahead_join (e->disks[i]);
+  }
+  r = cor_engine_stop (e);
+  for (size_t i = 0; i < e->nr_disks; i++) {
+    struct cor_disk *d = e->disks[i];
+    bool clean = r == 0 && __atomic_load_n (&d->health, __ATOMIC_SEQ_CST) != COR_FAILED;
+    /* The final commit synced what it committed; a clean close needs
+     * every write before it synced (meta_disk_close's rule). */
+    if (clean && fdatasync (d->overlay_fd) == -1) {
+      log_error ("cor: disk %s: syncing the overlay at exit: %m", d->name);
+      clean = false;
+    }
+    if (clean && meta_disk_seal (d->md) == -1) {
+      log_error ("cor: disk %s: closing the index: %m", d->name);
+      clean = false;
+    }
+    if (!clean)
+      ret = -1;
+    save_trace (d);
+  }
+  return ret;
+}
+
 /* Must be called with d->attr_lock held.  Cache the record's mode and
  * owner, defaults resolved (cor_disk_attr). */
 static void

@@ -59,6 +59,9 @@
 #define DEFAULT_HOLD_S 20
 #define DEFAULT_CONNECT_TIMEOUT_S 10
 #define REQUEST_TIMEOUT_S 30
+/* At exit, jobs (long commands, merge and copy jobs) get the hold and
+ * this much more to end; one still running then is left (run_daemon). */
+#define STOP_GRACE_S 5
 
 static void
 mount_usage (FILE *f)
@@ -1055,7 +1058,7 @@ run_daemon (struct mount_opts *o, int ready_fd)
   struct merge *mg = NULL;
   struct fs *fs = NULL;
   char path[PATH_MAX], fsname[PATH_MAX + 8], **names = NULL;
-  uint64_t hold_s;
+  uint64_t hold_s = DEFAULT_HOLD_S;
   int lock_fd, ret = 1;
 
   lock_fd = lock_state (o->state);
@@ -1129,15 +1132,32 @@ run_daemon (struct mount_opts *o, int ready_fd)
    * parent; then no more commands, with the long ones still running
    * joined (ctl_stop) before the FUSE session goes; jobs and streamers
    * (which emit events into ctl) before ctl's memory; the engine's final
-   * commit last. */
-  cor_engine_quiesce (e);
-  ctl_stop (ctl);
-  fs_free (fs);
-  merge_free (mg);              /* jobs use the disks: before the engine */
-  if (cor_engine_free (e) == -1)
-    ret = 1;
-  ctl_free (ctl);
-  meta_close (m);
+   * commit last.  Jobs are waited for at most the hold and 5 s more: one
+   * stuck in the kernel (flatten --to a filesystem that does not answer)
+   * is logged and left running, and then the engine, the jobs and ctl
+   * are not freed (that thread may still use them; the process exits),
+   * though every disk still gets its final commit and clean close. */
+  {
+    uint64_t jobs_deadline = now_ns () + (hold_s + STOP_GRACE_S) * NS_PER_SEC;
+    size_t left;
+    cor_engine_quiesce (e);
+    left = ctl_stop (ctl, jobs_deadline);
+    fs_free (fs);
+    left += merge_stop (mg, jobs_deadline);
+    if (left) {
+      log_error ("daemon: %zu job(s) still running at exit; the indexes are committed and "
+                 "closed, the overlays synced, and the daemon exits without them", left);
+      if (cor_engine_finish (e) == -1)
+        ret = 1;
+    }
+    else {
+      merge_free (mg);          /* jobs use the disks: before the engine */
+      if (cor_engine_free (e) == -1)
+        ret = 1;
+      ctl_free (ctl);
+      meta_close (m);
+    }
+  }
   if (names) {
     for (size_t i = 0; names[i]; i++)
       free (names[i]);

@@ -36,7 +36,9 @@
  * Notes on the thread model: one thread per job, created by
  * merge_control (ctl's thread) or merge_flatten (one of ctl's job
  * threads: opening a copy's target may block) and joined by the next job
- * on the same disk or by merge_free (after ctl_stop: no starter is left).
+ * on the same disk, by merge_stop (at exit, until a deadline: a job
+ * stuck in the kernel is left running, and nothing it uses is freed) or
+ * by merge_free (after ctl_stop: no starter is left).
  * A job is listed, as starting, before its starter opens anything, so
  * two starters cannot both start a job on one disk.  mg->lock protects
  * the job list and every job's state fields; it is never held across
@@ -126,7 +128,7 @@ struct merge {
   char *state_dir;              /* canonical; copies may not go there */
   dev_t state_dev;              /* its device and inode: nor through an alias */
   ino_t state_ino;
-  bool closing;                 /* merge_free: jobs end without re-pinning */
+  bool closing;                 /* merge_stop/free: jobs end without re-pinning */
 };
 
 struct merge *
@@ -180,6 +182,43 @@ job_free (struct job *j)
   free (j->partial);
   free (j->record);
   free (j);
+}
+
+size_t
+merge_stop (struct merge *mg, uint64_t deadline_ns)
+{
+  struct job *list;
+  size_t left = 0;
+
+  if (!mg)
+    return 0;
+  /* The list is taken whole: a starter that ctl_stop left stuck may still
+   * list a job later, and must not race with this walk (the process is
+   * exiting then: what it starts is never joined). */
+  pthread_mutex_lock (&mg->lock);
+  mg->closing = true;
+  for (struct job *j = mg->jobs; j; j = j->next)
+    if (!finished (j->state))
+      j->state = J_CANCELLED;
+  pthread_cond_broadcast (&mg->cond);
+  list = mg->jobs;
+  mg->jobs = NULL;
+  pthread_mutex_unlock (&mg->lock);
+  for (struct job **pp = &list; *pp;) {
+    struct job *j = *pp;
+    if (j->started && !thread_join_until (j->thread, deadline_ns)) {
+      log_error ("merge: disk %s: the %s job%s%s is still running at exit (stuck in the "
+                 "kernel, on a filesystem that does not answer?); the daemon exits without "
+                 "it", cor_disk_name (j->d), kind_names[j->kind], j->to ? " to " : "",
+                 j->to ? j->to : "");
+      left++;
+      pp = &j->next;
+      continue;
+    }
+    *pp = j->next;
+    job_free (j);
+  }
+  return left;
 }
 
 void
