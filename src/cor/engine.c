@@ -347,21 +347,21 @@ repin_why (struct cor_disk *d, int err, char *buf, size_t len)
 }
 
 /* The parent is final (an interrupted activation found at mount): put
- * its identity in rec.  The mount pinned it on its first connection; a
- * disk that made none is pinned here.  0 or -1 (logged). */
+ * its identity in rec, pinned on a connection of its own, and check its
+ * size as activation does.  0 or -1 (logged). */
 static int
 pin_parent (struct cor_disk *d, struct meta_record *rec)
 {
   char id[META_ID_MAX];
   int err = 0;
 
-  remote_identity (d->remote, id, sizeof id);
-  if (!*id && remote_repin (d->remote, true, d->size, id, sizeof id, now_ns () + d->hold_ns,
-                            &err) == -1) {
+  if (remote_repin (d->remote, true, d->size, id, sizeof id, now_ns () + d->hold_ns,
+                    &err) == -1) {
     char why[1280];
     log_error ("cor: disk %s: finishing an interrupted activation: cannot pin the "
-               "identity of parent %s: %s", d->name, remote_url (d->remote),
-               repin_why (d, err, why, sizeof why));
+               "identity of parent %s (%s); the disk goes back to incoming until "
+               "`activate` is repeated (the same epoch %" PRIu64 " is accepted)", d->name,
+               remote_url (d->remote), repin_why (d, err, why, sizeof why), rec->epoch);
     errno = err;
     return -1;
   }
@@ -407,16 +407,18 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
      * no cached pages to drop; finish with the last steps: pin the
      * parent, which is final now, and record it with state active.  From
      * here on a changed parent fails closed, as after any activation. */
-    if (pin_parent (d, &rec) == -1)
-      goto err;
-    rec.state = META_ACTIVE;
+    /* A parent that cannot be pinned (unreachable, another size): the
+     * disk goes back to incoming, durably, rather than failing every
+     * mount; `activate` with the same epoch finishes it later. */
+    rec.state = pin_parent (d, &rec) == 0 ? META_ACTIVE : META_INCOMING;
     if (meta_disk_update (cfg->md, &rec) == -1) {
       log_error ("cor: disk %s: finishing an interrupted activation: %m", cfg->name);
       goto err;
     }
-    log_info ("cor: disk %s: finished an interrupted activation (epoch %" PRIu64 ")",
-              cfg->name, rec.epoch);
-    d->owner = META_ACTIVE;
+    if (rec.state == META_ACTIVE)
+      log_info ("cor: disk %s: finished an interrupted activation (epoch %" PRIu64 ")",
+                cfg->name, rec.epoch);
+    d->owner = rec.state;
   }
   /* While incoming, the source still writes the parent: its identity is
    * pinned at activation, not before.  A mirror writes it itself. */
@@ -2014,13 +2016,22 @@ set_state (struct cor_disk *d, struct meta_record *rec, int state, uint64_t epoc
  * records (activating, then this) leaves it activating: the mount
  * finishes that one, as after any interrupted activation. */
 static void
-back_to_incoming (struct cor_disk *d, struct meta_record *rec, const struct meta_record *before)
+back_to_incoming (struct cor_disk *d, struct meta_record *rec, const struct meta_record *before,
+                  char *errbuf, size_t len)
 {
   rec->state = before->state;
   rec->epoch = before->epoch;
-  if (meta_disk_update (d->md, rec) == -1)
+  if (meta_disk_update (d->md, rec) == -1) {
+    int e = errno;
+    size_t n = strlen (errbuf);
     log_error ("cor: disk %s: putting the record back to incoming after a failed "
-               "activation: %m", d->name);
+               "activation: %s", d->name, strerror (e));
+    /* The record still says activating: the next mount finishes the
+     * activation (or puts it back to incoming if the pin fails again). */
+    if (n < len)
+      snprintf (errbuf + n, len - n, "; and the record could not be put back to incoming "
+                "(%s): it stays activating, which the next mount finishes", strerror (e));
+  }
 }
 
 int
@@ -2034,8 +2045,10 @@ cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size
   pthread_mutex_lock (&d->owner_lock);
   meta_disk_record (d->md, &rec);
   /* The same epoch again finishes an activation that could not pin the
-   * parent (below). */
-  r = rec.state == META_ACTIVATING && epoch == rec.epoch ? 0
+   * parent (below), or that a mount put back to incoming (cor_disk_add:
+   * an incoming disk has a non-zero epoch only from there). */
+  r = (rec.state == META_ACTIVATING || (rec.state == META_INCOMING && rec.epoch > 0))
+    && epoch == rec.epoch ? 0
     : check_epoch_unlocked (d, &rec, epoch, META_ACTIVE, "activate", errbuf, len);
   if (r != 0) {
     pthread_mutex_unlock (&d->owner_lock);
@@ -2096,7 +2109,7 @@ cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size
       snprintf (errbuf, len, "disk %s: activation: cannot pin parent %s (%s); the disk "
                 "stays incoming until `activate` is repeated", d->name,
                 remote_url (d->remote), repin_why (d, err, why, sizeof why));
-      back_to_incoming (d, &rec, &before);
+      back_to_incoming (d, &rec, &before, errbuf, len);
       goto fail;
     }
     remote_set_modifying (d->remote, d->mirror);

@@ -777,6 +777,28 @@ check_nr_blocks (const char *name, const struct remote *r, int64_t size, uint64_
   return -1;
 }
 
+/* An interrupted activation (record activating) whose parent fails the
+ * mount's checks is not finished by a later mount either: the record goes
+ * back to incoming (its epoch kept: `activate` with the same epoch
+ * finishes it), as after a failed `activate`. */
+static void
+unfinish_activation (const char *name, struct meta_disk *md)
+{
+  struct meta_record rec;
+
+  meta_disk_record (md, &rec);
+  if (rec.state != META_ACTIVATING)
+    return;
+  rec.state = META_INCOMING;
+  if (meta_disk_update (md, &rec) == -1)
+    log_error ("daemon: disk %s: putting an interrupted activation back to incoming: %m",
+               name);
+  else
+    log_warn ("daemon: disk %s: the interrupted activation (epoch %" PRIu64 ") is undone: "
+              "the disk is incoming again until `activate --epoch %" PRIu64 "` is repeated",
+              name, rec.epoch, rec.epoch);
+}
+
 /* Attach one disk (steps 5): open its index record (creating it for a new
  * disk), its parent and its overlay, and add it to the engine.  url is
  * NULL for a recorded disk not given this time. */
@@ -929,12 +951,14 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
         remote_status (r, msg, sizeof msg);
         log_error ("daemon: disk %s: parent %s: %s", name, remote_url (r),
                    err == ESTALE ? msg : *msg ? msg : strerror (err));
+        unfinish_activation (name, md);
         goto err;
       }
       if ((uint64_t) size != rec.size) {
         log_error ("daemon: disk %s: parent %s has size %" PRId64 " but the disk was "
                    "recorded with size %" PRIu64 "; refusing to attach a different image",
                    name, remote_url (r), size, rec.size);
+        unfinish_activation (name, md);
         goto err;
       }
       /* A re-pinned identity (accept-changed-parent, or an interrupted
