@@ -1083,6 +1083,7 @@ run_daemon (struct mount_opts *o, int ready_fd)
   struct fs *fs = NULL;
   char path[PATH_MAX], fsname[PATH_MAX + 8], **names = NULL;
   uint64_t hold_s = DEFAULT_HOLD_S;
+  size_t left = 0;
   int lock_fd, ret = 1;
 
   lock_fd = lock_state (o->state);
@@ -1163,7 +1164,6 @@ run_daemon (struct mount_opts *o, int ready_fd)
    * though every disk still gets its final commit and clean close. */
   {
     uint64_t jobs_deadline = now_ns () + (hold_s + STOP_GRACE_S) * NS_PER_SEC;
-    size_t left;
     cor_engine_quiesce (e);
     left = ctl_stop (ctl, jobs_deadline);
     fs_free (fs);
@@ -1196,6 +1196,14 @@ run_daemon (struct mount_opts *o, int ready_fd)
     log_info ("daemon: clean exit");
   if (lock_fd >= 0)
     close (lock_fd);            /* releases the state directory */
+  if (left) {
+    /* A thread stuck in the kernel is still running: end the process at
+     * once (exit_group), running no exit handlers, which could free what
+     * that thread uses or wait for it (a leak checker stopping every
+     * thread hangs on one that cannot be stopped). */
+    fflush (NULL);
+    _exit (ret);
+  }
   return ret;
 }
 
