@@ -587,3 +587,17 @@ cond_init_monotonic (pthread_cond_t *c)
   pthread_cond_init (c, &ca);
   pthread_condattr_destroy (&ca);
 }
+
+bool
+thread_join_until (pthread_t t, uint64_t deadline_ns)
+{
+  struct timespec ts;
+  uint64_t now = now_ns (), left = deadline_ns > now ? deadline_ns - now : 0;
+
+  /* pthread_timedjoin_np takes a CLOCK_REALTIME instant. */
+  clock_gettime (CLOCK_REALTIME, &ts);
+  left += ts.tv_nsec;
+  ts.tv_sec += left / NS_PER_SEC;
+  ts.tv_nsec = left % NS_PER_SEC;
+  return pthread_timedjoin_np (t, NULL, &ts) == 0;
+}

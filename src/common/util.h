@@ -81,4 +81,9 @@ int thread_create_nosig (pthread_t *t, void *(*fn) (void *), void *arg);
 /* pthread_cond_init on CLOCK_MONOTONIC, so that pthread_cond_timedwait
  * deadlines come from now_ns () and do not jump with the wall clock. */
 void cond_init_monotonic (pthread_cond_t *c);
+
+/* pthread_join, waiting at most until deadline_ns (now_ns () terms).
+ * True if joined; false if the thread still runs (then it is not
+ * joined, and may be joined again later). */
+bool thread_join_until (pthread_t t, uint64_t deadline_ns);
 #endif

@@ -36,6 +36,13 @@ int cor_engine_start (struct cor_engine *e);
  * Returns 0 if everything was closed cleanly, -1 otherwise (logged). */
 int cor_engine_free (struct cor_engine *e);
 
+/* cor_engine_free for an exit that leaves a job thread running (stuck in
+ * the kernel: merge_stop, ctl_stop): the same stops, final commit (the
+ * overlays fdatasync'd first) and clean close of every index record, but
+ * nothing is freed or closed that such a thread may still use.  0 or -1
+ * as cor_engine_free. */
+int cor_engine_finish (struct cor_engine *e);
+
 /* Begin shutdown, once no guest request can arrive (the FUSE session has
  * ended): tell the streamers and readahead to stop, cancel every disk's
  * parent requests in flight and later (remote_cancel: the final commit
@@ -79,6 +86,8 @@ uint64_t cor_disk_size (const struct cor_disk *d);
 /* Bytes of overlay storage allocated (for st_blocks). */
 uint64_t cor_disk_allocated (const struct cor_disk *d);
 bool cor_disk_writable (const struct cor_disk *d);
+/* Mirror mode: guest writes go to the parent too. */
+bool cor_disk_mirror (const struct cor_disk *d);
 
 /* The disk file's permission bits and owner: as recorded by
  * cor_disk_set_attr, else mode 0600 and the daemon's uid and gid.  Any

@@ -262,6 +262,42 @@ cor_engine_free (struct cor_engine *e)
   return ret;
 }
 
+int
+cor_engine_finish (struct cor_engine *e)
+{
+  int r, ret = 0;
+
+  if (!e)
+    return 0;
+  for (size_t i = 0; i < e->nr_disks; i++) {
+    cor_stream_stop (e->disks[i]);
+    cor_readahead_stop (e->disks[i]);
+  }
+  for (size_t i = 0; i < e->nr_disks; i++) {
+    cor_stream_join (e->disks[i]);
+    cor_readahead_join (e->disks[i]);
+  }
+  r = cor_engine_stop (e);
+  for (size_t i = 0; i < e->nr_disks; i++) {
+    struct cor_disk *d = e->disks[i];
+    bool clean = r == 0 && __atomic_load_n (&d->health, __ATOMIC_SEQ_CST) != COR_FAILED;
+    /* The final commit synced what it committed; a clean close needs
+     * every write before it synced (meta_disk_close's rule). */
+    if (clean && fdatasync (d->overlay_fd) == -1) {
+      log_error ("cor: disk %s: syncing the overlay at exit: %m", d->name);
+      clean = false;
+    }
+    if (clean && meta_disk_seal (d->md) == -1) {
+      log_error ("cor: disk %s: closing the index: %m", d->name);
+      clean = false;
+    }
+    if (!clean)
+      ret = -1;
+    save_trace (d);
+  }
+  return ret;
+}
+
 /* Must be called with d->attr_lock held.  Cache the record's mode and
  * owner, defaults resolved (cor_disk_attr). */
 static void
@@ -325,21 +361,21 @@ repin_why (struct cor_disk *d, int err, char *buf, size_t len)
 }
 
 /* The parent is final (an interrupted activation found at mount): put
- * its identity in rec.  The mount pinned it on its first connection; a
- * disk that made none is pinned here.  0 or -1 (logged). */
+ * its identity in rec, pinned on a connection of its own, and check its
+ * size as activation does.  0 or -1 (logged). */
 static int
 pin_parent (struct cor_disk *d, struct meta_record *rec)
 {
   char id[META_ID_MAX];
   int err = 0;
 
-  remote_identity (d->remote, id, sizeof id);
-  if (!*id && remote_repin (d->remote, true, d->size, id, sizeof id, now_ns () + d->hold_ns,
-                            &err) == -1) {
+  if (remote_repin (d->remote, true, d->size, id, sizeof id, now_ns () + d->hold_ns,
+                    &err) == -1) {
     char why[1280];
     log_error ("cor: disk %s: finishing an interrupted activation: cannot pin the "
-               "identity of parent %s: %s", d->name, remote_url (d->remote),
-               repin_why (d, err, why, sizeof why));
+               "identity of parent %s (%s); the disk goes back to incoming until "
+               "`activate` is repeated (the same epoch %" PRIu64 " is accepted)", d->name,
+               remote_url (d->remote), repin_why (d, err, why, sizeof why), rec->epoch);
     errno = err;
     return -1;
   }
@@ -385,16 +421,18 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
      * no cached pages to drop; finish with the last steps: pin the
      * parent, which is final now, and record it with state active.  From
      * here on a changed parent fails closed, as after any activation. */
-    if (pin_parent (d, &rec) == -1)
-      goto err;
-    rec.state = META_ACTIVE;
+    /* A parent that cannot be pinned (unreachable, another size): the
+     * disk goes back to incoming, durably, rather than failing every
+     * mount; `activate` with the same epoch finishes it later. */
+    rec.state = pin_parent (d, &rec) == 0 ? META_ACTIVE : META_INCOMING;
     if (meta_disk_update (cfg->md, &rec) == -1) {
       log_error ("cor: disk %s: finishing an interrupted activation: %m", cfg->name);
       goto err;
     }
-    log_info ("cor: disk %s: finished an interrupted activation (epoch %" PRIu64 ")",
-              cfg->name, rec.epoch);
-    d->owner = META_ACTIVE;
+    if (rec.state == META_ACTIVE)
+      log_info ("cor: disk %s: finished an interrupted activation (epoch %" PRIu64 ")",
+                cfg->name, rec.epoch);
+    d->owner = rec.state;
   }
   /* While incoming, the source still writes the parent: its identity is
    * pinned at activation, not before.  A mirror writes it itself. */
@@ -508,6 +546,12 @@ static bool
 owner_accepts_writes (int owner)
 {
   return owner == META_ACTIVE || owner == META_STANDALONE;
+}
+
+bool
+cor_disk_mirror (const struct cor_disk *d)
+{
+  return d->mirror;
 }
 
 bool
@@ -1986,13 +2030,22 @@ set_state (struct cor_disk *d, struct meta_record *rec, int state, uint64_t epoc
  * records (activating, then this) leaves it activating: the mount
  * finishes that one, as after any interrupted activation. */
 static void
-back_to_incoming (struct cor_disk *d, struct meta_record *rec, const struct meta_record *before)
+back_to_incoming (struct cor_disk *d, struct meta_record *rec, const struct meta_record *before,
+                  char *errbuf, size_t len)
 {
   rec->state = before->state;
   rec->epoch = before->epoch;
-  if (meta_disk_update (d->md, rec) == -1)
+  if (meta_disk_update (d->md, rec) == -1) {
+    int e = errno;
+    size_t n = strlen (errbuf);
     log_error ("cor: disk %s: putting the record back to incoming after a failed "
-               "activation: %m", d->name);
+               "activation: %s", d->name, strerror (e));
+    /* The record still says activating: the next mount finishes the
+     * activation (or puts it back to incoming if the pin fails again). */
+    if (n < len)
+      snprintf (errbuf + n, len - n, "; and the record could not be put back to incoming "
+                "(%s): it stays activating, which the next mount finishes", strerror (e));
+  }
 }
 
 int
@@ -2006,8 +2059,10 @@ cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size
   pthread_mutex_lock (&d->owner_lock);
   meta_disk_record (d->md, &rec);
   /* The same epoch again finishes an activation that could not pin the
-   * parent (below). */
-  r = rec.state == META_ACTIVATING && epoch == rec.epoch ? 0
+   * parent (below), or that a mount put back to incoming (cor_disk_add:
+   * an incoming disk has a non-zero epoch only from there). */
+  r = (rec.state == META_ACTIVATING || (rec.state == META_INCOMING && rec.epoch > 0))
+    && epoch == rec.epoch ? 0
     : check_epoch_unlocked (d, &rec, epoch, META_ACTIVE, "activate", errbuf, len);
   if (r != 0) {
     pthread_mutex_unlock (&d->owner_lock);
@@ -2068,10 +2123,10 @@ cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size
       snprintf (errbuf, len, "disk %s: activation: cannot pin parent %s (%s); the disk "
                 "stays incoming until `activate` is repeated", d->name,
                 remote_url (d->remote), repin_why (d, err, why, sizeof why));
-      back_to_incoming (d, &rec, &before);
+      back_to_incoming (d, &rec, &before, errbuf, len);
       goto fail;
     }
-    remote_set_modifying (d->remote, false);
+    remote_set_modifying (d->remote, d->mirror);
     snprintf (rec.identity, sizeof rec.identity, "%s", id);
   }
   /* 5. Active, durably; only then writes. */

@@ -18,8 +18,11 @@
  * client's replies stay in the order of its requests.  One long command
  * per disk at a time: a second one is refused.  ctl_stop joins the jobs,
  * which the engine bounds (cor_engine_quiesce makes them give up at
- * shutdown); only a flatten --to target on a filesystem that hangs in
- * open(2) is not bounded (a FIFO or a device there is refused at once).
+ * shutdown); only a flatten --to target on a filesystem that hangs is not
+ * (a FIFO or a device there is refused at once): ctl_stop waits for
+ * those until its deadline, then leaves them running (the daemon exits
+ * without freeing what they use; they touch only their job, qlock and
+ * the wake-up pipe, none of which is freed then).
  *
  * ctl_answer_line (ctl-internal.h, for the fuzzer and unit tests) takes
  * one line through the same answer/handle path on its caller's thread,
@@ -40,6 +43,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -916,7 +920,18 @@ serve_client (struct ctl *c, int i)
 /* Remove job j from the list, join its thread (waiting for it if it has
  * not ended) and free it; returns its reply (the caller's). */
 static json_t *
+reap_joined (struct ctl *c, struct job *j);
+
+static json_t *
 reap_job (struct ctl *c, struct job *j)
+{
+  pthread_join (j->thread, NULL);
+  return reap_joined (c, j);
+}
+
+/* reap_job for a job whose thread is joined. */
+static json_t *
+reap_joined (struct ctl *c, struct job *j)
 {
   json_t *reply;
 
@@ -925,7 +940,6 @@ reap_job (struct ctl *c, struct job *j)
       *pp = j->next;
       break;
     }
-  pthread_join (j->thread, NULL);
   reply = j->reply;             /* set before the thread ended: no lock needed */
   json_decref (j->req);
   free (j);
@@ -1156,11 +1170,34 @@ ctl_start (struct cor_engine *e, struct merge *mg, const char *path, struct ctl 
   return -1;
 }
 
-void
-ctl_stop (struct ctl *c)
+/* A long command still running at the stop deadline: say so (log, and
+ * its client) and leave it listed, unjoined. */
+static void
+abandon_job (struct ctl *c, struct job *j)
 {
+  json_t *to = json_object_get (j->req, "to");
+  char msg[PATH_MAX + 256];
+
+  snprintf (msg, sizeof msg, "disk %s: %s%s%s is still running at exit (stuck in the "
+            "kernel, on a filesystem that does not answer?); the daemon exits without it",
+            cor_disk_name (j->d), j->cmd, json_is_string (to) ? " --to " : "",
+            json_is_string (to) ? json_string_value (to) : "");
+  log_error ("ctl: %s", msg);
+  if (j->cl) {
+    json_t *reply = error_reply (json_object_get (j->req, "id"), "%s", msg);
+    if (reply)
+      send_reply (j->cl->fd, reply);
+    json_decref (reply);
+  }
+}
+
+size_t
+ctl_stop (struct ctl *c, uint64_t deadline_ns)
+{
+  size_t left = 0;
+
   if (!c)
-    return;
+    return 0;
   pthread_mutex_lock (&c->qlock);
   c->stopping = true;
   pthread_mutex_unlock (&c->qlock);
@@ -1168,11 +1205,18 @@ ctl_stop (struct ctl *c)
     log_error ("ctl: waking the control thread: %m");
   pthread_join (c->thread, NULL);
   /* The jobs end soon once the engine is quiesced; their clients get the
-   * replies (an error saying the daemon is shutting down, mostly). */
-  while (c->jobs) {
-    struct job *j = c->jobs;
+   * replies (an error saying the daemon is shutting down, mostly).  One
+   * stuck past the deadline is left running, still listed. */
+  for (struct job **pp = &c->jobs; *pp;) {
+    struct job *j = *pp;
     struct client *cl = j->cl;
-    json_t *reply = reap_job (c, j);
+    if (!thread_join_until (j->thread, deadline_ns)) {
+      abandon_job (c, j);
+      left++;
+      pp = &j->next;
+      continue;
+    }
+    json_t *reply = reap_joined (c, j);
     if (cl && reply)
       send_reply (cl->fd, reply);
     if (cl)
@@ -1185,6 +1229,7 @@ ctl_stop (struct ctl *c)
   close (c->listen_fd);
   c->listen_fd = -1;
   unlink (c->path);
+  return left;
 }
 
 void

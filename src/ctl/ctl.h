@@ -18,8 +18,12 @@ int ctl_start (struct cor_engine *e, struct merge *mg, const char *path, struct 
 
 /* Stop serving: join the control thread, close every client, remove the
  * socket.  Events emitted afterwards are dropped.  The object stays valid
- * for the engine's event callback until ctl_free. */
-void ctl_stop (struct ctl *c);
+ * for the engine's event callback until ctl_free.  Long commands are
+ * joined until deadline_ns (now_ns () terms); one still running then
+ * (stuck in the kernel, e.g. flatten --to on a hung filesystem) is
+ * logged, its client told, and left running: the number left, and then
+ * c must not be freed (the process is exiting). */
+size_t ctl_stop (struct ctl *c, uint64_t deadline_ns);
 
 /* Free; call after the engine (whose threads emit events) is freed. */
 void ctl_free (struct ctl *c);

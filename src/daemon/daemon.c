@@ -59,6 +59,9 @@
 #define DEFAULT_HOLD_S 20
 #define DEFAULT_CONNECT_TIMEOUT_S 10
 #define REQUEST_TIMEOUT_S 30
+/* At exit, jobs (long commands, merge and copy jobs) get the hold and
+ * this much more to end; one still running then is left (run_daemon). */
+#define STOP_GRACE_S 5
 
 static void
 mount_usage (FILE *f)
@@ -836,6 +839,28 @@ check_nr_blocks (const char *name, const struct remote *r, int64_t size, uint64_
   return -1;
 }
 
+/* An interrupted activation (record activating) whose parent fails the
+ * mount's checks is not finished by a later mount either: the record goes
+ * back to incoming (its epoch kept: `activate` with the same epoch
+ * finishes it), as after a failed `activate`. */
+static void
+unfinish_activation (const char *name, struct meta_disk *md)
+{
+  struct meta_record rec;
+
+  meta_disk_record (md, &rec);
+  if (rec.state != META_ACTIVATING)
+    return;
+  rec.state = META_INCOMING;
+  if (meta_disk_update (md, &rec) == -1)
+    log_error ("daemon: disk %s: putting an interrupted activation back to incoming: %m",
+               name);
+  else
+    log_warn ("daemon: disk %s: the interrupted activation (epoch %" PRIu64 ") is undone: "
+              "the disk is incoming again until `activate --epoch %" PRIu64 "` is repeated",
+              name, rec.epoch, rec.epoch);
+}
+
 /* Attach one disk (steps 5): open its index record (creating it for a new
  * disk), its parent and its overlay, and add it to the engine.  url is
  * NULL for a recorded disk not given this time. */
@@ -996,12 +1021,14 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
         remote_status (r, msg, sizeof msg);
         log_error ("daemon: disk %s: parent %s: %s", name, remote_url (r),
                    err == ESTALE ? msg : *msg ? msg : strerror (err));
+        unfinish_activation (name, md);
         goto err;
       }
       if ((uint64_t) size != rec.size) {
         log_error ("daemon: disk %s: parent %s has size %" PRId64 " but the disk was "
                    "recorded with size %" PRIu64 "; refusing to attach a different image",
                    name, remote_url (r), size, rec.size);
+        unfinish_activation (name, md);
         goto err;
       }
       /* A re-pinned identity (accept-changed-parent, or an interrupted
@@ -1133,7 +1160,8 @@ run_daemon (struct mount_opts *o, int ready_fd)
   struct merge *mg = NULL;
   struct fs *fs = NULL;
   char path[PATH_MAX], fsname[PATH_MAX + 8], **names = NULL;
-  uint64_t hold_s;
+  uint64_t hold_s = DEFAULT_HOLD_S;
+  size_t left = 0;
   int lock_fd, ret = 1;
 
   lock_fd = lock_state (o->state);
@@ -1207,15 +1235,31 @@ run_daemon (struct mount_opts *o, int ready_fd)
    * parent; then no more commands, with the long ones still running
    * joined (ctl_stop) before the FUSE session goes; jobs and streamers
    * (which emit events into ctl) before ctl's memory; the engine's final
-   * commit last. */
-  cor_engine_quiesce (e);
-  ctl_stop (ctl);
-  fs_free (fs);
-  merge_free (mg);              /* jobs use the disks: before the engine */
-  if (cor_engine_free (e) == -1)
-    ret = 1;
-  ctl_free (ctl);
-  meta_close (m);
+   * commit last.  Jobs are waited for at most the hold and 5 s more: one
+   * stuck in the kernel (flatten --to a filesystem that does not answer)
+   * is logged and left running, and then the engine, the jobs and ctl
+   * are not freed (that thread may still use them; the process exits),
+   * though every disk still gets its final commit and clean close. */
+  {
+    uint64_t jobs_deadline = now_ns () + (hold_s + STOP_GRACE_S) * NS_PER_SEC;
+    cor_engine_quiesce (e);
+    left = ctl_stop (ctl, jobs_deadline);
+    fs_free (fs);
+    left += merge_stop (mg, jobs_deadline);
+    if (left) {
+      log_error ("daemon: %zu job(s) still running at exit; the indexes are committed and "
+                 "closed, the overlays synced, and the daemon exits without them", left);
+      if (cor_engine_finish (e) == -1)
+        ret = 1;
+    }
+    else {
+      merge_free (mg);          /* jobs use the disks: before the engine */
+      if (cor_engine_free (e) == -1)
+        ret = 1;
+      ctl_free (ctl);
+      meta_close (m);
+    }
+  }
   if (names) {
     for (size_t i = 0; names[i]; i++)
       free (names[i]);
@@ -1230,6 +1274,14 @@ run_daemon (struct mount_opts *o, int ready_fd)
     log_info ("daemon: clean exit");
   if (lock_fd >= 0)
     close (lock_fd);            /* releases the state directory */
+  if (left) {
+    /* A thread stuck in the kernel is still running: end the process at
+     * once (exit_group), running no exit handlers, which could free what
+     * that thread uses or wait for it (a leak checker stopping every
+     * thread hangs on one that cannot be stopped). */
+    fflush (NULL);
+    _exit (ret);
+  }
   return ret;
 }
 

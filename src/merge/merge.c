@@ -36,7 +36,9 @@
  * Notes on the thread model: one thread per job, created by
  * merge_control (ctl's thread) or merge_flatten (one of ctl's job
  * threads: opening a copy's target may block) and joined by the next job
- * on the same disk or by merge_free (after ctl_stop: no starter is left).
+ * on the same disk, by merge_stop (at exit, until a deadline: a job
+ * stuck in the kernel is left running, and nothing it uses is freed) or
+ * by merge_free (after ctl_stop: no starter is left).
  * A job is listed, as starting, before its starter opens anything, so
  * two starters cannot both start a job on one disk.  mg->lock protects
  * the job list and every job's state fields; it is never held across
@@ -113,6 +115,8 @@ struct job {
   enum jstate state;
   uint64_t rate, done, total, passes, errors;
   bool following;
+  bool wrote;                   /* K_MERGE: its thread may have written the parent */
+  bool repin_pending;           /* K_MERGE: ended unsynced, its re-pin failed */
   char last_error[512];
   struct job *next;
 };
@@ -124,6 +128,7 @@ struct merge {
   char *state_dir;              /* canonical; copies may not go there */
   dev_t state_dev;              /* its device and inode: nor through an alias */
   ino_t state_ino;
+  bool closing;                 /* merge_stop/free: jobs end without re-pinning */
 };
 
 struct merge *
@@ -179,12 +184,50 @@ job_free (struct job *j)
   free (j);
 }
 
+size_t
+merge_stop (struct merge *mg, uint64_t deadline_ns)
+{
+  struct job *list;
+  size_t left = 0;
+
+  if (!mg)
+    return 0;
+  /* The list is taken whole: a starter that ctl_stop left stuck may still
+   * list a job later, and must not race with this walk (the process is
+   * exiting then: what it starts is never joined). */
+  pthread_mutex_lock (&mg->lock);
+  mg->closing = true;
+  for (struct job *j = mg->jobs; j; j = j->next)
+    if (!finished (j->state))
+      j->state = J_CANCELLED;
+  pthread_cond_broadcast (&mg->cond);
+  list = mg->jobs;
+  mg->jobs = NULL;
+  pthread_mutex_unlock (&mg->lock);
+  for (struct job **pp = &list; *pp;) {
+    struct job *j = *pp;
+    if (j->started && !thread_join_until (j->thread, deadline_ns)) {
+      log_error ("merge: disk %s: the %s job%s%s is still running at exit (stuck in the "
+                 "kernel, on a filesystem that does not answer?); the daemon exits without "
+                 "it", cor_disk_name (j->d), kind_names[j->kind], j->to ? " to " : "",
+                 j->to ? j->to : "");
+      left++;
+      pp = &j->next;
+      continue;
+    }
+    *pp = j->next;
+    job_free (j);
+  }
+  return left;
+}
+
 void
 merge_free (struct merge *mg)
 {
   if (!mg)
     return;
   pthread_mutex_lock (&mg->lock);
+  mg->closing = true;
   for (struct job *j = mg->jobs; j; j = j->next)
     if (!finished (j->state))
       j->state = J_CANCELLED;
@@ -359,7 +402,8 @@ synced (struct job *j)
     set_error (j, "recording synced: %s", msg);
     return -1;
   }
-  remote_set_modifying (cor_disk_remote (d), false);
+  /* A mirror writes its parent itself: it keeps accepting its writes. */
+  remote_set_modifying (cor_disk_remote (d), cor_disk_mirror (d));
   return 0;
 }
 
@@ -407,6 +451,7 @@ run_merge (struct job *j)
     return;
   }
   remote_set_modifying (cor_disk_remote (d), true);
+  j->wrote = true;
   log_info ("merge: disk %s: merging %" PRIu64 " bytes into %s", cor_disk_name (d),
             remaining_bytes (d), remote_url (cor_disk_remote (d)));
 
@@ -891,13 +936,60 @@ run_copy (struct job *j)
   free (buf);
 }
 
+/* A merge that ended before synced (cancelled, or failed) has moved the
+ * parent's identity with its own writes (file:// includes the mtime, NBD
+ * hashes sampled blocks): the pin is still the image before the merge,
+ * and a merge started again would find the parent "changed".  Its
+ * writes are over (cor_writeback returned), so pin what the parent is
+ * now, on a fresh connection, never adopting a parent already found
+ * changed (a swap noticed meanwhile stays refused).  Done only while the
+ * disk is still active (hand-off and abort pin the parent themselves),
+ * and not at shutdown (record.merging makes the next mount accept the
+ * moved identity).  Where the re-pin fails (parent unreachable), the
+ * identity check keeps accepting our own writes and the next merge start
+ * re-pins first (repin_pending). */
+static void
+repin_after_merge (struct job *j)
+{
+  struct cor_disk *d = j->d;
+  struct meta_record rec;
+  char id[META_ID_MAX];
+  bool closing;
+  int err;
+
+  pthread_mutex_lock (&j->mg->lock);
+  closing = j->mg->closing || j->state == J_SYNCED;
+  pthread_mutex_unlock (&j->mg->lock);
+  meta_disk_record (cor_disk_meta (d), &rec);
+  if (closing || rec.state != META_ACTIVE)
+    return;
+  if (remote_repin (cor_disk_remote (d), false, cor_disk_size (d), id, sizeof id,
+                    now_ns () + SETUP_DEADLINE_NS, &err) == -1) {
+    char why[1280];
+    remote_status (cor_disk_remote (d), why, sizeof why);
+    log_warn ("merge: disk %s: the merge stopped before synced; re-pinning the parent %s "
+              "failed (%s): it is re-pinned when the merge is started again",
+              cor_disk_name (d), remote_url (cor_disk_remote (d)), *why ? why : strerror (err));
+    pthread_mutex_lock (&j->mg->lock);
+    j->repin_pending = true;
+    pthread_mutex_unlock (&j->mg->lock);
+    return;
+  }
+  /* A mirror writes its parent itself: it keeps accepting its writes. */
+  remote_set_modifying (cor_disk_remote (d), rec.mirror);
+}
+
 static void *
 job_thread (void *arg)
 {
   struct job *j = arg;
 
   switch (j->kind) {
-  case K_MERGE: run_merge (j); break;
+  case K_MERGE:
+    run_merge (j);
+    if (j->wrote)
+      repin_after_merge (j);
+    break;
   case K_FLATTEN: run_flatten (j); break;
   case K_COPY: run_copy (j); break;
   }
@@ -1182,6 +1274,33 @@ start_job (struct merge *mg, struct cor_disk *d, enum kind kind, uint64_t rate,
   return 0;
 }
 
+/* Before a merge starts again on d: wait for the previous merge's thread
+ * (a cancel returns before it stops writing and re-pins the parent) and
+ * free it.  True if that merge could not re-pin the parent. */
+static bool
+settle_old_merge (struct merge *mg, struct cor_disk *d)
+{
+  struct job *old;
+  bool pending;
+
+  pthread_mutex_lock (&mg->lock);
+  old = find_job_unlocked (mg, d);
+  if (!old || old->kind != K_MERGE || !finished (old->state) || !old->started) {
+    pthread_mutex_unlock (&mg->lock);
+    return false;
+  }
+  for (struct job **pp = &mg->jobs; *pp; pp = &(*pp)->next)
+    if (*pp == old) {
+      *pp = old->next;
+      break;
+    }
+  pthread_mutex_unlock (&mg->lock);
+  pthread_join (old->thread, NULL);
+  pending = old->repin_pending;
+  job_free (old);
+  return pending;
+}
+
 int
 merge_control (struct merge *mg, struct cor_disk *d, const char *action,
                bool parent_owned, uint64_t rate, char *errbuf, size_t len)
@@ -1265,8 +1384,14 @@ merge_control (struct merge *mg, struct cor_disk *d, const char *action,
   /* The parent must still be the pinned image before the merge turns the
    * identity check off for its own writes (remote_set_modifying): a
    * swap not yet noticed would be adopted by the first reconnect, and
-   * written into. */
-  if (remote_verify (cor_disk_remote (d), NULL, now_ns () + SETUP_DEADLINE_NS, &err) == -1) {
+   * written into.  After a merge that stopped before synced and could not
+   * re-pin, the parent moved by our own writes is pinned now instead
+   * (never adopting one found changed). */
+  char id[META_ID_MAX];
+  if (settle_old_merge (mg, d)
+      ? remote_repin (cor_disk_remote (d), false, cor_disk_size (d), id, sizeof id,
+                      now_ns () + SETUP_DEADLINE_NS, &err) == -1
+      : remote_verify (cor_disk_remote (d), NULL, now_ns () + SETUP_DEADLINE_NS, &err) == -1) {
     char why[1280];
     remote_status (cor_disk_remote (d), why, sizeof why);
     snprintf (errbuf, len, "disk %s: merge refused: parent %s %s: %s", cor_disk_name (d),

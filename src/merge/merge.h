@@ -19,6 +19,13 @@ struct merge;                   /* the jobs of one engine */
  * every job.  merge_new: NULL with errno. */
 struct merge *merge_new (const char *state_dir);
 void merge_free (struct merge *mg);
+/* At exit: cancel every job and join them until deadline_ns (now_ns ()
+ * terms), freeing those joined.  A job still running then (a copy stuck
+ * writing to a filesystem that does not answer) is logged, naming its
+ * disk and target, and left running: the number left; then neither mg
+ * nor the engine may be freed (the process is exiting).  0: call
+ * merge_free. */
+size_t merge_stop (struct merge *mg, uint64_t deadline_ns);
 
 /* Start merging disk d into its parent (or steer the running merge:
  * action "start", "pause", "resume", "cancel").  parent_owned records the

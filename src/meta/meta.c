@@ -901,6 +901,23 @@ meta_disk_close (struct meta_disk *d, bool clean)
   return 0;
 }
 
+int
+meta_disk_seal (struct meta_disk *d)
+{
+  struct meta *m = d->m;
+  struct close_arg a = { d };
+  int rc;
+
+  pthread_mutex_lock (&m->lock);
+  rc = write_txn (m, "close disk", close_txn, &a);
+  pthread_mutex_unlock (&m->lock);
+  if (rc) {
+    errno = rc;
+    return -1;
+  }
+  return 0;
+}
+
 void
 meta_disk_record (struct meta_disk *d, struct meta_record *rec)
 {

@@ -114,6 +114,11 @@ int meta_disk_open (struct meta *m, const char *name,
  * the mark stays set and the next open widens). */
 int meta_disk_close (struct meta_disk *d, bool clean);
 
+/* At an exit that leaves a thread running (cor_engine_finish): what
+ * meta_disk_close (d, true) commits, without freeing or unlisting d,
+ * which that thread may still hold.  0, or -1 with errno. */
+int meta_disk_seal (struct meta_disk *d);
+
 /* The disk's name (lives as long as d). */
 const char *meta_disk_name (const struct meta_disk *d);
 
