@@ -996,8 +996,6 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
     }
     if (verify_mirror_parent (name, &rec, r, widened, hold_s) == -1)
       goto err;
-    if (forget_mirror_identity (name, md, &rec) == -1)
-      goto err;
     if (dopt && (dopt->parent_owned || o->parent_owned) && !rec.parent_owned) {
       rec.parent_owned = true;
       meta_disk_record (md, &rec);
@@ -1036,7 +1034,10 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
       char cur[META_ID_MAX];
       remote_identity (r, cur, sizeof cur);
       meta_disk_record (md, &rec);
-      if (*cur && strcmp (cur, rec.identity) != 0) {
+      /* Not an active mirror's: its writes move the identity from now on,
+       * and only the stop's seal records one (forget_mirror_identity). */
+      bool active_mirror = rec.mirror && rec.state == META_ACTIVE && !rec.merging;
+      if (*cur && strcmp (cur, rec.identity) != 0 && !active_mirror) {
         snprintf (rec.identity, sizeof rec.identity, "%s", cur);
         if (meta_disk_update (md, &rec) == -1)
           goto err;
@@ -1052,6 +1053,10 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
     }
     else
       log_info ("daemon: disk %s: every block is present; not contacting the parent", name);
+    /* Only once the parent's checks passed: a mount that fails them
+     * keeps the verified identity for the next. */
+    if (forget_mirror_identity (name, md, &rec) == -1)
+      goto err;
   }
   else {
     int64_t size = remote_get_size (r, now_ns () + hold_s * NS_PER_SEC, &err);

@@ -15,7 +15,10 @@ requires fusermount3 --version
 requires jq --version
 
 MiB=$((1 << 20))
-HOLD=3
+# test-abort-shutdown-slow.sh runs this with a parent write slower than
+# the stop's wait for the disk (5 s): the identity cannot be sealed then,
+# and the remount must still work (it once compared a stale one).
+HOLD=${ABORT_HOLD:-3} SLOW=${ABORT_SLOW:-1} WAIT=${ABORT_WAIT:-2.5}
 img=$T/parent.img
 head -c $((32 * MiB)) /dev/urandom > "$img"
 start_nbdkit "$T/e.pid" -U "$T/e.sock" eval \
@@ -23,7 +26,7 @@ start_nbdkit "$T/e.pid" -U "$T/e.sock" eval \
   get_size="stat -c %s '$img'" \
   pread="dd if='$img' skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none" \
   pwrite="if [ -e '$T/fail' ]; then echo EPERM refused >&2; exit 1; fi
-          if [ -e '$T/slow' ]; then sleep 1; fi
+          if [ -e '$T/slow' ]; then sleep $SLOW; fi
           dd of='$img' seek=\$4 bs=\$3 count=1 oflag=seek_bytes conv=notrunc status=none" \
   flush="true" can_flush="exit 0" can_write="exit 0"
 cleanup_fn rm -f "$T/fail" "$T/slow"
@@ -39,7 +42,7 @@ rm -f "$T/fail"
 touch "$T/slow"
 ( rc=0; out=$(timeout 60 "$CORFS" abort --state "$st" d 2>&1) || rc=$?
   echo "$rc $out" > "$T/abort.out" ) & ap=$!
-sleep 2.5                                 # a few blocks copied, one in flight
+sleep "$WAIT"                             # a few blocks copied, one in flight
 timeout 60 "$CORFS" unmount "$mnt" || fail "corfs unmount failed"
 wait $ap
 echo "abort: $(cat "$T/abort.out")"
@@ -52,6 +55,7 @@ if grep -E "error: .*(Operation canceled|cancelled)" "$st/corfs.log"; then
 fi
 rm -f "$T/slow"
 corfs_mount "$st" "$mnt" --hold $HOLD
+is_mounted "$mnt" || { tail -5 "$st/corfs.log"; fail "the remount after the interrupted abort failed"; }
 js=$("$CORFS" status --state "$st" d --json)
 echo "after the remount: $(jq -c '{owner, dirty_bytes, suspect_bytes}' <<<"$js")"
 [ "$(jq -r .owner.state <<<"$js")" = active ] || fail "not an active mirror after the interrupted abort"
