@@ -227,17 +227,14 @@ cor_engine_quiesce (struct cor_engine *e)
   }
 }
 
-int
-cor_engine_free (struct cor_engine *e)
+/* Stop the streamers and readahead, then the committer, which runs the
+ * final commit.  Streamers and readahead first: they fetch and would race
+ * with the final commit.  All are told to stop before any is waited for,
+ * so disks whose parents are slow wait out their requests in flight
+ * together, not one after another.  0 or errno of the final commit. */
+static int
+stop_and_commit (struct cor_engine *e)
 {
-  int r, ret = 0;
-
-  if (!e)
-    return 0;
-  /* Streamers and readahead first: they fetch and would race with the
-   * final commit.  All are told to stop before any is waited for, so
-   * disks whose parents are slow wait out their requests in flight
-   * together, not one after another. */
   for (size_t i = 0; i < e->nr_disks; i++) {
     cor_stream_stop (e->disks[i]);
     cor_readahead_stop (e->disks[i]);
@@ -246,7 +243,17 @@ cor_engine_free (struct cor_engine *e)
     cor_stream_join (e->disks[i]);
     cor_readahead_join (e->disks[i]);
   }
-  r = cor_engine_stop (e);
+  return cor_engine_stop (e);
+}
+
+int
+cor_engine_free (struct cor_engine *e)
+{
+  int r, ret = 0;
+
+  if (!e)
+    return 0;
+  r = stop_and_commit (e);
   for (size_t i = 0; i < e->nr_disks; i++) {
     struct cor_disk *d = e->disks[i];
     bool clean = r == 0 && __atomic_load_n (&d->health, __ATOMIC_SEQ_CST) != COR_FAILED;
@@ -269,15 +276,7 @@ cor_engine_finish (struct cor_engine *e)
 
   if (!e)
     return 0;
-  for (size_t i = 0; i < e->nr_disks; i++) {
-    cor_stream_stop (e->disks[i]);
-    cor_readahead_stop (e->disks[i]);
-  }
-  for (size_t i = 0; i < e->nr_disks; i++) {
-    cor_stream_join (e->disks[i]);
-    cor_readahead_join (e->disks[i]);
-  }
-  r = cor_engine_stop (e);
+  r = stop_and_commit (e);
   for (size_t i = 0; i < e->nr_disks; i++) {
     struct cor_disk *d = e->disks[i];
     bool clean = r == 0 && __atomic_load_n (&d->health, __ATOMIC_SEQ_CST) != COR_FAILED;
