@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "meta/meta.h"
+
 struct cor_engine;
 struct cor_disk;
 struct meta;
@@ -278,7 +280,7 @@ bool cor_disk_openable_rw (const struct cor_disk *d);
 struct cor_status {
   uint64_t size, block_size, nr_blocks, present_blocks, dirty_blocks, suspect_blocks;
   const char *health;           /* "rw", "ro", "failed" */
-  const char *owner_state;      /* "active", "incoming", ... */
+  enum meta_state owner_state;  /* meta_state_name gives its name */
   uint64_t epoch;
   uint32_t generation;
   bool widened;                 /* the last unclean shutdown widened the maps */

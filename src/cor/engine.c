@@ -1737,7 +1737,6 @@ wb_copy_worker (void *arg)
   return NULL;
 }
 
-static const char *owner_name (int s);
 
 /* cor_writeback, and abort's copy (for_abort: abort itself marked the
  * disk handed off to hold off guest writes, and holds owner_lock). */
@@ -1769,7 +1768,7 @@ writeback (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t deadline_n
     release_busy (d, &self);
     log_error ("cor: disk %s: writeback at offset %" PRIu64 " refused: the disk is %s, "
                "not active", d->name, block_offset (d, first),
-               owner_name (__atomic_load_n (&d->owner, __ATOMIC_SEQ_CST)));
+               meta_state_name (__atomic_load_n (&d->owner, __ATOMIC_SEQ_CST)));
     *err = EROFS;
     return -1;
   }
@@ -1869,14 +1868,6 @@ cor_checkpoint (struct cor_disk *d, char *errbuf, size_t len)
 
 /* ---- owner state: migration switch-over ---- */
 
-static const char *
-owner_name (int s)
-{
-  static const char *names[] = { "active", "incoming", "activating", "handed-off",
-                                 "standalone" };
-  return names[s];
-}
-
 void
 cor_set_invalidate_fn (struct cor_engine *e,
                        void (*fn) (void *opaque, size_t disk_index), void *opaque)
@@ -1897,7 +1888,7 @@ check_epoch_unlocked (struct cor_disk *d, const struct meta_record *rec, uint64_
   if (epoch <= rec->epoch) {
     snprintf (errbuf, len, "disk %s: stale epoch %" PRIu64 " for %s: the disk has "
               "accepted epoch %" PRIu64 " (%s)", d->name, epoch, what, rec->epoch,
-              owner_name (rec->state));
+              meta_state_name (rec->state));
     return -1;
   }
   return 0;
@@ -2015,7 +2006,7 @@ set_state (struct cor_disk *d, struct meta_record *rec, int state, uint64_t epoc
   rec->state = state;
   rec->epoch = epoch;
   if (meta_disk_update (d->md, rec) == -1) {
-    snprintf (errbuf, len, "disk %s: recording state %s: %s", d->name, owner_name (state),
+    snprintf (errbuf, len, "disk %s: recording state %s: %s", d->name, meta_state_name (state),
               strerror (errno));
     return -1;
   }
@@ -2069,7 +2060,7 @@ cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size
   }
   if (rec.state != META_INCOMING && rec.state != META_ACTIVATING) {
     snprintf (errbuf, len, "disk %s is %s, not incoming: nothing to activate", d->name,
-              owner_name (rec.state));
+              meta_state_name (rec.state));
     pthread_mutex_unlock (&d->owner_lock);
     return -1;
   }
@@ -2160,7 +2151,7 @@ cor_handoff (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len)
   }
   if (rec.state != META_ACTIVE) {
     snprintf (errbuf, len, "disk %s is %s: only an active disk can be handed off",
-              d->name, owner_name (rec.state));
+              d->name, meta_state_name (rec.state));
     pthread_mutex_unlock (&d->owner_lock);
     return -1;
   }
@@ -2233,7 +2224,7 @@ cor_reclaim (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len)
   }
   if (rec.state != META_HANDED_OFF) {
     snprintf (errbuf, len, "disk %s is %s, not handed off: nothing to reclaim", d->name,
-              owner_name (rec.state));
+              meta_state_name (rec.state));
     pthread_mutex_unlock (&d->owner_lock);
     return -1;
   }
@@ -2313,7 +2304,7 @@ cor_pivot (struct cor_disk *d, char *errbuf, size_t len)
   }
   if (rec.state != META_ACTIVE) {
     snprintf (errbuf, len, "disk %s is %s: only an active mirror can pivot", d->name,
-              owner_name (rec.state));
+              meta_state_name (rec.state));
     goto fail;
   }
   present = meta_count (d->md, META_PRESENT);
@@ -2512,8 +2503,6 @@ void
 cor_disk_status (struct cor_disk *d, struct cor_status *st)
 {
   static const char *health[] = { "rw", "ro", "failed" };
-  static const char *owner[] = { "active", "incoming", "activating", "handed-off",
-                                 "standalone" };
   struct meta_record rec;
   struct remote_stats rs;
 
@@ -2526,7 +2515,7 @@ cor_disk_status (struct cor_disk *d, struct cor_status *st)
   st->dirty_blocks = meta_count (d->md, META_DIRTY);
   st->suspect_blocks = meta_count (d->md, META_SUSPECT);
   st->health = health[__atomic_load_n (&d->health, __ATOMIC_SEQ_CST)];
-  st->owner_state = owner[rec.state];
+  st->owner_state = rec.state;
   st->epoch = rec.epoch;
   st->generation = rec.generation;
   st->widened = rec.widened_generation != 0;

@@ -290,7 +290,7 @@ disk_status (struct ctl *c, struct cor_disk *d, uint64_t maps_from, size_t *maps
                  "suspect_bytes", (json_int_t) (st.suspect_blocks * st.block_size),
                  "complete", st.present_blocks == st.nr_blocks,
                  "health", st.health,
-                 "owner", "state", st.owner_state, "epoch", (json_int_t) st.epoch,
+                 "owner", "state", meta_state_name (st.owner_state), "epoch", (json_int_t) st.epoch,
                  "generation", (json_int_t) st.generation,
                  "widened", st.widened,
                  "parent", "url", st.parent_url, "backend", st.parent_backend,
@@ -333,7 +333,7 @@ disk_status (struct ctl *c, struct cor_disk *d, uint64_t maps_from, size_t *maps
                                     "errors", (json_int_t) ms.errors,
                                     "following", ms.following,
                                     "last_error", ms.last_error));
-    if (!strcmp (st.owner_state, "standalone"))
+    if (st.owner_state == META_STANDALONE)
       json_object_set_new (json_object_get (j, "parent"), "state", json_string ("detached"));
   }
   if (j && maps_budget)

@@ -753,8 +753,7 @@ static int
 check_unpinned (const char *name, const struct meta_record *rec, struct meta_disk *md,
                 bool repin)
 {
-  bool pinned_state = (rec->state == META_ACTIVE && !rec->mirror) ||
-    rec->state == META_HANDED_OFF;
+  bool pinned_state = meta_identity_binding (rec) && rec->state != META_STANDALONE;
   uint64_t present = meta_count (md, META_PRESENT);
 
   if (repin && *rec->identity) {
@@ -763,7 +762,7 @@ check_unpinned (const char *name, const struct meta_record *rec, struct meta_dis
                rec->identity);
     return -1;
   }
-  if (repin || *rec->identity || !pinned_state || rec->merging || present == 0)
+  if (repin || *rec->identity || !pinned_state || present == 0)
     return 0;
   log_error ("daemon: disk %s: its record has no parent identity (written by an older "
              "corfs) and %" PRIu64 " blocks are present: a different image at %s would "
@@ -891,8 +890,7 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
       rec.state != META_INCOMING && rec.state != META_ACTIVATING) {
     log_error ("daemon: disk %s is recorded %s; --incoming conflicts (a disk is "
                "incoming only until it is activated)", name,
-               rec.state == META_HANDED_OFF ? "handed-off"
-               : rec.state == META_STANDALONE ? "standalone" : "active");
+               meta_state_name (rec.state));
     return -1;
   }
   bool want_mirror = dopt && dopt->write_mode >= 0 ? dopt->write_mode == 1 : o->mirror;
@@ -950,9 +948,7 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
    * re-pinned when the merge is run again (DESIGN.md rule 9). */
   /* The parent's identity moves with our own writes (merge, mirror) and
    * with the source's before activation: those are pinned afresh. */
-  rcfg.pinned_identity = recorded && !rec.merging && rec.state != META_INCOMING &&
-    rec.state != META_ACTIVATING && !(rec.mirror && rec.state == META_ACTIVE)
-    ? rec.identity : NULL;
+  rcfg.pinned_identity = recorded && meta_identity_binding (&rec) ? rec.identity : NULL;
   if (rewrite_url && (!rcfg.pinned_identity || !*rcfg.pinned_identity)) {
     /* Nothing to confirm the old-form match with: the URL stays as the
      * record has it. */

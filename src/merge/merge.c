@@ -152,19 +152,6 @@ merge_new (const char *state_dir)
   return mg;
 }
 
-static const char *
-owner_state_name (enum meta_state s)
-{
-  switch (s) {
-  case META_ACTIVE: return "active";
-  case META_INCOMING: return "incoming";
-  case META_ACTIVATING: return "activating";
-  case META_HANDED_OFF: return "handed-off";
-  case META_STANDALONE: return "standalone";
-  }
-  return "in an unknown state";
-}
-
 static bool
 finished (enum jstate s)
 {
@@ -329,7 +316,7 @@ require_active (const struct meta_record *rec, char *errbuf, size_t len)
 {
   if (rec->state == META_ACTIVE)
     return 0;
-  snprintf (errbuf, len, "the disk is %s, no longer active", owner_state_name (rec->state));
+  snprintf (errbuf, len, "the disk is %s, no longer active", meta_state_name (rec->state));
   return -1;
 }
 
@@ -418,7 +405,7 @@ stop_if_not_active (struct job *j)
   if (rec.state == META_ACTIVE)
     return false;
   set_error (j, "stopped: the disk is %s, no longer active; the parent is not written",
-             owner_state_name (rec.state));
+             meta_state_name (rec.state));
   log_error ("merge: disk %s: %s", cor_disk_name (j->d), j->last_error);
   cor_emit (j->d, "merge-error", 0, 0, j->last_error);
   finish (j, J_FAILED);
@@ -1361,7 +1348,7 @@ merge_control (struct merge *mg, struct cor_disk *d, const char *action,
      * turn the identity check off under it; handed off: the disk is no
      * longer ours to write anywhere. */
     snprintf (errbuf, len, "disk %s is %s: only an active disk can be merged into its "
-              "parent", cor_disk_name (d), owner_state_name (rec.state));
+              "parent", cor_disk_name (d), meta_state_name (rec.state));
     return -1;
   }
   if (!rec.parent_owned) {
@@ -1415,8 +1402,7 @@ merge_flatten (struct merge *mg, struct cor_disk *d, const char *to,
   }
   if (!to && (rec.state != META_ACTIVE || rec.mirror)) {
     snprintf (errbuf, len, "disk %s: flatten needs an active writeback disk (it is %s%s)",
-              cor_disk_name (d), rec.state == META_HANDED_OFF ? "handed off"
-              : rec.state == META_INCOMING ? "incoming" : "not active",
+              cor_disk_name (d), meta_state_name (rec.state),
               rec.mirror ? ", in mirror mode: use pivot" : "");
     return -1;
   }

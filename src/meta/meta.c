@@ -92,11 +92,24 @@ mdb_errno (const char *op, int rc)
 
 /* ---- record encoding: "key=value" lines, easy to read with mdb_dump ---- */
 
-static const char *state_names[] = {
+static const char *state_names[META_NR_STATES] = {
   [META_ACTIVE] = "active", [META_INCOMING] = "incoming",
   [META_ACTIVATING] = "activating", [META_HANDED_OFF] = "handed-off",
   [META_STANDALONE] = "standalone",
 };
+
+const char *
+meta_state_name (enum meta_state s)
+{
+  return (unsigned) s < META_NR_STATES ? state_names[s] : "unknown";
+}
+
+bool
+meta_identity_binding (const struct meta_record *rec)
+{
+  return !rec->merging && rec->state != META_INCOMING && rec->state != META_ACTIVATING &&
+    !(rec->mirror && rec->state == META_ACTIVE);
+}
 
 struct disk_value {
   struct meta_record rec;

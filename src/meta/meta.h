@@ -45,8 +45,14 @@ struct meta_batch;
 
 enum meta_map { META_PRESENT, META_DIRTY, META_SUSPECT, META_CHANGED, META_NR_MAPS };
 
+/* A disk's owner state (docs/design.md, "Disk states"): the one table of
+ * names is meta_state_name's, used by the record, status and messages. */
 enum meta_state { META_ACTIVE, META_INCOMING, META_ACTIVATING, META_HANDED_OFF,
-                  META_STANDALONE };
+                  META_STANDALONE, META_NR_STATES };
+
+/* "active", "incoming", "activating", "handed-off", "standalone";
+ * "unknown" for anything else. */
+const char *meta_state_name (enum meta_state s);
 
 #define META_URL_MAX 2048
 #define META_ID_MAX 512
@@ -56,6 +62,15 @@ enum meta_state { META_ACTIVE, META_INCOMING, META_ACTIVATING, META_HANDED_OFF,
  * of one bit per block in memory, 512 MiB at this many (4 PiB with 4 MiB
  * blocks). */
 #define META_MAX_BLOCKS (1ULL << 30)
+
+struct meta_record;
+
+/* Whether the record's parent identity binds a mount: the one place that
+ * says when the parent may move under corfs.  It may not, except while
+ * corfs itself moves it (a merge writing into it, an active mirror) or
+ * while the source still runs (incoming, activating): those states are
+ * pinned afresh when they end. */
+bool meta_identity_binding (const struct meta_record *rec);
 
 struct meta_record {
   char url[META_URL_MAX];        /* parent URL, credentials stripped */
