@@ -27,7 +27,9 @@
  * mg->lock not held, and the engine never calls back into this module
  * (the record callbacks a kind passes to cor_update_record take no lock
  * of ours), so mg->lock and the engine's locks are never held together
- * and no order between them arises.  Jobs wait on mg->cond (pause, rate
+ * and no order between them arises.  Likewise cor_emit (ctl's event
+ * queue lock) is called without mg->lock, and ctl and the daemon call
+ * merge_* holding no lock of theirs.  Jobs wait on mg->cond (pause, rate
  * changes, cancel).
  */
 #include <errno.h>
