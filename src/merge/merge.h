@@ -2,7 +2,8 @@
  * flatten (fill, then detach the parent), and copy to a standalone file.
  *
  * merge → {cor, meta, remote}.  One job per disk at a time; each job runs
- * on its own thread (created here; see the thread-model note in merge.c).
+ * on its own thread (created here; see the thread-model note in job.c,
+ * the job framework; the kinds are in merge.c, flatten.c and copy.c).
  */
 #ifndef CORFS_MERGE_H
 #define CORFS_MERGE_H
