@@ -233,30 +233,69 @@ write_txn (struct meta *m, const char *op,
   }
 }
 
-/* gen: the generation of a META_CHANGED chunk (ignored for the others). */
+#define KEY_BYTES 16
+
+/* The one place that builds a key of the maps database (layout in
+ * meta.h): disk id, map (type << 24 | generation, the generation only for
+ * META_CHANGED: ignored for the others), chunk number, all big-endian. */
 static void
-map_key (unsigned char key[16], const struct meta_disk *d, enum meta_map map,
-         uint64_t chunk, uint32_t gen)
+map_key (unsigned char key[KEY_BYTES], uint32_t disk_id, enum meta_map map,
+         uint32_t gen, uint64_t chunk)
 {
   uint32_t mapf = (uint32_t) map << 24;
 
   if (map == META_CHANGED)
     mapf |= gen & 0xffffff;
-  for (int i = 0; i < 4; i++) key[i] = d->id >> (24 - 8 * i);
+  for (int i = 0; i < 4; i++) key[i] = disk_id >> (24 - 8 * i);
   for (int i = 0; i < 4; i++) key[4 + i] = mapf >> (24 - 8 * i);
   for (int i = 0; i < 8; i++) key[8 + i] = chunk >> (56 - 8 * i);
+}
+
+/* Must be called with m->lock held.  Call fn for each page stored for
+ * disk_id's map (of generation gen, for META_CHANGED), in chunk order.
+ * The page is LMDB's memory: valid only until txn ends, and with no
+ * alignment guarantee (copy it out with memcpy).  Stops at the first
+ * non-zero return of fn and returns it; else 0, or an LMDB error. */
+static int
+for_each_chunk (struct meta *m, MDB_txn *txn, uint32_t disk_id, enum meta_map map,
+                uint32_t gen,
+                int (*fn) (void *opaque, uint64_t chunk, const void *page, size_t len),
+                void *opaque)
+{
+  unsigned char kbuf[KEY_BYTES];
+  MDB_val key = { sizeof kbuf, kbuf }, val;
+  MDB_cursor *cur;
+  int rc;
+
+  map_key (kbuf, disk_id, map, gen, 0);
+  rc = mdb_cursor_open (txn, m->maps_dbi, &cur);
+  if (rc)
+    return rc;
+  for (rc = mdb_cursor_get (cur, &key, &val, MDB_SET_RANGE); rc == 0;
+       rc = mdb_cursor_get (cur, &key, &val, MDB_NEXT)) {
+    const unsigned char *k = key.mv_data;
+    uint64_t chunk = 0;
+    if (key.mv_size != KEY_BYTES || memcmp (k, kbuf, 8) != 0)
+      break;                    /* past this map's keys */
+    for (int i = 0; i < 8; i++)
+      chunk = chunk << 8 | k[8 + i];
+    if ((rc = fn (opaque, chunk, val.mv_data, val.mv_size)) != 0)
+      break;
+  }
+  mdb_cursor_close (cur);
+  return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
 static int
 put_chunk_gen (struct meta *m, MDB_txn *txn, const struct meta_disk *d,
                enum meta_map map, uint64_t chunk, const uint64_t *words, uint32_t gen)
 {
-  unsigned char kbuf[16];
+  unsigned char kbuf[KEY_BYTES];
   MDB_val key = { sizeof kbuf, kbuf }, val = { CHUNK_BYTES, (void *) words };
   bool zero = true;
   int rc;
 
-  map_key (kbuf, d, map, chunk, gen);
+  map_key (kbuf, d->id, map, gen, chunk);
   for (size_t i = 0; i < CHUNK_WORDS; i++)
     if (words[i]) { zero = false; break; }
   if (zero) {
@@ -283,13 +322,13 @@ put_chunk (struct meta *m, MDB_txn *txn, const struct meta_disk *d,
 static int
 put_old_changed_chunk (struct meta *m, MDB_txn *txn, const struct batch_chunk *bc)
 {
-  unsigned char kbuf[16];
+  unsigned char kbuf[KEY_BYTES];
   MDB_val key = { sizeof kbuf, kbuf }, val;
   uint64_t words[CHUNK_WORDS], old[CHUNK_WORDS];
   int rc;
 
   memcpy (words, bc->words, sizeof words);
-  map_key (kbuf, bc->d, META_CHANGED, bc->chunk, bc->gen);
+  map_key (kbuf, bc->d->id, META_CHANGED, bc->gen, bc->chunk);
   rc = mdb_get (txn, m->maps_dbi, &key, &val);
   if (rc == 0 && val.mv_size == CHUNK_BYTES) {
     memcpy (old, val.mv_data, sizeof old);      /* LMDB data may be unaligned */
@@ -657,37 +696,30 @@ meta_disk_name (const struct meta_disk *d)
 
 /* ---- disks ---- */
 
+struct load_arg { struct meta_disk *d; enum meta_map map; };
+
+static int
+load_chunk (void *opaque, uint64_t chunk, const void *page, size_t len)
+{
+  struct load_arg *a = opaque;
+  struct meta_disk *d = a->d;
+
+  if (chunk >= d->maps[a->map].nr_chunks || len != CHUNK_BYTES) {
+    log_warn ("meta: disk %s: ignoring bitmap chunk %" PRIu64 " of map %d"
+              " (outside the disk or malformed)", d->name, chunk, a->map);
+    return 0;
+  }
+  /* Copy out: the page is valid only until the transaction ends. */
+  memcpy (&d->maps[a->map].words[chunk * CHUNK_WORDS], page, CHUNK_BYTES);
+  return 0;
+}
+
 /* Must be called with m->lock held.  Load one map's chunks. */
 static int
 load_map (struct meta *m, MDB_txn *txn, struct meta_disk *d, enum meta_map map)
 {
-  unsigned char kbuf[16];
-  MDB_val key = { sizeof kbuf, kbuf }, val;
-  MDB_cursor *cur;
-  int rc;
-
-  map_key (kbuf, d, map, 0, d->rec.generation);
-  rc = mdb_cursor_open (txn, m->maps_dbi, &cur);
-  if (rc)
-    return rc;
-  for (rc = mdb_cursor_get (cur, &key, &val, MDB_SET_RANGE); rc == 0;
-       rc = mdb_cursor_get (cur, &key, &val, MDB_NEXT)) {
-    const unsigned char *k = key.mv_data;
-    uint64_t chunk = 0;
-    if (key.mv_size != 16 || memcmp (k, kbuf, 8) != 0)
-      break;
-    for (int i = 0; i < 8; i++)
-      chunk = chunk << 8 | k[8 + i];
-    if (chunk >= d->maps[map].nr_chunks || val.mv_size != CHUNK_BYTES) {
-      log_warn ("meta: disk %s: ignoring bitmap chunk %" PRIu64 " of map %d"
-                " (outside the disk or malformed)", d->name, chunk, map);
-      continue;
-    }
-    /* Copy out: val is valid only until the transaction ends. */
-    memcpy (&d->maps[map].words[chunk * CHUNK_WORDS], val.mv_data, CHUNK_BYTES);
-  }
-  mdb_cursor_close (cur);
-  return rc == MDB_NOTFOUND ? 0 : rc;
+  struct load_arg a = { d, map };
+  return for_each_chunk (m, txn, d->id, map, d->rec.generation, load_chunk, &a);
 }
 
 /* Clear the trailing bits beyond nr_blocks (a resized record, a stray bit). */
@@ -1200,7 +1232,7 @@ ckpt_txn (struct meta *m, MDB_txn *txn, void *argp)
   int rc;
 
   /* Every chunk of the old generation that is not yet durable, under the
-   * old generation's key (map_key reads d->rec.generation). */
+   * old generation's key (put_chunk reads d->rec.generation). */
   for (uint64_t c = 0; c < b->nr_chunks; c++) {
     if (!(b->pending[c / 64] & (1ULL << (c % 64))))
       continue;
@@ -1236,6 +1268,24 @@ meta_checkpoint (struct meta_disk *d)
   return gen;
 }
 
+struct or_arg { uint64_t *u; uint64_t nr_chunks; };
+
+/* OR one stored page into the union (out-of-range or malformed pages are
+ * skipped, as load_chunk does). */
+static int
+or_chunk (void *opaque, uint64_t chunk, const void *page, size_t len)
+{
+  struct or_arg *o = opaque;
+  uint64_t w[CHUNK_WORDS];
+
+  if (chunk >= o->nr_chunks || len != CHUNK_BYTES)
+    return 0;
+  memcpy (w, page, sizeof w);   /* LMDB data may be unaligned */
+  for (size_t i = 0; i < CHUNK_WORDS; i++)
+    o->u[chunk * CHUNK_WORDS + i] |= w[i];
+  return 0;
+}
+
 int
 meta_changed_extents (struct meta_disk *d, uint32_t since, bool *widened,
                       int (*fn) (void *opaque, uint64_t first_blk, uint64_t nr_blks),
@@ -1244,6 +1294,7 @@ meta_changed_extents (struct meta_disk *d, uint32_t since, bool *widened,
   struct meta *m = d->m;
   uint64_t nr_words = d->maps[META_CHANGED].nr_chunks * CHUNK_WORDS;
   uint64_t *u = calloc (nr_words, sizeof *u);
+  struct or_arg o = { u, d->maps[META_CHANGED].nr_chunks };
   uint32_t current;
   MDB_txn *txn = NULL;
   int rc = 0;
@@ -1262,34 +1313,8 @@ meta_changed_extents (struct meta_disk *d, uint32_t since, bool *widened,
   /* Older generations from the index; the current one from memory (its
    * durable chunks are a subset of what memory holds). */
   rc = mdb_txn_begin (m->env, NULL, MDB_RDONLY, &txn);
-  for (uint32_t g = since; rc == 0 && g < current; g++) {
-    unsigned char kbuf[16];
-    MDB_val key = { sizeof kbuf, kbuf }, val;
-    MDB_cursor *cur;
-    uint32_t mapf = (uint32_t) META_CHANGED << 24 | (g & 0xffffff);
-    for (int i = 0; i < 4; i++) kbuf[i] = d->id >> (24 - 8 * i);
-    for (int i = 0; i < 4; i++) kbuf[4 + i] = mapf >> (24 - 8 * i);
-    memset (kbuf + 8, 0, 8);
-    if ((rc = mdb_cursor_open (txn, m->maps_dbi, &cur)) != 0)
-      break;
-    for (rc = mdb_cursor_get (cur, &key, &val, MDB_SET_RANGE); rc == 0;
-         rc = mdb_cursor_get (cur, &key, &val, MDB_NEXT)) {
-      const unsigned char *k = key.mv_data;
-      uint64_t chunk = 0;
-      if (key.mv_size != 16 || memcmp (k, kbuf, 8) != 0)
-        break;
-      for (int i = 0; i < 8; i++)
-        chunk = chunk << 8 | k[8 + i];
-      if (chunk * CHUNK_WORDS >= nr_words || val.mv_size != CHUNK_BYTES)
-        continue;
-      const uint64_t *w = val.mv_data;
-      for (size_t i = 0; i < CHUNK_WORDS; i++)
-        u[chunk * CHUNK_WORDS + i] |= w[i];
-    }
-    mdb_cursor_close (cur);
-    if (rc == MDB_NOTFOUND)
-      rc = 0;
-  }
+  for (uint32_t g = since; rc == 0 && g < current; g++)
+    rc = for_each_chunk (m, txn, d->id, META_CHANGED, g, or_chunk, &o);
   if (txn)
     mdb_txn_abort (txn);
   for (uint64_t i = 0; i < nr_words; i++)
