@@ -6,10 +6,12 @@
  * rules 1 and 2).  Chunks that cannot be committed go back to the pending
  * sets, so later batches are cumulative.
  *
- * Notes on the thread model: the engine's committer thread (src/cor
- * commit.c) runs one batch at a time; when it is not running (before
- * the engine starts, and the final commit of cor_engine_stop) the thread
- * that flushes or stops runs it instead, still one at a time.  Taking,
+ * Notes on the thread model: meta.h asks for a single committer, one
+ * batch at a time: two batches interleaved could commit an older copy of
+ * a chunk after a newer one.  The engine's committer thread (src/cor
+ * commit.c) runs them; when it is not running (before the engine starts,
+ * and from the final commit of cor_engine_stop on) cor_commit_once runs
+ * on the thread that flushes or stops instead.  Taking,
  * dropping and committing each hold m->lock (store.c: a leaf); between
  * begin and commit the committer syncs overlays without it, so that
  * record updates and other disks' opens go on meanwhile.  The writers
