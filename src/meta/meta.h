@@ -28,9 +28,15 @@
  *
  * Threads: the bitmap functions (meta_test, meta_set, meta_clear,
  * meta_count, meta_next) may be called from any thread without locks
- * (atomic word operations).  Everything that touches LMDB serialises on
- * an internal mutex; the map is grown on MDB_MAP_FULL under that mutex,
- * when no transaction is active.
+ * (atomic word operations), with any of the caller's locks held.
+ * Everything that touches LMDB serialises on an internal mutex; the map
+ * is grown on MDB_MAP_FULL under that mutex, when no transaction is
+ * active.  That mutex is a leaf: callers may hold their own locks across
+ * any meta_* call without deadlock (src/cor holds d->owner_lock or
+ * d->attr_lock), though a call that takes it may wait for an LMDB commit
+ * (a sync); meta never calls out with it held (meta_changed_extents
+ * calls fn after releasing it).  The thread model atop each of
+ * src/meta's files says which threads call it.
  */
 #ifndef CORFS_META_H
 #define CORFS_META_H

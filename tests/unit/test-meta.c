@@ -12,6 +12,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1543,6 +1544,98 @@ Test (meta, widened_flag_per_generation)
   cr_assert_eq (l.n, 1);
   cr_assert_eq (l.first[0], 0);
   cr_assert_eq (l.nr[0], 4, "the present blocks are in the widened generation");
+}
+
+/* Assert that l is exactly the n extents given as first, count pairs. */
+static void
+assert_extents (const struct ext_list *l, const char *what, size_t n, ...)
+{
+  va_list ap;
+
+  cr_assert_eq (l->n, n, "%s: %zu extents, expected %zu", what, l->n, n);
+  va_start (ap, n);
+  for (size_t i = 0; i < n; i++) {
+    uint64_t first = va_arg (ap, uint64_t), nr = va_arg (ap, uint64_t);
+    cr_assert_eq (l->first[i], first, "%s: extent %zu starts at %llu, expected %llu",
+                  what, i, (unsigned long long) l->first[i], (unsigned long long) first);
+    cr_assert_eq (l->nr[i], nr, "%s: extent %zu has %llu blocks, expected %llu",
+                  what, i, (unsigned long long) l->nr[i], (unsigned long long) nr);
+  }
+  va_end (ap);
+}
+
+/* Three generations of one disk, each partly committed and partly in
+ * memory, beside another disk's changes: every "since" gets the union of
+ * its generations and nothing of the other disk's, before and after a
+ * reopen.  An extent crosses a chunk boundary (two bitmap pages) and one
+ * ends at the disk's last block. */
+Test (meta, changed_extents_across_generations_and_disks)
+{
+  struct meta_record r = mkrec (1 << 30, 65536);      /* 16384 blocks: 2 chunks */
+  struct meta_disk *a = open_clean ("a", &r), *b = open_clean ("b", &r);
+  const uint64_t last = 16383;
+  struct ext_list l;
+
+  meta_set (b, META_CHANGED, 101, 99);                /* next to a's keys in LMDB */
+  meta_set (a, META_CHANGED, CHUNK_BITS - 2, 5);      /* generation 1, chunks 0 and 1 */
+  run_batch (a);
+  meta_set (a, META_CHANGED, last, 1);                /* generation 1, pending */
+  cr_assert_eq (meta_checkpoint (a), 2);
+  meta_set (a, META_CHANGED, 100, 1);                 /* generation 2, committed */
+  run_batch (a);
+  cr_assert_eq (meta_checkpoint (a), 3);
+  cr_assert_eq (meta_checkpoint (b), 2);
+  meta_set (a, META_CHANGED, CHUNK_BITS + 3, 1);      /* generation 3, memory only */
+
+  for (int pass = 0; pass < 2; pass++) {
+    const char *when = pass ? "after a reopen" : "before a reopen";
+    char what[64];
+#define WHAT(s) (snprintf (what, sizeof what, "%s, %s", s, when), what)
+    l = changed_since (a, 1, NULL);
+    assert_extents (&l, WHAT ("since 1"), 3, (uint64_t) 100, (uint64_t) 1,
+                    (uint64_t) CHUNK_BITS - 2, (uint64_t) 6, last, (uint64_t) 1);
+    l = changed_since (a, 2, NULL);
+    assert_extents (&l, WHAT ("since 2"), 2, (uint64_t) 100, (uint64_t) 1,
+                    (uint64_t) CHUNK_BITS + 3, (uint64_t) 1);
+    l = changed_since (a, 3, NULL);
+    assert_extents (&l, WHAT ("since 3"), 1, (uint64_t) CHUNK_BITS + 3, (uint64_t) 1);
+    l = changed_since (b, 1, NULL);
+    assert_extents (&l, WHAT ("disk b since 1"), 1, (uint64_t) 101, (uint64_t) 99);
+    l = changed_since (b, 2, NULL);
+    assert_extents (&l, WHAT ("disk b since 2"), 0);
+#undef WHAT
+    if (pass == 0) {
+      close_disk (a, true);
+      close_disk (b, true);
+      reopen_env ();
+      a = open_clean ("a", NULL);
+      b = open_clean ("b", NULL);
+    }
+  }
+  close_disk (a, true);
+  close_disk (b, true);
+}
+
+/* The callback stops the walk by returning -1; the call still succeeds. */
+static int
+take_first (void *opaque, uint64_t first, uint64_t nr)
+{
+  struct ext_list *l = opaque;
+  collect_ext (opaque, first, nr);
+  return l->n == 1 ? -1 : 0;
+}
+
+Test (meta, changed_extents_callback_stops)
+{
+  struct meta_record r = mkrec (1 << 30, 65536);
+  struct meta_disk *d = open_clean ("g", &r);
+  struct ext_list l = { .n = 0 };
+  bool w;
+
+  meta_set (d, META_CHANGED, 1, 1);
+  meta_set (d, META_CHANGED, 3, 1);
+  cr_assert_eq (meta_changed_extents (d, 1, &w, take_first, &l), 0);
+  assert_extents (&l, "stopped walk", 1, (uint64_t) 1, (uint64_t) 1);
 }
 
 /* A state change that read the record before a chmod (it waited on a
