@@ -446,7 +446,9 @@ mount_parse (int argc, char **argv, struct mount_opts *o)
   int c, r;
 
   mount_defaults (o);
-  optind = 1;
+  /* 0, not 1: glibc then resets all of getopt's state, the permutation
+   * of a previous call's argv included (unit tests parse many). */
+  optind = 0;
   opterr = 0;
   while ((c = getopt_long (argc, argv, "fvdho:", longopts, NULL)) != -1)
     if ((r = parse_option (o, c, optarg, &config, argv)) != 0)
