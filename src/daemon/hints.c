@@ -3,6 +3,7 @@
  * of the first cold start of the same parent image (the engine writes it
  * to trace_path_for's path).  Main thread only. */
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,14 +66,15 @@ static void
 trace_path_for (const char *state, const char *identity, char *buf, size_t len)
 {
   uint64_t h = 0xcbf29ce484222325ULL;
+  char dir[PATH_MAX];
 
   for (const char *p = identity; *p; p++) {
     h ^= (unsigned char) *p;
     h *= 0x100000001b3ULL;
   }
-  snprintf (buf, len, "%s/traces", state);
-  mkdir (buf, 0700);
-  snprintf (buf, len, "%s/traces/%016" PRIx64 ".trace", state, h);
+  snprintf (dir, sizeof dir, "%s/traces", state);
+  mkdir (dir, 0700);
+  snprintf (buf, len, "%s/%016" PRIx64 ".trace", dir, h);
 }
 
 /* (daemon-internal.h) */
