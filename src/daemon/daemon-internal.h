@@ -7,6 +7,8 @@
  *   state-dir.c   the state directory: checks, path resolution, the lock
  *   attach.c      attaching disks: options reconciled with their records,
  *                 the parent's checks, the engine's disk
+ *   identity.c    the parent's identity at mount (meta_identity_binding
+ *                 applied; an active mirror's sealed identity)
  *   hints.c       what the streamer fetches first: ranges files, traces
  *   daemon.c      start-up order, the fork and readiness pipe, serving,
  *                 the stop sequence
@@ -26,6 +28,9 @@
 struct cor_engine;
 struct cor_range;
 struct meta;
+struct meta_disk;
+struct meta_record;
+struct remote;
 
 #define DEFAULT_BLOCK_SIZE (64 * 1024)
 #define DEFAULT_READAHEAD (4 << 20)
@@ -56,6 +61,30 @@ uint64_t effective_hold_s (const struct mount_opts *o);
  * --repin names, and refuse a mount with no disk.  0 or -1 (logged). */
 int attach_disks (struct mount_opts *o, struct meta *m, struct cor_engine *e,
                   uint64_t hold_s);
+
+/* identity.c */
+
+/* Whether the record's identity is an active mirror's seal (verified
+ * once at mount, then spent) rather than a pin: the one predicate for
+ * that, beside meta_identity_binding. */
+bool identity_is_sealed (const struct meta_record *rec);
+
+/* Refuse a record in a binding state with blocks present but no
+ * identity (written by an older corfs), unless repin (--repin NAME);
+ * refuse --repin over a record that has one.  0 or -1 (logged). */
+int check_unpinned (const char *name, const struct meta_record *rec, struct meta_disk *md,
+                    bool repin);
+
+/* An active mirror's parent must still be the image its last clean stop
+ * sealed (checked on a connection of its own, bounded by hold_s); not
+ * checkable after an unclean stop (widened) or without a seal: logged.
+ * 0 or -1 (logged). */
+int verify_mirror_parent (const char *name, const struct meta_record *rec, struct remote *r,
+                          bool widened, uint64_t hold_s);
+
+/* Clear an active mirror's verified seal in its record (rec is
+ * refreshed), once the mount's checks passed.  0 or -1 (logged). */
+int forget_mirror_identity (const char *name, struct meta_disk *md, struct meta_record *rec);
 
 /* hints.c */
 
