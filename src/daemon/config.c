@@ -1,6 +1,11 @@
-/* corfs: the config file (INI, read with inih; format in conf/corfs.conf). */
+/* corfs: the config file (INI, read with inih; format in conf/corfs.conf):
+ * a [corfs] section of daemon-wide settings and a [disk NAME] section per
+ * disk, each a table of keys and their handlers.  Runs in `corfs mount`
+ * before the fork, on the one thread. */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,8 +18,33 @@
 
 struct cfg_state {
   struct mount_opts *o;
-  char error[512];
+  char error[512];              /* the first refused line's reason */
 };
+
+/* One key of a section and its handler, which parses value into the
+ * mount's options (s->o) or, in a [disk NAME] section, into disk d.
+ * off is the field of struct disk_opts that the handlers shared by
+ * several keys set.  A handler returns 0, or -1 after bad(). */
+struct setting {
+  const char *key;
+  int (*set) (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+              const char *value);
+  size_t off;
+};
+
+/* Keep the first reason (inih stops at the first line refused); -1. */
+static int __attribute__ ((format (printf, 2, 3)))
+bad (struct cfg_state *s, const char *fmt, ...)
+{
+  va_list ap;
+
+  if (!s->error[0]) {
+    va_start (ap, fmt);
+    vsnprintf (s->error, sizeof s->error, fmt, ap);
+    va_end (ap);
+  }
+  return -1;
+}
 
 static struct disk_opts *
 find_or_add_disk (struct mount_opts *o, const char *name)
@@ -36,146 +66,336 @@ find_or_add_disk (struct mount_opts *o, const char *name)
   return &nv[o->nr_disks++];
 }
 
+/* ---- values shared by both sections ---- */
+
+static int
+parse_bool_value (struct cfg_state *s, const char *key, const char *value, bool *b)
+{
+  if (parse_bool (value, b) == -1)
+    return bad (s, "%s: expected true or false", key);
+  return 0;
+}
+
+static int
+parse_block_size_value (struct cfg_state *s, const char *value, uint64_t *n)
+{
+  if (parse_size (value, n) == -1)
+    return bad (s, "block-size: bad size %s", value);
+  return 0;
+}
+
+static int
+parse_stream_value (struct cfg_state *s, const char *value, int *m)
+{
+  if ((*m = parse_stream_mode (value)) < 0)
+    return bad (s, "stream = %s: expected on, off or paused", value);
+  return 0;
+}
+
+static int
+parse_rate_value (struct cfg_state *s, const char *value, uint64_t *n)
+{
+  if (parse_size (value, n) == -1)
+    return bad (s, "rate: bad rate %s (bytes/s, K/M/G suffixes)", value);
+  return 0;
+}
+
+/* ---- [corfs]: daemon-wide; a setting whose CLI_* bit is in
+ * o->cli_set keeps the command line's value ---- */
+
+static int
+corfs_hold (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+            const char *value)
+{
+  uint64_t n;
+  char why[256];
+
+  if (mount_parse_duration (k->key, value, &n, why, sizeof why) == -1)
+    return bad (s, "%s", why);
+  if (!(s->o->cli_set & CLI_HOLD))
+    s->o->hold_s = n;
+  s->o->hold_given = true;
+  return 0;
+}
+
+static int
+corfs_connect_timeout (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+                       const char *value)
+{
+  uint64_t n;
+  char why[256];
+
+  if (mount_parse_duration (k->key, value, &n, why, sizeof why) == -1)
+    return bad (s, "%s", why);
+  if (!(s->o->cli_set & CLI_CONNECT_TIMEOUT))
+    s->o->connect_timeout_s = n;
+  return 0;
+}
+
+static int
+corfs_block_size (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+                  const char *value)
+{
+  uint64_t n;
+
+  if (parse_block_size_value (s, value, &n) == -1)
+    return -1;
+  if (!(s->o->cli_set & CLI_BLOCK_SIZE))
+    s->o->block_size = n;
+  return 0;
+}
+
+static int
+corfs_readahead (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+                 const char *value)
+{
+  uint64_t n;
+
+  if (parse_size (value, &n) == -1 || n > (1u << 30))
+    return bad (s, "readahead: bad size %s", value);
+  if (!(s->o->cli_set & CLI_READAHEAD))
+    s->o->readahead = n;
+  return 0;
+}
+
+/* parent-owned on either side makes new disks own their parent. */
+static int
+corfs_parent_owned (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+                    const char *value)
+{
+  bool b;
+
+  if (parse_bool_value (s, k->key, value, &b) == -1)
+    return -1;
+  s->o->parent_owned |= b;
+  return 0;
+}
+
+static int
+corfs_stream (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+              const char *value)
+{
+  int m;
+
+  if (parse_stream_value (s, value, &m) == -1)
+    return -1;
+  if (!(s->o->cli_set & CLI_STREAM))
+    s->o->stream = m;
+  return 0;
+}
+
+static int
+corfs_rate (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+            const char *value)
+{
+  return parse_rate_value (s, value, &s->o->rate);
+}
+
+static const struct setting corfs_settings[] = {
+  { "hold", corfs_hold, 0 },
+  { "block-size", corfs_block_size, 0 },
+  { "connect-timeout", corfs_connect_timeout, 0 },
+  { "readahead", corfs_readahead, 0 },
+  { "parent-owned", corfs_parent_owned, 0 },
+  { "stream", corfs_stream, 0 },
+  { "rate", corfs_rate, 0 },
+  { NULL, NULL, 0 },
+};
+
+/* ---- [disk NAME] ---- */
+
+#define DISK_FIELD(d, k, type) ((type *) ((char *) (d) + (k)->off))
+
+/* A string setting (the last line given wins). */
+static int
+disk_string (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+             const char *value)
+{
+  char **f = DISK_FIELD (d, k, char *);
+
+  free (*f);
+  *f = strdup (value);
+  return 0;
+}
+
+static int
+disk_bool (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+           const char *value)
+{
+  return parse_bool_value (s, k->key, value, DISK_FIELD (d, k, bool));
+}
+
+/* The URL read from a file, to keep secrets out of the config file. */
+static int
+disk_url_file (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+               const char *value)
+{
+  char *u = read_small_file (value);
+
+  if (!u)
+    return bad (s, "url-file %s: %s", value, strerror (errno));
+  free (d->url);
+  d->url = u;
+  return 0;
+}
+
+static int
+disk_block_size (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+                 const char *value)
+{
+  return parse_block_size_value (s, value, &d->block_size);
+}
+
+static int
+disk_write_mode (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+                 const char *value)
+{
+  if (!strcmp (value, "mirror"))
+    d->write_mode = 1;
+  else if (!strcmp (value, "writeback"))
+    d->write_mode = 0;
+  else
+    return bad (s, "write-mode = %s: expected writeback or mirror", value);
+  return 0;
+}
+
+static int
+disk_stream (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+             const char *value)
+{
+  return parse_stream_value (s, value, &d->stream);
+}
+
+static int
+disk_rate (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+           const char *value)
+{
+  if (parse_rate_value (s, value, &d->rate) == -1)
+    return -1;
+  d->have_rate = true;
+  return 0;
+}
+
+/* release_parent is tri-state (-1: not set), so not a disk_bool. */
+static int
+disk_release_parent (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+                     const char *value)
+{
+  bool b;
+
+  if (parse_bool_value (s, k->key, value, &b) == -1)
+    return -1;
+  d->release_parent = b;
+  return 0;
+}
+
+/* s3-path-style = false asks for virtual-host style requests. */
+static int
+disk_s3_path_style (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+                    const char *value)
+{
+  bool b;
+
+  if (parse_bool_value (s, k->key, value, &b) == -1)
+    return -1;
+  d->s3_virtual_host = !b;
+  return 0;
+}
+
+/* One more "Name: value" header for the HTTP(S) requests. */
+static int
+disk_header (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+             const char *value)
+{
+  char **nv, *h;
+
+  /* Check first: a refused line must leave the list as it was (the
+   * grown array must not be dropped, nor the old one kept). */
+  if (!strchr (value, ':'))
+    return bad (s, "header = %s: expected Name: value", value);
+  if (!(h = strdup (value)))
+    return bad (s, "out of memory");
+  if (!(nv = realloc (d->headers, (d->nr_headers + 2) * sizeof *nv))) {
+    free (h);
+    return bad (s, "out of memory");
+  }
+  d->headers = nv;
+  nv[d->nr_headers++] = h;
+  nv[d->nr_headers] = NULL;
+  return 0;
+}
+
+#define AT(field) offsetof (struct disk_opts, field)
+
+static const struct setting disk_settings[] = {
+  { "url", disk_string, AT (url) },
+  { "url-file", disk_url_file, 0 },
+  { "block-size", disk_block_size, 0 },
+  { "parent-owned", disk_bool, AT (parent_owned) },
+  { "write-mode", disk_write_mode, 0 },
+  { "stream", disk_stream, 0 },
+  { "rate", disk_rate, 0 },
+  { "release-parent", disk_release_parent, 0 },
+  { "hint-file", disk_string, AT (hint_file) },
+  { "credentials-file", disk_string, AT (credentials_file) },
+  { "token-file", disk_string, AT (token_file) },
+  { "ca-file", disk_string, AT (ca_file) },
+  { "client-cert", disk_string, AT (client_cert) },
+  { "client-key", disk_string, AT (client_key) },
+  { "s3-endpoint", disk_string, AT (s3_endpoint) },
+  { "s3-region", disk_string, AT (s3_region) },
+  { "header", disk_header, 0 },
+  { "insecure", disk_bool, AT (insecure) },
+  { "s3-path-style", disk_s3_path_style, 0 },
+  { "accept-changed-parent", disk_bool, AT (accept_changed_parent) },
+  { "incoming", disk_bool, AT (incoming) },
+  { NULL, NULL, 0 },
+};
+
+static const struct setting *
+find_setting (const struct setting *table, const char *key)
+{
+  for (; table->key; table++)
+    if (!strcmp (table->key, key))
+      return table;
+  return NULL;
+}
+
+/* inih's handler for one line: 1, or 0 with the reason in s->error.  A
+ * [disk NAME] section adds the disk at its first line, whatever its
+ * key. */
 static int
 on_value (void *user, const char *section, const char *key, const char *value)
 {
   struct cfg_state *s = user;
-  struct mount_opts *o = s->o;
-  uint64_t n;
-  bool b;
-  char why[256];
+  const struct setting *table = corfs_settings, *k;
+  const char *name = NULL;
+  struct disk_opts *d = NULL;
 
-#define BAD(...) do { if (!s->error[0]) snprintf (s->error, sizeof s->error, __VA_ARGS__); return 0; } while (0)
-  if (!strcmp (section, "corfs")) {
-    if (!strcmp (key, "hold")) {
-      if (mount_parse_duration (key, value, &n, why, sizeof why) == -1) BAD ("%s", why);
-      if (!(o->cli_set & CLI_HOLD)) o->hold_s = n;
-      o->hold_given = true;
-    }
-    else if (!strcmp (key, "block-size")) {
-      if (parse_size (value, &n) == -1) BAD ("block-size: bad size %s", value);
-      if (!(o->cli_set & CLI_BLOCK_SIZE)) o->block_size = n;
-    }
-    else if (!strcmp (key, "connect-timeout")) {
-      if (mount_parse_duration (key, value, &n, why, sizeof why) == -1) BAD ("%s", why);
-      if (!(o->cli_set & CLI_CONNECT_TIMEOUT)) o->connect_timeout_s = n;
-    }
-    else if (!strcmp (key, "readahead")) {
-      if (parse_size (value, &n) == -1 || n > (1u << 30)) BAD ("readahead: bad size %s", value);
-      if (!(o->cli_set & CLI_READAHEAD)) o->readahead = n;
-    }
-    else if (!strcmp (key, "parent-owned")) {
-      if (parse_bool (value, &b) == -1) BAD ("parent-owned: expected true or false");
-      o->parent_owned |= b;
-    }
-    else if (!strcmp (key, "stream")) {
-      int m = parse_stream_mode (value);
-      if (m < 0) BAD ("stream = %s: expected on, off or paused", value);
-      if (!(o->cli_set & CLI_STREAM)) o->stream = m;
-    }
-    else if (!strcmp (key, "rate")) {
-      if (parse_size (value, &n) == -1) BAD ("rate: bad rate %s (bytes/s, K/M/G suffixes)", value);
-      o->rate = n;
-    }
-    else
-      BAD ("unknown setting %s in [corfs]", key);
-    return 1;
-  }
   if (!strncmp (section, "disk ", 5)) {
-    const char *name = section + 5;
-    struct disk_opts *d;
-    if (!name_is_valid (name))
-      BAD ("[disk %s]: a disk name is [A-Za-z0-9._-]+", name);
-    if (!(d = find_or_add_disk (o, name)))
-      BAD ("out of memory");
-    if (!strcmp (key, "url")) {
-      free (d->url);
-      d->url = strdup (value);
+    name = section + 5;
+    if (!name_is_valid (name)) {
+      bad (s, "[disk %s]: a disk name is [A-Za-z0-9._-]+", name);
+      return 0;
     }
-    else if (!strcmp (key, "url-file")) {
-      char *u = read_small_file (value);
-      if (!u) BAD ("url-file %s: %s", value, strerror (errno));
-      free (d->url);
-      d->url = u;
+    if (!(d = find_or_add_disk (s->o, name))) {
+      bad (s, "out of memory");
+      return 0;
     }
-    else if (!strcmp (key, "block-size")) {
-      if (parse_size (value, &n) == -1) BAD ("block-size: bad size %s", value);
-      d->block_size = n;
-    }
-    else if (!strcmp (key, "parent-owned")) {
-      if (parse_bool (value, &b) == -1) BAD ("parent-owned: expected true or false");
-      d->parent_owned = b;
-    }
-    else if (!strcmp (key, "write-mode")) {
-      if (!strcmp (value, "mirror"))
-        d->write_mode = 1;
-      else if (!strcmp (value, "writeback"))
-        d->write_mode = 0;
-      else
-        BAD ("write-mode = %s: expected writeback or mirror", value);
-    }
-    else if (!strcmp (key, "stream")) {
-      int m = parse_stream_mode (value);
-      if (m < 0) BAD ("stream = %s: expected on, off or paused", value);
-      d->stream = m;
-    }
-    else if (!strcmp (key, "rate")) {
-      if (parse_size (value, &n) == -1) BAD ("rate: bad rate %s (bytes/s, K/M/G suffixes)", value);
-      d->rate = n;
-      d->have_rate = true;
-    }
-    else if (!strcmp (key, "release-parent")) {
-      if (parse_bool (value, &b) == -1) BAD ("release-parent: expected true or false");
-      d->release_parent = b;
-    }
-    else if (!strcmp (key, "hint-file")) {
-      free (d->hint_file);
-      d->hint_file = strdup (value);
-    }
-    else if (!strcmp (key, "credentials-file") || !strcmp (key, "token-file") ||
-             !strcmp (key, "ca-file") || !strcmp (key, "client-cert") ||
-             !strcmp (key, "client-key") || !strcmp (key, "s3-endpoint") ||
-             !strcmp (key, "s3-region")) {
-      char **f = !strcmp (key, "credentials-file") ? &d->credentials_file
-        : !strcmp (key, "token-file") ? &d->token_file
-        : !strcmp (key, "ca-file") ? &d->ca_file
-        : !strcmp (key, "client-cert") ? &d->client_cert
-        : !strcmp (key, "client-key") ? &d->client_key
-        : !strcmp (key, "s3-endpoint") ? &d->s3_endpoint : &d->s3_region;
-      free (*f);
-      *f = strdup (value);
-    }
-    else if (!strcmp (key, "header")) {
-      char **nv, *h;
-      /* Check first: a refused line must leave the list as it was (the
-       * grown array must not be dropped, nor the old one kept). */
-      if (!strchr (value, ':')) BAD ("header = %s: expected Name: value", value);
-      if (!(h = strdup (value))) BAD ("out of memory");
-      if (!(nv = realloc (d->headers, (d->nr_headers + 2) * sizeof *nv))) {
-        free (h);
-        BAD ("out of memory");
-      }
-      d->headers = nv;
-      nv[d->nr_headers++] = h;
-      nv[d->nr_headers] = NULL;
-    }
-    else if (!strcmp (key, "insecure") || !strcmp (key, "s3-path-style") ||
-             !strcmp (key, "accept-changed-parent")) {
-      if (parse_bool (value, &b) == -1) BAD ("%s: expected true or false", key);
-      if (!strcmp (key, "insecure")) d->insecure = b;
-      else if (!strcmp (key, "s3-path-style")) d->s3_virtual_host = !b;
-      else d->accept_changed_parent = b;
-    }
-    else if (!strcmp (key, "incoming")) {
-      if (parse_bool (value, &b) == -1) BAD ("incoming: expected true or false");
-      d->incoming = b;
-    }
-    else
-      BAD ("unknown setting %s in [disk %s]", key, name);
-    return 1;
+    table = disk_settings;
   }
-  BAD ("unknown section [%s] (expected [corfs] or [disk NAME])", section);
-#undef BAD
+  else if (strcmp (section, "corfs") != 0) {
+    bad (s, "unknown section [%s] (expected [corfs] or [disk NAME])", section);
+    return 0;
+  }
+  if (!(k = find_setting (table, key))) {
+    if (d)
+      bad (s, "unknown setting %s in [disk %s]", key, name);
+    else
+      bad (s, "unknown setting %s in [corfs]", key);
+    return 0;
+  }
+  return k->set (s, d, k, value) == 0;
 }
 
 int

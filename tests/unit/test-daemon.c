@@ -284,3 +284,118 @@ Test (daemon, disk_arg_errors_redacted)
   cr_expect (strstr (text, "https://h/x.img"), "%s", text);
   cr_expect_null (strstr (text, "SECRET"), "a secret in the errors:\n%s", text);
 }
+
+/* ---- mount_parse after its split into one function per option ---- */
+
+/* Run parse with fd (1 or 2) in a file; what was printed in out. */
+static int
+parse_captured (int which, char *out, size_t len, struct mount_opts *o,
+                const char *a1, const char *a2, const char *a3)
+{
+  char path[] = "/tmp/corfs-unit-out.XXXXXX";
+  int fd = mkstemp (path), saved = dup (which), r;
+  ssize_t n;
+
+  cr_assert (fd >= 0 && saved >= 0);
+  fflush (NULL);
+  dup2 (fd, which);
+  r = parse (o, a1, a2, a3, NULL);
+  fflush (NULL);
+  dup2 (saved, which);
+  close (saved);
+  n = pread (fd, out, len - 1, 0);
+  out[n > 0 ? n : 0] = '\0';
+  close (fd);
+  unlink (path);
+  return r;
+}
+
+/* --help names every parent the remote module opens (remote.c's
+ * backends), each with its URL form. */
+Test (daemon, help_lists_every_parent)
+{
+  static const char *urls[] = { "nbd://HOST[:PORT]/EXPORT", "nbd+unix:///EXPORT?socket=PATH",
+                                "http://HOST[:PORT]/PATH", "https://HOST[:PORT]/PATH",
+                                "s3://BUCKET/KEY", "nfs://SERVER/EXPORT/FILE?version=3",
+                                "file:///PATH", NULL };
+  struct mount_opts o;
+  char out[8192];
+
+  cr_assert_eq (parse_captured (1, out, sizeof out, &o, "--help", NULL, NULL), 1);
+  mount_opts_free (&o);
+  for (size_t i = 0; urls[i]; i++)
+    cr_expect (strstr (out, urls[i]), "--help does not list %s", urls[i]);
+  cr_expect (strstr (out, "--repin NAME"), "%s", out);
+}
+
+/* Each option lands in its own field. */
+Test (daemon, options_set_their_fields)
+{
+  char *argv[] = { "mount", "--state", "/tmp/s", "--disk", "a=file:///a.img",
+                   "--block-size", "128K", "--hold", "9", "--connect-timeout", "4",
+                   "--readahead", "0", "--parent-owned", "--stream=paused",
+                   "--write-mode=mirror", "--incoming", "--repin", "a", "--repin", "b",
+                   "-o", "allow_other", "-o", "ro", "-v", "-d", "/mnt", NULL };
+  int argc = sizeof argv / sizeof argv[0] - 1;
+  struct mount_opts o;
+
+  for (int i = 0; i < argc; i++)
+    argv[i] = strdup (argv[i]);
+  cr_assert_eq (mount_parse (argc, argv, &o), 0);
+  cr_assert_str_eq (o.state, "/tmp/s");
+  cr_assert_str_eq (o.mountpoint, "/mnt");
+  cr_assert_eq (o.nr_disks, 1);
+  cr_assert_str_eq (o.disks[0].name, "a");
+  cr_assert_str_eq (o.disks[0].url, "file:///a.img");
+  cr_assert_eq (o.block_size, 128 * 1024);
+  cr_assert_eq (o.hold_s, 9);
+  cr_assert (o.hold_given);
+  cr_assert_eq (o.connect_timeout_s, 4);
+  cr_assert_eq (o.readahead, 0);
+  cr_assert_eq (o.cli_set, CLI_BLOCK_SIZE | CLI_HOLD | CLI_CONNECT_TIMEOUT | CLI_READAHEAD |
+                CLI_STREAM);
+  cr_assert (o.parent_owned);
+  cr_assert_eq (o.stream, 2);   /* COR_STREAM_PAUSED */
+  cr_assert (o.mirror && o.have_write_mode);
+  cr_assert (o.incoming);
+  cr_assert_eq (o.nr_repin, 2);
+  cr_assert_str_eq (o.repin[1], "b");
+  cr_assert_eq (o.nr_fuse_options, 2);
+  cr_assert_str_eq (o.fuse_options[1], "ro");
+  cr_assert_null (o.fuse_options[2]);
+  cr_assert (o.verbose && o.fuse_debug && o.foreground);
+  mount_opts_free (&o);
+  for (int i = 0; i < argc; i++)
+    free (argv[i]);
+}
+
+/* The refusals after the options: the mount point, --state, and the
+ * block sizes, each with its message. */
+Test (daemon, refusals_after_the_options)
+{
+  struct mount_opts o;
+  char err[2048];
+
+  cr_assert_eq (parse_captured (2, err, sizeof err, &o, "--state", "/tmp/s", "/mnt2"), -1);
+  cr_expect (strstr (err, "more than one MOUNTPOINT"), "%s", err);
+  mount_opts_free (&o);
+  cr_assert_eq (parse_captured (2, err, sizeof err, &o, "-v", NULL, NULL), -1);
+  cr_expect (strstr (err, "--state DIR is required"), "%s", err);
+  mount_opts_free (&o);
+  cr_assert_eq (parse_captured (2, err, sizeof err, &o, "--state", "/tmp/s", "--bogus"), -1);
+  cr_expect (strstr (err, "unknown or incomplete option --bogus"), "%s", err);
+  mount_opts_free (&o);
+  cr_assert_eq (parse_captured (2, err, sizeof err, &o, "--state", "/tmp/s", "-x"), -1);
+  cr_expect (strstr (err, "unknown or incomplete option -x"), "%s", err);
+  mount_opts_free (&o);
+  cr_assert_eq (parse_captured (2, err, sizeof err, &o, "--block-size", "2K", "--state=/s"), -1);
+  cr_expect (strstr (err, "block size 2048 is not a power of two from 4K to 4M"), "%s", err);
+  mount_opts_free (&o);
+  cr_assert_eq (parse_config (&o, "[disk a]\nblock-size = 3K\n"), -1);
+  mount_opts_free (&o);
+  cr_assert_eq (parse_config (&o, "[disk a]\nstream = on\n"), -1);   /* no url */
+  mount_opts_free (&o);
+  cr_assert_eq (parse_config (&o, "[disk a]\nurl = file:///a\nblock-size = 8K\n"), 0);
+  cr_assert_eq (o.disks[0].block_size, 8192);
+  mount_opts_free (&o);
+}
