@@ -403,7 +403,6 @@ const struct remote_ops rfile_ops = {
   .zero_extents = rfile_zero_extents,
   .release = rfile_release,
   .name = "file",
-  .thread_model = REMOTE_PARALLEL,
   .handles = rfile_handles,
   .open = rfile_open,
   .close = rfile_close,
