@@ -215,32 +215,15 @@ transport_errno (struct remote *r, CURLcode rc, const char *errbuf, bool head, u
   return err;
 }
 
-/* One request on c.  range_count == 0: HEAD.  Fills x; returns the HTTP
- * status, or -1 with *err for a transport failure or a refused redirect.
- *
- * Redirects are followed here, not by libcurl: libcurl would send the
- * extra headers (the user's, x-amz-security-token) to whatever host a
- * redirect names.  Every hop is checked by redirect_allowed; libcurl's
- * own protocol list (https only when the parent is https) backs that up. */
-static long
-perform (struct remote *r, struct rhttp *h, struct remote_conn *conn, uint64_t offset,
-         size_t range_count, bool head, const char *if_match, uint64_t deadline_ns,
-         struct xfer *x, int *err)
+/* Set up the handle of conn (just reset) for one request: credentials,
+ * TLS, timeouts, the callbacks into x.  errbuf receives libcurl's error
+ * message. */
+static void
+set_options (const struct rhttp *h, struct remote_conn *conn, struct curl_slist *hdrs,
+             char *errbuf, struct xfer *x, bool head)
 {
   CURL *c = conn->handle;
-  struct curl_slist *hdrs;
-  char errbuf[CURL_ERROR_SIZE] = "", *url = NULL;
-  uint64_t now, t;
-  long status = 0;
-  CURLcode rc;
 
-  curl_easy_reset (c);          /* keeps the connection cache */
-  if ((*err = rhttp_build_headers (r, h, offset, range_count, if_match, &hdrs))) {
-    if (*err == ENOMEM)        /* (rhttp_build_headers noted the others) */
-      remote_note_error (r, "%s at offset %" PRIu64 ": out of memory for the request headers",
-                         head ? "HEAD" : "GET", offset);
-    return -1;
-  }
   if (h->s3) {
     curl_easy_setopt (c, CURLOPT_AWS_SIGV4, h->sigv4);
     curl_easy_setopt (c, CURLOPT_USERPWD, h->userpwd);
@@ -276,6 +259,35 @@ perform (struct remote *r, struct rhttp *h, struct remote_conn *conn, uint64_t o
   curl_easy_setopt (c, CURLOPT_WRITEDATA, x);
   if (head)
     curl_easy_setopt (c, CURLOPT_NOBODY, 1L);
+}
+
+/* One request on c.  range_count == 0: HEAD.  Fills x; returns the HTTP
+ * status, or -1 with *err for a transport failure or a refused redirect.
+ *
+ * Redirects are followed here, not by libcurl: libcurl would send the
+ * extra headers (the user's, x-amz-security-token) to whatever host a
+ * redirect names.  Every hop is checked by redirect_allowed; libcurl's
+ * own protocol list (https only when the parent is https) backs that up. */
+static long
+perform (struct remote *r, struct rhttp *h, struct remote_conn *conn, uint64_t offset,
+         size_t range_count, bool head, const char *if_match, uint64_t deadline_ns,
+         struct xfer *x, int *err)
+{
+  CURL *c = conn->handle;
+  struct curl_slist *hdrs;
+  char errbuf[CURL_ERROR_SIZE] = "", *url = NULL;
+  uint64_t now, t;
+  long status = 0;
+  CURLcode rc;
+
+  curl_easy_reset (c);          /* keeps the connection cache */
+  if ((*err = rhttp_build_headers (r, h, offset, range_count, if_match, &hdrs))) {
+    if (*err == ENOMEM)        /* (rhttp_build_headers noted the others) */
+      remote_note_error (r, "%s at offset %" PRIu64 ": out of memory for the request headers",
+                         head ? "HEAD" : "GET", offset);
+    return -1;
+  }
+  set_options (h, conn, hdrs, errbuf, x, head);
 
   /* The request's own timeout bounds all its hops together. */
   now = now_ns ();
