@@ -12,7 +12,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 
-#include "remote/remote-wrapper.h"
+#include "remote/wrapper-internal.h"
 
 /* Block status is asked for this much at a time and the answer kept: the
  * streamer walks the disk in 2 MiB chunks, and a parent may pay for each

@@ -8,8 +8,8 @@
  *
  * Notes on the thread model: rhttp_setup_auth runs at open, before any
  * other thread sees h.  rhttp_build_headers is called by any request
- * thread; it takes h->lock (a leaf: see http.c) to re-read and copy the
- * token.
+ * thread; it takes h->lock (see http.c for its place in the order) to
+ * re-read and copy the token.
  */
 #include <errno.h>
 #include <inttypes.h>

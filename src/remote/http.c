@@ -6,8 +6,9 @@
  * TLS offers it), like nbdkit's curl plugin pool; a request holds its
  * slot (the handle and its fresh mark) for its whole duration and runs
  * without any lock.  h->lock protects the token and the identity kept for
- * range requests (see http-internal.h); it is a leaf, never held across
- * a transfer, nor with the pool lock.  Retry-After (429, 503) is waited
+ * range requests (see http-internal.h); it is never held across a
+ * transfer nor with the pool lock, and only r->lock is taken under it (a
+ * refused token file is noted with remote_note_error).  Retry-After (429, 503) is waited
  * out here, within the request's deadline, before the attempt returns
  * EAGAIN to the wrappers' retry loop.
  *

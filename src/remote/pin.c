@@ -2,7 +2,7 @@
  * first pin and the check on every (re)connect are in remote.c
  * (remote_check_identity).
  *
- * Notes on the thread model: any thread; see remote-wrapper.h.  The
+ * Notes on the thread model: any thread; see wrapper-internal.h.  The
  * identity is asked on a connection of the backend's own (ops->identify,
  * through the pool's remote_pool_open_own for backends with a pool), with
  * no lock held; r->lock is taken only to compare and store the pin.
@@ -14,7 +14,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
-#include "remote/remote-wrapper.h"
+#include "remote/wrapper-internal.h"
 
 /* Identify the parent on a connection of its own (never one a request is
  * using), retried until the deadline.  The size, or -1 with *err. */

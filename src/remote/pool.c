@@ -12,11 +12,11 @@
  * conn_open and conn_close may block on the network (a connect, an NFS
  * CLOSE) up to their deadlines.
  *
- * Lock order: registry.lock, then nothing (a pool's lock is never taken
- * under it); p->lock is a leaf: its callers (backends, remote.c) hold no
- * remote lock (r->lock, the block-status cache's) when they take or
- * return a slot, and the engine calls the remote wrappers with no engine
- * lock held except, in owner-state changes, d->owner_lock.
+ * Lock order: registry.lock is taken alone (never with a pool lock).
+ * p->lock is taken below the block-status cache's zc.query (a block
+ * status question takes a slot) and above nothing: nothing is locked
+ * under it, and it is never taken with a backend's h->lock or r->lock
+ * held (see wrapper-internal.h for the module's whole order).
  */
 #include <assert.h>
 #include <ctype.h>

@@ -96,9 +96,9 @@ struct remote_ops {
  *
  * Threads: any thread.  The pool lock covers the slots' busy marks and
  * the waits for a free slot only; it is never held across a backend call
- * (conn_open, conn_close) and is taken with no other remote lock held
- * (it is a leaf).  The registry lock is taken only to find, add or drop
- * a pool, never with a pool lock held. */
+ * (conn_open, conn_close), nothing is locked under it, and it is never
+ * taken with r->lock or a backend's own lock held.  The registry lock is
+ * taken only to find, add or drop a pool, never with a pool lock held. */
 struct remote_pool;
 
 struct remote_conn {

@@ -5,7 +5,7 @@
  * are in retry.c, verify and re-pin in pin.c, block status in extents.c.
  *
  * Notes on the thread model: any thread may call the wrappers at any
- * time; see remote-wrapper.h for the locks and their order.
+ * time; see wrapper-internal.h for the locks and their order.
  */
 #include <assert.h>
 #include <errno.h>
@@ -18,7 +18,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
-#include "remote/remote-wrapper.h"
+#include "remote/wrapper-internal.h"
 
 static const struct remote_ops *backends[] = { &rfile_ops, &rnbd_ops, &rhttp_ops, &rnfs_ops, NULL };
 

@@ -3,7 +3,7 @@
  * flushes (see remote.h).
  *
  * Notes on the thread model: any thread, concurrently; see
- * remote-wrapper.h.  The loop holds no lock across an attempt; r->lock
+ * wrapper-internal.h.  The loop holds no lock across an attempt; r->lock
  * is taken briefly for the counters and the state.  A backoff sleeps
  * with no lock held.
  */
@@ -16,7 +16,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
-#include "remote/remote-wrapper.h"
+#include "remote/wrapper-internal.h"
 
 #define BACKOFF_MIN_NS (50 * 1000000ULL)
 #define BACKOFF_MAX_NS (2 * NS_PER_SEC)
@@ -38,6 +38,8 @@ struct retry {
   int64_t (*attempt) (struct remote *r, const struct retry *rt, int *err);
   void *arg;
 };
+
+static int64_t do_zero (struct remote *r, const struct retry *rt, int *err);
 
 /* Errors that retrying cannot mend: the parent changed or is not one, a
  * request it refuses, a permission, a missing capability. */
@@ -192,8 +194,7 @@ remote_retry (struct remote *r, const struct retry *rt, int *err)
     ret = rt->attempt (r, rt, err);
     assert (ret >= 0 || *err != 0);
     /* Not an error, and nothing to retry: the caller writes zeros. */
-    if (ret < 0 && rt->kind == RETRY_WRITE && *err == EOPNOTSUPP &&
-        strcmp (rt->what, "zero") == 0) {
+    if (ret < 0 && rt->attempt == do_zero && *err == EOPNOTSUPP) {
       __atomic_store_n (&r->no_zero, 1, __ATOMIC_SEQ_CST);
       return -1;
     }

@@ -6,15 +6,23 @@
  *
  * Notes on the thread model: any thread may call the wrappers at any
  * time.  r->lock protects the state, the last error, the identity, the
- * counters and the lost-write times; it is never held across a backend
- * call nor while taking any other lock.  The block-status cache has its
- * own two locks (struct zcache), taken query before lock, never with
- * r->lock held.  Lock order in the module: zc.query, zc.lock; backend
- * locks and the pool lock are taken inside backend calls, with none of
- * the wrappers' locks held; r->lock is a leaf.
+ * counters and the lost-write times; it is held only briefly, never
+ * across a backend call, and nothing is taken under it (backends call
+ * remote_note_error and remote_check_identity with their own locks held,
+ * so it must stay a leaf).  The block-status cache has its own two locks
+ * (struct zcache): zc.query is held across the block-status question to
+ * the backend so that concurrent misses ask once; zc.lock only while the
+ * cache is read or replaced.
+ *
+ * Lock order in the module, outermost first (the engine calls in holding
+ * at most d->owner_lock, see remote.h):
+ *   zc.query -> zc.lock
+ *   zc.query -> a backend's locks (file: fd_lock -> lock; nbd, nfs,
+ *               http: h->lock) or the pool lock -> r->lock
+ * The pool lock and the backends' h->lock never nest in each other.
  */
-#ifndef CORFS_REMOTE_WRAPPER_H
-#define CORFS_REMOTE_WRAPPER_H
+#ifndef CORFS_WRAPPER_INTERNAL_H
+#define CORFS_WRAPPER_INTERNAL_H
 
 #include <pthread.h>
 
