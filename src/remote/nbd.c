@@ -8,9 +8,10 @@
  * safe on several connections whether or not the server offers
  * multi-conn: multi-conn only matters for cache consistency of writes.
  * A slot's handle and its write marks (struct rnbd_slot) belong to the
- * request that holds it; h->lock protects only h->size.  No lock is held
- * across a libnbd call but the pool's own bookkeeping (see pool.c for
- * the order: the pool lock is a leaf).
+ * request that holds it; h->lock protects only h->size and is held for
+ * nothing else.  No lock is held across a libnbd call (a block-status
+ * question runs under the wrappers' zc.query; see wrapper-internal.h for
+ * the module's order).
  *
  * libnbd has no timeouts of its own: every connect and command is issued
  * with the aio calls and driven by nbd_poll with a bounded timeout, in
@@ -22,8 +23,8 @@
  * Identity (DESIGN.md rule 9): NBD has none, so each (re)connect reads a
  * few sampled 4 KiB blocks and hashes them with the size; the remote
  * wrapper compares the result with the pinned identity.  A re-pin asks
- * on a connection outside the pool (rnbd_identify), which no request can
- * hold.
+ * on a connection of its own outside the slots (rnbd_identify,
+ * remote_pool_open_own), which no request can hold.
  */
 #include <errno.h>
 #include <inttypes.h>
