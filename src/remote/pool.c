@@ -296,26 +296,21 @@ remote_pool_discard (struct remote_pool *p, struct remote_conn *c)
 void
 remote_pool_close_idle (struct remote_pool *p)
 {
-  bool mine[p->nslots];
-
-  /* Hold the idle open slots while their connections close outside the
-   * lock; a request that wants one meanwhile waits, as for a busy one. */
-  pthread_mutex_lock (&p->lock);
+  /* Each slot once: hold it if it is idle and open, close its connection
+   * outside the lock (a request that wants it meanwhile waits, as for a
+   * busy one), give it back. */
   for (unsigned i = 0; i < p->nslots; i++) {
-    mine[i] = !p->slots[i].busy && p->slots[i].handle;
-    if (mine[i])
-      p->slots[i].busy = true;
+    struct remote_conn *c = &p->slots[i];
+    bool mine;
+
+    pthread_mutex_lock (&p->lock);
+    mine = !c->busy && c->handle;
+    if (mine)
+      c->busy = true;
+    pthread_mutex_unlock (&p->lock);
+    if (mine)
+      remote_pool_discard (p, c);
   }
-  pthread_mutex_unlock (&p->lock);
-  for (unsigned i = 0; i < p->nslots; i++)
-    if (mine[i])
-      p->ops->conn_close (&p->slots[i]);
-  pthread_mutex_lock (&p->lock);
-  for (unsigned i = 0; i < p->nslots; i++)
-    if (mine[i])
-      p->slots[i].busy = false;
-  pthread_cond_broadcast (&p->cond);
-  pthread_mutex_unlock (&p->lock);
 }
 
 int64_t
