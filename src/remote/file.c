@@ -1,11 +1,14 @@
 /* corfs: file:// parents (a local image).
  *
- * Notes on the thread model: REMOTE_PARALLEL.  The fd is opened lazily
- * under h->lock, then used with pread(2) from any thread, each use
- * holding h->fd_lock for reading; closing it (release, make_writable)
- * holds it for writing, so no thread can be left with a closed fd whose
- * number the process reused for something else.  Lock order: fd_lock,
- * then lock.
+ * Notes on the thread model: called from any thread concurrently.  A
+ * file has no connections, so no pool (pool.c): one fd, opened lazily
+ * under h->lock, serves every thread with pread(2)/pwrite(2), each use
+ * holding h->fd_lock for reading; closing it (release, which re-pin also
+ * calls, and make_writable) holds it for writing, so it waits for the
+ * uses in flight and no thread can be left with a closed fd whose number
+ * the process reused for something else.  Lock order: fd_lock, then
+ * lock; both are below the remote wrappers' (which hold none across a
+ * backend call).
  *
  * Identity: device, inode, size and mtime (DESIGN.md rule 9).
  */
@@ -403,7 +406,6 @@ const struct remote_ops rfile_ops = {
   .zero_extents = rfile_zero_extents,
   .release = rfile_release,
   .name = "file",
-  .thread_model = REMOTE_PARALLEL,
   .handles = rfile_handles,
   .open = rfile_open,
   .close = rfile_close,

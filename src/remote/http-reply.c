@@ -1,4 +1,7 @@
-/* corfs: HTTP reply header lines (see http-reply.h). */
+/* corfs: HTTP reply header lines (see http-reply.h).
+ *
+ * Notes on the thread model: no shared state; each call works on its
+ * caller's struct xfer, from any thread. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

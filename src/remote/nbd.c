@@ -1,22 +1,30 @@
 /* corfs: NBD parents through libnbd.
  *
- * Notes on the thread model: REMOTE_PARALLEL.  A parent has a pool of
- * up to h->nconns connections; each request takes one free connection
- * for its whole duration (one command in flight per connection), so
+ * Notes on the thread model: called from any thread concurrently.  A
+ * parent's connections are the remote's pool (pool.c) of up to
+ * cfg->connections slots (default 4); each request takes one slot for its
+ * whole duration (one command in flight per libnbd handle), so
  * concurrent faults run in parallel on separate connections.  Reads are
  * safe on several connections whether or not the server offers
  * multi-conn: multi-conn only matters for cache consistency of writes.
+ * A slot's handle and its write marks (struct rnbd_slot) belong to the
+ * request that holds it; h->lock protects only h->size and is held for
+ * nothing else.  No lock is held across a libnbd call (a block-status
+ * question runs under the wrappers' zc.query; see wrapper-internal.h for
+ * the module's order).
  *
  * libnbd has no timeouts of its own: every connect and command is issued
- * with the aio calls and driven by nbd_poll with a bounded timeout.  A
- * connection that times out or dies is closed (a libnbd handle cannot be
- * revived) and reconnected by the next request that takes its slot.
+ * with the aio calls and driven by nbd_poll with a bounded timeout, in
+ * slices of CANCEL_POLL_MS so that remote_cancel ends a connect, a
+ * command or a block-status question at once (ECANCELED).  A connection
+ * that times out or dies is closed (a libnbd handle cannot be revived)
+ * and reconnected by the next request that takes its slot.
  *
  * Identity (DESIGN.md rule 9): NBD has none, so each (re)connect reads a
  * few sampled 4 KiB blocks and hashes them with the size; the remote
  * wrapper compares the result with the pinned identity.  A re-pin asks
- * on a connection outside the pool (rnbd_identify), which no request can
- * hold.
+ * on a connection of its own outside the slots (rnbd_identify,
+ * remote_pool_open_own), which no request can hold.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -36,23 +44,24 @@
 #define SAMPLE_SIZE 4096
 #define MAX_REQUEST (32 << 20)  /* nbdkit's and qemu's limit */
 
-struct rnbd_conn {
-  struct nbd_handle *nbd;       /* NULL when not connected */
-  bool busy;                    /* protected by h->lock */
-  bool ever_connected;
+/* A slot's write marks (remote_conn.data), kept across reconnects: a
+ * connection lost with unflushed writes fails the next flush. */
+struct rnbd_slot {
   bool wrote;                   /* written since its last flush */
   bool lost_writes;             /* dropped while holding unflushed writes */
   uint64_t lost_ns;             /* when (now_ns), if lost_writes */
 };
 
+/* A slot's libnbd handle and marks (the slot is held by the caller). */
+#define NBD(c) ((struct nbd_handle *) (c)->handle)
+#define SLOT(c) ((struct rnbd_slot *) (c)->data)
+
 struct rnbd {
   char *uri;
-  unsigned nconns;
+  struct remote_pool *pool;     /* the remote's (remote_pool_of) */
   uint64_t connect_timeout_ns, request_timeout_ns;
-  pthread_mutex_t lock;         /* protects busy flags and size */
-  pthread_cond_t cond;          /* signalled when a connection is released */
+  pthread_mutex_t lock;         /* protects size */
   int64_t size;                 /* -1 until the first connect */
-  struct rnbd_conn *conns;
 };
 
 static bool
@@ -83,11 +92,8 @@ rnbd_open (struct remote *r, const struct remote_config *cfg, void **hp, int *er
     return -1;
   }
   h->uri = strdup (cfg->url);
-  h->nconns = cfg->connections ? cfg->connections : DEFAULT_CONNECTIONS;
-  h->conns = calloc (h->nconns, sizeof *h->conns);
-  if (!h->uri || !h->conns) {
-    free (h->uri);
-    free (h->conns);
+  h->pool = remote_pool_of (r);
+  if (!h->uri) {
     free (h);
     *err = ENOMEM;
     return -1;
@@ -96,7 +102,6 @@ rnbd_open (struct remote *r, const struct remote_config *cfg, void **hp, int *er
   h->request_timeout_ns = cfg->request_timeout_ns;
   h->size = -1;
   pthread_mutex_init (&h->lock, NULL);
-  cond_init_monotonic (&h->cond);
   *hp = h;
   return 0;
 }
@@ -106,12 +111,8 @@ rnbd_close (void *hv)
 {
   struct rnbd *h = hv;
 
-  for (unsigned i = 0; i < h->nconns; i++)
-    if (h->conns[i].nbd)
-      nbd_close (h->conns[i].nbd);
+  /* (The pool closes the connections.) */
   pthread_mutex_destroy (&h->lock);
-  pthread_cond_destroy (&h->cond);
-  free (h->conns);
   free (h->uri);
   free (h);
 }
@@ -133,17 +134,20 @@ ms_until (uint64_t deadline_ns)
   return ms > 1000000 ? 1000000 : (int) ms;
 }
 
+/* Close the connection of held slot c (the pool's conn_close). */
 static void
-drop_conn (struct rnbd_conn *c)
+drop_conn (struct remote_conn *c)
 {
-  if (c->wrote) {
-    c->lost_writes = true;      /* the next flush must fail */
-    c->lost_ns = now_ns ();     /* every lost write returned before this */
-    c->wrote = false;
+  struct rnbd_slot *s = SLOT (c);
+
+  if (s->wrote) {
+    s->lost_writes = true;      /* the next flush must fail */
+    s->lost_ns = now_ns ();     /* every lost write returned before this */
+    s->wrote = false;
   }
-  if (c->nbd) {
-    nbd_close (c->nbd);
-    c->nbd = NULL;
+  if (c->handle) {
+    nbd_close (NBD (c));
+    c->handle = NULL;
   }
 }
 
@@ -152,17 +156,17 @@ drop_conn (struct rnbd_conn *c)
 /* Wait for cookie on c, bounded.  0 or -1 with *err (conn dropped on a
  * timeout or a dead connection). */
 static int
-conn_wait (struct remote *r, struct rnbd_conn *c, int64_t cookie, uint64_t deadline_ns,
+conn_wait (struct remote *r, struct remote_conn *c, int64_t cookie, uint64_t deadline_ns,
            const char *what, uint64_t offset, int *err)
 {
   for (;;) {
-    int done = nbd_aio_command_completed (c->nbd, cookie);
+    int done = nbd_aio_command_completed (NBD (c), cookie);
     if (done == 1)
       return 0;
     if (done == -1) {
       *err = nbd_get_errno () ? nbd_get_errno () : EIO;
       remote_note_error (r, "%s at offset %" PRIu64 ": %s", what, offset, nbd_get_error ());
-      if (nbd_aio_is_dead (c->nbd) || nbd_aio_is_closed (c->nbd))
+      if (nbd_aio_is_dead (NBD (c)) || nbd_aio_is_closed (NBD (c)))
         drop_conn (c);
       return -1;
     }
@@ -175,7 +179,7 @@ conn_wait (struct remote *r, struct rnbd_conn *c, int64_t cookie, uint64_t deadl
       return -1;
     }
     /* In slices, so that remote_cancel is noticed soon. */
-    if (ms == 0 || nbd_poll (c->nbd, ms > CANCEL_POLL_MS ? CANCEL_POLL_MS : ms) == -1) {
+    if (ms == 0 || nbd_poll (NBD (c), ms > CANCEL_POLL_MS ? CANCEL_POLL_MS : ms) == -1) {
       *err = ms == 0 ? ETIMEDOUT : EIO;
       remote_note_error (r, "%s at offset %" PRIu64 ": %s", what, offset,
                          ms == 0 ? "timed out" : nbd_get_error ());
@@ -188,13 +192,13 @@ conn_wait (struct remote *r, struct rnbd_conn *c, int64_t cookie, uint64_t deadl
 /* Finish a command just issued on c (cookie from nbd_aio_*, -1 if it
  * could not be issued), bounded by deadline_ns.  0 or -1 with *err. */
 static int
-conn_finish (struct remote *r, struct rnbd_conn *c, int64_t cookie, uint64_t deadline_ns,
+conn_finish (struct remote *r, struct remote_conn *c, int64_t cookie, uint64_t deadline_ns,
              const char *what, uint64_t offset, int *err)
 {
   if (cookie == -1) {
     *err = nbd_get_errno () ? nbd_get_errno () : EIO;
     remote_note_error (r, "%s at offset %" PRIu64 ": %s", what, offset, nbd_get_error ());
-    if (nbd_aio_is_dead (c->nbd) || nbd_aio_is_closed (c->nbd))
+    if (nbd_aio_is_dead (NBD (c)) || nbd_aio_is_closed (NBD (c)))
       drop_conn (c);
     return -1;
   }
@@ -204,10 +208,10 @@ conn_finish (struct remote *r, struct rnbd_conn *c, int64_t cookie, uint64_t dea
 /* Run one read on connection c, bounded by deadline_ns.  On a timeout or a
  * dead connection, the connection is dropped.  0 or -1 with *err. */
 static int
-conn_pread (struct remote *r, struct rnbd_conn *c, void *buf, size_t count,
+conn_pread (struct remote *r, struct remote_conn *c, void *buf, size_t count,
             uint64_t offset, uint64_t deadline_ns, int *err)
 {
-  return conn_finish (r, c, nbd_aio_pread (c->nbd, buf, count, offset, NBD_NULL_COMPLETION, 0),
+  return conn_finish (r, c, nbd_aio_pread (NBD (c), buf, count, offset, NBD_NULL_COMPLETION, 0),
                       deadline_ns, "read", offset, err);
 }
 
@@ -227,31 +231,31 @@ fnv1a (uint64_t h, const void *data, size_t len)
  * the identity into id (size plus a hash of sampled blocks).  The size,
  * or -1 with *err (c dropped). */
 static int64_t
-conn_open (struct remote *r, struct rnbd *h, struct rnbd_conn *c, uint64_t deadline_ns,
-           char *id, size_t idlen, int *err)
+conn_handshake (struct remote *r, struct rnbd *h, struct remote_conn *c, uint64_t deadline_ns,
+                char *id, size_t idlen, int *err)
 {
   uint64_t cdeadline = min_u64 (deadline_ns, now_ns () + h->connect_timeout_ns);
   unsigned char *sample;
   uint64_t hash = 0xcbf29ce484222325ULL;
   int64_t size;
 
-  c->nbd = nbd_create ();
-  if (!c->nbd) {
+  c->handle = nbd_create ();
+  if (!c->handle) {
     *err = nbd_get_errno () ? nbd_get_errno () : ENOMEM;
     remote_note_error (r, "connect: %s", nbd_get_error ());
     return -1;
   }
-  nbd_set_uri_allow_local_file (c->nbd, false);
+  nbd_set_uri_allow_local_file (NBD (c), false);
   /* libnbd zeroes every read buffer first unless told not to: a memset
    * of each fetched byte (5% of a cold sequential read).  A buffer is
    * used only after its read succeeded, when libnbd has filled all of it
    * (holes in structured replies included). */
-  nbd_set_pread_initialize (c->nbd, false);
+  nbd_set_pread_initialize (NBD (c), false);
   /* base:allocation lets the streamer skip zero extents. */
-  nbd_add_meta_context (c->nbd, LIBNBD_CONTEXT_BASE_ALLOCATION);
-  if (nbd_aio_connect_uri (c->nbd, h->uri) == -1)
+  nbd_add_meta_context (NBD (c), LIBNBD_CONTEXT_BASE_ALLOCATION);
+  if (nbd_aio_connect_uri (NBD (c), h->uri) == -1)
     goto err;
-  while (nbd_aio_is_connecting (c->nbd)) {
+  while (nbd_aio_is_connecting (NBD (c))) {
     int ms = ms_until (cdeadline);
     if (ms == 0 || remote_is_cancelled (r)) {
       *err = ms == 0 ? ETIMEDOUT : ECANCELED;
@@ -260,16 +264,16 @@ conn_open (struct remote *r, struct rnbd *h, struct rnbd_conn *c, uint64_t deadl
       return -1;
     }
     /* In slices, so that remote_cancel is noticed soon. */
-    if (nbd_poll (c->nbd, ms > CANCEL_POLL_MS ? CANCEL_POLL_MS : ms) == -1)
+    if (nbd_poll (NBD (c), ms > CANCEL_POLL_MS ? CANCEL_POLL_MS : ms) == -1)
       goto err;
   }
-  if (!nbd_aio_is_ready (c->nbd)) {
+  if (!nbd_aio_is_ready (NBD (c))) {
     *err = ECONNREFUSED;
     remote_note_error (r, "connect: %s", nbd_get_error () ? nbd_get_error () : "handshake failed");
     drop_conn (c);
     return -1;
   }
-  size = nbd_get_size (c->nbd);
+  size = nbd_get_size (NBD (c));
   if (size < 0)
     goto err;
   if (remote_check_size (r, "NBD handshake", size, err) == -1) {
@@ -308,18 +312,20 @@ conn_open (struct remote *r, struct rnbd *h, struct rnbd_conn *c, uint64_t deadl
   return -1;
 }
 
-/* Connect c (conn_open), then check its identity against the pin.  0 or
- * -1 with *err. */
-static int
-conn_connect (struct remote *r, struct rnbd *h, struct rnbd_conn *c,
-              uint64_t deadline_ns, int *err)
+/* The pool's conn_open: connect c (conn_handshake); with id NULL, check
+ * its identity against the pin.  The size, or -1 with *err. */
+static int64_t
+rnbd_conn_open (struct remote *r, void *hv, struct remote_conn *c, char *id, size_t len,
+                uint64_t deadline_ns, int *err)
 {
-  char id[128];
-  int64_t size = conn_open (r, h, c, deadline_ns, id, sizeof id, err);
+  struct rnbd *h = hv;
+  char own[128];
+  int64_t size = conn_handshake (r, h, c, deadline_ns, id ? id : own,
+                                 id ? len : sizeof own, err);
 
-  if (size < 0)
-    return -1;
-  if (remote_check_identity (r, id, err) == -1) {
+  if (size < 0 || id)
+    return size;
+  if (remote_check_identity (r, own, err) == -1) {
     drop_conn (c);
     return -1;
   }
@@ -327,64 +333,33 @@ conn_connect (struct remote *r, struct rnbd *h, struct rnbd_conn *c,
   h->size = size;
   pthread_mutex_unlock (&h->lock);
   remote_note_connected (r, c->ever_connected);
-  c->ever_connected = true;
-  return 0;
+  return size;
 }
 
-/* Take a free connection (preferring a connected one), waiting until the
- * deadline.  Returns NULL with *err = ETIMEDOUT. */
-static struct rnbd_conn *
-acquire (struct rnbd *h, uint64_t deadline_ns, int *err)
+static unsigned
+rnbd_pool_slots (const struct remote_config *cfg)
 {
-  struct rnbd_conn *c = NULL;
-  struct timespec ts = { deadline_ns / NS_PER_SEC, deadline_ns % NS_PER_SEC };
+  return cfg->connections ? cfg->connections : DEFAULT_CONNECTIONS;
+}
 
-  pthread_mutex_lock (&h->lock);
-  for (;;) {
-    for (unsigned i = 0; i < h->nconns; i++)
-      if (!h->conns[i].busy && (h->conns[i].nbd || !c))
-        c = &h->conns[i];
-    if (c) {
-      c->busy = true;
-      break;
-    }
-    if (pthread_cond_timedwait (&h->cond, &h->lock, &ts) == ETIMEDOUT) {
-      *err = ETIMEDOUT;
-      break;
-    }
-  }
-  pthread_mutex_unlock (&h->lock);
-  return c;
+/* A connected slot, or NULL with *err (nothing held). */
+static struct remote_conn *
+acquire_connected (struct remote *r, struct rnbd *h, uint64_t deadline_ns, int *err)
+{
+  return remote_pool_take (h->pool, r, h, deadline_ns, err);
 }
 
 static void
-release (struct rnbd *h, struct rnbd_conn *c)
+release (struct rnbd *h, struct remote_conn *c)
 {
-  pthread_mutex_lock (&h->lock);
-  c->busy = false;
-  pthread_cond_signal (&h->cond);
-  pthread_mutex_unlock (&h->lock);
-}
-
-/* acquire, and connect the connection if it is not: a connected
- * connection, or NULL with *err (nothing held). */
-static struct rnbd_conn *
-acquire_connected (struct remote *r, struct rnbd *h, uint64_t deadline_ns, int *err)
-{
-  struct rnbd_conn *c = acquire (h, deadline_ns, err);
-
-  if (c && !c->nbd && conn_connect (r, h, c, deadline_ns, err) == -1) {
-    release (h, c);
-    return NULL;
-  }
-  return c;
+  remote_pool_return (h->pool, c);
 }
 
 static int64_t
 rnbd_get_size (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
 {
   struct rnbd *h = hv;
-  struct rnbd_conn *c = acquire_connected (r, h, deadline_ns, err);
+  struct remote_conn *c = acquire_connected (r, h, deadline_ns, err);
   int64_t size;
 
   if (!c)
@@ -401,7 +376,7 @@ rnbd_pread (struct remote *r, void *hv, void *buf, size_t count,
             uint64_t offset, uint64_t deadline_ns, int *err)
 {
   struct rnbd *h = hv;
-  struct rnbd_conn *c = acquire_connected (r, h, deadline_ns, err);
+  struct remote_conn *c = acquire_connected (r, h, deadline_ns, err);
   int ret = 0;
 
   if (!c)
@@ -453,18 +428,18 @@ rnbd_zero_extents (struct remote *r, void *hv, uint64_t offset, uint64_t count,
                    int *err)
 {
   struct rnbd *h = hv;
-  struct rnbd_conn *c = acquire_connected (r, h, deadline_ns, err);
+  struct remote_conn *c = acquire_connected (r, h, deadline_ns, err);
   uint64_t end = offset + count;
   int ret = 0;
 
   if (!c)
     return -1;
-  if (nbd_can_meta_context (c->nbd, LIBNBD_CONTEXT_BASE_ALLOCATION) != 1)
+  if (nbd_can_meta_context (NBD (c), LIBNBD_CONTEXT_BASE_ALLOCATION) != 1)
     goto out;                   /* the server cannot tell */
   while (offset < end && ret == 0) {
     struct bs_ctx ctx = { v, n, offset, 0 };
     uint64_t len = end - offset > (1U << 30) ? (1U << 30) : end - offset;
-    int64_t cookie = nbd_aio_block_status (c->nbd, len, offset,
+    int64_t cookie = nbd_aio_block_status (NBD (c), len, offset,
                                            (nbd_extent_callback) { .callback = bs_extent,
                                                                    .user_data = &ctx },
                                            NBD_NULL_COMPLETION, 0);
@@ -477,7 +452,7 @@ rnbd_zero_extents (struct remote *r, void *hv, uint64_t offset, uint64_t count,
      * would move on and the request timeout would never apply. */
     uint64_t rdeadline = min_u64 (deadline_ns, now_ns () + h->request_timeout_ns);
     for (;;) {
-      int done = nbd_aio_command_completed (c->nbd, cookie);
+      int done = nbd_aio_command_completed (NBD (c), cookie);
       if (done == 1)
         break;
       if (done == -1) {
@@ -493,7 +468,7 @@ rnbd_zero_extents (struct remote *r, void *hv, uint64_t offset, uint64_t count,
       }
       /* In slices, so that remote_cancel is noticed soon. */
       int ms = ms_until (rdeadline);
-      if (ms == 0 || nbd_poll (c->nbd, ms > CANCEL_POLL_MS ? CANCEL_POLL_MS : ms) == -1) {
+      if (ms == 0 || nbd_poll (NBD (c), ms > CANCEL_POLL_MS ? CANCEL_POLL_MS : ms) == -1) {
         *err = ms == 0 ? ETIMEDOUT : EIO;
         drop_conn (c);
         ret = -1;
@@ -513,46 +488,19 @@ rnbd_zero_extents (struct remote *r, void *hv, uint64_t offset, uint64_t count,
   if (ret == -1)
     remote_note_error (r, "block status at offset %" PRIu64 ": %s", offset, strerror (*err));
  out:
-  if (c->nbd && (nbd_aio_is_dead (c->nbd) || nbd_aio_is_closed (c->nbd)))
+  if (NBD (c) && (nbd_aio_is_dead (NBD (c)) || nbd_aio_is_closed (NBD (c))))
     drop_conn (c);
   release (h, c);
   return ret;
 }
 
-/* Close idle connections.  Must be called when no request is running
- * (a complete disk makes none). */
+/* Close idle connections (remote_release, remote_repin). */
 static void
 rnbd_release (void *hv)
 {
   struct rnbd *h = hv;
 
-  pthread_mutex_lock (&h->lock);
-  for (unsigned i = 0; i < h->nconns; i++)
-    if (!h->conns[i].busy)
-      drop_conn (&h->conns[i]);
-  pthread_mutex_unlock (&h->lock);
-}
-
-
-/* Take connection i in particular (a flush must reach every connection
- * that wrote), waiting until deadline_ns for it to be free. */
-static struct rnbd_conn *
-acquire_conn (struct rnbd *h, unsigned i, uint64_t deadline_ns, int *err)
-{
-  struct rnbd_conn *c = &h->conns[i];
-  struct timespec ts = { deadline_ns / NS_PER_SEC, deadline_ns % NS_PER_SEC };
-
-  pthread_mutex_lock (&h->lock);
-  while (c->busy) {
-    if (pthread_cond_timedwait (&h->cond, &h->lock, &ts) == ETIMEDOUT) {
-      *err = ETIMEDOUT;
-      pthread_mutex_unlock (&h->lock);
-      return NULL;
-    }
-  }
-  c->busy = true;
-  pthread_mutex_unlock (&h->lock);
-  return c;
+  remote_pool_close_idle (h->pool);
 }
 
 static int
@@ -563,12 +511,12 @@ rnbd_pwrite (struct remote *r, void *hv, const void *buf, size_t count,
   /* Any free connection: writes in parallel (merge copies several pieces
    * at once), and the flush goes to every connection that wrote, so it
    * covers them whether or not the server offers multi-conn. */
-  struct rnbd_conn *c = acquire_connected (r, h, deadline_ns, err);
+  struct remote_conn *c = acquire_connected (r, h, deadline_ns, err);
   int ret = 0;
 
   if (!c)
     return -1;
-  if (nbd_is_read_only (c->nbd) == 1) {
+  if (nbd_is_read_only (NBD (c)) == 1) {
     *err = EROFS;
     remote_note_error (r, "write: the NBD export is read-only");
     release (h, c);
@@ -576,7 +524,7 @@ rnbd_pwrite (struct remote *r, void *hv, const void *buf, size_t count,
   }
   while (count > 0 && ret == 0) {
     size_t n = count > MAX_REQUEST ? MAX_REQUEST : count;
-    ret = conn_finish (r, c, nbd_aio_pwrite (c->nbd, buf, n, offset, NBD_NULL_COMPLETION, 0),
+    ret = conn_finish (r, c, nbd_aio_pwrite (NBD (c), buf, n, offset, NBD_NULL_COMPLETION, 0),
                        min_u64 (deadline_ns, now_ns () + h->request_timeout_ns),
                        "write", offset, err);
     buf = (const char *) buf + n;
@@ -587,7 +535,7 @@ rnbd_pwrite (struct remote *r, void *hv, const void *buf, size_t count,
    * flush must not vouch for it, so report the error (the caller keeps
    * the block dirty and writes it again). */
   if (ret == 0)
-    c->wrote = true;
+    SLOT (c)->wrote = true;
   release (h, c);
   return ret;
 }
@@ -602,36 +550,36 @@ rnbd_zero (struct remote *r, void *hv, uint64_t offset, uint64_t count,
            uint64_t deadline_ns, int *err)
 {
   struct rnbd *h = hv;
-  struct rnbd_conn *c = acquire_connected (r, h, deadline_ns, err);
+  struct remote_conn *c = acquire_connected (r, h, deadline_ns, err);
   int ret = 0;
 
   if (!c)
     return -1;
-  if (nbd_is_read_only (c->nbd) == 1 || nbd_can_zero (c->nbd) != 1) {
-    *err = nbd_is_read_only (c->nbd) == 1 ? EROFS : EOPNOTSUPP;
+  if (nbd_is_read_only (NBD (c)) == 1 || nbd_can_zero (NBD (c)) != 1) {
+    *err = nbd_is_read_only (NBD (c)) == 1 ? EROFS : EOPNOTSUPP;
     release (h, c);
     return -1;
   }
   while (count > 0 && ret == 0) {
     uint64_t n = count > MAX_ZERO ? MAX_ZERO : count;
-    ret = conn_finish (r, c, nbd_aio_zero (c->nbd, n, offset, NBD_NULL_COMPLETION, 0),
+    ret = conn_finish (r, c, nbd_aio_zero (NBD (c), n, offset, NBD_NULL_COMPLETION, 0),
                        min_u64 (deadline_ns, now_ns () + h->request_timeout_ns),
                        "zero", offset, err);
     offset += n;
     count -= n;
   }
   if (ret == 0)
-    c->wrote = true;            /* as a write: only a flush makes it stable */
+    SLOT (c)->wrote = true;            /* as a write: only a flush makes it stable */
   release (h, c);
   return ret;
 }
 
 /* One FLUSH on connected connection c.  0 or -1 with *err. */
 static int
-conn_flush (struct remote *r, struct rnbd *h, struct rnbd_conn *c, uint64_t deadline_ns,
+conn_flush (struct remote *r, struct rnbd *h, struct remote_conn *c, uint64_t deadline_ns,
             int *err)
 {
-  if (conn_finish (r, c, nbd_aio_flush (c->nbd, NBD_NULL_COMPLETION, 0),
+  if (conn_finish (r, c, nbd_aio_flush (NBD (c), NBD_NULL_COMPLETION, 0),
                    min_u64 (deadline_ns, now_ns () + h->request_timeout_ns),
                    "flush", 0, err) == 0)
     return 0;
@@ -665,22 +613,22 @@ rnbd_flush (struct remote *r, void *hv, bool all, uint64_t deadline_ns, int *err
   int first_err = 0;
   bool lost = false, sent = false;
 
-  for (unsigned i = 0; i < h->nconns; i++) {
+  for (unsigned i = 0; i < remote_pool_slots (h->pool); i++) {
     int e = 0;
-    struct rnbd_conn *c = acquire_conn (h, i, deadline_ns, &e);
+    struct remote_conn *c = remote_pool_take_slot (h->pool, i, deadline_ns, &e);
 
     if (!c) {
       if (!first_err)
         first_err = e;          /* ETIMEDOUT: busy until the deadline */
       continue;
     }
-    if (c->lost_writes) {
-      c->lost_writes = false;
+    if (SLOT (c)->lost_writes) {
+      SLOT (c)->lost_writes = false;
       remote_note_error (r, "flush: a connection that wrote was lost before its flush");
-      remote_note_lost_writes (r, c->lost_ns);
+      remote_note_lost_writes (r, SLOT (c)->lost_ns);
       lost = true;
     }
-    else if (c->wrote && c->nbd && nbd_can_flush (c->nbd) != 1) {
+    else if (SLOT (c)->wrote && NBD (c) && nbd_can_flush (NBD (c)) != 1) {
       /* Nothing can make these writes stable: fail, and keep c->wrote
        * so that every later flush fails too (the caller keeps its blocks
        * dirty), rather than vouch for them. */
@@ -688,9 +636,9 @@ rnbd_flush (struct remote *r, void *hv, bool all, uint64_t deadline_ns, int *err
                          "cannot be made durable");
       e = EOPNOTSUPP;
     }
-    else if ((c->wrote || (all && !sent)) && c->nbd && nbd_can_flush (c->nbd) == 1) {
+    else if ((SLOT (c)->wrote || (all && !sent)) && NBD (c) && nbd_can_flush (NBD (c)) == 1) {
       if (conn_flush (r, h, c, deadline_ns, &e) == 0) {
-        c->wrote = false;
+        SLOT (c)->wrote = false;
         sent = true;
       }
     }
@@ -700,9 +648,9 @@ rnbd_flush (struct remote *r, void *hv, bool all, uint64_t deadline_ns, int *err
   }
   if (all && !sent && !lost && !first_err) {
     int e = 0;
-    struct rnbd_conn *c = acquire_connected (r, h, deadline_ns, &e);
+    struct remote_conn *c = acquire_connected (r, h, deadline_ns, &e);
     if (c) {
-      if (nbd_can_flush (c->nbd) != 1) {
+      if (nbd_can_flush (NBD (c)) != 1) {
         /* Nothing can make the parent's data stable: say so, rather
          * than vouch for it. */
         remote_note_error (r, "flush: the NBD server offers no flush");
@@ -724,14 +672,14 @@ static int
 rnbd_make_writable (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
 {
   struct rnbd *h = hv;
-  struct rnbd_conn *c = acquire_conn (h, 0, deadline_ns, err);
+  struct remote_conn *c = remote_pool_take_slot (h->pool, 0, deadline_ns, err);
   int ret = 0;
 
   if (!c)
     return -1;
-  if (!c->nbd && conn_connect (r, h, c, deadline_ns, err) == -1)
+  if (remote_pool_open (h->pool, r, h, c, deadline_ns, err) == -1)
     ret = -1;
-  else if (nbd_is_read_only (c->nbd) == 1) {
+  else if (nbd_is_read_only (NBD (c)) == 1) {
     *err = EROFS;
     remote_note_error (r, "the NBD export is read-only: it cannot be merged into");
     ret = -1;
@@ -746,13 +694,12 @@ static int
 rnbd_parent_writable (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
 {
   struct rnbd *h = hv;
-  struct rnbd_conn c = { 0 };
-  int ret;
+  struct remote_conn c;
+  int ret = -1;
 
-  if (conn_connect (r, h, &c, deadline_ns, err) == -1)
-    return -1;
-  ret = nbd_is_read_only (c.nbd) == 0;
-  drop_conn (&c);
+  if (remote_pool_open_own (h->pool, r, h, &c, NULL, 0, deadline_ns, err) >= 0)
+    ret = nbd_is_read_only (NBD (&c)) == 0;
+  remote_pool_close_own (h->pool, &c);
   return ret;
 }
 
@@ -762,10 +709,11 @@ static int64_t
 rnbd_identify (struct remote *r, void *hv, uint64_t deadline_ns, char *id, size_t len,
                int *err)
 {
-  struct rnbd_conn c = { 0 };
-  int64_t size = conn_open (r, hv, &c, deadline_ns, id, len, err);
+  struct rnbd *h = hv;
+  struct remote_conn c;
+  int64_t size = remote_pool_open_own (h->pool, r, h, &c, id, len, deadline_ns, err);
 
-  drop_conn (&c);
+  remote_pool_close_own (h->pool, &c);
   return size;
 }
 
@@ -776,12 +724,12 @@ static int
 rnbd_flush_covers_all (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
 {
   struct rnbd *h = hv;
-  struct rnbd_conn *c = acquire_connected (r, h, deadline_ns, err);
+  struct remote_conn *c = acquire_connected (r, h, deadline_ns, err);
   int ret;
 
   if (!c)
     return -1;
-  ret = nbd_can_multi_conn (c->nbd) == 1 && nbd_can_flush (c->nbd) == 1;
+  ret = nbd_can_multi_conn (NBD (c)) == 1 && nbd_can_flush (NBD (c)) == 1;
   release (h, c);
   return ret;
 }
@@ -796,11 +744,14 @@ const struct remote_ops rnbd_ops = {
   .zero_extents = rnbd_zero_extents,
   .release = rnbd_release,
   .name = "nbd",
-  .thread_model = REMOTE_PARALLEL,
   .handles = rnbd_handles,
   .open = rnbd_open,
   .close = rnbd_close,
   .get_size = rnbd_get_size,
   .identify = rnbd_identify,
   .pread = rnbd_pread,
+  .pool_slots = rnbd_pool_slots,
+  .conn_data_size = sizeof (struct rnbd_slot),
+  .conn_open = rnbd_conn_open,
+  .conn_close = drop_conn,
 };

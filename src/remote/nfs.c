@@ -2,11 +2,14 @@
  * libnfs's URL arguments, e.g. ?version=3&nfsport=N&mountport=M or
  * ?version=4&nfsport=N).
  *
- * Notes on the thread model: REMOTE_PARALLEL.  libnfs contexts are not
- * thread-safe, so a parent has a pool of contexts, each mounted with the
- * file open, used by one request at a time (h->lock guards the pool).
- * Each sync call is bounded by nfs_set_timeout; a context that fails is
- * destroyed and re-created by the next request that takes its slot.
+ * Notes on the thread model: called from any thread concurrently.
+ * libnfs contexts are not thread-safe, so a parent's connections are the
+ * remote's pool (pool.c) of NR_CTX contexts, each mounted with the file
+ * open, used by one request at a time (the request holds its slot).
+ * h->lock protects h->size only; h->writable is atomic.  No lock is held
+ * across a libnfs call (the pool lock is a leaf, see pool.c).  Each sync
+ * call is bounded by nfs_set_timeout; a context that fails is destroyed
+ * and re-created by the next request that takes its slot.
  *
  * Writes (merge into an owned parent) go over NFSv3 only, with the file
  * opened O_SYNC so that every WRITE is FILE_SYNC: Debian 12's libnfs 4.0
@@ -37,22 +40,23 @@
 
 #define NR_CTX 4
 
+/* One connection (remote_conn.handle): a mounted context, the file open. */
 struct rnfs_ctx {
-  struct nfs_context *nfs;      /* NULL when not connected */
+  struct nfs_context *nfs;
   struct nfsfh *fh;
-  bool busy;                    /* protected by h->lock */
   bool writable;                /* fh opened O_RDWR|O_SYNC */
 };
+
+#define CTX(c) ((struct rnfs_ctx *) (c)->handle)
 
 struct rnfs {
   char *url;
   bool v4;
-  bool writable;
+  bool writable;                /* atomic: make_writable sets it */
+  struct remote_pool *pool;     /* the remote's (remote_pool_of) */
   uint64_t connect_timeout_ns, request_timeout_ns;
-  pthread_mutex_t lock;         /* protects the pool and size */
-  pthread_cond_t cond;
+  pthread_mutex_t lock;         /* protects size */
   int64_t size;
-  struct rnfs_ctx ctx[NR_CTX];
 };
 
 static bool
@@ -83,8 +87,8 @@ rnfs_open (struct remote *r, const struct remote_config *cfg, void **hp, int *er
   h->connect_timeout_ns = cfg->connect_timeout_ns;
   h->request_timeout_ns = cfg->request_timeout_ns;
   h->size = -1;
+  h->pool = remote_pool_of (r);
   pthread_mutex_init (&h->lock, NULL);
-  cond_init_monotonic (&h->cond);
   *hp = h;
   return 0;
 }
@@ -101,15 +105,23 @@ drop_ctx (struct rnfs_ctx *c)
   c->fh = NULL;
 }
 
+/* The pool's conn_close. */
+static void
+rnfs_conn_close (struct remote_conn *c)
+{
+  if (c->handle)
+    drop_ctx (CTX (c));
+  free (c->handle);
+  c->handle = NULL;
+}
+
 static void
 rnfs_close (void *hv)
 {
   struct rnfs *h = hv;
 
-  for (int i = 0; i < NR_CTX; i++)
-    drop_ctx (&h->ctx[i]);
+  /* (The pool closes the contexts.) */
   pthread_mutex_destroy (&h->lock);
-  pthread_cond_destroy (&h->cond);
   free (h->url);
   free (h);
 }
@@ -178,7 +190,7 @@ ctx_open (struct remote *r, struct rnfs *h, struct rnfs_ctx *c, uint64_t deadlin
   }
   rc = nfs_mount (c->nfs, u->server, u->path);
   if (rc == 0) {
-    c->writable = h->writable;
+    c->writable = __atomic_load_n (&h->writable, __ATOMIC_SEQ_CST);
     rc = nfs_open (c->nfs, u->file, c->writable ? O_RDWR | O_SYNC : O_RDONLY, &c->fh);
   }
   if (rc == 0)
@@ -202,81 +214,85 @@ ctx_open (struct remote *r, struct rnfs *h, struct rnfs_ctx *c, uint64_t deadlin
   return st.nfs_size;
 }
 
-/* Mount, open and check identity on context c.  0 or -1 with *err. */
-static int
-ctx_connect (struct remote *r, struct rnfs *h, struct rnfs_ctx *c, uint64_t deadline_ns,
-             int *err)
+/* The pool's conn_open: mount and open a new context into c->handle;
+ * with id NULL, check its identity against the pin.  The size, or -1
+ * with *err. */
+static int64_t
+rnfs_conn_open (struct remote *r, void *hv, struct remote_conn *c, char *id, size_t len,
+                uint64_t deadline_ns, int *err)
 {
-  char id[256];
-  int64_t size = ctx_open (r, h, c, deadline_ns, id, sizeof id, err);
+  struct rnfs *h = hv;
+  struct rnfs_ctx *ctx = calloc (1, sizeof *ctx);
+  char own[256];
+  int64_t size;
 
-  if (size < 0)
+  if (!ctx) {
+    *err = ENOMEM;
     return -1;
-  if (remote_check_identity (r, id, err) == -1) {
-    drop_ctx (c);
+  }
+  size = ctx_open (r, h, ctx, deadline_ns, id ? id : own, id ? len : sizeof own, err);
+  if (size < 0) {
+    free (ctx);
+    return -1;
+  }
+  c->handle = ctx;
+  if (id)
+    return size;
+  if (remote_check_identity (r, own, err) == -1) {
+    rnfs_conn_close (c);
     return -1;
   }
   pthread_mutex_lock (&h->lock);
   h->size = size;
   pthread_mutex_unlock (&h->lock);
   remote_note_connected (r, false);
-  return 0;
+  return size;
 }
 
-static struct rnfs_ctx *
+static unsigned
+rnfs_pool_slots (const struct remote_config *cfg)
+{
+  return NR_CTX;
+}
+
+/* A slot with a context open for the access the parent needs now (one
+ * opened read-only is reopened for writing after make_writable), or NULL
+ * with *err (nothing held). */
+static struct remote_conn *
 acquire (struct remote *r, struct rnfs *h, uint64_t deadline_ns, int *err)
 {
-  struct timespec ts = { deadline_ns / NS_PER_SEC, deadline_ns % NS_PER_SEC };
-  struct rnfs_ctx *c = NULL;
+  struct remote_conn *c = remote_pool_take (h->pool, r, h, deadline_ns, err);
 
-  pthread_mutex_lock (&h->lock);
-  for (;;) {
-    for (int i = 0; i < NR_CTX; i++)
-      if (!h->ctx[i].busy && (h->ctx[i].nfs || !c))
-        c = &h->ctx[i];
-    if (c) {
-      c->busy = true;
-      break;
-    }
-    if (pthread_cond_timedwait (&h->cond, &h->lock, &ts) == ETIMEDOUT) {
-      *err = ETIMEDOUT;
-      pthread_mutex_unlock (&h->lock);
+  if (c && __atomic_load_n (&h->writable, __ATOMIC_SEQ_CST) && !CTX (c)->writable) {
+    rnfs_conn_close (c);
+    if (remote_pool_open (h->pool, r, h, c, deadline_ns, err) == -1) {
+      remote_pool_return (h->pool, c);
       return NULL;
     }
-  }
-  pthread_mutex_unlock (&h->lock);
-  /* A context opened read-only is reopened for writing when needed. */
-  if (c->nfs && h->writable && !c->writable)
-    drop_ctx (c);
-  if (!c->nfs && ctx_connect (r, h, c, deadline_ns, err) == -1) {
-    pthread_mutex_lock (&h->lock);
-    c->busy = false;
-    pthread_cond_signal (&h->cond);
-    pthread_mutex_unlock (&h->lock);
-    return NULL;
   }
   return c;
 }
 
 static void
-release (struct rnfs *h, struct rnfs_ctx *c)
+release (struct rnfs *h, struct remote_conn *c)
 {
-  pthread_mutex_lock (&h->lock);
-  c->busy = false;
-  pthread_cond_signal (&h->cond);
-  pthread_mutex_unlock (&h->lock);
+  remote_pool_return (h->pool, c);
 }
 
 static int64_t
 rnfs_get_size (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
 {
   struct rnfs *h = hv;
-  struct rnfs_ctx *c = acquire (r, h, deadline_ns, err);
+  struct remote_conn *c = acquire (r, h, deadline_ns, err);
+  int64_t size;
 
   if (!c)
     return -1;
   release (h, c);
-  return h->size;
+  pthread_mutex_lock (&h->lock);
+  size = h->size;
+  pthread_mutex_unlock (&h->lock);
+  return size;
 }
 
 /* On a context of its own: the pool's may all be busy, and one that
@@ -285,10 +301,11 @@ static int64_t
 rnfs_identify (struct remote *r, void *hv, uint64_t deadline_ns, char *id, size_t len,
                int *err)
 {
-  struct rnfs_ctx c = { 0 };
-  int64_t size = ctx_open (r, hv, &c, deadline_ns, id, len, err);
+  struct rnfs *h = hv;
+  struct remote_conn c;
+  int64_t size = remote_pool_open_own (h->pool, r, h, &c, id, len, deadline_ns, err);
 
-  drop_ctx (&c);
+  remote_pool_close_own (h->pool, &c);
   return size;
 }
 
@@ -297,24 +314,24 @@ rnfs_pread (struct remote *r, void *hv, void *buf, size_t count, uint64_t offset
             uint64_t deadline_ns, int *err)
 {
   struct rnfs *h = hv;
-  struct rnfs_ctx *c = acquire (r, h, deadline_ns, err);
+  struct remote_conn *c = acquire (r, h, deadline_ns, err);
 
   if (!c)
     return -1;
   while (count > 0) {
-    if (!bound_call (c, deadline_ns, h->request_timeout_ns)) {
+    if (!bound_call (CTX (c), deadline_ns, h->request_timeout_ns)) {
       *err = ETIMEDOUT;
       remote_note_error (r, "read at offset %" PRIu64 ": timed out", offset);
       release (h, c);
       return -1;
     }
-    int n = nfs_pread (c->nfs, c->fh, offset, count > (1 << 20) ? (1 << 20) : count, buf);
+    int n = nfs_pread (CTX (c)->nfs, CTX (c)->fh, offset, count > (1 << 20) ? (1 << 20) : count, buf);
     if (n <= 0) {
       *err = n == 0 ? EIO : -n;
       remote_note_error (r, "read at offset %" PRIu64 ": %s", offset,
-                         n == 0 ? "unexpected end of file" : nfs_get_error (c->nfs));
-      drop_ctx (c);             /* a timed-out context is in an unknown state */
-      release (h, c);
+                         n == 0 ? "unexpected end of file" : nfs_get_error (CTX (c)->nfs));
+      /* A timed-out context is in an unknown state. */
+      remote_pool_discard (h->pool, c);
       return -1;
     }
     buf = (char *) buf + n;
@@ -330,30 +347,29 @@ rnfs_pwrite (struct remote *r, void *hv, const void *buf, size_t count, uint64_t
              uint64_t deadline_ns, int *err)
 {
   struct rnfs *h = hv;
-  struct rnfs_ctx *c;
+  struct remote_conn *c;
 
-  if (!h->writable) {
+  if (!__atomic_load_n (&h->writable, __ATOMIC_SEQ_CST)) {
     *err = EROFS;
     return -1;
   }
   if (!(c = acquire (r, h, deadline_ns, err)))
     return -1;
   while (count > 0) {
-    if (!bound_call (c, deadline_ns, h->request_timeout_ns)) {
+    if (!bound_call (CTX (c), deadline_ns, h->request_timeout_ns)) {
       *err = ETIMEDOUT;
       remote_note_error (r, "write at offset %" PRIu64 ": timed out", offset);
       release (h, c);
       return -1;
     }
     /* O_SYNC: FILE_SYNC writes, stable when they return. */
-    int n = nfs_pwrite (c->nfs, c->fh, offset, count > (1 << 20) ? (1 << 20) : count,
+    int n = nfs_pwrite (CTX (c)->nfs, CTX (c)->fh, offset, count > (1 << 20) ? (1 << 20) : count,
                         (void *) buf);
     if (n <= 0) {
       *err = n == 0 ? EIO : -n;
       remote_note_error (r, "write at offset %" PRIu64 ": %s", offset,
-                         n == 0 ? "short write" : nfs_get_error (c->nfs));
-      drop_ctx (c);
-      release (h, c);
+                         n == 0 ? "short write" : nfs_get_error (CTX (c)->nfs));
+      remote_pool_discard (h->pool, c);
       return -1;
     }
     buf = (const char *) buf + n;
@@ -382,7 +398,7 @@ static int
 rnfs_make_writable (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
 {
   struct rnfs *h = hv;
-  struct rnfs_ctx *c;
+  struct remote_conn *c;
 
   if (h->v4) {
     *err = EROFS;
@@ -390,7 +406,7 @@ rnfs_make_writable (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
                        "over NFSv4): use version=3 in the URL to merge");
     return -1;
   }
-  h->writable = true;
+  __atomic_store_n (&h->writable, true, __ATOMIC_SEQ_CST);
   if (!(c = acquire (r, h, deadline_ns, err)))
     return -1;
   release (h, c);
@@ -402,11 +418,7 @@ rnfs_release (void *hv)
 {
   struct rnfs *h = hv;
 
-  pthread_mutex_lock (&h->lock);
-  for (int i = 0; i < NR_CTX; i++)
-    if (!h->ctx[i].busy)
-      drop_ctx (&h->ctx[i]);
-  pthread_mutex_unlock (&h->lock);
+  remote_pool_close_idle (h->pool);
 }
 
 static int
@@ -419,7 +431,6 @@ rnfs_parent_writable (struct remote *r, void *hv, uint64_t deadline_ns, int *err
 const struct remote_ops rnfs_ops = {
   .parent_writable = rnfs_parent_writable,
   .name = "nfs",
-  .thread_model = REMOTE_PARALLEL,
   .handles = rnfs_handles,
   .open = rnfs_open,
   .close = rnfs_close,
@@ -431,4 +442,7 @@ const struct remote_ops rnfs_ops = {
   .flush_covers_all = rnfs_flush_covers_all,
   .make_writable = rnfs_make_writable,
   .release = rnfs_release,
+  .pool_slots = rnfs_pool_slots,
+  .conn_open = rnfs_conn_open,
+  .conn_close = rnfs_conn_close,
 };

@@ -1,22 +1,48 @@
 /* corfs: parents ("remotes") behind one ops table.
  *
- * A remote is opened from a URL: file:///path, nbd://host[:port]/export,
- * nbd+unix:///export?socket=PATH, http(s)://..., s3://bucket/key (NFS
- * comes later behind the same table).  Callers use the remote_* wrappers below, never the ops
- * pointers: the wrappers check the contract, retry transient failures with
- * exponential backoff and jitter until the caller's deadline, keep the
- * parent's state for status, and pin its identity.
+ * A remote is opened from a URL, and the backend chosen by its scheme:
+ *   file:///path                          a local image or block device (file.c)
+ *   nbd://host[:port]/export, nbds://...,
+ *   nbd+unix:///export?socket=PATH        NBD through libnbd (nbd.c)
+ *   http(s)://..., s3://bucket/key        HTTP range requests and S3 through
+ *                                         libcurl (http.c)
+ *   nfs://server/export/path/file         NFSv3 or v4 through libnfs (nfs.c)
+ * Callers use the remote_* wrappers below, never the ops pointers: the
+ * wrappers check the contract, retry transient failures with exponential
+ * backoff and jitter until the caller's deadline (one loop and one policy
+ * for every request: retry.c), keep the parent's state for status, and
+ * pin its identity.  Each NBD, HTTP and NFS remote keeps its connections
+ * in a pool (pool.c), one request per connection at a time.
  *
  * Contract of every read: all count bytes or an error; never a short read,
  * never zeros in place of data (DESIGN.md rule 6).
  *
  * Identity (DESIGN.md rule 9): each backend produces an identity string
  * on every (re)connect ("file:dev=..,ino=..,size=..,mtime=..",
- * "nbd:size=..,sample=.."), and the wrapper compares it with the pinned
- * one: a mismatch fails closed with ESTALE ("parent changed") and is never
- * retried.
+ * "nbd:size=..,sample=..", "http:size=..,etag=..", "nfs:size=..,fileid=.."),
+ * and the wrapper compares it with the pinned one: a mismatch fails
+ * closed with ESTALE ("parent changed") and is never retried.
  *
- * Threads: all wrappers may be called from any thread concurrently.
+ * Threads: every function may be called from any thread, concurrently
+ * (the engine's fault path, the streamer and readahead workers, merge
+ * jobs, the control thread).  None calls back into the caller.  The
+ * callers hold no engine lock across a call, except d->owner_lock in the
+ * owner-state changes (activate, hand-off, reclaim, re-pin, abort): the
+ * remote's own locks are leaves below it.
+ *
+ * Blocking: a call that takes deadline_ns (CLOCK_MONOTONIC) returns by
+ * then, give or take one attempt's slack: each attempt is bounded by
+ * min(deadline, now + request_timeout) (connects by connect_timeout), a
+ * wait for a free pooled connection by the deadline, HTTP's Retry-After
+ * by the deadline, and a retry starts only if 250 ms are left.  Except
+ * for a file parent, whose system calls cannot be interrupted (a hung
+ * local disk or NFS mount under file:// blocks them).  remote_open and
+ * the accessors do no I/O; remote_close, remote_release and
+ * remote_repin's closing of idle connections only close connections
+ * (libnfs sends an NFS CLOSE, bounded by the context's timeout).
+ * remote_cancel makes NBD connects, commands and block-status questions
+ * end within 100 ms (ECANCELED) and stops every retry; the other
+ * backends finish the attempt in flight.
  */
 #ifndef CORFS_REMOTE_H
 #define CORFS_REMOTE_H
@@ -184,7 +210,7 @@ void remote_identity (struct remote *r, char *buf, size_t len);
 /* The URL with credentials removed (lives as long as r). */
 const char *remote_url (const struct remote *r);
 
-/* The backend's name: "file", "nbd". */
+/* The backend's name: "file", "nbd", "http", "nfs". */
 const char *remote_backend (const struct remote *r);
 
 /* Parent state and last error message for status ("" if none). */
