@@ -39,8 +39,13 @@ while [ $k -lt $kills ]; do
     [ $k -lt $kills ] || break
     k=$((k + 1))
     direct=""; [ $((k % 2)) -eq 0 ] && direct=--direct
-    "$TOOLS/crashtool" write $mnt/d $log $((seed * 100 + k)) $direct 2>$T/writer.err &
+    rm -f $T/ready
+    CRASHTOOL_READY=$T/ready "$TOOLS/crashtool" write $mnt/d $log $((seed * 100 + k)) $direct 2>$T/writer.err &
     wpid=$!
+    # The kill must land after the writer opened the disk (a loaded
+    # machine may take a while to start it): at most 30 s.
+    for w in $(seq 300); do [ -e $T/ready ] || ! kill -0 $wpid 2>/dev/null && break; sleep 0.1; done
+    [ -e $T/ready ] || { cat $T/writer.err; fail "writer did not open the disk within 30 s"; }
     # Kill at a random moment between 50 ms and 1.2 s into the run.
     sleep "0.$(printf '%03d' $((50 + RANDOM % 950)))"
     [ $((RANDOM % 4)) -eq 0 ] && sleep 0.2

@@ -542,6 +542,15 @@ cmd_write (int argc, char **argv)
     complain ("%s: %s: %m", file, fd == -1 ? "open" : "fstat");
     return e == ENOTCONN || e == ECONNABORTED ? 0 : 1;
   }
+  /* Tell a test that the file is open ($CRASHTOOL_READY names a file to
+   * create), so that its kill lands while we write, not before the open:
+   * after a lazy unmount the path no longer names the disk. */
+  const char *ready = getenv ("CRASHTOOL_READY");
+  if (ready) {
+    int rfd = open (ready, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (rfd != -1)
+      close (rfd);
+  }
   if (st.st_size <= 0 || st.st_size % SECTOR != 0) {
     complain ("%s: size %jd is not a positive multiple of %d", file,
            (intmax_t) st.st_size, SECTOR);
