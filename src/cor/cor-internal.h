@@ -1,4 +1,75 @@
-/* corfs: engine internals shared by engine.c and commit.c. */
+/* corfs: engine internals shared by the engine's files (src/cor).
+ *
+ * Design notes.
+ *
+ * Blocks are block_size bytes (a power of two, 4 KiB to 4 MiB); the last
+ * block of a disk may be short.  The overlay file has the disk's size and
+ * holds each block at the disk's offset, so a complete overlay is the raw
+ * image and SEEK_DATA/SEEK_HOLE work on it.
+ *
+ * Invariants:
+ *   - A block is marked present only after its data is in the overlay
+ *     (the write returned), and becomes durable in the index only after
+ *     the committer's fdatasync (commit.c).
+ *   - One operation per block at a time (DESIGN.md rule 5): a fetch or a
+ *     write owns its blocks in the in-flight table ("busy" ranges) from
+ *     before it starts until its bits are set; so does an incoming disk's
+ *     read-through for the time of its parent read (see read_through).
+ *     A fetch claims only blocks that are neither present nor busy, so
+ *     it never overwrites newer guest data; a reader that finds a
+ *     missing block busy waits for it, so each block is fetched once
+ *     however many readers want it.
+ *   - Writes claim their whole range at once, waiting until no part of it
+ *     is busy (all or nothing, so two writers cannot deadlock).  A write
+ *     whose first or last block is missing and only partly covered fetches
+ *     that block first; blocks covered whole are never fetched.
+ *   - Every guest request has one deadline, its hold from when the engine
+ *     got it; every wait and fetch it makes ends by then (EIO), whatever
+ *     the owner of a busy block (a streamer chunk, a prefetch) was given.
+ *   - Exclusive operations (activate, handoff, pivot, abort) own every
+ *     block (own_all).  While one waits for the claims in flight to end,
+ *     the gate (exclusive_waiters) holds off new ones: guests wait within
+ *     their deadline, the streamer and readahead back off.  A guest whose
+ *     own deadline is before the operation's passes (it ends first; the
+ *     gate would only turn it into an EIO).  It waits at most the hold,
+ *     then fails with nothing changed.  checkpoint waits only for write
+ *     claims (fetches never touch dirty or changed bits) and holds the
+ *     gate shut, claiming nothing, while it switches generations.
+ *   - A guest that must wait to claim a range (a write or discard, which
+ *     claim all or nothing; an incoming read-through) counts in
+ *     guest_waiters meanwhile, and the streamer and readahead back off
+ *     for it as for the gate: otherwise their chunks, one after another,
+ *     would keep a large range from ever being free at once.
+ *   - All-zero fetched blocks are punched rather than written, which keeps
+ *     the overlay sparse and also clears whatever an earlier, uncommitted
+ *     write left there.
+ *   - Dirty and changed bits are set before the overlay write (intent;
+ *     they may over-count after a failed write, never under-count), present
+ *     after it.  Crashes are covered by meta's unclean-shutdown widening.
+ *
+ * Notes on the thread model: cor_read/cor_write run on FUSE worker
+ * threads, many at once; cor_populate on the streamer's and readahead's
+ * workers (stream.c, readahead.c); cor_writeback on a merge job's thread,
+ * which starts up to WB_THREADS - 1 helpers for the copy and joins them
+ * before it returns.  d->lock protects only the busy list (and the gate
+ * and waiter counts, which are also read without it as hints) and is
+ * never held across remote I/O, overlay I/O or a FUSE reply; waiters
+ * sleep on d->cond (CLOCK_MONOTONIC: deadlines come from now_ns), broadcast
+ * whenever a busy range is released or the gate opens.  Exclusive
+ * operations run on ctl's job threads (one per disk at a time).
+ * d->owner_lock orders the record's writers (owner-state transitions,
+ * cor_update_record, and a mirror's identity sealed at shutdown by
+ * cor_engine_quiesce, which only tries it so that a stop never waits for
+ * a command); it is taken before d->lock and before meta's lock.  A
+ * transition holds it for its whole run (abort's copy included), so
+ * cor_update_record waits for it at most the hold
+ * (pthread_mutex_clocklock) and then fails with EAGAIN.
+ * cor_disk_set_attr (chmod, chown) takes no owner_lock: meta changes
+ * mode and owner alone and keeps them from older record copies.
+ * d->attr_lock guards the cached mode and owner that getattr reads; it
+ * is taken before meta's lock (cor_disk_set_attr holds it across the
+ * commit) and nothing else is taken under it.
+ */
 #ifndef CORFS_COR_INTERNAL_H
 #define CORFS_COR_INTERNAL_H
 
@@ -201,5 +272,67 @@ int cor_engine_stop (struct cor_engine *e);
 
 /* Mark the disk failed (sticky) after an overlay sync error. */
 void cor_disk_fail (struct cor_disk *d, const char *why, int err);
+
+/* Block arithmetic. */
+static inline uint64_t
+block_offset (const struct cor_disk *d, uint64_t blk)
+{
+  return blk << d->block_shift;
+}
+
+/* Bytes of blocks [first, end), the last one possibly short. */
+static inline uint64_t
+blocks_length (const struct cor_disk *d, uint64_t first, uint64_t end)
+{
+  uint64_t e = block_offset (d, end);
+  return (e > d->size ? d->size : e) - block_offset (d, first);
+}
+
+/* inflight.c */
+struct busy *inflight_find_unlocked (struct cor_disk *d, uint64_t first, uint64_t end);
+void inflight_claim_unlocked (struct cor_disk *d, struct busy *b, uint64_t first, uint64_t end,
+                              bool write);
+void inflight_release (struct cor_disk *d, struct busy *b);
+bool inflight_gated_unlocked (const struct cor_disk *d, uint64_t deadline_ns);
+bool inflight_background_yields_unlocked (const struct cor_disk *d);
+int inflight_wait_unlocked (struct cor_disk *d, uint64_t deadline_ns);
+int inflight_guest_wait_unlocked (struct cor_disk *d, uint64_t deadline_ns);
+int inflight_claim_wait_unlocked (struct cor_disk *d, struct busy *self, uint64_t first,
+                                  uint64_t end, uint64_t deadline_ns, bool guest);
+int inflight_own_all_mode (struct cor_disk *d, struct busy *self, bool writes_only,
+                           const char *what, char *errbuf, size_t len);
+int inflight_own_all (struct cor_disk *d, struct busy *self, const char *what, char *errbuf,
+                      size_t len);
+void inflight_gate_release (struct cor_disk *d);
+
+/* overlay.c */
+int cor_overlay_zero (struct cor_disk *d, uint64_t offset, uint64_t len);
+int cor_overlay_pwrite (struct cor_disk *d, const char *buf, uint64_t len, uint64_t offset,
+                        pthread_mutex_t *lock);
+int cor_overlay_store (struct cor_disk *d, const char *buf, uint64_t first, uint64_t end,
+                       bool *wrote_data);
+
+/* io.c */
+/* A cold read's reply, sent from the fetch buffer before the store (see
+ * struct cor_read_ref): count bytes from skip into the buffer. */
+struct early_reply {
+  void (*fn) (void *opaque, const char *data, size_t n);
+  void *opaque;
+  size_t skip, count;
+  bool done;
+};
+int cor_fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t deadline_ns,
+                      char **keep, struct early_reply *early, bool *unstored, int *err);
+void cor_trace_fault_unlocked (struct cor_disk *d, uint64_t first, uint64_t end);
+
+/* writeback.c */
+int64_t cor_writeback_range (struct cor_disk *d, uint64_t first, uint64_t end,
+                             uint64_t deadline_ns, bool for_abort, int *err);
+
+/* owner.c */
+const char *cor_repin_why (struct cor_disk *d, int err, char *buf, size_t len);
+int cor_pin_parent (struct cor_disk *d, struct meta_record *rec);
+void cor_seal_mirror (struct cor_disk *d);
+void cor_attr_from_record (struct cor_disk *d, const struct meta_record *rec);
 
 #endif
