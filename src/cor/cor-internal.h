@@ -288,21 +288,68 @@ blocks_length (const struct cor_disk *d, uint64_t first, uint64_t end)
   return (e > d->size ? d->size : e) - block_offset (d, first);
 }
 
-/* inflight.c */
+/* inflight.c: the in-flight table and the gate, under d->lock.  Functions
+ * named *_unlocked must be called with d->lock held; the others take it.
+ * A struct busy lives on its claimer's stack from the claim to
+ * inflight_release. */
+
+/* The busy range overlapping [first, end), or NULL. */
 struct busy *inflight_find_unlocked (struct cor_disk *d, uint64_t first, uint64_t end);
-void inflight_claim_unlocked (struct cor_disk *d, struct busy *b, uint64_t first, uint64_t end,
-                              bool write);
-void inflight_release (struct cor_disk *d, struct busy *b);
+/* Add self = [first, end) to the table.  write: the owner changes data
+ * or the dirty/changed bits (not a fetch); checkpoint waits only for
+ * these. */
+void inflight_claim_unlocked (struct cor_disk *d, struct busy *self, uint64_t first,
+                              uint64_t end, bool write);
+/* Remove self from the table and wake every waiter. */
+void inflight_release (struct cor_disk *d, struct busy *self);
+/* Is a guest request with deadline_ns held off by the gate?  Not if its
+ * deadline is before the exclusive operation's (it ends first). */
 bool inflight_gated_unlocked (const struct cor_disk *d, uint64_t deadline_ns);
+/* Should the streamer and readahead back off (an exclusive operation or
+ * a guest waits to claim blocks)? */
 bool inflight_background_yields_unlocked (const struct cor_disk *d);
+/* Sleep (d->lock dropped) until a range is released, the gate changes or
+ * deadline_ns.  0, or -1 without sleeping once the deadline has passed. */
 int inflight_wait_unlocked (struct cor_disk *d, uint64_t deadline_ns);
-int inflight_guest_wait_unlocked (struct cor_disk *d, uint64_t deadline_ns);
-int inflight_claim_wait_unlocked (struct cor_disk *d, struct busy *self, uint64_t first,
-                                  uint64_t end, uint64_t deadline_ns, bool guest);
-int inflight_own_all_mode (struct cor_disk *d, struct busy *self, bool writes_only,
-                           const char *what, char *errbuf, size_t len);
+
+/* Claim a range and wait with a deadline: claim [first, end) whole,
+ * waiting while any of it is busy or the gate holds it off (all or
+ * nothing, so two claimers cannot deadlock), until deadline_ns.  With
+ * INFLIGHT_GUEST the wait counts in guest_waiters (the streamer gives way
+ * to it: otherwise a large range would rarely be free all at once); with
+ * INFLIGHT_WRITE the claim is a write's.  still_wanted, if not NULL, is
+ * asked under d->lock once the range is free: false claims nothing.
+ * 0 (claimed), 1 (not wanted any more), or -1 if the deadline passed
+ * first (nothing claimed). */
+enum { INFLIGHT_GUEST = 1, INFLIGHT_WRITE = 2 };
+int inflight_claim (struct cor_disk *d, struct busy *self, uint64_t first, uint64_t end,
+                    uint64_t deadline_ns, unsigned flags,
+                    bool (*still_wanted) (const struct cor_disk *d));
+
+/* Claim the missing run, for a fetch: from blk on, the first block before
+ * end that is neither present nor busy, and the blocks after it up to the
+ * next present or busy one (or end).  Never waits: busy blocks are
+ * someone else's.  Returns the run's first block with *run_end its end,
+ * or end when there is none (nothing claimed). */
+uint64_t inflight_claim_missing_unlocked (struct cor_disk *d, struct busy *self, uint64_t blk,
+                                          uint64_t end, uint64_t *run_end);
+
+/* The foreground bracket, around a guest's (or readahead's) talk to the
+ * parent: the streamer gives way while fg_inflight is non-zero and for a
+ * while after last_fg_ns (stream.c). */
+void inflight_fg_begin (struct cor_disk *d);
+void inflight_fg_end (struct cor_disk *d);
+
+/* Own every block for an exclusive operation (what names it in the
+ * reason): close the gate, wait at most the hold for the claims in
+ * flight, claim [0, nr_blocks) as a write.  0, or -1 with a reason in
+ * errbuf (logged) and nothing owned.  Release with inflight_release. */
 int inflight_own_all (struct cor_disk *d, struct busy *self, const char *what, char *errbuf,
                       size_t len);
+/* checkpoint's hold: wait at most the hold for the write claims in flight
+ * and keep the gate shut (no claim passes) until inflight_gate_release.
+ * 0 or -1 as inflight_own_all. */
+int inflight_hold_writers (struct cor_disk *d, const char *what, char *errbuf, size_t len);
 void inflight_gate_release (struct cor_disk *d);
 
 /* overlay.c */

@@ -91,10 +91,11 @@ inflight_wait_unlocked (struct cor_disk *d, uint64_t deadline_ns)
 }
 
 /* Must be called with d->lock held (dropped while asleep).  A guest
- * request's wait: like wait_until_unlocked, counted in guest_waiters
- * meanwhile so that background fetches back off for it. */
-int
-inflight_guest_wait_unlocked (struct cor_disk *d, uint64_t deadline_ns)
+ * request's wait: like inflight_wait_unlocked, counted in guest_waiters
+ * meanwhile so that background fetches back off for it (the
+ * guest_waiters bracket). */
+static int
+guest_wait_unlocked (struct cor_disk *d, uint64_t deadline_ns)
 {
   int r;
 
@@ -104,23 +105,54 @@ inflight_guest_wait_unlocked (struct cor_disk *d, uint64_t deadline_ns)
   return r;
 }
 
-/* Must be called with d->lock held.  Claim [first, end) whole for a
- * write, waiting while any of it is busy or the gate holds it off (all
- * or nothing, so two claimers cannot deadlock), until deadline_ns.  A
- * guest's wait counts in guest_waiters (the streamer gives way to it:
- * otherwise a large range would rarely be free all at once).  0, or -1
- * if the deadline passed first (nothing claimed). */
 int
-inflight_claim_wait_unlocked (struct cor_disk *d, struct busy *self, uint64_t first, uint64_t end,
-                     uint64_t deadline_ns, bool guest)
+inflight_claim (struct cor_disk *d, struct busy *self, uint64_t first, uint64_t end,
+                uint64_t deadline_ns, unsigned flags,
+                bool (*still_wanted) (const struct cor_disk *d))
 {
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&d->lock);
   while (inflight_gated_unlocked (d, deadline_ns) || inflight_find_unlocked (d, first, end))
-    if ((guest ? inflight_guest_wait_unlocked (d, deadline_ns)
+    if (((flags & INFLIGHT_GUEST) ? guest_wait_unlocked (d, deadline_ns)
          : inflight_wait_unlocked (d, deadline_ns)) == -1)
       return -1;
-  inflight_claim_unlocked (d, self, first, end, true);
+  if (still_wanted && !still_wanted (d))
+    return 1;
+  inflight_claim_unlocked (d, self, first, end, (flags & INFLIGHT_WRITE) != 0);
   return 0;
 }
+
+uint64_t
+inflight_claim_missing_unlocked (struct cor_disk *d, struct busy *self, uint64_t blk,
+                                 uint64_t end, uint64_t *run_end)
+{
+  uint64_t run;
+
+  for (; (blk = meta_next (d->md, META_PRESENT, false, blk)) < end; blk++)
+    if (!inflight_find_unlocked (d, blk, blk + 1))
+      break;
+  if (blk >= end)
+    return end;
+  for (run = blk + 1; run < end; run++)
+    if (meta_test (d->md, META_PRESENT, run) || inflight_find_unlocked (d, run, run + 1))
+      break;
+  inflight_claim_unlocked (d, self, blk, run, false);
+  *run_end = run;
+  return blk;
+}
+
+void
+inflight_fg_begin (struct cor_disk *d)
+{
+  __atomic_fetch_add (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
+}
+
+void
+inflight_fg_end (struct cor_disk *d)
+{
+  __atomic_store_n (&d->last_fg_ns, now_ns (), __ATOMIC_SEQ_CST);
+  __atomic_fetch_sub (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
+}
+
 /* Must be called with d->lock held.  The first write claim, or NULL. */
 static struct busy *
 find_write_unlocked (struct cor_disk *d)
@@ -155,7 +187,7 @@ gate_open_unlocked (struct cor_disk *d)
 
 /* Own every block for an exclusive operation (what: its name, for the
  * error): no fetch or write is in flight, and none starts until
- * release_busy.  Callers that change the owner state hold owner_lock.
+ * inflight_release.  Callers that change the owner state hold owner_lock.
  *   1. Close the gate (exclusive_waiters): new claims wait or back off,
  *      so the streamer's next chunks cannot keep the disk busy forever.
  *      Guest requests whose deadline is before ours still get through
@@ -166,10 +198,11 @@ gate_open_unlocked (struct cor_disk *d)
  *   3. Claim everything, or give up with nothing owned; open the gate.
  * With writes_only (checkpoint), step 2 waits only for write claims
  * (fetches never touch the dirty or changed bits), and step 3 claims
- * nothing: the gate stays shut (nobody passes) until gate_release.
+ * nothing: the gate stays shut (nobody passes) until
+ * inflight_gate_release.
  * 0, or -1 with a reason in errbuf (also logged). */
-int
-inflight_own_all_mode (struct cor_disk *d, struct busy *self, bool writes_only, const char *what,
+static int
+own_all_mode (struct cor_disk *d, struct busy *self, bool writes_only, const char *what,
               char *errbuf, size_t len)
 {
   uint64_t deadline_ns = now_ns () + d->hold_ns;
@@ -214,10 +247,15 @@ inflight_own_all_mode (struct cor_disk *d, struct busy *self, bool writes_only, 
 int
 inflight_own_all (struct cor_disk *d, struct busy *self, const char *what, char *errbuf, size_t len)
 {
-  return inflight_own_all_mode (d, self, false, what, errbuf, len);
+  return own_all_mode (d, self, false, what, errbuf, len);
 }
 
-/* End an inflight_own_all_mode (writes_only) hold. */
+int
+inflight_hold_writers (struct cor_disk *d, const char *what, char *errbuf, size_t len)
+{
+  return own_all_mode (d, NULL, true, what, errbuf, len);
+}
+
 void
 inflight_gate_release (struct cor_disk *d)
 {

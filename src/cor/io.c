@@ -213,23 +213,18 @@ fault_in (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t deadline_ns
       }
       continue;                 /* re-check: it may be present now */
     }
-    for (run = blk + 1; run < end; run++)
-      if (meta_test (d->md, META_PRESENT, run) || inflight_find_unlocked (d, run, run + 1))
-        break;
-    inflight_claim_unlocked (d, &self, blk, run, false);
+    inflight_claim_missing_unlocked (d, &self, blk, end, &run);   /* from blk itself */
     cor_trace_fault_unlocked (d, blk, run);
     pthread_mutex_unlock (&d->lock);
 
-    /* The streamer gives way while this is in flight. */
-    __atomic_fetch_add (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
+    inflight_fg_begin (d);      /* the streamer gives way meanwhile */
     bool whole = keep && blk == first && run == end, unstored = false;
     char *got = NULL;
     int r = cor_fetch_blocks (d, blk, run, deadline_ns, keep ? &got : NULL,
                           whole ? early : NULL, keep ? &unstored : NULL, err);
     if (r == 0)
       __atomic_fetch_add (&d->fg_fetched_bytes, blocks_length (d, blk, run), __ATOMIC_RELAXED);
-    __atomic_store_n (&d->last_fg_ns, now_ns (), __ATOMIC_SEQ_CST);
-    __atomic_fetch_sub (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
+    inflight_fg_end (d);
 
     inflight_release (d, &self);
     if (r == 0 && got) {
@@ -281,6 +276,12 @@ record_latency (struct cor_disk *d, uint64_t ns)
  * the parent idle when it pins it.  Every wait ends by deadline_ns.
  * count, 0 if the disk is no longer incoming once its blocks are free
  * (activated: the caller reads the usual way), or -1 with *err. */
+static bool
+still_incoming (const struct cor_disk *d)
+{
+  return __atomic_load_n (&d->owner, __ATOMIC_SEQ_CST) == META_INCOMING;
+}
+
 static ssize_t
 read_through (struct cor_disk *d, size_t count, uint64_t offset, uint64_t first, uint64_t end,
               uint64_t deadline_ns, struct cor_read_ref *ref, int *err)
@@ -289,23 +290,18 @@ read_through (struct cor_disk *d, size_t count, uint64_t offset, uint64_t first,
   int r;
 
   /* Like any claim, wait while an exclusive operation (activate) drains
-   * the disk: it must not find a read-through in flight once it owns it. */
-  pthread_mutex_lock (&d->lock);
-  while (inflight_gated_unlocked (d, deadline_ns) || inflight_find_unlocked (d, first, end))
-    if (inflight_guest_wait_unlocked (d, deadline_ns) == -1) {
-      pthread_mutex_unlock (&d->lock);
-      log_error ("cor: disk %s: offset %" PRIu64 ": busy (activating?) when this read's "
-                 "hold time ran out", d->name, offset);
-      *err = EIO;
-      return -1;
-    }
-  /* Activation sets the owner before it releases its claim. */
-  if (__atomic_load_n (&d->owner, __ATOMIC_SEQ_CST) != META_INCOMING) {
-    pthread_mutex_unlock (&d->lock);
-    return 0;
+   * the disk: it must not find a read-through in flight once it owns it.
+   * Activation sets the owner before it releases its claim, so once the
+   * blocks are free, still_incoming tells whether to read through. */
+  r = inflight_claim (d, &self, first, end, deadline_ns, INFLIGHT_GUEST, still_incoming);
+  if (r == -1) {
+    log_error ("cor: disk %s: offset %" PRIu64 ": busy (activating?) when this read's "
+               "hold time ran out", d->name, offset);
+    *err = EIO;
+    return -1;
   }
-  inflight_claim_unlocked (d, &self, first, end, false);
-  pthread_mutex_unlock (&d->lock);
+  if (r == 1)
+    return 0;
 
   if (!(ref->buf = iobuf_get (count))) {
     inflight_release (d, &self);

@@ -126,8 +126,8 @@ cor_checkpoint (struct cor_disk *d, char *errbuf, size_t len)
     return 0;
   }
   /* Only writes change the changed bits: fetches in flight (a
-   * streamer chunk from a slow parent) may go on (own_all_mode). */
-  if (inflight_own_all_mode (d, NULL, true, "checkpoint", errbuf, len) == -1)
+   * streamer chunk from a slow parent) may go on (inflight_hold_writers). */
+  if (inflight_hold_writers (d, "checkpoint", errbuf, len) == -1)
     return 0;
   gen = meta_checkpoint (d->md);
   if (gen == 0) {

@@ -111,14 +111,11 @@ cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
       stop = blk;
       break;
     }
-    if (inflight_find_unlocked (d, blk, blk + 1)) {
-      blk++;                    /* a guest operation owns it */
-      continue;
-    }
-    for (run = blk + 1; run < end; run++)
-      if (meta_test (d->md, META_PRESENT, run) || inflight_find_unlocked (d, run, run + 1))
-        break;
-    inflight_claim_unlocked (d, &self, blk, run, false);
+    /* Busy blocks are skipped: a guest operation owns them.  (The gate
+     * and guest_waiters change only under d->lock, so the check above
+     * holds for every block skipped.) */
+    if ((blk = inflight_claim_missing_unlocked (d, &self, blk, end, &run)) >= end)
+      break;
     if (fg)
       cor_trace_fault_unlocked (d, blk, run);
     pthread_mutex_unlock (&d->lock);
@@ -126,11 +123,10 @@ cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
     int64_t r;
     if (fg) {
       /* On behalf of a guest: the streamer gives way as to a fault. */
-      __atomic_fetch_add (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
+      inflight_fg_begin (d);
       r = cor_fetch_blocks (d, blk, run, deadline_ns, NULL, NULL, NULL, err) == 0
           ? (int64_t) blocks_length (d, blk, run) : -1;
-      __atomic_store_n (&d->last_fg_ns, now_ns (), __ATOMIC_SEQ_CST);
-      __atomic_fetch_sub (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
+      inflight_fg_end (d);
     }
     else
       r = fetch_sparse (d, blk, run, deadline_ns, err);

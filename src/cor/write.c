@@ -148,9 +148,7 @@ modify (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offset, in
   cor_block_range (offset, count, d->block_shift, &first, &end);
   last = end - 1;
 
-  pthread_mutex_lock (&d->lock);
-  r = inflight_claim_wait_unlocked (d, &self, first, end, deadline_ns, true);
-  pthread_mutex_unlock (&d->lock);
+  r = inflight_claim (d, &self, first, end, deadline_ns, INFLIGHT_GUEST | INFLIGHT_WRITE, NULL);
   if (r == -1) {
     log_error ("cor: disk %s: %s of %" PRIu64 " bytes at offset %" PRIu64 ": its blocks "
                "were still owned by a fetch from the parent %s, another write or an "
@@ -168,7 +166,7 @@ modify (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offset, in
 
   /* Partly covered edge blocks that are missing keep their other bytes:
    * fetch them first.  Blocks covered whole are never fetched. */
-  __atomic_fetch_add (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
+  inflight_fg_begin (d);
   if (!meta_test (d->md, META_PRESENT, first) &&
       (offset != block_offset (d, first) ||
        offset + count < block_offset (d, first) + blocks_length (d, first, first + 1)))
@@ -176,8 +174,7 @@ modify (struct cor_disk *d, const void *buf, uint64_t count, uint64_t offset, in
   if (r == 0 && last != first && !meta_test (d->md, META_PRESENT, last) &&
       offset + count < block_offset (d, last) + blocks_length (d, last, last + 1))
     r = cor_fetch_blocks (d, last, last + 1, deadline_ns, NULL, NULL, NULL, err);
-  __atomic_store_n (&d->last_fg_ns, now_ns (), __ATOMIC_SEQ_CST);
-  __atomic_fetch_sub (&d->fg_inflight, 1, __ATOMIC_SEQ_CST);
+  inflight_fg_end (d);
 
   if (r == 0 && d->mirror) {
     r = mirror_write (d, buf, count, offset, first, end, deadline_ns, err);

@@ -168,9 +168,7 @@ cor_writeback_range (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t 
   int64_t written;
   uint64_t blk;
 
-  pthread_mutex_lock (&d->lock);
-  r = inflight_claim_wait_unlocked (d, &self, first, end, deadline_ns, false);
-  pthread_mutex_unlock (&d->lock);
+  r = inflight_claim (d, &self, first, end, deadline_ns, INFLIGHT_WRITE, NULL);
   if (r == -1) {
     log_error ("cor: disk %s: writeback at offset %" PRIu64 ": blocks still owned by "
                "a fetch or a write when the deadline passed", d->name, block_offset (d, first));
