@@ -78,7 +78,7 @@ cor_commit_once (struct cor_engine *e)
       continue;
     }
     if (written || meta_batch_has (b, d->md)) {
-      if (fdatasync (d->overlay_fd) == -1) {
+      if (cor_overlay_sync (d) == -1) {
         cor_disk_fail (d, "overlay fdatasync", errno);
         meta_batch_drop (b, d->md);
       }

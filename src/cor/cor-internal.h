@@ -359,6 +359,24 @@ int cor_overlay_pwrite (struct cor_disk *d, const char *buf, uint64_t len, uint6
 int cor_overlay_store (struct cor_disk *d, const char *buf, uint64_t first, uint64_t end,
                        bool *wrote_data);
 
+/* The overlay's file descriptor, for the rest of the engine (only
+ * overlay.c uses d->overlay_fd).  Reads: count bytes at offset, 0 or -1
+ * with errno; read_ref: a guest read's (fd: the ref's), bringing the
+ * blocks around a page-cache miss in (-1 logged, *err).  writeout: start
+ * writing blocks [first, end) back (a hint).  seek: lseek SEEK_DATA or
+ * SEEK_HOLE.  open: open, create (only while nothing is present) and size
+ * it; -1 logged.  close: safe on a disk whose overlay never opened. */
+int cor_overlay_read (struct cor_disk *d, void *buf, uint64_t len, uint64_t offset);
+int cor_overlay_read_ref (struct cor_disk *d, int fd, void *buf, size_t n, uint64_t offset,
+                          int *err);
+void cor_overlay_writeout (struct cor_disk *d, uint64_t first, uint64_t end);
+int cor_overlay_sync (struct cor_disk *d);
+int64_t cor_overlay_seek (struct cor_disk *d, uint64_t pos, bool data);
+int cor_overlay_open (struct cor_disk *d, const char *path);
+void cor_overlay_close (struct cor_disk *d);
+/* For a reader that reads or splices the overlay itself (cor_read_ref). */
+int cor_overlay_fd (const struct cor_disk *d);
+
 /* io.c */
 /* A cold read's reply, sent from the fetch buffer before the store (see
  * struct cor_read_ref): count bytes from skip into the buffer. */
@@ -378,7 +396,11 @@ int64_t cor_writeback_range (struct cor_disk *d, uint64_t first, uint64_t end,
 
 /* owner.c */
 const char *cor_repin_why (struct cor_disk *d, int err, char *buf, size_t len);
-int cor_pin_parent (struct cor_disk *d, struct meta_record *rec);
+/* At mount, finish an activation that a crash interrupted (rec: the
+ * record, state activating): pin the parent and record state active, or
+ * incoming again if it cannot be pinned.  0, or -1 (logged) if the
+ * record could not be written. */
+int cor_resume_activation (struct cor_disk *d, struct meta_record *rec);
 void cor_seal_mirror (struct cor_disk *d);
 void cor_attr_from_record (struct cor_disk *d, const struct meta_record *rec);
 

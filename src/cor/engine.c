@@ -67,10 +67,15 @@ save_trace (struct cor_disk *d)
               d->trace_path);
 }
 
+/* Free a disk that cor_disk_add built in full or in part: every lock
+ * and condition variable is initialised before anything can fail (see
+ * disk_new), and what was never set is NULL or -1.  owns_parts: the
+ * engine owns md and remote (the disk was added), so close them too;
+ * clean is meta_disk_close's.  The one teardown of a disk: the error
+ * path of cor_disk_add and cor_engine_free both come here. */
 static void
-disk_free (struct cor_disk *d, bool clean)
+disk_teardown (struct cor_disk *d, bool owns_parts, bool clean)
 {
-  save_trace (d);
   free (d->trace);
   free (d->trace_path);
   free (d->stream.hints);
@@ -80,16 +85,24 @@ disk_free (struct cor_disk *d, bool clean)
   pthread_mutex_destroy (&d->attr_lock);
   pthread_mutex_destroy (&d->ra.lock);
   pthread_cond_destroy (&d->ra.cond);
-  if (meta_disk_close (d->md, clean) == -1)
-    log_error ("cor: disk %s: closing the index: %m", d->name);
-  remote_close (d->remote);
-  if (close (d->overlay_fd) == -1)
-    log_error ("cor: disk %s: closing the overlay: %m", d->name);
+  if (owns_parts) {
+    if (meta_disk_close (d->md, clean) == -1)
+      log_error ("cor: disk %s: closing the index: %m", d->name);
+    remote_close (d->remote);
+  }
+  cor_overlay_close (d);
   pthread_mutex_destroy (&d->lock);
   pthread_cond_destroy (&d->cond);
   pthread_mutex_destroy (&d->store_lock);
   free (d->name);
   free (d);
+}
+
+static void
+disk_free (struct cor_disk *d, bool clean)
+{
+  save_trace (d);
+  disk_teardown (d, true, clean);
 }
 
 void
@@ -165,7 +178,7 @@ cor_engine_finish (struct cor_engine *e)
     bool clean = r == 0 && __atomic_load_n (&d->health, __ATOMIC_SEQ_CST) != COR_FAILED;
     /* The final commit synced what it committed; a clean close needs
      * every write before it synced (meta_disk_close's rule). */
-    if (clean && fdatasync (d->overlay_fd) == -1) {
+    if (clean && cor_overlay_sync (d) == -1) {
       log_error ("cor: disk %s: syncing the overlay at exit: %m", d->name);
       clean = false;
     }
@@ -180,27 +193,26 @@ cor_engine_finish (struct cor_engine *e)
   return ret;
 }
 
-int
-cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
-              struct cor_disk **dp)
+/* Allocate a disk from its record and config, with every lock, the
+ * readahead and the streamer set up, so that disk_teardown can free it
+ * from here on.  md and remote are still the caller's.  NULL with errno. */
+static struct cor_disk *
+disk_new (struct cor_engine *e, const struct cor_disk_config *cfg,
+          const struct meta_record *rec)
 {
-  struct cor_disk *d = calloc (1, sizeof *d), **nv;
-  struct meta_record rec;
-  struct stat st;
-  uint64_t present;
+  struct cor_disk *d = calloc (1, sizeof *d);
 
   if (!d || !(d->name = strdup (cfg->name))) {
     free (d);
-    return -1;
+    return NULL;
   }
   d->overlay_fd = -1;
-  meta_disk_record (cfg->md, &rec);
   d->e = e;
   d->md = cfg->md;
   d->remote = cfg->remote;
-  d->size = rec.size;
-  d->block_size = rec.block_size;
-  d->block_shift = __builtin_ctz (rec.block_size);
+  d->size = rec->size;
+  d->block_size = rec->block_size;
+  d->block_shift = __builtin_ctz (rec->block_size);
   d->nr_blocks = meta_nr_blocks (cfg->md);
   d->hold_ns = cfg->hold_ns;
   pthread_mutex_init (&d->lock, NULL);
@@ -210,111 +222,64 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
   d->start_mode = cfg->stream;
   pthread_mutex_init (&d->owner_lock, NULL);
   pthread_mutex_init (&d->attr_lock, NULL);
-  cor_attr_from_record (d, &rec);
-  d->owner = rec.state;
-  d->mirror = rec.mirror && rec.state != META_STANDALONE;
-  if (rec.state == META_ACTIVATING) {
-    /* Interrupted activation: this is a fresh mount, so the kernel has
-     * no cached pages to drop; finish with the last steps: pin the
-     * parent, which is final now, and record it with state active.  From
-     * here on a changed parent fails closed, as after any activation. */
-    /* A parent that cannot be pinned (unreachable, another size): the
-     * disk goes back to incoming, durably, rather than failing every
-     * mount; `activate` with the same epoch finishes it later. */
-    rec.state = cor_pin_parent (d, &rec) == 0 ? META_ACTIVE : META_INCOMING;
-    if (meta_disk_update (cfg->md, &rec) == -1) {
-      log_error ("cor: disk %s: finishing an interrupted activation: %m", cfg->name);
-      goto err;
-    }
-    if (rec.state == META_ACTIVE)
-      log_info ("cor: disk %s: finished an interrupted activation (epoch %" PRIu64 ")",
-                cfg->name, rec.epoch);
-    d->owner = rec.state;
+  cor_attr_from_record (d, rec);
+  d->owner = rec->state;
+  d->mirror = rec->mirror && rec->state != META_STANDALONE;
+  cor_readahead_init (d, cfg->readahead);
+  /* cor_stream_init initialises the streamer's lock before anything in
+   * it can fail (copying the hints). */
+  if (cor_stream_init (d, cfg) == -1 ||
+      (cfg->trace_path && !(d->trace_path = strdup (cfg->trace_path)))) {
+    int err = errno;
+    disk_teardown (d, false, false);
+    errno = err;
+    return NULL;
   }
+  return d;
+}
+
+/* Add d to the engine's disks (fixed once the committer runs).  0 or -1
+ * with errno. */
+static int
+engine_append (struct cor_engine *e, struct cor_disk *d)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&e->lock);
+  assert (!e->running);
+  struct cor_disk **nv = realloc (e->disks, (e->nr_disks + 1) * sizeof *nv);
+  if (!nv)
+    return -1;
+  e->disks = nv;
+  d->index = e->nr_disks;
+  e->disks[e->nr_disks++] = d;
+  return 0;
+}
+
+int
+cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
+              struct cor_disk **dp)
+{
+  struct meta_record rec;
+  struct cor_disk *d;
+
+  meta_disk_record (cfg->md, &rec);
+  if (!(d = disk_new (e, cfg, &rec)))
+    return -1;
+  if (rec.state == META_ACTIVATING && cor_resume_activation (d, &rec) == -1)
+    goto err;
   /* While incoming, the source still writes the parent: its identity is
    * pinned at activation, not before.  A mirror writes it itself. */
   if (rec.state == META_INCOMING || (d->mirror && rec.state == META_ACTIVE))
     remote_set_modifying (cfg->remote, true);
-  if (cfg->trace_path && !(d->trace_path = strdup (cfg->trace_path)))
-    goto err;
-  cor_readahead_init (d, cfg->readahead);
-  if (cor_stream_init (d, cfg) == -1)
-    goto err;
-
-  /* Only a disk with nothing present may get a new overlay: where the
-   * index records present blocks, a missing overlay is lost data, not a
-   * file to create. */
-  present = meta_count (d->md, META_PRESENT);
-  d->overlay_fd = open (cfg->overlay_path, O_RDWR | O_CLOEXEC | O_NOFOLLOW | (present ? 0 : O_CREAT),
-                        0600);
-  if (d->overlay_fd == -1 || fstat (d->overlay_fd, &st) == -1) {
-    if (present)
-      log_error ("cor: disk %s: overlay %s: %m; the index records %" PRIu64 " blocks "
-                 "present in it", d->name, cfg->overlay_path, present);
-    else
-      log_error ("cor: disk %s: overlay %s: %m", d->name, cfg->overlay_path);
-    goto err;
-  }
-  if ((uint64_t) st.st_size != d->size) {
-    /* A new overlay is extended to the disk size (sparse).  One with
-     * another size while blocks are recorded present is not ours, or
-     * was lost (an empty file): its blocks would read as zeros. */
-    if (present > 0) {
-      if (st.st_size == 0)
-        log_error ("cor: disk %s: overlay %s is empty, but the index records %" PRIu64
-                   " blocks present in it (was it lost or replaced?); refusing to serve "
-                   "zeros for them", d->name, cfg->overlay_path, present);
-      else
-        log_error ("cor: disk %s: overlay %s has size %" PRIu64 " but the disk is %"
-                   PRIu64 " bytes", d->name, cfg->overlay_path, (uint64_t) st.st_size, d->size);
-      errno = EINVAL;
-      goto err;
-    }
-    if (ftruncate (d->overlay_fd, d->size) == -1 || fsync (d->overlay_fd) == -1) {
-      log_error ("cor: disk %s: sizing overlay %s: %m", d->name, cfg->overlay_path);
-      goto err;
-    }
-  }
-  /* No readahead on the overlay: every read of it is already as large as
-   * its reader wants (the FUSE request, which the kernel's readahead on
-   * the disk file sized), and ext4's readahead fills 2 MiB folios, which
-   * make each later small write into them cost ~10x (see
-   * OVERLAY_WRITE_MAX): 4 KiB random writes through the mount fell from
-   * 152k to 31k IOPS after a warm sequential read.  Reading 1 GiB in
-   * 1 MiB preads from a cold ext4 file measured 1314-1382 MB/s with this
-   * advice, 541-1101 MB/s without.  Advice only: a failure costs speed. */
-  if ((errno = posix_fadvise (d->overlay_fd, 0, 0, POSIX_FADV_RANDOM)) != 0)
-    log_debug ("cor: disk %s: posix_fadvise RANDOM on the overlay: %m", d->name);
-
-  pthread_mutex_lock (&e->lock);
-  assert (!e->running);         /* the disk array is fixed once committing */
-  nv = realloc (e->disks, (e->nr_disks + 1) * sizeof *nv);
-  if (nv) {
-    e->disks = nv;
-    d->index = e->nr_disks;
-    e->disks[e->nr_disks++] = d;
-  }
-  pthread_mutex_unlock (&e->lock);
-  if (!nv)
+  if (cor_overlay_open (d, cfg->overlay_path) == -1 || engine_append (e, d) == -1)
     goto err;
   *dp = d;
   return 0;
 
  err:
   {
-    int e2 = errno;
-    if (d->overlay_fd >= 0)
-      close (d->overlay_fd);
-    free (d->trace_path);
-    free (d->stream.hints);
-    pthread_mutex_destroy (&d->lock);
-    pthread_cond_destroy (&d->cond);
-    pthread_mutex_destroy (&d->store_lock);
-    pthread_mutex_destroy (&d->ra.lock);
-    pthread_cond_destroy (&d->ra.cond);
-    free (d->name);
-    free (d);
-    errno = e2;
+    int err = errno;
+    disk_teardown (d, false, false);   /* md and remote stay the caller's */
+    errno = err;
   }
   return -1;
 }
@@ -365,12 +330,6 @@ cor_disk_openable_rw (const struct cor_disk *d)
     __atomic_load_n (&d->owner, __ATOMIC_SEQ_CST) != META_HANDED_OFF;
 }
 
-uint64_t
-cor_disk_allocated (const struct cor_disk *d)
-{
-  struct stat st;
-  return fstat (d->overlay_fd, &st) == 0 ? (uint64_t) st.st_blocks * 512 : 0;
-}
 /* ---- merge support ---- */
 
 unsigned cor_disk_block_shift (const struct cor_disk *d) { return d->block_shift; }

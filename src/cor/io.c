@@ -146,8 +146,8 @@ gather_finish (struct cor_disk *d, struct gather *g, uint64_t first, uint64_t en
     bool held = g->held[blk - first];
     while (run < end && g->held[run - first] == held)
       run++;
-    if (!held && full_pread (d->overlay_fd, g->buf + (block_offset (d, blk) - block_offset (d, first)),
-                             blocks_length (d, blk, run), block_offset (d, blk)) == -1) {
+    if (!held && cor_overlay_read (d, g->buf + (block_offset (d, blk) - block_offset (d, first)),
+                                   blocks_length (d, blk, run), block_offset (d, blk)) == -1) {
       *err = errno;
       log_error ("cor: disk %s: overlay read at offset %" PRIu64 ": %m", d->name,
                  block_offset (d, blk));
@@ -328,7 +328,7 @@ cor_read_ref (struct cor_disk *d, size_t count, uint64_t offset,
   ref->buf = NULL;
   ref->buf_len = 0;
   ref->skip = 0;
-  ref->fd = d->overlay_fd;
+  ref->fd = cor_overlay_fd (d);
   ref->delivered = false;
   if (offset >= d->size || count == 0)
     return 0;
@@ -379,31 +379,7 @@ cor_read_ref_copy (struct cor_disk *d, const struct cor_read_ref *ref, void *buf
     memcpy (buf, ref->buf + ref->skip, n);
     return 0;
   }
-  /* A read that misses the page cache brings in the whole blocks around
-   * it: the overlay has no readahead (POSIX_FADV_RANDOM, see
-   * cor_disk_add), and a guest reading at random in a small area would
-   * otherwise wait for the disk once per 4 KiB.  RWF_NOWAIT tells a miss
-   * without waiting; a hit costs nothing more. */
-  ssize_t r = preadv2 (ref->fd, &(struct iovec) { buf, n }, 1, offset, RWF_NOWAIT);
-  if (r == (ssize_t) n)
-    return 0;
-  if (r > 0) {
-    buf = (char *) buf + r;
-    n -= r;
-    offset += r;
-  }
-  if (r >= 0 || errno == EAGAIN) {
-    uint64_t first, end;
-    cor_block_range (offset, n, d->block_shift, &first, &end);
-    cor_overlay_willneed (d, first, end);
-  }
-  if (full_pread (ref->fd, buf, n, offset) == -1) {
-    *err = errno;
-    log_error ("cor: disk %s: overlay read of %zu bytes at offset %" PRIu64 ": %m",
-               d->name, n, offset);
-    return -1;
-  }
-  return 0;
+  return cor_overlay_read_ref (d, ref->fd, buf, n, offset, err);
 }
 
 ssize_t
@@ -445,7 +421,7 @@ cor_seek (struct cor_disk *d, uint64_t offset, bool data, int *err)
     run_end = block_offset (d, meta_next (d->md, META_PRESENT, false, blk));
     if (run_end > d->size)
       run_end = d->size;
-    q = lseek (d->overlay_fd, pos, data ? SEEK_DATA : SEEK_HOLE);
+    q = cor_overlay_seek (d, pos, data);
     if (q == -1 && errno != ENXIO) {
       *err = errno;
       return -1;

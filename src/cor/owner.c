@@ -85,8 +85,8 @@ cor_repin_why (struct cor_disk *d, int err, char *buf, size_t len)
 /* The parent is final (an interrupted activation found at mount): put
  * its identity in rec, pinned on a connection of its own, and check its
  * size as activation does.  0 or -1 (logged). */
-int
-cor_pin_parent (struct cor_disk *d, struct meta_record *rec)
+static int
+pin_parent (struct cor_disk *d, struct meta_record *rec)
 {
   char id[META_ID_MAX];
   int err = 0;
@@ -102,6 +102,28 @@ cor_pin_parent (struct cor_disk *d, struct meta_record *rec)
     return -1;
   }
   snprintf (rec->identity, sizeof rec->identity, "%s", id);
+  return 0;
+}
+
+int
+cor_resume_activation (struct cor_disk *d, struct meta_record *rec)
+{
+  /* Interrupted activation: this is a fresh mount, so the kernel has
+   * no cached pages to drop; finish with the last steps: pin the
+   * parent, which is final now, and record it with state active.  From
+   * here on a changed parent fails closed, as after any activation. */
+  /* A parent that cannot be pinned (unreachable, another size): the
+   * disk goes back to incoming, durably, rather than failing every
+   * mount; `activate` with the same epoch finishes it later. */
+  rec->state = pin_parent (d, rec) == 0 ? META_ACTIVE : META_INCOMING;
+  if (meta_disk_update (d->md, rec) == -1) {
+    log_error ("cor: disk %s: finishing an interrupted activation: %m", d->name);
+    return -1;
+  }
+  if (rec->state == META_ACTIVE)
+    log_info ("cor: disk %s: finished an interrupted activation (epoch %" PRIu64 ")",
+              d->name, rec->epoch);
+  d->owner = rec->state;
   return 0;
 }
 

@@ -143,8 +143,7 @@ cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
      * blocks are not about to be rewritten, and a stream's final flush
      * would otherwise write the whole disk at once.  A hint only. */
     if (r > 0)
-      sync_file_range (d->overlay_fd, block_offset (d, blk), blocks_length (d, blk, run),
-                       SYNC_FILE_RANGE_WRITE);
+      cor_overlay_writeout (d, blk, run);
     total += r;
     __atomic_fetch_add (fg ? &d->fg_fetched_bytes : &d->bg_fetched_bytes, r, __ATOMIC_RELAXED);
     blk = run;

@@ -130,7 +130,7 @@ wb_copy_worker (void *arg)
     char *buf = iobuf_get (len), *pbuf = compare ? iobuf_get (len) : NULL;
     if (!buf || (compare && !pbuf))
       err = ENOMEM;
-    else if (full_pread (d->overlay_fd, buf, len, off) == -1) {
+    else if (cor_overlay_read (d, buf, len, off) == -1) {
       err = errno;
       log_error ("cor: disk %s: merge: overlay read at offset %" PRIu64 ": %m", d->name, off);
     }
