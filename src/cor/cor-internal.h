@@ -394,6 +394,16 @@ void cor_trace_fault_unlocked (struct cor_disk *d, uint64_t first, uint64_t end)
 int64_t cor_writeback_range (struct cor_disk *d, uint64_t first, uint64_t end,
                              uint64_t deadline_ns, bool for_abort, int *err);
 
+/* pivot.c: abort's copy, one step: copy the next run (at most 256
+ * blocks) of dirty or suspect blocks to the parent, with the blocks
+ * owned, and clear their bits (cor_writeback_range, for_abort), by
+ * deadline_ns; before it, give up with ECANCELED if *cancel (atomic) is
+ * non-zero.  *blk is the run's first block.  1 if a run was copied, 0 if
+ * nothing is left, -1 with *err.  The caller holds owner_lock with new
+ * writes refused (cor_abort). */
+int cor_abort_copy_next (struct cor_disk *d, uint64_t deadline_ns, const int *cancel,
+                         uint64_t *blk, int *err);
+
 /* owner.c */
 const char *cor_repin_why (struct cor_disk *d, int err, char *buf, size_t len);
 /* At mount, finish an activation that a crash interrupted (rec: the

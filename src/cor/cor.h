@@ -180,9 +180,36 @@ int cor_stream_resume (struct cor_disk *d, int *err);
 int cor_stream_cancel (struct cor_disk *d, int *err);
 void cor_stream_set_rate (struct cor_disk *d, uint64_t bytes_per_s);
 
-/* Events (stream-progress, stream-complete, stream-error, parent-error,
- * disk-failed), called on the engine thread that caused them: fn must
- * not block and must copy what it keeps.  Set before cor_engine_start. */
+/* Events, each with its name (cor_event_name: the "type" of the event's
+ * JSON) and what done, total and message carry.  The engine emits:
+ *   stream-progress   bytes covered, disk size   (streamer, stream.c)
+ *   stream-complete   size, size                 (streamer)
+ *   mirror-ready      size, size                 (streamer, mirror disks)
+ *   stream-error      0, 0, the error            (streamer)
+ *   activated         epoch, 0                   (cor_activate)
+ *   handed-off        epoch, 0                   (cor_handoff)
+ *   reclaimed         epoch, 0                   (cor_reclaim)
+ *   pivoted           size, size                 (cor_pivot)
+ *   aborted           0, 0                       (cor_abort)
+ * and its jobs (src/merge, through cor_emit):
+ *   merge-error       0, 0, the error
+ *   synced            bytes, bytes
+ *   flattened         bytes, bytes
+ *   copy-complete     size, size, the destination
+ *   copy-failed       0, 0, the error
+ * fn is called on the thread that caused the event (a streamer worker, a
+ * command's or job's thread): it must not block and must copy what it
+ * keeps.  Set before cor_engine_start. */
+enum cor_event_type {
+  COR_EV_STREAM_PROGRESS, COR_EV_STREAM_COMPLETE, COR_EV_MIRROR_READY, COR_EV_STREAM_ERROR,
+  COR_EV_ACTIVATED, COR_EV_HANDED_OFF, COR_EV_RECLAIMED, COR_EV_PIVOTED, COR_EV_ABORTED,
+  COR_EV_MERGE_ERROR, COR_EV_SYNCED, COR_EV_FLATTENED, COR_EV_COPY_COMPLETE,
+  COR_EV_COPY_FAILED,
+  COR_EV_NR
+};
+/* The event's name, as above (the one name table). */
+const char *cor_event_name (enum cor_event_type type);
+
 struct cor_event {
   const char *type;
   const char *disk;
@@ -194,7 +221,10 @@ void cor_set_event_fn (struct cor_engine *e,
                        void *opaque);
 
 /* Emit an event about d through the engine's callback (if any); for the
- * engine and its jobs (src/merge). */
+ * engine and its jobs (src/merge).  cor_emit takes the name (one of
+ * cor_event_name's). */
+void cor_emit_event (struct cor_disk *d, enum cor_event_type type, uint64_t done,
+                     uint64_t total, const char *message);
 void cor_emit (struct cor_disk *d, const char *type, uint64_t done, uint64_t total,
                const char *message);
 

@@ -228,30 +228,25 @@ back_to_incoming (struct cor_disk *d, struct meta_record *rec, const struct meta
   }
 }
 
-int
-cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size_t len)
+/* Must be called with d->owner_lock held.  May activate go on?  1 if it
+ * is a no-op, 0 to go on, -1 with a reason in errbuf. */
+static int
+activate_check_unlocked (struct cor_disk *d, const struct meta_record *rec, uint64_t epoch,
+                         bool force, char *errbuf, size_t len)
 {
-  struct meta_record rec;
-  struct busy self;
-  struct meta_record before;
   int r, err = 0;
 
-  pthread_mutex_lock (&d->owner_lock);
-  meta_disk_record (d->md, &rec);
   /* The same epoch again finishes an activation that could not pin the
    * parent (below), or that a mount put back to incoming (cor_disk_add:
    * an incoming disk has a non-zero epoch only from there). */
-  r = (rec.state == META_ACTIVATING || (rec.state == META_INCOMING && rec.epoch > 0))
-    && epoch == rec.epoch ? 0
-    : check_epoch_unlocked (d, &rec, epoch, META_ACTIVE, "activate", errbuf, len);
-  if (r != 0) {
-    pthread_mutex_unlock (&d->owner_lock);
-    return r == 1 ? 0 : -1;
-  }
-  if (rec.state != META_INCOMING && rec.state != META_ACTIVATING) {
+  r = (rec->state == META_ACTIVATING || (rec->state == META_INCOMING && rec->epoch > 0))
+    && epoch == rec->epoch ? 0
+    : check_epoch_unlocked (d, rec, epoch, META_ACTIVE, "activate", errbuf, len);
+  if (r != 0)
+    return r;
+  if (rec->state != META_INCOMING && rec->state != META_ACTIVATING) {
     snprintf (errbuf, len, "disk %s is %s, not incoming: nothing to activate", d->name,
-              meta_state_name (rec.state));
-    pthread_mutex_unlock (&d->owner_lock);
+              meta_state_name (rec->state));
     return -1;
   }
   if (!force) {
@@ -262,7 +257,6 @@ cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size
                   "writing it; serve it read-only (e.g. nbdkit -r) or use --force"
                 : "disk %s: cannot tell whether the parent %s is writable (%s); use --force",
                 d->name, remote_url (d->remote), strerror (err));
-      pthread_mutex_unlock (&d->owner_lock);
       return -1;
     }
   }
@@ -273,19 +267,25 @@ cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size
     snprintf (errbuf, len, "disk %s: mirror mode needs a parent that can flush: %s offers "
               "none, so no write to it could be made durable; the disk stays incoming",
               d->name, remote_url (d->remote));
-    pthread_mutex_unlock (&d->owner_lock);
     return -1;
   }
-  before = rec;
-  /* 1. Stop and drain: own every block. */
-  if (inflight_own_all (d, &self, "activate", errbuf, len) == -1) {
-    pthread_mutex_unlock (&d->owner_lock);
-    return -1;
-  }
+  return 0;
+}
+
+/* Must be called with d->owner_lock held and every block owned (step 1,
+ * own_all).  Steps 2 to 5 of activation.  0 or -1 with errbuf. */
+static int
+activate_owned_unlocked (struct cor_disk *d, struct meta_record *rec, uint64_t epoch,
+                         char *errbuf, size_t len)
+{
+  struct meta_record before = *rec;
+  char id[META_ID_MAX];
+  int err = 0;
+
   /* 2. Durably: activating, with the epoch.  (Nothing read while incoming
    * was kept, so step 3, punching, has nothing to do.) */
-  if (set_state (d, &rec, META_ACTIVATING, epoch, errbuf, len) == -1)
-    goto fail;
+  if (set_state (d, rec, META_ACTIVATING, epoch, errbuf, len) == -1)
+    return -1;
   /* 4. Drop the kernel's cached pages: they may predate the switch-over. */
   if (d->e->invalidate_fn)
     d->e->invalidate_fn (d->e->invalidate_opaque, d->index);
@@ -294,55 +294,67 @@ cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size
    * its own.  Without an identity a later remount would take any image
    * of the same size, and a parent of another size would fail reads
    * past its end: the disk goes back to incoming, durably (a mount must
-   * not finish what failed), until `activate` is repeated. */
-  {
-    char id[META_ID_MAX];
-    if (remote_repin (d->remote, true, d->size, id, sizeof id, now_ns () + d->hold_ns,
-                      &err) == -1) {
-      char why[1280];
-      snprintf (errbuf, len, "disk %s: activation: cannot pin parent %s (%s); the disk "
-                "stays incoming until `activate` is repeated", d->name,
-                remote_url (d->remote), cor_repin_why (d, err, why, sizeof why));
-      back_to_incoming (d, &rec, &before, errbuf, len);
-      goto fail;
-    }
-    remote_set_modifying (d->remote, d->mirror);
-    snprintf (rec.identity, sizeof rec.identity, "%s", id);
+   * not finish what failed), until `activate` is repeated.  owner_lock
+   * is held across this remote I/O: no other record writer may slip in
+   * between activating and active. */
+  if (remote_repin (d->remote, true, d->size, id, sizeof id, now_ns () + d->hold_ns,
+                    &err) == -1) {
+    char why[1280];
+    snprintf (errbuf, len, "disk %s: activation: cannot pin parent %s (%s); the disk "
+              "stays incoming until `activate` is repeated", d->name,
+              remote_url (d->remote), cor_repin_why (d, err, why, sizeof why));
+    back_to_incoming (d, rec, &before, errbuf, len);
+    return -1;
   }
+  remote_set_modifying (d->remote, d->mirror);
+  snprintf (rec->identity, sizeof rec->identity, "%s", id);
   /* 5. Active, durably; only then writes. */
-  if (set_state (d, &rec, META_ACTIVE, epoch, errbuf, len) == -1)
-    goto fail;
+  if (set_state (d, rec, META_ACTIVE, epoch, errbuf, len) == -1)
+    return -1;
   __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
-  inflight_release (d, &self);
-  pthread_mutex_unlock (&d->owner_lock);
-  log_info ("cor: disk %s: activated with epoch %" PRIu64, d->name, epoch);
-  cor_emit (d, "activated", epoch, 0, NULL);
-  cor_stream_autostart (d, d->start_mode);
   return 0;
- fail:
-  inflight_release (d, &self);
-  pthread_mutex_unlock (&d->owner_lock);
-  return -1;
 }
 
 int
-cor_handoff (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len)
+cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, size_t len)
 {
   struct meta_record rec;
   struct busy self;
-  int r, err;
+  int r;
 
-  pthread_mutex_lock (&d->owner_lock);
-  meta_disk_record (d->md, &rec);
-  r = check_epoch_unlocked (d, &rec, epoch, META_HANDED_OFF, "handoff", errbuf, len);
-  if (r != 0) {
-    pthread_mutex_unlock (&d->owner_lock);
-    return r == 1 ? 0 : -1;
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&d->owner_lock);
+    meta_disk_record (d->md, &rec);
+    r = activate_check_unlocked (d, &rec, epoch, force, errbuf, len);
+    if (r != 0)
+      return r == 1 ? 0 : -1;
+    /* 1. Stop and drain: own every block. */
+    if (inflight_own_all (d, &self, "activate", errbuf, len) == -1)
+      return -1;
+    r = activate_owned_unlocked (d, &rec, epoch, errbuf, len);
+    inflight_release (d, &self);
   }
-  if (rec.state != META_ACTIVE) {
+  if (r == -1)
+    return -1;
+  log_info ("cor: disk %s: activated with epoch %" PRIu64, d->name, epoch);
+  cor_emit_event (d, COR_EV_ACTIVATED, epoch, 0, NULL);
+  cor_stream_autostart (d, d->start_mode);
+  return 0;
+}
+
+/* Must be called with d->owner_lock held.  May the hand-off go on?  1 if
+ * it is a no-op, 0 to go on, -1 with a reason in errbuf. */
+static int
+handoff_check_unlocked (struct cor_disk *d, const struct meta_record *rec, uint64_t epoch,
+                        char *errbuf, size_t len)
+{
+  int r = check_epoch_unlocked (d, rec, epoch, META_HANDED_OFF, "handoff", errbuf, len);
+
+  if (r != 0)
+    return r;
+  if (rec->state != META_ACTIVE) {
     snprintf (errbuf, len, "disk %s is %s: only an active disk can be handed off",
-              d->name, meta_state_name (rec.state));
-    pthread_mutex_unlock (&d->owner_lock);
+              d->name, meta_state_name (rec->state));
     return -1;
   }
   /* A merge is writing the parent (or stopped before synced: the parent
@@ -350,28 +362,26 @@ cor_handoff (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len)
    * would let it go on writing, then re-pin, under the new owner.  The
    * merge sets this mark under owner_lock, and refuses to start on a
    * disk that is no longer active, so the two cannot cross. */
-  if (rec.merging) {
+  if (rec->merging) {
     snprintf (errbuf, len, "disk %s: handoff refused: a merge into the parent %s is "
               "running or was stopped before it synced (the parent is partly written); "
               "let `corfs merge` reach synced first", d->name, remote_url (d->remote));
-    pthread_mutex_unlock (&d->owner_lock);
     return -1;
   }
-  /* Wait for the writes in flight, then refuse new ones, flush.  The
-   * state changes only once own_all succeeded: its claim holds new writes
-   * off meanwhile (they wait within their hold, then re-check the state:
-   * modify), so a hand-off that fails here never made the guest see
-   * EROFS. */
-  if (inflight_own_all (d, &self, "handoff", errbuf, len) == -1) {
-    pthread_mutex_unlock (&d->owner_lock);
-    return -1;
-  }
-  __atomic_store_n (&d->owner, META_HANDED_OFF, __ATOMIC_SEQ_CST);
-  inflight_release (d, &self);
+  return 0;
+}
+
+/* Must be called with d->owner_lock held, new writes refused.  Flush, and
+ * record the hand-off (a mirror's with the parent's identity as it leaves
+ * it).  0 or -1 with errbuf. */
+static int
+handoff_record_unlocked (struct cor_disk *d, struct meta_record *rec, uint64_t epoch,
+                         char *errbuf, size_t len)
+{
+  int err;
+
   if (cor_flush (d, &err) == -1) {
-    __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
     snprintf (errbuf, len, "disk %s: flush before hand-off failed: %s", d->name, strerror (err));
-    pthread_mutex_unlock (&d->owner_lock);
     return -1;
   }
   if (d->mirror) {
@@ -385,17 +395,41 @@ cor_handoff (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len)
       log_warn ("cor: disk %s: mirror: the identity of parent %s could not be recorded at "
                 "hand-off (%s): a remount of this disk needs --repin", d->name,
                 remote_url (d->remote), strerror (ierr));
-    snprintf (rec.identity, sizeof rec.identity, "%s", id);
+    snprintf (rec->identity, sizeof rec->identity, "%s", id);
   }
-  if (set_state (d, &rec, META_HANDED_OFF, epoch, errbuf, len) == -1) {
-    __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
-    pthread_mutex_unlock (&d->owner_lock);
-    return -1;
+  return set_state (d, rec, META_HANDED_OFF, epoch, errbuf, len);
+}
+
+int
+cor_handoff (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len)
+{
+  struct meta_record rec;
+  struct busy self;
+  int r;
+
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&d->owner_lock);
+    meta_disk_record (d->md, &rec);
+    r = handoff_check_unlocked (d, &rec, epoch, errbuf, len);
+    if (r != 0)
+      return r == 1 ? 0 : -1;
+    /* Wait for the writes in flight, then refuse new ones, flush.  The
+     * state changes only once own_all succeeded: its claim holds new
+     * writes off meanwhile (they wait within their hold, then re-check
+     * the state: modify), so a hand-off that fails here never made the
+     * guest see EROFS. */
+    if (inflight_own_all (d, &self, "handoff", errbuf, len) == -1)
+      return -1;
+    __atomic_store_n (&d->owner, META_HANDED_OFF, __ATOMIC_SEQ_CST);
+    inflight_release (d, &self);
+    if (handoff_record_unlocked (d, &rec, epoch, errbuf, len) == -1) {
+      __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
+      return -1;
+    }
   }
-  pthread_mutex_unlock (&d->owner_lock);
   log_info ("cor: disk %s: handed off with epoch %" PRIu64 "; read-only from now on",
             d->name, epoch);
-  cor_emit (d, "handed-off", epoch, 0, NULL);
+  cor_emit_event (d, COR_EV_HANDED_OFF, epoch, 0, NULL);
   return 0;
 }
 
@@ -405,41 +439,36 @@ cor_reclaim (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len)
   struct meta_record rec;
   int r, err = 0;
 
-  pthread_mutex_lock (&d->owner_lock);
-  meta_disk_record (d->md, &rec);
-  r = check_epoch_unlocked (d, &rec, epoch, META_ACTIVE, "reclaim", errbuf, len);
-  if (r != 0) {
-    pthread_mutex_unlock (&d->owner_lock);
-    return r == 1 ? 0 : -1;
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&d->owner_lock);
+    meta_disk_record (d->md, &rec);
+    r = check_epoch_unlocked (d, &rec, epoch, META_ACTIVE, "reclaim", errbuf, len);
+    if (r != 0)
+      return r == 1 ? 0 : -1;
+    if (rec.state != META_HANDED_OFF) {
+      snprintf (errbuf, len, "disk %s is %s, not handed off: nothing to reclaim", d->name,
+                meta_state_name (rec.state));
+      return -1;
+    }
+    /* A mirror (handed off by abort) writes its parent again once active:
+     * the identity check must accept its own writes (modifying), but only
+     * over the image abort left, not one written or swapped since. */
+    if (d->mirror && remote_verify (d->remote, NULL, now_ns () + d->hold_ns, &err) == -1) {
+      char why[1280];
+      snprintf (errbuf, len, "disk %s: reclaim refused: mirror parent %s %s (%s); the disk "
+                "stays handed off", d->name, remote_url (d->remote),
+                err == ESTALE ? "is not the image abort left" : "cannot be verified",
+                cor_repin_why (d, err, why, sizeof why));
+      return -1;
+    }
+    if (set_state (d, &rec, META_ACTIVE, epoch, errbuf, len) == -1)
+      return -1;
+    if (d->mirror)
+      remote_set_modifying (d->remote, true);
+    __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
   }
-  if (rec.state != META_HANDED_OFF) {
-    snprintf (errbuf, len, "disk %s is %s, not handed off: nothing to reclaim", d->name,
-              meta_state_name (rec.state));
-    pthread_mutex_unlock (&d->owner_lock);
-    return -1;
-  }
-  /* A mirror (handed off by abort) writes its parent again once active:
-   * the identity check must accept its own writes (modifying), but only
-   * over the image abort left, not one written or swapped since. */
-  if (d->mirror && remote_verify (d->remote, NULL, now_ns () + d->hold_ns, &err) == -1) {
-    char why[1280];
-    snprintf (errbuf, len, "disk %s: reclaim refused: mirror parent %s %s (%s); the disk "
-              "stays handed off", d->name, remote_url (d->remote),
-              err == ESTALE ? "is not the image abort left" : "cannot be verified",
-              cor_repin_why (d, err, why, sizeof why));
-    pthread_mutex_unlock (&d->owner_lock);
-    return -1;
-  }
-  if (set_state (d, &rec, META_ACTIVE, epoch, errbuf, len) == -1) {
-    pthread_mutex_unlock (&d->owner_lock);
-    return -1;
-  }
-  if (d->mirror)
-    remote_set_modifying (d->remote, true);
-  __atomic_store_n (&d->owner, META_ACTIVE, __ATOMIC_SEQ_CST);
-  pthread_mutex_unlock (&d->owner_lock);
   log_info ("cor: disk %s: reclaimed with epoch %" PRIu64 "; writable again", d->name, epoch);
-  cor_emit (d, "reclaimed", epoch, 0, NULL);
+  cor_emit_event (d, COR_EV_RECLAIMED, epoch, 0, NULL);
   return 0;
 }
 

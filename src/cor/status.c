@@ -32,6 +32,36 @@ cor_set_event_fn (struct cor_engine *e,
   __atomic_store_n (&e->event_fn, fn, __ATOMIC_SEQ_CST);
 }
 
+static const char *const event_names[COR_EV_NR] = {
+  [COR_EV_STREAM_PROGRESS] = "stream-progress",
+  [COR_EV_STREAM_COMPLETE] = "stream-complete",
+  [COR_EV_MIRROR_READY] = "mirror-ready",
+  [COR_EV_STREAM_ERROR] = "stream-error",
+  [COR_EV_ACTIVATED] = "activated",
+  [COR_EV_HANDED_OFF] = "handed-off",
+  [COR_EV_RECLAIMED] = "reclaimed",
+  [COR_EV_PIVOTED] = "pivoted",
+  [COR_EV_ABORTED] = "aborted",
+  [COR_EV_MERGE_ERROR] = "merge-error",
+  [COR_EV_SYNCED] = "synced",
+  [COR_EV_FLATTENED] = "flattened",
+  [COR_EV_COPY_COMPLETE] = "copy-complete",
+  [COR_EV_COPY_FAILED] = "copy-failed",
+};
+
+const char *
+cor_event_name (enum cor_event_type type)
+{
+  return (unsigned) type < COR_EV_NR ? event_names[type] : "unknown";
+}
+
+void
+cor_emit_event (struct cor_disk *d, enum cor_event_type type, uint64_t done, uint64_t total,
+                const char *message)
+{
+  cor_emit (d, cor_event_name (type), done, total, message);
+}
+
 void
 cor_emit (struct cor_disk *d, const char *type, uint64_t done, uint64_t total,
           const char *message)

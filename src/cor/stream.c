@@ -265,9 +265,9 @@ finish (struct cor_disk *d)
 static void
 announce_complete (struct cor_disk *d)
 {
-  cor_emit (d, "stream-complete", d->size, d->size, NULL);
+  cor_emit_event (d, COR_EV_STREAM_COMPLETE, d->size, d->size, NULL);
   if (d->mirror)
-    cor_emit (d, "mirror-ready", d->size, d->size, NULL);
+    cor_emit_event (d, COR_EV_MIRROR_READY, d->size, d->size, NULL);
 }
 
 /* Must be called with stream.lock held.  Progress bookkeeping: fetched
@@ -362,7 +362,7 @@ worker (void *arg)
       uint64_t backoff = d->stream.backoff_ns;
       d->stream.backoff_ns = backoff * 2 > BACKOFF_MAX_NS ? BACKOFF_MAX_NS : backoff * 2;
       log_warn ("cor: disk %s: stream: %s; retrying in %.1f s", d->name, msg, backoff / 1e9);
-      cor_emit (d, "stream-error", 0, 0, msg);
+      cor_emit_event (d, COR_EV_STREAM_ERROR, 0, 0, msg);
       timedwait_unlocked (d, now_ns () + backoff);
       continue;
     }
@@ -384,7 +384,7 @@ worker (void *arg)
       d->stream.last_progress_ns = now_ns ();
       uint64_t present = meta_count (d->md, META_PRESENT);
       uint64_t done = present == d->nr_blocks ? d->size : present << d->block_shift;
-      cor_emit (d, "stream-progress", done, d->size, NULL);
+      cor_emit_event (d, COR_EV_STREAM_PROGRESS, done, d->size, NULL);
     }
   }
   pthread_mutex_unlock (&d->stream.lock);
