@@ -31,6 +31,11 @@
  * Sticky failure (rule 7): an overlay whose fdatasync fails may have lost
  * dirty pages, so the disk goes to "failed": its chunks are never
  * committed, writes get EROFS and every flush EIO, for good.
+ *
+ * Locks: e->lock (the sequence numbers, stop) is taken by flushers that
+ * may hold owner_lock (hand-off, pivot, abort call cor_flush), so the
+ * committer never takes an owner or disk lock; only meta's (LOCK ORDER in
+ * cor-internal.h).
  */
 #include <errno.h>
 #include <stdio.h>

@@ -27,7 +27,7 @@
  *     got it; every wait and fetch it makes ends by then (EIO), whatever
  *     the owner of a busy block (a streamer chunk, a prefetch) was given.
  *   - Exclusive operations (activate, handoff, pivot, abort) own every
- *     block (own_all).  While one waits for the claims in flight to end,
+ *     block (inflight_own_all).  While one waits for the claims in flight to end,
  *     the gate (exclusive_waiters) holds off new ones: guests wait within
  *     their deadline, the streamer and readahead back off.  A guest whose
  *     own deadline is before the operation's passes (it ends first; the
@@ -47,28 +47,64 @@
  *     they may over-count after a failed write, never under-count), present
  *     after it.  Crashes are covered by meta's unclean-shutdown widening.
  *
- * Notes on the thread model: cor_read/cor_write run on FUSE worker
- * threads, many at once; cor_populate on the streamer's and readahead's
- * workers (stream.c, readahead.c); cor_writeback on a merge job's thread,
- * which starts up to WB_THREADS - 1 helpers for the copy and joins them
- * before it returns.  d->lock protects only the busy list (and the gate
- * and waiter counts, which are also read without it as hints) and is
- * never held across remote I/O, overlay I/O or a FUSE reply; waiters
- * sleep on d->cond (CLOCK_MONOTONIC: deadlines come from now_ns), broadcast
- * whenever a busy range is released or the gate opens.  Exclusive
- * operations run on ctl's job threads (one per disk at a time).
- * d->owner_lock orders the record's writers (owner-state transitions,
- * cor_update_record, and a mirror's identity sealed at shutdown by
- * cor_engine_quiesce, which only tries it so that a stop never waits for
- * a command); it is taken before d->lock and before meta's lock.  A
- * transition holds it for its whole run (abort's copy included), so
- * cor_update_record waits for it at most the hold
- * (pthread_mutex_clocklock) and then fails with EAGAIN.
- * cor_disk_set_attr (chmod, chown) takes no owner_lock: meta changes
- * mode and owner alone and keeps them from older record copies.
- * d->attr_lock guards the cached mode and owner that getattr reads; it
- * is taken before meta's lock (cor_disk_set_attr holds it across the
- * commit) and nothing else is taken under it.
+ * Threads.  The engine's callers: FUSE worker threads (cor_read,
+ * cor_write, cor_zero, cor_flush, many at once), ctl's command and job
+ * threads (owner-state changes, checkpoint, stream commands, status) and
+ * merge's job threads (cor_writeback, cor_update_record).  The threads
+ * the engine creates itself:
+ *   - the committer, one per engine (commit.c, cor_engine_start);
+ *   - the streamer, COR_STREAM_WORKERS per disk, on the first start
+ *     (stream.c);
+ *   - readahead, COR_RA_WORKERS per disk, on the first prefetch
+ *     (readahead.c);
+ *   - writeback helpers, up to WB_THREADS - 1 per cor_writeback call,
+ *     joined before it returns (writeback.c).
+ * Streamer and readahead threads are joined at cor_engine_free/finish,
+ * the committer stops last (its final commit).
+ *
+ * LOCK ORDER (outermost first; a lock is only ever taken while holding
+ * locks above it in this list, never below):
+ *
+ *   d->owner_lock       orders the record's writers: owner-state changes
+ *                       (owner.c, pivot.c), cor_update_record, and the
+ *                       mirror's identity sealed at shutdown (owner.c).
+ *     d->stream.lock    the streamer's fields (stream.c)
+ *     d->ra.lock        readahead's queue (readahead.c); these two are
+ *                       never held together, nor under owner_lock
+ *       d->lock         the in-flight table, the gate and the waiter
+ *                       counts (inflight.c); never held across I/O
+ *     d->attr_lock      the cached mode and owner (owner.c); only meta's
+ *                       lock is taken under it
+ *     d->store_lock     one overlay store of fetched data at a time
+ *                       (overlay.c); nothing is taken under it
+ *     wb_copy.lock      one cor_writeback's cursor (writeback.c)
+ *     e->lock           the committer's sequence (commit.c): cor_flush
+ *                       takes it, and waits on e->done, under owner_lock
+ *         meta's lock   innermost (src/meta), taken by meta_* calls under
+ *                       any of the above
+ *
+ * What waits under owner_lock, and why it is held so long.  A transition
+ * holds it for its whole run so that no other writer of the record sees
+ * it half done (or rolls it back with an older copy): activate holds it
+ * across remote I/O (is the parent writable, can it flush, the re-pin),
+ * handoff across the flush and a mirror's re-pin, reclaim across a
+ * mirror's verify, abort across its whole copy, the flush and the re-pin,
+ * pivot across the flush.  Under it they also wait for the in-flight
+ * claims to drain (inflight_own_all, at most the hold) and for the
+ * committer (cor_flush).  Every one of these waits has a deadline (the
+ * hold), and the daemon's shutdown cuts them short (stopping,
+ * remote_cancel).  The other side waits for owner_lock with a deadline
+ * too: cor_update_record (ctl's record commands, merge's merging mark,
+ * and the streamer's completion, stream.c finish, which holds no stream
+ * lock meanwhile) waits at most the hold and fails with EAGAIN; the
+ * mirror seal at cor_engine_quiesce waits at most min(hold, 5 s) and then
+ * records nothing.  cor_disk_set_attr (chmod, chown) takes no owner_lock
+ * at all: meta changes mode and owner alone and keeps them from older
+ * record copies, and chmod must never wait for a stalled hand-off.
+ *
+ * d->lock waiters sleep on d->cond (CLOCK_MONOTONIC: deadlines come from
+ * now_ns), broadcast whenever a busy range is released or the gate opens.
+ * Exclusive operations run on ctl's job threads (one per disk at a time).
  */
 #ifndef CORFS_COR_INTERNAL_H
 #define CORFS_COR_INTERNAL_H
@@ -90,7 +126,7 @@ enum cor_health { COR_RW, COR_RO, COR_FAILED };
  * write): the in-flight table.  Nodes live on the owner's stack. */
 struct busy {
   uint64_t first, end;
-  bool write;                   /* a write (guest, writeback, own_all), not a fetch */
+  bool write;                   /* a write (guest, writeback, inflight_own_all), not a fetch */
   struct busy *next;
 };
 
@@ -106,10 +142,10 @@ struct cor_disk {
   uint64_t hold_ns;
 
   pthread_mutex_t lock;         /* protects busy; never held across I/O */
-  pthread_mutex_t store_lock;   /* serialises stores of fetched data (engine.c) */
+  pthread_mutex_t store_lock;   /* serialises stores of fetched data (overlay.c) */
   pthread_cond_t cond;          /* broadcast when a busy range is released */
   struct busy *busy;            /* protected by lock */
-  /* Exclusive operations (own_all, engine.c) waiting for the disk to
+  /* Exclusive operations (inflight_own_all) waiting for the disk to
    * drain; while non-zero no new range is claimed: guests wait (within
    * their own deadline), the streamer and readahead back off, so that a
    * stream of new claims cannot starve the exclusive one.  A guest
@@ -186,7 +222,7 @@ struct cor_disk {
   /* The file's permission bits and owner, the record's (defaults
    * resolved), for getattr without an index lookup.  attr_lock is
    * held across meta_disk_set_attr's commit (before meta's lock), so
-   * the cache follows the index; no owner_lock (see engine.c). */
+   * the cache follows the index; no owner_lock (see owner.c). */
   pthread_mutex_t attr_lock;
   uint32_t mode, uid, gid;      /* protected by attr_lock */
 
@@ -223,7 +259,7 @@ struct cor_engine {
 };
 
 
-/* engine.c, for the streamer and readahead: make blocks [first, end)
+/* populate.c, for the streamer and readahead: make blocks [first, end)
  * present without waiting for busy blocks (they are someone else's).
  * The streamer's fetches skip parent zero extents; with
  * COR_POP_READAHEAD they are plain reads made on a guest's behalf
@@ -239,7 +275,7 @@ int64_t cor_populate (struct cor_disk *d, uint64_t first, uint64_t end,
                       uint64_t *covered, int *err);
 
 /* Mirror mode: flush the parent; on failure mark every block suspect
- * (engine.c).  0 or -1 with *err. */
+ * (write.c).  0 or -1 with *err. */
 int cor_mirror_flush (struct cor_disk *d, int *err);
 
 /* Start reading blocks [first, end), all present, from the overlay into

@@ -6,9 +6,21 @@
  * blocks present and dirty.  One committer thread per engine makes the
  * index durable in batches (DESIGN.md rules 1 to 3 and 7).
  *
- * Threads: cor_read, cor_write and cor_flush may be called from any
- * number of threads at once (the FUSE loop's workers).  The engine creates
- * one thread, the committer, in cor_engine_start.
+ * Threads: cor_read, cor_read_ref, cor_write, cor_zero and cor_flush may
+ * be called from any number of threads at once (the FUSE loop's workers);
+ * the owner-state commands, checkpoint and the stream commands from ctl's
+ * threads; cor_writeback and cor_update_record from merge's jobs.  The
+ * engine creates these threads itself:
+ *   - the committer, one per engine, in cor_engine_start;
+ *   - the streamer, 3 workers per disk, started once: at
+ *     cor_engine_start when the disk's stream mode is on or paused (an
+ *     incoming disk's at cor_activate), else at cor_stream_start;
+ *   - readahead, 3 workers per disk, at the first prefetch of a disk
+ *     configured with readahead;
+ *   - writeback helpers, up to 3 per cor_writeback call, joined before it
+ *     returns.
+ * cor_engine_free and cor_engine_finish join all of them.  The lock
+ * order inside the engine is written down in src/cor/cor-internal.h.
  */
 #ifndef CORFS_COR_H
 #define CORFS_COR_H

@@ -1,24 +1,24 @@
-/* corfs: the engine and its disks: create, add, quiesce, stop, free. */
-#include <assert.h>
+/* corfs: the engine and its disks: create, add (cor_disk_add), quiesce,
+ * stop and free; one teardown for a disk built in full or in part.
+ *
+ * Thread model: cor_engine_new, cor_disk_add and cor_engine_start run on
+ * the daemon's main thread before any guest request; quiesce, free and
+ * finish at shutdown, after the FUSE session ended.  e->lock guards the
+ * disk array while it is built (fixed once the committer runs); quiesce
+ * takes owner_lock (the seal, with a deadline) and then d->lock, in the
+ * LOCK ORDER of cor-internal.h.
+ */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/uio.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "common/cleanup.h"
-#include "common/iobuf.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "cor/cor-internal.h"
-#include "meta/meta.h"
 #include "remote/remote.h"
-
 
 int
 cor_engine_new (struct meta *m, struct cor_engine **ep)
@@ -118,7 +118,7 @@ cor_engine_quiesce (struct cor_engine *e)
     cor_seal_mirror (d);
     remote_cancel (d->remote);
     pthread_mutex_lock (&d->lock);
-    pthread_cond_broadcast (&d->cond);  /* own_all re-checks stopping */
+    pthread_cond_broadcast (&d->cond);  /* inflight_own_all re-checks stopping */
     pthread_mutex_unlock (&d->lock);
   }
 }

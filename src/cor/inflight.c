@@ -1,24 +1,34 @@
-/* corfs: the in-flight table (busy ranges) and the exclusive gate. */
-#include <assert.h>
-#include <errno.h>
-#include <fcntl.h>
+/* corfs: the in-flight table and the gate (DESIGN.md rule 5).
+ *
+ * One operation per block at a time: a fetch, a write, a read-through or
+ * an exclusive operation owns its blocks as a struct busy in d->busy
+ * from before it starts until its bits are set.  The named primitives
+ * (declared in cor-internal.h) are the only ways in:
+ *   inflight_claim                  claim a range whole, waiting with a
+ *                                   deadline (writes, writeback, incoming
+ *                                   read-through);
+ *   inflight_claim_missing_unlocked claim the missing run, never waiting
+ *                                   (fault-in, populate);
+ *   inflight_release                give a claim back, waking waiters;
+ *   inflight_fg_begin/end           the foreground bracket;
+ *   inflight_own_all, inflight_hold_writers, inflight_gate_release
+ *                                   the exclusive gate.
+ *
+ * Thread model: any engine thread.  One lock, d->lock, protects the busy
+ * list, the gate (exclusive_waiters, exclusive_deadline_ns) and
+ * guest_waiters (also read without it, with atomics, as hints); it is
+ * never held across I/O, and only meta's lock is taken under it (see
+ * LOCK ORDER in cor-internal.h).  Waiters sleep on d->cond with their
+ * deadline (CLOCK_MONOTONIC).
+ */
 #include <inttypes.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <sys/uio.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "common/cleanup.h"
-#include "common/iobuf.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "cor/cor-internal.h"
-#include "meta/meta.h"
 #include "remote/remote.h"
-
 
 /* ---- in-flight table ---- */
 

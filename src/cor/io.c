@@ -1,24 +1,21 @@
-/* corfs: the read path: fault-in and read. */
-#include <assert.h>
+/* corfs: the read path: fault-in (fetch missing blocks, wait for busy
+ * ones), incoming read-through, guest reads and seek.
+ *
+ * Thread model: FUSE worker threads, many at once, and readahead's
+ * workers (through cor_fetch_blocks).  Takes d->lock only through the
+ * in-flight primitives and for the trace (never across I/O); no other
+ * engine lock (LOCK ORDER in cor-internal.h).
+ */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/uio.h>
-#include <time.h>
-#include <unistd.h>
 
-#include "common/cleanup.h"
 #include "common/iobuf.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "cor/cor-internal.h"
-#include "meta/meta.h"
 #include "remote/remote.h"
-
 
 /* Fetch blocks [first, end) from the parent into the overlay and mark them
  * present.  The caller owns the blocks in the in-flight table.  0 or -1
@@ -170,7 +167,7 @@ gather_free (struct cor_disk *d, struct gather *g, uint64_t first, uint64_t end)
  * adjacent missing blocks into one request and waiting for blocks that
  * another operation is fetching or writing.  Sets *faulted if it had to
  * fetch or wait.  With keep non-NULL, when one fetch covered all of
- * [first, end), *keep is its buffer (see fetch_blocks), else NULL.  All
+ * [first, end), *keep is its buffer (see cor_fetch_blocks), else NULL.  All
  * of it, waits included, ends by deadline_ns: a guest read waiting for a
  * prefetch or a streamer chunk that the parent stalls must not wait its
  * own hold time on top of theirs.  0 or -1 with *err.

@@ -1,24 +1,23 @@
-/* corfs: the overlay file: stores, punches. */
-#include <assert.h>
+/* corfs: the overlay file, and the only code that uses its fd: open and
+ * size, stores of fetched data (all-zero blocks punched), guest writes
+ * and punches, reads, writeout hints, sync, seek, close.
+ *
+ * Thread model: any engine thread, concurrently: positioned I/O needs no
+ * lock.  d->store_lock serialises stores of fetched data (see
+ * cor_overlay_store); nothing else is taken under it (LOCK ORDER in
+ * cor-internal.h).  The caller owns the blocks it writes in the
+ * in-flight table.
+ */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
-#include <time.h>
 #include <unistd.h>
 
-#include "common/cleanup.h"
-#include "common/iobuf.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "cor/cor-internal.h"
-#include "meta/meta.h"
-#include "remote/remote.h"
-
 
 /* Make [offset, offset + len) of the overlay read as zeros: punch a hole
  * (which also zeroes partial filesystem blocks at the edges), or write

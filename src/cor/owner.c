@@ -1,24 +1,27 @@
-/* corfs: owner states: activate, hand-off, reclaim, checkpoint, records. */
-#include <assert.h>
+/* corfs: owner states (DESIGN.md "Disk states", rule 10): activate,
+ * hand-off, reclaim, an interrupted activation resumed at mount, record
+ * updates, checkpoint, the mirror's identity sealed at shutdown, and the
+ * disk file's mode and owner.
+ *
+ * Thread model: ctl's command and job threads, merge's jobs and the
+ * streamer (cor_update_record), quiesce (the seal).  d->owner_lock is the
+ * outermost lock (LOCK ORDER in cor-internal.h): each transition holds it
+ * for its whole run, scoped (ACQUIRE_LOCK_FOR_CURRENT_SCOPE), across the
+ * drain (inflight_own_all), cor_flush and remote I/O with deadlines;
+ * cor_update_record and the seal wait for it with a deadline.  Events
+ * and logs come after it is released.  d->attr_lock guards the cached
+ * mode and owner only.
+ */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/uio.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "common/cleanup.h"
-#include "common/iobuf.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "cor/cor-internal.h"
-#include "meta/meta.h"
 #include "remote/remote.h"
-
 
 /* Must be called with d->attr_lock held.  Cache the record's mode and
  * owner, defaults resolved (cor_disk_attr). */
@@ -188,7 +191,6 @@ check_epoch_unlocked (struct cor_disk *d, const struct meta_record *rec, uint64_
   return 0;
 }
 
-
 static int
 set_state (struct cor_disk *d, struct meta_record *rec, int state, uint64_t epoch,
            char *errbuf, size_t len)
@@ -273,7 +275,7 @@ activate_check_unlocked (struct cor_disk *d, const struct meta_record *rec, uint
 }
 
 /* Must be called with d->owner_lock held and every block owned (step 1,
- * own_all).  Steps 2 to 5 of activation.  0 or -1 with errbuf. */
+ * inflight_own_all).  Steps 2 to 5 of activation.  0 or -1 with errbuf. */
 static int
 activate_owned_unlocked (struct cor_disk *d, struct meta_record *rec, uint64_t epoch,
                          char *errbuf, size_t len)
@@ -414,7 +416,7 @@ cor_handoff (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len)
     if (r != 0)
       return r == 1 ? 0 : -1;
     /* Wait for the writes in flight, then refuse new ones, flush.  The
-     * state changes only once own_all succeeded: its claim holds new
+     * state changes only once inflight_own_all succeeded: its claim holds new
      * writes off meanwhile (they wait within their hold, then re-check
      * the state: modify), so a hand-off that fails here never made the
      * guest see EROFS. */

@@ -1,24 +1,20 @@
-/* corfs: mirror pivot and abort (DESIGN.md "Write modes"). */
-#include <assert.h>
+/* corfs: mirror pivot and abort (DESIGN.md "Write modes").
+ *
+ * Thread model: ctl's command thread.  Both hold d->owner_lock (scoped)
+ * for their whole run, abort across its copy, flush and re-pin (see
+ * "What waits under owner_lock" in cor-internal.h); abort's copy is one
+ * step at a time through cor_abort_copy_next, which a job can drive.
+ */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/uio.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "common/cleanup.h"
-#include "common/iobuf.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "cor/cor-internal.h"
-#include "meta/meta.h"
 #include "remote/remote.h"
-
 
 /* Must be called with d->owner_lock held.  May the pivot start (an
  * active mirror whose copy is complete)?  0 or -1 with errbuf. */
@@ -221,7 +217,7 @@ cor_abort (struct cor_disk *d, char *errbuf, size_t len)
       return -1;
     }
     /* 1. Wait for the writes in flight; then no new writes (as in
-     * cor_handoff: the state changes only once own_all succeeded, so an
+     * cor_handoff: the state changes only once inflight_own_all succeeded, so an
      * abort that cannot get the disk never fails a guest write).  From
      * here until the copy ends, writes get EROFS; a copy that fails (or
      * is cut short by the shutdown) reverts the disk to an active

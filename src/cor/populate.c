@@ -1,24 +1,20 @@
-/* corfs: populate, the streamer's and readahead's entry point. */
-#include <assert.h>
+/* corfs: populate, the streamer's and readahead's entry point: make
+ * missing blocks present without waiting for busy ones, skipping the
+ * parent's zero extents.
+ *
+ * Thread model: the streamer's and readahead's workers.  d->lock is held
+ * while choosing and claiming a run (inflight_claim_missing_unlocked),
+ * never across the fetch; callers hold no stream or readahead lock while
+ * here (LOCK ORDER in cor-internal.h).
+ */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/uio.h>
-#include <time.h>
-#include <unistd.h>
 
-#include "common/cleanup.h"
-#include "common/iobuf.h"
 #include "common/log.h"
-#include "common/util.h"
 #include "cor/cor-internal.h"
-#include "meta/meta.h"
 #include "remote/remote.h"
-
 
 /* ---- the streamer's entry point ---- */
 

@@ -1,24 +1,15 @@
-/* corfs: events and status. */
-#include <assert.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <inttypes.h>
+/* corfs: events (one name table) and status snapshots.
+ *
+ * Thread model: any thread.  Events are delivered on the thread that
+ * caused them; the callback is published with atomics.  Status reads
+ * counters with atomics and takes d->stream.lock for the streamer's
+ * fields (LOCK ORDER in cor-internal.h).
+ */
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/uio.h>
-#include <time.h>
-#include <unistd.h>
 
-#include "common/cleanup.h"
-#include "common/iobuf.h"
-#include "common/log.h"
-#include "common/util.h"
 #include "cor/cor-internal.h"
-#include "meta/meta.h"
 #include "remote/remote.h"
-
 
 /* ---- events ---- */
 

@@ -38,7 +38,10 @@
  * Notes on the thread model: COR_STREAM_WORKERS threads per disk, started
  * on the first start and joined at engine shutdown.  d->stream.lock
  * protects the stream fields; it is never held across I/O or
- * cor_populate, and is taken before d->lock where both are held.
+ * cor_populate, and is taken before d->lock where both are held.  The
+ * completion (finish) holds no stream lock while cor_update_record waits,
+ * at most the hold, for owner_lock (an abort copying holds it): see LOCK
+ * ORDER in cor-internal.h.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -371,7 +374,7 @@ worker (void *arg)
      * ETA: a chunk held off or found busy covered nothing. */
     account_unlocked (d, r, covered);
     if (next < end) {
-      /* Held off by an exclusive command or a waiting guest (engine.c):
+      /* Held off by an exclusive command or a waiting guest (inflight.c):
        * come back to the rest rather than skip ahead, after a moment. */
       rewind_unlocked (d, hint, next);
       timedwait_unlocked (d, now_ns () + 5 * 1000000ULL);

@@ -1,24 +1,19 @@
-/* corfs: the write path: guest writes, zeroing, mirror writes. */
-#include <assert.h>
+/* corfs: the write path: guest writes and zeroing (modify), mirror
+ * writes to the parent and the overlay, and the mirror flush.
+ *
+ * Thread model: FUSE worker threads, many at once; a write owns its whole
+ * range in the in-flight table (inflight_claim, with the hold as its
+ * deadline) and takes no lock of its own (LOCK ORDER in cor-internal.h).
+ */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/uio.h>
-#include <time.h>
-#include <unistd.h>
 
-#include "common/cleanup.h"
-#include "common/iobuf.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "cor/cor-internal.h"
-#include "meta/meta.h"
 #include "remote/remote.h"
-
 
 /* Mirror mode: make the parent's copies of acknowledged writes stable.
  * mirror_write marks a block clean as soon as both writes returned, so a
@@ -208,7 +203,6 @@ cor_write (struct cor_disk *d, const void *buf, size_t count, uint64_t offset,
 {
   return modify (d, buf, count, offset, err);
 }
-
 
 int
 cor_zero (struct cor_disk *d, uint64_t offset, uint64_t count, int *err)

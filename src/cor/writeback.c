@@ -1,24 +1,22 @@
-/* corfs: writeback to the parent (merge and abort). */
-#include <assert.h>
+/* corfs: writeback, merge's and abort's primitive: copy dirty or suspect
+ * present blocks to the parent, flush, then clear their bits.
+ *
+ * Thread model: the calling thread (a merge job, or abort's command
+ * thread under owner_lock) and up to WB_THREADS - 1 helper threads that it
+ * starts and joins before returning.  The range is owned in the
+ * in-flight table throughout.  wb_copy.lock protects one call's cursor
+ * and totals, and is taken by the caller and its helpers only; nothing
+ * but meta's lock is taken under it (LOCK ORDER in cor-internal.h).
+ */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/uio.h>
-#include <time.h>
-#include <unistd.h>
 
-#include "common/cleanup.h"
 #include "common/iobuf.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "cor/cor-internal.h"
-#include "meta/meta.h"
 #include "remote/remote.h"
-
 
 static bool
 needs_writeback (struct cor_disk *d, uint64_t blk)
@@ -154,7 +152,6 @@ wb_copy_worker (void *arg)
   return NULL;
 }
 
-
 /* cor_writeback, and abort's copy (for_abort: abort itself marked the
  * disk handed off to hold off guest writes, and holds owner_lock). */
 int64_t
@@ -176,7 +173,7 @@ cor_writeback_range (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t 
     return -1;
   }
   /* Checked with the blocks owned: a hand-off sets the owner state
-   * before it waits for every claim (own_all), so either it waits for
+   * before it waits for every claim (inflight_own_all), so either it waits for
    * this copy, or this copy sees the disk is no longer ours to write
    * back and leaves the parent alone. */
   if (!for_abort && __atomic_load_n (&d->owner, __ATOMIC_SEQ_CST) != META_ACTIVE) {
