@@ -31,6 +31,11 @@
  * Sticky failure (rule 7): an overlay whose fdatasync fails may have lost
  * dirty pages, so the disk goes to "failed": its chunks are never
  * committed, writes get EROFS and every flush EIO, for good.
+ *
+ * Locks: e->lock (the sequence numbers, stop) is taken by flushers that
+ * may hold owner_lock (hand-off, pivot, abort call cor_flush), so the
+ * committer never takes an owner or disk lock; only meta's (LOCK ORDER in
+ * cor-internal.h).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -78,7 +83,7 @@ cor_commit_once (struct cor_engine *e)
       continue;
     }
     if (written || meta_batch_has (b, d->md)) {
-      if (fdatasync (d->overlay_fd) == -1) {
+      if (cor_overlay_sync (d) == -1) {
         cor_disk_fail (d, "overlay fdatasync", errno);
         meta_batch_drop (b, d->md);
       }

@@ -6,9 +6,21 @@
  * blocks present and dirty.  One committer thread per engine makes the
  * index durable in batches (DESIGN.md rules 1 to 3 and 7).
  *
- * Threads: cor_read, cor_write and cor_flush may be called from any
- * number of threads at once (the FUSE loop's workers).  The engine creates
- * one thread, the committer, in cor_engine_start.
+ * Threads: cor_read, cor_read_ref, cor_write, cor_zero and cor_flush may
+ * be called from any number of threads at once (the FUSE loop's workers);
+ * the owner-state commands, checkpoint and the stream commands from ctl's
+ * threads; cor_writeback and cor_update_record from merge's jobs.  The
+ * engine creates these threads itself:
+ *   - the committer, one per engine, in cor_engine_start;
+ *   - the streamer, 3 workers per disk, started once: at
+ *     cor_engine_start when the disk's stream mode is on or paused (an
+ *     incoming disk's at cor_activate), else at cor_stream_start;
+ *   - readahead, 3 workers per disk, at the first prefetch of a disk
+ *     configured with readahead;
+ *   - writeback helpers, up to 3 per cor_writeback call, joined before it
+ *     returns.
+ * cor_engine_free and cor_engine_finish join all of them.  The lock
+ * order inside the engine is written down in src/cor/cor-internal.h.
  */
 #ifndef CORFS_COR_H
 #define CORFS_COR_H
@@ -180,9 +192,36 @@ int cor_stream_resume (struct cor_disk *d, int *err);
 int cor_stream_cancel (struct cor_disk *d, int *err);
 void cor_stream_set_rate (struct cor_disk *d, uint64_t bytes_per_s);
 
-/* Events (stream-progress, stream-complete, stream-error, parent-error,
- * disk-failed), called on the engine thread that caused them: fn must
- * not block and must copy what it keeps.  Set before cor_engine_start. */
+/* Events, each with its name (cor_event_name: the "type" of the event's
+ * JSON) and what done, total and message carry.  The engine emits:
+ *   stream-progress   bytes covered, disk size   (streamer, stream.c)
+ *   stream-complete   size, size                 (streamer)
+ *   mirror-ready      size, size                 (streamer, mirror disks)
+ *   stream-error      0, 0, the error            (streamer)
+ *   activated         epoch, 0                   (cor_activate)
+ *   handed-off        epoch, 0                   (cor_handoff)
+ *   reclaimed         epoch, 0                   (cor_reclaim)
+ *   pivoted           size, size                 (cor_pivot)
+ *   aborted           0, 0                       (cor_abort)
+ * and its jobs (src/merge, through cor_emit):
+ *   merge-error       0, 0, the error
+ *   synced            bytes, bytes
+ *   flattened         bytes, bytes
+ *   copy-complete     size, size, the destination
+ *   copy-failed       0, 0, the error
+ * fn is called on the thread that caused the event (a streamer worker, a
+ * command's or job's thread): it must not block and must copy what it
+ * keeps.  Set before cor_engine_start. */
+enum cor_event_type {
+  COR_EV_STREAM_PROGRESS, COR_EV_STREAM_COMPLETE, COR_EV_MIRROR_READY, COR_EV_STREAM_ERROR,
+  COR_EV_ACTIVATED, COR_EV_HANDED_OFF, COR_EV_RECLAIMED, COR_EV_PIVOTED, COR_EV_ABORTED,
+  COR_EV_MERGE_ERROR, COR_EV_SYNCED, COR_EV_FLATTENED, COR_EV_COPY_COMPLETE,
+  COR_EV_COPY_FAILED,
+  COR_EV_NR
+};
+/* The event's name, as above (the one name table). */
+const char *cor_event_name (enum cor_event_type type);
+
 struct cor_event {
   const char *type;
   const char *disk;
@@ -194,7 +233,10 @@ void cor_set_event_fn (struct cor_engine *e,
                        void *opaque);
 
 /* Emit an event about d through the engine's callback (if any); for the
- * engine and its jobs (src/merge). */
+ * engine and its jobs (src/merge).  cor_emit takes the name (one of
+ * cor_event_name's). */
+void cor_emit_event (struct cor_disk *d, enum cor_event_type type, uint64_t done,
+                     uint64_t total, const char *message);
 void cor_emit (struct cor_disk *d, const char *type, uint64_t done, uint64_t total,
                const char *message);
 

@@ -38,7 +38,10 @@
  * Notes on the thread model: COR_STREAM_WORKERS threads per disk, started
  * on the first start and joined at engine shutdown.  d->stream.lock
  * protects the stream fields; it is never held across I/O or
- * cor_populate, and is taken before d->lock where both are held.
+ * cor_populate, and is taken before d->lock where both are held.  The
+ * completion (finish) holds no stream lock while cor_update_record waits,
+ * at most the hold, for owner_lock (an abort copying holds it): see LOCK
+ * ORDER in cor-internal.h.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -265,9 +268,9 @@ finish (struct cor_disk *d)
 static void
 announce_complete (struct cor_disk *d)
 {
-  cor_emit (d, "stream-complete", d->size, d->size, NULL);
+  cor_emit_event (d, COR_EV_STREAM_COMPLETE, d->size, d->size, NULL);
   if (d->mirror)
-    cor_emit (d, "mirror-ready", d->size, d->size, NULL);
+    cor_emit_event (d, COR_EV_MIRROR_READY, d->size, d->size, NULL);
 }
 
 /* Must be called with stream.lock held.  Progress bookkeeping: fetched
@@ -362,7 +365,7 @@ worker (void *arg)
       uint64_t backoff = d->stream.backoff_ns;
       d->stream.backoff_ns = backoff * 2 > BACKOFF_MAX_NS ? BACKOFF_MAX_NS : backoff * 2;
       log_warn ("cor: disk %s: stream: %s; retrying in %.1f s", d->name, msg, backoff / 1e9);
-      cor_emit (d, "stream-error", 0, 0, msg);
+      cor_emit_event (d, COR_EV_STREAM_ERROR, 0, 0, msg);
       timedwait_unlocked (d, now_ns () + backoff);
       continue;
     }
@@ -371,7 +374,7 @@ worker (void *arg)
      * ETA: a chunk held off or found busy covered nothing. */
     account_unlocked (d, r, covered);
     if (next < end) {
-      /* Held off by an exclusive command or a waiting guest (engine.c):
+      /* Held off by an exclusive command or a waiting guest (inflight.c):
        * come back to the rest rather than skip ahead, after a moment. */
       rewind_unlocked (d, hint, next);
       timedwait_unlocked (d, now_ns () + 5 * 1000000ULL);
@@ -384,7 +387,7 @@ worker (void *arg)
       d->stream.last_progress_ns = now_ns ();
       uint64_t present = meta_count (d->md, META_PRESENT);
       uint64_t done = present == d->nr_blocks ? d->size : present << d->block_shift;
-      cor_emit (d, "stream-progress", done, d->size, NULL);
+      cor_emit_event (d, COR_EV_STREAM_PROGRESS, done, d->size, NULL);
     }
   }
   pthread_mutex_unlock (&d->stream.lock);

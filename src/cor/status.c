@@ -1,0 +1,149 @@
+/* corfs: events (one name table) and status snapshots.
+ *
+ * Thread model: any thread.  Events are delivered on the thread that
+ * caused them; the callback is published with atomics.  Status reads
+ * counters with atomics and takes d->stream.lock for the streamer's
+ * fields (LOCK ORDER in cor-internal.h).
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cor/cor-internal.h"
+#include "remote/remote.h"
+
+/* ---- events ---- */
+
+void
+cor_set_event_fn (struct cor_engine *e,
+                  void (*fn) (void *opaque, const struct cor_event *ev), void *opaque)
+{
+  /* Emitters run on other threads: publish the argument before the
+   * function, and read them in the opposite order (cor_emit). */
+  __atomic_store_n (&e->event_opaque, opaque, __ATOMIC_SEQ_CST);
+  __atomic_store_n (&e->event_fn, fn, __ATOMIC_SEQ_CST);
+}
+
+static const char *const event_names[COR_EV_NR] = {
+  [COR_EV_STREAM_PROGRESS] = "stream-progress",
+  [COR_EV_STREAM_COMPLETE] = "stream-complete",
+  [COR_EV_MIRROR_READY] = "mirror-ready",
+  [COR_EV_STREAM_ERROR] = "stream-error",
+  [COR_EV_ACTIVATED] = "activated",
+  [COR_EV_HANDED_OFF] = "handed-off",
+  [COR_EV_RECLAIMED] = "reclaimed",
+  [COR_EV_PIVOTED] = "pivoted",
+  [COR_EV_ABORTED] = "aborted",
+  [COR_EV_MERGE_ERROR] = "merge-error",
+  [COR_EV_SYNCED] = "synced",
+  [COR_EV_FLATTENED] = "flattened",
+  [COR_EV_COPY_COMPLETE] = "copy-complete",
+  [COR_EV_COPY_FAILED] = "copy-failed",
+};
+
+const char *
+cor_event_name (enum cor_event_type type)
+{
+  return (unsigned) type < COR_EV_NR ? event_names[type] : "unknown";
+}
+
+void
+cor_emit_event (struct cor_disk *d, enum cor_event_type type, uint64_t done, uint64_t total,
+                const char *message)
+{
+  cor_emit (d, cor_event_name (type), done, total, message);
+}
+
+void
+cor_emit (struct cor_disk *d, const char *type, uint64_t done, uint64_t total,
+          const char *message)
+{
+  struct cor_event ev = { type, d->name, done, total, message };
+  void (*fn) (void *, const struct cor_event *) =
+    __atomic_load_n (&d->e->event_fn, __ATOMIC_SEQ_CST);
+
+  if (fn)
+    fn (__atomic_load_n (&d->e->event_opaque, __ATOMIC_SEQ_CST), &ev);
+}
+
+/* ---- status ---- */
+
+void
+cor_disk_status (struct cor_disk *d, struct cor_status *st)
+{
+  static const char *health[] = { "rw", "ro", "failed" };
+  struct meta_record rec;
+  struct remote_stats rs;
+
+  memset (st, 0, sizeof *st);
+  meta_disk_record (d->md, &rec);
+  st->size = d->size;
+  st->block_size = d->block_size;
+  st->nr_blocks = d->nr_blocks;
+  st->present_blocks = meta_count (d->md, META_PRESENT);
+  st->dirty_blocks = meta_count (d->md, META_DIRTY);
+  st->suspect_blocks = meta_count (d->md, META_SUSPECT);
+  st->health = health[__atomic_load_n (&d->health, __ATOMIC_SEQ_CST)];
+  st->owner_state = rec.state;
+  st->epoch = rec.epoch;
+  st->generation = rec.generation;
+  st->widened = rec.widened_generation != 0;
+  st->parent_url = remote_url (d->remote);
+  st->parent_backend = remote_backend (d->remote);
+  st->parent_state = remote_state_name (remote_status (d->remote, st->parent_error,
+                                                       sizeof st->parent_error));
+  remote_get_stats (d->remote, &rs);
+  st->remote_retries = rs.retries;
+  st->remote_reconnects = rs.reconnects;
+  st->fetched_bytes = __atomic_load_n (&d->fetched_bytes, __ATOMIC_RELAXED);
+  st->fetch_requests = __atomic_load_n (&d->fetch_requests, __ATOMIC_RELAXED);
+  st->fetch_errors = __atomic_load_n (&d->fetch_errors, __ATOMIC_RELAXED);
+  st->guest_read_bytes = __atomic_load_n (&d->guest_read_bytes, __ATOMIC_RELAXED);
+  st->guest_write_bytes = __atomic_load_n (&d->guest_write_bytes, __ATOMIC_RELAXED);
+  st->flushes = __atomic_load_n (&d->flushes, __ATOMIC_RELAXED);
+  st->foreground_fetched_bytes = __atomic_load_n (&d->fg_fetched_bytes, __ATOMIC_RELAXED);
+  st->background_fetched_bytes = __atomic_load_n (&d->bg_fetched_bytes, __ATOMIC_RELAXED);
+  st->zero_skipped_bytes = __atomic_load_n (&d->zero_skipped_bytes, __ATOMIC_RELAXED);
+  st->writeback_bytes = __atomic_load_n (&d->wb_written_bytes, __ATOMIC_RELAXED);
+  st->writeback_equal_bytes = __atomic_load_n (&d->wb_equal_bytes, __ATOMIC_RELAXED);
+  for (int i = 0; i <= COR_LAT_BUCKETS; i++)
+    st->fault_latency[i] = __atomic_load_n (&d->fault_latency[i], __ATOMIC_RELAXED);
+  st->fault_latency_sum_us = __atomic_load_n (&d->fault_latency_sum_us, __ATOMIC_RELAXED);
+  pthread_mutex_lock (&d->stream.lock);
+  st->stream_state = cor_stream_state_name (d);
+  st->stream_rate = d->stream.rate;
+  st->streamed_bytes = __atomic_load_n (&d->streamed_bytes, __ATOMIC_RELAXED);
+  st->stream_errors = d->stream.errors;
+  st->stream_bytes_per_s = d->stream.recent_bps;
+  snprintf (st->stream_error, sizeof st->stream_error, "%s", d->stream.last_error);
+  pthread_mutex_unlock (&d->stream.lock);
+  {
+    uint64_t missing = (st->nr_blocks - st->present_blocks) * st->block_size;
+    double bps = st->stream_bytes_per_s;
+    if (st->present_blocks == st->nr_blocks)
+      st->eta_s = 0;
+    else if (bps > 0 && !strcmp (st->stream_state, "running"))
+      st->eta_s = (int64_t) (missing / bps) + 1;
+    else
+      st->eta_s = -1;
+  }
+}
+
+int
+cor_disk_extents (struct cor_disk *d, bool dirty, uint64_t from_offset,
+                  int (*fn) (void *opaque, uint64_t offset, uint64_t length),
+                  void *opaque)
+{
+  enum meta_map map = dirty ? META_DIRTY : META_PRESENT;
+  uint64_t blk = from_offset >> d->block_shift;
+
+  while ((blk = meta_next (d->md, map, true, blk)) < d->nr_blocks) {
+    uint64_t end = meta_next (d->md, map, false, blk);
+    if (fn (opaque, block_offset (d, blk), blocks_length (d, blk, end)) == -1)
+      return -1;
+    blk = end;
+  }
+  return 0;
+}
+const uint64_t cor_latency_bounds_us[COR_LAT_BUCKETS] = {
+  100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 1000000, 10000000,
+};
