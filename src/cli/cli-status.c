@@ -43,7 +43,7 @@ parse_status_args (int argc, char **argv, struct status_args *a)
   };
   int c;
 
-  *a = (struct status_args) { NULL };
+  memset (a, 0, sizeof *a);
   optind = 1;
   opterr = 0;
   while ((c = getopt_long (argc, argv, "hw", longopts, NULL)) != -1) {
