@@ -321,9 +321,9 @@ ctl_start (struct cor_engine *e, struct merge *mg, const char *path, struct ctl 
   c->mg = mg;
   c->listen_fd = -1;
   c->wake[0] = c->wake[1] = -1;
-  c->path = strdup (path);
   if (listen_socket (c, path) == -1)
     goto err;
+  c->path = strdup (path);
   pthread_mutex_init (&c->qlock, NULL);
   c->queue = json_array ();
   if (pipe2 (c->wake, O_CLOEXEC | O_NONBLOCK) == -1 ||
