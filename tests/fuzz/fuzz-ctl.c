@@ -1,4 +1,4 @@
-/* libFuzzer harness: the control socket's requests (src/ctl/ctl.c), each
+/* libFuzzer harness: the control socket's requests (src/ctl), each
  * input split into lines and answered one by one (ctl_answer_line) by a
  * real engine serving three small disks over file:// parents in a
  * scratch directory ($TMPDIR): "a" (writeback, active, some blocks
