@@ -1,7 +1,8 @@
 # Shared helpers for tests/integ/*.sh.  Source it first:
 #   . "$(dirname "$0")/../functions.sh"
-# Provides: requires, skip, fail, cleanup_fn, start_nbdkit, wait_mount,
-# corfs_mount, corfs_unmount, daemon_pid, and $CORFS, $TOOLS, $T (a scratch dir).
+# Provides: requires, skip, fail, cleanup_fn, start_nbdkit, start_eval_parent,
+# wait_mount, corfs_mount, corfs_unmount, daemon_pid, and $CORFS, $TOOLS, $T
+# (a scratch dir).
 set -euo pipefail
 
 : "${CORFS:=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/build/corfs}"
@@ -54,6 +55,57 @@ start_nbdkit () {
   for i in $(seq 100); do [ -s "$pidfile" ] && break; sleep 0.1; done
   [ -s "$pidfile" ] || fail "nbdkit did not start: $*"
   cleanup_fn kill_pid "$(cat "$pidfile")"
+}
+
+# start_eval_parent SOCK IMG [OPTION]...: a parent that the test can stall.
+# Serves the file IMG (its size read at connect) as an NBD export on the
+# unix socket SOCK (corfs URL: nbd_uri SOCK) with nbdkit's eval plugin,
+# thread model parallel, each read a dd of IMG; pid file SOCK.pid.  The
+# caller needs `requires nbdkit eval --dump-plugin`.  Stopped at exit by
+# the cleanup start_nbdkit registers (TERM, then KILL after 5 s); remove
+# the stall files in a cleanup of your own, registered after the mount's,
+# so that the unmount meets no new stall.  Options (each read checks them
+# afresh, so touching or removing FILE takes effect at the next request):
+#   -r                  nbdkit -r: a read-only export
+#   --stall FILE SECS   while FILE exists, a read first sleeps SECS; given
+#                       more than once, the first FILE that exists wins
+#   --stall-below FILE OFF SECS [ELSE]
+#                       while FILE exists, a read at an offset below OFF
+#                       sleeps SECS first, any other ELSE (default none)
+#   --before-read SHELL shell run before each read ($3 count, $4 offset)
+#   --write             serve writes too (dd into IMG), and a no-op flush
+#   --fail-writes FILE  (implies --write) while FILE exists, writes fail
+#                       with EPERM
+#   --slow-writes FILE SECS
+#                       (implies --write) while FILE exists, a write first
+#                       sleeps SECS (after the --fail-writes check)
+start_eval_parent () {
+  local sock=$1 img=$2 ro="" stall="" hook="" write="" wfail="" wslow=""; shift 2
+  while [ $# -gt 0 ]; do
+    case $1 in
+      -r) ro=-r ;;
+      --stall) stall+="${stall:+el}if [ -e '$2' ]; then sleep $3; "; shift 2 ;;
+      --stall-below)
+        local other=""
+        if [ $# -ge 5 ] && [[ $5 != -* ]]; then other="else sleep $5; "; fi
+        hook+="if [ -e '$2' ]; then if [ \$4 -lt $3 ]; then sleep $4; ${other}fi; fi; "
+        shift 3; [ -n "$other" ] && shift ;;
+      --before-read) hook+="$2
+"; shift ;;
+      --write) write=1 ;;
+      --fail-writes) write=1; wfail="if [ -e '$2' ]; then echo EPERM refused >&2; exit 1; fi; "
+                     shift ;;
+      --slow-writes) write=1; wslow="if [ -e '$2' ]; then sleep $3; fi; "; shift 2 ;;
+      *) fail "start_eval_parent: unknown option $1" ;;
+    esac
+    shift
+  done
+  local args=(thread_model='echo parallel' get_size="stat -c %s '$img'"
+              pread="${stall:+${stall}fi; }${hook}dd if='$img' skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none")
+  [ -n "$write" ] && args+=(
+    pwrite="${wfail}${wslow}dd of='$img' seek=\$4 bs=\$3 count=1 oflag=seek_bytes conv=notrunc status=none"
+    flush="true" can_flush="exit 0" can_write="exit 0")
+  start_nbdkit "$sock.pid" $ro -U "$sock" eval "${args[@]}"
 }
 
 # alive PID: the process exists and is not a zombie (PID 1 may be slow to
