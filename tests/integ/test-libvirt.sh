@@ -20,11 +20,12 @@
 # cache='none', virtio; the guest writes $count checksummed records, each
 # durable before it is ACKed on the serial console, then powers off, and
 # the domain goes away.  Checked: the disk is libvirt-qemu's while the
-# domain runs; `virsh domblkinfo` gives the disk's size as capacity;
-# `corfs dirty --since` a checkpoint taken before the boot covers every
-# record (a backup needs no domfsfreeze: see README "libvirt"); after
-# libvirtd stops, an unmount and a remount, every ACKed record is on the
-# disk.
+# domain runs, and root's again after; `virsh domblkinfo` gives the
+# disk's size as capacity; an incremental backup taken while the domain is
+# paused (`corfs checkpoint`, the extents `corfs dirty --since` lists)
+# holds every record ACKed before the pause, and the next incremental on
+# top of it every record (README "libvirt"); after libvirtd stops, an
+# unmount and a remount, every ACKed record is on the disk.
 # LIBVIRT_TEST_LOG=FILE: libvirtd's debug log (qemu driver, commands) there.
 . "$(dirname "$0")/../functions.sh"
 requires fusermount3 --version
@@ -173,7 +174,7 @@ out=$(vsh create "$lv/domain.xml" 2>&1) || {
   tail -n 20 "$lv/var/log/libvirt/qemu/$name.log" 2>/dev/null; cat "$lv/libvirtd.out"
   fail "virsh create failed: $out"
 }
-note "virsh create: $out"
+note "domain $name started (virsh create)"
 owner=$(stat -c %U "$disk")
 [ "$owner" = libvirt-qemu ] || fail "the disk is $owner's while the domain runs, expected libvirt-qemu's (dynamic ownership)"
 [ "$(vsh domstate "$name")" = running ] || fail "domain state: $(vsh domstate "$name" 2>&1)"
@@ -184,8 +185,38 @@ cap=$(awk '$1 == "Capacity:" {print $2}' <<<"$info")
 [ "$cap" = $size ] || fail "virsh domblkinfo capacity '$cap', expected $size: $info"
 note "domblkinfo: $(tr '\n' ' ' <<<"$info")"
 
-wait_guest_acks 1 120 "$serial"
-note "guest writing (first ACK)"
+# An incremental backup without domfsfreeze: the domain paused (QEMU
+# drains its requests), `corfs checkpoint`, the extents `corfs dirty
+# --since` the previous checkpoint lists copied from the disk file, resume.
+# backup_copy JSON: copy those extents from the disk into $backup.
+backup=$T/backup.img
+truncate -s $size "$backup"
+backup_copy () {
+  python3 - "$disk" "$backup" "$1" <<'PY'
+import json, sys
+disk, backup, j = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3]))
+n = 0
+with open(disk, "rb") as src, open(backup, "r+b") as dst:
+    for e in j["extents"]:
+        src.seek(e["offset"]); dst.seek(e["offset"])
+        dst.write(src.read(e["length"])); n += e["length"]
+print("%d extent(s), %d bytes, since generation %s" % (len(j["extents"]), n, j["since"]))
+PY
+}
+wait_guest_acks 10 120 "$serial"
+vsh suspend "$name" >/dev/null || fail "virsh suspend failed"
+n1=$(guest_acks "$serial")
+gen2=$("$CORFS" checkpoint --state "$st" d) || fail "corfs checkpoint (paused) failed"
+"$CORFS" dirty --state "$st" d --since "$gen" --json > "$T/dirty1.json" || fail "corfs dirty --since $gen failed"
+out=$(backup_copy "$T/dirty1.json") || fail "backup copy failed: $out"
+sleep 1
+[ "$(guest_acks "$serial")" = "$n1" ] || fail "ACKs while the domain was paused"
+vsh resume "$name" >/dev/null || fail "virsh resume failed"
+note "paused at $n1 ACKs: checkpoint $gen2, backup of $out"
+tr -d '\r' < "$serial" | grep '^ACK ' | head -n "$n1" > "$T/acks1"
+out=$(guest_check "$backup" "$nonce" "$T/acks1") || fail "the backup misses records ACKed before the pause: $out"
+note "backup at the pause: $out"
+
 # The guest powers off after its last record: the transient domain ends.
 for i in $(seq 600); do
   vsh domstate "$name" >/dev/null 2>&1 || break
@@ -204,19 +235,13 @@ owner=$(stat -c %U "$disk")
 [ "$owner" = root ] || fail "the disk is $owner's after the domain ended, expected root's again"
 note "domain ended after $n ACKed records; the disk is root's again"
 
-# A backup reads what changed since the checkpoint: every record is in it.
-"$CORFS" dirty --state "$st" d --since "$gen" --json > "$T/dirty.json" || fail "corfs dirty --since $gen failed"
-python3 - "$T/dirty.json" $((count * 4096)) <<'PY' || fail "corfs dirty --since $gen misses records"
-import json, sys
-j, end = json.load(open(sys.argv[1])), int(sys.argv[2])
-pos = 0
-for e in sorted(j["extents"], key=lambda e: e["offset"]):
-    if e["offset"] <= pos:
-        pos = max(pos, e["offset"] + e["length"])
-if pos < end:
-    sys.exit("dirty extents %s cover [0, %d) only, the records reach %d" % (j["extents"][:10], pos, end))
-print("dirty since checkpoint: %d extent(s), records [0, %d) covered" % (len(j["extents"]), end))
-PY
+# The next incremental (since the pause's checkpoint) on top of the first:
+# the backup holds every record.
+"$CORFS" dirty --state "$st" d --since "$gen2" --json > "$T/dirty2.json" || fail "corfs dirty --since $gen2 failed"
+out=$(backup_copy "$T/dirty2.json") || fail "backup copy failed: $out"
+note "incremental backup: $out"
+out=$(guest_check "$backup" "$nonce" "$serial") || fail "the backup misses records: $out"
+note "backup after the incremental: $out"
 
 stop_libvirt
 note "libvirtd stopped"
