@@ -31,7 +31,6 @@
 requires fusermount3 --version
 requires qemu-system-x86_64 --version
 requires python3 --version
-requires jq --version
 requires unshare --version
 for t in libvirtd virtlogd virsh; do
   command -v $t >/dev/null 2>&1 || skip "missing: $t (scripts/install-deps installs libvirt-daemon-system)"
@@ -51,10 +50,16 @@ note "guest: $guest ($(cat "$guest/kernel" 2>/dev/null))"
 # the disk: the scratch directory is traversable (mktemp makes it 0700).
 chmod 755 "$T"
 lv=$T/lv
-mkdir -p "$lv/sock" "$lv/run" "$lv/etc-qemu" "$lv/etc-storage"
+mkdir -p "$lv/sock" "$lv/etc-qemu" "$lv/etc-storage"
+# libvirt's state directories, private: the host's directory tree (two
+# levels, with owners and modes) without its files (images, logs, caches).
 for d in /var/lib/libvirt /var/log/libvirt /var/cache/libvirt; do
   mkdir -p "$lv$d"
-  [ -d "$d" ] && cp -a "$d/." "$lv$d/"
+  [ -d "$d" ] || continue
+  ( cd "$d" && find . -maxdepth 2 -type d -printf '%m %U %G %P\0' ) |
+    while IFS=' ' read -r -d '' m u g p; do
+      mkdir -p "$lv$d/$p"; chown "$u:$g" "$lv$d/$p"; chmod "$m" "$lv$d/$p"
+    done
 done
 cp "$guest/vmlinuz" "$guest/initrd.img" "$lv/"
 chmod 644 "$lv/vmlinuz" "$lv/initrd.img"
@@ -103,10 +108,10 @@ EOF
 
 uri="qemu:///system?socket=$lv/sock/libvirt-sock"
 vsh () { timeout 60 virsh -q -c "$uri" "$@"; }
-name=corfs-test-$(basename "$T")
+name=corfs-$(basename "$T")   # corfs-test.XXXXXX
 
 # stop_libvirt: destroy the domain, end libvirtd and virtlogd (by their PIDs)
-# and any QEMU of this test left behind (its command line names $T), so
+# and any QEMU of this test left behind (its -name guest=$name), so
 # that the namespace, and its reference to the corfs mount, goes away.
 lvpid=
 LIBVIRT_TEST_ENV=(env)
