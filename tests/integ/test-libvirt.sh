@@ -108,7 +108,7 @@ EOF
 
 uri="qemu:///system?socket=$lv/sock/libvirt-sock"
 vsh () { timeout 60 virsh -q -c "$uri" "$@"; }
-name=corfs-$(basename "$T")   # corfs-test.XXXXXX
+name=$(basename "$T")   # corfs-test.XXXXXX
 
 # stop_libvirt: destroy the domain, end libvirtd and virtlogd (by their PIDs)
 # and any QEMU of this test left behind (its -name guest=$name), so
