@@ -1,8 +1,9 @@
 # Shared helpers for tests/integ/*.sh.  Source it first:
 #   . "$(dirname "$0")/../functions.sh"
 # Provides: requires, skip, fail, cleanup_fn, start_nbdkit, start_eval_parent,
-# wait_mount, corfs_mount, corfs_unmount, daemon_pid, and $CORFS, $TOOLS, $T
-# (a scratch dir).
+# wait_mount, corfs_mount, corfs_unmount, daemon_pid, the test guest
+# (build_test_guest, guest_acks, wait_guest_acks, guest_check), and $CORFS,
+# $TOOLS, $T (a scratch dir).
 set -euo pipefail
 
 : "${CORFS:=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/build/corfs}"
@@ -172,3 +173,76 @@ twin_write () {
 
 # nbd_uri SOCKET: the corfs URL for an nbdkit unix socket.
 nbd_uri () { echo "nbd+unix:///?socket=$1"; }
+
+# ---- the test guest (scripts/build-guest) ------------------------------------
+# Its /init writes record i (4 KiB, a header line with the nonce and the
+# SHA-256 of the rest) at byte i*4096 of /dev/vda, and prints
+# "ACK i SHA256" on the serial console once the record is durable.
+
+# build_test_guest: build (or find cached) the guest; sets $guest to its
+# directory (vmlinuz, initrd.img, kernel).  Skips the test when it cannot
+# be built (e.g. apt-get download fails).
+build_test_guest () {
+  local top; top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  guest=$(timeout 600 "$top/scripts/build-guest" 2> "$T/build-guest.log") || {
+    tail -n 5 "$T/build-guest.log"
+    skip "cannot build the test guest (scripts/build-guest: $(tail -n 1 "$T/build-guest.log"))"
+  }
+  [ -s "$guest/vmlinuz" ] && [ -s "$guest/initrd.img" ] || skip "scripts/build-guest left no guest in '$guest'"
+}
+
+# guest_acks LOG...: the number of ACK lines on the serial logs.
+guest_acks () { cat "$@" 2>/dev/null | tr -d '\r' | grep -c '^ACK ' || true; }
+
+# wait_guest_acks N SECONDS LOG...: until the logs hold N ACKs; fails when
+# the guest stops or reports an error before that.
+wait_guest_acks () {
+  local n=$1 secs=$2 i; shift 2
+  for (( i = 0; i < secs * 5; i++ )); do
+    [ "$(guest_acks "$@")" -ge "$n" ] && return 0
+    if cat "$@" 2>/dev/null | grep -qE '^(GUEST-ERROR|GUEST-FAILED|GUEST-DONE)|Kernel panic'; then
+      tail -n 5 "$@"; fail "the guest stopped or failed before $n ACKs"
+    fi
+    sleep 0.2
+  done
+  tail -n 5 "$@"; fail "fewer than $n ACKs after ${secs}s ($(guest_acks "$@"))"
+}
+
+# guest_check DISK NONCE LOG...: every record the guest ACKed on the serial
+# LOGs (concatenated in order: a line may be split where one log ends) is
+# in DISK and valid.  Prints a JSON summary and the first problems;
+# non-zero on any problem (no ACK at all is one).
+guest_check () {
+  python3 - "$@" <<'PY'
+import hashlib, json, re, sys
+disk, nonce, logs = sys.argv[1], sys.argv[2], sys.argv[3:]
+data, starts = b"", []
+for p in logs:
+    starts.append(len(data))
+    with open(p, "rb") as f:
+        data += f.read()
+acks, per_log, errs = [], [0] * len(logs), []
+for m in re.finditer(rb"(?m)^ACK (\d+) ([0-9a-f]{64})\r?$", data):
+    acks.append((int(m.group(1)), m.group(2).decode()))
+    per_log[max(k for k in range(len(logs)) if starts[k] <= m.start())] += 1
+if not acks:
+    errs.append("no ACK in the serial logs")
+if [a[0] for a in acks] != list(range(len(acks))):
+    errs.append("ACK numbers are not 0..n-1 in order: %s" % [a[0] for a in acks][:50])
+with open(disk, "rb") as f:
+    for i, s in acks:
+        f.seek(i * 4096)
+        rec = f.read(4096)
+        want = ("CORFSREC1 %d %s %s" % (i, nonce, s)).ljust(127).encode() + b"\n"
+        if len(rec) != 4096:
+            errs.append("record %d: short read (%d bytes)" % (i, len(rec)))
+        elif rec[:128] != want:
+            errs.append("record %d: header %r, expected %r" % (i, rec[:80], want[:80]))
+        elif hashlib.sha256(rec[128:]).hexdigest() != s:
+            errs.append("record %d: checksum mismatch (torn or stale data)" % i)
+print(json.dumps({"acked": len(acks), "per_log": dict(zip(logs, per_log)), "bad": len(errs)}))
+for e in errs[:20]:
+    print("  " + e)
+sys.exit(1 if errs else 0)
+PY
+}
