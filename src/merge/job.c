@@ -514,6 +514,26 @@ job_take_finished (struct merge *mg, struct cor_disk *d, const struct job_kind *
   return old;
 }
 
+/* Must be called with mg->lock held.  The job status shows of d's two
+ * (one per lane): one that has not ended (an abort first: it is what
+ * decides the disk's fate), else the one started last (the list is
+ * newest first). */
+static struct job *
+status_job_unlocked (struct merge *mg, struct cor_disk *d)
+{
+  struct job *beside = find_job_unlocked (mg, d, true);
+  struct job *other = find_job_unlocked (mg, d, false);
+
+  if (beside && !finished (beside->state))
+    return beside;
+  if (other && !finished (other->state))
+    return other;
+  for (struct job *j = mg->jobs; j; j = j->next)
+    if (j->d == d)
+      return j;
+  return NULL;
+}
+
 void
 merge_status (struct merge *mg, struct cor_disk *d, struct merge_status *st)
 {
@@ -523,14 +543,7 @@ merge_status (struct merge *mg, struct cor_disk *d, struct merge_status *st)
   st->kind = "none";
   st->state = "";
   pthread_mutex_lock (&mg->lock);
-  /* An abort while it runs; else the other lane's job (a merge that
-   * the abort will stop shows how it ended), else a finished abort. */
-  j = find_job_unlocked (mg, d, true);
-  if (!j || finished (j->state)) {
-    struct job *other = find_job_unlocked (mg, d, false);
-    if (other)
-      j = other;
-  }
+  j = status_job_unlocked (mg, d);
   if (j) {
     st->kind = j->kind->name;
     st->state = state_names[j->state];
