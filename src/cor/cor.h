@@ -9,7 +9,8 @@
  * Threads: cor_read, cor_read_ref, cor_write, cor_zero and cor_flush may
  * be called from any number of threads at once (the FUSE loop's workers);
  * the owner-state commands, checkpoint and the stream commands from ctl's
- * threads; cor_writeback and cor_update_record from merge's jobs.  The
+ * threads; cor_writeback, cor_update_record and abort's pieces
+ * (cor_abort_begin, cor_abort_copy, cor_abort_end) from merge's jobs.  The
  * engine creates these threads itself:
  *   - the committer, one per engine, in cor_engine_start;
  *   - the streamer, 3 workers per disk, started once: at
