@@ -50,7 +50,7 @@
  * Threads.  The engine's callers: FUSE worker threads (cor_read,
  * cor_write, cor_zero, cor_flush, many at once), ctl's command and job
  * threads (owner-state changes, checkpoint, stream commands, status) and
- * merge's job threads (cor_writeback, cor_update_record).  The threads
+ * merge's job threads (cor_writeback, cor_update_record, abort's pieces).  The threads
  * the engine creates itself:
  *   - the committer, one per engine (commit.c, cor_engine_start);
  *   - the streamer, COR_STREAM_WORKERS per disk, on the first start
@@ -66,8 +66,12 @@
  * locks above it in this list, never below):
  *
  *   d->owner_lock       orders the record's writers: owner-state changes
- *                       (owner.c, pivot.c), cor_update_record, and the
- *                       mirror's identity sealed at shutdown (owner.c).
+ *                       (owner.c, pivot.c, abort.c), cor_update_record,
+ *                       and the mirror's identity sealed at shutdown
+ *                       (owner.c).  Abort holds it from
+ *                       cor_abort_begin to cor_abort_end, on a merge
+ *                       job's thread, and takes only that job's leaf
+ *                       mg->lock (src/merge) under it between runs.
  *     d->stream.lock    the streamer's fields (stream.c)
  *     d->ra.lock        readahead's queue (readahead.c); these two are
  *                       never held together, nor under owner_lock
@@ -88,8 +92,9 @@
  * it half done (or rolls it back with an older copy): activate holds it
  * across remote I/O (is the parent writable, can it flush, the re-pin),
  * handoff across the flush and a mirror's re-pin, reclaim across a
- * mirror's verify, abort across its whole copy, the flush and the re-pin,
- * pivot across the flush.  Under it they also wait for the in-flight
+ * mirror's verify, abort across its whole copy, the flush and the re-pin
+ * (from cor_abort_begin to cor_abort_end, on its job's thread), pivot
+ * across the flush.  Under it they also wait for the in-flight
  * claims to drain (inflight_own_all, at most the hold) and for the
  * committer (cor_flush).  Every one of these waits has a deadline (the
  * hold), and the daemon's shutdown cuts them short (stopping,
@@ -104,7 +109,9 @@
  *
  * d->lock waiters sleep on d->cond (CLOCK_MONOTONIC: deadlines come from
  * now_ns), broadcast whenever a busy range is released or the gate opens.
- * Exclusive operations run on ctl's job threads (one per disk at a time).
+ * Exclusive operations run on ctl's job threads (one per disk at a time),
+ * abort on a merge job's thread (src/merge/abort.c) while ctl's command
+ * waits for it.
  */
 #ifndef CORFS_COR_INTERNAL_H
 #define CORFS_COR_INTERNAL_H
@@ -429,16 +436,6 @@ void cor_trace_fault_unlocked (struct cor_disk *d, uint64_t first, uint64_t end)
 /* writeback.c */
 int64_t cor_writeback_range (struct cor_disk *d, uint64_t first, uint64_t end,
                              uint64_t deadline_ns, bool for_abort, int *err);
-
-/* pivot.c: abort's copy, one step: copy the next run (at most 256
- * blocks) of dirty or suspect blocks to the parent, with the blocks
- * owned, and clear their bits (cor_writeback_range, for_abort), by
- * deadline_ns; before it, give up with ECANCELED if *cancel (atomic) is
- * non-zero.  *blk is the run's first block.  1 if a run was copied, 0 if
- * nothing is left, -1 with *err.  The caller holds owner_lock with new
- * writes refused (cor_abort). */
-int cor_abort_copy_next (struct cor_disk *d, uint64_t deadline_ns, const int *cancel,
-                         uint64_t *blk, int *err);
 
 /* owner.c */
 const char *cor_repin_why (struct cor_disk *d, int err, char *buf, size_t len);

@@ -9,7 +9,8 @@
  * Threads: cor_read, cor_read_ref, cor_write, cor_zero and cor_flush may
  * be called from any number of threads at once (the FUSE loop's workers);
  * the owner-state commands, checkpoint and the stream commands from ctl's
- * threads; cor_writeback and cor_update_record from merge's jobs.  The
+ * threads; cor_writeback, cor_update_record and abort's pieces
+ * (cor_abort_begin, cor_abort_copy, cor_abort_end) from merge's jobs.  The
  * engine creates these threads itself:
  *   - the committer, one per engine, in cor_engine_start;
  *   - the streamer, 3 workers per disk, started once: at
@@ -202,7 +203,7 @@ void cor_stream_set_rate (struct cor_disk *d, uint64_t bytes_per_s);
  *   handed-off        epoch, 0                   (cor_handoff)
  *   reclaimed         epoch, 0                   (cor_reclaim)
  *   pivoted           size, size                 (cor_pivot)
- *   aborted           0, 0                       (cor_abort)
+ *   aborted           0, 0                       (cor_abort, cor_abort_end)
  * and its jobs (src/merge, through cor_emit):
  *   merge-error       0, 0, the error
  *   synced            bytes, bytes
@@ -299,6 +300,34 @@ int cor_reclaim (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len);
  * 0, or -1 with a reason in errbuf. */
 int cor_pivot (struct cor_disk *d, char *errbuf, size_t len);
 int cor_abort (struct cor_disk *d, char *errbuf, size_t len);
+
+/* cor_abort in its pieces, for merge's abort job (src/merge/abort.c),
+ * which adds progress, status and cancel; all on one thread (abort.c):
+ *   begin: take d->owner_lock and keep it; refuse unless the disk is an
+ *     active mirror; own every block (waits at most the hold), then
+ *     refuse new writes.  0, or -1 with errbuf (nothing held or changed).
+ *   copy: copy the run [first, end) of blocks the parent may lack
+ *     (cor_next_unsettled_run) to it and clear their bits, within a
+ *     fresh hold; ECANCELED once the daemon is shutting down.  The bytes
+ *     settled, or -1 with *err.
+ *   end: with copy_err 0 (nothing left to copy): flush, pin the parent,
+ *     record handed-off, cancel the streamer, emit `aborted`; with
+ *     copy_err (the copy failed at block blk): make the mirror active
+ *     again.  Releases owner_lock either way.  0, or -1 with errbuf.
+ * cor_abort is begin, copy until no run is left, end. */
+int cor_abort_begin (struct cor_disk *d, char *errbuf, size_t len);
+int64_t cor_abort_copy (struct cor_disk *d, uint64_t first, uint64_t end, int *err);
+int cor_abort_end (struct cor_disk *d, int copy_err, uint64_t blk, char *errbuf, size_t len);
+/* Blocks per cor_abort_copy run in cor_abort (what a guest waits for at
+ * most, were it not refused anyway). */
+#define COR_ABORT_RUN 256
+
+/* The one derivation of "blocks the parent may lack" (dirty or
+ * suspect), for merge and abort: the first such block at or after from,
+ * and in *end the end of the run of such blocks from it, at most max
+ * long.  The disk's block count or more if there is none. */
+uint64_t cor_next_unsettled_run (struct cor_disk *d, uint64_t from, uint64_t max,
+                                 uint64_t *end);
 
 /* Read, modify and durably write the disk's record, serialised with the
  * owner-state transitions (activate, handoff, pivot, ...) so that no

@@ -1,8 +1,8 @@
 /* corfs: writeback, merge's and abort's primitive: copy dirty or suspect
  * present blocks to the parent, flush, then clear their bits.
  *
- * Thread model: the calling thread (a merge job, or abort's command
- * thread under owner_lock) and up to WB_THREADS - 1 helper threads that it
+ * Thread model: the calling thread (a merge job, or the abort job
+ * under owner_lock) and up to WB_THREADS - 1 helper threads that it
  * starts and joins before returning.  The range is owned in the
  * in-flight table throughout.  wb_copy.lock protects one call's cursor
  * and totals, and is taken by the caller and its helpers only; nothing

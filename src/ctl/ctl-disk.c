@@ -8,9 +8,9 @@
  * rate run on the ctl thread and take only short engine and merge
  * locks.  The others (and merge start) are long commands: they run on a
  * job thread (ctl-job.c), one at a time per disk, and may wait for the
- * disk to drain, for the parent, or for a file; they touch only their
- * request, the engine and the merge jobs.  No lock of this module is
- * taken here.
+ * disk to drain, for the parent, or for a file (abort: for its merge
+ * job to end); they touch only their request, the engine and the merge
+ * jobs.  No lock of this module is taken here.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -204,7 +204,9 @@ ctl_owner_cmd (struct ctl *c, const char *cmd, json_t *req, json_t *id)
   return ctl_ok_reply (id);
 }
 
-/* pivot / abort: {"disk": NAME} */
+/* pivot / abort: {"disk": NAME}.  abort's copy is a merge job
+ * (merge_abort): this job thread waits for its outcome, which is the
+ * reply; status shows its progress meanwhile. */
 json_t *
 ctl_mirror_cmd (struct ctl *c, const char *cmd, json_t *req, json_t *id)
 {
@@ -215,7 +217,7 @@ ctl_mirror_cmd (struct ctl *c, const char *cmd, json_t *req, json_t *id)
   if (!d)
     return err;
   if ((!strcmp (cmd, "pivot") ? cor_pivot (d, msg, sizeof msg)
-       : cor_abort (d, msg, sizeof msg)) == -1)
+       : merge_abort (c->mg, d, msg, sizeof msg)) == -1)
     return ctl_error_reply (id, "%s", msg);
   return ctl_ok_reply (id);
 }

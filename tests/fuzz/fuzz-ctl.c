@@ -98,6 +98,14 @@ merge_flatten (struct merge *mg, struct cor_disk *d, const char *to, char *errbu
   return 0;
 }
 
+/* abort runs for real, without the job around it. */
+int
+merge_abort (struct merge *mg, struct cor_disk *d, char *errbuf, size_t len)
+{
+  CHECK (mg && d && errbuf && len > 0);
+  return cor_abort (d, errbuf, len);
+}
+
 void
 merge_status (struct merge *mg, struct cor_disk *d, struct merge_status *st)
 {
