@@ -116,6 +116,12 @@ pid=$(daemon_pid "$st")
 wait_gone "$pid"
 wait_line "$T/n3" "STOPPING=1"
 
+# A foreground daemon reports to stderr, not corfs.log (which the
+# cleanup checks): its sanitizer reports (ASan builds) fail the test here.
+if grep -E "ERROR: (Address|Leak)Sanitizer|runtime error:" "$T"/fg*.log; then
+  fail "sanitizer report from a foreground daemon"
+fi
+
 echo "=== the unit"
 unit="$TOP/conf/corfs@.service"
 grep -q "^Type=notify$" "$unit" || fail "the unit is not Type=notify"
