@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# systemd readiness (issue 19): the daemon, run in the foreground as
-# corfs@.service runs it, tells NOTIFY_SOCKET (sd_notify)
+# systemd readiness (issue 19): the daemon, run in the foreground with
+# corfs@.service's command line (the mount point from the config file),
+# tells NOTIFY_SOCKET (sd_notify)
 #  - READY=1 only once the mount serves: its parent answers its first
 #    connection 2 s late (nbdkit delay-open), so READY=1 must come after
 #    that; when it arrives the mount exists and the disk reads right;
@@ -24,7 +25,7 @@ cleanup_fn _force_unmount "$st" "$mnt"
 # listen RESULT: a NOTIFY_SOCKET at $T/notify.sock; each datagram's
 # lines go to RESULT with the time since start ("T seconds LINE").  On
 # READY=1 it checks at once that MNT is mounted and that MNT/d reads as
-# the image ("check mounted yes|no", "check read ok|bad"); it stops after
+# the image ("check mounted yes|no", "check read ok|bad|failed"); it stops after
 # STOPPING=1 or 60 s.
 listen () {
   rm -f "$T/notify.sock"
@@ -48,9 +49,12 @@ with open(out, "w", buffering=1) as f:
             mounts = open("/proc/mounts").read().split("\n")
             up = any(l.split(" ")[1:2] == [mnt] for l in mounts)
             f.write("check mounted %s\n" % ("yes" if up else "no"))
-            with open(os.path.join(mnt, "d"), "rb") as a, open(img, "rb") as b:
-                same = a.read(1 << 20) == b.read(1 << 20)
-            f.write("check read %s\n" % ("ok" if same else "bad"))
+            try:
+                with open(os.path.join(mnt, "d"), "rb") as a, open(img, "rb") as b:
+                    same = a.read(1 << 20) == b.read(1 << 20)
+                f.write("check read %s\n" % ("ok" if same else "bad"))
+            except OSError as e:
+                f.write("check read failed: %s\n" % e)
         if "STOPPING=1" in msg.split("\n"):
             break
 PY
@@ -81,10 +85,19 @@ check_ready () {
   grep -q "^[0-9.]* STATUS=serving 1 disk(s) on $mnt" "$1" || fail "no STATUS line"
 }
 
-echo "=== foreground: READY=1 after the parent answered; STOPPING=1 on unmount"
+echo "=== the unit's command: READY=1 after the parent answered; STOPPING=1 on unmount"
+# ExecStart of corfs@.service, with this build, this state directory and a
+# config file naming the disk and the mount point.
+unit="$TOP/conf/corfs@.service"
+printf '[corfs]\nmountpoint = %s\nstream = off\n[disk d]\nurl = %s\n' "$mnt" "$url" > "$T/i.conf"
+exec_start=$(sed -n 's/^ExecStart=//p' "$unit")
+cmd=${exec_start//\/usr\/bin\/corfs/$CORFS}
+cmd=${cmd//\/var\/lib\/corfs\/%i/$st}
+cmd=${cmd//\/etc\/corfs\/%i.conf/$T/i.conf}
+echo "running: $cmd"
+case $cmd in *%*) fail "a unit specifier is left in: $cmd";; esac
 listen "$T/n1"
-NOTIFY_SOCKET=$T/notify.sock "$CORFS" mount -f --state "$st" --stream=off --disk d="$url" "$mnt" \
-  2> "$T/fg1.log" &
+NOTIFY_SOCKET=$T/notify.sock $cmd 2> "$T/fg1.log" &
 daemon=$!
 check_ready "$T/n1"
 grep -q "STOPPING=1" "$T/n1" && fail "STOPPING=1 while serving"
@@ -123,7 +136,6 @@ if grep -E "ERROR: (Address|Leak)Sanitizer|runtime error:" "$T"/fg*.log; then
 fi
 
 echo "=== the unit"
-unit="$TOP/conf/corfs@.service"
 grep -q "^Type=notify$" "$unit" || fail "the unit is not Type=notify"
 grep -q "^ExecStart=/usr/bin/corfs mount --foreground " "$unit" || fail "ExecStart"
 if command -v systemd-analyze > /dev/null; then
