@@ -61,8 +61,7 @@ main (int argc, char **argv)
     usage (stdout);
     return 0;
   }
-  if (!strcmp (argv[1], "--version") || !strcmp (argv[1], "-V") ||
-      !strcmp (argv[1], "version")) {
+  if (!strcmp (argv[1], "--version") || !strcmp (argv[1], "-V")) {
     printf ("corfs %s (commit %s)\n", corfs_version (), corfs_commit ());
     return 0;
   }
