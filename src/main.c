@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "common/version.h"
 #include "daemon/daemon.h"
 
 static void
@@ -45,7 +46,8 @@ usage (FILE *f)
 "  pivot --state DIR NAME / abort --state DIR NAME\n"
 "                         finish or cancel a mirror (mount --write-mode=mirror)\n"
 "\n"
-"Run `corfs COMMAND --help` for a command's options.\n");
+"Run `corfs COMMAND --help` for a command's options; `corfs --version`\n"
+"prints the version and the git commit it was built from.\n");
 }
 
 int
@@ -57,6 +59,10 @@ main (int argc, char **argv)
   }
   if (!strcmp (argv[1], "--help") || !strcmp (argv[1], "-h") || !strcmp (argv[1], "help")) {
     usage (stdout);
+    return 0;
+  }
+  if (!strcmp (argv[1], "--version") || !strcmp (argv[1], "-V")) {
+    printf ("corfs %s (commit %s)\n", corfs_version (), corfs_commit ());
     return 0;
   }
   if (!strcmp (argv[1], "mount")) {

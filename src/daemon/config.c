@@ -19,6 +19,7 @@
 struct cfg_state {
   struct mount_opts *o;
   char error[512];              /* the first refused line's reason */
+  bool set_mountpoint;          /* o->mountpoint is the file's (last line wins) */
 };
 
 /* One key of a section and its handler, which parses value into the
@@ -191,7 +192,25 @@ corfs_rate (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
   return parse_rate_value (s, value, &s->o->rate);
 }
 
+/* Used when the command line names no MOUNTPOINT (the systemd unit's
+ * case); absolute, since the file may be read from any directory. */
+static int
+corfs_mountpoint (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+                  const char *value)
+{
+  if (value[0] != '/')
+    return bad (s, "mountpoint = %s: expected an absolute path", value);
+  if (s->o->mountpoint && !s->set_mountpoint)
+    return 0;                   /* the command line's MOUNTPOINT */
+  free (s->o->mountpoint);
+  if (!(s->o->mountpoint = strdup (value)))
+    return bad (s, "out of memory");
+  s->set_mountpoint = true;
+  return 0;
+}
+
 static const struct setting corfs_settings[] = {
+  { "mountpoint", corfs_mountpoint, 0 },
   { "hold", corfs_hold, 0 },
   { "block-size", corfs_block_size, 0 },
   { "connect-timeout", corfs_connect_timeout, 0 },
@@ -426,7 +445,7 @@ parse_stream_mode (const char *s)
 int
 config_load (const char *path, struct mount_opts *o)
 {
-  struct cfg_state s = { o, "" };
+  struct cfg_state s = { o, "", false };
   int r = ini_parse (path, on_value, &s);
 
   if (r == -1) {

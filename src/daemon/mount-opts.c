@@ -19,6 +19,7 @@ mount_usage (FILE *f)
 {
   fprintf (f,
 "Usage: corfs mount --state DIR [--disk NAME=URL]... [OPTIONS] MOUNTPOINT\n"
+"       corfs mount --state DIR --config FILE [OPTIONS]   (FILE names the mountpoint)\n"
 "\n"
 "Start the corfs daemon: each disk appears as the regular file MOUNTPOINT/NAME,\n"
 "sized as its parent.  Blocks are read from the parent on first access and\n"
@@ -43,7 +44,8 @@ mount_usage (FILE *f)
 "                         secrets (an inline URL is redacted in the process's\n"
 "                         command line once parsed, but is visible until then)\n"
 "                         Disks recorded in DIR come back without --disk.\n"
-"  --config FILE          INI config file (see conf/corfs.conf)\n"
+"  --config FILE          INI config file (see conf/corfs.conf); its [corfs]\n"
+"                         mountpoint is used when MOUNTPOINT is not given\n"
 "  --block-size SIZE      block size of new disks, 4K..4M, power of two\n"
 "                         (default 64K; recorded per disk, K/M/G = 1024^n)\n"
 "  --hold SECONDS         how long a guest request waits for an unreachable\n"
@@ -375,16 +377,29 @@ parse_option (struct mount_opts *o, int c, char *arg, const char **config, char 
   }
 }
 
-/* The one MOUNTPOINT after the options, and --state.  0 or -1 (printed). */
-static int
-take_positional (int argc, char **argv, struct mount_opts *o)
+static void
+missing_mountpoint (void)
 {
-  if (optind != argc - 1) {
-    fprintf (stderr, "corfs mount: %s (see corfs mount --help)\n",
-             optind >= argc ? "missing MOUNTPOINT" : "more than one MOUNTPOINT");
+  fprintf (stderr, "corfs mount: missing MOUNTPOINT (see corfs mount --help)\n");
+}
+
+/* The MOUNTPOINT after the options, and --state.  Without a MOUNTPOINT
+ * the config file's `mountpoint` is used (a systemd unit names only the
+ * config file), so one is missing only if no config file is given.  0
+ * or -1 (printed). */
+static int
+take_positional (int argc, char **argv, struct mount_opts *o, bool have_config)
+{
+  if (optind < argc - 1) {
+    fprintf (stderr, "corfs mount: more than one MOUNTPOINT (see corfs mount --help)\n");
     return -1;
   }
-  o->mountpoint = strdup (argv[optind]);
+  if (optind == argc - 1)
+    o->mountpoint = strdup (argv[optind]);
+  else if (!have_config) {
+    missing_mountpoint ();
+    return -1;
+  }
   if (!o->state) {
     fprintf (stderr, "corfs mount: --state DIR is required\n");
     return -1;
@@ -453,12 +468,17 @@ mount_parse (int argc, char **argv, struct mount_opts *o)
   while ((c = getopt_long (argc, argv, "fvdho:", longopts, NULL)) != -1)
     if ((r = parse_option (o, c, optarg, &config, argv)) != 0)
       return r;
-  if (take_positional (argc, argv, o) == -1)
+  if (take_positional (argc, argv, o, config != NULL) == -1)
     return -1;
   /* The config file after the command line: its daemon-wide settings
-   * give way to those given there (o->cli_set). */
+   * give way to those given there (o->cli_set), its mountpoint to
+   * MOUNTPOINT. */
   if (config && config_load (config, o) == -1)
     return -1;
+  if (!o->mountpoint) {
+    missing_mountpoint ();
+    return -1;
+  }
   if (check_hold_fits (o) == -1 || check_disks (o) == -1)
     return -1;
   return 0;
