@@ -18,7 +18,10 @@
 #  - qemu-io's truncate (what block_resize does on a file) grows it too,
 #    and qemu-img info reports the size;
 #  - refused, with a log line naming the disk: a mirror-mode disk, a
-#    parent-owned disk, an incoming disk; their size is unchanged.
+#    parent-owned disk, an incoming disk; their size is unchanged;
+#  - a grown disk whose parent's size then changes is refused at mount
+#    (the parent is still checked against its own size); with the parent
+#    back as it was, it mounts at the grown size.
 . "$(dirname "$0")/../functions.sh"
 requires nbdkit --version
 requires nbdkit --filter=log null --dump-plugin
@@ -151,4 +154,23 @@ corfs_unmount $T/m2
 corfs_mount $T/s3 $T/m3 --incoming --disk d="$(nbd_uri $T/sock2)"
 refused_grow $T/s3 $T/m3 incoming
 corfs_unmount $T/m3
+
+echo "=== the parent's size is still checked at mount"
+cp $T/parent.img $T/p3.img
+start_nbdkit $T/nbd3.pid -U $T/sock3 file $T/p3.img
+corfs_mount $T/s4 $T/m4 --block-size 64K --disk d="$(nbd_uri $T/sock3)"
+truncate -s +2M $T/m4/d || fail "grow refused"
+corfs_unmount $T/m4
+truncate -s $((psize + 4096)) $T/p3.img
+rc=0; "$CORFS" mount --state $T/s4 --stream=off $T/m4 2> $T/err || rc=$?
+is_mounted $T/m4 && fail "a grown disk mounted over a parent whose size changed"
+[ $rc -ne 0 ] || fail "the mount over a changed parent succeeded"
+# The pinned identity holds the size, so it is what refuses first.
+grep -qE "parent changed \(pinned nbd:size=$psize,.*found nbd:size=$((psize + 4096))|has size $((psize + 4096)) but" \
+  $T/err $T/s4/corfs.log || fail "no message about the parent's changed size: $(cat $T/err)"
+truncate -s $psize $T/p3.img
+corfs_mount $T/s4 $T/m4
+[ "$(stat -c %s $T/m4/d)" = $((psize + 2097152)) ] || fail "remounted at $(stat -c %s $T/m4/d) bytes"
+cmp <(head -c $psize $T/m4/d) $T/parent.img || fail "the grown disk's parent range differs"
+corfs_unmount $T/m4
 echo "PASS"
