@@ -21,7 +21,10 @@
 #    parent-owned disk, an incoming disk; their size is unchanged;
 #  - a grown disk whose parent's size then changes is refused at mount
 #    (the parent is still checked against its own size); with the parent
-#    back as it was, it mounts at the grown size.
+#    back as it was, it mounts at the grown size;
+#  - an overlay longer than the recorded size with nothing past the disk
+#    (a grow killed between extending the overlay and its commit) is cut
+#    back at mount; one with data there is refused.
 . "$(dirname "$0")/../functions.sh"
 requires nbdkit --version
 requires nbdkit --filter=log null --dump-plugin
@@ -173,4 +176,15 @@ corfs_mount $T/s4 $T/m4
 [ "$(stat -c %s $T/m4/d)" = $((psize + 2097152)) ] || fail "remounted at $(stat -c %s $T/m4/d) bytes"
 cmp <(head -c $psize $T/m4/d) $T/parent.img || fail "the grown disk's parent range differs"
 corfs_unmount $T/m4
+
+echo "=== an overlay extended by a grow that was not recorded"
+truncate -s +1M $T/s4/d.overlay
+corfs_mount $T/s4 $T/m4
+[ "$(stat -c %s $T/m4/d)" = $((psize + 2097152)) ] || fail "mounted at $(stat -c %s $T/m4/d) bytes"
+grep -q "a grow that was not recorded" $T/s4/corfs.log || fail "no log line for the cut overlay"
+[ "$(stat -c %s $T/s4/d.overlay)" = $((psize + 2097152)) ] || fail "the overlay was not cut back"
+corfs_unmount $T/m4
+printf x | dd of=$T/s4/d.overlay bs=1 seek=$((psize + 4 * 1048576)) conv=notrunc status=none
+"$CORFS" mount --state $T/s4 --stream=off $T/m4 2> $T/err && fail "an overlay with data past the disk was accepted"
+is_mounted $T/m4 && fail "mounted over an overlay with data past the disk"
 echo "PASS"
