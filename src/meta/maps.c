@@ -21,6 +21,11 @@
  * chunk is pending again for the next one (possibly both: a harmless
  * rewrite).
  *
+ * Growing (grow.c, under m->lock): the words are reserved at open for
+ * the most blocks a disk may have, so they never move; the new bits are
+ * set, then nr_chunks and the disk's nr_blocks grow (atomic stores), so
+ * a lock-free reader sees the old count or the new one with its bits.
+ *
  * The functions documented "only while the disk is being opened" or
  * "the caller keeps every writer out" use plain loads and stores: no
  * other thread can reach the map then (disk.c's open, the checkpoint).
