@@ -143,7 +143,11 @@ struct cor_disk {
   struct meta_disk *md;
   struct remote *remote;
   int overlay_fd;
+  /* The disk's size and blocks: they grow (cor_disk_grow, atomic stores,
+   * with every block owned), never shrink.  parent_size is the parent's,
+   * fixed: the size its identity is pinned with. */
   uint64_t size, nr_blocks;
+  uint64_t parent_size;
   uint32_t block_size;
   unsigned block_shift;
   uint64_t hold_ns;
@@ -416,6 +420,9 @@ void cor_overlay_writeout (struct cor_disk *d, uint64_t first, uint64_t end);
 int cor_overlay_sync (struct cor_disk *d);
 int64_t cor_overlay_seek (struct cor_disk *d, uint64_t pos, bool data);
 int cor_overlay_open (struct cor_disk *d, const char *path);
+/* Set the overlay's size (a grow: larger; undoing one: back) and make it
+ * durable.  0 or -1 with errno. */
+int cor_overlay_extend (struct cor_disk *d, uint64_t size);
 void cor_overlay_close (struct cor_disk *d);
 /* For a reader that reads or splices the overlay itself (cor_read_ref). */
 int cor_overlay_fd (const struct cor_disk *d);

@@ -97,7 +97,22 @@ size_t cor_disk_count (struct cor_engine *e);
 struct cor_disk *cor_disk_get (struct cor_engine *e, size_t i);
 struct cor_disk *cor_disk_find (struct cor_engine *e, const char *name);
 const char *cor_disk_name (const struct cor_disk *d);
+/* The disk's size: its parent's, or more once grown (cor_disk_grow). */
 uint64_t cor_disk_size (const struct cor_disk *d);
+/* The parent's size (what its identity is pinned with). */
+uint64_t cor_disk_parent_size (const struct cor_disk *d);
+
+/* Grow the disk to new_size bytes (truncate, QEMU's block_resize): the
+ * range past the old end reads zeros, is never fetched, and is marked
+ * dirty and changed; the new size is durable in the index before this
+ * returns (a crash leaves the old size or the new one).  Refused, with
+ * the reason logged: a smaller size (EINVAL), a mirror-mode or
+ * parent-owned disk, or one that is not active or standalone (incoming,
+ * activating, handed off) (EPERM), a merge in progress (EBUSY), a
+ * read-only or failed disk (EROFS).  The same size: 0, nothing done.
+ * Any thread; waits at most the hold for the disk to drain.  0, or -1
+ * with *err. */
+int cor_disk_grow (struct cor_disk *d, uint64_t new_size, int *err);
 /* Bytes of overlay storage allocated (for st_blocks). */
 uint64_t cor_disk_allocated (const struct cor_disk *d);
 bool cor_disk_writable (const struct cor_disk *d);
@@ -349,6 +364,7 @@ bool cor_disk_openable_rw (const struct cor_disk *d);
 
 /* Status snapshot (see docs/control.md for the meaning of each field). */
 struct cor_status {
+  uint64_t parent_size;         /* size is the disk's: larger once grown */
   uint64_t size, block_size, nr_blocks, present_blocks, dirty_blocks, suspect_blocks;
   const char *health;           /* "rw", "ro", "failed" */
   enum meta_state owner_state;  /* meta_state_name gives its name */

@@ -210,7 +210,8 @@ disk_new (struct cor_engine *e, const struct cor_disk_config *cfg,
   d->e = e;
   d->md = cfg->md;
   d->remote = cfg->remote;
-  d->size = rec->size;
+  d->size = rec->disk_size;
+  d->parent_size = rec->size;
   d->block_size = rec->block_size;
   d->block_shift = __builtin_ctz (rec->block_size);
   d->nr_blocks = meta_nr_blocks (cfg->md);
@@ -302,7 +303,8 @@ cor_disk_find (struct cor_engine *e, const char *name)
 }
 
 const char *cor_disk_name (const struct cor_disk *d) { return d->name; }
-uint64_t cor_disk_size (const struct cor_disk *d) { return d->size; }
+uint64_t cor_disk_size (const struct cor_disk *d) { return __atomic_load_n (&d->size, __ATOMIC_ACQUIRE); }
+uint64_t cor_disk_parent_size (const struct cor_disk *d) { return d->parent_size; }
 
 static bool
 owner_accepts_writes (int owner)
@@ -333,6 +335,6 @@ cor_disk_openable_rw (const struct cor_disk *d)
 /* ---- merge support ---- */
 
 unsigned cor_disk_block_shift (const struct cor_disk *d) { return d->block_shift; }
-uint64_t cor_disk_nr_blocks (const struct cor_disk *d) { return d->nr_blocks; }
+uint64_t cor_disk_nr_blocks (const struct cor_disk *d) { return __atomic_load_n (&d->nr_blocks, __ATOMIC_ACQUIRE); }
 struct meta_disk *cor_disk_meta (struct cor_disk *d) { return d->md; }
 struct remote *cor_disk_remote (struct cor_disk *d) { return d->remote; }

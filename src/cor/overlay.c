@@ -196,6 +196,18 @@ overlay_check_size (struct cor_disk *d, const char *path, uint64_t present, uint
 {
   if (size == d->size)
     return 0;
+  /* Longer, with no data past the disk's last block: a grow that
+   * extended the overlay but did not reach the index (cor_disk_grow
+   * extends first).  The kernel never saw that size, so nothing was
+   * written past the disk's end: truncate it back, losing nothing. */
+  uint64_t past = (d->size + d->block_size - 1) & ~((uint64_t) d->block_size - 1);
+  if (size > d->size && present > 0 &&
+      (past >= size || (lseek (d->overlay_fd, past, SEEK_DATA) == -1 && errno == ENXIO))) {
+    log_warn ("cor: disk %s: overlay %s is %" PRIu64 " bytes, the disk %" PRIu64
+              " (a grow that was not recorded): truncating it back", d->name, path,
+              size, d->size);
+    present = 0;
+  }
   if (present > 0) {
     if (size == 0)
       log_error ("cor: disk %s: overlay %s is empty, but the index records %" PRIu64
@@ -211,6 +223,15 @@ overlay_check_size (struct cor_disk *d, const char *path, uint64_t present, uint
     log_error ("cor: disk %s: sizing overlay %s: %m", d->name, path);
     return -1;
   }
+  return 0;
+}
+
+int
+cor_overlay_extend (struct cor_disk *d, uint64_t size)
+{
+  /* fsync, not fdatasync: the size is what must be durable. */
+  if (ftruncate (d->overlay_fd, size) == -1 || fsync (d->overlay_fd) == -1)
+    return -1;
   return 0;
 }
 

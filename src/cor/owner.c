@@ -94,7 +94,7 @@ pin_parent (struct cor_disk *d, struct meta_record *rec)
   char id[META_ID_MAX];
   int err = 0;
 
-  if (remote_repin (d->remote, true, d->size, id, sizeof id, now_ns () + d->hold_ns,
+  if (remote_repin (d->remote, true, d->parent_size, id, sizeof id, now_ns () + d->hold_ns,
                     &err) == -1) {
     char why[1280];
     log_error ("cor: disk %s: finishing an interrupted activation: cannot pin the "
@@ -299,7 +299,7 @@ activate_owned_unlocked (struct cor_disk *d, struct meta_record *rec, uint64_t e
    * not finish what failed), until `activate` is repeated.  owner_lock
    * is held across this remote I/O: no other record writer may slip in
    * between activating and active. */
-  if (remote_repin (d->remote, true, d->size, id, sizeof id, now_ns () + d->hold_ns,
+  if (remote_repin (d->remote, true, d->parent_size, id, sizeof id, now_ns () + d->hold_ns,
                     &err) == -1) {
     char why[1280];
     snprintf (errbuf, len, "disk %s: activation: cannot pin parent %s (%s); the disk "
@@ -392,7 +392,7 @@ handoff_record_unlocked (struct cor_disk *d, struct meta_record *rec, uint64_t e
      * it, for the next mount of the handed-off disk to check. */
     char id[META_ID_MAX] = "";
     int ierr = 0;
-    if (remote_repin (d->remote, false, d->size, id, sizeof id, now_ns () + d->hold_ns,
+    if (remote_repin (d->remote, false, d->parent_size, id, sizeof id, now_ns () + d->hold_ns,
                       &ierr) == -1)
       log_warn ("cor: disk %s: mirror: the identity of parent %s could not be recorded at "
                 "hand-off (%s): a remount of this disk needs --repin", d->name,
@@ -541,7 +541,7 @@ cor_seal_mirror (struct cor_disk *d)
   }
   meta_disk_record (d->md, &rec);
   if (d->mirror && rec.mirror && rec.state == META_ACTIVE && !rec.merging) {
-    if (remote_repin (d->remote, false, d->size, id, sizeof id, deadline, &err) == -1) {
+    if (remote_repin (d->remote, false, d->parent_size, id, sizeof id, deadline, &err) == -1) {
       log_warn ("cor: disk %s: mirror: cannot record the identity of parent %s at this "
                 "stop (%s): the next mount cannot verify it", d->name, remote_url (d->remote),
                 strerror (err));

@@ -76,10 +76,15 @@ cor_disk_status (struct cor_disk *d, struct cor_status *st)
 
   memset (st, 0, sizeof *st);
   meta_disk_record (d->md, &rec);
-  st->size = d->size;
+  st->size = cor_disk_size (d);
+  st->parent_size = d->parent_size;
   st->block_size = d->block_size;
-  st->nr_blocks = d->nr_blocks;
+  st->nr_blocks = cor_disk_nr_blocks (d);
   st->present_blocks = meta_count (d->md, META_PRESENT);
+  /* A grow sets the new blocks' bits just before it publishes their
+   * number. */
+  if (st->present_blocks > st->nr_blocks)
+    st->present_blocks = st->nr_blocks;
   st->dirty_blocks = meta_count (d->md, META_DIRTY);
   st->suspect_blocks = meta_count (d->md, META_SUSPECT);
   st->health = health[__atomic_load_n (&d->health, __ATOMIC_SEQ_CST)];

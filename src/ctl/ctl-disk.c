@@ -84,6 +84,13 @@ ctl_merge_cmd (struct ctl *c, const char *cmd, json_t *req, json_t *id)
     return err;
   if (rate && (!json_is_integer (rate) || json_integer_value (rate) < 0))
     return ctl_error_reply (id, "rate must be a number of bytes per second (0: unlimited)");
+  /* A grown disk has blocks past its parent's end, which a merge cannot
+   * write (it never grows the parent). */
+  if ((!action || !strcmp (action, "start")) && cor_disk_size (d) > cor_disk_parent_size (d))
+    return ctl_error_reply (id, "disk %s: merge refused: the disk was grown to %" PRIu64
+                            " bytes, past its parent's %" PRIu64 "; flatten it (--to a new "
+                            "image) instead", cor_disk_name (d), cor_disk_size (d),
+                            cor_disk_parent_size (d));
   if (merge_control (c->mg, d, action ? action : "start",
                      json_is_true (json_object_get (req, "parent_owned")),
                      rate ? (uint64_t) json_integer_value (rate) : UINT64_MAX,

@@ -160,11 +160,13 @@ fs_setattr (fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 
   if (!d)
     return (void) fuse_reply_err (req, ino == FUSE_ROOT_ID ? EPERM : ENOENT);
+  /* Growing (truncate, QEMU's block_resize): the new size is durable
+   * before this reply tells the kernel (cor_disk_grow, which logs any
+   * refusal: shrinking, a mirror, a parent-owned or incoming disk). */
   if ((to_set & FUSE_SET_ATTR_SIZE) && (uint64_t) attr->st_size != cor_disk_size (d)) {
-    log_warn ("fs: disk %s: resize to %" PRId64 " bytes refused: the disk's size "
-              "is fixed by its parent (%" PRIu64 " bytes)", cor_disk_name (d),
-              (int64_t) attr->st_size, cor_disk_size (d));
-    return (void) fuse_reply_err (req, EPERM);
+    int err = 0;
+    if (attr->st_size < 0 || cor_disk_grow (d, attr->st_size, &err) == -1)
+      return (void) fuse_reply_err (req, err ? err : EINVAL);
   }
   /* chmod and chown are recorded in the index and survive remounts (a
    * management stack chowns a disk to the user its VMs run as).  Who may
