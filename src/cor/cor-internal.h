@@ -179,8 +179,14 @@ struct cor_disk {
     uint64_t errors;
     uint64_t backoff_ns;
     char last_error[512];
-    uint64_t rate_window_ns, rate_window_bytes;  /* recent throughput */
-    double recent_bps;
+    /* Recent throughput over a window of about 2 s: bytes made present
+     * (fetched or found zero), and bytes fetched alone. */
+    uint64_t rate_window_ns, rate_window_bytes, rate_window_fetched;
+    double recent_bps, recent_fetched_bps;
+    /* Since the mount: bytes the streamer made present, and of those the
+     * ones it fetched: their ratio estimates how much of what is missing
+     * is data (the ETA's numerator). */
+    uint64_t covered_total, fetched_total;
     uint64_t last_progress_ns;
     bool release_parent;
   } stream;

@@ -67,12 +67,39 @@ cor_emit (struct cor_disk *d, const char *type, uint64_t done, uint64_t total,
 
 /* ---- status ---- */
 
+/* The stream's ETA in seconds: the missing bytes that hold data over the
+ * rate they are fetched at.  Zero extents cost no fetch and a rate limit
+ * does not apply to them, so dividing all missing bytes by the rate of
+ * progress (bytes_per_s) swings with the layout.  Which missing bytes are
+ * data is not known before the parent is asked; the share of data among
+ * what the streamer covered so far (fetched over covered, since the
+ * mount) estimates it.  0 when complete, -1 when unknown (not running, or
+ * no rate yet). */
+static int64_t
+stream_eta (const struct cor_status *st, uint64_t covered_total, uint64_t fetched_total)
+{
+  uint64_t missing = (st->nr_blocks - st->present_blocks) * st->block_size;
+  double data = covered_total ? (double) missing * fetched_total / covered_total : missing;
+
+  if (st->present_blocks == st->nr_blocks)
+    return 0;
+  if (strcmp (st->stream_state, "running") != 0)
+    return -1;
+  if (st->stream_fetched_bytes_per_s > 0 && data >= st->block_size)
+    return (int64_t) (data / st->stream_fetched_bytes_per_s) + 1;
+  /* Nothing fetched lately, or all zeros so far: progress alone. */
+  if (st->stream_bytes_per_s > 0)
+    return (int64_t) (missing / st->stream_bytes_per_s) + 1;
+  return -1;
+}
+
 void
 cor_disk_status (struct cor_disk *d, struct cor_status *st)
 {
   static const char *health[] = { "rw", "ro", "failed" };
   struct meta_record rec;
   struct remote_stats rs;
+  uint64_t covered_total, fetched_total;
 
   memset (st, 0, sizeof *st);
   meta_disk_record (d->md, &rec);
@@ -114,18 +141,12 @@ cor_disk_status (struct cor_disk *d, struct cor_status *st)
   st->streamed_bytes = __atomic_load_n (&d->streamed_bytes, __ATOMIC_RELAXED);
   st->stream_errors = d->stream.errors;
   st->stream_bytes_per_s = d->stream.recent_bps;
+  st->stream_fetched_bytes_per_s = d->stream.recent_fetched_bps;
+  covered_total = d->stream.covered_total;
+  fetched_total = d->stream.fetched_total;
   snprintf (st->stream_error, sizeof st->stream_error, "%s", d->stream.last_error);
   pthread_mutex_unlock (&d->stream.lock);
-  {
-    uint64_t missing = (st->nr_blocks - st->present_blocks) * st->block_size;
-    double bps = st->stream_bytes_per_s;
-    if (st->present_blocks == st->nr_blocks)
-      st->eta_s = 0;
-    else if (bps > 0 && !strcmp (st->stream_state, "running"))
-      st->eta_s = (int64_t) (missing / bps) + 1;
-    else
-      st->eta_s = -1;
-  }
+  st->eta_s = stream_eta (st, covered_total, fetched_total);
 }
 
 int

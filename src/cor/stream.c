@@ -275,7 +275,9 @@ announce_complete (struct cor_disk *d)
 
 /* Must be called with stream.lock held.  Progress bookkeeping: fetched
  * bytes charge the rate limiter and count as streamed; covered bytes
- * (fetched or found zero) measure progress for the ETA. */
+ * (fetched or found zero) measure progress.  Both have a recent rate:
+ * covered bytes fly through zero extents, so the fetched rate is the one
+ * a rate limit bounds and the one the ETA divides by (status.c). */
 static void
 account_unlocked (struct cor_disk *d, uint64_t fetched, uint64_t covered)
 {
@@ -284,18 +286,28 @@ account_unlocked (struct cor_disk *d, uint64_t fetched, uint64_t covered)
   __atomic_fetch_add (&d->streamed_bytes, fetched, __ATOMIC_RELAXED);
   if (d->stream.rate)
     d->stream.tokens -= fetched;
+  d->stream.covered_total += covered;
+  d->stream.fetched_total += fetched;
   if (d->stream.rate_window_ns == 0)
     d->stream.rate_window_ns = now;
   d->stream.rate_window_bytes += covered;
+  d->stream.rate_window_fetched += fetched;
   if (now - d->stream.rate_window_ns >= 2 * NS_PER_SEC) {
-    d->stream.recent_bps = d->stream.rate_window_bytes * (double) NS_PER_SEC /
-      (now - d->stream.rate_window_ns);
+    double secs = (double) (now - d->stream.rate_window_ns) / NS_PER_SEC;
+    d->stream.recent_bps = d->stream.rate_window_bytes / secs;
+    d->stream.recent_fetched_bps = d->stream.rate_window_fetched / secs;
     d->stream.rate_window_ns = now;
-    d->stream.rate_window_bytes = 0;
+    d->stream.rate_window_bytes = d->stream.rate_window_fetched = 0;
   }
-  else if (d->stream.recent_bps == 0 && now > d->stream.rate_window_ns)
-    d->stream.recent_bps = d->stream.rate_window_bytes * (double) NS_PER_SEC /
-      (now - d->stream.rate_window_ns);
+  else if (now > d->stream.rate_window_ns) {
+    /* Before a first estimate: one from the window so far rather than
+     * none for 2 s. */
+    double secs = (double) (now - d->stream.rate_window_ns) / NS_PER_SEC;
+    if (d->stream.recent_bps == 0)
+      d->stream.recent_bps = d->stream.rate_window_bytes / secs;
+    if (d->stream.recent_fetched_bps == 0)
+      d->stream.recent_fetched_bps = d->stream.rate_window_fetched / secs;
+  }
 }
 
 static void *
