@@ -191,6 +191,8 @@ corfs_rate (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
   return parse_rate_value (s, value, &s->o->rate);
 }
 
+/* Each key of both tables is documented in doc/config (corfs.conf(5));
+ * doc/check-options fails on a difference. */
 static const struct setting corfs_settings[] = {
   { "hold", corfs_hold, 0 },
   { "block-size", corfs_block_size, 0 },
