@@ -70,7 +70,7 @@ void cli_human_size (uint64_t n, char *buf, size_t len);
 
 /* Disk d's stream progress (a status reply's disk):
  * "[#######.......]  45.2%  running  fetching 12.0 MiB/s  ETA 0:12" (the
- * rate and the ETA only while it runs). */
+ * rate and the ETA only while it runs and once they are known). */
 void cli_progress_line (json_t *d, char *buf, size_t len);
 
 /* The one wait loop of the commands that wait (status --watch, stream

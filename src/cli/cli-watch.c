@@ -41,7 +41,7 @@ cli_progress_line (json_t *d, char *buf, size_t len)
   for (int i = 0; i < 30; i++)
     bar[i] = i < fill ? '#' : '.';
   bar[30] = '\0';
-  if (state && !strcmp (state, "running")) {
+  if (state && !strcmp (state, "running") && fetched > 0) {
     cli_human_size ((uint64_t) fetched, rate, sizeof rate);
     snprintf (rates, sizeof rates, "  fetching %s/s", rate);
   }
