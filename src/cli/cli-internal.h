@@ -42,7 +42,6 @@ enum {
   CLI_OPT_JSON = 1 << 6,        /* --json */
   CLI_OPT_EPOCH = 1 << 7,       /* --epoch N */
   CLI_OPT_FORCE = 1 << 8,       /* --force */
-  CLI_OPTS_ALL = (1 << 9) - 1,
 };
 
 struct cli_args {
