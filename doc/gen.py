@@ -26,12 +26,15 @@ README_END = '<!-- end of the command table -->'
 
 
 class Option:
-    def __init__(self, spec):
+    """An option (from its spec), a config key or an exit code (names and
+    arg given), with its description."""
+    def __init__(self, spec, names=None, arg=None):
         self.spec = spec
-        self.names = []         # ['-f', '--foreground']
-        self.arg = None         # 'DIR', or None for a flag
-        self.desc = []          # items: ('p', text) or ('v', line)
-        for part in spec.split(', '):
+        self.names = names or []    # ['-f', '--foreground']
+        self.arg = arg              # 'DIR', or None for a flag
+        self.default = None         # config keys
+        self.desc = []              # ('p', text, ended) or ('v', line)
+        for part in spec.split(', ') if names is None else []:
             m = re.match(r'^(--?[A-Za-z0-9-]+)(?:[ =](.+))?$', part)
             if not m:
                 raise SystemExit('doc: bad option spec %r' % spec)
@@ -90,24 +93,22 @@ def parse(path, found):
                 raise SystemExit('%s: text before the first [section]' % path)
             continue
         if not line.strip():
+            # Ends a paragraph; an option's description may go on after it.
             end_paragraph(cur.desc if cur else (b.after if b.options or b.keys else b.before))
-            cur = None if not (cur and cur.desc) else cur
             continue
         if line.startswith('usage: '):
             b.usage.append(line[7:])
         elif line.startswith('summary: '):
             b.summary = line[9:]
-        elif line.startswith('-') and b.name not in ('exit',):
+        elif line.startswith('-'):
             cur = Option(line)
             b.options.append(cur)
         elif re.match(r'^[a-z0-9-]+ = \S', line):
             key, value = line.split(' = ', 1)
-            cur = Option('--x')
-            cur.names, cur.arg, cur.default = [key], value, None
+            cur = Option(line, [key], value)
             b.keys.append(cur)
         elif re.match(r'^[0-9]+$', line) and b.name == 'exit':
-            cur = Option('--x')
-            cur.names, cur.arg = [line], None
+            cur = Option(line, [line])
             b.options.append(cur)
         elif line.startswith('  ') and cur is not None:
             text = line[2:]
@@ -401,10 +402,11 @@ def main(argv):
     found = []
     cmds = parse(a.commands, found)
     conf = parse(a.config, [])
-    # The date of the sources, not of the build: reproducible pages.
+    # The date of the sources (or SOURCE_DATE_EPOCH), not of the build.
     import time
-    date = time.strftime('%Y-%m-%d', time.gmtime(max(os.path.getmtime(a.commands),
-                                                     os.path.getmtime(a.config))))
+    when = os.environ.get('SOURCE_DATE_EPOCH') or max(os.path.getmtime(a.commands),
+                                                      os.path.getmtime(a.config))
+    date = time.strftime('%Y-%m-%d', time.gmtime(float(when)))
     if a.header:
         open(a.header, 'w').write(header(cmds, found))
     if a.man1:

@@ -104,7 +104,8 @@ disk_command (const char *cmd, int argc, char **argv, const char *usage, unsigne
 int
 cli_activate (int argc, char **argv)
 {
-  return disk_command ("activate", argc, argv, CORFS_HELP_ACTIVATE, CLI_OPT_EPOCH | CLI_OPT_FORCE, true);
+  return disk_command ("activate", argc, argv, CORFS_HELP_ACTIVATE,
+                       CLI_OPT_EPOCH | CLI_OPT_FORCE, true);
 }
 
 int
