@@ -42,7 +42,6 @@ enum {
   CLI_OPT_JSON = 1 << 6,        /* --json */
   CLI_OPT_EPOCH = 1 << 7,       /* --epoch N */
   CLI_OPT_FORCE = 1 << 8,       /* --force */
-  CLI_OPTS_ALL = (1 << 9) - 1,
 };
 
 struct cli_args {
@@ -69,7 +68,8 @@ int cli_parse_state_only (const char *cmd, int argc, char **argv, const char *us
 void cli_human_size (uint64_t n, char *buf, size_t len);
 
 /* Disk d's stream progress (a status reply's disk):
- * "[#######.......]  45.2%  12.0 MiB/s  running  ETA 0:12". */
+ * "[#######.......]  45.2%  running  fetching 12.0 MiB/s  ETA 0:12" (the
+ * rate and the ETA only while it runs and once they are known). */
 void cli_progress_line (json_t *d, char *buf, size_t len);
 
 /* The one wait loop of the commands that wait (status --watch, stream

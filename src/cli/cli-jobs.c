@@ -12,6 +12,7 @@
 #include "cli/cli.h"
 #include "cli/cli-internal.h"
 #include "common/util.h"
+#include "corfs-help.h"
 
 /* What a --wait check needs beside the status. */
 struct wait_ctx {
@@ -74,17 +75,8 @@ stream_check (const struct cli_watch *w, json_t *disks)
 int
 cli_stream (int argc, char **argv)
 {
-  static const char usage[] =
-    "Usage: corfs stream --state DIR NAME [--wait] [--rate R] [--pause|--resume|--cancel]\n\n"
-    "Fill the disk's overlay in the background (start it if it is off or was\n"
-    "cancelled; resume it if paused), or steer a running stream.\n"
-    "  --rate R   bytes per second (K/M/G suffixes), 0 for unlimited; applies\n"
-    "             at once to a running stream\n"
-    "  --wait     wait until the disk is complete and that is on stable\n"
-    "             storage, so the parent may go away (exit 0), or the stream\n"
-    "             is cancelled or the disk fails (exit 1); progress on a terminal\n";
   struct cli_args a;
-  int r = cli_parse_args ("stream", argc, argv, usage,
+  int r = cli_parse_args ("stream", argc, argv, CORFS_HELP_STREAM,
                           CLI_OPT_RATE | CLI_OPT_STEER | CLI_OPT_WAIT, &a);
   json_t *req;
 
@@ -130,18 +122,9 @@ job_check (const struct cli_watch *w, json_t *disks)
 int
 cli_merge (int argc, char **argv)
 {
-  static const char usage[] =
-    "Usage: corfs merge --state DIR NAME [--wait] [--rate R] [--parent-owned]\n"
-    "                   [--pause|--resume|--cancel]\n\n"
-    "Write the disk's dirty blocks back into its parent while the disk stays in\n"
-    "use (NBD and file parents; HTTP/S3 parents are read-only: use flatten).\n"
-    "Merge writes only into a parent the disk owns: --parent-owned declares (and\n"
-    "records) that; never use it for a golden image other overlays read.\n"
-    "  --wait   return at the first instant no block is dirty (synced), 0;\n"
-    "           non-zero if the merge is cancelled\n"
-    "  --rate R bytes per second (K/M/G suffixes), 0 for unlimited\n";
   struct cli_args a;
-  int r = cli_parse_args ("merge", argc, argv, usage, CLI_OPTS_ALL, &a);
+  int r = cli_parse_args ("merge", argc, argv, CORFS_HELP_MERGE,
+                          CLI_OPT_RATE | CLI_OPT_STEER | CLI_OPT_WAIT | CLI_OPT_OWNED, &a);
   json_t *req;
 
   if (r)
@@ -177,19 +160,9 @@ absolute_target (const char *to, char *buf, size_t len)
 int
 cli_flatten (int argc, char **argv)
 {
-  static const char usage[] =
-    "Usage: corfs flatten --state DIR NAME [--wait] [--to FILE]\n\n"
-    "Fill the disk (starting the streamer), then detach its parent for good:\n"
-    "the disk becomes standalone and its overlay is the whole raw image.\n"
-    "  --to FILE  instead, write a standalone raw copy of the current disk\n"
-    "             contents to FILE (sparse where the disk reads zeros, mode\n"
-    "             0600), through FILE.partial, which replaces FILE only when\n"
-    "             whole (FILE must be new or a regular file); run again, it\n"
-    "             continues its own FILE.partial, copying again what the disk\n"
-    "             wrote since\n"
-    "  --wait     wait until done (0) or failed (non-zero)\n";
   struct cli_args a;
-  int r = cli_parse_args ("flatten", argc, argv, usage, CLI_OPTS_ALL, &a);
+  int r = cli_parse_args ("flatten", argc, argv, CORFS_HELP_FLATTEN,
+                          CLI_OPT_WAIT | CLI_OPT_TO, &a);
   char to[2 * PATH_MAX];
   json_t *req;
 

@@ -8,16 +8,13 @@
 
 #include "cli/cli.h"
 #include "cli/cli-internal.h"
+#include "corfs-help.h"
 
 int
 cli_checkpoint (int argc, char **argv)
 {
-  static const char usage[] =
-    "Usage: corfs checkpoint --state DIR NAME\n\n"
-    "Start a new change generation and print its number.  `corfs dirty NAME\n"
-    "--since GEN` then lists what was written after this checkpoint.\n";
   struct cli_args a;
-  int r = cli_parse_args ("checkpoint", argc, argv, usage, CLI_OPTS_ALL, &a);
+  int r = cli_parse_args ("checkpoint", argc, argv, CORFS_HELP_CHECKPOINT, 0, &a);
   json_t *reply;
 
   if (r)
@@ -48,14 +45,9 @@ print_dirty (json_t *reply)
 int
 cli_dirty (int argc, char **argv)
 {
-  static const char usage[] =
-    "Usage: corfs dirty --state DIR NAME --since GEN [--json]\n\n"
-    "List the extents (offset, length in bytes) written since checkpoint GEN\n"
-    "was taken (generations count from 1: GEN 1 is everything since the disk\n"
-    "was created).  After an unclean shutdown the answer is a superset and\n"
-    "says so (\"widened\": true).\n";
   struct cli_args a;
-  int r = cli_parse_args ("dirty", argc, argv, usage, CLI_OPTS_ALL, &a);
+  int r = cli_parse_args ("dirty", argc, argv, CORFS_HELP_DIRTY,
+                          CLI_OPT_SINCE | CLI_OPT_JSON, &a);
   json_t *reply;
 
   if (r)
@@ -81,12 +73,14 @@ cli_dirty (int argc, char **argv)
 }
 
 /* activate / handoff / reclaim (with_epoch) and pivot / abort: one
- * request naming the disk, nothing printed on success. */
+ * request naming the disk, nothing printed on success.  accept: the
+ * options beside --state (CLI_OPT_*). */
 static int
-disk_command (const char *cmd, int argc, char **argv, const char *usage, bool with_epoch)
+disk_command (const char *cmd, int argc, char **argv, const char *usage, unsigned accept,
+              bool with_epoch)
 {
   struct cli_args a;
-  int r = cli_parse_args (cmd, argc, argv, usage, CLI_OPTS_ALL, &a);
+  int r = cli_parse_args (cmd, argc, argv, usage, accept, &a);
   json_t *req, *reply;
 
   if (r)
@@ -110,49 +104,30 @@ disk_command (const char *cmd, int argc, char **argv, const char *usage, bool wi
 int
 cli_activate (int argc, char **argv)
 {
-  return disk_command ("activate", argc, argv,
-    "Usage: corfs activate --state DIR NAME --epoch N [--force]\n\n"
-    "Switch an incoming disk (the destination of a migration) to active: drop\n"
-    "everything read while incoming and the kernel's cached pages, durably\n"
-    "record the epoch, then accept writes and start the streamer.  Refused\n"
-    "while the parent is still writable (the source might still write it)\n"
-    "unless --force.  The same epoch again is a no-op; a lower one is stale.\n", true);
+  return disk_command ("activate", argc, argv, CORFS_HELP_ACTIVATE,
+                       CLI_OPT_EPOCH | CLI_OPT_FORCE, true);
 }
 
 int
 cli_handoff (int argc, char **argv)
 {
-  return disk_command ("handoff", argc, argv,
-    "Usage: corfs handoff --state DIR NAME --epoch N\n\n"
-    "On the source of a migration: refuse new writes, flush everything, and\n"
-    "durably record the hand-off: the disk stays read-only (EROFS), so a\n"
-    "restarted source VM cannot write by accident.\n", true);
+  return disk_command ("handoff", argc, argv, CORFS_HELP_HANDOFF, CLI_OPT_EPOCH, true);
 }
 
 int
 cli_reclaim (int argc, char **argv)
 {
-  return disk_command ("reclaim", argc, argv,
-    "Usage: corfs reclaim --state DIR NAME --epoch M\n\n"
-    "Make a handed-off disk writable again (the migration failed); M must be\n"
-    "above the hand-off's epoch.\n", true);
+  return disk_command ("reclaim", argc, argv, CORFS_HELP_RECLAIM, CLI_OPT_EPOCH, true);
 }
 
 int
 cli_pivot (int argc, char **argv)
 {
-  return disk_command ("pivot", argc, argv,
-    "Usage: corfs pivot --state DIR NAME\n\n"
-    "Finish a mirror: once the copy is complete (mirror-ready), detach the old\n"
-    "storage for good; the disk becomes standalone.  Refused before that.\n", false);
+  return disk_command ("pivot", argc, argv, CORFS_HELP_PIVOT, 0, false);
 }
 
 int
 cli_abort (int argc, char **argv)
 {
-  return disk_command ("abort", argc, argv,
-    "Usage: corfs abort --state DIR NAME\n\n"
-    "Cancel a mirror: copy to the old storage every block it may lack, flush\n"
-    "it, and make this disk read-only; the old storage is exactly current and\n"
-    "the VM can be pointed back at it.\n", false);
+  return disk_command ("abort", argc, argv, CORFS_HELP_ABORT, 0, false);
 }

@@ -10,23 +10,12 @@
 #include "cli/cli.h"
 #include "cli/cli-internal.h"
 #include "common/util.h"
+#include "corfs-help.h"
 
 struct status_args {
   const char *state, *name;
   bool json, maps, watch;
 };
-
-static const char status_usage[] =
-  "Usage: corfs status --state DIR [NAME] [--json] [--maps] [--watch]\n\n"
-  "Per disk: size, bytes present, dirty bytes, health (rw, ro, failed),\n"
-  "owner state and epoch, parent URL, state and last error, streamer\n"
-  "state, rate and ETA.\n"
-  "  --json   machine-readable output (fields in docs/control.md)\n"
-  "  --maps   add the present and dirty extents (offset, length in bytes,\n"
-  "           one a line without --json; a long map is read in pages,\n"
-  "           one after another)\n"
-  "  --watch  refresh every second (a live progress bar on a terminal)\n"
-  "           until every disk is complete\n";
 
 /* 0; 1 when --help printed the usage; 2 after printing an error. */
 static int
@@ -52,7 +41,7 @@ parse_status_args (int argc, char **argv, struct status_args *a)
     case 'w': a->watch = true; break;
     case OPT_JSON: a->json = true; break;
     case OPT_MAPS: a->maps = true; break;
-    case 'h': fputs (status_usage, stdout); return 1;
+    case 'h': fputs (CORFS_HELP_STATUS, stdout); return 1;
     default:
       fprintf (stderr, "corfs status: unknown or incomplete option %s (see corfs status --help)\n",
                argv[optind - 1]);
@@ -257,11 +246,7 @@ cli_events (int argc, char **argv)
   int fd, r;
   json_t *ev;
 
-  r = cli_parse_state_only ("events", argc, argv,
-                            "Usage: corfs events --state DIR\n\n"
-                            "Follow the daemon's event stream (JSON lines: stream-progress,\n"
-                            "stream-complete, stream-error, synced, activated, ...) until the\n"
-                            "daemon exits.\n", &state);
+  r = cli_parse_state_only ("events", argc, argv, CORFS_HELP_EVENTS, &state);
   if (r)
     return r == 1 ? 0 : r;
   if (!(ev = cli_call ("events", state, json_pack ("{s:s}", "cmd", "events"), &fd, false)))
@@ -285,10 +270,7 @@ cli_metrics (int argc, char **argv)
 {
   const char *state = NULL;
   json_t *reply;
-  int r = cli_parse_state_only ("metrics", argc, argv,
-                                "Usage: corfs metrics --state DIR\n\n"
-                                "Print the daemon's metrics in the Prometheus text format.\n",
-                                &state);
+  int r = cli_parse_state_only ("metrics", argc, argv, CORFS_HELP_METRICS, &state);
 
   if (r)
     return r == 1 ? 0 : r;

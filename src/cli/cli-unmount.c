@@ -15,6 +15,7 @@
 #include "cli/cli.h"
 #include "common/cleanup.h"
 #include "common/util.h"
+#include "corfs-help.h"
 
 /* Undo the octal escapes of /proc/self/mountinfo (\040 for space...). */
 static void
@@ -79,9 +80,7 @@ cli_unmount (int argc, char **argv)
   int status, fd;
 
   if (argc == 2 && (!strcmp (argv[1], "--help") || !strcmp (argv[1], "-h"))) {
-    printf ("Usage: corfs unmount MOUNTPOINT\n\n"
-            "Unmount a corfs mount and wait until its daemon has made everything\n"
-            "durable and released its state directory.\n");
+    fputs (CORFS_HELP_UNMOUNT, stdout);
     return 0;
   }
   if (argc != 2 || argv[1][0] == '-') {

@@ -4,6 +4,7 @@
 #include <inttypes.h>
 #include <poll.h>
 #include <stdio.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "cli/cli-internal.h"
@@ -28,19 +29,25 @@ cli_progress_line (json_t *d, char *buf, size_t len)
   uint64_t sz = json_integer_value (json_object_get (d, "size"));
   uint64_t pr = json_integer_value (json_object_get (d, "present_bytes"));
   json_t *st = json_object_get (d, "stream");
-  double pct = sz ? 100.0 * pr / sz : 100.0, bps = json_real_value (json_object_get (st, "bytes_per_s"));
+  const char *state = json_string_value (json_object_get (st, "state"));
+  /* The fetched rate, not bytes_per_s: zero extents are covered at
+   * memory speed and would make a rate-limited stream look very fast. */
+  double pct = sz ? 100.0 * pr / sz : 100.0;
+  double fetched = json_number_value (json_object_get (st, "fetched_bytes_per_s"));
   int64_t eta = json_integer_value (json_object_get (st, "eta_s"));
-  char bar[31], rate[32], etas[32] = "";
+  char bar[31], rate[32], rates[48] = "", etas[32] = "";
   int fill = (int) (pct * 30 / 100);
 
   for (int i = 0; i < 30; i++)
     bar[i] = i < fill ? '#' : '.';
   bar[30] = '\0';
-  cli_human_size ((uint64_t) bps, rate, sizeof rate);
+  if (state && !strcmp (state, "running") && fetched > 0) {
+    cli_human_size ((uint64_t) fetched, rate, sizeof rate);
+    snprintf (rates, sizeof rates, "  fetching %s/s", rate);
+  }
   if (eta > 0)
     snprintf (etas, sizeof etas, "  ETA %" PRId64 ":%02" PRId64, eta / 60, eta % 60);
-  snprintf (buf, len, "[%s] %5.1f%%  %s/s  %s%s", bar, pct, rate,
-            json_string_value (json_object_get (st, "state")), etas);
+  snprintf (buf, len, "[%s] %5.1f%%  %s%s%s", bar, pct, state ? state : "?", rates, etas);
 }
 
 /* A connection subscribed to the daemon's events, or -1 (then the

@@ -190,8 +190,18 @@ struct cor_disk {
     uint64_t errors;
     uint64_t backoff_ns;
     char last_error[512];
-    uint64_t rate_window_ns, rate_window_bytes;  /* recent throughput */
-    double recent_bps;
+    /* Recent throughput over a window of about 2 s: bytes made present
+     * (fetched or found zero), and bytes fetched alone. */
+    uint64_t rate_window_ns, rate_window_bytes, rate_window_fetched;
+    double recent_bps, recent_fetched_bps;
+    /* Since the mount: bytes the streamer made present, and of those the
+     * ones it fetched: their ratio estimates how much of what is missing
+     * is data (the ETA's numerator). */
+    uint64_t covered_total, fetched_total;
+    /* The survey (survey.c): started once; when done, the missing bytes
+     * the parent promised as zeros, and zero_skipped_bytes then. */
+    bool survey_started, survey_done;
+    uint64_t survey_zero, survey_skipped0;
     uint64_t last_progress_ns;
     bool release_parent;
   } stream;
@@ -453,5 +463,10 @@ const char *cor_repin_why (struct cor_disk *d, int err, char *buf, size_t len);
 int cor_resume_activation (struct cor_disk *d, struct meta_record *rec);
 void cor_seal_mirror (struct cor_disk *d);
 void cor_attr_from_record (struct cor_disk *d, const struct meta_record *rec);
+
+/* survey.c: the missing bytes the parent promises read as zeros, into
+ * *zero_missing (asks the parent: no lock held).  false when the stream
+ * stopped or the parent could not tell. */
+bool cor_stream_survey (struct cor_disk *d, uint64_t *zero_missing);
 
 #endif

@@ -383,7 +383,8 @@ struct cor_status {
   uint64_t stream_rate;         /* bytes/s, 0 = unlimited */
   uint64_t streamed_bytes, stream_errors;
   double stream_bytes_per_s;    /* recent progress (fetched or found zero) per second */
-  int64_t eta_s;                /* -1 when unknown */
+  double stream_fetched_bytes_per_s;    /* recent bytes fetched from the parent per second */
+  int64_t eta_s;                /* missing data over the fetched rate; -1 when unknown */
   char stream_error[512];
   uint64_t foreground_fetched_bytes, background_fetched_bytes, zero_skipped_bytes;
   /* merge and abort: bytes written to the parent, and suspect bytes

@@ -67,12 +67,59 @@ cor_emit (struct cor_disk *d, const char *type, uint64_t done, uint64_t total,
 
 /* ---- status ---- */
 
+/* What status needs of the stream beside its fields (stream.lock). */
+struct eta_input {
+  uint64_t covered_total, fetched_total;
+  bool surveyed;
+  uint64_t survey_zero, survey_skipped0, zero_skipped_now;
+};
+
+/* Of the missing bytes, those that hold data (to fetch): the missing
+ * bytes less those the survey found zero and the stream has not skipped
+ * since (survey.c); before a survey, or without one, estimated from the
+ * share of data among what the stream covered so far. */
+static double
+missing_data (uint64_t missing, const struct eta_input *in)
+{
+  if (in->surveyed) {
+    uint64_t skipped = in->zero_skipped_now - in->survey_skipped0;
+    uint64_t zero = in->survey_zero > skipped ? in->survey_zero - skipped : 0;
+    return zero < missing ? missing - zero : 0;
+  }
+  return in->covered_total ? (double) missing * in->fetched_total / in->covered_total : missing;
+}
+
+/* The stream's ETA in seconds: the missing data over the rate it is
+ * fetched at.  Zero extents cost no fetch and a rate limit does not apply
+ * to them, so dividing every missing byte by the rate of progress
+ * (bytes_per_s) swung with the layout.  0 when complete, -1 when unknown
+ * (not running, or no rate yet). */
+static int64_t
+stream_eta (const struct cor_status *st, const struct eta_input *in)
+{
+  uint64_t missing = (st->nr_blocks - st->present_blocks) * st->block_size;
+  double data = missing_data (missing, in);
+
+  if (st->present_blocks == st->nr_blocks)
+    return 0;
+  if (strcmp (st->stream_state, "running") != 0)
+    return -1;
+  if (data >= st->block_size)
+    return st->stream_fetched_bytes_per_s > 0
+      ? (int64_t) (data / st->stream_fetched_bytes_per_s) + 1 : -1;
+  if (in->surveyed)
+    return 1;                   /* zeros alone left: no fetch, no rate limit */
+  /* Unsurveyed, and only zeros so far: progress alone. */
+  return st->stream_bytes_per_s > 0 ? (int64_t) (missing / st->stream_bytes_per_s) + 1 : -1;
+}
+
 void
 cor_disk_status (struct cor_disk *d, struct cor_status *st)
 {
   static const char *health[] = { "rw", "ro", "failed" };
   struct meta_record rec;
   struct remote_stats rs;
+  struct eta_input in;
 
   memset (st, 0, sizeof *st);
   meta_disk_record (d->md, &rec);
@@ -119,18 +166,13 @@ cor_disk_status (struct cor_disk *d, struct cor_status *st)
   st->streamed_bytes = __atomic_load_n (&d->streamed_bytes, __ATOMIC_RELAXED);
   st->stream_errors = d->stream.errors;
   st->stream_bytes_per_s = d->stream.recent_bps;
+  st->stream_fetched_bytes_per_s = d->stream.recent_fetched_bps;
+  in = (struct eta_input) { d->stream.covered_total, d->stream.fetched_total,
+                            d->stream.survey_done, d->stream.survey_zero,
+                            d->stream.survey_skipped0, st->zero_skipped_bytes };
   snprintf (st->stream_error, sizeof st->stream_error, "%s", d->stream.last_error);
   pthread_mutex_unlock (&d->stream.lock);
-  {
-    uint64_t missing = (st->nr_blocks - st->present_blocks) * st->block_size;
-    double bps = st->stream_bytes_per_s;
-    if (st->present_blocks == st->nr_blocks)
-      st->eta_s = 0;
-    else if (bps > 0 && !strcmp (st->stream_state, "running"))
-      st->eta_s = (int64_t) (missing / bps) + 1;
-    else
-      st->eta_s = -1;
-  }
+  st->eta_s = stream_eta (st, &in);
 }
 
 int

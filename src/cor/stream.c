@@ -30,6 +30,10 @@
  * (stream-error event, status) and retried after an exponential backoff
  * up to 30 s, forever: background work never fails the disk.
  *
+ * Progress: the first worker to run surveys the parent's zero extents
+ * once (survey.c), so that the ETA counts only the data left to fetch;
+ * the other workers stream meanwhile.
+ *
  * Completion: when every block is present the first worker to notice
  * makes the index durable (cor_flush), records complete=true, emits
  * stream-complete and, unless configured otherwise, closes the parent's
@@ -275,7 +279,9 @@ announce_complete (struct cor_disk *d)
 
 /* Must be called with stream.lock held.  Progress bookkeeping: fetched
  * bytes charge the rate limiter and count as streamed; covered bytes
- * (fetched or found zero) measure progress for the ETA. */
+ * (fetched or found zero) measure progress.  Both have a recent rate:
+ * covered bytes fly through zero extents, so the fetched rate is the one
+ * a rate limit bounds and the one the ETA divides by (status.c). */
 static void
 account_unlocked (struct cor_disk *d, uint64_t fetched, uint64_t covered)
 {
@@ -284,18 +290,52 @@ account_unlocked (struct cor_disk *d, uint64_t fetched, uint64_t covered)
   __atomic_fetch_add (&d->streamed_bytes, fetched, __ATOMIC_RELAXED);
   if (d->stream.rate)
     d->stream.tokens -= fetched;
+  d->stream.covered_total += covered;
+  d->stream.fetched_total += fetched;
   if (d->stream.rate_window_ns == 0)
     d->stream.rate_window_ns = now;
   d->stream.rate_window_bytes += covered;
+  d->stream.rate_window_fetched += fetched;
   if (now - d->stream.rate_window_ns >= 2 * NS_PER_SEC) {
-    d->stream.recent_bps = d->stream.rate_window_bytes * (double) NS_PER_SEC /
-      (now - d->stream.rate_window_ns);
+    double secs = (double) (now - d->stream.rate_window_ns) / NS_PER_SEC;
+    d->stream.recent_bps = d->stream.rate_window_bytes / secs;
+    d->stream.recent_fetched_bps = d->stream.rate_window_fetched / secs;
     d->stream.rate_window_ns = now;
-    d->stream.rate_window_bytes = 0;
+    d->stream.rate_window_bytes = d->stream.rate_window_fetched = 0;
   }
-  else if (d->stream.recent_bps == 0 && now > d->stream.rate_window_ns)
-    d->stream.recent_bps = d->stream.rate_window_bytes * (double) NS_PER_SEC /
-      (now - d->stream.rate_window_ns);
+  else if (now > d->stream.rate_window_ns) {
+    /* Before a first estimate: one from the window so far rather than
+     * none for 2 s.  The fetched rate waits for a second of it: the
+     * workers' first chunks go out at once, before the rate limiter has
+     * charged any, and over a few milliseconds would read as a rate many
+     * times the limit. */
+    uint64_t elapsed = now - d->stream.rate_window_ns;
+    double secs = (double) elapsed / NS_PER_SEC;
+    if (d->stream.recent_bps == 0)
+      d->stream.recent_bps = d->stream.rate_window_bytes / secs;
+    if (d->stream.recent_fetched_bps == 0 && elapsed >= NS_PER_SEC)
+      d->stream.recent_fetched_bps = d->stream.rate_window_fetched / secs;
+  }
+}
+
+/* Must be called with stream.lock held, which it drops meanwhile.  The
+ * first worker to run surveys the zero extents (survey.c) for the ETA;
+ * the others stream. */
+static void
+survey_unlocked (struct cor_disk *d)
+{
+  uint64_t skipped0 = __atomic_load_n (&d->zero_skipped_bytes, __ATOMIC_RELAXED), zero;
+  bool ok;
+
+  d->stream.survey_started = true;
+  pthread_mutex_unlock (&d->stream.lock);
+  ok = cor_stream_survey (d, &zero);
+  pthread_mutex_lock (&d->stream.lock);
+  if (ok) {
+    d->stream.survey_zero = zero;
+    d->stream.survey_skipped0 = skipped0;
+    d->stream.survey_done = true;
+  }
 }
 
 static void *
@@ -314,6 +354,10 @@ worker (void *arg)
       pthread_cond_wait (&d->stream.cond, &d->stream.lock);
     if (d->stream.stop)
       break;
+    if (!d->stream.survey_started) {
+      survey_unlocked (d);
+      continue;
+    }
     if (!pick_unlocked (d, &first, &end, &hint)) {
       if (meta_count (d->md, META_PRESENT) == d->nr_blocks && !d->stream.finishing) {
         /* One worker finishes; the others wait for it (finishing) and

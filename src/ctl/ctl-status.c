@@ -154,11 +154,12 @@ disk_fields (struct cor_disk *d, const struct cor_status *st)
 static json_t *
 stream_fields (const struct cor_status *st)
 {
-  return json_pack ("{s:s, s:I, s:I, s:f, s:I, s:I, s:s}",
+  return json_pack ("{s:s, s:I, s:I, s:f, s:f, s:I, s:I, s:s}",
                     "state", st->stream_state,
                     "rate", (json_int_t) st->stream_rate,
                     "streamed_bytes", (json_int_t) st->streamed_bytes,
                     "bytes_per_s", st->stream_bytes_per_s,
+                    "fetched_bytes_per_s", st->stream_fetched_bytes_per_s,
                     "eta_s", (json_int_t) st->eta_s,
                     "errors", (json_int_t) st->stream_errors,
                     "last_error", st->stream_error);

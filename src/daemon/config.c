@@ -209,6 +209,8 @@ corfs_mountpoint (struct cfg_state *s, struct disk_opts *d, const struct setting
   return 0;
 }
 
+/* Each key of both tables is documented in doc/config (corfs.conf(5));
+ * doc/check-options fails on a difference. */
 static const struct setting corfs_settings[] = {
   { "mountpoint", corfs_mountpoint, 0 },
   { "hold", corfs_hold, 0 },

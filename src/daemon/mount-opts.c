@@ -11,81 +11,19 @@
 #include <string.h>
 
 #include "common/util.h"
+#include "corfs-help.h"
 #include "cor/cor.h"
 #include "daemon/daemon-internal.h"
+
+/* The text is doc/commands' (generated into corfs-help.h), which also
+ * documents every option of longopts below; the numbers it gives must be
+ * the constants'. */
+CORFS_HELP_CHECKS
 
 static void
 mount_usage (FILE *f)
 {
-  fprintf (f,
-"Usage: corfs mount --state DIR [--disk NAME=URL]... [OPTIONS] MOUNTPOINT\n"
-"       corfs mount --state DIR --config FILE [OPTIONS]   (FILE names the mountpoint)\n"
-"\n"
-"Start the corfs daemon: each disk appears as the regular file MOUNTPOINT/NAME,\n"
-"sized as its parent.  Blocks are read from the parent on first access and\n"
-"kept in a local overlay in DIR; writes stay in the overlay.  Returns once the\n"
-"mount serves (or exits non-zero with the daemon's error).\n"
-"\n"
-"  --state DIR            state directory: index, overlays, control socket, log\n"
-"                         (created 0700 if missing; one daemon per directory;\n"
-"                         must be the daemon user's and not group/other-writable)\n"
-"  --disk NAME=URL        add a disk; NAME is [A-Za-z0-9._-]+.  URL is one of\n"
-"                           nbd://HOST[:PORT]/EXPORT\n"
-"                           nbd+unix:///EXPORT?socket=PATH\n"
-"                           http://HOST[:PORT]/PATH, https://HOST[:PORT]/PATH\n"
-"                           s3://BUCKET/KEY\n"
-"                           nfs://SERVER/EXPORT/FILE?version=3 (libnfs URL\n"
-"                             arguments; version=4 is read-only)\n"
-"                           file:///PATH\n"
-"                         HTTP(S) and S3 settings (credentials, token, headers,\n"
-"                         TLS files, S3 endpoint and region) go in the config\n"
-"                         file, per disk\n"
-"                         --disk NAME=@FILE reads the URL from FILE: use it for\n"
-"                         secrets (an inline URL is redacted in the process's\n"
-"                         command line once parsed, but is visible until then)\n"
-"                         Disks recorded in DIR come back without --disk.\n"
-"  --config FILE          INI config file (see conf/corfs.conf); its [corfs]\n"
-"                         mountpoint is used when MOUNTPOINT is not given\n"
-"  --block-size SIZE      block size of new disks, 4K..4M, power of two\n"
-"                         (default 64K; recorded per disk, K/M/G = 1024^n)\n"
-"  --hold SECONDS         how long a guest request waits for an unreachable\n"
-"                         parent before it fails with EIO (1 to %d, default %d;\n"
-"                         at most half the kernel's FUSE request timeout,\n"
-"                         fs.fuse.default_request_timeout or max_request_timeout,\n"
-"                         if one is set: the default is lowered to fit)\n"
-"  --connect-timeout SECONDS  one connection attempt to a parent (1 to %d,\n"
-"                         default %d)\n"
-"  --readahead SIZE       most data fetched ahead of a sequential reader\n"
-"                         (default 4M; 0: fetch only what is read).  Also the\n"
-"                         kernel's readahead for buffered readers of the mount\n"
-"                         (as root; 0 leaves the kernel's 128K)\n"
-"  --parent-owned         record that this disk owns its parent (for merge)\n"
-"  --incoming             attach new disks as the destination of a migration:\n"
-"                         reads come from the parent and are not kept, writes\n"
-"                         fail with EROFS until `corfs activate`\n"
-"  --repin NAME           disk NAME's record has no parent identity (written by\n"
-"                         an older corfs) although blocks are present: such a\n"
-"                         mount is refused, since a swapped parent would go\n"
-"                         unnoticed; --repin trusts the parent as it is now\n"
-"                         and pins it (only if it is the image the disk came from)\n"
-"  --stream=on|off|paused fill the overlay in the background (default on);\n"
-"                         `corfs stream` steers it while mounted\n"
-"  --write-mode=writeback|mirror\n"
-"                         writeback (default): writes stay in the overlay;\n"
-"                         mirror: every write also goes to the parent before it\n"
-"                         is acknowledged (needs --parent-owned, and a parent\n"
-"                         that can flush); then\n"
-"                         `corfs pivot` or `corfs abort`\n"
-"  -f, --foreground       stay in the foreground, log to stderr\n"
-"  -o OPT                 extra FUSE mount option; allow_other lets users other\n"
-"                         than the daemon's open the disks (new disks are 0600,\n"
-"                         owned by the daemon's user; chmod/chown are kept)\n"
-"  -v, --verbose          debug logging\n"
-"  -d                     FUSE protocol debugging (implies -f)\n"
-"  -h, --help             this help\n"
-"\n"
-"Stop it with `corfs unmount MOUNTPOINT`, fusermount3 -u, or SIGTERM.\n",
-           HOLD_MAX_S, DEFAULT_HOLD_S, CONNECT_TIMEOUT_MAX_S, DEFAULT_CONNECT_TIMEOUT_S);
+  fputs (CORFS_HELP_MOUNT, f);
 }
 
 size_t
@@ -209,6 +147,8 @@ enum { OPT_STATE = 256, OPT_DISK, OPT_CONFIG, OPT_BLOCK_SIZE, OPT_HOLD,
        OPT_CONNECT_TIMEOUT, OPT_PARENT_OWNED, OPT_STREAM, OPT_WRITE_MODE,
        OPT_INCOMING, OPT_READAHEAD, OPT_REPIN };
 
+/* Each option is documented in doc/commands ([mount]); doc/check-options
+ * fails on a difference. */
 static const struct option longopts[] = {
   { "state", required_argument, NULL, OPT_STATE },
   { "disk", required_argument, NULL, OPT_DISK },
