@@ -4,9 +4,9 @@
 # `scons check-integ`); it builds corfs and mount.corfs there (~40 s):
 #  - PREFIX=DIR into directories that do not exist yet gives DIR/bin/corfs,
 #    DIR/sbin/mount.corfs, DIR/lib/systemd/system/corfs@.service (naming
-#    DIR/bin/corfs), DIR/share/doc/corfs/corfs.conf.example and each
-#    man/NAME.N as DIR/share/man/manN/NAME.N (a placeholder page stands in
-#    while the tree has none);
+#    DIR/bin/corfs), DIR/share/doc/corfs/corfs.conf.example and the man
+#    pages generated into build/man (corfs.1, corfs.conf.5) as
+#    DIR/share/man/manN/NAME.N, which render without warnings;
 #  - the installed corfs --version prints the VERSION file's release, and
 #    "commit unknown" (the copy is no git tree); this build's prints its
 #    commit;
@@ -28,7 +28,6 @@ echo "=== a copy of the tree, without its builds or .git"
 src=$T/src; mkdir "$src"
 tar -C "$TOP" --exclude=./build --exclude=./build-asan --exclude=./build-fuzz --exclude=./.git \
   --exclude=./tests/.npm --exclude=./.sconsign.dblite -cf - . | tar -C "$src" -xf -
-ls "$src"/man/*.[1-8] > /dev/null 2>&1 || { mkdir -p "$src/man"; printf '.TH CORFS 1\n' > "$src/man/corfs.1"; }
 
 echo "=== scons install PREFIX=$T/x"
 prefix=$T/x
@@ -41,9 +40,12 @@ mode () { stat -c %a "$prefix/$1" 2> /dev/null || fail "not installed: $1"; }
 [ "$(mode lib/systemd/system/corfs@.service)" = 644 ] || fail "unit mode"
 [ "$(mode share/doc/corfs/corfs.conf.example)" = 644 ] || fail "example config mode"
 cmp "$src/conf/corfs.conf" "$prefix/share/doc/corfs/corfs.conf.example" || fail "example config"
-for page in "$src"/man/*.[1-8]; do
-  n=$(basename "$page")
-  cmp "$page" "$prefix/share/man/man${n##*.}/$n" || fail "man page $n not installed"
+for n in corfs.1 corfs.conf.5; do
+  cmp "$src/build/man/$n" "$prefix/share/man/man${n##*.}/$n" || fail "man page $n not installed"
+  if command -v groff > /dev/null; then
+    groff -man -Tutf8 -ww "$prefix/share/man/man${n##*.}/$n" 2>&1 > /dev/null | grep . &&
+      fail "man page $n: groff warnings"
+  fi
 done
 unit=$prefix/lib/systemd/system/corfs@.service
 grep -q "^ExecStart=$prefix/bin/corfs mount --foreground " "$unit" || fail "the unit's ExecStart: $(grep ExecStart "$unit")"
