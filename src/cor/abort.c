@@ -1,4 +1,4 @@
-/* corfs: a mirror's abort (DESIGN.md "Write modes"), in the pieces that
+/* corfs: a mirror's abort (docs/design.md "Write modes"), in the pieces that
  * merge's abort job drives (src/merge/abort.c), and the one derivation
  * of "blocks the parent may lack" that abort and merge both walk.
  *

@@ -1,4 +1,4 @@
-/* corfs: the committer: group commit of the index (DESIGN.md rules 1-3, 7).
+/* corfs: the committer: group commit of the index (docs/design.md rules 1-3, 7).
  *
  * Notes on the thread model: one committer thread per engine.  It wakes
  * when a flusher asks (cor_flush) or after COMMIT_INTERVAL_S, whichever
@@ -16,7 +16,7 @@
  * chunks pending, and later commits are cumulative, so the result of
  * commit seq_done is the answer for every flusher waiting for it.
  *
- * The interval is 5 s, not DESIGN.md's "at least once a second": an
+ * The interval is 5 s, not the "at least once a second" of the design advice corfs started from: an
  * fdatasync of an overlay every second while the streamer or a cold
  * reader writes it at full speed made those buffered writes (the copy
  * into ext4's page cache) 3 to 6 times slower on this 2-core machine:

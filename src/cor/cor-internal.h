@@ -11,7 +11,7 @@
  *   - A block is marked present only after its data is in the overlay
  *     (the write returned), and becomes durable in the index only after
  *     the committer's fdatasync (commit.c).
- *   - One operation per block at a time (DESIGN.md rule 5): a fetch or a
+ *   - One operation per block at a time (docs/design.md rule 5): a fetch or a
  *     write owns its blocks in the in-flight table ("busy" ranges) from
  *     before it starts until its bits are set; so does an incoming disk's
  *     read-through for the time of its parent read (see read_through).

@@ -4,7 +4,7 @@
  * same offsets as the disk, and the disk's index (src/meta).  Reads fault
  * missing blocks in from the parent; writes go to the overlay and mark
  * blocks present and dirty.  One committer thread per engine makes the
- * index durable in batches (DESIGN.md rules 1 to 3 and 7).
+ * index durable in batches (docs/design.md rules 1 to 3 and 7).
  *
  * Threads: cor_read, cor_read_ref, cor_write, cor_zero and cor_flush may
  * be called from any number of threads at once (the FUSE loop's workers);
@@ -258,7 +258,7 @@ void cor_emit (struct cor_disk *d, const char *type, uint64_t done, uint64_t tot
 
 /* Merge primitive (for src/merge): copy the present blocks of [first, end)
  * that are dirty or suspect to the parent, flush the parent, then clear
- * their dirty and suspect bits (DESIGN.md rule 11: the clearing becomes
+ * their dirty and suspect bits (docs/design.md rule 11: the clearing becomes
  * durable with the next commit).  Suspect blocks that are not dirty are
  * read from the parent first and written only where they differ (rule 4).
  * The blocks are owned in the in-flight table throughout, so a guest
@@ -287,7 +287,7 @@ uint64_t cor_disk_nr_blocks (const struct cor_disk *d);
 struct meta_disk *cor_disk_meta (struct cor_disk *d);
 struct remote *cor_disk_remote (struct cor_disk *d);
 
-/* Migration switch-over (DESIGN.md "Disk states" and rule 10).  Epochs
+/* Migration switch-over (docs/design.md "Disk states" and rule 10).  Epochs
  * are chosen by the management tool, strictly increasing per disk: a
  * lower one is refused as stale, the same epoch for the same transition
  * is a no-op.
@@ -305,7 +305,7 @@ int cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, 
 int cor_handoff (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len);
 int cor_reclaim (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len);
 
-/* Mirror (DESIGN.md "Write modes"): a disk recorded with mirror=true
+/* Mirror (docs/design.md "Write modes"): a disk recorded with mirror=true
  * sends every guest write to the parent and the overlay before it is
  * acknowledged, while the streamer fills the overlay.
  *   pivot: once complete, detach the parent for good (standalone).

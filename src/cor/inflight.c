@@ -1,4 +1,4 @@
-/* corfs: the in-flight table and the gate (DESIGN.md rule 5).
+/* corfs: the in-flight table and the gate (docs/design.md rule 5).
  *
  * One operation per block at a time: a fetch, a write, a read-through or
  * an exclusive operation owns its blocks as a struct busy in d->busy

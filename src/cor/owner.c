@@ -1,4 +1,4 @@
-/* corfs: owner states (DESIGN.md "Disk states", rule 10): activate,
+/* corfs: owner states (docs/design.md "Disk states", rule 10): activate,
  * hand-off, reclaim, an interrupted activation resumed at mount, record
  * updates, checkpoint, the mirror's identity sealed at shutdown, and the
  * disk file's mode and owner.

@@ -1,4 +1,4 @@
-/* corfs: mirror pivot (DESIGN.md "Write modes"); abort is abort.c.
+/* corfs: mirror pivot (docs/design.md "Write modes"); abort is abort.c.
  *
  * Thread model: ctl's command thread (a long command's job thread).  It
  * holds d->owner_lock (scoped) for its whole run, across the flush (see

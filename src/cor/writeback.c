@@ -113,7 +113,7 @@ wb_copy_worker (void *arg)
       break;
 
     /* Suspect blocks that are not dirty (every present block after an
-     * unclean shutdown, DESIGN.md rule 4) are compared with the parent
+     * unclean shutdown, docs/design.md rule 4) are compared with the parent
      * and written only where they differ: most were fetched and never
      * written, and rewriting a whole fetched disk after each crash would
      * cost the parent as much as a full copy.  Dirty blocks are written

@@ -89,7 +89,7 @@ fill_attr (struct fs *fs, fuse_ino_t ino, struct stat *st)
   /* The stored mode, whatever the owner state: a read-only state is
    * enforced with EROFS (fs_open, cor_write), never through the mode,
    * which with default_permissions would refuse the O_RDWR open QEMU
-   * makes of an incoming disk (DESIGN.md) with EACCES. */
+   * makes of an incoming disk (docs/design.md) with EACCES. */
   uint32_t mode, uid, gid;
   cor_disk_attr (d, &mode, &uid, &gid);
   st->st_mode = S_IFREG | mode;

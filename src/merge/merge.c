@@ -1,6 +1,6 @@
 /* corfs: the merge job: write the overlay back into an owned parent.
  *
- * Merge (DESIGN.md rules 9 and 11), in passes over the dirty and suspect
+ * Merge (docs/design.md rules 9 and 11), in passes over the dirty and suspect
  * maps:
  *   1. durably record "parent being modified" (record.merging) before the
  *      first write, and let the remote accept identity changes caused by

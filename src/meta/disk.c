@@ -1,7 +1,7 @@
 /* corfs: a disk's lifetime in the index: open (create the record, load
  * the maps, widen after an unclean shutdown, mark open), close and seal.
  *
- * Unclean shutdown (DESIGN.md rule 4): the record's "open" mark is set
+ * Unclean shutdown (docs/design.md rule 4): the record's "open" mark is set
  * durably before meta_disk_open returns and cleared only by a clean
  * close.  An open that finds it set (the previous daemon died) ORs every
  * present block into the current generation's changed map and into the

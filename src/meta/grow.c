@@ -11,7 +11,7 @@
  * The pages written are built from what is stored, not from memory: the
  * boundary page (the one holding the old last block) may hold bits of
  * old blocks that no batch has committed yet, whose data the committer
- * has not synced (data before pointer, DESIGN.md rules 1 and 2).  The
+ * has not synced (data before pointer, docs/design.md rules 1 and 2).  The
  * in-memory pages get the same new bits, so the next batch that writes
  * the boundary page keeps them.  A batch taken before the grow and
  * committed after it would drop them from the boundary page: the caller

@@ -14,9 +14,9 @@
  * queued as "pending chunks" and written to LMDB by one committer in
  * batches (meta_batch_*).  The committer (in src/cor, which owns the
  * overlay fds) must fdatasync every overlay that the batch touches *before*
- * meta_batch_commit(): data before pointer (DESIGN.md rules 1 and 2).
+ * meta_batch_commit(): data before pointer (docs/design.md rules 1 and 2).
  *
- * Unclean shutdown (DESIGN.md rule 4): meta_disk_open() marks the disk
+ * Unclean shutdown (docs/design.md rule 4): meta_disk_open() marks the disk
  * "open" durably before returning; if it finds the mark already set (the
  * previous daemon died), it first ORs every present block into the
  * current generation's changed map and into the suspect map, in the same
@@ -213,7 +213,7 @@ bool meta_batch_has (const struct meta_batch *b, const struct meta_disk *d);
 void meta_batch_drop (struct meta_batch *b, struct meta_disk *d);
 int meta_batch_commit (struct meta_batch *b);
 
-/* Start a new change generation (DESIGN.md rule 4): in one commit, write
+/* Start a new change generation (docs/design.md rule 4): in one commit, write
  * the current generation's pending changed chunks under its own number,
  * bump rec.generation, and start an empty changed map.  The caller must
  * keep every writer out meanwhile (cor_checkpoint claims the whole disk).

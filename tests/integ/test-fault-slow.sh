@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Proves corfs copes with a slow parent (DESIGN.md "Remote failure policy"):
+# Proves corfs copes with a slow parent (docs/design.md "Remote failure policy"):
 #  - with every parent read delayed 300 ms (nbdkit delay filter) data is
 #    correct, and cold reads of different regions are fetched in parallel
 #    (4 concurrent 1 MiB cold reads take well under 4 times one read);

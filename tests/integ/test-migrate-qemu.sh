@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Real post-copy storage migration of a running QEMU guest (TCG) onto corfs
-# (DESIGN.md "Disk states", rule 10).  The guest (scripts/build-guest: Debian
+# (docs/design.md "Disk states", rule 10).  The guest (scripts/build-guest: Debian
 # 12's kernel, a busybox /init) writes numbered, checksummed 4 KiB records
 # to its virtio disk, each with O_DIRECT and a flush, and prints "ACK i" on
 # its serial console once a record is durable; records are written before,

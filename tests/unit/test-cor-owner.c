@@ -1,5 +1,5 @@
 /* Unit tests: the owner-state transitions (src/cor: cor_activate,
- * cor_handoff, cor_reclaim; DESIGN.md "Disk states" and rule 10) over a
+ * cor_handoff, cor_reclaim; docs/design.md "Disk states" and rule 10) over a
  * file:// parent, through the public API only (cor-fixture.h):
  *  - a hand-off makes the disk read-only (EROFS for writes and zeroing,
  *    reads still served), durably: still so after a restart;
