@@ -18,8 +18,9 @@
  *   7. tell systemd READY=1 (sd_notify, when NOTIFY_SOCKET is set) and
  *      write "OK" to the pipe; serve until unmounted or SIGTERM;
  *   8. tell systemd STOPPING=1; unmount; stop the HTTP metrics; stop the
- *      streamers, readahead and parent requests (cor_engine_quiesce); stop ctl and its long commands; merge jobs;
- *      final commit and clean close; release the lock.
+ *      streamers, readahead and parent requests (cor_engine_quiesce); stop
+ *      ctl and its long commands; merge jobs; final commit and clean
+ *      close; release the lock.
  * Step 1 is mount-opts.c, config.c and state-dir.c; 3 is state-dir.c;
  * 5 is attach.c (daemon-internal.h lists the files).
  *
@@ -121,8 +122,9 @@ start_serving (struct mount_opts *o, struct daemon *dm)
 
 /* Step 8, also after a failed start (any part may be NULL).  Order: the
  * FUSE session has ended, so no guest request is in flight.  The HTTP
- * metrics server first (its thread reads the engine's status).  Background
- * work first (cor_engine_quiesce: streamers and readahead told to stop,
+ * metrics server goes before anything (its thread reads the engine's
+ * status; stopping it waits for one scrape at most).  Then background
+ * work (cor_engine_quiesce: streamers and readahead told to stop,
  * parent requests cancelled, exclusive commands and aborts give up), so
  * that nothing below waits out a stalled parent; then no more commands,
  * with the long ones still running joined (ctl_stop) before the FUSE
@@ -140,7 +142,7 @@ stop_daemon (struct daemon *dm, int *ret)
   uint64_t jobs_deadline = now_ns () + (dm->hold_s + STOP_GRACE_S) * NS_PER_SEC;
   size_t left;
 
-  metrics_http_stop (dm->http); /* reads the engine: first, and never waits on it */
+  metrics_http_stop (dm->http);
   cor_engine_quiesce (dm->e);
   left = ctl_stop (dm->ctl, jobs_deadline);
   fs_free (dm->fs);
