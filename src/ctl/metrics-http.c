@@ -10,13 +10,15 @@
  * polls every connection, non-blocking: a client that is slow to send
  * its request or to read the reply holds a connection slot, never the
  * thread, and an idle one is closed after CONN_TIMEOUT_S.  At most
- * MAX_CONNS connections are open; beyond that new ones are refused
- * (metrics are then unavailable until slots free up, but nothing else
- * in the daemon notices).  Each request builds the text on that thread
- * (bounded work: a status snapshot per disk under the engine's short
- * locks); nothing here blocks the ctl thread or a guest request, and
- * this file takes no lock.  metrics_http_stop joins the thread (on the
- * main thread, before the engine goes).
+ * MAX_CONNS connections are open (MAX_CONNS_PER_IP from one remote
+ * address); beyond that new ones wait in the listen queue: a client
+ * holding every slot makes the metrics unavailable until its
+ * connections time out, but nothing else in the daemon notices.  Each
+ * request builds the text on that thread (bounded work: a status
+ * snapshot per disk under the engine's short locks); nothing here
+ * blocks the ctl thread or a guest request, and this file takes no
+ * lock.  metrics_http_stop joins the thread (on the main thread, before
+ * the engine goes).
  *
  * Bound to loopback by default; an explicit other address is allowed
  * (operators scrape from another host) and logged as such.
@@ -41,6 +43,11 @@
 /* Open connections at most (each holds a memory pool of 32 KiB at
  * most, libmicrohttpd's default: 4 MiB in all). */
 #define MAX_CONNS 128
+
+/* Connections from one address at most, on a non-loopback address: one
+ * remote client cannot take every slot.  (On loopback every client has
+ * the same address: only MAX_CONNS applies.) */
+#define MAX_CONNS_PER_IP 32
 
 /* An idle connection is closed after this long. */
 #define CONN_TIMEOUT_S 10
@@ -241,14 +248,17 @@ listen_on (const struct listen_addr *a)
   return fd;
 }
 
-/* Start libmicrohttpd on fd, its thread with every signal blocked. */
+/* Start libmicrohttpd on fd (bound to a), its thread with every signal
+ * blocked. */
 static struct MHD_Daemon *
-start_mhd (struct metrics_http *m, int fd, bool v6)
+start_mhd (struct metrics_http *m, int fd, const struct listen_addr *a)
 {
-  unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | (v6 ? MHD_USE_IPv6 : 0);
+  unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
   sigset_t all, old;
   struct MHD_Daemon *d;
 
+  if (a->ss.ss_family == AF_INET6)
+    flags |= MHD_USE_IPv6;
   sigfillset (&all);
   pthread_sigmask (SIG_SETMASK, &all, &old);
   d = MHD_start_daemon (flags, 0, NULL, NULL, answer, m,
@@ -256,6 +266,8 @@ start_mhd (struct metrics_http *m, int fd, bool v6)
                         MHD_OPTION_LISTEN_SOCKET, (MHD_socket) fd,
                         MHD_OPTION_CONNECTION_LIMIT, (unsigned) MAX_CONNS,
                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned) CONN_TIMEOUT_S,
+                        MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                        (unsigned) (a->loopback ? 0 : MAX_CONNS_PER_IP),
                         MHD_OPTION_END);
   pthread_sigmask (SIG_SETMASK, &old, NULL);
   return d;
@@ -280,7 +292,7 @@ metrics_http_start (struct cor_engine *e, const char *spec, struct metrics_http 
     free (m);
     return -1;
   }
-  if (!(m->d = start_mhd (m, fd, a.ss.ss_family == AF_INET6))) {
+  if (!(m->d = start_mhd (m, fd, &a))) {
     /* Left open: whether libmicrohttpd closed it on failure is not
      * documented, and the daemon exits now. */
     log_error ("metrics: cannot start the HTTP server on %s", a.text);
