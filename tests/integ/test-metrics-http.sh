@@ -45,12 +45,12 @@ m=$(curl -sS --max-time 10 -D "$T/headers" "$url") || fail "curl $url failed"
 grep -qi '^content-type: text/plain; version=0.0.4' "$T/headers" ||
   fail "content type: $(grep -i content-type "$T/headers")"
 read -r _ version _ commit < <("$CORFS" --version | tr -d '()')
-echo "$m" | grep -qxF "corfs_build_info{version=\"$version\",commit=\"$commit\"} 1" ||
+grep -qxF "corfs_build_info{version=\"$version\",commit=\"$commit\"} 1" <<< "$m" ||
   fail "no corfs_build_info for $version/$commit in: $(echo "$m" | grep build_info)"
-echo "$m" | grep -qxF 'corfs_disk_info{disk="d",backend="file"} 1' || fail "no corfs_disk_info for d"
-echo "$m" | grep -qxF "corfs_disk_size_bytes{disk=\"d\"} $SIZE" || fail "no corfs_disk_size_bytes for d"
-echo "$m" | grep -q '^corfs_fetched_bytes_total{disk="d",source="guest"} ' || fail "no fetched bytes for d"
-echo "$m" | grep -q '^corfs_guest_fault_seconds_bucket{disk="d",le="+Inf"} ' || fail "no histogram for d"
+grep -qxF 'corfs_disk_info{disk="d",backend="file"} 1' <<< "$m" || fail "no corfs_disk_info for d"
+grep -qxF "corfs_disk_size_bytes{disk=\"d\"} $SIZE" <<< "$m" || fail "no corfs_disk_size_bytes for d"
+grep -q '^corfs_fetched_bytes_total{disk="d",source="guest"} ' <<< "$m" || fail "no fetched bytes for d"
+grep -q '^corfs_guest_fault_seconds_bucket{disk="d",le="+Inf"} ' <<< "$m" || fail "no histogram for d"
 series () { grep -v '^#' | sed 's/ [^ ]*$//' | sort; }
 diff <(echo "$m" | series) <("$CORFS" metrics --state "$st" | series) ||
   fail "GET /metrics and corfs metrics give different series"
@@ -194,7 +194,7 @@ echo "established on the server side: $est"
 [ "$est" -ge 50 ] || fail "only $est connections held by the hostile clients"
 for i in 1 2 3; do
   m2=$(curl -sS --max-time 5 "$url") || fail "curl $i while 51 connections are held"
-  echo "$m2" | grep -q '^corfs_build_info' || fail "curl $i: no corfs_build_info"
+  grep -q '^corfs_build_info' <<< "$m2" || fail "curl $i: no corfs_build_info"
 done
 dd if="$mnt/d" of=/dev/null bs=1M count=4 iflag=direct status=none & rd=$!
 t0=$(date +%s%N)
@@ -209,7 +209,8 @@ wait "$hostile" || true
 cat "$T/hostile.out"
 grep -q 'closed by the server: 50 of 50' "$T/hostile.out" ||
   fail "the server did not close the idle connections after its timeout"
-curl -sS --max-time 5 "$url" | grep -q '^corfs_build_info' || fail "curl after the hostile clients left"
+m3=$(curl -sS --max-time 5 "$url") || fail "curl after the hostile clients left"
+grep -q '^corfs_build_info' <<< "$m3" || fail "curl after the hostile clients left: no corfs_build_info"
 
 # ---- the port is released at unmount ----
 pid=$(daemon_pid "$st")
@@ -232,7 +233,8 @@ else
 fi
 printf '[corfs]\nmetrics-listen = %s\n' "$listen" > "$T/c.conf"
 corfs_mount "$T/st2" "$T/mnt2" --config "$T/c.conf" --disk d="file://$img"
-curl -sS -g --max-time 10 "$url2" | grep -q '^corfs_disk_info{disk="d",backend="file"} 1$' ||
+m4=$(curl -sS -g --max-time 10 "$url2") || fail "curl $url2 failed"
+grep -q '^corfs_disk_info{disk="d",backend="file"} 1$' <<< "$m4" ||
   fail "no metrics on $url2 (config metrics-listen = $listen)"
 corfs_unmount "$T/mnt2" || fail "unmount 2 failed"
 
