@@ -9,7 +9,12 @@
  *   ctl-dispatch.c  the command table: a request line to its handler,
  *                   here or on a job thread; error and ok replies
  *   ctl-status.c    the commands that always answer at once: status,
- *                   ping, metrics, events
+ *                   ping, events
+ *   ctl-metrics.c   the metrics text (Prometheus), for the metrics
+ *                   command and for metrics-http.c
+ *   metrics-http.c  GET /metrics over HTTP (--metrics-listen), on
+ *                   libmicrohttpd's thread; shares nothing with the ctl
+ *                   thread but the engine
  *   ctl-disk.c      the commands that act on a disk: stream, merge,
  *                   flatten, checkpoint, dirty, activate, handoff,
  *                   reclaim, pivot, abort
@@ -132,7 +137,7 @@ json_t *ctl_with_id (json_t *reply, json_t *id);
 /* The disk the request's "disk" names, or NULL with *err the reply. */
 struct cor_disk *ctl_req_disk (struct ctl *c, json_t *req, json_t *id, json_t **err);
 
-/* ---- ctl-status.c and ctl-disk.c: the handlers ---- */
+/* ---- ctl-status.c, ctl-metrics.c and ctl-disk.c: the handlers ---- */
 
 ctl_handler_fn ctl_status_cmd, ctl_ping_cmd, ctl_metrics_cmd, ctl_events_cmd;
 ctl_handler_fn ctl_stream_cmd, ctl_merge_cmd, ctl_flatten_cmd, ctl_checkpoint_cmd,

@@ -1,6 +1,6 @@
 /* corfs: the control commands that always answer at once, on the ctl
- * thread: status (with the maps in pages), ping, metrics (Prometheus
- * text) and events (the subscription; ctl-events.c sends them).  They
+ * thread: status (with the maps in pages), ping and events (the
+ * subscription; ctl-events.c sends them); metrics is ctl-metrics.c.  They
  * take only short engine and merge locks (cor_disk_status, merge_status,
  * cor_disk_extents), never wait for I/O.  No lock of this module is
  * taken here.
@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/version.h"
 #include "cor/cor.h"
 #include "ctl/ctl-internal.h"
 #include "merge/merge.h"
@@ -228,7 +229,8 @@ ctl_status_cmd (struct ctl *c, const char *cmd, json_t *req, json_t *id)
 json_t *
 ctl_ping_cmd (struct ctl *c, const char *cmd, json_t *req, json_t *id)
 {
-  return ctl_with_id (json_pack ("{s:b, s:i}", "ok", 1, "pid", (int) getpid ()), id);
+  return ctl_with_id (json_pack ("{s:b, s:i, s:s, s:s}", "ok", 1, "pid", (int) getpid (),
+                                 "version", corfs_version (), "commit", corfs_commit ()), id);
 }
 
 /* The subscription itself is the dispatcher's (the command table says
@@ -237,119 +239,4 @@ json_t *
 ctl_events_cmd (struct ctl *c, const char *cmd, json_t *req, json_t *id)
 {
   return ctl_ok_reply (id);
-}
-
-/* The metrics with one value a disk, in the order they are printed:
- * each a uint64_t field of struct cor_status; by_source: two, the
- * guest's (field) and the streamer's (field2). */
-static const struct metric {
-  const char *name, *type, *help;
-  size_t field;
-  bool by_source;
-  size_t field2;
-} METRICS[] = {
-#define ONE(name, type, help, x) { name, type, help, offsetof (struct cor_status, x), false, 0 }
-  ONE ("corfs_disk_size_bytes", "gauge", "Virtual size of the disk.", size),
-  ONE ("corfs_present_blocks", "gauge", "Blocks present in the overlay.", present_blocks),
-  ONE ("corfs_dirty_blocks", "gauge", "Blocks written locally (differ from the parent).",
-       dirty_blocks),
-  ONE ("corfs_blocks", "gauge", "Blocks in the disk.", nr_blocks),
-  { "corfs_fetched_bytes_total", "counter", "Bytes read from the parent, by who asked.",
-    offsetof (struct cor_status, foreground_fetched_bytes), true,
-    offsetof (struct cor_status, background_fetched_bytes) },
-  ONE ("corfs_zero_skipped_bytes_total", "counter",
-       "Bytes the parent reported as zero, not fetched.", zero_skipped_bytes),
-  ONE ("corfs_remote_errors_total", "counter", "Parent reads that failed after retries.",
-       fetch_errors),
-  ONE ("corfs_remote_retries_total", "counter", "Parent requests retried.", remote_retries),
-  ONE ("corfs_remote_reconnects_total", "counter", "Reconnections to the parent.",
-       remote_reconnects),
-  ONE ("corfs_stream_errors_total", "counter", "Streamer chunks that failed (and were retried).",
-       stream_errors),
-  ONE ("corfs_flushes_total", "counter", "Guest fsync/flush requests.", flushes),
-#undef ONE
-};
-
-static uint64_t
-field_value (const struct cor_status *st, size_t field)
-{
-  return *(const uint64_t *) ((const char *) st + field);
-}
-
-static void
-metric_head (FILE *f, const char *name, const char *type, const char *help)
-{
-  fprintf (f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
-/* The guest fault latency histogram of every disk. */
-static void
-print_fault_histogram (FILE *f, struct ctl *c, const struct cor_status *sts, size_t n)
-{
-  metric_head (f, "corfs_guest_fault_seconds", "histogram",
-               "Latency of guest reads that had to wait for the parent.");
-  for (size_t i = 0; i < n; i++) {
-    const char *name = cor_disk_name (cor_disk_get (c->e, i));
-    uint64_t cum = 0;
-    for (int b = 0; b < COR_LAT_BUCKETS; b++) {
-      cum += sts[i].fault_latency[b];
-      fprintf (f, "corfs_guest_fault_seconds_bucket{disk=\"%s\",le=\"%g\"} %" PRIu64 "\n",
-               name, cor_latency_bounds_us[b] / 1e6, cum);
-    }
-    cum += sts[i].fault_latency[COR_LAT_BUCKETS];
-    fprintf (f, "corfs_guest_fault_seconds_bucket{disk=\"%s\",le=\"+Inf\"} %" PRIu64 "\n", name, cum);
-    fprintf (f, "corfs_guest_fault_seconds_sum{disk=\"%s\"} %g\n", name,
-             sts[i].fault_latency_sum_us / 1e6);
-    fprintf (f, "corfs_guest_fault_seconds_count{disk=\"%s\"} %" PRIu64 "\n", name, cum);
-  }
-}
-
-/* Every metric of the n disks whose status is sts, to f. */
-static void
-print_metrics (FILE *f, struct ctl *c, const struct cor_status *sts, size_t n)
-{
-  for (size_t m = 0; m < sizeof METRICS / sizeof METRICS[0]; m++) {
-    const struct metric *k = &METRICS[m];
-    metric_head (f, k->name, k->type, k->help);
-    for (size_t i = 0; i < n; i++) {
-      const char *name = cor_disk_name (cor_disk_get (c->e, i));
-      if (!k->by_source)
-        fprintf (f, "%s{disk=\"%s\"} %" PRIu64 "\n", k->name, name,
-                 field_value (&sts[i], k->field));
-      else {
-        fprintf (f, "%s{disk=\"%s\",source=\"guest\"} %" PRIu64 "\n", k->name, name,
-                 field_value (&sts[i], k->field));
-        fprintf (f, "%s{disk=\"%s\",source=\"stream\"} %" PRIu64 "\n", k->name, name,
-                 field_value (&sts[i], k->field2));
-      }
-    }
-  }
-  print_fault_histogram (f, c, sts, n);
-}
-
-/* Prometheus text exposition format. */
-json_t *
-ctl_metrics_cmd (struct ctl *c, const char *cmd, json_t *req, json_t *id)
-{
-  char *buf = NULL;
-  size_t len = 0, n = cor_disk_count (c->e);
-  FILE *f = open_memstream (&buf, &len);
-  struct cor_status *sts;
-  json_t *r;
-
-  if (!f)
-    return ctl_error_reply (id, "out of memory");
-  if (!(sts = calloc (n ? n : 1, sizeof *sts))) {
-    fclose (f);
-    free (buf);
-    return ctl_error_reply (id, "out of memory");
-  }
-  for (size_t i = 0; i < n; i++)
-    cor_disk_status (cor_disk_get (c->e, i), &sts[i]);
-  print_metrics (f, c, sts, n);
-  free (sts);
-  fclose (f);
-  r = json_pack ("{s:b, s:s}", "ok", 1, "text", buf);
-  free (buf);
-  return ctl_with_id (r, id);
 }

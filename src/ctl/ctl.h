@@ -11,6 +11,9 @@
 #ifndef CORFS_CTL_H
 #define CORFS_CTL_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 struct cor_engine;
 struct merge;
 struct ctl;
@@ -30,5 +33,30 @@ size_t ctl_stop (struct ctl *c, uint64_t deadline_ns);
 
 /* Free; call after the engine (whose threads emit events) is freed. */
 void ctl_free (struct ctl *c);
+
+/* The metrics of the engine's disks in the Prometheus text format
+ * (docs/control.md, `metrics`), as the `metrics` command gives them;
+ * *len (if not NULL) its length.  Any thread; takes only the engine's
+ * short status locks.  The caller frees; NULL when out of memory. */
+char *ctl_metrics_text (struct cor_engine *e, size_t *len);
+
+/* ---- the metrics over HTTP (metrics-http.c) ---- */
+
+struct metrics_http;
+
+/* Check a --metrics-listen value: PORT (on 127.0.0.1), ADDR:PORT with a
+ * numeric IPv4 address or localhost, or [ADDR6]:PORT; port 1 to 65535.
+ * 0, or -1 with a one-line reason (starting with spec) in err. */
+int metrics_listen_check (const char *spec, char *err, size_t len);
+
+/* Listen on spec and serve GET /metrics (ctl_metrics_text of e) on a
+ * thread of libmicrohttpd's, never blocking the rest of the daemon.
+ * 0, or -1 with the reason logged (bad value, port in use). */
+int metrics_http_start (struct cor_engine *e, const char *spec, struct metrics_http **mp);
+
+/* Stop serving: close the listening socket and every connection, join
+ * the server's thread, free m (NULL is fine).  Before the engine is
+ * freed. */
+void metrics_http_stop (struct metrics_http *m);
 
 #endif

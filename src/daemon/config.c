@@ -14,6 +14,7 @@
 
 #include "common/util.h"
 #include "cor/cor.h"
+#include "ctl/ctl.h"
 #include "daemon/daemon.h"
 
 struct cfg_state {
@@ -159,6 +160,23 @@ corfs_readahead (struct cfg_state *s, struct disk_opts *d, const struct setting 
   return 0;
 }
 
+/* Checked now; the daemon binds it. */
+static int
+corfs_metrics_listen (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+                      const char *value)
+{
+  char why[256];
+
+  if (metrics_listen_check (value, why, sizeof why) == -1)
+    return bad (s, "metrics-listen = %s", why);
+  if (s->o->cli_set & CLI_METRICS_LISTEN)
+    return 0;
+  free (s->o->metrics_listen);
+  if (!(s->o->metrics_listen = strdup (value)))
+    return bad (s, "out of memory");
+  return 0;
+}
+
 /* parent-owned on either side makes new disks own their parent. */
 static int
 corfs_parent_owned (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
@@ -217,6 +235,7 @@ static const struct setting corfs_settings[] = {
   { "block-size", corfs_block_size, 0 },
   { "connect-timeout", corfs_connect_timeout, 0 },
   { "readahead", corfs_readahead, 0 },
+  { "metrics-listen", corfs_metrics_listen, 0 },
   { "parent-owned", corfs_parent_owned, 0 },
   { "stream", corfs_stream, 0 },
   { "rate", corfs_rate, 0 },

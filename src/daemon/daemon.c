@@ -13,13 +13,14 @@
  *   4. open the index (LMDB is opened after forking, never before);
  *   5. attach every disk: those recorded in the index and those given;
  *      contact the parent unless every block is present;
- *   6. start the committer and the control socket, mount FUSE;
+ *   6. start the committer, the control socket and the metrics over HTTP
+ *      (--metrics-listen), mount FUSE;
  *   7. tell systemd READY=1 (sd_notify, when NOTIFY_SOCKET is set) and
  *      write "OK" to the pipe; serve until unmounted or SIGTERM;
- *   8. tell systemd STOPPING=1; unmount; stop the streamers, readahead
- *      and parent requests
- *      (cor_engine_quiesce); stop ctl and its long commands; merge jobs;
- *      final commit and clean close; release the lock.
+ *   8. tell systemd STOPPING=1; unmount; stop the HTTP metrics; stop the
+ *      streamers, readahead and parent requests (cor_engine_quiesce); stop
+ *      ctl and its long commands; merge jobs; final commit and clean
+ *      close; release the lock.
  * Step 1 is mount-opts.c, config.c and state-dir.c; 3 is state-dir.c;
  * 5 is attach.c (daemon-internal.h lists the files).
  *
@@ -69,6 +70,7 @@ struct daemon {
   struct cor_engine *e;
   struct merge *mg;
   struct ctl *ctl;
+  struct metrics_http *http;    /* --metrics-listen; NULL */
   struct fs *fs;
 };
 
@@ -107,6 +109,8 @@ start_serving (struct mount_opts *o, struct daemon *dm)
   snprintf (path, sizeof path, "%s/corfs.sock", o->state);
   if (ctl_start (dm->e, dm->mg, path, &dm->ctl) == -1)
     return -1;
+  if (o->metrics_listen && metrics_http_start (dm->e, o->metrics_listen, &dm->http) == -1)
+    return -1;
   snprintf (fsname, sizeof fsname, "corfs:%s", o->state);
   struct fs_config fcfg = {
     .mountpoint = o->mountpoint, .fsname = fsname,
@@ -117,8 +121,10 @@ start_serving (struct mount_opts *o, struct daemon *dm)
 }
 
 /* Step 8, also after a failed start (any part may be NULL).  Order: the
- * FUSE session has ended, so no guest request is in flight.  Background
- * work first (cor_engine_quiesce: streamers and readahead told to stop,
+ * FUSE session has ended, so no guest request is in flight.  The HTTP
+ * metrics server goes before anything (its thread reads the engine's
+ * status; stopping it waits for one scrape at most).  Then background
+ * work (cor_engine_quiesce: streamers and readahead told to stop,
  * parent requests cancelled, exclusive commands and aborts give up), so
  * that nothing below waits out a stalled parent; then no more commands,
  * with the long ones still running joined (ctl_stop) before the FUSE
@@ -136,6 +142,7 @@ stop_daemon (struct daemon *dm, int *ret)
   uint64_t jobs_deadline = now_ns () + (dm->hold_s + STOP_GRACE_S) * NS_PER_SEC;
   size_t left;
 
+  metrics_http_stop (dm->http);
   cor_engine_quiesce (dm->e);
   left = ctl_stop (dm->ctl, jobs_deadline);
   fs_free (dm->fs);

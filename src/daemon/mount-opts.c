@@ -13,6 +13,7 @@
 #include "common/util.h"
 #include "corfs-help.h"
 #include "cor/cor.h"
+#include "ctl/ctl.h"
 #include "daemon/daemon-internal.h"
 
 /* The text is doc/commands' (generated into corfs-help.h), which also
@@ -145,7 +146,7 @@ add_disk_arg (struct mount_opts *o, const char *arg)
 
 enum { OPT_STATE = 256, OPT_DISK, OPT_CONFIG, OPT_BLOCK_SIZE, OPT_HOLD,
        OPT_CONNECT_TIMEOUT, OPT_PARENT_OWNED, OPT_STREAM, OPT_WRITE_MODE,
-       OPT_INCOMING, OPT_READAHEAD, OPT_REPIN };
+       OPT_INCOMING, OPT_READAHEAD, OPT_REPIN, OPT_METRICS_LISTEN };
 
 /* Each option is documented in doc/commands ([mount]); doc/check-options
  * fails on a difference. */
@@ -162,6 +163,7 @@ static const struct option longopts[] = {
   { "incoming", no_argument, NULL, OPT_INCOMING },
   { "readahead", required_argument, NULL, OPT_READAHEAD },
   { "repin", required_argument, NULL, OPT_REPIN },
+  { "metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN },
   { "foreground", no_argument, NULL, 'f' },
   { "verbose", no_argument, NULL, 'v' },
   { "help", no_argument, NULL, 'h' },
@@ -261,6 +263,22 @@ opt_repin (struct mount_opts *o, const char *arg)
   return 0;
 }
 
+/* --metrics-listen: checked here, bound by the daemon. */
+static int
+opt_metrics_listen (struct mount_opts *o, const char *arg)
+{
+  char why[256];
+
+  if (metrics_listen_check (arg, why, sizeof why) == -1) {
+    fprintf (stderr, "corfs: --metrics-listen %s\n", why);
+    return -1;
+  }
+  free (o->metrics_listen);
+  o->metrics_listen = strdup (arg);
+  o->cli_set |= CLI_METRICS_LISTEN;
+  return 0;
+}
+
 /* -o OPT: kept NULL-terminated, for fs_mount. */
 static int
 opt_fuse (struct mount_opts *o, const char *arg)
@@ -308,6 +326,7 @@ parse_option (struct mount_opts *o, int c, char *arg, const char **config, char 
   case OPT_WRITE_MODE: return opt_write_mode (o, arg);
   case OPT_INCOMING: o->incoming = true; return 0;
   case OPT_REPIN: return opt_repin (o, arg);
+  case OPT_METRICS_LISTEN: return opt_metrics_listen (o, arg);
   case 'f': o->foreground = true; return 0;
   case 'v': o->verbose = true; return 0;
   case 'd': o->fuse_debug = o->foreground = true; return 0;
@@ -446,6 +465,7 @@ mount_opts_free (struct mount_opts *o)
   for (size_t i = 0; i < o->nr_fuse_options; i++)
     free (o->fuse_options[i]);
   free (o->fuse_options);
+  free (o->metrics_listen);
   for (size_t i = 0; i < o->nr_repin; i++)
     free (o->repin[i]);
   free (o->repin);

@@ -61,6 +61,7 @@ struct fs {
   char bdi[32];                 /* the mount's "MAJOR:MINOR" in /sys/class/bdi */
   unsigned readahead_kb;
   int readahead_set;            /* 0, then 1 once tried (atomic) */
+  unsigned max_read;            /* -o max_read=N, 0 if not given (fs_init) */
 };
 
 static struct cor_disk *
@@ -116,6 +117,10 @@ fs_init (void *userdata, struct fuse_conn_info *conn)
   conn->congestion_threshold = FS_MAX_BACKGROUND * 3 / 4;
   /* Writeback caching would acknowledge writes before they reach us. */
   conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+  /* libfuse wants -o max_read both as a mount option and here, or it
+   * fails INIT with EPROTO ("init() and fuse_session_new() requested
+   * different maximum read size") and the loop ends at once. */
+  conn->max_read = ((struct fs *) userdata)->max_read;
 }
 
 static void
@@ -508,6 +513,22 @@ escape_option_value (const char *v)
   return out;
 }
 
+/* The max_read=N among the -o options (each a comma-separated list; the
+ * last one wins, as in libfuse's parser), or 0.  A value libfuse
+ * cannot parse makes fuse_session_new fail: 0 is fine then. */
+static unsigned
+option_max_read (const char *const *options)
+{
+  static const char key[] = "max_read=";
+  unsigned v = 0;
+
+  for (size_t i = 0; options && options[i]; i++)
+    for (const char *p = options[i]; p; p = strchr (p, ',') ? strchr (p, ',') + 1 : NULL)
+      if (!strncmp (p, key, sizeof key - 1))
+        v = strtoul (p + sizeof key - 1, NULL, 10);
+  return v;
+}
+
 int
 fs_mount (struct cor_engine *e, const struct fs_config *cfg, struct fs **fsp)
 {
@@ -521,6 +542,7 @@ fs_mount (struct cor_engine *e, const struct fs_config *cfg, struct fs **fsp)
     return -1;
   }
   fs->e = e;
+  fs->max_read = option_max_read (cfg->options);
   clock_gettime (CLOCK_REALTIME, &fs->mount_time);
   if (asprintf (&opt, "-ofsname=%s,subtype=corfs,default_permissions", fsname) < 0)
     goto err;

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "common/jsonl.h"
+#include "common/version.h"
 #include "ctl/ctl-internal.h"
 
 /* The reply to line, parsed; fails the test when there is none. */
@@ -87,13 +88,15 @@ Test (ctl, events_subscribes)
   json_decref (r);
 }
 
-/* ping answers with the daemon's pid. */
+/* ping answers with the daemon's pid, version and commit. */
 Test (ctl, ping_gives_pid)
 {
   json_t *r = ask ("{\"cmd\":\"ping\",\"id\":null}");
 
   cr_assert (json_is_true (json_object_get (r, "ok")));
   cr_assert_eq (json_integer_value (json_object_get (r, "pid")), getpid ());
+  cr_assert_str_eq (json_string_value (json_object_get (r, "version")), corfs_version ());
+  cr_assert_str_eq (json_string_value (json_object_get (r, "commit")), corfs_commit ());
   json_decref (r);
 }
 
