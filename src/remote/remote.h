@@ -71,6 +71,17 @@ struct remote_config {
   const char *s3_endpoint;      /* e.g. http://127.0.0.1:9000 */
   const char *s3_region;        /* default us-east-1 */
   bool s3_virtual_host;         /* bucket.host/key instead of host/bucket/key */
+  /* Several sources of one image (sources.c): with nr_sources > 0 the
+   * remote is a source set over sources[0..nr_sources), in order of
+   * preference, each with its own URL and settings (the fields above
+   * are then ignored, but for disk, pinned_identity and writable, which
+   * must be false).  A set's identity is "sources:size=..,seed=..,fp=..";
+   * a pinned identity of another form is the first source's own pin
+   * (a disk recorded with one source). */
+  const struct remote_config *sources;
+  size_t nr_sources;
+  uint64_t source_timeout_ns;   /* a source's most time without progress;
+                                   0: 1.5 s */
 };
 
 enum remote_state { REMOTE_IDLE, REMOTE_CONNECTED, REMOTE_RETRYING,
@@ -222,5 +233,16 @@ struct remote_stats {
   uint64_t requests, bytes, errors, retries, reconnects;
 };
 void remote_get_stats (struct remote *r, struct remote_stats *st);
+
+/* A source set's sources, for status and metrics: 0 for any other
+ * remote.  url and backend live as long as r. */
+struct remote_source_info {
+  const char *url, *backend;
+  const char *state;            /* "unchecked", "ok", "failed", "mismatch" */
+  uint64_t reads, bytes, errors, latency_us;
+  char error[256];              /* why it failed or was refused */
+};
+size_t remote_nr_sources (struct remote *r);
+void remote_source_info (struct remote *r, size_t i, struct remote_source_info *si);
 
 #endif

@@ -62,7 +62,7 @@ backoff (struct remote *r, uint64_t *delay_ns, uint64_t deadline_ns)
 {
   uint64_t now = now_ns (), d;
 
-  if (remote_is_cancelled (r) || now + MIN_ATTEMPT_NS > deadline_ns)
+  if (remote_is_cancelled (r) || r->single_attempt || now + MIN_ATTEMPT_NS > deadline_ns)
     return false;
   d = *delay_ns / 2 + (uint64_t) random () % (*delay_ns / 2 + 1);
   if (d > deadline_ns - now - MIN_ATTEMPT_NS)
