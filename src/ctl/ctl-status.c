@@ -149,6 +149,25 @@ disk_fields (struct cor_disk *d, const struct cor_status *st)
   return j;
 }
 
+/* A disk with several sources: parent.sources, in order of preference. */
+static json_t *
+sources_fields (const struct cor_status *st)
+{
+  json_t *a = json_array ();
+
+  for (size_t i = 0; a && i < st->nr_sources; i++) {
+    const struct cor_source_status *s = &st->sources[i];
+    json_array_append_new (a, json_pack ("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:s}",
+                                         "url", s->url, "backend", s->backend,
+                                         "state", s->state, "reads", (json_int_t) s->reads,
+                                         "bytes", (json_int_t) s->bytes,
+                                         "errors", (json_int_t) s->errors,
+                                         "latency_us", (json_int_t) s->latency_us,
+                                         "last_error", s->error));
+  }
+  return a;
+}
+
 static json_t *
 stream_fields (const struct cor_status *st)
 {
@@ -193,6 +212,8 @@ disk_status (struct ctl *c, struct cor_disk *d, uint64_t maps_from, size_t *maps
   json_object_set_new (j, "job", job_fields (c, d));
   if (st.owner_state == META_STANDALONE)
     json_object_set_new (json_object_get (j, "parent"), "state", json_string ("detached"));
+  if (st.nr_sources > 0)
+    json_object_set_new (json_object_get (j, "parent"), "sources", sources_fields (&st));
   if (maps_budget)
     json_object_set_new (j, "maps", disk_maps (d, st.size, maps_from, maps_budget));
   return j;
@@ -301,6 +322,41 @@ print_fault_histogram (FILE *f, struct ctl *c, const struct cor_status *sts, siz
   }
 }
 
+/* Per source of the disks with several: bytes served, errors, the
+ * latency of the last piece, and 1 for a source that may serve. */
+static void
+print_source_metrics (FILE *f, struct ctl *c, const struct cor_status *sts, size_t n)
+{
+  static const struct { const char *name, *type, *help; size_t field; } M[] = {
+    { "corfs_source_bytes_total", "counter", "Bytes a source served.",
+      offsetof (struct cor_source_status, bytes) },
+    { "corfs_source_errors_total", "counter", "Requests a source failed (then failed over).",
+      offsetof (struct cor_source_status, errors) },
+    { "corfs_source_latency_us", "gauge", "Latency of the last piece a source served.",
+      offsetof (struct cor_source_status, latency_us) },
+  };
+  size_t any = 0;
+
+  for (size_t i = 0; i < n; i++)
+    any += sts[i].nr_sources;
+  for (size_t m = 0; any && m < sizeof M / sizeof M[0]; m++) {
+    metric_head (f, M[m].name, M[m].type, M[m].help);
+    for (size_t i = 0; i < n; i++)
+      for (size_t k = 0; k < sts[i].nr_sources; k++)
+        fprintf (f, "%s{disk=\"%s\",url=\"%s\"} %" PRIu64 "\n", M[m].name,
+                 cor_disk_name (cor_disk_get (c->e, i)), sts[i].sources[k].url,
+                 *(const uint64_t *) ((const char *) &sts[i].sources[k] + M[m].field));
+  }
+  if (!any)
+    return;
+  metric_head (f, "corfs_source_up", "gauge", "1 while a source matches and serves.");
+  for (size_t i = 0; i < n; i++)
+    for (size_t k = 0; k < sts[i].nr_sources; k++)
+      fprintf (f, "corfs_source_up{disk=\"%s\",url=\"%s\"} %d\n",
+               cor_disk_name (cor_disk_get (c->e, i)), sts[i].sources[k].url,
+               !strcmp (sts[i].sources[k].state, "ok"));
+}
+
 /* Every metric of the n disks whose status is sts, to f. */
 static void
 print_metrics (FILE *f, struct ctl *c, const struct cor_status *sts, size_t n)
@@ -322,6 +378,7 @@ print_metrics (FILE *f, struct ctl *c, const struct cor_status *sts, size_t n)
     }
   }
   print_fault_histogram (f, c, sts, n);
+  print_source_metrics (f, c, sts, n);
 }
 
 /* Prometheus text exposition format. */

@@ -378,3 +378,11 @@ remote_source_info (struct remote *r, size_t i, struct remote_source_info *si)
 {
   rsources_info (r->h, i, si);
 }
+
+bool
+remote_identity_is_set (const char *id)
+{
+  uint64_t a, b, c;
+
+  return id && sfp_parse (id, &a, &b, &c) == 0;
+}

@@ -243,6 +243,8 @@ struct remote_source_info {
   char error[256];              /* why it failed or was refused */
 };
 size_t remote_nr_sources (struct remote *r);
+/* Is id a source set's identity ("sources:...")? */
+bool remote_identity_is_set (const char *id);
 void remote_source_info (struct remote *r, size_t i, struct remote_source_info *si);
 
 #endif

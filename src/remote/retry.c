@@ -159,7 +159,8 @@ give_up (struct remote *r, const struct retry *rt, unsigned attempts, uint64_t s
      * answer is EIO: the detail is in the log and in the status.  A
      * read cut short by the shutdown is not an error worth logging. */
     *err = EIO;
-    log_msg (cancelled ? LOG_LVL_DEBUG : LOG_LVL_ERROR,
+    /* A set's source: the set fails over and says so. */
+    log_msg (cancelled || r->single_attempt ? LOG_LVL_DEBUG : LOG_LVL_ERROR,
              "remote: disk %s: parent %s: read of %zu bytes at offset %"
              PRIu64 " failed after %u attempts in %.1f s: %s",
              r->disk, r->url, rt->count, rt->offset, attempts,

@@ -67,6 +67,7 @@ struct src {
   struct remote *r;
   enum sources_state state;
   bool verified;                /* matched the fingerprint since it last failed */
+  bool probed;                  /* the prober checked it once, unchecked */
   uint64_t next_probe_ns, backoff_ns;
   uint64_t reads, bytes, errors, latency_ns;  /* latency: the last piece served */
   char why[256];                /* why it failed or was refused */
@@ -191,6 +192,16 @@ piece_deadline (const struct rsources *set, uint64_t deadline_ns)
 
 static void *prober_main (void *arg);
 
+/* Start the prober if it is not running.  Under set->lock. */
+static void
+start_prober (struct rsources *set)
+{
+  if (!set->prober_started && !set->stop &&
+      pthread_create (&set->prober, NULL, prober_main, set) == 0)
+    set->prober_started = true;
+  pthread_cond_signal (&set->wake);
+}
+
 /* Mark s failed (or refused: mismatch), with why, and have the prober
  * retry it (not a mismatch: that one is never read again). */
 static void
@@ -209,10 +220,8 @@ mark (struct rsources *set, struct src *s, enum sources_state st, const char *wh
     s->backoff_ns = PROBE_MIN_NS;
     s->next_probe_ns = now_ns () + s->backoff_ns;
   }
-  if (st == SOURCES_FAILED && !set->prober_started && !set->stop &&
-      pthread_create (&set->prober, NULL, prober_main, set) == 0)
-    set->prober_started = true;
-  pthread_cond_signal (&set->wake);
+  if (st == SOURCES_FAILED)
+    start_prober (set);
   pthread_mutex_unlock (&set->lock);
   if (news && st == SOURCES_MISMATCH)
     log_error ("remote: disk %s: source %s refused: %s; it is never read from",
@@ -328,6 +337,11 @@ establish (struct rsources *set, uint64_t deadline_ns, int *err)
     ret = 0;
   }
   pthread_mutex_unlock (&set->fp_lock);
+  if (ret == 0 && set->n > 1) {
+    pthread_mutex_lock (&set->lock);
+    start_prober (set);         /* to check the others */
+    pthread_mutex_unlock (&set->lock);
+  }
   if (ret == -1 && *err == 0)
     *err = ETIMEDOUT;
   return ret;
@@ -335,8 +349,10 @@ establish (struct rsources *set, uint64_t deadline_ns, int *err)
 
 /* ---- the prober ---- */
 
-/* The failed source due first, or NULL; *wait_ns until then.  Under
- * set->lock. */
+/* The source to check first, or NULL: one not yet checked (once the
+ * fingerprint is taken: so that status shows a differing source before
+ * a request needs it, and a failover finds the next one checked), else
+ * the failed one due first; *due_ns: when.  Under set->lock. */
 static struct src *
 next_due (struct rsources *set, uint64_t *due_ns)
 {
@@ -344,6 +360,10 @@ next_due (struct rsources *set, uint64_t *due_ns)
 
   for (size_t i = 0; i < set->n; i++) {
     struct src *s = &set->v[i];
+    if (s->state == SOURCES_UNCHECKED && set->have_fp && !s->probed) {
+      *due_ns = 0;
+      return s;
+    }
     if (s->state == SOURCES_FAILED && (!best || s->next_probe_ns < best->next_probe_ns))
       best = s;
   }
@@ -374,6 +394,7 @@ prober_main (void *arg)
       pthread_cond_timedwait (&set->wake, &set->lock, &ts);
       continue;
     }
+    s->probed = true;
     s->backoff_ns = s->backoff_ns * 2 > PROBE_MAX_NS ? PROBE_MAX_NS : s->backoff_ns * 2;
     s->next_probe_ns = now + s->backoff_ns;
     pthread_mutex_unlock (&set->lock);
