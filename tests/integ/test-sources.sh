@@ -34,22 +34,25 @@ port=$(free_port)
 servers="server { listen 127.0.0.1:$port; root $www; limit_rate 2m; }"
 start_nginx "$T/nginx" "$servers"
 http=http://127.0.0.1:$port/disk.img
-wait_http "$http" 200
+wait_http "$http" 206 -r 0-0
 start_nbdkit "$T/nbd.pid" -r -U "$T/nbd.sock" file "$T/copy.img"
 nbd=$(nbd_uri "$T/nbd.sock")
 
 piece () { dd if="$1" iflag=skip_bytes,count_bytes skip="$2" count="$3" bs=1M status=none; }
 src () { "$CORFS" status --state "$1" d --json | jq -r "(if type == \"array\" then .[0] else . end).parent.sources[$2]$3"; }
 # The first source dies at once: nginx's master and worker are killed
-# (SIGKILL: no graceful end of the requests in flight).
+# (SIGKILL: no graceful end of the requests in flight), the master first
+# (it would start a new worker for one that died).
 stop_nginx () {
-  local master; master=$(cat "$T/nginx/nginx.pid")
-  kill -9 $(pgrep -P "$master") "$master" 2>/dev/null || true
+  local master workers; master=$(cat "$T/nginx/nginx.pid")
+  workers=$(pgrep -P "$master" || true)
+  kill -9 "$master" 2>/dev/null || true
+  [ -z "$workers" ] || kill -9 $workers 2>/dev/null || true
   wait_gone "$master"
   rm -f "$T/nginx/nginx.pid"
-  ! curl -s -o /dev/null "$http" || fail "nginx still answers after the kill"
+  ! curl -s -o /dev/null -r 0-0 "$http" || fail "nginx still answers after the kill"
 }
-restart_nginx () { start_nginx "$T/nginx" "$servers"; wait_http "$http" 200; }
+restart_nginx () { start_nginx "$T/nginx" "$servers"; wait_http "$http" 206 -r 0-0; }
 # wait_state STATE I WANT SECS: source I reaches state WANT within SECS.
 wait_state () {
   local i
@@ -60,7 +63,7 @@ wait_state () {
   fail "source $2 is $(src "$1" "$2" .state) ($(src "$1" "$2" .last_error)), expected $3 after $4 s"
 }
 
-echo "=== the first source killed during a cold read"
+echo "=== the first source killed during a cold read (at ${SECONDS}s)"
 corfs_mount "$T/s1" "$T/m1" --hold 20 --readahead 0 --disk d="$http" --disk d="$nbd"
 [ "$(stat -c %s "$T/m1/d")" -eq "$size" ] || fail "disk size $(stat -c %s "$T/m1/d")"
 wait_state "$T/s1" 1 ok 10
@@ -81,7 +84,7 @@ echo "read 48 MiB in $secs s across the failover"
 [ "$(src "$T/s1" 0 .state)" = failed ] || fail "source 0 is $(src "$T/s1" 0 .state), expected failed"
 [ "$(src "$T/s1" 1 .bytes)" -gt 0 ] || fail "source 1 served nothing"
 
-echo "=== the first back, and preferred again"
+echo "=== the first back, and preferred again (at ${SECONDS}s)"
 restart_nginx
 wait_state "$T/s1" 0 ok 40
 b0=$(src "$T/s1" 0 .bytes); b1=$(src "$T/s1" 1 .bytes)
@@ -90,9 +93,9 @@ cmp <(piece "$T/m1/d" $((48 * MiB)) $((8 * MiB))) <(piece "$img" $((48 * MiB)) $
 [ "$(src "$T/s1" 0 .bytes)" -ge $((b0 + 8 * MiB)) ] || fail "source 0 did not serve the read"
 [ "$(src "$T/s1" 1 .bytes)" -eq "$b1" ] || fail "source 1 served although source 0 is back"
 
-echo "=== all sources down, then one back"
+echo "=== all sources down, then one back (at ${SECONDS}s)"
 stop_nginx
-kill_pid "$(cat "$T/nbd.pid")"
+nbd_pid=$(cat "$T/nbd.pid"); kill -9 "$nbd_pid"; wait_gone "$nbd_pid"
 cmp <(piece "$T/m1/d" 0 $MiB) <(piece "$img" 0 $MiB) || fail "present blocks do not read"
 start=$(date +%s)
 piece "$T/m1/d" $((60 * MiB)) $MiB > "$T/out" 2> "$T/err" &
@@ -103,20 +106,21 @@ if ! alive "$reader"; then
   fail "a read of a missing block did not wait for a source (exit $rc; $(cat "$T/err"); present $("$CORFS" status --state "$T/s1" d --json | jq -c '.[0].present_bytes'))"
 fi
 rm -f "$T/nbd.sock"
+echo "a source back after $(( $(date +%s) - start )) s"
 start_nbdkit "$T/nbd.pid" -r -U "$T/nbd.sock" file "$T/copy.img"
 wait "$reader" || fail "the read failed although a source came back within the hold"
 cmp "$T/out" <(piece "$img" $((60 * MiB)) $MiB) || fail "the read after the restart differs"
-echo "waited $(( $(date +%s) - start )) s"
+echo "waited $(( $(date +%s) - start )) s (at ${SECONDS}s)"
 corfs_unmount "$T/m1"
 
-echo "=== remounted with a new source only"
+echo "=== remounted with a new source only (at ${SECONDS}s)"
 start_nbdkit "$T/nbd2.pid" -r -U "$T/nbd2.sock" file "$T/copy.img"
 corfs_mount "$T/s1" "$T/m1" --hold 20 --disk d="$(nbd_uri "$T/nbd2.sock")"
 cmp "$T/m1/d" "$img" || fail "the disk read through its new source differs"
 [ "$(src "$T/s1" 0 .url)" = "$(nbd_uri "$T/nbd2.sock")" ] || fail "source 0 is $(src "$T/s1" 0 .url)"
 corfs_unmount "$T/m1"
 
-echo "=== a source of other content: never read"
+echo "=== a source of other content: never read (at ${SECONDS}s)"
 restart_nginx
 start_nbdkit "$T/bad.pid" -r -U "$T/bad.sock" file "$T/other.img"
 corfs_mount "$T/s2" "$T/m2" --hold 3 --readahead 0 --disk d="$http" \
