@@ -20,6 +20,7 @@ requires jq --version
 requires curl --version
 requires nbdkit file --dump-plugin
 requires python3 --version
+requires bc --version
 
 MiB=1048576
 size=$((64 * MiB))
@@ -39,6 +40,12 @@ start_nbdkit "$T/nbd.pid" -r -U "$T/nbd.sock" file "$T/copy.img"
 nbd=$(nbd_uri "$T/nbd.sock")
 
 piece () { dd if="$1" iflag=skip_bytes,count_bytes skip="$2" count="$3" bs=1M status=none; }
+# slow_piece FILE OFF LEN: piece, 1 MiB at a time with a pause between, so
+# that a fault injected meanwhile lands in the middle of the read.
+slow_piece () {
+  local o
+  for (( o = $2; o < $2 + $3; o += MiB )); do piece "$1" "$o" "$MiB" || return 1; sleep 0.05; done
+}
 src () { "$CORFS" status --state "$1" d --json | jq -r "(if type == \"array\" then .[0] else . end).parent.sources[$2]$3"; }
 # The first source dies at once: nginx's master and worker are killed
 # (SIGKILL: no graceful end of the requests in flight), the master first
@@ -69,7 +76,7 @@ corfs_mount "$T/s1" "$T/m1" --hold 20 --readahead 0 --disk d="$http" --disk d="$
 wait_state "$T/s1" 1 ok 10
 [ "$(src "$T/s1" 0 .state)" = ok ] || fail "source 0 is $(src "$T/s1" 0 .state)"
 start=$(date +%s.%N)
-piece "$T/m1/d" 0 $((48 * MiB)) > "$T/out" &
+slow_piece "$T/m1/d" 0 $((48 * MiB)) > "$T/out" &
 reader=$!
 for i in $(seq 100); do
   [ "$(src "$T/s1" 0 .bytes)" -gt $((4 * MiB)) ] && break
@@ -80,6 +87,7 @@ wait "$reader" || fail "the read failed when the first source died"
 secs=$(echo "$(date +%s.%N) - $start" | bc)
 cmp "$T/out" <(piece "$img" 0 $((48 * MiB))) || fail "the read after failover differs"
 echo "read 48 MiB in $secs s across the failover"
+[ "$(src "$T/s1" 0 .bytes)" -lt $((40 * MiB)) ] || fail "the kill came too late: source 0 served $(src "$T/s1" 0 .bytes) bytes"
 [ "$(echo "$secs < 12" | bc)" = 1 ] || fail "the failover took $secs s (the hold is 20 s)"
 [ "$(src "$T/s1" 0 .state)" = failed ] || fail "source 0 is $(src "$T/s1" 0 .state), expected failed"
 [ "$(src "$T/s1" 1 .bytes)" -gt 0 ] || fail "source 1 served nothing"
