@@ -386,3 +386,25 @@ remote_identity_is_set (const char *id)
 
   return id && sfp_parse (id, &a, &b, &c) == 0;
 }
+
+int
+remote_sources_add (struct remote *r, const struct remote_config *src, uint64_t deadline_ns,
+                    char *why, size_t len)
+{
+  if (r->ops != &rsources_ops) {
+    snprintf (why, len, "the disk has one parent, not a source set: remount it with its "
+              "sources (--disk NAME=URL given once per source)");
+    return -1;
+  }
+  return rsources_add (r->h, src, deadline_ns, why, len);
+}
+
+int
+remote_sources_remove (struct remote *r, const char *url, char *why, size_t len)
+{
+  if (r->ops != &rsources_ops) {
+    snprintf (why, len, "the disk has one parent, not a source set");
+    return -1;
+  }
+  return rsources_remove (r->h, url, why, len);
+}

@@ -243,6 +243,17 @@ struct remote_source_info {
   char error[256];              /* why it failed or was refused */
 };
 size_t remote_nr_sources (struct remote *r);
+/* A source set's sources changed at run time (corfs sources).  add
+ * opens src (its URL and its own settings; the set's timeouts), checks
+ * that it has the image's size and fingerprint (bounded by deadline_ns),
+ * and appends it; remove drops the source whose URL (credentials
+ * removed, as remote_source_info gives it) is url, never the last.
+ * Either: 0, or -1 with the reason in why (EINVAL for a remote that is
+ * not a set).  Any thread. */
+int remote_sources_add (struct remote *r, const struct remote_config *src,
+                        uint64_t deadline_ns, char *why, size_t len);
+int remote_sources_remove (struct remote *r, const char *url, char *why, size_t len);
+
 /* Is id a source set's identity ("sources:...")? */
 bool remote_identity_is_set (const char *id);
 void remote_source_info (struct remote *r, size_t i, struct remote_source_info *si);

@@ -4,6 +4,7 @@
 #define CORFS_SOURCES_INTERNAL_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "remote/remote.h"
@@ -26,16 +27,65 @@ int sfp_parse (const char *id, uint64_t *size, uint64_t *seed, uint64_t *fp);
 
 /* A source's state: not yet checked against the fingerprint, serving,
  * failed (retried in the background), refused (a different image, or
- * its own pin broke: never read again). */
-enum sources_state { SOURCES_UNCHECKED, SOURCES_OK, SOURCES_FAILED, SOURCES_MISMATCH };
+ * its own pin broke: never read again), removed (corfs sources
+ * --remove). */
+enum sources_state { SOURCES_UNCHECKED, SOURCES_OK, SOURCES_FAILED, SOURCES_MISMATCH,
+                     SOURCES_REMOVED };
 const char *sources_state_name (enum sources_state s);
 
 /* The order in which a request tries n sources of states st: into
  * order, returns how many. */
 size_t sources_pick_order (const enum sources_state *st, size_t n, size_t *order);
 
+/* ---- the set's state (sources.c, sources-admin.c) ---- */
+
+#include <pthread.h>
+
+/* Slots for sources: those given, and those added at run time (a removed
+ * source keeps its slot until the set is closed: a request may still be
+ * using it). */
+#define SOURCES_CAP 16
+
+struct src {
+  struct remote *r;
+  enum sources_state state;
+  bool verified;                /* matched the fingerprint since it last failed */
+  bool probed;                  /* the prober checked it once, unchecked */
+  uint64_t next_probe_ns, backoff_ns;
+  uint64_t reads, bytes, errors, latency_ns;  /* latency: the last piece served */
+  char why[256];                /* why it failed or was refused */
+  pthread_mutex_t check;        /* held across a verification */
+};
+
+struct rsources {
+  struct remote *outer;
+  char *disk;
+  pthread_mutex_t lock;         /* see the thread model */
+  pthread_mutex_t fp_lock;      /* held while the fingerprint is taken */
+  pthread_cond_t wake;          /* the prober's */
+  struct src *v;                /* SOURCES_CAP slots */
+  size_t n;                     /* slots in use (atomic: grows only, under
+                                   lock, once the slot is ready) */
+  bool first_only;              /* the fingerprint may only come from
+                                   source 0 (its own pin holds it to the
+                                   image recorded before the set) */
+  uint64_t connect_timeout_ns, request_timeout_ns;  /* for sources added */
+  uint64_t seed, fp, size;
+  bool have_fp;
+  uint64_t timeout_ns;
+  pthread_t prober;
+  bool prober_started, stop;
+};
+
+/* Check s against the set's size and fingerprint (which must be taken),
+ * once per failure: ok, mismatch or failed.  0 if it may serve, else -1. */
+int sources_verify (struct rsources *set, struct src *s, uint64_t deadline_ns);
+
 /* For remote.c: a set's number of sources and one's state. */
 size_t rsources_count (void *h);
 void rsources_info (void *h, size_t i, struct remote_source_info *si);
+int rsources_add (void *h, const struct remote_config *src, uint64_t deadline_ns, char *why,
+                  size_t len);
+int rsources_remove (void *h, const char *url, char *why, size_t len);
 
 #endif

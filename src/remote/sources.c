@@ -63,32 +63,6 @@
 #define PROBE_MAX_NS (30 * NS_PER_SEC)
 #define DEFAULT_SOURCE_TIMEOUT_NS (1500 * 1000000ULL)
 
-struct src {
-  struct remote *r;
-  enum sources_state state;
-  bool verified;                /* matched the fingerprint since it last failed */
-  bool probed;                  /* the prober checked it once, unchecked */
-  uint64_t next_probe_ns, backoff_ns;
-  uint64_t reads, bytes, errors, latency_ns;  /* latency: the last piece served */
-  char why[256];                /* why it failed or was refused */
-  pthread_mutex_t check;        /* held across a verification */
-};
-
-struct rsources {
-  struct remote *outer;
-  char *disk;
-  pthread_mutex_t lock;         /* see the thread model */
-  pthread_mutex_t fp_lock;      /* held while the fingerprint is taken */
-  pthread_cond_t wake;          /* the prober's */
-  struct src *v;
-  size_t n;
-  uint64_t seed, fp, size;
-  bool have_fp;
-  uint64_t timeout_ns;
-  pthread_t prober;
-  bool prober_started, stop;
-};
-
 /* ---- the fingerprint (pure: unit-tested) ---- */
 
 static uint64_t
@@ -177,11 +151,18 @@ sources_state_name (enum sources_state s)
   case SOURCES_OK: return "ok";
   case SOURCES_FAILED: return "failed";
   case SOURCES_MISMATCH: return "mismatch";
+  case SOURCES_REMOVED: return "removed";
   }
   return "?";
 }
 
 /* ---- one source ---- */
+
+static size_t
+nsrc (struct rsources *set)
+{
+  return __atomic_load_n (&set->n, __ATOMIC_ACQUIRE);
+}
 
 static uint64_t
 piece_deadline (const struct rsources *set, uint64_t deadline_ns)
@@ -210,8 +191,8 @@ mark (struct rsources *set, struct src *s, enum sources_state st, const char *wh
   bool news;
 
   pthread_mutex_lock (&set->lock);
-  news = s->state != st;
-  if (s->state != SOURCES_MISMATCH)
+  news = s->state != st && s->state != SOURCES_REMOVED;
+  if (s->state != SOURCES_MISMATCH && s->state != SOURCES_REMOVED)
     s->state = st;
   s->verified = false;
   s->errors++;
@@ -264,8 +245,8 @@ fingerprint (struct rsources *set, struct src *s, uint64_t seed, uint64_t *size,
 /* Check s against the set's size and fingerprint (which must be taken),
  * once per failure: OK, mismatch or failed.  0 if it may serve, else
  * -1. */
-static int
-verify (struct rsources *set, struct src *s, uint64_t deadline_ns)
+int
+sources_verify (struct rsources *set, struct src *s, uint64_t deadline_ns)
 {
   uint64_t size, fp;
   int err = 0, ret = -1;
@@ -273,8 +254,8 @@ verify (struct rsources *set, struct src *s, uint64_t deadline_ns)
 
   pthread_mutex_lock (&s->check);
   pthread_mutex_lock (&set->lock);
-  if (s->verified || s->state == SOURCES_MISMATCH) {
-    ret = s->verified ? 0 : -1;
+  if (s->verified || s->state == SOURCES_MISMATCH || s->state == SOURCES_REMOVED) {
+    ret = s->verified && s->state != SOURCES_REMOVED ? 0 : -1;
     pthread_mutex_unlock (&set->lock);
     goto out;
   }
@@ -293,8 +274,10 @@ verify (struct rsources *set, struct src *s, uint64_t deadline_ns)
     bool back;
     pthread_mutex_lock (&set->lock);
     back = s->state == SOURCES_FAILED;
-    s->state = SOURCES_OK;
-    s->verified = true;
+    if (s->state != SOURCES_REMOVED) {
+      s->state = SOURCES_OK;
+      s->verified = true;
+    }
     s->why[0] = '\0';
     pthread_mutex_unlock (&set->lock);
     if (back)
@@ -316,10 +299,12 @@ establish (struct rsources *set, uint64_t deadline_ns, int *err)
   pthread_mutex_lock (&set->fp_lock);
   if (set->have_fp)
     ret = 0;
-  for (size_t i = 0; i < set->n && ret == -1 && now_ns () < deadline_ns; i++) {
+  for (size_t i = 0; i < nsrc (set) && ret == -1 && now_ns () < deadline_ns; i++) {
     struct src *s = &set->v[i];
     uint64_t size, fp;
-    if (s->state == SOURCES_MISMATCH)
+    if (i > 0 && set->first_only)
+      break;
+    if (s->state == SOURCES_MISMATCH || s->state == SOURCES_REMOVED)
       continue;
     if (fingerprint (set, s, set->seed, &size, &fp, deadline_ns, err) == -1) {
       mark (set, s, *err == ESTALE ? SOURCES_MISMATCH : SOURCES_FAILED, strerror (*err));
@@ -337,7 +322,7 @@ establish (struct rsources *set, uint64_t deadline_ns, int *err)
     ret = 0;
   }
   pthread_mutex_unlock (&set->fp_lock);
-  if (ret == 0 && set->n > 1) {
+  if (ret == 0 && nsrc (set) > 1) {
     pthread_mutex_lock (&set->lock);
     start_prober (set);         /* to check the others */
     pthread_mutex_unlock (&set->lock);
@@ -358,7 +343,7 @@ next_due (struct rsources *set, uint64_t *due_ns)
 {
   struct src *best = NULL;
 
-  for (size_t i = 0; i < set->n; i++) {
+  for (size_t i = 0; i < nsrc (set); i++) {
     struct src *s = &set->v[i];
     if (s->state == SOURCES_UNCHECKED && set->have_fp && !s->probed) {
       *due_ns = 0;
@@ -398,7 +383,7 @@ prober_main (void *arg)
     s->backoff_ns = s->backoff_ns * 2 > PROBE_MAX_NS ? PROBE_MAX_NS : s->backoff_ns * 2;
     s->next_probe_ns = now + s->backoff_ns;
     pthread_mutex_unlock (&set->lock);
-    verify (set, s, now_ns () + 4 * set->timeout_ns + SFP_SAMPLES * set->timeout_ns / 4);
+    sources_verify (set, s, now_ns () + 4 * set->timeout_ns + SFP_SAMPLES * set->timeout_ns / 4);
     pthread_mutex_lock (&set->lock);
   }
   pthread_mutex_unlock (&set->lock);
@@ -426,8 +411,13 @@ rsources_open (struct remote *r, const struct remote_config *cfg, void **hp, int
     *err = EINVAL;
     return -1;
   }
+  if (cfg->nr_sources > SOURCES_CAP) {
+    log_error ("remote: disk %s: more than %d sources", cfg->disk, SOURCES_CAP);
+    *err = EINVAL;
+    return -1;
+  }
   set = calloc (1, sizeof *set);
-  if (!set || !(set->v = calloc (cfg->nr_sources, sizeof *set->v)) ||
+  if (!set || !(set->v = calloc (SOURCES_CAP, sizeof *set->v)) ||
       !(set->disk = strdup (cfg->disk))) {
     if (set)
       free (set->v);
@@ -447,8 +437,12 @@ rsources_open (struct remote *r, const struct remote_config *cfg, void **hp, int
   if (cfg->pinned_identity && sfp_parse (cfg->pinned_identity, &set->size, &set->seed,
                                          &set->fp) == 0)
     set->have_fp = true;
-  else
+  else {
     set->seed = ((uint64_t) random () << 33) ^ ((uint64_t) random () << 11) ^ now_ns ();
+    set->first_only = cfg->sources[0].pinned_identity && *cfg->sources[0].pinned_identity;
+  }
+  set->connect_timeout_ns = cfg->connect_timeout_ns;
+  set->request_timeout_ns = cfg->request_timeout_ns;
   for (size_t i = 0; i < cfg->nr_sources; i++) {
     struct remote_config c = cfg->sources[i];
     c.disk = cfg->disk;
@@ -508,7 +502,7 @@ rsources_cancel (void *hv)
   set->stop = true;
   pthread_cond_broadcast (&set->wake);
   pthread_mutex_unlock (&set->lock);
-  for (size_t i = 0; i < set->n; i++)
+  for (size_t i = 0; i < nsrc (set); i++)
     remote_cancel (set->v[i].r);
 }
 
@@ -516,13 +510,15 @@ rsources_cancel (void *hv)
 static size_t
 order_now (struct rsources *set, size_t *order)
 {
-  enum sources_state st[set->n];
+  enum sources_state st[SOURCES_CAP];
+  size_t n;
 
   pthread_mutex_lock (&set->lock);
-  for (size_t i = 0; i < set->n; i++)
+  n = set->n;
+  for (size_t i = 0; i < n; i++)
     st[i] = set->v[i].state;
   pthread_mutex_unlock (&set->lock);
-  return sources_pick_order (st, set->n, order);
+  return sources_pick_order (st, n, order);
 }
 
 /* The set answers once one source matches: the size and identity. */
@@ -530,14 +526,14 @@ static int64_t
 rsources_get_size (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
 {
   struct rsources *set = hv;
-  size_t order[set->n], k;
+  size_t order[SOURCES_CAP], k;
   char id[128];
 
   if (establish (set, deadline_ns, err) == -1)
     return -1;
   k = order_now (set, order);
   for (size_t j = 0; j < k; j++)
-    if (verify (set, &set->v[order[j]], deadline_ns) == 0) {
+    if (sources_verify (set, &set->v[order[j]], deadline_ns) == 0) {
       sfp_format (id, sizeof id, set->size, set->seed, set->fp);
       if (remote_check_identity (r, id, err) == -1)
         return -1;
@@ -556,8 +552,10 @@ rsources_identify (struct remote *r, void *hv, uint64_t deadline_ns, char *id, s
 {
   struct rsources *set = hv;
 
-  for (size_t i = 0; i < set->n; i++) {
+  for (size_t i = 0; i < nsrc (set); i++) {
     uint64_t size, fp;
+    if (set->v[i].state == SOURCES_REMOVED || set->v[i].state == SOURCES_MISMATCH)
+      continue;
     if (fingerprint (set, &set->v[i], set->seed, &size, &fp, deadline_ns, err) == 0) {
       sfp_format (id, len, size, set->seed, fp);
       return size;
@@ -571,14 +569,14 @@ static int
 read_piece (struct rsources *set, void *buf, size_t count, uint64_t offset,
             uint64_t deadline_ns, int *err)
 {
-  size_t order[set->n], k = order_now (set, order);
+  size_t order[SOURCES_CAP], k = order_now (set, order);
 
   for (size_t j = 0; j < k && now_ns () < deadline_ns; j++) {
     struct src *s = &set->v[order[j]];
     uint64_t t0;
     int e = 0;
     char why[256];
-    if (verify (set, s, deadline_ns) == -1)
+    if (sources_verify (set, s, deadline_ns) == -1)
       continue;
     t0 = now_ns ();
     if (remote_pread (s->r, buf, count, offset, piece_deadline (set, deadline_ns), &e) == 0) {
@@ -626,33 +624,8 @@ rsources_release (void *hv)
 {
   struct rsources *set = hv;
 
-  for (size_t i = 0; i < set->n; i++)
+  for (size_t i = 0; i < nsrc (set); i++)
     remote_release (set->v[i].r);
-}
-
-size_t
-rsources_count (void *hv)
-{
-  return ((struct rsources *) hv)->n;
-}
-
-void
-rsources_info (void *hv, size_t i, struct remote_source_info *si)
-{
-  struct rsources *set = hv;
-  struct src *s = &set->v[i];
-
-  memset (si, 0, sizeof *si);
-  si->url = remote_url (s->r);
-  si->backend = remote_backend (s->r);
-  pthread_mutex_lock (&set->lock);
-  si->state = sources_state_name (s->state);
-  si->reads = s->reads;
-  si->bytes = s->bytes;
-  si->errors = s->errors;
-  si->latency_us = s->latency_ns / 1000;
-  snprintf (si->error, sizeof si->error, "%s", s->why);
-  pthread_mutex_unlock (&set->lock);
 }
 
 const struct remote_ops rsources_ops = {

@@ -7,7 +7,10 @@
  *  - over file:// sources: a missing first source fails over to the
  *    second; once it appears (same content), it is preferred again; a
  *    source with other content of the same size is refused and never
- *    read; with only that one left, reads fail (EIO). */
+ *    read; with only that one left, reads fail (EIO);
+ *  - sources added at run time are checked first (a different image is
+ *    refused, not added), removed ones are no longer listed, and the last
+ *    one cannot be removed. */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -179,6 +182,38 @@ Test (sources, failover_and_back)
   info (r, 0, &si);
   cr_assert_str_eq (si.state, "mismatch");
   remote_close (r);
+
+  /* At run time: c refused, a added; b removed; a, the last, stays. */
+  char url[300], why[512];
+  r = open_set (names2 + 1, 1, id);
+  cr_assert_eq (remote_get_size (r, now_ns () + 5 * NS_PER_SEC, &err), SIZE);
+  struct remote_config add = { .url = url };
+  snprintf (url, sizeof url, "file://%s/c.img", dir);
+  cr_assert_eq (remote_sources_add (r, &add, now_ns () + 5 * NS_PER_SEC, why, sizeof why), -1);
+  cr_assert (strstr (why, "different image"), "%s", why);
+  cr_assert_eq (remote_nr_sources (r), 1);
+  snprintf (url, sizeof url, "file://%s/a.img", dir);
+  cr_assert_eq (remote_sources_add (r, &add, now_ns () + 5 * NS_PER_SEC, why, sizeof why), 0,
+                "%s", why);
+  cr_assert_eq (remote_sources_add (r, &add, now_ns () + 5 * NS_PER_SEC, why, sizeof why), -1);
+  cr_assert_eq (remote_nr_sources (r), 2);
+  info (r, 1, &si);
+  cr_assert_str_eq (si.url, url);
+  cr_assert_str_eq (si.state, "ok");
+  info (r, 0, &si);
+  char burl[300];
+  snprintf (burl, sizeof burl, "%s", si.url);
+  cr_assert_eq (remote_sources_remove (r, burl, why, sizeof why), 0, "%s", why);
+  cr_assert_eq (remote_nr_sources (r), 1);
+  info (r, 0, &si);
+  cr_assert_str_eq (si.url, url);
+  cr_assert_eq (remote_pread (r, buf, sizeof buf, 0, now_ns () + 5 * NS_PER_SEC, &err), 0);
+  info (r, 0, &si);
+  cr_assert_eq (si.reads, 1);
+  cr_assert_eq (remote_sources_remove (r, url, why, sizeof why), -1);
+  cr_assert (strstr (why, "last source"), "%s", why);
+  remote_close (r);
+
   char cmd[300];
   snprintf (cmd, sizeof cmd, "rm -rf %s", dir);
   cr_assert_eq (system (cmd), 0);
