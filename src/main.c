@@ -44,6 +44,9 @@ usage (FILE *f)
 "                         migration switch-over (see `corfs activate --help`)\n"
 "  pivot --state DIR NAME / abort --state DIR NAME\n"
 "                         finish or cancel a mirror (mount --write-mode=mirror)\n"
+"  sources --state DIR NAME [--add URL | --remove URL] [--config FILE]\n"
+"                         list or change a disk's sources (failover between\n"
+"                         copies of one image)\n"
 "\n"
 "Run `corfs COMMAND --help` for a command's options.\n");
 }
@@ -97,6 +100,8 @@ main (int argc, char **argv)
     return cli_pivot (argc - 1, argv + 1);
   if (!strcmp (argv[1], "abort"))
     return cli_abort (argc - 1, argv + 1);
+  if (!strcmp (argv[1], "sources"))
+    return cli_sources (argc - 1, argv + 1);
   fprintf (stderr, "corfs: unknown command '%s' (see corfs --help)\n", argv[1]);
   return 2;
 }

@@ -328,6 +328,16 @@ struct cor_source_status {
   char error[256];
 };
 
+/* A disk with several sources: add one (its URL and its own settings;
+ * checked against the image's size and fingerprint first, within the
+ * hold) or remove one (by its URL as status shows it, never the last),
+ * and record the list.  Long: run on a ctl job thread.  0, or -1 with
+ * the reason in why. */
+struct remote_config;
+int cor_disk_sources_add (struct cor_disk *d, const struct remote_config *src, char *why,
+                          size_t len);
+int cor_disk_sources_remove (struct cor_disk *d, const char *url, char *why, size_t len);
+
 /* Status snapshot (see docs/control.md for the meaning of each field). */
 struct cor_status {
   uint64_t size, block_size, nr_blocks, present_blocks, dirty_blocks, suspect_blocks;

@@ -10,8 +10,12 @@
 #  - all sources down: present blocks still read; a missing one waits,
 #    and completes once one source is back, within the hold;
 #  - remounted with a new source only (a recorded disk moves): served;
+#  - that only source killed: a read waits; a source added at run time
+#    (corfs sources --add) serves it; the dead one removed, the last one
+#    cannot be; a remount without --disk uses the recorded source;
 #  - a second source of other content and the same size: found
-#    different ("mismatch", before it is needed), never read; with the
+#    different ("mismatch", before it is needed), never read, and one
+#    added at run time refused; with the
 #    good source gone, a cold read fails with EIO after the hold.
 . "$(dirname "$0")/../functions.sh"
 . "$(dirname "$0")/../servers/nginx.sh"
@@ -123,9 +127,30 @@ corfs_unmount "$T/m1"
 
 echo "=== remounted with a new source only (at ${SECONDS}s)"
 start_nbdkit "$T/nbd2.pid" -r -U "$T/nbd2.sock" file "$T/copy.img"
-corfs_mount "$T/s1" "$T/m1" --hold 20 --disk d="$(nbd_uri "$T/nbd2.sock")"
-cmp "$T/m1/d" "$img" || fail "the disk read through its new source differs"
-[ "$(src "$T/s1" 0 .url)" = "$(nbd_uri "$T/nbd2.sock")" ] || fail "source 0 is $(src "$T/s1" 0 .url)"
+nbd2=$(nbd_uri "$T/nbd2.sock")
+corfs_mount "$T/s1" "$T/m1" --hold 20 --readahead 0 --disk d="$nbd2"
+cmp <(piece "$T/m1/d" $((56 * MiB)) $((2 * MiB))) <(piece "$img" $((56 * MiB)) $((2 * MiB))) \
+  || fail "the disk read through its new source differs"
+[ "$(src "$T/s1" 0 .url)" = "$nbd2" ] || fail "source 0 is $(src "$T/s1" 0 .url)"
+
+echo "=== its only source dies; one added at run time (at ${SECONDS}s)"
+p=$(cat "$T/nbd2.pid"); kill -9 "$p"; wait_gone "$p"
+start_nbdkit "$T/nbd3.pid" -r -U "$T/nbd3.sock" file "$T/copy.img"
+nbd3=$(nbd_uri "$T/nbd3.sock")
+piece "$T/m1/d" $((58 * MiB)) $MiB > "$T/out" &
+reader=$!
+sleep 1
+"$CORFS" sources --state "$T/s1" d --add "$nbd3" || fail "sources --add failed"
+wait "$reader" || fail "the read waiting for a source failed although one was added"
+cmp "$T/out" <(piece "$img" $((58 * MiB)) $MiB) || fail "the read through the added source differs"
+"$CORFS" sources --state "$T/s1" d --remove "$nbd2" || fail "sources --remove failed"
+"$CORFS" sources --state "$T/s1" d --remove "$nbd3" 2> "$T/err" && fail "the last source was removed"
+grep -q "last source" "$T/err" || fail "removing the last source: $(cat "$T/err")"
+"$CORFS" sources --state "$T/s1" d
+corfs_unmount "$T/m1"
+corfs_mount "$T/s1" "$T/m1" --hold 20
+[ "$(src "$T/s1" 0 .url)" = "$nbd3" ] || fail "remounted without --disk: source 0 is $(src "$T/s1" 0 .url)"
+cmp "$T/m1/d" "$img" || fail "the disk read through its recorded source differs"
 corfs_unmount "$T/m1"
 
 echo "=== a source of other content: never read (at ${SECONDS}s)"
@@ -134,6 +159,12 @@ start_nbdkit "$T/bad.pid" -r -U "$T/bad.sock" file "$T/other.img"
 corfs_mount "$T/s2" "$T/m2" --hold 3 --readahead 0 --disk d="$http" \
   --disk d="$(nbd_uri "$T/bad.sock")"
 wait_state "$T/s2" 1 mismatch 10
+start_nbdkit "$T/bad2.pid" -r -U "$T/bad2.sock" file "$T/other.img"
+"$CORFS" sources --state "$T/s2" d --add "$(nbd_uri "$T/bad2.sock")" 2> "$T/err" \
+  && fail "a source of other content was added"
+grep -q "different image" "$T/err" || fail "adding a differing source: $(cat "$T/err")"
+[ "$("$CORFS" sources --state "$T/s2" d --json | jq '.sources | length')" = 2 ] \
+  || fail "the differing source was listed"
 src "$T/s2" 1 .last_error | grep -q "different image" \
   || fail "the mismatch is not explained: $(src "$T/s2" 1 .last_error)"
 cmp <(piece "$T/m2/d" 0 $MiB) <(piece "$img" 0 $MiB) || fail "the good source's read differs"
