@@ -450,4 +450,10 @@ int cor_resume_activation (struct cor_disk *d, struct meta_record *rec);
 void cor_seal_mirror (struct cor_disk *d);
 void cor_attr_from_record (struct cor_disk *d, const struct meta_record *rec);
 
+/* sources.c: a source set's changes (a source failed, refused, back,
+ * added, removed) become events of d (source-*), from whichever thread
+ * found them.  After the disk is complete; the set stops calling at
+ * remote_close. */
+void cor_sources_watch (struct cor_disk *d);
+
 #endif

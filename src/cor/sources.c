@@ -17,6 +17,21 @@
 #include "cor/cor-internal.h"
 #include "remote/remote.h"
 
+static void
+on_source (void *opaque, const char *event, const char *url, const char *why)
+{
+  char msg[1024];
+
+  snprintf (msg, sizeof msg, "%s%s%s", url, why && *why ? ": " : "", why ? why : "");
+  cor_emit (opaque, event, 0, 0, msg);
+}
+
+void
+cor_sources_watch (struct cor_disk *d)
+{
+  remote_set_source_notify (d->remote, on_source, d);
+}
+
 /* cor_update_record's change: the set's list as it is now. */
 static int
 set_sources (struct meta_record *rec, void *arg, char *errbuf, size_t len)

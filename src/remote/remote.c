@@ -408,3 +408,13 @@ remote_sources_remove (struct remote *r, const char *url, char *why, size_t len)
   }
   return rsources_remove (r->h, url, why, len);
 }
+
+void
+remote_set_source_notify (struct remote *r,
+                          void (*fn) (void *opaque, const char *event, const char *url,
+                                      const char *why),
+                          void *opaque)
+{
+  if (r->ops == &rsources_ops)
+    rsources_set_notify (r->h, fn, opaque);
+}

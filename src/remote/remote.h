@@ -254,6 +254,17 @@ int remote_sources_add (struct remote *r, const struct remote_config *src,
                         uint64_t deadline_ns, char *why, size_t len);
 int remote_sources_remove (struct remote *r, const char *url, char *why, size_t len);
 
+/* A source set calls fn (opaque, EVENT, url, why) when a source changes:
+ * "source-failed", "source-mismatch" (refused: a different image),
+ * "source-back" (answers and matches again), "source-added",
+ * "source-removed"; from the thread that found it, with no lock of the
+ * set held.  Set once, before the engine's threads use r; nothing for a
+ * remote that is not a set. */
+void remote_set_source_notify (struct remote *r,
+                               void (*fn) (void *opaque, const char *event, const char *url,
+                                           const char *why),
+                               void *opaque);
+
 /* Is id a source set's identity ("sources:...")? */
 bool remote_identity_is_set (const char *id);
 void remote_source_info (struct remote *r, size_t i, struct remote_source_info *si);

@@ -134,6 +134,7 @@ rsources_add (void *hv, const struct remote_config *src, uint64_t deadline_ns, c
       __atomic_store_n (&set->n, set->n + 1, __ATOMIC_RELEASE);
       pthread_mutex_unlock (&set->lock);
       log_info ("remote: disk %s: source %s added (it matches the image)", set->disk, url);
+      sources_notify (set, s, "source-added", "");
     }
   }
   pthread_mutex_unlock (&set->fp_lock);
@@ -167,6 +168,7 @@ rsources_remove (void *hv, const char *url, char *why, size_t len)
   /* Its requests in flight finish (or time out); no new one starts. */
   remote_release (s->r);
   log_info ("remote: disk %s: source %s removed", set->disk, url);
+  sources_notify (set, s, "source-removed", "");
   return 0;
 }
 

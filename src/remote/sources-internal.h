@@ -73,6 +73,10 @@ struct rsources {
   uint64_t seed, fp, size;
   bool have_fp;
   uint64_t timeout_ns;
+  /* remote_set_source_notify's (notify atomic: set once, maybe while
+   * the prober runs) */
+  void (*notify) (void *opaque, const char *event, const char *url, const char *why);
+  void *notify_opaque;
   pthread_t prober;
   bool prober_started, stop;
 };
@@ -87,5 +91,9 @@ void rsources_info (void *h, size_t i, struct remote_source_info *si);
 int rsources_add (void *h, const struct remote_config *src, uint64_t deadline_ns, char *why,
                   size_t len);
 int rsources_remove (void *h, const char *url, char *why, size_t len);
+void rsources_set_notify (void *h, void (*fn) (void *, const char *, const char *, const char *),
+                          void *opaque);
+/* Tell the notify function (if any) about s; no lock held. */
+void sources_notify (struct rsources *set, struct src *s, const char *event, const char *why);
 
 #endif

@@ -173,6 +173,28 @@ piece_deadline (const struct rsources *set, uint64_t deadline_ns)
 
 static void *prober_main (void *arg);
 
+void
+sources_notify (struct rsources *set, struct src *s, const char *event, const char *why)
+{
+  void (*fn) (void *, const char *, const char *, const char *) =
+    __atomic_load_n (&set->notify, __ATOMIC_ACQUIRE);
+
+  if (fn)
+    fn (set->notify_opaque, event, remote_url (s->r), why);
+}
+
+void
+rsources_set_notify (void *hv, void (*fn) (void *, const char *, const char *, const char *),
+                     void *opaque)
+{
+  struct rsources *set = hv;
+
+  /* The prober may be running: opaque first, then fn, which readers load
+   * first. */
+  set->notify_opaque = opaque;
+  __atomic_store_n (&set->notify, fn, __ATOMIC_RELEASE);
+}
+
 /* Start the prober if it is not running.  Under set->lock. */
 static void
 start_prober (struct rsources *set)
@@ -204,6 +226,8 @@ mark (struct rsources *set, struct src *s, enum sources_state st, const char *wh
   if (st == SOURCES_FAILED)
     start_prober (set);
   pthread_mutex_unlock (&set->lock);
+  if (news)
+    sources_notify (set, s, st == SOURCES_MISMATCH ? "source-mismatch" : "source-failed", why);
   if (news && st == SOURCES_MISMATCH)
     log_error ("remote: disk %s: source %s refused: %s; it is never read from",
                set->disk, remote_url (s->r), why);
@@ -280,8 +304,10 @@ sources_verify (struct rsources *set, struct src *s, uint64_t deadline_ns)
     }
     s->why[0] = '\0';
     pthread_mutex_unlock (&set->lock);
-    if (back)
+    if (back) {
       log_info ("remote: disk %s: source %s is back and matches", set->disk, remote_url (s->r));
+      sources_notify (set, s, "source-back", "");
+    }
     ret = 0;
   }
  out:

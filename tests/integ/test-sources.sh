@@ -76,6 +76,8 @@ wait_state () {
 
 echo "=== the first source killed during a cold read (at ${SECONDS}s)"
 corfs_mount "$T/s1" "$T/m1" --hold 20 --readahead 0 --disk d="$http" --disk d="$nbd"
+"$CORFS" events --state "$T/s1" > "$T/events" 2>&1 &
+cleanup_fn kill $!
 [ "$(stat -c %s "$T/m1/d")" -eq "$size" ] || fail "disk size $(stat -c %s "$T/m1/d")"
 wait_state "$T/s1" 1 ok 10
 [ "$(src "$T/s1" 0 .state)" = ok ] || fail "source 0 is $(src "$T/s1" 0 .state)"
@@ -96,9 +98,11 @@ echo "read 48 MiB in $secs s across the failover"
 [ "$(src "$T/s1" 0 .state)" = failed ] || fail "source 0 is $(src "$T/s1" 0 .state), expected failed"
 [ "$(src "$T/s1" 1 .bytes)" -gt 0 ] || fail "source 1 served nothing"
 
+grep -q '"event": *"source-failed".*disk.img' "$T/events" || fail "no source-failed event: $(cat "$T/events")"
 echo "=== the first back, and preferred again (at ${SECONDS}s)"
 restart_nginx
 wait_state "$T/s1" 0 ok 40
+grep -q '"event": *"source-back"' "$T/events" || fail "no source-back event: $(cat "$T/events")"
 b0=$(src "$T/s1" 0 .bytes); b1=$(src "$T/s1" 1 .bytes)
 cmp <(piece "$T/m1/d" $((48 * MiB)) $((8 * MiB))) <(piece "$img" $((48 * MiB)) $((8 * MiB))) \
   || fail "the read after the first came back differs"
