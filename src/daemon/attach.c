@@ -233,6 +233,11 @@ sources_for (struct attach *a)
                           a->o->source_timeout_ms, &a->ds) == -1)
     return -1;
   disk_sources_pin (&a->ds, a->rcfg.pinned_identity);
+  if (a->ds.n > 0 && a->dopt && (a->dopt->parent_owned || a->o->parent_owned)) {
+    log_error ("daemon: disk %s: several sources are refused with --parent-owned (a write "
+               "that reached one source is not on the others)", a->name);
+    return -1;
+  }
   return 0;
 }
 

@@ -341,6 +341,17 @@ disk_header (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
   return 0;
 }
 
+/* policy = failover | spread: how a disk with several sources uses them. */
+static int
+disk_policy (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+             const char *value)
+{
+  if (strcmp (value, "failover") != 0 && strcmp (value, "spread") != 0)
+    return bad (s, "policy = %s: expected failover or spread", value);
+  d->spread = !strcmp (value, "spread");
+  return 0;
+}
+
 #define AT(field) offsetof (struct disk_opts, field)
 
 static const struct setting disk_settings[] = {
@@ -365,6 +376,7 @@ static const struct setting disk_settings[] = {
   { "s3-path-style", disk_s3_path_style, 0 },
   { "accept-changed-parent", disk_bool, AT (accept_changed_parent) },
   { "incoming", disk_bool, AT (incoming) },
+  { "policy", disk_policy, 0 },
   { NULL, NULL, 0 },
 };
 

@@ -32,6 +32,7 @@ struct disk_opts {
    * HTTP(S)/S3 settings; the other fields unused. */
   struct disk_opts *sources;
   size_t nr_sources;
+  bool spread;                  /* policy = spread (else failover) */
 };
 
 /* The most sources a disk can have, and the default and longest

@@ -117,6 +117,7 @@ disk_sources_build (const char *name, const struct disk_opts *dopt,
   base->sources = ds->cfg;
   base->nr_sources = ds->n;
   base->source_timeout_ns = source_timeout_ms * 1000000ULL;
+  base->spread = dopt && dopt->spread;
   return 0;
 }
 

@@ -82,6 +82,10 @@ struct remote_config {
   size_t nr_sources;
   uint64_t source_timeout_ns;   /* a source's most time without progress;
                                    0: 1.5 s */
+  bool spread;                  /* policy spread: large reads (the streamer's,
+                                   readahead's) go round the healthy sources,
+                                   for bandwidth; else (failover) every read
+                                   goes to the first healthy one */
 };
 
 enum remote_state { REMOTE_IDLE, REMOTE_CONNECTED, REMOTE_RETRYING,

@@ -36,6 +36,9 @@ const char *sources_state_name (enum sources_state s);
 /* The order in which a request tries n sources of states st: into
  * order, returns how many. */
 size_t sources_pick_order (const enum sources_state *st, size_t n, size_t *order);
+/* Policy spread: rotate the first `healthy` entries of order (the ok
+ * ones, first in order) by turn, leaving the rest in place. */
+void sources_rotate (size_t *order, size_t healthy, unsigned turn);
 
 /* ---- the set's state (sources.c, sources-admin.c) ---- */
 
@@ -70,6 +73,8 @@ struct rsources {
                                    source 0 (its own pin holds it to the
                                    image recorded before the set) */
   uint64_t connect_timeout_ns, request_timeout_ns;  /* for sources added */
+  bool spread;                  /* policy spread (remote_config) */
+  unsigned turn;                /* atomic: spread's round-robin counter */
   uint64_t seed, fp, size;
   bool have_fp;
   uint64_t timeout_ns;

@@ -143,6 +143,18 @@ sources_pick_order (const enum sources_state *st, size_t n, size_t *order)
   return k;
 }
 
+void
+sources_rotate (size_t *order, size_t healthy, unsigned turn)
+{
+  size_t tmp[SOURCES_CAP];
+
+  if (healthy < 2)
+    return;
+  for (size_t i = 0; i < healthy; i++)
+    tmp[i] = order[(i + turn) % healthy];
+  memcpy (order, tmp, healthy * sizeof *order);
+}
+
 const char *
 sources_state_name (enum sources_state s)
 {
@@ -469,6 +481,7 @@ rsources_open (struct remote *r, const struct remote_config *cfg, void **hp, int
   }
   set->connect_timeout_ns = cfg->connect_timeout_ns;
   set->request_timeout_ns = cfg->request_timeout_ns;
+  set->spread = cfg->spread;
   for (size_t i = 0; i < cfg->nr_sources; i++) {
     struct remote_config c = cfg->sources[i];
     c.disk = cfg->disk;
@@ -533,18 +546,29 @@ rsources_cancel (void *hv)
 }
 
 /* The sources to try, in order (sources_pick_order over a snapshot). */
+/* Reads this large or larger are spread under policy spread (a guest's
+ * small faults stay with the preferred source). */
+#define SPREAD_MIN (256 * 1024)
+
 static size_t
-order_now (struct rsources *set, size_t *order)
+order_now (struct rsources *set, size_t *order, size_t count)
 {
   enum sources_state st[SOURCES_CAP];
-  size_t n;
+  size_t n, k, healthy = 0;
 
   pthread_mutex_lock (&set->lock);
   n = set->n;
   for (size_t i = 0; i < n; i++)
     st[i] = set->v[i].state;
   pthread_mutex_unlock (&set->lock);
-  return sources_pick_order (st, n, order);
+  k = sources_pick_order (st, n, order);
+  /* The ok ones come first only when no unchecked one sits among them:
+   * rotate only a leading run of ok sources. */
+  for (healthy = 0; healthy < k && st[order[healthy]] == SOURCES_OK; healthy++)
+    ;
+  if (set->spread && count >= SPREAD_MIN)
+    sources_rotate (order, healthy, __atomic_fetch_add (&set->turn, 1, __ATOMIC_RELAXED));
+  return k;
 }
 
 /* The set answers once one source matches: the size and identity. */
@@ -557,7 +581,7 @@ rsources_get_size (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
 
   if (establish (set, deadline_ns, err) == -1)
     return -1;
-  k = order_now (set, order);
+  k = order_now (set, order, 0);
   for (size_t j = 0; j < k; j++)
     if (sources_verify (set, &set->v[order[j]], deadline_ns) == 0) {
       sfp_format (id, sizeof id, set->size, set->seed, set->fp);
@@ -595,7 +619,7 @@ static int
 read_piece (struct rsources *set, void *buf, size_t count, uint64_t offset,
             uint64_t deadline_ns, int *err)
 {
-  size_t order[SOURCES_CAP], k = order_now (set, order);
+  size_t order[SOURCES_CAP], k = order_now (set, order, count);
 
   for (size_t j = 0; j < k && now_ns () < deadline_ns; j++) {
     struct src *s = &set->v[order[j]];

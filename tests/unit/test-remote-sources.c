@@ -3,7 +3,7 @@
  *    the image, the same for a seed, others for another seed;
  *  - the identity string round-trips;
  *  - the order: healthy and unchecked first, failed after, never a
- *    mismatch;
+ *    mismatch; spread rotates the healthy ones only;
  *  - over file:// sources: a missing first source fails over to the
  *    second; once it appears (same content), it is preferred again; a
  *    source with other content of the same size is refused and never
@@ -80,6 +80,19 @@ Test (sources, order)
   cr_assert_eq (order[1], 3);
   cr_assert_eq (order[2], 0);
   cr_assert_eq (order[3], 4);
+}
+
+Test (sources, rotate)
+{
+  size_t order[] = { 3, 1, 4, 0 };
+
+  sources_rotate (order, 3, 1);
+  cr_assert_eq (order[0], 1);
+  cr_assert_eq (order[1], 4);
+  cr_assert_eq (order[2], 3);
+  cr_assert_eq (order[3], 0);
+  sources_rotate (order, 1, 5);
+  cr_assert_eq (order[0], 1);
 }
 
 static char dir[] = "/tmp/corfs-sources-XXXXXX";
