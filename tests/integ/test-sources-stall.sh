@@ -11,6 +11,7 @@
 #    served;
 #  - nginx continued: the prober finds it matching again and a cold read
 #    goes to it, not to S3;
+#  - policy = spread: the streamer's reads go to both sources;
 #  - the settings stay with their source: nginx never saw an S3
 #    signature, the front denied nothing.
 . "$(dirname "$0")/../functions.sh"
@@ -106,6 +107,18 @@ cmp <(piece "$T/m/d" $((24 * MiB)) $((4 * MiB))) <(piece "$img" $((24 * MiB)) $(
   || fail "the read after nginx came back differs"
 [ "$(src 1 .bytes)" -eq "$b1" ] || fail "S3 served although nginx is back"
 corfs_unmount "$T/m"
+
+echo "=== policy = spread: the streamer reads from both"
+sed -i 's/^\[disk d\]$/[disk d]\npolicy = spread/' "$T/c.conf"
+src () { "$CORFS" status --state "$T/s2" d --json | jq -r "(if type == \"array\" then .[0] else . end).parent.sources[$1]$2"; }
+corfs_mount "$T/s2" "$T/m2" --hold 20 --config "$T/c.conf"
+wait_state 1 ok 15
+timeout 120 "$CORFS" stream --state "$T/s2" d --wait > /dev/null || fail "the stream did not complete"
+cmp "$T/m2/d" "$img" || fail "the disk streamed from two sources differs"
+echo "nginx served $(src 0 .bytes) bytes, S3 $(src 1 .bytes)"
+[ "$(src 0 .bytes)" -gt $((4 * MiB)) ] && [ "$(src 1 .bytes)" -gt $((4 * MiB)) ] \
+  || fail "spread: nginx served $(src 0 .bytes) bytes, S3 $(src 1 .bytes)"
+corfs_unmount "$T/m2"
 
 echo "=== each source's settings stayed with it"
 grep -q AWS4 "$T/nginx/auth.log" && fail "nginx received an S3 signature"
