@@ -225,9 +225,11 @@ mark (struct rsources *set, struct src *s, enum sources_state st, const char *wh
   bool news;
 
   pthread_mutex_lock (&set->lock);
-  news = s->state != st && s->state != SOURCES_REMOVED;
-  if (s->state != SOURCES_MISMATCH && s->state != SOURCES_REMOVED)
-    s->state = st;
+  /* A refused or removed source stays so. */
+  if (s->state == SOURCES_MISMATCH || s->state == SOURCES_REMOVED)
+    st = s->state;
+  news = s->state != st;
+  s->state = st;
   s->verified = false;
   s->errors++;
   snprintf (s->why, sizeof s->why, "%s", why);
@@ -611,6 +613,8 @@ rsources_identify (struct remote *r, void *hv, uint64_t deadline_ns, char *id, s
       return size;
     }
   }
+  if (*err == 0)
+    *err = EIO;
   return -1;
 }
 
