@@ -67,6 +67,8 @@ main (int argc, char **argv)
     return cli_pivot (argc - 1, argv + 1);
   if (!strcmp (argv[1], "abort"))
     return cli_abort (argc - 1, argv + 1);
+  if (!strcmp (argv[1], "sources"))
+    return cli_sources (argc - 1, argv + 1);
   fprintf (stderr, "corfs: unknown command '%s' (see corfs --help)\n", argv[1]);
   return 2;
 }

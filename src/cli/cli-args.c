@@ -9,7 +9,8 @@
 #include "common/util.h"
 
 enum { OPT_STATE = 256, OPT_RATE, OPT_PAUSE, OPT_RESUME, OPT_CANCEL, OPT_WAIT,
-       OPT_OWNED, OPT_TO, OPT_SINCE, OPT_JSON, OPT_EPOCH, OPT_FORCE };
+       OPT_OWNED, OPT_TO, OPT_SINCE, OPT_JSON, OPT_EPOCH, OPT_FORCE,
+       OPT_ADD, OPT_REMOVE, OPT_CONFIG };
 
 /* Every option, with the CLI_OPT_* bit that lets a command accept it (0:
  * every command). */
@@ -29,6 +30,9 @@ static const struct {
   { { "json", no_argument, NULL, OPT_JSON }, CLI_OPT_JSON },
   { { "epoch", required_argument, NULL, OPT_EPOCH }, CLI_OPT_EPOCH },
   { { "force", no_argument, NULL, OPT_FORCE }, CLI_OPT_FORCE },
+  { { "add", required_argument, NULL, OPT_ADD }, CLI_OPT_SOURCES },
+  { { "remove", required_argument, NULL, OPT_REMOVE }, CLI_OPT_SOURCES },
+  { { "config", required_argument, NULL, OPT_CONFIG }, CLI_OPT_SOURCES },
   { { "help", no_argument, NULL, 'h' }, 0 },
 };
 
@@ -56,6 +60,9 @@ set_option (const char *cmd, int c, const char *arg, struct cli_args *a)
   case OPT_TO: a->to = arg; break;
   case OPT_JSON: a->json = true; break;
   case OPT_FORCE: a->force = true; break;
+  case OPT_ADD: a->add = arg; break;
+  case OPT_REMOVE: a->remove = arg; break;
+  case OPT_CONFIG: a->config = arg; break;
   case OPT_EPOCH:
     if (parse_epoch (arg, &a->epoch) == -1) {
       fprintf (stderr, "corfs %s: --epoch %s: expected a positive integer\n", cmd, arg);

@@ -42,12 +42,14 @@ enum {
   CLI_OPT_JSON = 1 << 6,        /* --json */
   CLI_OPT_EPOCH = 1 << 7,       /* --epoch N */
   CLI_OPT_FORCE = 1 << 8,       /* --force */
+  CLI_OPT_SOURCES = 1 << 9,     /* --add URL, --remove URL, --config FILE */
 };
 
 struct cli_args {
   const char *state, *name;
   const char *action;           /* "start" unless --pause, --resume or --cancel */
   const char *to;
+  const char *add, *remove, *config;   /* sources */
   bool wait, parent_owned, json, have_rate, force;
   uint64_t rate, since, epoch;  /* 0 when not given */
 };

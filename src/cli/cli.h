@@ -18,5 +18,6 @@ int cli_handoff (int argc, char **argv);
 int cli_reclaim (int argc, char **argv);
 int cli_pivot (int argc, char **argv);
 int cli_abort (int argc, char **argv);
+int cli_sources (int argc, char **argv);
 
 #endif

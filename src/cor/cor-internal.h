@@ -468,5 +468,10 @@ void cor_attr_from_record (struct cor_disk *d, const struct meta_record *rec);
  * *zero_missing (asks the parent: no lock held).  false when the stream
  * stopped or the parent could not tell. */
 bool cor_stream_survey (struct cor_disk *d, uint64_t *zero_missing);
+/* sources.c: a source set's changes (a source failed, refused, back,
+ * added, removed) become events of d (source-*), from whichever thread
+ * found them.  After the disk is complete; the set stops calling at
+ * remote_close. */
+void cor_sources_watch (struct cor_disk *d);
 
 #endif

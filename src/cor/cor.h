@@ -362,6 +362,26 @@ void cor_set_invalidate_fn (struct cor_engine *e,
  * read-write before activation; writes then fail with EROFS)? */
 bool cor_disk_openable_rw (const struct cor_disk *d);
 
+/* One source of a disk with several (a source set, see
+ * src/remote/sources.c). */
+#define COR_MAX_SOURCES 8
+struct cor_source_status {
+  const char *url, *backend;    /* credentials removed */
+  const char *state;            /* "unchecked", "ok", "failed", "mismatch" */
+  uint64_t reads, bytes, errors, latency_us;
+  char error[256];
+};
+
+/* A disk with several sources: add one (its URL and its own settings;
+ * checked against the image's size and fingerprint first, within the
+ * hold) or remove one (by its URL as status shows it, never the last),
+ * and record the list.  Long: run on a ctl job thread.  0, or -1 with
+ * the reason in why. */
+struct remote_config;
+int cor_disk_sources_add (struct cor_disk *d, const struct remote_config *src, char *why,
+                          size_t len);
+int cor_disk_sources_remove (struct cor_disk *d, const char *url, char *why, size_t len);
+
 /* Status snapshot (see docs/control.md for the meaning of each field). */
 struct cor_status {
   uint64_t parent_size;         /* size is the disk's: larger once grown */
@@ -394,6 +414,9 @@ struct cor_status {
 #define COR_LAT_BUCKETS 12
   uint64_t fault_latency[COR_LAT_BUCKETS + 1];   /* last one: +Inf */
   uint64_t fault_latency_sum_us;
+  /* the sources of a disk with several, in order of preference */
+  size_t nr_sources;
+  struct cor_source_status sources[COR_MAX_SOURCES];
 };
 extern const uint64_t cor_latency_bounds_us[COR_LAT_BUCKETS];
 void cor_disk_status (struct cor_disk *d, struct cor_status *st);

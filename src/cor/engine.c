@@ -273,6 +273,7 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
     remote_set_modifying (cfg->remote, true);
   if (cor_overlay_open (d, cfg->overlay_path) == -1 || engine_append (e, d) == -1)
     goto err;
+  cor_sources_watch (d);        /* sources.c: a source set's events */
   *dp = d;
   return 0;
 

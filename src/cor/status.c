@@ -146,6 +146,17 @@ cor_disk_status (struct cor_disk *d, struct cor_status *st)
   remote_get_stats (d->remote, &rs);
   st->remote_retries = rs.retries;
   st->remote_reconnects = rs.reconnects;
+  st->nr_sources = remote_nr_sources (d->remote);
+  if (st->nr_sources > COR_MAX_SOURCES)
+    st->nr_sources = COR_MAX_SOURCES;
+  for (size_t i = 0; i < st->nr_sources; i++) {
+    struct remote_source_info si;
+    remote_source_info (d->remote, i, &si);
+    st->sources[i] = (struct cor_source_status) {
+      .url = si.url, .backend = si.backend, .state = si.state, .reads = si.reads,
+      .bytes = si.bytes, .errors = si.errors, .latency_us = si.latency_us };
+    snprintf (st->sources[i].error, sizeof st->sources[i].error, "%s", si.error);
+  }
   st->fetched_bytes = __atomic_load_n (&d->fetched_bytes, __ATOMIC_RELAXED);
   st->fetch_requests = __atomic_load_n (&d->fetch_requests, __ATOMIC_RELAXED);
   st->fetch_errors = __atomic_load_n (&d->fetch_errors, __ATOMIC_RELAXED);

@@ -102,6 +102,15 @@ is_merge_start (json_t *req)
   return !action || !strcmp (action, "start");
 }
 
+/* sources add and remove contact the new source or write the record;
+ * list only reads status. */
+static bool
+is_sources_change (json_t *req)
+{
+  const char *action = json_string_value (json_object_get (req, "action"));
+  return action && strcmp (action, "list") != 0;
+}
+
 /* The commands (docs/control.md). */
 static const struct ctl_command {
   const char *name;
@@ -125,6 +134,7 @@ static const struct ctl_command {
   { .name = "abort", .fn = ctl_mirror_cmd, .is_long = always_long },
   { .name = "flatten", .fn = ctl_flatten_cmd, .is_long = always_long },
   { .name = "events", .fn = ctl_events_cmd, .subscribes = true },
+  { .name = "sources", .fn = ctl_sources_cmd, .is_long = is_sources_change },
 };
 
 /* Dispatch one request.  NULL when a long command was started for cl:

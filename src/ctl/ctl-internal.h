@@ -140,6 +140,7 @@ struct cor_disk *ctl_req_disk (struct ctl *c, json_t *req, json_t *id, json_t **
 /* ---- ctl-status.c, ctl-metrics.c and ctl-disk.c: the handlers ---- */
 
 ctl_handler_fn ctl_status_cmd, ctl_ping_cmd, ctl_metrics_cmd, ctl_events_cmd;
+ctl_handler_fn ctl_sources_cmd;        /* ctl-sources.c */
 ctl_handler_fn ctl_stream_cmd, ctl_merge_cmd, ctl_flatten_cmd, ctl_checkpoint_cmd,
   ctl_dirty_cmd, ctl_owner_cmd, ctl_mirror_cmd;
 

@@ -151,6 +151,42 @@ print_fault_histogram (FILE *f, struct cor_engine *e, const struct cor_status *s
   }
 }
 
+/* Per source of the disks with several (label `url`, credentials
+ * stripped): bytes served, failed requests, the latency of the last piece
+ * served, and 1 while the source matches and serves. */
+static void
+print_source_metrics (FILE *f, struct cor_engine *e, const struct cor_status *sts, size_t n)
+{
+  static const struct { const char *name, *type, *help; } M[] = {
+    { "corfs_source_bytes_total", "counter", "Bytes a source served." },
+    { "corfs_source_errors_total", "counter", "Requests a source failed (then failed over)." },
+    { "corfs_source_latency_seconds", "gauge", "Latency of the last piece a source served." },
+    { "corfs_source_up", "gauge", "1 while a source matches and serves." },
+  };
+  size_t any = 0;
+
+  for (size_t i = 0; i < n; i++)
+    any += sts[i].nr_sources;
+  for (size_t m = 0; any && m < sizeof M / sizeof M[0]; m++) {
+    metric_head (f, M[m].name, M[m].type, M[m].help);
+    for (size_t i = 0; i < n; i++)
+      for (size_t k = 0; k < sts[i].nr_sources; k++) {
+        const struct cor_source_status *src = &sts[i].sources[k];
+        fprintf (f, "%s{disk=\"", M[m].name);
+        put_label (f, cor_disk_name (cor_disk_get (e, i)));
+        fputs ("\",url=\"", f);
+        put_label (f, src->url);
+        switch (m) {
+        case 0: fprintf (f, "\"} %" PRIu64 "\n", src->bytes); break;
+        case 1: fprintf (f, "\"} %" PRIu64 "\n", src->errors); break;
+        case 2: fprintf (f, "\"} %" PRIu64 ".%06" PRIu64 "\n", src->latency_us / 1000000,
+                         src->latency_us % 1000000); break;
+        default: fprintf (f, "\"} %d\n", !strcmp (src->state, "ok")); break;
+        }
+      }
+  }
+}
+
 /* One series of table entry k for the disk of status st. */
 static void
 print_series (FILE *f, const struct metric *k, const char *disk, const struct cor_status *st)
@@ -185,6 +221,7 @@ print_metrics (FILE *f, struct cor_engine *e, const struct cor_status *sts, size
       print_series (f, k, cor_disk_name (cor_disk_get (e, i)), &sts[i]);
   }
   print_fault_histogram (f, e, sts, n);
+  print_source_metrics (f, e, sts, n);
 }
 
 char *

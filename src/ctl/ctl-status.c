@@ -152,6 +152,25 @@ disk_fields (struct cor_disk *d, const struct cor_status *st)
   return j;
 }
 
+/* A disk with several sources: parent.sources, in order of preference. */
+static json_t *
+sources_fields (const struct cor_status *st)
+{
+  json_t *a = json_array ();
+
+  for (size_t i = 0; a && i < st->nr_sources; i++) {
+    const struct cor_source_status *s = &st->sources[i];
+    json_array_append_new (a, json_pack ("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:s}",
+                                         "url", s->url, "backend", s->backend,
+                                         "state", s->state, "reads", (json_int_t) s->reads,
+                                         "bytes", (json_int_t) s->bytes,
+                                         "errors", (json_int_t) s->errors,
+                                         "latency_us", (json_int_t) s->latency_us,
+                                         "last_error", s->error));
+  }
+  return a;
+}
+
 static json_t *
 stream_fields (const struct cor_status *st)
 {
@@ -197,6 +216,8 @@ disk_status (struct ctl *c, struct cor_disk *d, uint64_t maps_from, size_t *maps
   json_object_set_new (j, "job", job_fields (c, d));
   if (st.owner_state == META_STANDALONE)
     json_object_set_new (json_object_get (j, "parent"), "state", json_string ("detached"));
+  if (st.nr_sources > 0)
+    json_object_set_new (json_object_get (j, "parent"), "sources", sources_fields (&st));
   if (maps_budget)
     json_object_set_new (j, "maps", disk_maps (d, st.size, maps_from, maps_budget));
   return j;

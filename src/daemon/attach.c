@@ -54,6 +54,7 @@ struct attach {
   char *redacted;                 /* dopt's URL as the index keeps it */
   bool rewrite_url;               /* recorded in an older redaction: rewrite */
   struct remote_config rcfg;
+  struct disk_sources ds;         /* several sources (disk-sources.c) */
   struct remote *r;               /* the parent, once opened */
   struct meta_disk *md;           /* the disk's index, once opened */
 };
@@ -170,7 +171,10 @@ reconcile_given (struct attach *a)
     log_error ("daemon: disk %s: out of memory", a->name);
     return -1;
   }
-  if (a->recorded && strcmp (a->redacted, a->rec.url) != 0) {
+  /* A disk recorded with several sources may move to others: each is
+   * checked against the recorded fingerprint before it serves. */
+  if (a->recorded && strcmp (a->redacted, a->rec.url) != 0 &&
+      !remote_identity_is_set (a->rec.identity)) {
     /* A record written by corfs up to 63d3432 holds the URL in that
      * version's redaction (a whole query dropped): the same URL given
      * again is accepted, and the record rewritten in the current
@@ -218,6 +222,23 @@ remote_config_for (struct attach *a)
     c->s3_virtual_host = dopt->s3_virtual_host;
   }
   c->writable = (a->recorded && a->rec.parent_owned) || (!a->recorded && a->want_mirror);
+}
+
+/* Step 2, for a disk with several sources (disk-sources.c): their
+ * configs, and the first one's pin.  0 or -1 (logged). */
+static int
+sources_for (struct attach *a)
+{
+  if (disk_sources_build (a->name, a->dopt, a->recorded ? &a->rec : NULL, &a->rcfg,
+                          a->o->source_timeout_ms, &a->ds) == -1)
+    return -1;
+  disk_sources_pin (&a->ds, a->rcfg.pinned_identity);
+  if (a->ds.n > 0 && a->dopt && (a->dopt->parent_owned || a->o->parent_owned)) {
+    log_error ("daemon: disk %s: several sources are refused with --parent-owned (a write "
+               "that reached one source is not on the others)", a->name);
+    return -1;
+  }
+  return 0;
 }
 
 /* Blocks present in disk name's overlay, from its index opened and
@@ -346,6 +367,15 @@ record_parent (struct attach *a)
     if (meta_disk_update (a->md, &a->rec) == -1)
       return -1;
   }
+  if (a->ds.n > 0 && a->redacted &&
+      (strcmp (a->rec.url, a->redacted) != 0 || strcmp (a->rec.sources, a->ds.list) != 0)) {
+    meta_disk_record (a->md, &a->rec);
+    log_info ("daemon: disk %s: sources recorded as %s %s", a->name, a->redacted, a->ds.list);
+    snprintf (a->rec.url, sizeof a->rec.url, "%s", a->redacted);
+    snprintf (a->rec.sources, sizeof a->rec.sources, "%s", a->ds.list);
+    if (meta_disk_update (a->md, &a->rec) == -1)
+      return -1;
+  }
   if (a->rewrite_url) {
     meta_disk_record (a->md, &a->rec);
     log_info ("daemon: disk %s: parent recorded as %s by an older corfs; "
@@ -414,6 +444,7 @@ create_record (struct attach *a)
     return -1;
   memset (&init, 0, sizeof init);
   snprintf (init.url, sizeof init.url, "%s", a->redacted);
+  snprintf (init.sources, sizeof init.sources, "%s", a->ds.list);
   remote_identity (a->r, init.identity, sizeof init.identity);
   init.size = size;
   init.block_size = bs;
@@ -513,7 +544,7 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
   if (reconcile_modes (&a) == -1 || reconcile_given (&a) == -1)
     goto out;
   remote_config_for (&a);
-  if (choose_pinned_identity (&a) == -1 || open_parent (&a) == -1)
+  if (choose_pinned_identity (&a) == -1 || sources_for (&a) == -1 || open_parent (&a) == -1)
     goto out;
   if ((a.recorded ? attach_recorded (&a) : create_record (&a)) == -1 ||
       check_mirror_parent (&a) == -1 || add_to_engine (&a, e) == -1)
@@ -526,6 +557,7 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
     remote_close (a.r);
   }
   free (a.redacted);
+  disk_sources_free (&a.ds);
   return ret;
 }
 

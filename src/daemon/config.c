@@ -229,6 +229,21 @@ corfs_mountpoint (struct cfg_state *s, struct disk_opts *d, const struct setting
 
 /* Each key of both tables is documented in doc/config (corfs.conf(5));
  * doc/check-options fails on a difference. */
+/* source-timeout: seconds, with a fraction (1.5). */
+static int
+corfs_source_timeout (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+                      const char *value)
+{
+  char *end;
+  double v = strtod (value, &end);
+
+  if (end == value || *end || !(v >= 0.1 && v * 1000 <= SOURCE_TIMEOUT_MAX_MS))
+    return bad (s, "source-timeout = %s: expected seconds from 0.1 to %d", value,
+                SOURCE_TIMEOUT_MAX_MS / 1000);
+  s->o->source_timeout_ms = v * 1000;
+  return 0;
+}
+
 static const struct setting corfs_settings[] = {
   { "mountpoint", corfs_mountpoint, 0 },
   { "hold", corfs_hold, 0 },
@@ -239,6 +254,7 @@ static const struct setting corfs_settings[] = {
   { "parent-owned", corfs_parent_owned, 0 },
   { "stream", corfs_stream, 0 },
   { "rate", corfs_rate, 0 },
+  { "source-timeout", corfs_source_timeout, 0 },
   { NULL, NULL, 0 },
 };
 
@@ -365,6 +381,17 @@ disk_header (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
   return 0;
 }
 
+/* policy = failover | spread: how a disk with several sources uses them. */
+static int
+disk_policy (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+             const char *value)
+{
+  if (strcmp (value, "failover") != 0 && strcmp (value, "spread") != 0)
+    return bad (s, "policy = %s: expected failover or spread", value);
+  d->spread = !strcmp (value, "spread");
+  return 0;
+}
+
 #define AT(field) offsetof (struct disk_opts, field)
 
 static const struct setting disk_settings[] = {
@@ -389,8 +416,56 @@ static const struct setting disk_settings[] = {
   { "s3-path-style", disk_s3_path_style, 0 },
   { "accept-changed-parent", disk_bool, AT (accept_changed_parent) },
   { "incoming", disk_bool, AT (incoming) },
+  { "policy", disk_policy, 0 },
   { NULL, NULL, 0 },
 };
+
+/* [source NAME ID]: one more source of disk NAME's image, after the
+ * disk's own URL and the sources before it, with its own settings. */
+static const struct setting source_settings[] = {
+  { "url", disk_string, AT (url) },
+  { "url-file", disk_url_file, 0 },
+  { "credentials-file", disk_string, AT (credentials_file) },
+  { "token-file", disk_string, AT (token_file) },
+  { "ca-file", disk_string, AT (ca_file) },
+  { "client-cert", disk_string, AT (client_cert) },
+  { "client-key", disk_string, AT (client_key) },
+  { "s3-endpoint", disk_string, AT (s3_endpoint) },
+  { "s3-region", disk_string, AT (s3_region) },
+  { "header", disk_header, 0 },
+  { "insecure", disk_bool, AT (insecure) },
+  { "s3-path-style", disk_s3_path_style, 0 },
+  { NULL, NULL, 0 },
+};
+
+/* The [source NAME ID] section's source (added at its first line). */
+static struct disk_opts *
+source_section (struct cfg_state *s, const char *section)
+{
+  const char *sp = strchr (section + 7, ' ');
+  char name[80];
+  struct disk_opts *d;
+
+  if (!sp || (size_t) (sp - (section + 7)) >= sizeof name || !name_is_valid (sp + 1)) {
+    bad (s, "[%s]: expected [source NAME ID], NAME and ID [A-Za-z0-9._-]+", section);
+    return NULL;
+  }
+  snprintf (name, sizeof name, "%.*s", (int) (sp - (section + 7)), section + 7);
+  if (!name_is_valid (name)) {
+    bad (s, "[%s]: a disk name is [A-Za-z0-9._-]+", section);
+    return NULL;
+  }
+  if (!(d = find_or_add_disk (s->o, name))) {
+    bad (s, "out of memory");
+    return NULL;
+  }
+  for (size_t i = 0; i < d->nr_sources; i++)
+    if (!strcmp (d->sources[i].name, sp + 1))
+      return &d->sources[i];
+  if (!(d = disk_add_source (d, sp + 1)))
+    bad (s, "out of memory");
+  return d;
+}
 
 static const struct setting *
 find_setting (const struct setting *table, const char *key)
@@ -424,12 +499,21 @@ on_value (void *user, const char *section, const char *key, const char *value)
     }
     table = disk_settings;
   }
+  else if (!strncmp (section, "source ", 7)) {
+    if (!(d = source_section (s, section)))
+      return 0;
+    name = section;
+    table = source_settings;
+  }
   else if (strcmp (section, "corfs") != 0) {
-    bad (s, "unknown section [%s] (expected [corfs] or [disk NAME])", section);
+    bad (s, "unknown section [%s] (expected [corfs], [disk NAME] or [source NAME ID])",
+         section);
     return 0;
   }
   if (!(k = find_setting (table, key))) {
-    if (d)
+    if (d && table == source_settings)
+      bad (s, "unknown setting %s in [%s]", key, name);
+    else if (d)
       bad (s, "unknown setting %s in [disk %s]", key, name);
     else
       bad (s, "unknown setting %s in [corfs]", key);

@@ -24,6 +24,8 @@
 #include <stdint.h>
 
 #include "daemon/daemon.h"
+#include "meta/meta.h"
+#include "remote/remote.h"
 
 struct cor_engine;
 struct cor_range;
@@ -85,6 +87,30 @@ int verify_mirror_parent (const char *name, const struct meta_record *rec, struc
 /* Clear an active mirror's verified seal in its record (rec is
  * refreshed), once the mount's checks passed.  0 or -1 (logged). */
 int forget_mirror_identity (const char *name, struct meta_disk *md, struct meta_record *rec);
+
+/* disk-sources.c */
+
+/* A disk's sources: configs for remote_open (cfg[0] is the disk's own),
+ * and the list after the first as the record keeps it. */
+struct disk_sources {
+  struct remote_config cfg[MAX_SOURCES];
+  size_t n;                     /* 0: one parent, no source set */
+  char *owned[MAX_SOURCES];     /* URLs copied from the record */
+  char list[META_SOURCES_MAX];
+};
+
+/* Fill ds from the options (dopt, NULL if not given) or the record (rec,
+ * NULL for a new disk), over base (the disk's own parent config); when
+ * the disk needs a source set, point base at it (base->sources).  A set
+ * is refused for a record that owns or writes its parent, or is
+ * incoming.  0 or -1 (logged). */
+int disk_sources_build (const char *name, const struct disk_opts *dopt,
+                        const struct meta_record *rec, struct remote_config *base,
+                        uint64_t source_timeout_ms, struct disk_sources *ds);
+/* The identity the disk is held to: a single parent's pins the first
+ * source. */
+void disk_sources_pin (struct disk_sources *ds, const char *pinned);
+void disk_sources_free (struct disk_sources *ds);
 
 /* hints.c */
 

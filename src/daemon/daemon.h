@@ -26,7 +26,20 @@ struct disk_opts {
   bool insecure, s3_virtual_host, accept_changed_parent;
   bool incoming;
   int write_mode;               /* -1: the mount's; 0 writeback; 1 mirror */
+  /* More sources of the same image, after this one in order of
+   * preference (--disk NAME=URL given again, [source NAME ID]): each
+   * with name (the ID, or "" from the command line), url and its own
+   * HTTP(S)/S3 settings; the other fields unused. */
+  struct disk_opts *sources;
+  size_t nr_sources;
+  bool spread;                  /* policy = spread (else failover) */
 };
+
+/* The most sources a disk can have, and the default and longest
+ * source-timeout (a source's most time without progress). */
+#define MAX_SOURCES 8
+#define DEFAULT_SOURCE_TIMEOUT_MS 1500
+#define SOURCE_TIMEOUT_MAX_MS 60000
 
 /* The longest hold and connect timeout accepted (seconds): a guest
  * request waiting longer than an hour is a hung VM, not patience. */
@@ -57,6 +70,7 @@ struct mount_opts {
   size_t nr_fuse_options;
   char **repin;                 /* --repin NAME: disks whose record has no identity */
   size_t nr_repin;
+  uint64_t source_timeout_ms;   /* source-timeout (0: the default) */
 };
 
 /* Daemon-wide settings given on the command line win over the config
@@ -67,6 +81,10 @@ enum { CLI_BLOCK_SIZE = 1, CLI_HOLD = 2, CLI_STREAM = 4, CLI_CONNECT_TIMEOUT = 8
 /* Parse `corfs mount` arguments (argv[0] is "mount").  Returns 0, 1 when
  * --help was printed, or -1 after printing a one-line error. */
 int mount_parse (int argc, char **argv, struct mount_opts *o);
+
+/* One more source for disk d (mount-opts.c): a zeroed entry of
+ * d->sources named id, or NULL (out of memory). */
+struct disk_opts *disk_add_source (struct disk_opts *d, const char *id);
 
 /* What may be shown of a --disk URL in argv and in errors about the
  * argument: scheme://host[:port]/path only (userinfo up to the

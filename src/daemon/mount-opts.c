@@ -84,6 +84,57 @@ scrub_disk_arg (char *arg)
   memcpy (url, kept, strlen (kept));
 }
 
+/* The URL of a --disk NAME=URL argument (after the '='), read from FILE
+ * for @FILE.  malloc'd, or NULL (printed). */
+static char *
+disk_arg_url (const char *name, const char *eq)
+{
+  char *url;
+
+  if (eq[1] == '@') {
+    url = read_small_file (eq + 2);
+    if (!url) {
+      fprintf (stderr, "corfs: --disk %s=@%s: %s\n", name, eq + 2, strerror (errno));
+      return NULL;
+    }
+  }
+  else
+    url = strdup (eq + 1);
+  if (url && !*url) {
+    fprintf (stderr, "corfs: --disk %s: empty URL\n", name);
+    free (url);
+    return NULL;
+  }
+  return url;
+}
+
+struct disk_opts *
+disk_add_source (struct disk_opts *d, const char *id)
+{
+  struct disk_opts *nv = realloc (d->sources, (d->nr_sources + 1) * sizeof *nv), *s;
+
+  if (!nv)
+    return NULL;
+  d->sources = nv;
+  s = &nv[d->nr_sources];
+  memset (s, 0, sizeof *s);
+  if (!(s->name = strdup (id)))
+    return NULL;
+  d->nr_sources++;
+  return s;
+}
+
+/* A disk given again: its next source, in order of preference. */
+static int
+add_disk_source (struct disk_opts *d, const char *eq)
+{
+  struct disk_opts *s = disk_add_source (d, "");
+
+  if (!s)
+    return -1;
+  return (s->url = disk_arg_url (d->name, eq)) ? 0 : -1;
+}
+
 static int
 add_disk_arg (struct mount_opts *o, const char *arg)
 {
@@ -111,9 +162,8 @@ add_disk_arg (struct mount_opts *o, const char *arg)
   }
   for (size_t i = 0; i < o->nr_disks; i++)
     if (!strcmp (o->disks[i].name, name)) {
-      fprintf (stderr, "corfs: --disk: disk %s given twice\n", name);
       free (name);
-      return -1;
+      return add_disk_source (&o->disks[i], eq);
     }
   nv = realloc (o->disks, (o->nr_disks + 1) * sizeof *nv);
   if (!nv) {
@@ -127,20 +177,7 @@ add_disk_arg (struct mount_opts *o, const char *arg)
   d->stream = -1;
   d->release_parent = -1;
   d->write_mode = -1;
-  if (eq[1] == '@') {
-    d->url = read_small_file (eq + 2);
-    if (!d->url) {
-      fprintf (stderr, "corfs: --disk %s=@%s: %s\n", name, eq + 2, strerror (errno));
-      return -1;
-    }
-  }
-  else
-    d->url = strdup (eq + 1);
-  if (!d->url || !*d->url) {
-    fprintf (stderr, "corfs: --disk %s: empty URL\n", name);
-    return -1;
-  }
-  return 0;
+  return (d->url = disk_arg_url (name, eq)) ? 0 : -1;
 }
 
 
@@ -388,6 +425,42 @@ block_size_ok (uint64_t bs)
   return bs >= 4096 && bs <= (4 << 20) && !(bs & (bs - 1));
 }
 
+/* A disk with several sources: only for disks corfs only reads (a
+ * write that reached one source is not on the others), each source
+ * with a URL that a record can list.  0 or -1 (printed). */
+static int
+check_sources (const struct mount_opts *o, const struct disk_opts *d)
+{
+  const char *why = NULL;
+
+  if (d->nr_sources == 0)
+    return 0;
+  if (d->parent_owned || o->parent_owned)
+    why = "--parent-owned";
+  else if (d->write_mode == 1 || (d->write_mode < 0 && o->mirror))
+    why = "mirror mode";
+  else if (d->incoming || o->incoming)
+    why = "--incoming";
+  if (why) {
+    fprintf (stderr, "corfs: disk %s: several sources are refused with %s (a write that "
+             "reached one source is not on the others)\n", d->name, why);
+    return -1;
+  }
+  if (d->nr_sources + 1 > MAX_SOURCES) {
+    fprintf (stderr, "corfs: disk %s: more than %d sources\n", d->name, MAX_SOURCES);
+    return -1;
+  }
+  for (size_t k = 0; k < d->nr_sources; k++) {
+    const char *u = d->sources[k].url;
+    if (!u || !*u || strpbrk (u, " \t\n")) {
+      fprintf (stderr, "corfs: disk %s: source %s: %s\n", d->name, d->sources[k].name,
+               !u || !*u ? "no url" : "a URL cannot contain blanks");
+      return -1;
+    }
+  }
+  return 0;
+}
+
 /* The mount's block size, and each disk's URL and block size, wherever
  * they were given.  0 or -1 (printed). */
 static int
@@ -409,6 +482,8 @@ check_disks (const struct mount_opts *o)
                "from 4K to 4M\n", o->disks[i].name, bs);
       return -1;
     }
+    if (check_sources (o, &o->disks[i]) == -1)
+      return -1;
   }
   return 0;
 }
@@ -443,24 +518,33 @@ mount_parse (int argc, char **argv, struct mount_opts *o)
   return 0;
 }
 
+/* A disk's options, its sources' too. */
+static void
+disk_opts_free (struct disk_opts *d)
+{
+  free (d->name);
+  free (d->url);
+  free (d->hint_file);
+  free (d->credentials_file);
+  free (d->token_file);
+  free (d->ca_file);
+  free (d->client_cert);
+  free (d->client_key);
+  free (d->s3_endpoint);
+  free (d->s3_region);
+  for (size_t k = 0; k < d->nr_headers; k++)
+    free (d->headers[k]);
+  free (d->headers);
+  for (size_t k = 0; k < d->nr_sources; k++)
+    disk_opts_free (&d->sources[k]);
+  free (d->sources);
+}
+
 void
 mount_opts_free (struct mount_opts *o)
 {
-  for (size_t i = 0; i < o->nr_disks; i++) {
-    free (o->disks[i].name);
-    free (o->disks[i].url);
-    free (o->disks[i].hint_file);
-    free (o->disks[i].credentials_file);
-    free (o->disks[i].token_file);
-    free (o->disks[i].ca_file);
-    free (o->disks[i].client_cert);
-    free (o->disks[i].client_key);
-    free (o->disks[i].s3_endpoint);
-    free (o->disks[i].s3_region);
-    for (size_t k = 0; k < o->disks[i].nr_headers; k++)
-      free (o->disks[i].headers[k]);
-    free (o->disks[i].headers);
-  }
+  for (size_t i = 0; i < o->nr_disks; i++)
+    disk_opts_free (&o->disks[i]);
   free (o->disks);
   for (size_t i = 0; i < o->nr_fuse_options; i++)
     free (o->fuse_options[i]);

@@ -63,6 +63,7 @@ const char *meta_state_name (enum meta_state s);
 
 #define META_URL_MAX 2048
 #define META_ID_MAX 512
+#define META_SOURCES_MAX 4096
 
 /* A disk's durable record.  Plain data: copy freely. */
 /* The most blocks a disk may have: the index keeps META_NR_MAPS bitmaps
@@ -102,6 +103,10 @@ struct meta_record {
    * by the daemon's user and group. */
   bool has_mode, has_uid, has_gid;
   uint32_t mode, uid, gid;
+  /* The sources after the first (url) of a disk with several, in order,
+   * credentials stripped, separated by single spaces; "" (as in records
+   * written before) for a disk with one. */
+  char sources[META_SOURCES_MAX];
 };
 
 /* Open (creating if needed) the index in directory dir (STATE/index).

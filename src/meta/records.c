@@ -53,6 +53,7 @@ static char *
 encode_record (const struct disk_value *v, size_t *len)
 {
   char *s = NULL, mode[16] = "", uid[24] = "", gid[24] = "", dsize[40] = "";
+  const char *sources = v->rec.sources[0] ? "sources=" : "";
   int n;
 
   /* Written only when set: older daemons skip unknown keys, and an
@@ -72,12 +73,13 @@ encode_record (const struct disk_value *v, size_t *len)
                     "block_size=%" PRIu32 "\nstate=%s\nepoch=%" PRIu64 "\n"
                     "write_mode=%s\nparent_owned=%d\ncomplete=%d\n"
                     "generation=%" PRIu32 "\nwidened_generation=%" PRIu32 "\n"
-                    "merging=%d\nopen=%d\n%s%s%s%s",
+                    "merging=%d\nopen=%d\n%s%s%s%s%s%s%s",
                     v->id, v->rec.url, v->rec.identity, v->rec.size,
                     v->rec.block_size, state_names[v->rec.state], v->rec.epoch,
                     v->rec.mirror ? "mirror" : "writeback", v->rec.parent_owned,
                     v->rec.complete, v->rec.generation,
-                    v->rec.widened_generation, v->rec.merging, v->open, mode, uid, gid, dsize);
+                    v->rec.widened_generation, v->rec.merging, v->open, mode, uid, gid, dsize,
+                    sources, v->rec.sources, *sources ? "\n" : "");
   if (n < 0)
     return NULL;
   *len = n;
@@ -115,6 +117,8 @@ decode_field (struct disk_value *v, const char *k, const char *val)
     v->rec.uid = strtoul (val, NULL, 10);
     v->rec.has_uid = true;
   }
+  else if (!strcmp (k, "sources"))
+    snprintf (v->rec.sources, sizeof v->rec.sources, "%s", val);
   else if (!strcmp (k, "gid")) {
     v->rec.gid = strtoul (val, NULL, 10);
     v->rec.has_gid = true;

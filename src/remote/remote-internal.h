@@ -58,6 +58,9 @@ struct remote_ops {
   /* Optional: close connections (see remote_release): the pool's idle
    * ones (remote_pool_close_idle) and whatever the backend keeps. */
   void (*release) (void *h);
+  /* Optional: remote_cancel's part for the backend (a source set
+   * cancels its sources). */
+  void (*cancel) (void *h);
 
   /* Connections, for the pool (pool.c).  NULL conn_open: the backend has
    * none (file: one fd that every thread shares) and gets no pool.
@@ -177,6 +180,11 @@ extern const struct remote_ops rfile_ops;
 extern const struct remote_ops rnbd_ops;
 extern const struct remote_ops rhttp_ops;
 extern const struct remote_ops rnfs_ops;
+extern const struct remote_ops rsources_ops;
+
+/* A source of a set: one attempt per request, no retries (the set moves
+ * to the next source instead, and retries the chain). */
+void remote_set_single_attempt (struct remote *r);
 
 /* Backends call this after every (re)connect with a fresh identity string.
  * Pins it the first time; afterwards a different string marks the remote

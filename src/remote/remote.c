@@ -18,6 +18,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "remote/sources-internal.h"
 #include "remote/wrapper-internal.h"
 
 static const struct remote_ops *backends[] = { &rfile_ops, &rnbd_ops, &rhttp_ops, &rnfs_ops, NULL };
@@ -42,13 +43,20 @@ remote_pool_of (const struct remote *r)
   return r->pool;
 }
 
+static int remote_open_as (const struct remote_config *cfg, const struct remote_ops *ops,
+                           struct remote **rp);
+
 int
 remote_open (const struct remote_config *cfg, struct remote **rp)
 {
-  struct remote *r;
   const struct remote_ops *ops = NULL;
-  int err = 0;
 
+  /* A source set takes its URL from its first source (messages, status). */
+  if (cfg->nr_sources > 0) {
+    struct remote_config c = *cfg;
+    c.url = cfg->sources[0].url;
+    return remote_open_as (&c, &rsources_ops, rp);
+  }
   for (size_t i = 0; backends[i]; i++)
     if (backends[i]->handles (cfg->url)) {
       ops = backends[i];
@@ -62,6 +70,18 @@ remote_open (const struct remote_config *cfg, struct remote **rp)
     errno = EINVAL;
     return -1;
   }
+  return remote_open_as (cfg, ops, rp);
+}
+
+/* remote_open with the backend chosen. */
+static int
+remote_open_as (const struct remote_config *cfg, const struct remote_ops *ops,
+                struct remote **rp)
+{
+  struct remote *r;
+  uint64_t a, b, c;
+  int err = 0;
+
   r = calloc (1, sizeof *r);
   if (!r)
     return -1;
@@ -74,7 +94,9 @@ remote_open (const struct remote_config *cfg, struct remote **rp)
   }
   pthread_mutex_init (&r->lock, NULL);
   remote_zcache_init (&r->zc);
-  if (cfg->pinned_identity && *cfg->pinned_identity) {
+  /* A set pins only its own kind of identity (see remote_config). */
+  if (cfg->pinned_identity && *cfg->pinned_identity &&
+      (ops != &rsources_ops || sfp_parse (cfg->pinned_identity, &a, &b, &c) == 0)) {
     snprintf (r->identity, sizeof r->identity, "%s", cfg->pinned_identity);
     r->pinned = true;
   }
@@ -267,6 +289,8 @@ remote_cancel (struct remote *r)
 {
   if (!r || __atomic_exchange_n (&r->cancelled, 1, __ATOMIC_SEQ_CST))
     return;
+  if (r->ops->cancel)
+    r->ops->cancel (r->h);
   log_debug ("remote: disk %s: cancelling requests to parent %s", r->disk, r->url);
 }
 
@@ -335,4 +359,62 @@ int
 remote_parent_writable (struct remote *r, uint64_t deadline_ns, int *err)
 {
   return ask (r, r->ops->parent_writable, deadline_ns, err);
+}
+
+void
+remote_set_single_attempt (struct remote *r)
+{
+  r->single_attempt = true;
+}
+
+size_t
+remote_nr_sources (struct remote *r)
+{
+  return r->ops == &rsources_ops ? rsources_count (r->h) : 0;
+}
+
+void
+remote_source_info (struct remote *r, size_t i, struct remote_source_info *si)
+{
+  rsources_info (r->h, i, si);
+}
+
+bool
+remote_identity_is_set (const char *id)
+{
+  uint64_t a, b, c;
+
+  return id && sfp_parse (id, &a, &b, &c) == 0;
+}
+
+int
+remote_sources_add (struct remote *r, const struct remote_config *src, uint64_t deadline_ns,
+                    char *why, size_t len)
+{
+  if (r->ops != &rsources_ops) {
+    snprintf (why, len, "the disk has one parent, not a source set: remount it with its "
+              "sources (--disk NAME=URL given once per source)");
+    return -1;
+  }
+  return rsources_add (r->h, src, deadline_ns, why, len);
+}
+
+int
+remote_sources_remove (struct remote *r, const char *url, char *why, size_t len)
+{
+  if (r->ops != &rsources_ops) {
+    snprintf (why, len, "the disk has one parent, not a source set");
+    return -1;
+  }
+  return rsources_remove (r->h, url, why, len);
+}
+
+void
+remote_set_source_notify (struct remote *r,
+                          void (*fn) (void *opaque, const char *event, const char *url,
+                                      const char *why),
+                          void *opaque)
+{
+  if (r->ops == &rsources_ops)
+    rsources_set_notify (r->h, fn, opaque);
 }

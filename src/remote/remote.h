@@ -71,6 +71,21 @@ struct remote_config {
   const char *s3_endpoint;      /* e.g. http://127.0.0.1:9000 */
   const char *s3_region;        /* default us-east-1 */
   bool s3_virtual_host;         /* bucket.host/key instead of host/bucket/key */
+  /* Several sources of one image (sources.c): with nr_sources > 0 the
+   * remote is a source set over sources[0..nr_sources), in order of
+   * preference, each with its own URL and settings (the fields above
+   * are then ignored, but for disk, pinned_identity and writable, which
+   * must be false).  A set's identity is "sources:size=..,seed=..,fp=..";
+   * a pinned identity of another form is the first source's own pin
+   * (a disk recorded with one source). */
+  const struct remote_config *sources;
+  size_t nr_sources;
+  uint64_t source_timeout_ns;   /* a source's most time without progress;
+                                   0: 1.5 s */
+  bool spread;                  /* policy spread: large reads (the streamer's,
+                                   readahead's) go round the healthy sources,
+                                   for bandwidth; else (failover) every read
+                                   goes to the first healthy one */
 };
 
 enum remote_state { REMOTE_IDLE, REMOTE_CONNECTED, REMOTE_RETRYING,
@@ -222,5 +237,40 @@ struct remote_stats {
   uint64_t requests, bytes, errors, retries, reconnects;
 };
 void remote_get_stats (struct remote *r, struct remote_stats *st);
+
+/* A source set's sources, for status and metrics: 0 for any other
+ * remote.  url and backend live as long as r. */
+struct remote_source_info {
+  const char *url, *backend;
+  const char *state;            /* "unchecked", "ok", "failed", "mismatch" */
+  uint64_t reads, bytes, errors, latency_us;
+  char error[256];              /* why it failed or was refused */
+};
+size_t remote_nr_sources (struct remote *r);
+/* A source set's sources changed at run time (corfs sources).  add
+ * opens src (its URL and its own settings; the set's timeouts), checks
+ * that it has the image's size and fingerprint (bounded by deadline_ns),
+ * and appends it; remove drops the source whose URL (credentials
+ * removed, as remote_source_info gives it) is url, never the last.
+ * Either: 0, or -1 with the reason in why (EINVAL for a remote that is
+ * not a set).  Any thread. */
+int remote_sources_add (struct remote *r, const struct remote_config *src,
+                        uint64_t deadline_ns, char *why, size_t len);
+int remote_sources_remove (struct remote *r, const char *url, char *why, size_t len);
+
+/* A source set calls fn (opaque, EVENT, url, why) when a source changes:
+ * "source-failed", "source-mismatch" (refused: a different image),
+ * "source-back" (answers and matches again), "source-added",
+ * "source-removed"; from the thread that found it, with no lock of the
+ * set held.  Set once, before the engine's threads use r; nothing for a
+ * remote that is not a set. */
+void remote_set_source_notify (struct remote *r,
+                               void (*fn) (void *opaque, const char *event, const char *url,
+                                           const char *why),
+                               void *opaque);
+
+/* Is id a source set's identity ("sources:...")? */
+bool remote_identity_is_set (const char *id);
+void remote_source_info (struct remote *r, size_t i, struct remote_source_info *si);
 
 #endif

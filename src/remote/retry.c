@@ -62,7 +62,7 @@ backoff (struct remote *r, uint64_t *delay_ns, uint64_t deadline_ns)
 {
   uint64_t now = now_ns (), d;
 
-  if (remote_is_cancelled (r) || now + MIN_ATTEMPT_NS > deadline_ns)
+  if (remote_is_cancelled (r) || r->single_attempt || now + MIN_ATTEMPT_NS > deadline_ns)
     return false;
   d = *delay_ns / 2 + (uint64_t) random () % (*delay_ns / 2 + 1);
   if (d > deadline_ns - now - MIN_ATTEMPT_NS)
@@ -159,7 +159,8 @@ give_up (struct remote *r, const struct retry *rt, unsigned attempts, uint64_t s
      * answer is EIO: the detail is in the log and in the status.  A
      * read cut short by the shutdown is not an error worth logging. */
     *err = EIO;
-    log_msg (cancelled ? LOG_LVL_DEBUG : LOG_LVL_ERROR,
+    /* A set's source: the set fails over and says so. */
+    log_msg (cancelled || r->single_attempt ? LOG_LVL_DEBUG : LOG_LVL_ERROR,
              "remote: disk %s: parent %s: read of %zu bytes at offset %"
              PRIu64 " failed after %u attempts in %.1f s: %s",
              r->disk, r->url, rt->count, rt->offset, attempts,

@@ -53,6 +53,8 @@ struct remote {
   bool modifying;               /* our writes may change the identity */
   bool size_failed;             /* the last error is a size/identity question's */
   int cancelled;                /* atomic: remote_cancel was called */
+  bool single_attempt;          /* a set's source: never retried (set once,
+                                   before any request) */
   struct remote_stats stats;
   struct log_ratelimit rl;
   uint64_t size;                /* atomic: the last size the parent gave, 0 before */

@@ -195,7 +195,7 @@ Test (config, refusals_name_the_line)
   static const struct { const char *text, *err; } cases[] = {
     { "[corfs]\nfoo = 1\n", "line 2: unknown setting foo in [corfs]" },
     { "[disk a]\nurl = file:///x\nfoo = 1\n", "line 3: unknown setting foo in [disk a]" },
-    { "[other]\nx = 1\n", "line 2: unknown section [other] (expected [corfs] or [disk NAME])" },
+    { "[other]\nx = 1\n", "line 2: unknown section [other] (expected [corfs], [disk NAME] or [source NAME ID])" },
     { "[disk a/b]\nurl = file:///x\n", "line 2: [disk a/b]: a disk name is [A-Za-z0-9._-]+" },
     { "[corfs]\nparent-owned = maybe\n", "line 2: parent-owned: expected true or false" },
     { "[disk a]\ninsecure = 2\n", "line 2: insecure: expected true or false" },

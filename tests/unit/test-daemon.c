@@ -399,3 +399,46 @@ Test (daemon, refusals_after_the_options)
   cr_assert_eq (o.disks[0].block_size, 8192);
   mount_opts_free (&o);
 }
+
+/* Several sources: --disk NAME=URL given again, and [source NAME ID]
+ * sections with their own settings, in order; refused with
+ * --parent-owned, mirror mode, --incoming, and for a URL with a blank. */
+Test (daemon, sources)
+{
+  struct mount_opts o;
+
+  cr_assert_eq (parse (&o, "--state", "/tmp/s", "--disk", "d=http://a/x", "--disk",
+                       "d=nbd://b/x", NULL), 0);
+  cr_assert_eq (o.nr_disks, 1);
+  cr_assert_str_eq (o.disks[0].url, "http://a/x");
+  cr_assert_eq (o.disks[0].nr_sources, 1);
+  cr_assert_str_eq (o.disks[0].sources[0].url, "nbd://b/x");
+  mount_opts_free (&o);
+  cr_assert_eq (parse_config (&o, "[corfs]\nsource-timeout = 0.5\n"
+                              "[disk d]\nurl = http://a/x\nheader = X-A: 1\npolicy = spread\n"
+                              "[source d s3]\nurl = s3://b/k\ns3-region = r\n"
+                              "credentials-file = /c\n[source d n]\nurl = nbd://c/x\n"), 0);
+  cr_assert_eq (o.source_timeout_ms, 500);
+  cr_assert_eq (o.disks[0].nr_sources, 2);
+  cr_assert (o.disks[0].spread);
+  cr_assert_str_eq (o.disks[0].sources[0].name, "s3");
+  cr_assert_str_eq (o.disks[0].sources[0].s3_region, "r");
+  cr_assert_str_eq (o.disks[0].sources[0].credentials_file, "/c");
+  cr_assert_eq (o.disks[0].sources[0].nr_headers, 0);
+  cr_assert_null (o.disks[0].sources[1].credentials_file);
+  mount_opts_free (&o);
+  cr_assert_eq (parse_config (&o, "[disk d]\nurl = http://a/x\n[source d s]\nstream = on\n"), -1);
+  mount_opts_free (&o);
+  cr_assert_eq (parse (&o, "--state", "/tmp/s", "--parent-owned", "--disk", "d=http://a/x",
+                       "--disk", "d=http://b/x", NULL), -1);
+  mount_opts_free (&o);
+  cr_assert_eq (parse (&o, "--state", "/tmp/s", "--incoming", "--disk", "d=http://a/x",
+                       "--disk", "d=http://b/x", NULL), -1);
+  mount_opts_free (&o);
+  cr_assert_eq (parse_config (&o, "[disk d]\nurl = http://a/x\nwrite-mode = mirror\n"
+                              "parent-owned = true\n[source d s]\nurl = http://b/x\n"), -1);
+  mount_opts_free (&o);
+  cr_assert_eq (parse_config (&o, "[disk d]\nurl = http://a/x\n[source d s]\nurl = http://b/x y\n"),
+                -1);
+  mount_opts_free (&o);
+}
