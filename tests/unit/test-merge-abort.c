@@ -14,11 +14,15 @@
  *    parent copy lost, as a failed parent flush marks it) is copied
  *    again before the hand-off: the scan starts over from block 0.
  *    This program defines pwrite itself, so the file://
- *    backend's writes come here first (see on_parent_write). */
+ *    backend's writes come here first (see on_parent_write);
+ *  - the job framework (job.c): merge_stop while a starter is still in
+ *    its kind's prepare hook leaves the job to that starter, which frees
+ *    it (once) and starts no thread. */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +33,7 @@
 #include "common/util.h"
 #include "cor/cor.h"
 #include "merge/merge.h"
+#include "merge/merge-internal.h"
 #include "meta/meta.h"
 #include "remote/remote.h"
 
@@ -275,4 +280,69 @@ Test (merge_abort, rescans_blocks_behind_the_cursor)
   close (fd);
   cr_expect_arr_eq (got, want, BS, "the parent lacks block 1 after the abort: its lost "
                     "copy (behind the cursor) was not copied again");
+}
+
+/* A job kind whose prepare waits until told (as flatten's may on a hung
+ * target), counting its frees. */
+static int prep_entered, prep_go, slow_frees, slow_steps;       /* atomic */
+
+static int
+slow_prepare (struct job *j, const void *arg, char *errbuf, size_t len)
+{
+  __atomic_store_n (&prep_entered, 1, __ATOMIC_SEQ_CST);
+  for (int i = 0; i < 1000 && !__atomic_load_n (&prep_go, __ATOMIC_SEQ_CST); i++)
+    usleep (10 * 1000);
+  return 0;
+}
+
+static enum job_step
+slow_step (struct job *j)
+{
+  __atomic_add_fetch (&slow_steps, 1, __ATOMIC_SEQ_CST);
+  return JOB_END;
+}
+
+static void
+slow_free (struct job *j)
+{
+  __atomic_add_fetch (&slow_frees, 1, __ATOMIC_SEQ_CST);
+}
+
+static const struct job_kind slow_kind = {
+  .name = "slow", .prepare = slow_prepare, .step = slow_step, .free = slow_free,
+};
+
+struct starter {
+  int r;
+  char msg[512];
+};
+
+static void *
+start_slow (void *arg)
+{
+  struct starter *s = arg;
+  s->r = job_start (mg, d, &slow_kind, 0, NULL, s->msg, sizeof s->msg);
+  return NULL;
+}
+
+Test (merge_abort, stop_during_prepare)
+{
+  struct starter s = { 0, "" };
+  pthread_t t;
+
+  cr_assert_eq (pthread_create (&t, NULL, start_slow, &s), 0);
+  for (int i = 0; i < 500 && !__atomic_load_n (&prep_entered, __ATOMIC_SEQ_CST); i++)
+    usleep (10 * 1000);
+  cr_assert (__atomic_load_n (&prep_entered, __ATOMIC_SEQ_CST), "prepare never ran");
+  cr_expect_eq (merge_stop (mg, now_ns () + NS_PER_SEC), 0);
+  cr_expect_eq (__atomic_load_n (&slow_frees, __ATOMIC_SEQ_CST), 0,
+                "merge_stop freed a job its starter was still preparing");
+  __atomic_store_n (&prep_go, 1, __ATOMIC_SEQ_CST);
+  pthread_join (t, NULL);
+  cr_expect_eq (s.r, -1, "a job prepared across merge_stop was started");
+  cr_expect_not_null (strstr (s.msg, "shutting down"), "the refusal: %s", s.msg);
+  usleep (100 * 1000);
+  cr_expect_eq (__atomic_load_n (&slow_frees, __ATOMIC_SEQ_CST), 1,
+                "the job was freed %d times", slow_frees);
+  cr_expect_eq (__atomic_load_n (&slow_steps, __ATOMIC_SEQ_CST), 0, "its thread ran");
 }
