@@ -4,7 +4,7 @@
 # fetch, then the claims in flight), not a fresh hold for each wait:
 #  - --hold 3; a parent of 8 MiB + 1000 bytes (its last block short)
 #    whose reads take 2.8 s while $T/stall exists;
-#  - `truncate -s +64M` fetches the short block (2.8 s); 2 s into that
+#  - `truncate -s +64M` fetches the short block (2.8 s); 1.5 s into that
 #    fetch a cold read of another block starts (2.8 s too), which the
 #    grow must then wait for: the truncate fails (EIO) within the hold
 #    plus 1 s, rather than at the read's end;
@@ -41,7 +41,7 @@ t0=$(now_ms)
 tp=$!
 for i in $(seq 100); do [ -e $T/tail-read ] && break; sleep 0.05; done
 [ -e $T/tail-read ] || fail "the grow did not fetch the short last block"
-sleep 2
+sleep 1.5
 ( dd if=$mnt/d of=/dev/null bs=64K count=1 skip=50 iflag=direct status=none || true ) &
 rp=$!
 wait $tp
