@@ -112,6 +112,9 @@ fetch_short_tail (struct cor_disk *d, uint64_t deadline_ns, char *why, size_t le
   }
   inflight_fg_begin (d);        /* the streamer gives way meanwhile */
   r = cor_fetch_blocks (d, last, last + 1, deadline_ns, NULL, NULL, NULL, &err);
+  if (r == 0)                   /* counted as a guest read's fetch */
+    __atomic_fetch_add (&d->fg_fetched_bytes, blocks_length (d, last, last + 1),
+                        __ATOMIC_RELAXED);
   inflight_fg_end (d);
   inflight_release (d, &self);
   if (r == -1 || tail_missing (d)) {
