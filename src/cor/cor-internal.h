@@ -403,6 +403,10 @@ void inflight_fg_end (struct cor_disk *d);
  * errbuf (logged) and nothing owned.  Release with inflight_release. */
 int inflight_own_all (struct cor_disk *d, struct busy *self, const char *what, char *errbuf,
                       size_t len);
+/* The same, for a guest request (a grow): waits until its deadline_ns
+ * instead of a fresh hold, so the request ends within its own hold. */
+int inflight_own_all_by (struct cor_disk *d, struct busy *self, const char *what,
+                         uint64_t deadline_ns, char *errbuf, size_t len);
 /* checkpoint's hold: wait at most the hold for the write claims in flight
  * and keep the gate shut (no claim passes) until inflight_gate_release.
  * 0 or -1 as inflight_own_all. */

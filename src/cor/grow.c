@@ -21,12 +21,18 @@
  * and disks another host may still own or write (incoming, activating,
  * handed off).  A merge in progress writes the parent: refused as well.
  *
+ * A grow is a guest request: it has one deadline, its hold from its
+ * start, and every wait on another request or the parent ends by it (the
+ * owner_lock, the short block's fetch, inflight_own_all_by); past it the
+ * grow fails with EIO, the size unchanged.  The flush and the commit
+ * after are local (the index and the overlay, never the parent: a mirror
+ * does not grow).
+ *
  * Thread model: FUSE worker threads (fs_setattr).  Takes d->owner_lock
- * (outermost, waited for at most the hold, as cor_update_record does)
- * for the whole grow, so that no owner-state change or record update
- * runs meanwhile; owns every block (inflight_own_all: no guest write,
- * fetch or prefetch runs), flushes (cor_flush: nothing pending in the
- * index), then extends the overlay and commits.  d->size and
+ * (outermost) for the whole grow, so that no owner-state change or
+ * record update runs meanwhile; owns every block (no guest write, fetch
+ * or prefetch runs), flushes (cor_flush: nothing pending in the index),
+ * then extends the overlay and commits.  d->size and
  * d->nr_blocks change with atomic stores while every block is owned;
  * lock-free readers see the old or the new value, either of which is
  * consistent (the new blocks are present before nr_blocks grows).
@@ -76,24 +82,45 @@ grow_refusal (struct cor_disk *d, uint64_t new_size, char *why, size_t len)
   return 0;
 }
 
+/* inflight_claim's still_wanted: the short last block is still missing. */
+static bool
+tail_missing (const struct cor_disk *d)
+{
+  return !meta_test (d->md, META_PRESENT, d->nr_blocks - 1);
+}
+
 /* Must be called with d->owner_lock held.  Bring in a short last block
  * of the parent (see above), so that no fetch ever needs bytes past the
- * parent's end.  0 or an errno (why). */
+ * parent's end; waiting for it (another request's fetch) and fetching it
+ * end by deadline_ns, the grow's own.  0 or an errno (why). */
 static int
-fetch_short_tail (struct cor_disk *d, char *why, size_t len)
+fetch_short_tail (struct cor_disk *d, uint64_t deadline_ns, char *why, size_t len)
 {
   uint64_t last = d->nr_blocks - 1;
-  char byte;
-  int err = 0;
+  struct busy self;
+  int err = 0, r;
 
-  if (d->size % d->block_size == 0 || d->nr_blocks == 0 ||
-      meta_test (d->md, META_PRESENT, last))
+  if (d->size % d->block_size == 0 || d->nr_blocks == 0 || !tail_missing (d))
     return 0;
-  if (cor_read (d, &byte, 1, d->size - 1, &err) == -1 ||
-      !meta_test (d->md, META_PRESENT, last)) {
+  r = inflight_claim (d, &self, last, last + 1, deadline_ns, INFLIGHT_GUEST, tail_missing);
+  if (r == 1)
+    return 0;                   /* another request brought it in meanwhile */
+  if (r == -1) {
+    snprintf (why, len, "the parent's last (short) block is being fetched by another "
+              "request, still when the hold time ran out");
+    return EIO;
+  }
+  inflight_fg_begin (d);        /* the streamer gives way meanwhile */
+  r = cor_fetch_blocks (d, last, last + 1, deadline_ns, NULL, NULL, NULL, &err);
+  if (r == 0)                   /* counted as a guest read's fetch */
+    __atomic_fetch_add (&d->fg_fetched_bytes, blocks_length (d, last, last + 1),
+                        __ATOMIC_RELAXED);
+  inflight_fg_end (d);
+  inflight_release (d, &self);
+  if (r == -1 || tail_missing (d)) {
     snprintf (why, len, "the parent's last (short) block could not be fetched first: %s",
               strerror (err ? err : EIO));
-    return err ? err : EIO;
+    return EIO;                 /* as a guest read that failed */
   }
   return 0;
 }
@@ -133,19 +160,22 @@ grow_owned (struct cor_disk *d, uint64_t new_size, char *why, size_t len)
   return 0;
 }
 
-/* Must be called with d->owner_lock held.  0 or an errno (why). */
+/* Must be called with d->owner_lock held.  Every wait ends by
+ * deadline_ns, the request's one hold: a grow is a guest request.  0 or
+ * an errno (why). */
 static int
-grow_locked (struct cor_disk *d, uint64_t new_size, char *why, size_t len)
+grow_locked (struct cor_disk *d, uint64_t new_size, uint64_t deadline_ns, char *why,
+             size_t len)
 {
   struct busy self;
   int err;
 
   if ((err = grow_refusal (d, new_size, why, len)) != 0 || new_size == d->size)
     return err;
-  if ((err = fetch_short_tail (d, why, len)) != 0)
+  if ((err = fetch_short_tail (d, deadline_ns, why, len)) != 0)
     return err;
-  if (inflight_own_all (d, &self, "grow", why, len) == -1)
-    return EAGAIN;
+  if (inflight_own_all_by (d, &self, "grow", deadline_ns, why, len) == -1)
+    return EIO;
   err = grow_owned (d, new_size, why, len);
   inflight_release (d, &self);
   return err;
@@ -163,10 +193,10 @@ cor_disk_grow (struct cor_disk *d, uint64_t new_size, int *err)
     return 0;
   if ((r = pthread_mutex_clocklock (&d->owner_lock, CLOCK_MONOTONIC, &ts)) != 0) {
     snprintf (why, sizeof why, "an owner-state change took longer than the hold time");
-    r = r == ETIMEDOUT ? EAGAIN : r;
+    r = r == ETIMEDOUT ? EIO : r;
   }
   else {
-    r = grow_locked (d, new_size, why, sizeof why);
+    r = grow_locked (d, new_size, deadline_ns, why, sizeof why);
     pthread_mutex_unlock (&d->owner_lock);
   }
   if (r) {

@@ -202,9 +202,11 @@ gate_open_unlocked (struct cor_disk *d)
  *      so the streamer's next chunks cannot keep the disk busy forever.
  *      Guest requests whose deadline is before ours still get through
  *      (they end before we would give up).
- *   2. Wait for the claims in flight to end, at most the hold: a fetch
- *      that the parent stalls must not hold the command (and its reply)
- *      longer than it would hold a guest; nor past the daemon's shutdown.
+ *   2. Wait for the claims in flight to end, at most the hold (for a
+ *      guest request, inflight_own_all_by: until its own deadline): a
+ *      fetch that the parent stalls must not hold the command (and its
+ *      reply) longer than it would hold a guest; nor past the daemon's
+ *      shutdown.
  *   3. Claim everything, or give up with nothing owned; open the gate.
  * With writes_only (checkpoint), step 2 waits only for write claims
  * (fetches never touch the dirty or changed bits), and step 3 claims
@@ -213,9 +215,8 @@ gate_open_unlocked (struct cor_disk *d)
  * 0, or -1 with a reason in errbuf (also logged). */
 static int
 own_all_mode (struct cor_disk *d, struct busy *self, bool writes_only, const char *what,
-              char *errbuf, size_t len)
+              uint64_t deadline_ns, char *errbuf, size_t len)
 {
-  uint64_t deadline_ns = now_ns () + d->hold_ns;
   struct busy *b;
   int r = 0;
 
@@ -257,13 +258,20 @@ own_all_mode (struct cor_disk *d, struct busy *self, bool writes_only, const cha
 int
 inflight_own_all (struct cor_disk *d, struct busy *self, const char *what, char *errbuf, size_t len)
 {
-  return own_all_mode (d, self, false, what, errbuf, len);
+  return own_all_mode (d, self, false, what, now_ns () + d->hold_ns, errbuf, len);
+}
+
+int
+inflight_own_all_by (struct cor_disk *d, struct busy *self, const char *what,
+                     uint64_t deadline_ns, char *errbuf, size_t len)
+{
+  return own_all_mode (d, self, false, what, deadline_ns, errbuf, len);
 }
 
 int
 inflight_hold_writers (struct cor_disk *d, const char *what, char *errbuf, size_t len)
 {
-  return own_all_mode (d, NULL, true, what, errbuf, len);
+  return own_all_mode (d, NULL, true, what, now_ns () + d->hold_ns, errbuf, len);
 }
 
 void

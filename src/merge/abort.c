@@ -7,7 +7,11 @@
  *           writes refused (or the job fails with nothing changed);
  *   step:   the next run of blocks the parent may lack
  *           (cor_next_unsettled_run, as merge walks them), copied by
- *           cor_abort_copy within a fresh hold; none left ends the copy;
+ *           cor_abort_copy within a fresh hold; at the end of the disk
+ *           the scan starts again from block 0, and one from block 0
+ *           that finds nothing ends the copy (blocks behind the cursor
+ *           may turn suspect: cor_mirror_flush; bounded, as guest
+ *           writes are refused meanwhile);
  *   finish: cor_abort_end: flush, pin, record handed-off; or, after a
  *           failed or cancelled copy, the mirror active again.
  * The job never retries: a failure is the command's error reply ("try
@@ -31,6 +35,7 @@
 struct abort_job {
   bool begun;                   /* cor_abort_begin succeeded: owner_lock held */
   uint64_t blk;                 /* where the copy goes on, or where it failed */
+  bool copied;                  /* this scan (each begins at block 0) copied a run */
   int copy_err;                 /* the copy's failure, 0 if none */
   int result;                   /* the outcome: 0, or -1 with msg */
   char msg[1024];
@@ -92,8 +97,15 @@ abort_step (struct job *j)
   int64_t r;
 
   a->blk = cor_next_unsettled_run (j->d, a->blk, COR_ABORT_RUN, &end);
+  if (a->blk >= cor_disk_nr_blocks (j->d) && a->copied) {
+    /* Blocks behind the cursor may have turned suspect meanwhile (a
+     * guest's fsync whose parent flush failed marks them all): scan
+     * again from block 0. */
+    a->copied = false;
+    a->blk = cor_next_unsettled_run (j->d, 0, COR_ABORT_RUN, &end);
+  }
   if (a->blk >= cor_disk_nr_blocks (j->d))
-    return JOB_END;             /* nothing left to copy */
+    return JOB_END;             /* a scan from block 0 found nothing */
   if (!job_keep_going (j)) {    /* cancelled: only at exit (merge_stop) */
     a->copy_err = ECANCELED;
     return JOB_END;
@@ -101,6 +113,7 @@ abort_step (struct job *j)
   if ((r = cor_abort_copy (j->d, a->blk, end, &a->copy_err)) == -1)
     return JOB_END;
   job_charge (j, r);
+  a->copied = true;
   a->blk = end;
   return JOB_MORE;
 }

@@ -18,7 +18,9 @@
  * deadline: a job stuck in the kernel is left running, and nothing it
  * uses is freed) or by merge_free (after ctl_stop: no starter is left).
  * A held job is freed only once its starter let go of it (job_unhold):
- * merge_stop leaves one still held to its starter.
+ * merge_stop leaves one still held to its starter, and one still being
+ * prepared (no thread yet) too: that starter frees it instead of
+ * starting its thread.
  * A job is listed, as starting, before its starter runs the kind's
  * prepare hook, so two starters cannot both start a job on one disk;
  * what prepare opens is used only by the job's thread afterwards, and
@@ -116,6 +118,25 @@ cancel_all_unlocked (struct merge *mg)
   pthread_cond_broadcast (&mg->cond);
 }
 
+/* Must be called with mg->lock held.  Take the jobs still being prepared
+ * (listed, no thread yet: their starters are in the kind's prepare hook)
+ * off list and leave them to their starters, which see them orphaned
+ * once prepare returns and free them (start_job): freeing one here would
+ * free it under its starter. */
+static void
+leave_preparing_unlocked (struct job **list)
+{
+  for (struct job **pp = list; *pp;) {
+    struct job *j = *pp;
+    if (j->started) {
+      pp = &j->next;
+      continue;
+    }
+    j->orphaned = true;
+    *pp = j->next;
+  }
+}
+
 size_t
 merge_stop (struct merge *mg, uint64_t deadline_ns)
 {
@@ -131,6 +152,7 @@ merge_stop (struct merge *mg, uint64_t deadline_ns)
   cancel_all_unlocked (mg);
   list = mg->jobs;
   mg->jobs = NULL;
+  leave_preparing_unlocked (&list);
   pthread_mutex_unlock (&mg->lock);
   for (struct job **pp = &list; *pp;) {
     struct job *j = *pp;
@@ -381,6 +403,12 @@ start_job (struct merge *mg, struct cor_disk *d, const struct job_kind *kind, ui
     return -1;
   }
   pthread_mutex_lock (&mg->lock);
+  if (j->orphaned) {            /* merge_stop left it to us: no thread at exit */
+    pthread_mutex_unlock (&mg->lock);
+    snprintf (errbuf, len, "disk %s: the daemon is shutting down", cor_disk_name (d));
+    job_free (j);
+    return -1;
+  }
   j->rate = rate == UINT64_MAX ? 0 : rate;
   if (kind->init_progress)
     kind->init_progress (j);

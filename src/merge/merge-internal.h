@@ -84,7 +84,8 @@ struct job {
   char last_error[512];
   bool ended;                   /* the thread has run its last hook */
   int waiters;                  /* a held job's starter (job_start_held) */
-  bool orphaned;                /* merge_stop let go: the last waiter frees */
+  bool orphaned;                /* merge_stop let go: the last waiter frees (or, still
+                                 * being prepared, its starter) */
   struct job *next;
 };
 

@@ -84,10 +84,26 @@ require_active (const struct meta_record *rec, char *errbuf, size_t len)
   return -1;
 }
 
+/* A grown disk has blocks past its parent's end, which a merge cannot
+ * write (it never grows the parent).  ctl refuses it from a look at the
+ * size, but a grow publishes its size only at its end, under the owner
+ * lock: checked again here, under that lock, from the record (arg: the
+ * disk, for its name).  The message is ctl's. */
+static int
+refuse_grown (const struct meta_record *rec, void *arg, char *errbuf, size_t len)
+{
+  if (rec->disk_size <= rec->size)
+    return 0;
+  snprintf (errbuf, len, "disk %s: merge refused: the disk was grown to %" PRIu64
+            " bytes, past its parent's %" PRIu64 "; flatten it (--to a new image) instead",
+            cor_disk_name (arg), rec->disk_size, rec->size);
+  return -1;
+}
+
 static int
 set_merging (struct meta_record *rec, void *arg, char *errbuf, size_t len)
 {
-  if (require_active (rec, errbuf, len) == -1)
+  if (require_active (rec, errbuf, len) == -1 || refuse_grown (rec, arg, errbuf, len) == -1)
     return -1;
   if (rec->merging)
     return 1;
@@ -108,6 +124,8 @@ set_synced (struct meta_record *rec, void *arg, char *errbuf, size_t len)
 static int
 set_parent_owned (struct meta_record *rec, void *arg, char *errbuf, size_t len)
 {
+  if (refuse_grown (rec, arg, errbuf, len) == -1)
+    return -1;
   if (rec->parent_owned)
     return 1;
   rec->parent_owned = true;
@@ -187,7 +205,7 @@ merge_start (struct job *j)
     job_finish (j, J_FAILED);
     return false;
   }
-  if (cor_update_record (d, set_merging, NULL, msg, sizeof msg) == -1) {
+  if (cor_update_record (d, set_merging, d, msg, sizeof msg) == -1) {
     job_set_error (j, "recording the merge: %s", msg);
     job_finish (j, J_FAILED);
     return false;
@@ -434,7 +452,7 @@ check_mergeable (struct cor_disk *d, const struct meta_record *rec, bool parent_
                 "overlays read)", cor_disk_name (d), rec->url);
       return -1;
     }
-    if (cor_update_record (d, set_parent_owned, NULL, errbuf, len) == -1)
+    if (cor_update_record (d, set_parent_owned, d, errbuf, len) == -1)
       return -1;
   }
   return 0;
