@@ -1,0 +1,271 @@
+/* corfs: the format seam (format.h): the dispatch to a format's reader,
+ * the raw passthrough, and the helpers the readers share.
+ *
+ * Threads: any, concurrently.  f->err_lock protects f->last_error only
+ * and is a leaf (nothing is called under it).
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/util.h"
+#include "format/format-internal.h"
+
+int
+format_parse (const char *name, enum format_kind *kind)
+{
+  if (strcmp (name, "raw") == 0)
+    *kind = FORMAT_RAW;
+  else if (strcmp (name, "qcow2") == 0)
+    *kind = FORMAT_QCOW2;
+  else {
+    errno = EINVAL;
+    return -1;
+  }
+  return 0;
+}
+
+const char *
+format_name (enum format_kind kind)
+{
+  return kind == FORMAT_QCOW2 ? "qcow2" : "raw";
+}
+
+static const struct format_ops *
+ops_of (enum format_kind kind)
+{
+  return kind == FORMAT_QCOW2 ? &format_qcow2_ops : &format_raw_ops;
+}
+
+static struct format *
+format_new (const struct format_config *cfg, const char *name)
+{
+  struct format *f = calloc (1, sizeof *f);
+
+  if (f == NULL || (f->name = strdup (name)) == NULL) {
+    free (f);
+    return NULL;
+  }
+  f->kind = cfg->kind;
+  f->ops = ops_of (cfg->kind);
+  pthread_mutex_init (&f->err_lock, NULL);
+  return f;
+}
+
+static int
+format_start (struct format *f, const struct format_config *cfg, uint64_t deadline_ns,
+              struct format **fp, int *err)
+{
+  if (f->ops->open (f, cfg, deadline_ns, err) == -1) {
+    format_close (f);
+    return -1;
+  }
+  f->opened = true;
+  *fp = f;
+  return 0;
+}
+
+int
+format_open (struct remote *r, const struct format_config *cfg, uint64_t deadline_ns,
+             struct format **fp, int *err)
+{
+  struct format *f = format_new (cfg, remote_url (r));
+
+  if (f == NULL) {
+    *err = ENOMEM;
+    return -1;
+  }
+  f->r = r;
+  return format_start (f, cfg, deadline_ns, fp, err);
+}
+
+int
+format_open_memory (const void *image, size_t len, const char *name,
+                    const struct format_config *cfg, struct format **fp, int *err)
+{
+  struct format *f = format_new (cfg, name);
+
+  if (f == NULL) {
+    *err = ENOMEM;
+    return -1;
+  }
+  f->mem = image;
+  f->mem_size = len;
+  f->file_size = len;
+  return format_start (f, cfg, 0, fp, err);
+}
+
+void
+format_close (struct format *f)
+{
+  if (f == NULL)
+    return;
+  f->ops->close (f);
+  pthread_mutex_destroy (&f->err_lock);
+  free (f->name);
+  free (f);
+}
+
+enum format_kind
+format_kind (const struct format *f)
+{
+  return f->kind;
+}
+
+int64_t
+format_size (struct format *f, uint64_t deadline_ns, int *err)
+{
+  if (f->kind == FORMAT_RAW) {
+    if (f->r == NULL)
+      return (int64_t) f->mem_size;
+    return remote_get_size (f->r, deadline_ns, err);
+  }
+  return (int64_t) f->size;
+}
+
+int
+format_pread (struct format *f, void *buf, size_t count, uint64_t offset,
+              uint64_t deadline_ns, int *err)
+{
+  return f->ops->pread (f, buf, count, offset, deadline_ns, err);
+}
+
+int
+format_zero_extents (struct format *f, uint64_t offset, uint64_t count, uint64_t deadline_ns,
+                     struct remote_extent **extents, size_t *nr_extents, int *err)
+{
+  *extents = NULL;
+  *nr_extents = 0;
+  return f->ops->zero_extents (f, offset, count, deadline_ns, extents, nr_extents, err);
+}
+
+int
+format_map (struct format *f, uint64_t offset, uint64_t count, uint64_t deadline_ns,
+            struct format_map **map, size_t *nr_map, int *err)
+{
+  *map = NULL;
+  *nr_map = 0;
+  return f->ops->map (f, offset, count, deadline_ns, map, nr_map, err);
+}
+
+void
+format_last_error (struct format *f, char *buf, size_t len)
+{
+  pthread_mutex_lock (&f->err_lock);
+  snprintf (buf, len, "%s", f->last_error);
+  pthread_mutex_unlock (&f->err_lock);
+}
+
+/* Helpers of the readers. */
+
+int
+fmt_read (struct format *f, void *buf, size_t count, uint64_t offset, uint64_t deadline_ns,
+          int *err)
+{
+  if (f->r != NULL)
+    return remote_pread (f->r, buf, count, offset, deadline_ns, err);
+  if (offset > f->mem_size || count > f->mem_size - offset) {
+    *err = EIO;
+    return -1;
+  }
+  memcpy (buf, f->mem + offset, count);
+  return 0;
+}
+
+void
+fmt_fault (struct format *f, const char *fmt, ...)
+{
+  static struct log_ratelimit rl;
+  char msg[1024];
+  size_t n;
+  va_list ap;
+
+  n = snprintf (msg, sizeof msg, "%s image %s: ", f->ops->name, f->name);
+  if (n < sizeof msg) {
+    va_start (ap, fmt);
+    vsnprintf (msg + n, sizeof msg - n, fmt, ap);
+    va_end (ap);
+  }
+  n = strnlen (msg, sizeof f->last_error - 1);
+  pthread_mutex_lock (&f->err_lock);
+  memcpy (f->last_error, msg, n);
+  f->last_error[n] = '\0';
+  pthread_mutex_unlock (&f->err_lock);
+  /* Faults found while reading the disk are rate-limited (a guest may
+   * retry a bad sector in a loop); a refusal at open is always logged. */
+  if (!f->opened || log_ratelimit_ok (&rl))
+    log_error ("%s", msg);
+}
+
+int
+fmt_push (void **v, size_t *n, size_t elem, const void *x)
+{
+  if (*n == 0 || (*n & (*n - 1)) == 0) {
+    size_t cap = *n == 0 ? 8 : *n * 2;
+    void *nv = *n == 0 || *n >= 8 ? realloc (*v, cap * elem) : *v;
+
+    if (nv == NULL) {
+      errno = ENOMEM;
+      return -1;
+    }
+    *v = nv;
+  }
+  memcpy ((char *) *v + *n * elem, x, elem);
+  (*n)++;
+  return 0;
+}
+
+/* Raw: the remote's bytes are the disk. */
+
+static int
+raw_open (struct format *f, const struct format_config *cfg, uint64_t deadline_ns, int *err)
+{
+  return 0;
+}
+
+static void
+raw_close (struct format *f)
+{
+}
+
+static int
+raw_pread (struct format *f, void *buf, size_t count, uint64_t offset, uint64_t deadline_ns,
+           int *err)
+{
+  return fmt_read (f, buf, count, offset, deadline_ns, err);
+}
+
+static int
+raw_zero_extents (struct format *f, uint64_t offset, uint64_t count, uint64_t deadline_ns,
+                  struct remote_extent **v, size_t *n, int *err)
+{
+  if (f->r == NULL)
+    return 0;
+  return remote_zero_extents (f->r, offset, count, deadline_ns, v, n, err);
+}
+
+static int
+raw_map (struct format *f, uint64_t offset, uint64_t count, uint64_t deadline_ns,
+         struct format_map **v, size_t *n, int *err)
+{
+  struct format_map m = { .offset = offset, .length = count, .kind = FORMAT_MAP_DATA,
+                          .host_offset = offset, .host_length = count };
+
+  if (count > 0 && fmt_push ((void **) v, n, sizeof m, &m) == -1) {
+    *err = errno;
+    return -1;
+  }
+  return 0;
+}
+
+const struct format_ops format_raw_ops = {
+  .name = "raw",
+  .open = raw_open,
+  .close = raw_close,
+  .pread = raw_pread,
+  .zero_extents = raw_zero_extents,
+  .map = raw_map,
+};
