@@ -183,7 +183,8 @@ check_open_args (const char *name, const struct meta_record *init)
     return EINVAL;
   if (strlen (name) >= sizeof ((struct meta_disk *) NULL)->name)
     return ENAMETOOLONG;
-  if (init && (strchr (init->url, '\n') || strchr (init->identity, '\n')))
+  if (init && (strchr (init->url, '\n') || strchr (init->identity, '\n') ||
+               memchr (init->format, '\n', strnlen (init->format, sizeof init->format))))
     return EINVAL;              /* the record is stored as lines */
   return 0;
 }

@@ -97,6 +97,10 @@ struct meta_record {
    * by the daemon's user and group. */
   bool has_mode, has_uid, has_gid;
   uint32_t mode, uid, gid;
+  /* The parent's image format (src/format's name, "qcow2"); "" (as in
+   * records written before this field existed) means raw.  Stored only
+   * when not raw.  Never probed: the record is what presents a disk. */
+  char format[16];
 };
 
 /* Open (creating if needed) the index in directory dir (STATE/index).
