@@ -26,6 +26,7 @@ struct disk_opts {
   bool insecure, s3_virtual_host, accept_changed_parent;
   bool incoming;
   int write_mode;               /* -1: the mount's; 0 writeback; 1 mirror */
+  int format;                   /* -1: the mount's --format; else enum format_kind */
 };
 
 /* The longest hold and connect timeout accepted (seconds): a guest
@@ -56,6 +57,8 @@ struct mount_opts {
   size_t nr_fuse_options;
   char **repin;                 /* --repin NAME: disks whose record has no identity */
   size_t nr_repin;
+  int format;                   /* --format: -1 not given; else enum format_kind */
+  uint64_t qcow2_l2_cache;      /* bytes of L2 tables kept per qcow2 disk; 0: default */
 };
 
 /* Daemon-wide settings given on the command line win over the config

@@ -13,6 +13,7 @@
 #include "common/util.h"
 #include "cor/cor.h"
 #include "daemon/daemon-internal.h"
+#include "format/format.h"
 
 static void
 mount_usage (FILE *f)
@@ -46,6 +47,9 @@ mount_usage (FILE *f)
 "  --config FILE          INI config file (see conf/corfs.conf)\n"
 "  --block-size SIZE      block size of new disks, 4K..4M, power of two\n"
 "                         (default 64K; recorded per disk, K/M/G = 1024^n)\n"
+"  --format raw|qcow2     the image format of the parents of the --disk options\n"
+"                         (default raw; never probed: a raw parent is its bytes;\n"
+"                         recorded per disk; a disk's format in the config wins)\n"
 "  --hold SECONDS         how long a guest request waits for an unreachable\n"
 "                         parent before it fails with EIO (1 to %d, default %d;\n"
 "                         at most half the kernel's FUSE request timeout,\n"
@@ -186,6 +190,7 @@ add_disk_arg (struct mount_opts *o, const char *arg)
   d->stream = -1;
   d->release_parent = -1;
   d->write_mode = -1;
+  d->format = -1;
   if (eq[1] == '@') {
     d->url = read_small_file (eq + 2);
     if (!d->url) {
@@ -205,7 +210,7 @@ add_disk_arg (struct mount_opts *o, const char *arg)
 
 enum { OPT_STATE = 256, OPT_DISK, OPT_CONFIG, OPT_BLOCK_SIZE, OPT_HOLD,
        OPT_CONNECT_TIMEOUT, OPT_PARENT_OWNED, OPT_STREAM, OPT_WRITE_MODE,
-       OPT_INCOMING, OPT_READAHEAD, OPT_REPIN };
+       OPT_INCOMING, OPT_READAHEAD, OPT_REPIN, OPT_FORMAT };
 
 static const struct option longopts[] = {
   { "state", required_argument, NULL, OPT_STATE },
@@ -220,6 +225,7 @@ static const struct option longopts[] = {
   { "incoming", no_argument, NULL, OPT_INCOMING },
   { "readahead", required_argument, NULL, OPT_READAHEAD },
   { "repin", required_argument, NULL, OPT_REPIN },
+  { "format", required_argument, NULL, OPT_FORMAT },
   { "foreground", no_argument, NULL, 'f' },
   { "verbose", no_argument, NULL, 'v' },
   { "help", no_argument, NULL, 'h' },
@@ -235,6 +241,7 @@ mount_defaults (struct mount_opts *o)
   o->connect_timeout_s = DEFAULT_CONNECT_TIMEOUT_S;
   o->stream = COR_STREAM_ON;
   o->readahead = DEFAULT_READAHEAD;
+  o->format = -1;
   o->fuse_options = calloc (1, sizeof (char *));
 }
 
@@ -265,6 +272,21 @@ opt_block_size (struct mount_opts *o, const char *arg)
     return -1;
   }
   o->cli_set |= CLI_BLOCK_SIZE;
+  return 0;
+}
+
+/* --format: the image format of every --disk of this command line (a
+ * disk's own format in the config file wins). */
+static int
+opt_format (struct mount_opts *o, const char *arg)
+{
+  enum format_kind k;
+
+  if (format_parse (arg, &k) == -1) {
+    fprintf (stderr, "corfs: --format %s: expected raw or qcow2\n", arg);
+    return -1;
+  }
+  o->format = k;
   return 0;
 }
 
@@ -366,6 +388,7 @@ parse_option (struct mount_opts *o, int c, char *arg, const char **config, char 
   case OPT_WRITE_MODE: return opt_write_mode (o, arg);
   case OPT_INCOMING: o->incoming = true; return 0;
   case OPT_REPIN: return opt_repin (o, arg);
+  case OPT_FORMAT: return opt_format (o, arg);
   case 'f': o->foreground = true; return 0;
   case 'v': o->verbose = true; return 0;
   case 'd': o->fuse_debug = o->foreground = true; return 0;
