@@ -28,6 +28,7 @@ struct cor_disk {
   char *name;
   struct meta_disk *md;
   struct remote *remote;
+  struct format *format;        /* the parent's reader; NULL: raw (remote_* calls) */
   int overlay_fd;
   uint64_t size, nr_blocks;
   uint32_t block_size;

@@ -26,6 +26,7 @@ struct meta;
 struct meta_record;
 struct meta_disk;
 struct remote;
+struct format;
 
 /* Create an engine over an open index.  0, or -1 with errno. */
 int cor_engine_new (struct meta *m, struct cor_engine **ep);
@@ -64,6 +65,9 @@ struct cor_disk_config {
   const char *overlay_path;     /* created sparse at the disk's size if absent */
   struct meta_disk *md;         /* ownership passes to the engine */
   struct remote *remote;        /* ownership passes to the engine */
+  /* The parent's image format, opened on remote (ownership passes to
+   * the engine); NULL for raw, read straight from the remote. */
+  struct format *format;
   uint64_t hold_ns;             /* how long a guest request may wait for the parent */
   enum cor_stream_mode stream;  /* what cor_engine_start does with the streamer */
   uint64_t rate;                /* streamer bytes/s, 0 = unlimited */
@@ -228,6 +232,9 @@ unsigned cor_disk_block_shift (const struct cor_disk *d);
 uint64_t cor_disk_nr_blocks (const struct cor_disk *d);
 struct meta_disk *cor_disk_meta (struct cor_disk *d);
 struct remote *cor_disk_remote (struct cor_disk *d);
+
+/* The parent's image format (its reader), or NULL for a raw parent. */
+struct format *cor_disk_format (struct cor_disk *d);
 
 /* Migration switch-over (DESIGN.md "Disk states" and rule 10).  Epochs
  * are chosen by the management tool, strictly increasing per disk: a

@@ -88,6 +88,7 @@
 #include "common/util.h"
 #include "cor/cor-internal.h"
 #include "meta/meta.h"
+#include "format/format.h"
 #include "remote/remote.h"
 
 int
@@ -152,6 +153,7 @@ disk_free (struct cor_disk *d, bool clean)
   pthread_cond_destroy (&d->ra.cond);
   if (meta_disk_close (d->md, clean) == -1)
     log_error ("cor: disk %s: closing the index: %m", d->name);
+  format_close (d->format);
   remote_close (d->remote);
   if (close (d->overlay_fd) == -1)
     log_error ("cor: disk %s: closing the overlay: %m", d->name);
@@ -400,6 +402,7 @@ cor_disk_add (struct cor_engine *e, const struct cor_disk_config *cfg,
   d->e = e;
   d->md = cfg->md;
   d->remote = cfg->remote;
+  d->format = cfg->format;
   d->size = rec.size;
   d->block_size = rec.block_size;
   d->block_shift = __builtin_ctz (rec.block_size);
@@ -807,6 +810,18 @@ struct early_reply {
   bool done;
 };
 
+/* Read the parent's bytes at the disk's offsets: through its image
+ * format's reader (qcow2), or straight from the remote (raw, as before
+ * formats existed). */
+static int
+parent_pread (struct cor_disk *d, void *buf, size_t count, uint64_t offset,
+              uint64_t deadline_ns, int *err)
+{
+  if (d->format)
+    return format_pread (d->format, buf, count, offset, deadline_ns, err);
+  return remote_pread (d->remote, buf, count, offset, deadline_ns, err);
+}
+
 /* Fetch blocks [first, end) from the parent into the overlay and mark them
  * present.  The caller owns the blocks in the in-flight table.  0 or -1
  * with *err.  With keep non-NULL, a successful fetch hands its buffer
@@ -828,7 +843,7 @@ fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end,
     return -1;
   }
   __atomic_fetch_add (&d->fetch_requests, 1, __ATOMIC_RELAXED);
-  if (remote_pread (d->remote, buf, len, off, deadline_ns, err) == -1) {
+  if (parent_pread (d, buf, len, off, deadline_ns, err) == -1) {
     __atomic_fetch_add (&d->fetch_errors, 1, __ATOMIC_RELAXED);
     iobuf_put (buf, len);
     return -1;
@@ -1104,7 +1119,7 @@ read_through (struct cor_disk *d, size_t count, uint64_t offset, uint64_t first,
     return -1;
   }
   ref->buf_len = count;
-  r = remote_pread (d->remote, ref->buf, count, offset, deadline_ns, err);
+  r = parent_pread (d, ref->buf, count, offset, deadline_ns, err);
   release_busy (d, &self);
   if (r == -1) {
     cor_read_ref_release (ref);
@@ -1432,8 +1447,12 @@ fetch_sparse (struct cor_disk *d, uint64_t first, uint64_t end,
   uint64_t blk = first;
   int zerr;
 
-  if (remote_zero_extents (d->remote, block_offset (d, first),
-                           blocks_length (d, first, end), deadline_ns, &z, &nz, &zerr) == -1) {
+  if ((d->format ? format_zero_extents (d->format, block_offset (d, first),
+                                        blocks_length (d, first, end), deadline_ns, &z, &nz,
+                                        &zerr)
+       : remote_zero_extents (d->remote, block_offset (d, first),
+                              blocks_length (d, first, end), deadline_ns, &z, &nz,
+                              &zerr)) == -1) {
     if (__atomic_load_n (&d->e->stopping, __ATOMIC_SEQ_CST)) {
       *err = ECANCELED;         /* shutting down: no reading instead */
       return -1;
@@ -1602,6 +1621,7 @@ unsigned cor_disk_block_shift (const struct cor_disk *d) { return d->block_shift
 uint64_t cor_disk_nr_blocks (const struct cor_disk *d) { return d->nr_blocks; }
 struct meta_disk *cor_disk_meta (struct cor_disk *d) { return d->md; }
 struct remote *cor_disk_remote (struct cor_disk *d) { return d->remote; }
+struct format *cor_disk_format (struct cor_disk *d) { return d->format; }
 
 static bool
 needs_writeback (struct cor_disk *d, uint64_t blk)

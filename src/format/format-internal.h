@@ -35,7 +35,10 @@ struct format {
   uint64_t file_size;           /* of the image file (qcow2) */
   uint64_t size;                /* virtual (qcow2; raw asks the remote) */
   void *priv;                   /* the reader's state */
-  bool opened;                  /* open has returned (faults are then rate-limited) */
+  bool opened;                  /* format_open has returned (faults are then rate-limited) */
+  struct format_config cfg;
+  pthread_mutex_t open_lock;    /* taken alone, across the metadata's reads: a lazy open */
+  bool ready;                   /* ops->open succeeded (atomic; set under open_lock) */
   pthread_mutex_t err_lock;     /* a leaf: protects last_error */
   char last_error[512];
 };

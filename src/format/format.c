@@ -2,7 +2,12 @@
  * the raw passthrough, and the helpers the readers share.
  *
  * Threads: any, concurrently.  f->err_lock protects f->last_error only
- * and is a leaf (nothing is called under it).
+ * and is a leaf (nothing is called under it).  f->open_lock serialises
+ * a lazy open (the reader's open, which reads the image through the
+ * remote, bounded by the caller's deadline); it is taken with no other
+ * lock held, and only the reader's own leaf locks and err_lock are
+ * taken under it.  Once f->ready is set the reader's state is
+ * immutable but for its own locked caches.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -51,15 +56,39 @@ format_new (const struct format_config *cfg, const char *name)
   }
   f->kind = cfg->kind;
   f->ops = ops_of (cfg->kind);
+  f->cfg = *cfg;
   pthread_mutex_init (&f->err_lock, NULL);
+  pthread_mutex_init (&f->open_lock, NULL);
   return f;
 }
 
+/* Run the reader's open once; a failed one is undone (and tried again
+ * by the next caller).  0 or -1 with *err. */
 static int
-format_start (struct format *f, const struct format_config *cfg, uint64_t deadline_ns,
-              struct format **fp, int *err)
+ensure_open (struct format *f, uint64_t deadline_ns, int *err)
 {
-  if (f->ops->open (f, cfg, deadline_ns, err) == -1) {
+  int r = 0;
+
+  if (__atomic_load_n (&f->ready, __ATOMIC_ACQUIRE))
+    return 0;
+  pthread_mutex_lock (&f->open_lock);
+  if (!f->ready) {
+    r = f->ops->open (f, &f->cfg, deadline_ns, err);
+    if (r == 0)
+      __atomic_store_n (&f->ready, true, __ATOMIC_RELEASE);
+    else {
+      f->ops->close (f);
+      f->priv = NULL;
+    }
+  }
+  pthread_mutex_unlock (&f->open_lock);
+  return r;
+}
+
+static int
+format_start (struct format *f, uint64_t deadline_ns, struct format **fp, int *err)
+{
+  if (!f->cfg.lazy && ensure_open (f, deadline_ns, err) == -1) {
     format_close (f);
     return -1;
   }
@@ -79,7 +108,7 @@ format_open (struct remote *r, const struct format_config *cfg, uint64_t deadlin
     return -1;
   }
   f->r = r;
-  return format_start (f, cfg, deadline_ns, fp, err);
+  return format_start (f, deadline_ns, fp, err);
 }
 
 int
@@ -95,7 +124,7 @@ format_open_memory (const void *image, size_t len, const char *name,
   f->mem = image;
   f->mem_size = len;
   f->file_size = len;
-  return format_start (f, cfg, 0, fp, err);
+  return format_start (f, 0, fp, err);
 }
 
 void
@@ -103,8 +132,10 @@ format_close (struct format *f)
 {
   if (f == NULL)
     return;
-  f->ops->close (f);
+  if (f->ready)
+    f->ops->close (f);
   pthread_mutex_destroy (&f->err_lock);
+  pthread_mutex_destroy (&f->open_lock);
   free (f->name);
   free (f);
 }
@@ -123,6 +154,8 @@ format_size (struct format *f, uint64_t deadline_ns, int *err)
       return (int64_t) f->mem_size;
     return remote_get_size (f->r, deadline_ns, err);
   }
+  if (ensure_open (f, deadline_ns, err) == -1)
+    return -1;
   return (int64_t) f->size;
 }
 
@@ -130,6 +163,8 @@ int
 format_pread (struct format *f, void *buf, size_t count, uint64_t offset,
               uint64_t deadline_ns, int *err)
 {
+  if (ensure_open (f, deadline_ns, err) == -1)
+    return -1;
   return f->ops->pread (f, buf, count, offset, deadline_ns, err);
 }
 
@@ -139,6 +174,8 @@ format_zero_extents (struct format *f, uint64_t offset, uint64_t count, uint64_t
 {
   *extents = NULL;
   *nr_extents = 0;
+  if (ensure_open (f, deadline_ns, err) == -1)
+    return -1;
   return f->ops->zero_extents (f, offset, count, deadline_ns, extents, nr_extents, err);
 }
 
@@ -148,6 +185,8 @@ format_map (struct format *f, uint64_t offset, uint64_t count, uint64_t deadline
 {
   *map = NULL;
   *nr_map = 0;
+  if (ensure_open (f, deadline_ns, err) == -1)
+    return -1;
   return f->ops->map (f, offset, count, deadline_ns, map, nr_map, err);
 }
 

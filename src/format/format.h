@@ -51,11 +51,16 @@ struct format_config {
   /* Bound on the memory of cached qcow2 L2 tables; 0: the default
    * (FORMAT_L2_CACHE_DEFAULT).  At least one table is always kept. */
   uint64_t l2_cache_bytes;
+  /* Read the metadata at the first call that needs it, not in
+   * format_open: a disk whose blocks are all present never contacts
+   * its parent.  A first use that fails is tried again by the next. */
+  bool lazy;
 };
 
 /* Open the image held by r (which the caller keeps and closes after
  * format_close): for qcow2, read and check the header and the L1 table
- * (connecting the remote if needed).  Raw does no I/O here.  0, or -1
+ * (connecting the remote if needed), unless cfg->lazy.  Raw does no
+ * I/O here.  0, or -1
  * with *err: ENOTSUP for what corfs does not read (encrypted images,
  * unknown incompatible features, external data files, backing files),
  * EINVAL for a malformed or corrupt image, or the remote's error; the
@@ -73,8 +78,9 @@ void format_close (struct format *f);
 
 enum format_kind format_kind (const struct format *f);
 
-/* The virtual size in bytes (for raw, the remote's size: connects if
- * needed, so it takes a deadline).  -1 with *err on failure. */
+/* The virtual size in bytes (for raw, the remote's size; for a lazy
+ * qcow2 image, read from its header: either may connect, so it takes a
+ * deadline).  -1 with *err on failure. */
 int64_t format_size (struct format *f, uint64_t deadline_ns, int *err);
 
 /* Read count bytes of the virtual disk at offset: all of them or an

@@ -571,3 +571,24 @@ Test (qcow2, fault_names_the_url)
   cr_assert_not_null (strstr (log_last_error (), want), "%s", log_last_error ());
   remote_close (r);
 }
+
+/* A lazy open reads nothing until the first use; a first use that fails
+ * (the parent unreadable: a corrupt header here) leaves it to the next. */
+Test (qcow2, lazy_open)
+{
+  struct format_config cfg = { .kind = FORMAT_QCOW2, .lazy = true };
+  struct format *f;
+  uint8_t buf[4096];
+  int err = 0;
+
+  good_image ("");
+  put32 (0, 0);
+  cr_assert_eq (format_open_memory (image, image_len, "mem.qcow2", &cfg, &f, &err), 0);
+  cr_assert_eq (format_pread (f, buf, sizeof buf, 0, 0, &err), -1);
+  cr_assert_eq (err, EINVAL);
+  cr_assert_not_null (strstr (log_last_error (), "no qcow2 magic"), "%s", log_last_error ());
+  put32 (0, 0x514649fb);
+  cr_assert_eq (format_size (f, 0, &err), DISK);
+  cr_assert_eq (format_pread (f, buf, sizeof buf, 0, 0, &err), 0);
+  format_close (f);
+}
