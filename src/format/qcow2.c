@@ -413,55 +413,108 @@ qcow2_walk (struct walk *w, int *err)
   return w->have ? w->emit (w, &w->pend, err) : 0;
 }
 
-/* Reads. */
+/* Reads.  Compressed clusters adjacent in the file (as qemu-img convert
+ * -c writes them) are read with one request of up to BATCH_MAX bytes,
+ * then decoded one by one: a cluster per request would be one round
+ * trip per 64 KiB over HTTP. */
 
-/* Decompress the cluster of s into q->last (under its lock, held by the
- * caller only around the copy: see read_compressed). */
-static int
-read_compressed (struct walk *w, const struct seg *s, uint8_t *dst, int *err)
+#define BATCH_MAX (4ULL << 20)
+
+struct reader {
+  uint8_t *buf;                 /* the caller's, at the walk's start */
+  struct seg *batch;            /* compressed clusters to read (fmt_push vector) */
+  size_t n;
+  uint64_t lo, hi;              /* the file range that holds them */
+};
+
+/* Is s's cluster the one decoded last?  Then copy its part to dst. */
+static bool
+from_last (struct qcow2 *q, const struct seg *s, uint8_t *dst)
 {
-  struct qcow2 *q = w->q;
-  uint64_t in_cluster = s->offset - s->cluster_off;
-  CLEANUP_FREE uint8_t *in = NULL, *out = NULL;
-  char why[200];
+  bool hit;
 
   pthread_mutex_lock (&q->last.lock);
-  if (q->last.valid && q->last.host == s->host) {
-    memcpy (dst, q->last.buf + in_cluster, s->length);
-    pthread_mutex_unlock (&q->last.lock);
-    return 0;
-  }
+  hit = q->last.valid && q->last.host == s->host;
+  if (hit)
+    memcpy (dst, q->last.buf + (s->offset - s->cluster_off), s->length);
   pthread_mutex_unlock (&q->last.lock);
-  in = malloc (s->host_len);
-  out = malloc (q->cluster);
-  if (in == NULL || out == NULL)
-    return *err = ENOMEM, -1;
-  if (fmt_read (w->f, in, s->host_len, s->host, w->deadline_ns, err) == -1)
-    return -1;
-  if (qcow2_decompress (q->h.compression, in, s->host_len, out, q->cluster, why,
-                        sizeof why) == -1)
-    return fault (w->f, err, "compressed cluster at 0x%" PRIx64 " (%" PRIu64 " bytes, for "
-                  "virtual offset 0x%" PRIx64 "): %s", s->host, s->host_len,
-                  s->cluster_off, why);
-  memcpy (dst, out + in_cluster, s->length);
+  return hit;
+}
+
+static void
+keep_last (struct qcow2 *q, uint64_t host, const uint8_t *cluster)
+{
   pthread_mutex_lock (&q->last.lock);
-  memcpy (q->last.buf, out, q->cluster);
-  q->last.host = s->host;
+  memcpy (q->last.buf, cluster, q->cluster);
+  q->last.host = host;
   q->last.valid = true;
   pthread_mutex_unlock (&q->last.lock);
+}
+
+/* Read the batch's file range and decode each cluster into the buffer. */
+static int
+flush_batch (struct walk *w, struct reader *rd, int *err)
+{
+  struct qcow2 *q = w->q;
+  CLEANUP_FREE uint8_t *in = NULL, *out = NULL;
+  char why[200];
+  int r = 0;
+
+  if (rd->n == 0)
+    return 0;
+  in = malloc (rd->hi - rd->lo);
+  out = malloc (q->cluster);
+  if (in == NULL || out == NULL)
+    r = (*err = ENOMEM, -1);
+  else
+    r = fmt_read (w->f, in, rd->hi - rd->lo, rd->lo, w->deadline_ns, err);
+  for (size_t i = 0; r == 0 && i < rd->n; i++) {
+    const struct seg *s = &rd->batch[i];
+
+    if (qcow2_decompress (q->h.compression, in + (s->host - rd->lo), s->host_len, out,
+                          q->cluster, why, sizeof why) == -1)
+      r = fault (w->f, err, "compressed cluster at 0x%" PRIx64 " (%" PRIu64 " bytes, for "
+                 "virtual offset 0x%" PRIx64 "): %s", s->host, s->host_len,
+                 s->cluster_off, why);
+    else
+      memcpy (rd->buf + (s->offset - w->start), out + (s->offset - s->cluster_off),
+              s->length);
+  }
+  if (r == 0)
+    keep_last (q, rd->batch[rd->n - 1].host, out);
+  rd->n = 0;
+  return r;
+}
+
+static int
+add_compressed_read (struct walk *w, struct reader *rd, const struct seg *s, int *err)
+{
+  if (from_last (w->q, s, rd->buf + (s->offset - w->start)))
+    return 0;
+  if (rd->n > 0 && (s->host < rd->lo || s->host > rd->hi ||
+                    s->host + s->host_len - rd->lo > BATCH_MAX) &&
+      flush_batch (w, rd, err) == -1)
+    return -1;
+  if (rd->n == 0)
+    rd->lo = rd->hi = s->host;
+  if (fmt_push ((void **) &rd->batch, &rd->n, sizeof *s, s) == -1)
+    return *err = ENOMEM, -1;
+  if (s->host + s->host_len > rd->hi)
+    rd->hi = s->host + s->host_len;
   return 0;
 }
 
 static int
 emit_read (struct walk *w, const struct seg *s, int *err)
 {
-  uint8_t *dst = (uint8_t *) w->opaque + (s->offset - w->start);
+  struct reader *rd = w->opaque;
+  uint8_t *dst = rd->buf + (s->offset - w->start);
 
   switch (s->kind) {
   case QCOW2_DATA:
     return fmt_read (w->f, dst, s->length, s->host, w->deadline_ns, err);
   case QCOW2_COMPRESSED:
-    return read_compressed (w, s, dst, err);
+    return add_compressed_read (w, rd, s, err);
   default:
     memset (dst, 0, s->length);
     return 0;
@@ -480,12 +533,18 @@ static int
 qcow2_pread (struct format *f, void *buf, size_t count, uint64_t offset, uint64_t deadline_ns,
              int *err)
 {
+  struct reader rd = { .buf = buf };
   struct walk w = { .f = f, .q = f->priv, .start = offset, .end = offset + count,
-                    .deadline_ns = deadline_ns, .emit = emit_read, .opaque = buf };
+                    .deadline_ns = deadline_ns, .emit = emit_read, .opaque = &rd };
+  int r;
 
   if (range_ok (f, offset, count, err) == -1)
     return -1;
-  return qcow2_walk (&w, err);
+  r = qcow2_walk (&w, err);
+  if (r == 0)
+    r = flush_batch (&w, &rd, err);
+  free (rd.batch);
+  return r;
 }
 
 /* Zero extents and the map. */

@@ -592,3 +592,32 @@ Test (qcow2, lazy_open)
   cr_assert_eq (format_pread (f, buf, sizeof buf, 0, 0, &err), 0);
   format_close (f);
 }
+
+/* Compressed clusters adjacent in the file are read with few requests
+ * (not one per cluster), and the disk still reads exactly. */
+Test (qcow2, compressed_reads_coalesce)
+{
+  struct remote *r;
+  struct format *f;
+  struct remote_stats st;
+  uint8_t *got = malloc (DISK), *want;
+  char raw[300];
+  size_t len;
+  int err;
+
+  sh ("qemu-img convert -c -f raw -O qcow2 %s/base.raw %s/c.qcow2", dir, dir);
+  snprintf (raw, sizeof raw, "%s/c.oracle", dir);
+  sh ("qemu-img convert -f qcow2 -O raw %s/c.qcow2 %s", dir, raw);
+  want = slurp (raw, &len);
+  r = open_remote ("c.qcow2");
+  f = open_format (r, FORMAT_QCOW2, 0);
+  cr_assert_eq (format_pread (f, got, DISK, 0, now_ns () + 5 * NS_PER_SEC, &err), 0);
+  cr_assert_eq (memcmp (got, want, DISK), 0);
+  remote_get_stats (r, &st);
+  /* 64 clusters, 32 of them compressed text; header, L1, one L2 table. */
+  cr_assert_lt (st.requests, 16, "%ju requests", (uintmax_t) st.requests);
+  format_close (f);
+  remote_close (r);
+  free (got);
+  free (want);
+}
