@@ -223,6 +223,8 @@ cor_engine_quiesce (struct cor_engine *e)
     cor_readahead_stop (d);
     seal_mirror (d);
     remote_cancel (d->remote);
+    if (d->format)
+      format_cancel (d->format);
     pthread_mutex_lock (&d->lock);
     pthread_cond_broadcast (&d->cond);  /* own_all re-checks stopping */
     pthread_mutex_unlock (&d->lock);

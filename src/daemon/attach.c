@@ -249,7 +249,8 @@ static int
 open_format (struct attach *a, bool lazy)
 {
   struct format_config fc = { .kind = a->kind, .l2_cache_bytes = a->o->qcow2_l2_cache,
-                              .lazy = lazy };
+                              .lazy = lazy, .remote = &a->rcfg,
+                              .backing_url = a->dopt ? a->dopt->backing_url : NULL };
   char why[1280];
   int err;
 

@@ -358,6 +358,7 @@ static const struct setting disk_settings[] = {
   { "parent-owned", disk_bool, AT (parent_owned) },
   { "write-mode", disk_write_mode, 0 },
   { "format", disk_format, 0 },
+  { "backing-url", disk_string, AT (backing_url) },
   { "stream", disk_stream, 0 },
   { "rate", disk_rate, 0 },
   { "release-parent", disk_release_parent, 0 },

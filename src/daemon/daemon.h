@@ -27,6 +27,7 @@ struct disk_opts {
   bool incoming;
   int write_mode;               /* -1: the mount's; 0 writeback; 1 mirror */
   int format;                   /* -1: the mount's --format; else enum format_kind */
+  char *backing_url;            /* a qcow2 parent's backing file (config file only) */
 };
 
 /* The longest hold and connect timeout accepted (seconds): a guest

@@ -494,6 +494,7 @@ mount_opts_free (struct mount_opts *o)
     free (o->disks[i].name);
     free (o->disks[i].url);
     free (o->disks[i].hint_file);
+    free (o->disks[i].backing_url);
     free (o->disks[i].credentials_file);
     free (o->disks[i].token_file);
     free (o->disks[i].ca_file);

@@ -45,6 +45,81 @@ ops_of (enum format_kind kind)
   return kind == FORMAT_QCOW2 ? &format_qcow2_ops : &format_raw_ops;
 }
 
+/* A copy of the settings that backing files are opened with (a lazy
+ * format opens them after its caller's configuration is gone). */
+struct fmt_remote_copy {
+  struct remote_config cfg;
+  char *backing_url;
+  char **strings;               /* every string copied, to free */
+  size_t nr_strings;
+  char **headers;
+};
+
+static void
+remote_copy_free (struct fmt_remote_copy *c)
+{
+  if (c == NULL)
+    return;
+  for (size_t i = 0; i < c->nr_strings; i++)
+    free (c->strings[i]);
+  free (c->strings);
+  free (c->headers);
+  free (c);
+}
+
+/* Copy s into c (NULL stays NULL); false when out of memory. */
+static bool
+copy_str (struct fmt_remote_copy *c, const char **dst, const char *s)
+{
+  char **nv;
+
+  *dst = NULL;
+  if (s == NULL)
+    return true;
+  nv = realloc (c->strings, (c->nr_strings + 1) * sizeof *nv);
+  if (nv == NULL)
+    return false;
+  c->strings = nv;
+  if ((nv[c->nr_strings] = strdup (s)) == NULL)
+    return false;
+  *dst = nv[c->nr_strings++];
+  return true;
+}
+
+static struct fmt_remote_copy *
+remote_copy (const struct remote_config *rc, const char *backing_url)
+{
+  struct fmt_remote_copy *c = calloc (1, sizeof *c);
+  size_t nh = 0;
+  bool ok;
+
+  if (c == NULL)
+    return NULL;
+  c->cfg = *rc;
+  while (rc->headers && rc->headers[nh])
+    nh++;
+  c->headers = calloc (nh + 1, sizeof *c->headers);
+  ok = c->headers && copy_str (c, &c->cfg.url, rc->url) && copy_str (c, &c->cfg.disk, rc->disk) &&
+    copy_str (c, &c->cfg.credentials_file, rc->credentials_file) &&
+    copy_str (c, &c->cfg.token_file, rc->token_file) &&
+    copy_str (c, &c->cfg.ca_file, rc->ca_file) &&
+    copy_str (c, &c->cfg.client_cert, rc->client_cert) &&
+    copy_str (c, &c->cfg.client_key, rc->client_key) &&
+    copy_str (c, &c->cfg.s3_endpoint, rc->s3_endpoint) &&
+    copy_str (c, &c->cfg.s3_region, rc->s3_region) &&
+    copy_str (c, (const char **) &c->backing_url, backing_url);
+  for (size_t i = 0; ok && i < nh; i++)
+    ok = copy_str (c, (const char **) &c->headers[i], rc->headers[i]);
+  if (!ok) {
+    remote_copy_free (c);
+    return NULL;
+  }
+  c->cfg.headers = (const char *const *) c->headers;
+  c->cfg.pinned_identity = NULL;        /* each file pins its own */
+  c->cfg.writable = false;
+  return c;
+}
+
 static struct format *
 format_new (const struct format_config *cfg, const char *name)
 {
@@ -57,6 +132,17 @@ format_new (const struct format_config *cfg, const char *name)
   f->kind = cfg->kind;
   f->ops = ops_of (cfg->kind);
   f->cfg = *cfg;
+  f->cfg.remote = NULL;
+  f->cfg.backing_url = NULL;
+  if (cfg->remote && (f->rc = remote_copy (cfg->remote, cfg->backing_url)) == NULL) {
+    free (f->name);
+    free (f);
+    return NULL;
+  }
+  if (f->rc) {
+    f->cfg.remote = &f->rc->cfg;
+    f->cfg.backing_url = f->rc->backing_url;
+  }
   pthread_mutex_init (&f->err_lock, NULL);
   pthread_mutex_init (&f->open_lock, NULL);
   return f;
@@ -127,6 +213,24 @@ format_open_memory (const void *image, size_t len, const char *name,
   return format_start (f, 0, fp, err);
 }
 
+int
+fmt_open_backing (struct format *up, struct remote *r, const struct format_config *cfg,
+                  uint64_t deadline_ns, struct format **fp, int *err)
+{
+  struct format *f = format_new (cfg, remote_url (r));
+
+  if (f == NULL) {
+    remote_close (r);
+    *err = ENOMEM;
+    return -1;
+  }
+  f->r = r;
+  f->owns_remote = true;
+  f->up = up;
+  f->depth = up->depth + 1;
+  return format_start (f, deadline_ns, fp, err);
+}
+
 void
 format_close (struct format *f)
 {
@@ -134,6 +238,9 @@ format_close (struct format *f)
     return;
   if (f->ready)
     f->ops->close (f);
+  if (f->owns_remote)
+    remote_close (f->r);
+  remote_copy_free (f->rc);
   pthread_mutex_destroy (&f->err_lock);
   pthread_mutex_destroy (&f->open_lock);
   free (f->name);
@@ -190,6 +297,29 @@ format_map (struct format *f, uint64_t offset, uint64_t count, uint64_t deadline
   return f->ops->map (f, offset, count, deadline_ns, map, nr_map, err);
 }
 
+/* The backing chain below f, once f is open. */
+static struct format *
+backing_of (struct format *f)
+{
+  if (!__atomic_load_n (&f->ready, __ATOMIC_ACQUIRE) || f->ops->backing == NULL)
+    return NULL;
+  return f->ops->backing (f);
+}
+
+void
+format_cancel (struct format *f)
+{
+  for (struct format *b = backing_of (f); b; b = backing_of (b))
+    remote_cancel (b->r);
+}
+
+void
+format_release (struct format *f)
+{
+  for (struct format *b = backing_of (f); b; b = backing_of (b))
+    remote_release (b->r);
+}
+
 void
 format_last_error (struct format *f, char *buf, size_t len)
 {
@@ -217,7 +347,6 @@ fmt_read (struct format *f, void *buf, size_t count, uint64_t offset, uint64_t d
 void
 fmt_fault (struct format *f, const char *fmt, ...)
 {
-  static struct log_ratelimit rl;
   char msg[1024];
   size_t n;
   va_list ap;
@@ -228,6 +357,15 @@ fmt_fault (struct format *f, const char *fmt, ...)
     vsnprintf (msg + n, sizeof msg - n, fmt, ap);
     va_end (ap);
   }
+  fmt_fault_verbatim (f, msg, true);
+}
+
+void
+fmt_fault_verbatim (struct format *f, const char *msg, bool log)
+{
+  static struct log_ratelimit rl;
+  size_t n;
+
   n = strnlen (msg, sizeof f->last_error - 1);
   pthread_mutex_lock (&f->err_lock);
   memcpy (f->last_error, msg, n);
@@ -235,7 +373,7 @@ fmt_fault (struct format *f, const char *fmt, ...)
   pthread_mutex_unlock (&f->err_lock);
   /* Faults found while reading the disk are rate-limited (a guest may
    * retry a bad sector in a loop); a refusal at open is always logged. */
-  if (!f->opened || log_ratelimit_ok (&rl))
+  if (log && (!f->opened || log_ratelimit_ok (&rl)))
     log_error ("%s", msg);
 }
 

@@ -3,9 +3,11 @@
  * A disk's parent is a remote (src/remote) holding an image in a format:
  *   raw      the remote's bytes are the disk (a passthrough: every call
  *            goes straight to the remote_* wrapper of the same job)
- *   qcow2    a QEMU qcow2 image, v2 or v3: standalone, zero and
- *            unallocated clusters, zlib and zstd compressed clusters,
- *            extended L2 entries (subclusters) (qcow2.c and its helpers)
+ *   qcow2    a QEMU qcow2 image, v2 or v3: zero and unallocated
+ *            clusters, zlib and zstd compressed clusters, extended L2
+ *            entries (subclusters), a backing file (qcow2 or raw, as
+ *            the image's header says) resolved next to the image's URL
+ *            (qcow2.c and its helpers)
  * The format is what the disk's configuration says, never probed: a raw
  * parent whose first bytes look like a qcow2 header is presented raw (a
  * guest may write such a header into its own disk).
@@ -55,7 +57,18 @@ struct format_config {
    * format_open: a disk whose blocks are all present never contacts
    * its parent.  A first use that fails is tried again by the next. */
   bool lazy;
+  /* qcow2 backing files: each is opened as a remote of its own with
+   * these settings (the URL replaced by the backing file's: its name
+   * resolved next to the image's URL, over the same protocol), never
+   * writable.  NULL: an image with a backing file is refused.  Copied. */
+  const struct remote_config *remote;
+  /* The first backing file's URL instead of its resolved name (an NBD
+   * image has no path to resolve it against).  NULL: none.  Copied. */
+  const char *backing_url;
 };
+
+/* The deepest backing chain read: an image and 7 backing files. */
+#define FORMAT_MAX_DEPTH 8
 
 /* Open the image held by r (which the caller keeps and closes after
  * format_close): for qcow2, read and check the header and the L1 table
@@ -104,7 +117,8 @@ int format_zero_extents (struct format *f, uint64_t offset, uint64_t count,
  * or a compressed cluster (host_length bytes at host_offset, decoding to
  * the whole cluster, of which [offset, offset + length) is asked).
  * Adjacent data ranges contiguous in the file are merged. */
-enum format_map_kind { FORMAT_MAP_DATA, FORMAT_MAP_ZERO, FORMAT_MAP_COMPRESSED };
+enum format_map_kind { FORMAT_MAP_DATA, FORMAT_MAP_ZERO, FORMAT_MAP_COMPRESSED,
+                       FORMAT_MAP_BACKING /* from the backing file, at the same offset */ };
 struct format_map {
   uint64_t offset, length;            /* virtual */
   enum format_map_kind kind;
@@ -116,6 +130,11 @@ struct format_map {
  * the same offsets.  0, or -1 with *err. */
 int format_map (struct format *f, uint64_t offset, uint64_t count, uint64_t deadline_ns,
                 struct format_map **map, size_t *nr_map, int *err);
+
+/* remote_cancel and remote_release for the remotes of the backing
+ * files (the caller does it for its own remote).  Any thread. */
+void format_cancel (struct format *f);
+void format_release (struct format *f);
 
 /* The last fault found in the image ("" if none), for status. */
 void format_last_error (struct format *f, char *buf, size_t len);

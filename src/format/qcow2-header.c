@@ -12,6 +12,7 @@
 
 #define V2_HEADER_LENGTH 72
 #define V3_HEADER_LENGTH 104
+#define EXT_BACKING_FORMAT 0xe2792acaU
 
 static int
 refuse (int e, char *why, size_t why_len, const char *fmt, ...)
@@ -158,6 +159,8 @@ parse_tail (const uint8_t *buf, size_t full, struct qcow2_header *h, char *why, 
 {
   uint64_t off = h->header_length, end = full;
 
+  h->backing_format[0] = '\0';
+
   if (h->backing_offset != 0 && h->backing_offset < end)
     end = h->backing_offset;
   while (off + 8 <= end) {
@@ -168,6 +171,10 @@ parse_tail (const uint8_t *buf, size_t full, struct qcow2_header *h, char *why, 
     if (elen > end - off - 8)
       return refuse (EINVAL, why, why_len, "header extension 0x%08" PRIx32 " at offset "
                      "%" PRIu64 " (%" PRIu32 " bytes) runs past the header", type, off, elen);
+    if (type == EXT_BACKING_FORMAT && elen < sizeof h->backing_format) {
+      memcpy (h->backing_format, buf + off + 8, elen);
+      h->backing_format[elen] = '\0';
+    }
     off += 8 + (((uint64_t) elen + 7) & ~7ULL);
   }
   h->backing_name[0] = '\0';

@@ -39,6 +39,7 @@ struct qcow2_header {
   uint64_t backing_offset;      /* 0: none */
   uint32_t backing_size;
   char backing_name[QCOW2_MAX_BACKING_NAME + 1];
+  char backing_format[16];      /* header extension 0xe2792aca; "" if none */
 };
 
 /* Parse and check the header in buf (the first len bytes of an image
@@ -50,6 +51,18 @@ struct qcow2_header {
 #define QCOW2_HEADER_PEEK 4096
 int qcow2_parse_header (const uint8_t *buf, size_t len, uint64_t file_size,
                         struct qcow2_header *h, size_t *need, char *why, size_t why_len);
+
+/* The URL of backing file name next to the image at url (see
+ * qcow2-backing.c for what is refused).  0, or -1 with the reason in
+ * why. */
+int qcow2_backing_url (const char *url, const char *name, char *out, size_t len, char *why,
+                       size_t why_len);
+
+/* Open the backing file that the header h of image f names: *bp, of
+ * *bsize bytes.  0, or -1 with *err (ENOTSUP, EINVAL, the fault logged
+ * through fmt_fault on f). */
+int qcow2_open_backing (struct format *f, const struct qcow2_header *h, uint64_t deadline_ns,
+                        struct format **bp, int64_t *bsize, int *err);
 
 /* What a cluster or subcluster of the virtual disk is. */
 enum qcow2_kind { QCOW2_DATA, QCOW2_ZERO, QCOW2_UNALLOCATED, QCOW2_COMPRESSED };

@@ -49,6 +49,8 @@ struct qcow2 {
   uint64_t csize_mask;
   uint64_t *l1;                 /* L2 table offsets (0: none), checked */
   struct qcow2_l2cache *cache;
+  struct format *backing;       /* unallocated clusters read from it; NULL: zeros */
+  uint64_t backing_size;        /* past it, unallocated clusters read as zeros */
   struct {
     pthread_mutex_t lock;
     bool valid;
@@ -147,11 +149,6 @@ read_header (struct format *f, struct qcow2 *q, uint64_t deadline_ns, int *err)
     fmt_fault (f, "%s", why);
     return -1;
   }
-  if (q->h.backing_offset != 0) {
-    fmt_fault (f, "has a backing file \"%s\" (named at offset %" PRIu64 "): backing files "
-               "are not supported yet", q->h.backing_name, q->h.backing_offset);
-    return *err = ENOTSUP, -1;
-  }
   return 0;
 }
 
@@ -209,6 +206,13 @@ qcow2_open (struct format *f, const struct format_config *cfg, uint64_t deadline
   q->last.buf = malloc (q->cluster);
   if (q->cache == NULL || q->last.buf == NULL)
     return *err = ENOMEM, -1;
+  if (q->h.backing_offset != 0) {
+    int64_t bsize;
+
+    if (qcow2_open_backing (f, &q->h, deadline_ns, &q->backing, &bsize, err) == -1)
+      return -1;
+    q->backing_size = bsize;
+  }
   f->size = q->h.size;
   return 0;
 }
@@ -220,6 +224,7 @@ qcow2_close (struct format *f)
 
   if (q == NULL)
     return;
+  format_close (q->backing);
   qcow2_l2cache_free (q->cache);
   pthread_mutex_destroy (&q->last.lock);
   free (q->last.buf);
@@ -504,6 +509,23 @@ add_compressed_read (struct walk *w, struct reader *rd, const struct seg *s, int
   return 0;
 }
 
+/* Unallocated clusters over a backing file: its bytes at the same
+ * offsets, zeros past its end. */
+static int
+read_backing (struct walk *w, const struct seg *s, uint8_t *dst, int *err)
+{
+  struct qcow2 *q = w->q;
+  uint64_t n = 0;
+
+  if (s->offset < q->backing_size) {
+    n = q->backing_size - s->offset < s->length ? q->backing_size - s->offset : s->length;
+    if (format_pread (q->backing, dst, n, s->offset, w->deadline_ns, err) == -1)
+      return -1;
+  }
+  memset (dst + n, 0, s->length - n);
+  return 0;
+}
+
 static int
 emit_read (struct walk *w, const struct seg *s, int *err)
 {
@@ -515,6 +537,10 @@ emit_read (struct walk *w, const struct seg *s, int *err)
     return fmt_read (w->f, dst, s->length, s->host, w->deadline_ns, err);
   case QCOW2_COMPRESSED:
     return add_compressed_read (w, rd, s, err);
+  case QCOW2_UNALLOCATED:
+    if (w->q->backing)
+      return read_backing (w, s, dst, err);
+    /* fall through */
   default:
     memset (dst, 0, s->length);
     return 0;
@@ -554,21 +580,55 @@ struct vec {
   size_t n;
 };
 
+/* Add [offset, offset + length) to the sorted zero extents in out. */
 static int
-emit_zero (struct walk *w, const struct seg *s, int *err)
+push_zero (struct vec *out, uint64_t offset, uint64_t length, int *err)
 {
-  struct vec *out = w->opaque;
-  struct remote_extent *v = out->v, x = { s->offset, s->length };
+  struct remote_extent *v = out->v, x = { offset, length };
 
-  if (s->kind != QCOW2_ZERO && s->kind != QCOW2_UNALLOCATED)
-    return 0;
-  if (out->n > 0 && v[out->n - 1].offset + v[out->n - 1].length == s->offset) {
-    v[out->n - 1].length += s->length;
+  if (out->n > 0 && v[out->n - 1].offset + v[out->n - 1].length == offset) {
+    v[out->n - 1].length += length;
     return 0;
   }
   if (fmt_push (&out->v, &out->n, sizeof x, &x) == -1)
     return *err = ENOMEM, -1;
   return 0;
+}
+
+/* Unallocated clusters over a backing file are zeros where it says so,
+ * and past its end. */
+static int
+backing_zeros (struct walk *w, const struct seg *s, struct vec *out, int *err)
+{
+  struct qcow2 *q = w->q;
+  uint64_t end = s->offset + s->length, bend = end < q->backing_size ? end : q->backing_size;
+  struct remote_extent *z = NULL;
+  size_t nz = 0;
+  int r = 0;
+
+  if (s->offset < bend &&
+      format_zero_extents (q->backing, s->offset, bend - s->offset, w->deadline_ns, &z, &nz,
+                           err) == -1)
+    return -1;
+  for (size_t i = 0; r == 0 && i < nz; i++)
+    r = push_zero (out, z[i].offset, z[i].length, err);
+  free (z);
+  if (r == 0 && bend < end)
+    r = push_zero (out, s->offset > bend ? s->offset : bend,
+                   end - (s->offset > bend ? s->offset : bend), err);
+  return r;
+}
+
+static int
+emit_zero (struct walk *w, const struct seg *s, int *err)
+{
+  struct vec *out = w->opaque;
+
+  if (s->kind == QCOW2_UNALLOCATED && w->q->backing)
+    return backing_zeros (w, s, out, err);
+  if (s->kind != QCOW2_ZERO && s->kind != QCOW2_UNALLOCATED)
+    return 0;
+  return push_zero (out, s->offset, s->length, err);
 }
 
 static int
@@ -584,6 +644,12 @@ emit_map (struct walk *w, const struct seg *s, int *err)
   case QCOW2_COMPRESSED:
     m.kind = FORMAT_MAP_COMPRESSED, m.host_offset = s->host, m.host_length = s->host_len;
     break;
+  case QCOW2_UNALLOCATED:
+    if (w->q->backing) {
+      m.kind = FORMAT_MAP_BACKING, m.host_offset = s->offset, m.host_length = s->length;
+      break;
+    }
+    /* fall through */
   default:
     m.kind = FORMAT_MAP_ZERO;
   }
@@ -633,7 +699,16 @@ qcow2_map (struct format *f, uint64_t offset, uint64_t count, uint64_t deadline_
   return collect (f, offset, count, deadline_ns, emit_map, (void **) v, n, err);
 }
 
+static struct format *
+qcow2_backing (struct format *f)
+{
+  struct qcow2 *q = f->priv;
+
+  return q ? q->backing : NULL;
+}
+
 const struct format_ops format_qcow2_ops = {
+  .backing = qcow2_backing,
   .name = "qcow2",
   .open = qcow2_open,
   .close = qcow2_close,

@@ -12,6 +12,9 @@
 #  - a corrupted image (encrypted flag, an L1 entry past the end) is
 #    refused at mount with a message naming the image and the fault;
 #  - qcow2 with --incoming, or --parent-owned, is refused;
+#  - a backing chain (qcow2 over a compressed qcow2 over raw, in a
+#    subdirectory), resolved next to the image over HTTP and file://;
+#    under an NBD image refused, and read with backing-url from the config;
 #  - the stream of a compressed image over HTTP completes, then nginx is
 #    stopped and the whole disk still reads back equal.
 . "$(dirname "$0")/../functions.sh"
@@ -37,7 +40,14 @@ qemu-io -f qcow2 -c 'write -z 1M 256k' -c 'discard 4M 128k' -c 'write -P 0x5a 20
   "$www/plain.qcow2" > /dev/null
 qemu-img convert -q -c -f raw -O qcow2 "$raw" "$www/comp.qcow2"
 qemu-io -f qcow2 -c 'write -z 9M 64k' "$www/comp.qcow2" > /dev/null
-for i in plain comp; do
+# A chain: top.qcow2 over lib/mid.qcow2 over lib/base.raw.
+mkdir -p "$www/lib"
+cp "$raw" "$www/lib/base.raw"
+qemu-img create -q -f qcow2 -b base.raw -F raw "$www/lib/mid.qcow2"
+qemu-io -f qcow2 -c 'write -P 0x61 2M 1M' -c 'write -z 12M 1M' "$www/lib/mid.qcow2" > /dev/null
+qemu-img create -q -f qcow2 -b lib/mid.qcow2 -F qcow2 "$www/top.qcow2"
+qemu-io -f qcow2 -c 'write -P 0x62 2560k 64k' -c 'write -z 100k 8k' "$www/top.qcow2" > /dev/null
+for i in plain comp top; do
   qemu-img convert -q -f qcow2 -O raw "$www/$i.qcow2" "$T/$i.oracle"
 done
 
@@ -69,6 +79,34 @@ for proto in http nbd file; do
     corfs_unmount "$T/m$n"
   done
 done
+
+for proto in http file; do
+  n=$((n + 1))
+  echo "=== a backing chain over $proto"
+  corfs_mount "$T/s$n" "$T/m$n" --hold 15 --format qcow2 --disk d="$(url_of $proto top)"
+  cmp "$T/m$n/d" "$T/top.oracle" || fail "the chain over $proto differs from qemu-img's conversion"
+  corfs_unmount "$T/m$n"
+done
+
+echo "=== a backing file under an NBD image: refused, then read with backing-url"
+start_nbdkit "$T/nbd-top.pid" -r -U "$T/top.sock" file "$www/top.qcow2"
+printf '[disk d]\nurl = %s\nformat = qcow2\n' "$(nbd_uri "$T/top.sock")" > "$T/nb.conf"
+mkdir -p "$T/s-nb" "$T/m-nb"
+if "$CORFS" mount --state "$T/s-nb" --stream=off --hold 10 --config "$T/nb.conf" "$T/m-nb" \
+     > "$T/nb.out" 2>&1; then
+  cleanup_fn _force_unmount "$T/s-nb" "$T/m-nb"
+  fail "a backing file under an NBD image was resolved"
+fi
+cat "$T/nb.out"
+grep -q "under an NBD image" "$T/nb.out" || fail "the refusal does not say why"
+# mid.qcow2's own backing file would be a name under an NBD export too:
+# the backing export serves it flattened onto base.raw by qemu-img.
+qemu-img convert -q -f qcow2 -O qcow2 "$www/lib/mid.qcow2" "$T/midflat.qcow2"
+start_nbdkit "$T/nbd-mid.pid" -r -U "$T/mid.sock" file "$T/midflat.qcow2"
+printf 'backing-url = %s\n' "$(nbd_uri "$T/mid.sock")" >> "$T/nb.conf"
+corfs_mount "$T/s-nb2" "$T/m-nb2" --hold 15 --config "$T/nb.conf"
+cmp "$T/m-nb2/d" "$T/top.oracle" || fail "the chain over NBD with backing-url differs"
+corfs_unmount "$T/m-nb2"
 
 echo "=== format in the config file"
 printf '[disk d]\nurl = %s\nformat = qcow2\n' "$(url_of http comp)" > "$T/q.conf"

@@ -19,6 +19,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "format/format.h"
+#include "format/qcow2-internal.h"
 
 #define KiB 1024ULL
 #define MiB (1024 * KiB)
@@ -89,23 +90,26 @@ slurp (const char *path, size_t *len)
   return buf;
 }
 
+/* The settings of the last remote opened: backing files get them. */
+static char last_url[300];
+static struct remote_config last_rcfg = { .url = last_url, .disk = "unit",
+                                          .connect_timeout_ns = NS_PER_SEC,
+                                          .request_timeout_ns = NS_PER_SEC };
+
 static struct remote *
 open_remote (const char *name)
 {
-  char url[300];
-  struct remote_config cfg = { .url = url, .disk = "unit", .connect_timeout_ns = NS_PER_SEC,
-                               .request_timeout_ns = NS_PER_SEC };
   struct remote *r;
 
-  snprintf (url, sizeof url, "file://%s/%s", dir, name);
-  cr_assert_eq (remote_open (&cfg, &r), 0);
+  snprintf (last_url, sizeof last_url, "file://%s/%s", dir, name);
+  cr_assert_eq (remote_open (&last_rcfg, &r), 0);
   return r;
 }
 
 static struct format *
 open_format (struct remote *r, enum format_kind kind, uint64_t cache)
 {
-  struct format_config cfg = { .kind = kind, .l2_cache_bytes = cache };
+  struct format_config cfg = { .kind = kind, .l2_cache_bytes = cache, .remote = &last_rcfg };
   struct format *f;
   int err = 0;
 
@@ -620,4 +624,104 @@ Test (qcow2, compressed_reads_coalesce)
   remote_close (r);
   free (got);
   free (want);
+}
+
+/* Backing chains: qcow2 over qcow2 over a compressed qcow2, qcow2 over
+ * raw, a backing file shorter than the image; each read as QEMU reads
+ * it, zero extents included (compare_with_qemu checks them). */
+Test (qcow2, backing_chains)
+{
+  sh ("qemu-img convert -c -f raw -O qcow2 %s/base.raw %s/b0.qcow2", dir, dir);
+  sh ("qemu-img create -q -f qcow2 -b b0.qcow2 -F qcow2 %s/b1.qcow2", dir);
+  sh ("qemu-io -f qcow2 -c 'write -P 0x61 64k 64k' -c 'write -z 1M 64k' "
+      "-c 'write -P 0x62 2100k 4k' %s/b1.qcow2 >/dev/null", dir);
+  sh ("qemu-img create -q -f qcow2 -b b1.qcow2 -F qcow2 %s/b2.qcow2", dir);
+  sh ("qemu-io -f qcow2 -c 'write -P 0x63 96k 8k' -c 'discard 3M 64k' %s/b2.qcow2 >/dev/null",
+      dir);
+  compare_with_qemu ("b2.qcow2", 0);
+  sh ("mkdir -p %s/sub && cp %s/base.raw %s/sub/base.raw", dir, dir, dir);
+  sh ("qemu-img create -q -f qcow2 -b sub/base.raw -F raw %s/r1.qcow2", dir);
+  sh ("qemu-io -f qcow2 -c 'write -P 0x64 8k 8k' %s/r1.qcow2 >/dev/null", dir);
+  compare_with_qemu ("r1.qcow2", 0);
+  /* A 4 MiB image over a 1 MiB backing file: zeros past its end. */
+  sh ("qemu-img create -q -f raw %s/short.raw 1M && qemu-io -f raw -c 'write -P 0x65 0 1M' "
+      "%s/short.raw >/dev/null", dir, dir);
+  sh ("qemu-img create -q -f qcow2 -b short.raw -F raw %s/long.qcow2 4M", dir);
+  cr_assert_geq (compare_with_qemu ("long.qcow2", 0), 3 * MiB);
+}
+
+static void
+refused_via_remote (const char *name, const char *want)
+{
+  struct remote *r = open_remote (name);
+  struct format_config cfg = { .kind = FORMAT_QCOW2, .remote = &last_rcfg };
+  struct format *f;
+  int err = 0;
+
+  cr_assert_eq (format_open (r, &cfg, now_ns () + 5 * NS_PER_SEC, &f, &err), -1,
+                "%s not refused", name);
+  cr_assert_not_null (strstr (log_last_error (), want), "want \"%s\" in \"%s\"", want,
+                      log_last_error ());
+  remote_close (r);
+}
+
+Test (qcow2, backing_refusals)
+{
+  sh ("qemu-img create -q -f qcow2 %s/l0.qcow2 4M", dir);
+  /* a loop: l1 over l2 over l1 */
+  sh ("qemu-img create -q -f qcow2 -b l0.qcow2 -F qcow2 %s/l1.qcow2", dir);
+  sh ("qemu-img create -q -f qcow2 -b l1.qcow2 -F qcow2 %s/l2.qcow2", dir);
+  sh ("qemu-img rebase -q -u -b l2.qcow2 -F qcow2 %s/l1.qcow2", dir);
+  refused_via_remote ("l2.qcow2", "is an image of its own chain (a loop)");
+  /* absolute, protocol-prefixed, json:, going up */
+  sh ("qemu-img rebase -q -u -b %s/l0.qcow2 -F qcow2 %s/l1.qcow2", dir, dir);
+  refused_via_remote ("l1.qcow2", "absolute backing file name");
+  sh ("qemu-img rebase -q -u -b 'http://x/l0.qcow2' -F qcow2 %s/l1.qcow2", dir);
+  refused_via_remote ("l1.qcow2", "names a protocol");
+  sh ("qemu-img rebase -q -u -b '../l0.qcow2' -F qcow2 %s/l1.qcow2", dir);
+  refused_via_remote ("l1.qcow2", "goes up a directory");
+  /* a backing file that is not there names it */
+  sh ("qemu-img rebase -q -u -b gone.qcow2 -F qcow2 %s/l1.qcow2", dir);
+  refused_via_remote ("l1.qcow2", "backing file \"gone.qcow2\"");
+  /* a chain of 9 files */
+  sh ("cp %s/l0.qcow2 %s/d0.qcow2", dir, dir);
+  for (int i = 1; i <= 9; i++)
+    sh ("qemu-img create -q -f qcow2 -b d%d.qcow2 -F qcow2 %s/d%d.qcow2", i - 1, dir, i);
+  refused_via_remote ("d9.qcow2", "backing chain too deep");
+  compare_with_qemu ("d7.qcow2", 0);      /* 8 files: read */
+}
+
+Test (qcow2, backing_urls)
+{
+  static const struct { const char *url, *name, *want; } ok[] = {
+    { "file:///img/top.qcow2", "base.qcow2", "file:///img/base.qcow2" },
+    { "file:///img/top.qcow2", "sub/b-1_2.raw", "file:///img/sub/b-1_2.raw" },
+    { "http://h:8080/a/b/top.qcow2?sig=x#f", "base.qcow2", "http://h:8080/a/b/base.qcow2" },
+    { "s3://bucket/images/top.qcow2", "base.qcow2", "s3://bucket/images/base.qcow2" },
+    { "nfs://srv/export/top.qcow2?version=3", "base.raw", "nfs://srv/export/base.raw?version=3" },
+  };
+  static const struct { const char *url, *name, *want; } bad[] = {
+    { "file:///img/top.qcow2", "/abs/base.qcow2", "absolute" },
+    { "file:///img/top.qcow2", "json:{}", "names a protocol" },
+    { "file:///img/top.qcow2", "nbd:h:1", "names a protocol" },
+    { "file:///img/top.qcow2", "a/../../b", "goes up a directory" },
+    { "file:///img/top.qcow2", "a b", "characters" },
+    { "file:///img/top.qcow2", "", "empty" },
+    { "nbd://h/export", "base.qcow2", "under an NBD image" },
+    { "nbd+unix:///e?socket=/s", "base.qcow2", "under an NBD image" },
+    { "http://host", "base.qcow2", "no path" },
+  };
+  char out[256], why[256];
+
+  for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+    cr_assert_eq (qcow2_backing_url (ok[i].url, ok[i].name, out, sizeof out, why, sizeof why),
+                  0, "%s + %s: %s", ok[i].url, ok[i].name, why);
+    cr_assert_str_eq (out, ok[i].want);
+  }
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    cr_assert_eq (qcow2_backing_url (bad[i].url, bad[i].name, out, sizeof out, why,
+                                     sizeof why), -1, "%s + %s accepted", bad[i].url,
+                  bad[i].name);
+    cr_assert_not_null (strstr (why, bad[i].want), "%s", why);
+  }
 }
