@@ -449,6 +449,31 @@ record_parent (struct attach *a)
   return 0;
 }
 
+/* Step 4, once the parent passed check_parent_size: the identities of
+ * its backing files (a qcow2 chain) must be the recorded ones, unless
+ * accept-changed-parent re-bases the disk (nothing present: checked in
+ * step 2), which records them anew.  0 or -1 (logged). */
+static int
+check_backing_chain (struct attach *a)
+{
+  char now[META_ID_MAX];
+
+  if (a->fmt == NULL)
+    return 0;
+  format_chain_identity (a->fmt, now, sizeof now);
+  meta_disk_record (a->md, &a->rec);
+  if (strcmp (now, a->rec.backing_identity) == 0)
+    return 0;
+  if (a->dopt && a->dopt->accept_changed_parent) {
+    snprintf (a->rec.backing_identity, sizeof a->rec.backing_identity, "%s", now);
+    return meta_disk_update (a->md, &a->rec);
+  }
+  log_error ("daemon: disk %s: the backing files of parent %s changed (recorded \"%s\", now "
+             "\"%s\"): refusing to mix two images", a->name, remote_url (a->r),
+             a->rec.backing_identity, now);
+  return -1;
+}
+
 /* Step 4 for a disk with a record.  0 or -1 (logged). */
 static int
 attach_recorded (struct attach *a)
@@ -469,7 +494,8 @@ attach_recorded (struct attach *a)
    * looked the same) is confirmed by the parent's identity before it is
    * recorded, even when every block is present. */
   if (meta_count (a->md, META_PRESENT) < meta_nr_blocks (a->md) || repin || a->rewrite_url) {
-    if (check_parent_size (a) == -1 || record_parent (a) == -1)
+    if (check_parent_size (a) == -1 || record_parent (a) == -1 ||
+        check_backing_chain (a) == -1)
       return -1;
   }
   else {
@@ -521,6 +547,8 @@ create_record (struct attach *a)
   init.mirror = a->want_mirror;
   if (a->kind != FORMAT_RAW)
     snprintf (init.format, sizeof init.format, "%s", format_name (a->kind));
+  if (a->fmt)
+    format_chain_identity (a->fmt, init.backing_identity, sizeof init.backing_identity);
   if (meta_disk_open (a->m, a->name, &init, &a->md, NULL) == -1) {
     log_error ("daemon: disk %s: creating its index record: %m", a->name);
     return -1;

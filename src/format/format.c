@@ -10,6 +10,7 @@
  * immutable but for its own locked caches.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -318,6 +319,30 @@ format_release (struct format *f)
 {
   for (struct format *b = backing_of (f); b; b = backing_of (b))
     remote_release (b->r);
+}
+
+void
+format_chain_identity (struct format *f, char *buf, size_t len)
+{
+  char id[1024];
+  size_t n = 0;
+  uint64_t h = 0xcbf29ce484222325ULL;   /* FNV-1a of every identity */
+  bool fits = true;
+
+  buf[0] = '\0';
+  for (struct format *b = backing_of (f); b; b = backing_of (b)) {
+    remote_identity (b->r, id, sizeof id);
+    for (const char *p = id; *p; p++)
+      h = (h ^ (unsigned char) *p) * 0x100000001b3ULL;
+    h = (h ^ '|') * 0x100000001b3ULL;
+    if (fits) {
+      int k = snprintf (buf + n, len - n, "%s%s", n ? " | " : "", id);
+      fits = k >= 0 && (size_t) k < len - n;
+      n += fits ? (size_t) k : 0;
+    }
+  }
+  if (!fits)
+    snprintf (buf, len, "chain:%016" PRIx64, h);
 }
 
 void

@@ -131,6 +131,13 @@ struct format_map {
 int format_map (struct format *f, uint64_t offset, uint64_t count, uint64_t deadline_ns,
                 struct format_map **map, size_t *nr_map, int *err);
 
+/* The pinned identities of the backing files (remote_identity of each,
+ * outermost first, joined by " | "; a hash of them, "chain:HEX", if
+ * that would not fit in len), "" for an image without one or not open
+ * yet.  What the index records so that a later mount finds a changed
+ * backing file; each remote fails closed on a change while mounted. */
+void format_chain_identity (struct format *f, char *buf, size_t len);
+
 /* remote_cancel and remote_release for the remotes of the backing
  * files (the caller does it for its own remote).  Any thread. */
 void format_cancel (struct format *f);

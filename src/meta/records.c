@@ -53,6 +53,7 @@ static char *
 encode_record (const struct disk_value *v, size_t *len)
 {
   char *s = NULL, mode[16] = "", uid[24] = "", gid[24] = "", format[32] = "";
+  char backing[META_ID_MAX + 32] = "";
   int n;
 
   /* Written only when set: older daemons skip unknown keys, and an
@@ -65,18 +66,21 @@ encode_record (const struct disk_value *v, size_t *len)
     snprintf (gid, sizeof gid, "gid=%" PRIu32 "\n", v->rec.gid);
   if (v->rec.format[0] != '\0' && strcmp (v->rec.format, "raw") != 0)
     snprintf (format, sizeof format, "format=%.15s\n", v->rec.format);
+  if (v->rec.backing_identity[0] != '\0')
+    snprintf (backing, sizeof backing, "backing_identity=%.*s\n", META_ID_MAX - 1,
+              v->rec.backing_identity);
   n = asprintf (&s,
                     "id=%" PRIu32 "\nurl=%s\nidentity=%s\nsize=%" PRIu64 "\n"
                     "block_size=%" PRIu32 "\nstate=%s\nepoch=%" PRIu64 "\n"
                     "write_mode=%s\nparent_owned=%d\ncomplete=%d\n"
                     "generation=%" PRIu32 "\nwidened_generation=%" PRIu32 "\n"
-                    "merging=%d\nopen=%d\n%s%s%s%s",
+                    "merging=%d\nopen=%d\n%s%s%s%s%s",
                     v->id, v->rec.url, v->rec.identity, v->rec.size,
                     v->rec.block_size, state_names[v->rec.state], v->rec.epoch,
                     v->rec.mirror ? "mirror" : "writeback", v->rec.parent_owned,
                     v->rec.complete, v->rec.generation,
                     v->rec.widened_generation, v->rec.merging, v->open, mode, uid, gid,
-                    format);
+                    format, backing);
   if (n < 0)
     return NULL;
   *len = n;
@@ -113,6 +117,8 @@ decode_field (struct disk_value *v, const char *k, const char *val)
     v->rec.uid = strtoul (val, NULL, 10);
     v->rec.has_uid = true;
   }
+  else if (!strcmp (k, "backing_identity"))
+    snprintf (v->rec.backing_identity, sizeof v->rec.backing_identity, "%s", val);
   else if (!strcmp (k, "format"))
     snprintf (v->rec.format, sizeof v->rec.format, "%s", val);
   else if (!strcmp (k, "gid")) {

@@ -15,6 +15,7 @@
 #  - a backing chain (qcow2 over a compressed qcow2 over raw, in a
 #    subdirectory), resolved next to the image over HTTP and file://;
 #    under an NBD image refused, and read with backing-url from the config;
+#    a remount after a backing file changed is refused;
 #  - the stream of a compressed image over HTTP completes, then nginx is
 #    stopped and the whole disk still reads back equal.
 . "$(dirname "$0")/../functions.sh"
@@ -87,6 +88,19 @@ for proto in http file; do
   cmp "$T/m$n/d" "$T/top.oracle" || fail "the chain over $proto differs from qemu-img's conversion"
   corfs_unmount "$T/m$n"
 done
+
+echo "=== a remount after a backing file changed is refused"
+corfs_mount "$T/sch" "$T/mch" --hold 15 --format qcow2 --disk d="$(url_of file top)"
+dd if="$T/mch/d" bs=1M count=1 status=none | cmp - <(head -c $MiB "$T/top.oracle") ||
+  fail "the chain's first MiB differs"
+corfs_unmount "$T/mch"
+touch -d '2020-01-01' "$www/lib/mid.qcow2"
+if "$CORFS" mount --state "$T/sch" --stream=off --hold 10 "$T/mch" > "$T/chain.out" 2>&1; then
+  cleanup_fn _force_unmount "$T/sch" "$T/mch"
+  fail "a remount after the backing file changed succeeded"
+fi
+cat "$T/chain.out"
+grep -q "backing files of parent .* changed" "$T/chain.out" || fail "the refusal does not say why"
 
 echo "=== a backing file under an NBD image: refused, then read with backing-url"
 start_nbdkit "$T/nbd-top.pid" -r -U "$T/top.sock" file "$www/top.qcow2"

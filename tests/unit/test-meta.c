@@ -187,6 +187,7 @@ assert_record_eq (const struct meta_record *a, const struct meta_record *e)
   cr_assert_eq (a->generation, e->generation);
   cr_assert_eq (a->widened_generation, e->widened_generation);
   cr_assert_str_eq (a->format, e->format);
+  cr_assert_str_eq (a->backing_identity, e->backing_identity);
 }
 
 static void
@@ -1040,9 +1041,11 @@ Test (meta, format_recorded)
   bool w;
 
   snprintf (init.format, sizeof init.format, "qcow2");
+  snprintf (init.backing_identity, sizeof init.backing_identity, "http:size=1,etag=\"x\" | file:1");
   d = open_clean ("q", &init);
   meta_disk_record (d, &rec);
   cr_assert_str_eq (rec.format, "qcow2");
+  cr_assert_str_eq (rec.backing_identity, "http:size=1,etag=\"x\" | file:1");
   upd = rec;
   upd.state = META_ACTIVE;
   cr_assert_eq (meta_disk_update (d, &upd), 0);
