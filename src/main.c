@@ -4,48 +4,14 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "common/version.h"
+#include "corfs-help.h"
 #include "daemon/daemon.h"
 
 static void
 usage (FILE *f)
 {
-  fprintf (f,
-"Usage: corfs COMMAND [ARGS...]\n"
-"\n"
-"corfs presents each VM disk as a plain file on a FUSE mount.  Blocks fault\n"
-"in on demand from a remote parent (NBD, HTTP(S), S3, NFS or a local file)\n"
-"into a local overlay,\n"
-"while a background streamer fills the rest; an LMDB index records which\n"
-"blocks are present and which are dirty.\n"
-"\n"
-"Commands (every one takes --state DIR, except unmount):\n"
-"  mount --state DIR [--disk NAME=URL]... [OPTIONS] MOUNTPOINT\n"
-"                         start the daemon; returns once the mount serves\n"
-"  unmount MOUNTPOINT     final commit, clean exit; waits for the daemon\n"
-"  status --state DIR [NAME] [--json] [--maps] [--watch]\n"
-"                         per disk: present/total, dirty, health, parent state,\n"
-"                         streamer progress\n"
-"  stream --state DIR NAME [--wait] [--rate R] [--pause|--resume|--cancel]\n"
-"                         fill the overlay in the background, or steer it\n"
-"  events --state DIR     follow the event stream (JSON lines)\n"
-"  metrics --state DIR    metrics in the Prometheus text format\n"
-"  merge --state DIR NAME [--wait] [--rate R] [--parent-owned] [--pause|--resume|--cancel]\n"
-"                         write dirty blocks back into a parent the disk owns\n"
-"  flatten --state DIR NAME [--wait] [--to FILE]\n"
-"                         fill, then detach the parent (or copy to FILE)\n"
-"  checkpoint --state DIR NAME\n"
-"                         start a new change generation, print its number\n"
-"  dirty --state DIR NAME --since GEN [--json]\n"
-"                         extents written since checkpoint GEN\n"
-"\n"
-"  activate --state DIR NAME --epoch N [--force]\n"
-"  handoff --state DIR NAME --epoch N\n"
-"  reclaim --state DIR NAME --epoch N\n"
-"                         migration switch-over (see `corfs activate --help`)\n"
-"  pivot --state DIR NAME / abort --state DIR NAME\n"
-"                         finish or cancel a mirror (mount --write-mode=mirror)\n"
-"\n"
-"Run `corfs COMMAND --help` for a command's options.\n");
+  fputs (CORFS_HELP_MAIN, f);
 }
 
 int
@@ -57,6 +23,10 @@ main (int argc, char **argv)
   }
   if (!strcmp (argv[1], "--help") || !strcmp (argv[1], "-h") || !strcmp (argv[1], "help")) {
     usage (stdout);
+    return 0;
+  }
+  if (!strcmp (argv[1], "--version") || !strcmp (argv[1], "-V")) {
+    printf ("corfs %s (commit %s)\n", corfs_version (), corfs_commit ());
     return 0;
   }
   if (!strcmp (argv[1], "mount")) {

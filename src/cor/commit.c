@@ -1,4 +1,4 @@
-/* corfs: the committer: group commit of the index (DESIGN.md rules 1-3, 7).
+/* corfs: the committer: group commit of the index (docs/design.md rules 1-3, 7).
  *
  * Notes on the thread model: one committer thread per engine.  It wakes
  * when a flusher asks (cor_flush) or after COMMIT_INTERVAL_S, whichever
@@ -16,7 +16,7 @@
  * chunks pending, and later commits are cumulative, so the result of
  * commit seq_done is the answer for every flusher waiting for it.
  *
- * The interval is 5 s, not DESIGN.md's "at least once a second": an
+ * The interval is 5 s, not the "at least once a second" of the design advice corfs started from: an
  * fdatasync of an overlay every second while the streamer or a cold
  * reader writes it at full speed made those buffered writes (the copy
  * into ext4's page cache) 3 to 6 times slower on this 2-core machine:
@@ -31,6 +31,11 @@
  * Sticky failure (rule 7): an overlay whose fdatasync fails may have lost
  * dirty pages, so the disk goes to "failed": its chunks are never
  * committed, writes get EROFS and every flush EIO, for good.
+ *
+ * Locks: e->lock (the sequence numbers, stop) is taken by flushers that
+ * may hold owner_lock (hand-off, pivot, abort call cor_flush), so the
+ * committer never takes an owner or disk lock; only meta's (LOCK ORDER in
+ * cor-internal.h).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -78,7 +83,7 @@ cor_commit_once (struct cor_engine *e)
       continue;
     }
     if (written || meta_batch_has (b, d->md)) {
-      if (fdatasync (d->overlay_fd) == -1) {
+      if (cor_overlay_sync (d) == -1) {
         cor_disk_fail (d, "overlay fdatasync", errno);
         meta_batch_drop (b, d->md);
       }

@@ -4,11 +4,24 @@
  * same offsets as the disk, and the disk's index (src/meta).  Reads fault
  * missing blocks in from the parent; writes go to the overlay and mark
  * blocks present and dirty.  One committer thread per engine makes the
- * index durable in batches (DESIGN.md rules 1 to 3 and 7).
+ * index durable in batches (docs/design.md rules 1 to 3 and 7).
  *
- * Threads: cor_read, cor_write and cor_flush may be called from any
- * number of threads at once (the FUSE loop's workers).  The engine creates
- * one thread, the committer, in cor_engine_start.
+ * Threads: cor_read, cor_read_ref, cor_write, cor_zero and cor_flush may
+ * be called from any number of threads at once (the FUSE loop's workers);
+ * the owner-state commands, checkpoint and the stream commands from ctl's
+ * threads; cor_writeback, cor_update_record and abort's pieces
+ * (cor_abort_begin, cor_abort_copy, cor_abort_end) from merge's jobs.  The
+ * engine creates these threads itself:
+ *   - the committer, one per engine, in cor_engine_start;
+ *   - the streamer, 3 workers per disk, started once: at
+ *     cor_engine_start when the disk's stream mode is on or paused (an
+ *     incoming disk's at cor_activate), else at cor_stream_start;
+ *   - readahead, 3 workers per disk, at the first prefetch of a disk
+ *     configured with readahead;
+ *   - writeback helpers, up to 3 per cor_writeback call, joined before it
+ *     returns.
+ * cor_engine_free and cor_engine_finish join all of them.  The lock
+ * order inside the engine is written down in src/cor/cor-internal.h.
  */
 #ifndef CORFS_COR_H
 #define CORFS_COR_H
@@ -88,7 +101,22 @@ size_t cor_disk_count (struct cor_engine *e);
 struct cor_disk *cor_disk_get (struct cor_engine *e, size_t i);
 struct cor_disk *cor_disk_find (struct cor_engine *e, const char *name);
 const char *cor_disk_name (const struct cor_disk *d);
+/* The disk's size: its parent's, or more once grown (cor_disk_grow). */
 uint64_t cor_disk_size (const struct cor_disk *d);
+/* The parent's size (what its identity is pinned with). */
+uint64_t cor_disk_parent_size (const struct cor_disk *d);
+
+/* Grow the disk to new_size bytes (truncate, QEMU's block_resize): the
+ * range past the old end reads zeros, is never fetched, and is marked
+ * dirty and changed; the new size is durable in the index before this
+ * returns (a crash leaves the old size or the new one).  Refused, with
+ * the reason logged: a smaller size (EINVAL), a mirror-mode or
+ * parent-owned disk, or one that is not active or standalone (incoming,
+ * activating, handed off) (EPERM), a merge in progress (EBUSY), a
+ * read-only or failed disk (EROFS).  The same size: 0, nothing done.
+ * Any thread; waits at most the hold for the disk to drain.  0, or -1
+ * with *err. */
+int cor_disk_grow (struct cor_disk *d, uint64_t new_size, int *err);
 /* Bytes of overlay storage allocated (for st_blocks). */
 uint64_t cor_disk_allocated (const struct cor_disk *d);
 bool cor_disk_writable (const struct cor_disk *d);
@@ -184,9 +212,36 @@ int cor_stream_resume (struct cor_disk *d, int *err);
 int cor_stream_cancel (struct cor_disk *d, int *err);
 void cor_stream_set_rate (struct cor_disk *d, uint64_t bytes_per_s);
 
-/* Events (stream-progress, stream-complete, stream-error, parent-error,
- * disk-failed), called on the engine thread that caused them: fn must
- * not block and must copy what it keeps.  Set before cor_engine_start. */
+/* Events, each with its name (cor_event_name: the "type" of the event's
+ * JSON) and what done, total and message carry.  The engine emits:
+ *   stream-progress   bytes covered, disk size   (streamer, stream.c)
+ *   stream-complete   size, size                 (streamer)
+ *   mirror-ready      size, size                 (streamer, mirror disks)
+ *   stream-error      0, 0, the error            (streamer)
+ *   activated         epoch, 0                   (cor_activate)
+ *   handed-off        epoch, 0                   (cor_handoff)
+ *   reclaimed         epoch, 0                   (cor_reclaim)
+ *   pivoted           size, size                 (cor_pivot)
+ *   aborted           0, 0                       (cor_abort, cor_abort_end)
+ * and its jobs (src/merge, through cor_emit):
+ *   merge-error       0, 0, the error
+ *   synced            bytes, bytes
+ *   flattened         bytes, bytes
+ *   copy-complete     size, size, the destination
+ *   copy-failed       0, 0, the error
+ * fn is called on the thread that caused the event (a streamer worker, a
+ * command's or job's thread): it must not block and must copy what it
+ * keeps.  Set before cor_engine_start. */
+enum cor_event_type {
+  COR_EV_STREAM_PROGRESS, COR_EV_STREAM_COMPLETE, COR_EV_MIRROR_READY, COR_EV_STREAM_ERROR,
+  COR_EV_ACTIVATED, COR_EV_HANDED_OFF, COR_EV_RECLAIMED, COR_EV_PIVOTED, COR_EV_ABORTED,
+  COR_EV_MERGE_ERROR, COR_EV_SYNCED, COR_EV_FLATTENED, COR_EV_COPY_COMPLETE,
+  COR_EV_COPY_FAILED,
+  COR_EV_NR
+};
+/* The event's name, as above (the one name table). */
+const char *cor_event_name (enum cor_event_type type);
+
 struct cor_event {
   const char *type;
   const char *disk;
@@ -198,13 +253,16 @@ void cor_set_event_fn (struct cor_engine *e,
                        void *opaque);
 
 /* Emit an event about d through the engine's callback (if any); for the
- * engine and its jobs (src/merge). */
+ * engine and its jobs (src/merge).  cor_emit takes the name (one of
+ * cor_event_name's). */
+void cor_emit_event (struct cor_disk *d, enum cor_event_type type, uint64_t done,
+                     uint64_t total, const char *message);
 void cor_emit (struct cor_disk *d, const char *type, uint64_t done, uint64_t total,
                const char *message);
 
 /* Merge primitive (for src/merge): copy the present blocks of [first, end)
  * that are dirty or suspect to the parent, flush the parent, then clear
- * their dirty and suspect bits (DESIGN.md rule 11: the clearing becomes
+ * their dirty and suspect bits (docs/design.md rule 11: the clearing becomes
  * durable with the next commit).  Suspect blocks that are not dirty are
  * read from the parent first and written only where they differ (rule 4).
  * The blocks are owned in the in-flight table throughout, so a guest
@@ -236,7 +294,7 @@ struct remote *cor_disk_remote (struct cor_disk *d);
 /* The parent's image format (its reader), or NULL for a raw parent. */
 struct format *cor_disk_format (struct cor_disk *d);
 
-/* Migration switch-over (DESIGN.md "Disk states" and rule 10).  Epochs
+/* Migration switch-over (docs/design.md "Disk states" and rule 10).  Epochs
  * are chosen by the management tool, strictly increasing per disk: a
  * lower one is refused as stale, the same epoch for the same transition
  * is a no-op.
@@ -254,7 +312,7 @@ int cor_activate (struct cor_disk *d, uint64_t epoch, bool force, char *errbuf, 
 int cor_handoff (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len);
 int cor_reclaim (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len);
 
-/* Mirror (DESIGN.md "Write modes"): a disk recorded with mirror=true
+/* Mirror (docs/design.md "Write modes"): a disk recorded with mirror=true
  * sends every guest write to the parent and the overlay before it is
  * acknowledged, while the streamer fills the overlay.
  *   pivot: once complete, detach the parent for good (standalone).
@@ -264,6 +322,34 @@ int cor_reclaim (struct cor_disk *d, uint64_t epoch, char *errbuf, size_t len);
  * 0, or -1 with a reason in errbuf. */
 int cor_pivot (struct cor_disk *d, char *errbuf, size_t len);
 int cor_abort (struct cor_disk *d, char *errbuf, size_t len);
+
+/* cor_abort in its pieces, for merge's abort job (src/merge/abort.c),
+ * which adds progress, status and cancel; all on one thread (abort.c):
+ *   begin: take d->owner_lock and keep it; refuse unless the disk is an
+ *     active mirror; own every block (waits at most the hold), then
+ *     refuse new writes.  0, or -1 with errbuf (nothing held or changed).
+ *   copy: copy the run [first, end) of blocks the parent may lack
+ *     (cor_next_unsettled_run) to it and clear their bits, within a
+ *     fresh hold; ECANCELED once the daemon is shutting down.  The bytes
+ *     settled, or -1 with *err.
+ *   end: with copy_err 0 (nothing left to copy): flush, pin the parent,
+ *     record handed-off, cancel the streamer, emit `aborted`; with
+ *     copy_err (the copy failed at block blk): make the mirror active
+ *     again.  Releases owner_lock either way.  0, or -1 with errbuf.
+ * cor_abort is begin, copy until no run is left, end. */
+int cor_abort_begin (struct cor_disk *d, char *errbuf, size_t len);
+int64_t cor_abort_copy (struct cor_disk *d, uint64_t first, uint64_t end, int *err);
+int cor_abort_end (struct cor_disk *d, int copy_err, uint64_t blk, char *errbuf, size_t len);
+/* Blocks per cor_abort_copy run in cor_abort (what a guest waits for at
+ * most, were it not refused anyway). */
+#define COR_ABORT_RUN 256
+
+/* The one derivation of "blocks the parent may lack" (dirty or
+ * suspect), for merge and abort: the first such block at or after from,
+ * and in *end the end of the run of such blocks from it, at most max
+ * long.  The disk's block count or more if there is none. */
+uint64_t cor_next_unsettled_run (struct cor_disk *d, uint64_t from, uint64_t max,
+                                 uint64_t *end);
 
 /* Read, modify and durably write the disk's record, serialised with the
  * owner-state transitions (activate, handoff, pivot, ...) so that no
@@ -285,6 +371,7 @@ bool cor_disk_openable_rw (const struct cor_disk *d);
 
 /* Status snapshot (see docs/control.md for the meaning of each field). */
 struct cor_status {
+  uint64_t parent_size;         /* size is the disk's: larger once grown */
   uint64_t size, block_size, nr_blocks, present_blocks, dirty_blocks, suspect_blocks;
   const char *health;           /* "rw", "ro", "failed" */
   enum meta_state owner_state;  /* meta_state_name gives its name */
@@ -303,7 +390,8 @@ struct cor_status {
   uint64_t stream_rate;         /* bytes/s, 0 = unlimited */
   uint64_t streamed_bytes, stream_errors;
   double stream_bytes_per_s;    /* recent progress (fetched or found zero) per second */
-  int64_t eta_s;                /* -1 when unknown */
+  double stream_fetched_bytes_per_s;    /* recent bytes fetched from the parent per second */
+  int64_t eta_s;                /* missing data over the fetched rate; -1 when unknown */
   char stream_error[512];
   uint64_t foreground_fetched_bytes, background_fetched_bytes, zero_skipped_bytes;
   /* merge and abort: bytes written to the parent, and suspect bytes

@@ -41,7 +41,7 @@
  * streams and the queue (streams[].next is also read without it, as a
  * hint, with atomics); it is never held across I/O and is taken before
  * d->lock (which cor_populate takes).  cor_readahead_note runs on any
- * FUSE thread.
+ * FUSE thread.  LOCK ORDER: cor-internal.h.
  */
 #include <errno.h>
 #include <inttypes.h>

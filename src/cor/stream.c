@@ -30,6 +30,10 @@
  * (stream-error event, status) and retried after an exponential backoff
  * up to 30 s, forever: background work never fails the disk.
  *
+ * Progress: the first worker to run surveys the parent's zero extents
+ * once (survey.c), so that the ETA counts only the data left to fetch;
+ * the other workers stream meanwhile.
+ *
  * Completion: when every block is present the first worker to notice
  * makes the index durable (cor_flush), records complete=true, emits
  * stream-complete and, unless configured otherwise, closes the parent's
@@ -38,7 +42,10 @@
  * Notes on the thread model: COR_STREAM_WORKERS threads per disk, started
  * on the first start and joined at engine shutdown.  d->stream.lock
  * protects the stream fields; it is never held across I/O or
- * cor_populate, and is taken before d->lock where both are held.
+ * cor_populate, and is taken before d->lock where both are held.  The
+ * completion (finish) holds no stream lock while cor_update_record waits,
+ * at most the hold, for owner_lock (an abort copying holds it): see LOCK
+ * ORDER in cor-internal.h.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -269,14 +276,16 @@ finish (struct cor_disk *d)
 static void
 announce_complete (struct cor_disk *d)
 {
-  cor_emit (d, "stream-complete", d->size, d->size, NULL);
+  cor_emit_event (d, COR_EV_STREAM_COMPLETE, d->size, d->size, NULL);
   if (d->mirror)
-    cor_emit (d, "mirror-ready", d->size, d->size, NULL);
+    cor_emit_event (d, COR_EV_MIRROR_READY, d->size, d->size, NULL);
 }
 
 /* Must be called with stream.lock held.  Progress bookkeeping: fetched
  * bytes charge the rate limiter and count as streamed; covered bytes
- * (fetched or found zero) measure progress for the ETA. */
+ * (fetched or found zero) measure progress.  Both have a recent rate:
+ * covered bytes fly through zero extents, so the fetched rate is the one
+ * a rate limit bounds and the one the ETA divides by (status.c). */
 static void
 account_unlocked (struct cor_disk *d, uint64_t fetched, uint64_t covered)
 {
@@ -285,18 +294,52 @@ account_unlocked (struct cor_disk *d, uint64_t fetched, uint64_t covered)
   __atomic_fetch_add (&d->streamed_bytes, fetched, __ATOMIC_RELAXED);
   if (d->stream.rate)
     d->stream.tokens -= fetched;
+  d->stream.covered_total += covered;
+  d->stream.fetched_total += fetched;
   if (d->stream.rate_window_ns == 0)
     d->stream.rate_window_ns = now;
   d->stream.rate_window_bytes += covered;
+  d->stream.rate_window_fetched += fetched;
   if (now - d->stream.rate_window_ns >= 2 * NS_PER_SEC) {
-    d->stream.recent_bps = d->stream.rate_window_bytes * (double) NS_PER_SEC /
-      (now - d->stream.rate_window_ns);
+    double secs = (double) (now - d->stream.rate_window_ns) / NS_PER_SEC;
+    d->stream.recent_bps = d->stream.rate_window_bytes / secs;
+    d->stream.recent_fetched_bps = d->stream.rate_window_fetched / secs;
     d->stream.rate_window_ns = now;
-    d->stream.rate_window_bytes = 0;
+    d->stream.rate_window_bytes = d->stream.rate_window_fetched = 0;
   }
-  else if (d->stream.recent_bps == 0 && now > d->stream.rate_window_ns)
-    d->stream.recent_bps = d->stream.rate_window_bytes * (double) NS_PER_SEC /
-      (now - d->stream.rate_window_ns);
+  else if (now > d->stream.rate_window_ns) {
+    /* Before a first estimate: one from the window so far rather than
+     * none for 2 s.  The fetched rate waits for a second of it: the
+     * workers' first chunks go out at once, before the rate limiter has
+     * charged any, and over a few milliseconds would read as a rate many
+     * times the limit. */
+    uint64_t elapsed = now - d->stream.rate_window_ns;
+    double secs = (double) elapsed / NS_PER_SEC;
+    if (d->stream.recent_bps == 0)
+      d->stream.recent_bps = d->stream.rate_window_bytes / secs;
+    if (d->stream.recent_fetched_bps == 0 && elapsed >= NS_PER_SEC)
+      d->stream.recent_fetched_bps = d->stream.rate_window_fetched / secs;
+  }
+}
+
+/* Must be called with stream.lock held, which it drops meanwhile.  The
+ * first worker to run surveys the zero extents (survey.c) for the ETA;
+ * the others stream. */
+static void
+survey_unlocked (struct cor_disk *d)
+{
+  uint64_t skipped0 = __atomic_load_n (&d->zero_skipped_bytes, __ATOMIC_RELAXED), zero;
+  bool ok;
+
+  d->stream.survey_started = true;
+  pthread_mutex_unlock (&d->stream.lock);
+  ok = cor_stream_survey (d, &zero);
+  pthread_mutex_lock (&d->stream.lock);
+  if (ok) {
+    d->stream.survey_zero = zero;
+    d->stream.survey_skipped0 = skipped0;
+    d->stream.survey_done = true;
+  }
 }
 
 static void *
@@ -315,6 +358,10 @@ worker (void *arg)
       pthread_cond_wait (&d->stream.cond, &d->stream.lock);
     if (d->stream.stop)
       break;
+    if (!d->stream.survey_started) {
+      survey_unlocked (d);
+      continue;
+    }
     if (!pick_unlocked (d, &first, &end, &hint)) {
       if (meta_count (d->md, META_PRESENT) == d->nr_blocks && !d->stream.finishing) {
         /* One worker finishes; the others wait for it (finishing) and
@@ -366,7 +413,7 @@ worker (void *arg)
       uint64_t backoff = d->stream.backoff_ns;
       d->stream.backoff_ns = backoff * 2 > BACKOFF_MAX_NS ? BACKOFF_MAX_NS : backoff * 2;
       log_warn ("cor: disk %s: stream: %s; retrying in %.1f s", d->name, msg, backoff / 1e9);
-      cor_emit (d, "stream-error", 0, 0, msg);
+      cor_emit_event (d, COR_EV_STREAM_ERROR, 0, 0, msg);
       timedwait_unlocked (d, now_ns () + backoff);
       continue;
     }
@@ -375,7 +422,7 @@ worker (void *arg)
      * ETA: a chunk held off or found busy covered nothing. */
     account_unlocked (d, r, covered);
     if (next < end) {
-      /* Held off by an exclusive command or a waiting guest (engine.c):
+      /* Held off by an exclusive command or a waiting guest (inflight.c):
        * come back to the rest rather than skip ahead, after a moment. */
       rewind_unlocked (d, hint, next);
       timedwait_unlocked (d, now_ns () + 5 * 1000000ULL);
@@ -388,7 +435,7 @@ worker (void *arg)
       d->stream.last_progress_ns = now_ns ();
       uint64_t present = meta_count (d->md, META_PRESENT);
       uint64_t done = present == d->nr_blocks ? d->size : present << d->block_shift;
-      cor_emit (d, "stream-progress", done, d->size, NULL);
+      cor_emit_event (d, COR_EV_STREAM_PROGRESS, done, d->size, NULL);
     }
   }
   pthread_mutex_unlock (&d->stream.lock);

@@ -3,7 +3,10 @@
  *
  * ctl is a client of the engine; the CLI talks to it only through the
  * socket.  It runs one thread (created by ctl_start) that serves every
- * client with poll(2).
+ * client with poll(2), and a job thread for each long command while it
+ * runs (activate, handoff, checkpoint, ...: see docs/control.md), so that
+ * status, metrics and events always answer.  Its files and lock story:
+ * ctl-internal.h.
  */
 #ifndef CORFS_CTL_H
 #define CORFS_CTL_H

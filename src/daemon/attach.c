@@ -324,7 +324,7 @@ probe_present (struct meta *m, const char *name)
 
 /* Step 2: the identity the parent is held to.  The record's, wherever
  * meta_identity_binding says it binds (the states in which the parent
- * moves, a merge before a crash among them (DESIGN.md rule 9), are
+ * moves, a merge before a crash among them (docs/design.md rule 9), are
  * pinned afresh); none for accept-changed-parent, which re-bases the
  * disk and so is refused once blocks are present.  A URL matched only
  * in an older corfs's redaction needs the pin to confirm it.  0 or -1

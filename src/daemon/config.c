@@ -20,6 +20,7 @@
 struct cfg_state {
   struct mount_opts *o;
   char error[512];              /* the first refused line's reason */
+  bool set_mountpoint;          /* o->mountpoint is the file's (last line wins) */
 };
 
 /* One key of a section and its handler, which parses value into the
@@ -202,7 +203,27 @@ corfs_qcow2_l2_cache (struct cfg_state *s, struct disk_opts *d, const struct set
   return 0;
 }
 
+/* Used when the command line names no MOUNTPOINT (the systemd unit's
+ * case); absolute, since the file may be read from any directory. */
+static int
+corfs_mountpoint (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+                  const char *value)
+{
+  if (value[0] != '/')
+    return bad (s, "mountpoint = %s: expected an absolute path", value);
+  if (s->o->mountpoint && !s->set_mountpoint)
+    return 0;                   /* the command line's MOUNTPOINT */
+  free (s->o->mountpoint);
+  if (!(s->o->mountpoint = strdup (value)))
+    return bad (s, "out of memory");
+  s->set_mountpoint = true;
+  return 0;
+}
+
+/* Each key of both tables is documented in doc/config (corfs.conf(5));
+ * doc/check-options fails on a difference. */
 static const struct setting corfs_settings[] = {
+  { "mountpoint", corfs_mountpoint, 0 },
   { "qcow2-l2-cache", corfs_qcow2_l2_cache, 0 },
   { "hold", corfs_hold, 0 },
   { "block-size", corfs_block_size, 0 },
@@ -452,7 +473,7 @@ parse_stream_mode (const char *s)
 int
 config_load (const char *path, struct mount_opts *o)
 {
-  struct cfg_state s = { o, "" };
+  struct cfg_state s = { o, "", false };
   int r = ini_parse (path, on_value, &s);
 
   if (r == -1) {

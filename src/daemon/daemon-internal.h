@@ -10,8 +10,8 @@
  *   identity.c    the parent's identity at mount (meta_identity_binding
  *                 applied; an active mirror's sealed identity)
  *   hints.c       what the streamer fetches first: ranges files, traces
- *   daemon.c      start-up order, the fork and readiness pipe, serving,
- *                 the stop sequence
+ *   daemon.c      start-up order, the fork and readiness pipe, systemd's
+ *                 readiness (sd_notify), serving, the stop sequence
  *
  * Every function here runs on the daemon's main thread (or in
  * `corfs mount` before it forks), before the other threads start or after

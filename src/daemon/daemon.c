@@ -14,8 +14,10 @@
  *   5. attach every disk: those recorded in the index and those given;
  *      contact the parent unless every block is present;
  *   6. start the committer and the control socket, mount FUSE;
- *   7. write "OK" to the pipe; serve until unmounted or SIGTERM;
- *   8. unmount; stop the streamers, readahead and parent requests
+ *   7. tell systemd READY=1 (sd_notify, when NOTIFY_SOCKET is set) and
+ *      write "OK" to the pipe; serve until unmounted or SIGTERM;
+ *   8. tell systemd STOPPING=1; unmount; stop the streamers, readahead
+ *      and parent requests
  *      (cor_engine_quiesce); stop ctl and its long commands; merge jobs;
  *      final commit and clean close; release the lock.
  * Step 1 is mount-opts.c, config.c and state-dir.c; 3 is state-dir.c;
@@ -42,6 +44,8 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <systemd/sd-daemon.h>
 
 #include "common/log.h"
 #include "common/util.h"
@@ -167,6 +171,40 @@ report_ready (int ready_fd, bool ok)
   close (ready_fd);
 }
 
+/* Step 7 for systemd (a Type=notify unit; nothing without
+ * NOTIFY_SOCKET): READY=1 once the mount serves.  By then the kernel
+ * mount exists and every disk is attached, its parent contacted (unless
+ * every block is present); requests arriving before the FUSE loop
+ * starts wait in the kernel for its INIT reply, not on any parent.  A
+ * daemon that forked (no --foreground) names itself the main process,
+ * which a unit allows with NotifyAccess=all; corfs@.service runs it in
+ * the foreground instead. */
+static void
+notify_ready (const struct mount_opts *o, const struct daemon *dm)
+{
+  int r;
+
+  if (o->foreground)
+    r = sd_notifyf (0, "READY=1\nSTATUS=serving %zu disk(s) on %s",
+                    cor_disk_count (dm->e), o->mountpoint);
+  else
+    r = sd_notifyf (0, "READY=1\nMAINPID=%d\nSTATUS=serving %zu disk(s) on %s",
+                    (int) getpid (), cor_disk_count (dm->e), o->mountpoint);
+  if (r < 0)
+    log_warn ("daemon: sd_notify READY=1: %s", strerror (-r));
+}
+
+/* Step 8 for systemd: the mount is going (unmounted, or SIGTERM from
+ * `systemctl stop`); the final commit follows. */
+static void
+notify_stopping (const struct mount_opts *o)
+{
+  int r = sd_notifyf (0, "STOPPING=1\nSTATUS=unmounting %s, final commit", o->mountpoint);
+
+  if (r < 0)
+    log_warn ("daemon: sd_notify STOPPING=1: %s", strerror (-r));
+}
+
 /* Steps 3-8, in the daemon process.  ready_fd is the pipe to the parent
  * (-1 in the foreground). */
 static int
@@ -179,13 +217,17 @@ run_daemon (struct mount_opts *o, int ready_fd)
   if (open_disks (o, &dm) == 0 && start_serving (o, &dm) == 0) {
     log_info ("daemon: serving %zu disk(s) on %s (state %s, hold %" PRIu64 " s)",
               cor_disk_count (dm.e), o->mountpoint, o->state, dm.hold_s);
+    notify_ready (o, &dm);
     if (ready_fd >= 0) {
       report_ready (ready_fd, true);
       ready_fd = -1;
     }
     ret = fs_run (dm.fs) == 0 ? 0 : 1;
+    notify_stopping (o);
     log_info ("daemon: unmounting %s", o->mountpoint);
   }
+  else
+    sd_notifyf (0, "STATUS=failed to start: %s", log_last_error ());
   left = stop_daemon (&dm, &ret);
   if (ready_fd >= 0)
     report_ready (ready_fd, false);

@@ -11,83 +11,20 @@
 #include <string.h>
 
 #include "common/util.h"
+#include "corfs-help.h"
 #include "cor/cor.h"
 #include "daemon/daemon-internal.h"
 #include "format/format.h"
 
+/* The text is doc/commands' (generated into corfs-help.h), which also
+ * documents every option of longopts below; the numbers it gives must be
+ * the constants'. */
+CORFS_HELP_CHECKS
+
 static void
 mount_usage (FILE *f)
 {
-  fprintf (f,
-"Usage: corfs mount --state DIR [--disk NAME=URL]... [OPTIONS] MOUNTPOINT\n"
-"\n"
-"Start the corfs daemon: each disk appears as the regular file MOUNTPOINT/NAME,\n"
-"sized as its parent.  Blocks are read from the parent on first access and\n"
-"kept in a local overlay in DIR; writes stay in the overlay.  Returns once the\n"
-"mount serves (or exits non-zero with the daemon's error).\n"
-"\n"
-"  --state DIR            state directory: index, overlays, control socket, log\n"
-"                         (created 0700 if missing; one daemon per directory;\n"
-"                         must be the daemon user's and not group/other-writable)\n"
-"  --disk NAME=URL        add a disk; NAME is [A-Za-z0-9._-]+.  URL is one of\n"
-"                           nbd://HOST[:PORT]/EXPORT\n"
-"                           nbd+unix:///EXPORT?socket=PATH\n"
-"                           http://HOST[:PORT]/PATH, https://HOST[:PORT]/PATH\n"
-"                           s3://BUCKET/KEY\n"
-"                           nfs://SERVER/EXPORT/FILE?version=3 (libnfs URL\n"
-"                             arguments; version=4 is read-only)\n"
-"                           file:///PATH\n"
-"                         HTTP(S) and S3 settings (credentials, token, headers,\n"
-"                         TLS files, S3 endpoint and region) go in the config\n"
-"                         file, per disk\n"
-"                         --disk NAME=@FILE reads the URL from FILE: use it for\n"
-"                         secrets (an inline URL is redacted in the process's\n"
-"                         command line once parsed, but is visible until then)\n"
-"                         Disks recorded in DIR come back without --disk.\n"
-"  --config FILE          INI config file (see conf/corfs.conf)\n"
-"  --block-size SIZE      block size of new disks, 4K..4M, power of two\n"
-"                         (default 64K; recorded per disk, K/M/G = 1024^n)\n"
-"  --format raw|qcow2     the image format of the parents of the --disk options\n"
-"                         (default raw; never probed: a raw parent is its bytes;\n"
-"                         recorded per disk; a disk's format in the config wins)\n"
-"  --hold SECONDS         how long a guest request waits for an unreachable\n"
-"                         parent before it fails with EIO (1 to %d, default %d;\n"
-"                         at most half the kernel's FUSE request timeout,\n"
-"                         fs.fuse.default_request_timeout or max_request_timeout,\n"
-"                         if one is set: the default is lowered to fit)\n"
-"  --connect-timeout SECONDS  one connection attempt to a parent (1 to %d,\n"
-"                         default %d)\n"
-"  --readahead SIZE       most data fetched ahead of a sequential reader\n"
-"                         (default 4M; 0: fetch only what is read).  Also the\n"
-"                         kernel's readahead for buffered readers of the mount\n"
-"                         (as root; 0 leaves the kernel's 128K)\n"
-"  --parent-owned         record that this disk owns its parent (for merge)\n"
-"  --incoming             attach new disks as the destination of a migration:\n"
-"                         reads come from the parent and are not kept, writes\n"
-"                         fail with EROFS until `corfs activate`\n"
-"  --repin NAME           disk NAME's record has no parent identity (written by\n"
-"                         an older corfs) although blocks are present: such a\n"
-"                         mount is refused, since a swapped parent would go\n"
-"                         unnoticed; --repin trusts the parent as it is now\n"
-"                         and pins it (only if it is the image the disk came from)\n"
-"  --stream=on|off|paused fill the overlay in the background (default on);\n"
-"                         `corfs stream` steers it while mounted\n"
-"  --write-mode=writeback|mirror\n"
-"                         writeback (default): writes stay in the overlay;\n"
-"                         mirror: every write also goes to the parent before it\n"
-"                         is acknowledged (needs --parent-owned, and a parent\n"
-"                         that can flush); then\n"
-"                         `corfs pivot` or `corfs abort`\n"
-"  -f, --foreground       stay in the foreground, log to stderr\n"
-"  -o OPT                 extra FUSE mount option; allow_other lets users other\n"
-"                         than the daemon's open the disks (new disks are 0600,\n"
-"                         owned by the daemon's user; chmod/chown are kept)\n"
-"  -v, --verbose          debug logging\n"
-"  -d                     FUSE protocol debugging (implies -f)\n"
-"  -h, --help             this help\n"
-"\n"
-"Stop it with `corfs unmount MOUNTPOINT`, fusermount3 -u, or SIGTERM.\n",
-           HOLD_MAX_S, DEFAULT_HOLD_S, CONNECT_TIMEOUT_MAX_S, DEFAULT_CONNECT_TIMEOUT_S);
+  fputs (CORFS_HELP_MOUNT, f);
 }
 
 size_t
@@ -212,6 +149,8 @@ enum { OPT_STATE = 256, OPT_DISK, OPT_CONFIG, OPT_BLOCK_SIZE, OPT_HOLD,
        OPT_CONNECT_TIMEOUT, OPT_PARENT_OWNED, OPT_STREAM, OPT_WRITE_MODE,
        OPT_INCOMING, OPT_READAHEAD, OPT_REPIN, OPT_FORMAT };
 
+/* Each option is documented in doc/commands ([mount]); doc/check-options
+ * fails on a difference. */
 static const struct option longopts[] = {
   { "state", required_argument, NULL, OPT_STATE },
   { "disk", required_argument, NULL, OPT_DISK },
@@ -398,16 +337,29 @@ parse_option (struct mount_opts *o, int c, char *arg, const char **config, char 
   }
 }
 
-/* The one MOUNTPOINT after the options, and --state.  0 or -1 (printed). */
-static int
-take_positional (int argc, char **argv, struct mount_opts *o)
+static void
+missing_mountpoint (void)
 {
-  if (optind != argc - 1) {
-    fprintf (stderr, "corfs mount: %s (see corfs mount --help)\n",
-             optind >= argc ? "missing MOUNTPOINT" : "more than one MOUNTPOINT");
+  fprintf (stderr, "corfs mount: missing MOUNTPOINT (see corfs mount --help)\n");
+}
+
+/* The MOUNTPOINT after the options, and --state.  Without a MOUNTPOINT
+ * the config file's `mountpoint` is used (a systemd unit names only the
+ * config file), so one is missing only if no config file is given.  0
+ * or -1 (printed). */
+static int
+take_positional (int argc, char **argv, struct mount_opts *o, bool have_config)
+{
+  if (optind < argc - 1) {
+    fprintf (stderr, "corfs mount: more than one MOUNTPOINT (see corfs mount --help)\n");
     return -1;
   }
-  o->mountpoint = strdup (argv[optind]);
+  if (optind == argc - 1)
+    o->mountpoint = strdup (argv[optind]);
+  else if (!have_config) {
+    missing_mountpoint ();
+    return -1;
+  }
   if (!o->state) {
     fprintf (stderr, "corfs mount: --state DIR is required\n");
     return -1;
@@ -476,12 +428,17 @@ mount_parse (int argc, char **argv, struct mount_opts *o)
   while ((c = getopt_long (argc, argv, "fvdho:", longopts, NULL)) != -1)
     if ((r = parse_option (o, c, optarg, &config, argv)) != 0)
       return r;
-  if (take_positional (argc, argv, o) == -1)
+  if (take_positional (argc, argv, o, config != NULL) == -1)
     return -1;
   /* The config file after the command line: its daemon-wide settings
-   * give way to those given there (o->cli_set). */
+   * give way to those given there (o->cli_set), its mountpoint to
+   * MOUNTPOINT. */
   if (config && config_load (config, o) == -1)
     return -1;
+  if (!o->mountpoint) {
+    missing_mountpoint ();
+    return -1;
+  }
   if (check_hold_fits (o) == -1 || check_disks (o) == -1)
     return -1;
   return 0;

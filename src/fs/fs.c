@@ -89,7 +89,7 @@ fill_attr (struct fs *fs, fuse_ino_t ino, struct stat *st)
   /* The stored mode, whatever the owner state: a read-only state is
    * enforced with EROFS (fs_open, cor_write), never through the mode,
    * which with default_permissions would refuse the O_RDWR open QEMU
-   * makes of an incoming disk (DESIGN.md) with EACCES. */
+   * makes of an incoming disk (docs/design.md) with EACCES. */
   uint32_t mode, uid, gid;
   cor_disk_attr (d, &mode, &uid, &gid);
   st->st_mode = S_IFREG | mode;
@@ -160,11 +160,13 @@ fs_setattr (fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 
   if (!d)
     return (void) fuse_reply_err (req, ino == FUSE_ROOT_ID ? EPERM : ENOENT);
+  /* Growing (truncate, QEMU's block_resize): the new size is durable
+   * before this reply tells the kernel (cor_disk_grow, which logs any
+   * refusal: shrinking, a mirror, a parent-owned or incoming disk). */
   if ((to_set & FUSE_SET_ATTR_SIZE) && (uint64_t) attr->st_size != cor_disk_size (d)) {
-    log_warn ("fs: disk %s: resize to %" PRId64 " bytes refused: the disk's size "
-              "is fixed by its parent (%" PRIu64 " bytes)", cor_disk_name (d),
-              (int64_t) attr->st_size, cor_disk_size (d));
-    return (void) fuse_reply_err (req, EPERM);
+    int err = 0;
+    if (attr->st_size < 0 || cor_disk_grow (d, attr->st_size, &err) == -1)
+      return (void) fuse_reply_err (req, err ? err : EINVAL);
   }
   /* chmod and chown are recorded in the index and survive remounts (a
    * management stack chowns a disk to the user its VMs run as).  Who may

@@ -1,9 +1,15 @@
 /* corfs: the job framework: the job table of an engine, starting,
  * steering (pause, resume, cancel, rate), the job thread, the rate limit,
  * progress and status.  What a job does is its kind's (struct job_kind in
- * merge-internal.h): merge.c, flatten.c, copy.c.  No command waits here
- * for a job to end: starters return once the thread runs, and the client
- * follows progress through status.
+ * merge-internal.h): merge.c, flatten.c, copy.c, abort.c.  Starters
+ * return once the thread runs, and the client follows progress through
+ * status; only abort's starter (one of ctl's job threads, never the ctl
+ * thread) holds its job and waits for it to end (job_start_held,
+ * job_wait), since the abort command's reply is its outcome.  A disk has
+ * at most one job in each of two lanes: merge, flatten and copy share
+ * one; abort has the other (struct job_kind, beside), so that it is
+ * neither refused by nor waits for a merge or a copy (it owns the disk
+ * through the engine, and stops a merge by handing the disk off).
  *
  * Notes on the thread model: one thread per job, created by job_start on
  * its starter's thread (merge_control on ctl's thread, merge_flatten on
@@ -11,6 +17,8 @@
  * by the next job on the same disk, by merge_stop (at exit, until a
  * deadline: a job stuck in the kernel is left running, and nothing it
  * uses is freed) or by merge_free (after ctl_stop: no starter is left).
+ * A held job is freed only once its starter let go of it (job_unhold):
+ * merge_stop leaves one still held to its starter.
  * A job is listed, as starting, before its starter runs the kind's
  * prepare hook, so two starters cannot both start a job on one disk;
  * what prepare opens is used only by the job's thread afterwards, and
@@ -21,13 +29,17 @@
  * across engine, remote or file system calls, and nothing is taken under
  * it but meta's lock-free bitmap counts (a merge's remaining bytes) and
  * whatever a kind's cancel hook takes.  The engine's locks (d->owner_lock
- * before d->lock and before meta's mutex, engine.c's order) are taken by
- * the kinds' engine calls (cor_update_record, cor_writeback, cor_read,
- * cor_flush, cor_checkpoint) on the job's and the starter's threads with
- * mg->lock not held, and the engine never calls back into this module
- * (the record callbacks a kind passes to cor_update_record take no lock
- * of ours), so mg->lock and the engine's locks are never held together
- * and no order between them arises.  Likewise cor_emit (ctl's event
+ * before d->lock and before meta's mutex, src/cor/cor-internal.h's order)
+ * are taken by the kinds' engine calls (cor_update_record, cor_writeback,
+ * cor_read, cor_flush, cor_checkpoint, cor_abort_*) on the job's and the
+ * starter's threads with mg->lock not held, and the engine never calls
+ * back into this module (the record callbacks a kind passes to
+ * cor_update_record take no lock of ours).  One exception, in one
+ * direction only: the abort job holds d->owner_lock from its start hook
+ * to its finish hook (cor_abort_begin to cor_abort_end), and takes
+ * mg->lock under it in job.c's helpers between runs; mg->lock is never
+ * held while taking an engine lock, so the order is owner_lock, then
+ * mg->lock, and no cycle arises.  Likewise cor_emit (ctl's event
  * queue lock) is called without mg->lock, and ctl and the daemon call
  * merge_* holding no lock of theirs.  Jobs wait on mg->cond (pause, rate
  * changes, cancel).
@@ -132,7 +144,14 @@ merge_stop (struct merge *mg, uint64_t deadline_ns)
       continue;
     }
     *pp = j->next;
-    job_free (j);
+    /* A starter still waiting for it (a command that ctl_stop left
+     * running) frees it when done (job_unhold). */
+    pthread_mutex_lock (&mg->lock);
+    bool held = j->waiters > 0;
+    j->orphaned = held;
+    pthread_mutex_unlock (&mg->lock);
+    if (!held)
+      job_free (j);
   }
   return left;
 }
@@ -158,12 +177,13 @@ merge_free (struct merge *mg)
   free (mg);
 }
 
-/* Must be called with mg->lock held. */
+/* Must be called with mg->lock held.  d's job in one lane: beside
+ * (abort) or not (merge, flatten, copy). */
 static struct job *
-find_job_unlocked (struct merge *mg, struct cor_disk *d)
+find_job_unlocked (struct merge *mg, struct cor_disk *d, bool beside)
 {
   for (struct job *j = mg->jobs; j; j = j->next)
-    if (j->d == d)
+    if (j->d == d && j->kind->beside == beside)
       return j;
   return NULL;
 }
@@ -287,6 +307,10 @@ job_thread (void *arg)
       ;
   if (k->finish)
     k->finish (j);
+  pthread_mutex_lock (&j->mg->lock);
+  j->ended = true;
+  pthread_cond_broadcast (&j->mg->cond);
+  pthread_mutex_unlock (&j->mg->lock);
   return NULL;
 }
 
@@ -310,8 +334,8 @@ list_new_job (struct merge *mg, struct cor_disk *d, const struct job_kind *kind,
   j->kind = kind;
   j->state = J_STARTING;
   pthread_mutex_lock (&mg->lock);
-  old = find_job_unlocked (mg, d);
-  if (old && !finished (old->state)) {
+  old = find_job_unlocked (mg, d, kind->beside);
+  if (old && (!finished (old->state) || old->waiters > 0)) {
     snprintf (errbuf, len, "disk %s: a %s job is %s", cor_disk_name (d),
               old->kind->name, state_names[old->state]);
     pthread_mutex_unlock (&mg->lock);
@@ -342,10 +366,11 @@ drop_new_job (struct merge *mg, struct job *j)
 
 /* The new job is listed first, as starting, so that a job started
  * meanwhile from another thread (flatten runs on one of ctl's job
- * threads) is refused; then the kind prepares it, without mg->lock. */
-int
-job_start (struct merge *mg, struct cor_disk *d, const struct job_kind *kind,
-           uint64_t rate, const void *arg, char *errbuf, size_t len)
+ * threads) is refused; then the kind prepares it, without mg->lock.
+ * held: the starter keeps a reference (job_wait, job_unhold). */
+static int
+start_job (struct merge *mg, struct cor_disk *d, const struct job_kind *kind, uint64_t rate,
+           const void *arg, bool held, struct job **jp, char *errbuf, size_t len)
 {
   struct job *j = list_new_job (mg, d, kind, errbuf, len);
 
@@ -367,15 +392,54 @@ job_start (struct merge *mg, struct cor_disk *d, const struct job_kind *kind,
     return -1;
   }
   j->started = true;
+  j->waiters = held;
   pthread_mutex_unlock (&mg->lock);
+  if (jp)
+    *jp = j;
   return 0;
+}
+
+int
+job_start (struct merge *mg, struct cor_disk *d, const struct job_kind *kind,
+           uint64_t rate, const void *arg, char *errbuf, size_t len)
+{
+  return start_job (mg, d, kind, rate, arg, false, NULL, errbuf, len);
+}
+
+int
+job_start_held (struct merge *mg, struct cor_disk *d, const struct job_kind *kind,
+                uint64_t rate, const void *arg, struct job **jp, char *errbuf, size_t len)
+{
+  return start_job (mg, d, kind, rate, arg, true, jp, errbuf, len);
+}
+
+void
+job_wait (struct job *j)
+{
+  pthread_mutex_lock (&j->mg->lock);
+  while (!j->ended)
+    pthread_cond_wait (&j->mg->cond, &j->mg->lock);
+  pthread_mutex_unlock (&j->mg->lock);
+}
+
+void
+job_unhold (struct job *j)
+{
+  bool free_it;
+
+  pthread_mutex_lock (&j->mg->lock);
+  j->waiters--;
+  free_it = j->orphaned && j->waiters == 0;
+  pthread_mutex_unlock (&j->mg->lock);
+  if (free_it)
+    job_free (j);
 }
 
 /* Must be called with mg->lock held.  d's running or paused job of kind. */
 static struct job *
 find_active_unlocked (struct merge *mg, struct cor_disk *d, const struct job_kind *kind)
 {
-  struct job *j = find_job_unlocked (mg, d);
+  struct job *j = find_job_unlocked (mg, d, kind->beside);
 
   return j && j->kind == kind && !finished (j->state) && j->state != J_STARTING ? j : NULL;
 }
@@ -403,7 +467,7 @@ job_control (struct merge *mg, struct cor_disk *d, const struct job_kind *kind,
   if (ret == 0 && rate != UINT64_MAX)
     j->rate = rate;
   if (ret == -1) {
-    j = find_job_unlocked (mg, d);
+    j = find_job_unlocked (mg, d, kind->beside);
     if (!j || j->kind != kind)
       snprintf (errbuf, len, "disk %s: cannot %s the %s: no %s is running",
                 cor_disk_name (d), action, kind->name, kind->name);
@@ -439,7 +503,7 @@ job_take_finished (struct merge *mg, struct cor_disk *d, const struct job_kind *
   struct job *old;
 
   pthread_mutex_lock (&mg->lock);
-  old = find_job_unlocked (mg, d);
+  old = find_job_unlocked (mg, d, kind->beside);
   if (!old || old->kind != kind || !finished (old->state) || !old->started) {
     pthread_mutex_unlock (&mg->lock);
     return NULL;
@@ -448,6 +512,26 @@ job_take_finished (struct merge *mg, struct cor_disk *d, const struct job_kind *
   pthread_mutex_unlock (&mg->lock);
   pthread_join (old->thread, NULL);
   return old;
+}
+
+/* Must be called with mg->lock held.  The job status shows of d's two
+ * (one per lane): one that has not ended (an abort first: it is what
+ * decides the disk's fate), else the one started last (the list is
+ * newest first). */
+static struct job *
+status_job_unlocked (struct merge *mg, struct cor_disk *d)
+{
+  struct job *beside = find_job_unlocked (mg, d, true);
+  struct job *other = find_job_unlocked (mg, d, false);
+
+  if (beside && !finished (beside->state))
+    return beside;
+  if (other && !finished (other->state))
+    return other;
+  for (struct job *j = mg->jobs; j; j = j->next)
+    if (j->d == d)
+      return j;
+  return NULL;
 }
 
 void
@@ -459,7 +543,7 @@ merge_status (struct merge *mg, struct cor_disk *d, struct merge_status *st)
   st->kind = "none";
   st->state = "";
   pthread_mutex_lock (&mg->lock);
-  j = find_job_unlocked (mg, d);
+  j = status_job_unlocked (mg, d);
   if (j) {
     st->kind = j->kind->name;
     st->state = state_names[j->state];

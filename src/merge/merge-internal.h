@@ -1,6 +1,6 @@
 /* corfs: the merge module's own declarations: the job framework (job.c)
  * and the job kinds built on it (merge.c, flatten.c, copy.c,
- * copy-target.c).
+ * copy-target.c, abort.c).
  *
  * A job kind is a struct job_kind: the framework lists the job, calls
  * the kind's hooks on the starter's thread and on the job's own thread,
@@ -35,6 +35,9 @@ enum job_step { JOB_MORE, JOB_END };
 /* The ops table of a job kind.  Hooks left NULL do nothing. */
 struct job_kind {
   const char *name;             /* status "kind", and messages */
+  /* Runs in the disk's second lane, beside a merge, flatten or copy
+   * (abort: see job.c); one job per lane and disk at a time. */
+  bool beside;
   /* Starter's thread, the job listed as starting, no mg->lock held:
    * open what the job needs (may block on a hung filesystem; ctl calls
    * such starters off its own thread).  arg is job_start's.  0, or -1
@@ -79,6 +82,9 @@ struct job {
   uint64_t rate, done, total, passes, errors;
   bool following;
   char last_error[512];
+  bool ended;                   /* the thread has run its last hook */
+  int waiters;                  /* a held job's starter (job_start_held) */
+  bool orphaned;                /* merge_stop let go: the last waiter frees */
   struct job *next;
 };
 
@@ -99,6 +105,15 @@ struct merge {
  * (UINT64_MAX: 0).  0 or -1 (errbuf). */
 int job_start (struct merge *mg, struct cor_disk *d, const struct job_kind *kind,
                uint64_t rate, const void *arg, char *errbuf, size_t len);
+/* job_start, keeping the job for the starter (*jp): it must call
+ * job_unhold when done with it, after job_wait if it wants its outcome
+ * (the kind's priv, read after job_wait). */
+int job_start_held (struct merge *mg, struct cor_disk *d, const struct job_kind *kind,
+                    uint64_t rate, const void *arg, struct job **jp, char *errbuf,
+                    size_t len);
+/* Wait until the job's thread has run its finish hook. */
+void job_wait (struct job *j);
+void job_unhold (struct job *j);
 /* Steer d's running job of kind: action "pause", "resume", "cancel" or
  * "rate"; rate (UINT64_MAX: unchanged) is set too.  0, or -1 (errbuf:
  * "disk D: cannot ACTION the KIND: why"). */
@@ -135,15 +150,11 @@ void job_finish (struct job *j, enum jstate s);
 extern const struct job_kind merge_kind;   /* merge.c */
 extern const struct job_kind flatten_kind; /* flatten.c: in place */
 extern const struct job_kind copy_kind;    /* copy.c: --to FILE; arg: the name */
+extern const struct job_kind abort_kind;   /* abort.c: a mirror's abort (beside) */
 
-/* merge.c: the one derivation of "blocks the parent may lack" (dirty or
- * suspect).  The first such block at or after from (>= the disk's block
- * count if none). */
-uint64_t merge_next_block (struct meta_disk *md, uint64_t from);
-/* The next run of such blocks at or after from, at most max long, below
- * nr: its first block (nr or more if none), its end in *end. */
-uint64_t merge_next_run (struct meta_disk *md, uint64_t from, uint64_t nr, uint64_t max,
-                         uint64_t *end);
+/* merge.c: the bytes of the blocks the parent may lack (dirty or
+ * suspect), what a merge or an abort has left to copy. */
+uint64_t merge_remaining_bytes (struct cor_disk *d);
 
 /* ---- the copy kind's shared parts (copy.c, copy-target.c) ---- */
 

@@ -1,6 +1,6 @@
 /* corfs: the merge job: write the overlay back into an owned parent.
  *
- * Merge (DESIGN.md rules 9 and 11), in passes over the dirty and suspect
+ * Merge (docs/design.md rules 9 and 11), in passes over the dirty and suspect
  * maps:
  *   1. durably record "parent being modified" (record.merging) before the
  *      first write, and let the remote accept identity changes caused by
@@ -63,28 +63,7 @@ struct merge_job {
 };
 
 uint64_t
-merge_next_block (struct meta_disk *md, uint64_t from)
-{
-  uint64_t a = meta_next (md, META_DIRTY, true, from);
-  uint64_t b = meta_next (md, META_SUSPECT, true, from);
-  return a < b ? a : b;
-}
-
-uint64_t
-merge_next_run (struct meta_disk *md, uint64_t from, uint64_t nr, uint64_t max,
-                uint64_t *end)
-{
-  uint64_t blk = merge_next_block (md, from), e = blk + 1;
-
-  if (blk < nr)
-    while (e < nr && e - blk < max && merge_next_block (md, e) == e)
-      e++;
-  *end = e;
-  return blk;
-}
-
-static uint64_t
-remaining_bytes (struct cor_disk *d)
+merge_remaining_bytes (struct cor_disk *d)
 {
   struct meta_disk *md = cor_disk_meta (d);
   return meta_count_union (md, META_DIRTY, META_SUSPECT) << cor_disk_block_shift (d);
@@ -216,7 +195,7 @@ merge_start (struct job *j)
   remote_set_modifying (cor_disk_remote (d), true);
   m->wrote = true;
   log_info ("merge: disk %s: merging %" PRIu64 " bytes into %s", cor_disk_name (d),
-            remaining_bytes (d), remote_url (cor_disk_remote (d)));
+            merge_remaining_bytes (d), remote_url (cor_disk_remote (d)));
   return true;
 }
 
@@ -225,7 +204,7 @@ begin_pass (struct job *j, struct merge_job *m)
 {
   pthread_mutex_lock (&j->mg->lock);
   j->passes++;
-  j->total = j->done + remaining_bytes (j->d);
+  j->total = j->done + merge_remaining_bytes (j->d);
   pthread_mutex_unlock (&j->mg->lock);
   m->blk = 0;
   m->copied = 0;
@@ -282,9 +261,10 @@ static enum job_step
 end_pass (struct job *j, struct merge_job *m)
 {
   struct cor_disk *d = j->d;
+  uint64_t end;
 
   m->in_pass = false;
-  if (merge_next_block (cor_disk_meta (d), 0) >= m->nr) {
+  if (cor_next_unsettled_run (d, 0, 1, &end) >= m->nr) {
     if (synced (j) == 0) {
       log_info ("merge: disk %s: synced: the parent equals the disk (%" PRIu64
                 " bytes merged in %" PRIu64 " passes)", cor_disk_name (d), j->done,
@@ -312,7 +292,7 @@ merge_step (struct job *j)
 
   if (!m->in_pass)
     begin_pass (j, m);
-  m->blk = merge_next_run (cor_disk_meta (j->d), m->blk, m->nr, m->chunk, &end);
+  m->blk = cor_next_unsettled_run (j->d, m->blk, m->chunk, &end);
   if (m->blk >= m->nr)
     return end_pass (j, m);
   return copy_run (j, m, end);
@@ -384,13 +364,13 @@ merge_prepare (struct job *j, const void *arg, char *errbuf, size_t len)
 static void
 merge_init_progress (struct job *j)
 {
-  j->total = remaining_bytes (j->d);
+  j->total = merge_remaining_bytes (j->d);
 }
 
 static uint64_t
 merge_status_total (struct job *j)
 {
-  return j->done + remaining_bytes (j->d);
+  return j->done + merge_remaining_bytes (j->d);
 }
 
 static void

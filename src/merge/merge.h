@@ -1,9 +1,11 @@
 /* corfs: jobs that write the overlay back: merge into an owned parent,
- * flatten (fill, then detach the parent), and copy to a standalone file.
+ * flatten (fill, then detach the parent), copy to a standalone file, and
+ * a mirror's abort (copy what the parent lacks, then hand off).
  *
- * merge → {cor, meta, remote}.  One job per disk at a time; each job runs
- * on its own thread (created here; see the thread-model note in job.c,
- * the job framework; the kinds are in merge.c, flatten.c and copy.c).
+ * merge → {cor, meta, remote}.  One job per disk at a time, and an abort
+ * beside it; each job runs on its own thread (created here; see the
+ * thread-model note in job.c, the job framework; the kinds are in
+ * merge.c, flatten.c, copy.c and abort.c).
  */
 #ifndef CORFS_MERGE_H
 #define CORFS_MERGE_H
@@ -49,8 +51,15 @@ int merge_control (struct merge *mg, struct cor_disk *d, const char *action,
 int merge_flatten (struct merge *mg, struct cor_disk *d, const char *to,
                    char *errbuf, size_t len);
 
+/* Abort d's mirror (cor_abort) as a job, and wait for it to end: the
+ * job copies what the parent lacks with progress in merge_status (kind
+ * "abort"), beside any merge or copy of d.  Blocks the calling thread
+ * for the whole copy: call it off ctl's thread.  0, or -1 with
+ * cor_abort's message in errbuf. */
+int merge_abort (struct merge *mg, struct cor_disk *d, char *errbuf, size_t len);
+
 struct merge_status {
-  const char *kind;             /* "none", "merge", "flatten", "copy" */
+  const char *kind;             /* "none", "merge", "flatten", "copy", "abort" */
   const char *state;            /* "running", "paused", "synced", "cancelled",
                                    "failed", "done" */
   uint64_t done_bytes, total_bytes, passes, errors;

@@ -2,7 +2,7 @@
  *
  * A batch takes every open disk's pending chunks (copies of their pages),
  * the committer fdatasyncs the overlays they describe, and the batch
- * commits them in one LMDB transaction: data before pointer (DESIGN.md
+ * commits them in one LMDB transaction: data before pointer (docs/design.md
  * rules 1 and 2).  Chunks that cannot be committed go back to the pending
  * sets, so later batches are cumulative.
  *

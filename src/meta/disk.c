@@ -1,7 +1,7 @@
 /* corfs: a disk's lifetime in the index: open (create the record, load
  * the maps, widen after an unclean shutdown, mark open), close and seal.
  *
- * Unclean shutdown (DESIGN.md rule 4): the record's "open" mark is set
+ * Unclean shutdown (docs/design.md rule 4): the record's "open" mark is set
  * durably before meta_disk_open returns and cleared only by a clean
  * close.  An open that finds it set (the previous daemon died) ORs every
  * present block into the current generation's changed map and into the
@@ -124,6 +124,8 @@ new_disk_value (struct meta *m, MDB_txn *txn, const struct meta_record *init,
   v->rec = *init;
   if (v->rec.generation == 0)
     v->rec.generation = 1;
+  if (v->rec.disk_size < v->rec.size)
+    v->rec.disk_size = v->rec.size;
   v->id = next++;
   val.mv_size = sizeof next;
   val.mv_data = &next;
@@ -162,7 +164,7 @@ open_txn (struct meta *m, MDB_txn *txn, void *argp)
 
   d->id = v.id;
   d->rec = v.rec;
-  d->nr_blocks = (v.rec.size + v.rec.block_size - 1) / v.rec.block_size;
+  d->nr_blocks = (v.rec.disk_size + v.rec.block_size - 1) / v.rec.block_size;
   if ((rc = load_maps (m, txn, d)) != 0)
     return rc;
   if (v.open) {

@@ -1,4 +1,4 @@
-/* corfs: change generations (DESIGN.md rule 4): checkpoint, changed
+/* corfs: change generations (docs/design.md rule 4): checkpoint, changed
  * extents, and the changed pages of a generation that a checkpoint has
  * closed.
  *

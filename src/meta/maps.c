@@ -21,6 +21,11 @@
  * chunk is pending again for the next one (possibly both: a harmless
  * rewrite).
  *
+ * Growing (grow.c, under m->lock): the words are reserved at open for
+ * the most blocks a disk may have, so they never move; the new bits are
+ * set, then nr_chunks and the disk's nr_blocks grow (atomic stores), so
+ * a lock-free reader sees the old count or the new one with its bits.
+ *
  * The functions documented "only while the disk is being opened" or
  * "the caller keeps every writer out" use plain loads and stores: no
  * other thread can reach the map then (disk.c's open, the checkpoint).
@@ -28,20 +33,40 @@
 #include <assert.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "meta/meta-internal.h"
+
+/* The words are reserved for the most blocks a disk may have
+ * (META_MAX_BLOCKS: 128 MiB of address space per map), not allocated:
+ * the kernel backs only the pages that are touched, and growing a disk
+ * (meta_bitmap_grow) then never moves an array that other threads read
+ * without a lock.  Where the reservation is refused (strict overcommit),
+ * the words are allocated at their size and the map cannot grow past its
+ * last chunk. */
+#define MAX_CHUNKS (META_MAX_BLOCKS / CHUNK_BITS)
 
 int
 meta_bitmap_init (struct bitmap *b, uint64_t nr_blocks)
 {
+  void *p;
+
   b->nr_chunks = (nr_blocks + CHUNK_BITS - 1) / CHUNK_BITS;
   if (b->nr_chunks == 0)
     b->nr_chunks = 1;
-  b->words = calloc (b->nr_chunks * CHUNK_WORDS, sizeof (uint64_t));
-  b->pending = calloc ((b->nr_chunks + 63) / 64, sizeof (uint64_t));
+  b->cap_chunks = b->nr_chunks > MAX_CHUNKS ? b->nr_chunks : MAX_CHUNKS;
+  b->mapped_bytes = b->cap_chunks * CHUNK_BYTES;
+  p = mmap (NULL, b->mapped_bytes, PROT_READ | PROT_WRITE,
+            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) {
+    b->mapped_bytes = 0;
+    b->cap_chunks = b->nr_chunks;
+    p = calloc (b->nr_chunks * CHUNK_WORDS, sizeof (uint64_t));
+  }
+  b->words = p;
+  b->pending = calloc ((b->cap_chunks + 63) / 64, sizeof (uint64_t));
   if (!b->words || !b->pending) {
-    free (b->words);
-    free (b->pending);
+    meta_bitmap_free (b);
     return -1;
   }
   return 0;
@@ -50,8 +75,48 @@ meta_bitmap_init (struct bitmap *b, uint64_t nr_blocks)
 void
 meta_bitmap_free (struct bitmap *b)
 {
-  free (b->words);
+  if (b->mapped_bytes)
+    munmap (b->words, b->mapped_bytes);
+  else
+    free (b->words);
   free (b->pending);
+  b->words = b->pending = NULL;
+  b->mapped_bytes = 0;
+}
+
+bool
+meta_bitmap_can_grow (const struct bitmap *b, uint64_t nr_blocks)
+{
+  return (nr_blocks + CHUNK_BITS - 1) / CHUNK_BITS <= b->cap_chunks;
+}
+
+void
+meta_bitmap_grow (struct bitmap *b, uint64_t nr_blocks)
+{
+  uint64_t n = (nr_blocks + CHUNK_BITS - 1) / CHUNK_BITS;
+
+  assert (n <= b->cap_chunks);
+  if (n > b->nr_chunks)
+    __atomic_store_n (&b->nr_chunks, n, __ATOMIC_SEQ_CST);
+}
+
+void
+meta_bitmap_set_tail (struct bitmap *b, uint64_t first, uint64_t end, bool set)
+{
+  for (uint64_t blk = first; blk < end; ) {
+    uint64_t w = blk / 64, bit = blk % 64;
+    uint64_t n = 64 - bit < end - blk ? 64 - bit : end - blk;
+    uint64_t mask = (n == 64 ? ~0ULL : ((1ULL << n) - 1)) << bit, old;
+    if (set) {
+      old = __atomic_fetch_or (&b->words[w], mask, __ATOMIC_SEQ_CST);
+      __atomic_fetch_add (&b->count, __builtin_popcountll (mask & ~old), __ATOMIC_SEQ_CST);
+    }
+    else {
+      old = __atomic_fetch_and (&b->words[w], ~mask, __ATOMIC_SEQ_CST);
+      __atomic_fetch_sub (&b->count, __builtin_popcountll (mask & old), __ATOMIC_SEQ_CST);
+    }
+    blk += n;
+  }
 }
 
 void
@@ -151,7 +216,7 @@ meta_bitmap_copy_chunk (struct bitmap *b, uint64_t c, uint64_t words[CHUNK_WORDS
 bool
 meta_test (struct meta_disk *d, enum meta_map map, uint64_t blk)
 {
-  assert (blk < d->nr_blocks);
+  assert (blk < __atomic_load_n (&d->nr_blocks, __ATOMIC_RELAXED));
   return (__atomic_load_n (&d->maps[map].words[blk / 64], __ATOMIC_ACQUIRE)
           >> (blk % 64)) & 1;
 }
@@ -163,7 +228,7 @@ update_range (struct meta_disk *d, enum meta_map map, uint64_t blk,
   struct bitmap *b = &d->maps[map];
   uint64_t end = blk + nr;
 
-  assert (end <= d->nr_blocks && end >= blk);
+  assert (end <= __atomic_load_n (&d->nr_blocks, __ATOMIC_RELAXED) && end >= blk);
   while (blk < end) {
     uint64_t w = blk / 64, bit = blk % 64;
     uint64_t n = 64 - bit < end - blk ? 64 - bit : end - blk;
@@ -204,7 +269,7 @@ meta_count (struct meta_disk *d, enum meta_map map)
 uint64_t
 meta_count_union (struct meta_disk *d, enum meta_map a, enum meta_map b)
 {
-  uint64_t n = 0, nw = d->maps[a].nr_chunks * CHUNK_WORDS;
+  uint64_t n = 0, nw = __atomic_load_n (&d->maps[a].nr_chunks, __ATOMIC_ACQUIRE) * CHUNK_WORDS;
 
   for (uint64_t i = 0; i < nw; i++)
     n += __builtin_popcountll (__atomic_load_n (&d->maps[a].words[i], __ATOMIC_RELAXED) |
@@ -216,25 +281,26 @@ uint64_t
 meta_next (struct meta_disk *d, enum meta_map map, bool value, uint64_t from)
 {
   struct bitmap *b = &d->maps[map];
+  uint64_t nr = __atomic_load_n (&d->nr_blocks, __ATOMIC_ACQUIRE);
 
-  while (from < d->nr_blocks) {
+  while (from < nr) {
     uint64_t w = __atomic_load_n (&b->words[from / 64], __ATOMIC_ACQUIRE);
     if (!value)
       w = ~w;
     w &= ~0ULL << (from % 64);
     if (w) {
       uint64_t r = (from & ~63ULL) + __builtin_ctzll (w);
-      return r < d->nr_blocks ? r : d->nr_blocks;
+      return r < nr ? r : nr;
     }
     from = (from & ~63ULL) + 64;
   }
-  return d->nr_blocks;
+  return nr;
 }
 
 uint64_t
 meta_nr_blocks (const struct meta_disk *d)
 {
-  return d->nr_blocks;
+  return __atomic_load_n (&d->nr_blocks, __ATOMIC_ACQUIRE);
 }
 
 const char *

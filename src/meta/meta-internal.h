@@ -13,6 +13,7 @@
  *                  reading, updating, mode and owner
  *   disk.c         a disk's lifetime: open (load, widen, mark open), close,
  *                  seal
+ *   grow.c         growing a disk: its size and the new blocks' bits
  *   generations.c  change generations: checkpoint, changed extents, and
  *                  the pages of a generation that a checkpoint closed
  *
@@ -36,9 +37,12 @@
 #define CHUNK_BITS (CHUNK_BYTES * 8)
 
 struct bitmap {
-  uint64_t *words;              /* atomic; nr_chunks * CHUNK_WORDS words */
-  uint64_t *pending;            /* atomic; one bit per chunk */
-  uint64_t nr_chunks;
+  uint64_t *words;              /* atomic; nr_chunks * CHUNK_WORDS words in use,
+                                 * cap_chunks * CHUNK_WORDS reserved */
+  uint64_t *pending;            /* atomic; one bit per chunk, cap_chunks bits */
+  uint64_t nr_chunks;           /* grows (atomic store) under m->lock, never shrinks */
+  uint64_t cap_chunks;          /* reserved: the words never move */
+  size_t mapped_bytes;          /* of words, if mmap'd (else calloc'd) */
   uint64_t count;               /* atomic; bits set, kept by the updates */
 };
 
@@ -56,7 +60,7 @@ struct meta_disk {
   struct meta *m;
   char name[65];
   uint32_t id;                  /* the disk's number in the maps' keys */
-  uint64_t nr_blocks;
+  uint64_t nr_blocks;           /* grows (atomic store) under m->lock */
   struct meta_record rec;       /* protected by m->lock */
   struct bitmap maps[META_NR_MAPS];
   struct meta_disk *next;       /* protected by m->lock */
@@ -72,6 +76,16 @@ struct meta_disk {
  * -1 (out of memory: nothing allocated). */
 int meta_bitmap_init (struct bitmap *b, uint64_t nr_blocks);
 void meta_bitmap_free (struct bitmap *b);
+
+/* Growing a disk (meta_disk_grow, with m->lock held).  can_grow: whether
+ * the reserved words hold nr_blocks bits.  grow: put chunks up to
+ * nr_blocks in use (the words past the old end are zero: nothing sets a
+ * bit past nr_blocks but set_tail).  set_tail: set or clear bits
+ * [first, end) with the count kept, without the nr_blocks check nor
+ * marking chunks pending: the grow writes the pages itself. */
+bool meta_bitmap_can_grow (const struct bitmap *b, uint64_t nr_blocks);
+void meta_bitmap_grow (struct bitmap *b, uint64_t nr_blocks);
+void meta_bitmap_set_tail (struct bitmap *b, uint64_t first, uint64_t end, bool set);
 
 /* Recompute the count after writing words directly (loading, widening). */
 void meta_bitmap_recount (struct bitmap *b);

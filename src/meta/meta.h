@@ -1,7 +1,8 @@
 /* corfs: the block index (the only module that includes <lmdb.h>).
  *
  * One LMDB environment per state directory (STATE/index/) holds, per disk,
- * a record (parent URL without credentials, size, block size, identity,
+ * a record (parent URL without credentials, the parent's size and the
+ * disk's (larger once grown), block size, identity,
  * owner state, flags, the file's mode and owner) and chunked bitmaps:
  *
  *   META_PRESENT  the overlay holds the block's data
@@ -13,9 +14,9 @@
  * queued as "pending chunks" and written to LMDB by one committer in
  * batches (meta_batch_*).  The committer (in src/cor, which owns the
  * overlay fds) must fdatasync every overlay that the batch touches *before*
- * meta_batch_commit(): data before pointer (DESIGN.md rules 1 and 2).
+ * meta_batch_commit(): data before pointer (docs/design.md rules 1 and 2).
  *
- * Unclean shutdown (DESIGN.md rule 4): meta_disk_open() marks the disk
+ * Unclean shutdown (docs/design.md rule 4): meta_disk_open() marks the disk
  * "open" durably before returning; if it finds the mark already set (the
  * previous daemon died), it first ORs every present block into the
  * current generation's changed map and into the suspect map, in the same
@@ -81,7 +82,11 @@ bool meta_identity_binding (const struct meta_record *rec);
 struct meta_record {
   char url[META_URL_MAX];        /* parent URL, credentials stripped */
   char identity[META_ID_MAX];    /* pinned parent identity (remote's string) */
-  uint64_t size;                 /* bytes */
+  uint64_t size;                 /* the parent's size in bytes (pinned with the identity) */
+  /* The disk's size in bytes: size, or more once grown (meta_disk_grow).
+   * 0 in an init record means size; a record stored before disks could
+   * grow (no disk_size key) reads as size. */
+  uint64_t disk_size;
   uint32_t block_size;           /* bytes, power of two */
   enum meta_state state;
   uint64_t epoch;
@@ -155,7 +160,7 @@ void meta_disk_record (struct meta_disk *d, struct meta_record *rec);
 
 /* Durably replace the record (one LMDB commit), except generation and
  * widened_generation, which only meta_checkpoint and meta_disk_open
- * change, and mode, uid and gid (with their has_ flags), which only
+ * change, disk_size, which only meta_disk_grow changes, and mode, uid and gid (with their has_ flags), which only
  * meta_disk_set_attr changes: those are kept from the in-memory record,
  * so a copy read before a checkpoint or a chmod does not roll them back.
  * Callers that read, modify and write the record must serialise with
@@ -170,7 +175,24 @@ int meta_disk_update (struct meta_disk *d, const struct meta_record *rec);
 int meta_disk_set_attr (struct meta_disk *d, int64_t mode, int64_t uid, int64_t gid,
                         struct meta_record *out);
 
-/* Number of blocks (size rounded up to the block size). */
+/* Grow the disk to new_size bytes, durably, in one commit: the record's
+ * disk_size, and the blocks past the old end marked present (they read
+ * as zeros: the caller has extended the overlay first), dirty (the
+ * parent has no such blocks) and changed.  Pages of the maps that the
+ * commit writes are built from what is stored, so bits of the old blocks
+ * that no batch has committed yet (their data maybe not synced) are not
+ * made durable by it.  The caller keeps every writer out, has committed
+ * every pending chunk since (a flush: no batch taken before the grow may
+ * commit after it), and serialises
+ * with meta_disk_update (src/cor's owner_lock).  *out (if not NULL) gets
+ * the record after the call.  0, or -1 with errno: EINVAL (new_size
+ * below the disk's size), EFBIG (more than META_MAX_BLOCKS blocks, or
+ * more than the maps reserved at open), or an LMDB error.  Growing to
+ * the same size is a no-op (0). */
+int meta_disk_grow (struct meta_disk *d, uint64_t new_size, struct meta_record *out);
+
+/* Number of blocks (disk_size rounded up to the block size).  Grows with
+ * meta_disk_grow; any thread. */
 uint64_t meta_nr_blocks (const struct meta_disk *d);
 
 /* Bitmap operations, in memory.  set/clear queue the chunks for the next
@@ -198,7 +220,7 @@ bool meta_batch_has (const struct meta_batch *b, const struct meta_disk *d);
 void meta_batch_drop (struct meta_batch *b, struct meta_disk *d);
 int meta_batch_commit (struct meta_batch *b);
 
-/* Start a new change generation (DESIGN.md rule 4): in one commit, write
+/* Start a new change generation (docs/design.md rule 4): in one commit, write
  * the current generation's pending changed chunks under its own number,
  * bump rec.generation, and start an empty changed map.  The caller must
  * keep every writer out meanwhile (cor_checkpoint claims the whole disk).

@@ -52,7 +52,7 @@ meta_identity_binding (const struct meta_record *rec)
 static char *
 encode_record (const struct disk_value *v, size_t *len)
 {
-  char *s = NULL, mode[16] = "", uid[24] = "", gid[24] = "", format[32] = "";
+  char *s = NULL, mode[16] = "", uid[24] = "", gid[24] = "", dsize[40] = "", format[32] = "";
   char backing[META_ID_MAX + 32] = "";
   int n;
 
@@ -69,17 +69,21 @@ encode_record (const struct disk_value *v, size_t *len)
   if (v->rec.backing_identity[0] != '\0')
     snprintf (backing, sizeof backing, "backing_identity=%.*s\n", META_ID_MAX - 1,
               v->rec.backing_identity);
+  /* Only once grown: a record of a disk of its parent's size stays as
+   * it was (and an older daemon reads it right). */
+  if (v->rec.disk_size > v->rec.size)
+    snprintf (dsize, sizeof dsize, "disk_size=%" PRIu64 "\n", v->rec.disk_size);
   n = asprintf (&s,
                     "id=%" PRIu32 "\nurl=%s\nidentity=%s\nsize=%" PRIu64 "\n"
                     "block_size=%" PRIu32 "\nstate=%s\nepoch=%" PRIu64 "\n"
                     "write_mode=%s\nparent_owned=%d\ncomplete=%d\n"
                     "generation=%" PRIu32 "\nwidened_generation=%" PRIu32 "\n"
-                    "merging=%d\nopen=%d\n%s%s%s%s%s",
+                    "merging=%d\nopen=%d\n%s%s%s%s%s%s",
                     v->id, v->rec.url, v->rec.identity, v->rec.size,
                     v->rec.block_size, state_names[v->rec.state], v->rec.epoch,
                     v->rec.mirror ? "mirror" : "writeback", v->rec.parent_owned,
                     v->rec.complete, v->rec.generation,
-                    v->rec.widened_generation, v->rec.merging, v->open, mode, uid, gid,
+                    v->rec.widened_generation, v->rec.merging, v->open, mode, uid, gid, dsize,
                     format, backing);
   if (n < 0)
     return NULL;
@@ -95,6 +99,7 @@ decode_field (struct disk_value *v, const char *k, const char *val)
   else if (!strcmp (k, "url")) snprintf (v->rec.url, sizeof v->rec.url, "%s", val);
   else if (!strcmp (k, "identity")) snprintf (v->rec.identity, sizeof v->rec.identity, "%s", val);
   else if (!strcmp (k, "size")) v->rec.size = strtoull (val, NULL, 10);
+  else if (!strcmp (k, "disk_size")) v->rec.disk_size = strtoull (val, NULL, 10);
   else if (!strcmp (k, "block_size")) v->rec.block_size = strtoul (val, NULL, 10);
   else if (!strcmp (k, "state")) {
     for (size_t i = 0; i < sizeof state_names / sizeof state_names[0]; i++)
@@ -146,6 +151,8 @@ decode_record (const char *data, size_t len, struct disk_value *v)
     decode_field (v, line, eq + 1);
   }
   free (copy);
+  if (v->rec.disk_size < v->rec.size)
+    v->rec.disk_size = v->rec.size;   /* not grown (or recorded before growing was) */
   return 0;
 }
 
@@ -279,7 +286,8 @@ struct update_arg { struct meta_disk *d; const struct meta_record *rec; };
 /* Must be called with m->lock held.  Put into rec the fields that
  * meta_disk_update never changes from a caller's copy: the change
  * generation belongs to meta_checkpoint, the widening mark to
- * meta_disk_open, mode and owner to meta_disk_set_attr.  A caller's copy
+ * meta_disk_open, the disk's size to meta_disk_grow, mode and owner to
+ * meta_disk_set_attr.  A caller's copy
  * read before one of those (a state change that waited a long time on a
  * stalled parent, say) must not roll them back. */
 static void
@@ -287,6 +295,7 @@ keep_own_fields (const struct meta_disk *d, struct meta_record *rec)
 {
   rec->generation = d->rec.generation;
   rec->widened_generation = d->rec.widened_generation;
+  rec->disk_size = d->rec.disk_size;
   rec->has_mode = d->rec.has_mode;
   rec->has_uid = d->rec.has_uid;
   rec->has_gid = d->rec.has_gid;

@@ -123,7 +123,7 @@ meta_open (const char *dir, struct meta **mp)
   mdb_env_set_maxreaders (m->env, 126);
   m->map_size = grown_map_size (dir);
   mdb_env_set_mapsize (m->env, m->map_size);
-  /* Default sync mode: every commit is durable (DESIGN.md rule 8).
+  /* Default sync mode: every commit is durable (docs/design.md rule 8).
    * MDB_NOTLS: read transactions are not tied to threads. */
   rc = mdb_env_open (m->env, dir, MDB_NOTLS, 0600);
   if (rc == 0) {

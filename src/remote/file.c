@@ -10,7 +10,7 @@
  * lock; both are below the remote wrappers' (which hold none across a
  * backend call).
  *
- * Identity: device, inode, size and mtime (DESIGN.md rule 9).
+ * Identity: device, inode, size and mtime (docs/design.md rule 9).
  */
 #include <errno.h>
 #include <fcntl.h>

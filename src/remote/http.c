@@ -12,7 +12,7 @@
  * out here, within the request's deadline, before the attempt returns
  * EAGAIN to the wrappers' retry loop.
  *
- * Identity (DESIGN.md rule 9): size plus the strong ETag, else
+ * Identity (docs/design.md rule 9): size plus the strong ETag, else
  * Last-Modified, taken from a HEAD (or a one-byte ranged GET when HEAD is
  * refused) at every (re)connect and compared with the pin by the remote
  * wrapper.  Every range request carries If-Match with the pinned ETag, and

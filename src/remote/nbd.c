@@ -20,7 +20,7 @@
  * that times out or dies is closed (a libnbd handle cannot be revived)
  * and reconnected by the next request that takes its slot.
  *
- * Identity (DESIGN.md rule 9): NBD has none, so each (re)connect reads a
+ * Identity (docs/design.md rule 9): NBD has none, so each (re)connect reads a
  * few sampled 4 KiB blocks and hashes them with the size; the remote
  * wrapper compares the result with the pinned identity.  A re-pin asks
  * on a connection of its own outside the slots (rnbd_identify,

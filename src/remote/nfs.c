@@ -17,7 +17,7 @@
  * COMMIT does not compare write verifiers, so unstable writes plus COMMIT
  * could lose data silently across a server restart.
  *
- * Identity: size plus the fileid (st_ino).  DESIGN.md asks for the file
+ * Identity: size plus the fileid (st_ino).  docs/design.md asks for the file
  * handle, which libnfs 4.0 does not expose; the fileid names the file
  * within the export, and the size and sampled checks of the wrapper do
  * the rest.

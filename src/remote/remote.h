@@ -15,9 +15,9 @@
  * in a pool (pool.c), one request per connection at a time.
  *
  * Contract of every read: all count bytes or an error; never a short read,
- * never zeros in place of data (DESIGN.md rule 6).
+ * never zeros in place of data (docs/design.md rule 6).
  *
- * Identity (DESIGN.md rule 9): each backend produces an identity string
+ * Identity (docs/design.md rule 9): each backend produces an identity string
  * on every (re)connect ("file:dev=..,ino=..,size=..,mtime=..",
  * "nbd:size=..,sample=..", "http:size=..,etag=..", "nfs:size=..,fileid=.."),
  * and the wrapper compares it with the pinned one: a mismatch fails

@@ -1,4 +1,4 @@
-/* libFuzzer harness: the control socket's requests (src/ctl/ctl.c), each
+/* libFuzzer harness: the control socket's requests (src/ctl), each
  * input split into lines and answered one by one (ctl_answer_line) by a
  * real engine serving three small disks over file:// parents in a
  * scratch directory ($TMPDIR): "a" (writeback, active, some blocks
@@ -96,6 +96,14 @@ merge_flatten (struct merge *mg, struct cor_disk *d, const char *to, char *errbu
   mg->kind = to ? "copy" : "flatten";
   snprintf (mg->to, sizeof mg->to, "%s", to ? to : "");
   return 0;
+}
+
+/* abort runs for real, without the job around it. */
+int
+merge_abort (struct merge *mg, struct cor_disk *d, char *errbuf, size_t len)
+{
+  CHECK (mg && d && errbuf && len > 0);
+  return cor_abort (d, errbuf, len);
 }
 
 void

@@ -21,14 +21,7 @@ MiB=$((1 << 20))
 HOLD=${ABORT_HOLD:-3} SLOW=${ABORT_SLOW:-1} WAIT=${ABORT_WAIT:-2.5}
 img=$T/parent.img
 head -c $((32 * MiB)) /dev/urandom > "$img"
-start_nbdkit "$T/e.pid" -U "$T/e.sock" eval \
-  thread_model='echo parallel' \
-  get_size="stat -c %s '$img'" \
-  pread="dd if='$img' skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none" \
-  pwrite="if [ -e '$T/fail' ]; then echo EPERM refused >&2; exit 1; fi
-          if [ -e '$T/slow' ]; then sleep $SLOW; fi
-          dd of='$img' seek=\$4 bs=\$3 count=1 oflag=seek_bytes conv=notrunc status=none" \
-  flush="true" can_flush="exit 0" can_write="exit 0"
+start_eval_parent "$T/e.sock" "$img" --fail-writes "$T/fail" --slow-writes "$T/slow" "$SLOW"
 cleanup_fn rm -f "$T/fail" "$T/slow"
 st=$T/state mnt=$T/mnt
 corfs_mount "$st" "$mnt" --hold $HOLD --stream=paused --write-mode=mirror --parent-owned \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # kill -9 the daemon at random moments during mixed reads and fsync'd
-# writes, remount, and check DESIGN.md rules 1-4 from the outside:
+# writes, remount, and check docs/design.md rules 1-4 from the outside:
 #  - every write acknowledged by a returned fsync/fdatasync is there;
 #  - every 4 KiB sector holds its last acknowledged content (or the
 #    parent's, if never acknowledged-written) or the content of a later

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Proves the control socket (docs/control.md, src/ctl/ctl.c) survives
+# Proves the control socket (docs/control.md, src/ctl) survives
 # misbehaving clients and keeps serving the others:
 #  - malformed JSON, a JSON value that is not an object, a request without
 #    "cmd", an unknown command: each gets one {"ok": false, "error": ...}

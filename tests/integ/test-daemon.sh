@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Proves the daemon's life cycle (DESIGN.md "Commands", daemon files):
+# Proves the daemon's life cycle (docs/design.md "Commands", daemon files):
 #  - the daemon writes its PID to STATE/corfs.pid and holds a lock on it;
 #  - the FUSE fsname in /proc/self/mountinfo is corfs:<absolute state path>
 #    even when --state is given as a relative path with "..";

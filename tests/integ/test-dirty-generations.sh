@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Change generations for incremental backup (DESIGN.md rule 4):
+# Change generations for incremental backup (docs/design.md rule 4):
 #  - a new disk is in generation 1; `checkpoint` starts generation 2 and
 #    prints 2;
 #  - `dirty --since 2 --json` lists exactly the blocks (64 KiB) written

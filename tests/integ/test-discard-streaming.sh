@@ -17,11 +17,7 @@ HOLD=3
 img=$T/parent.img
 head -c $((128 * MiB)) /dev/urandom > "$img"
 now_ms () { local t=${EPOCHREALTIME/./}; echo $(( t / 1000 )); }
-start_nbdkit "$T/e.pid" -U "$T/e.sock" eval \
-  thread_model='echo parallel' \
-  get_size="stat -c %s '$img'" \
-  pread="if [ -e '$T/slow' ]; then sleep 1; fi
-         dd if='$img' skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none"
+start_eval_parent "$T/e.sock" "$img" --stall "$T/slow" 1
 cleanup_fn rm -f "$T/slow"
 st=$T/state mnt=$T/mnt
 corfs_mount "$st" "$mnt" --hold $HOLD --stream=off --disk d="$(nbd_uri "$T/e.sock")"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Proves that parent read errors never become wrong data (DESIGN.md rule 6,
+# Proves that parent read errors never become wrong data (docs/design.md rule 6,
 # "Remote failure policy"):
 #  - with nbdkit's error filter failing 30% of reads, every read of the
 #    disk returns either the right bytes or EIO, transient errors are

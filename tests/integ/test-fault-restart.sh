@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Proves the parent reconnect and identity rules (DESIGN.md "Remote failure
+# Proves the parent reconnect and identity rules (docs/design.md "Remote failure
 # policy", rules 6 and 9) when an NBD parent on a unix socket goes away:
 #  - present blocks keep reading correctly while the parent is down;
 #  - a cold read waits (within --hold) for the parent to come back on the

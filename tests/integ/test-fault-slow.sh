@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Proves corfs copes with a slow parent (DESIGN.md "Remote failure policy"):
+# Proves corfs copes with a slow parent (docs/design.md "Remote failure policy"):
 #  - with every parent read delayed 300 ms (nbdkit delay filter) data is
 #    correct, and cold reads of different regions are fetched in parallel
 #    (4 concurrent 1 MiB cold reads take well under 4 times one read);
@@ -96,10 +96,7 @@ HOLD=3
 # s8: a parent that comes back (same socket) 8 s slow per read (rdelay=8).
 start_nbdkit "$T/f.pid" -U "$T/f.sock" file "$img"
 # tog: a parent whose reads stall for 8 s while $T/stall exists.
-start_nbdkit "$T/e.pid" -U "$T/e.sock" eval \
-  thread_model='echo parallel' \
-  get_size="stat -c %s '$img'" \
-  pread="if [ -e '$T/stall' ]; then sleep 8; fi; dd if='$img' skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none"
+start_eval_parent "$T/e.sock" "$img" --stall "$T/stall" 8
 s2=$T/state2 m2=$T/mnt2
 corfs_mount "$s2" "$m2" --hold $HOLD --stream=off \
   --disk s8="$(nbd_uri "$T/f.sock")" --disk tog="$(nbd_uri "$T/e.sock")"

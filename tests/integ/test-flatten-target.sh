@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `flatten --to FILE` targets that are not what they seem
-# (src/merge/merge.c copy_target_check/copy_open, src/ctl/ctl.c):
+# (src/merge/merge.c copy_target_check/copy_open, src/ctl/ctl-disk.c, ctl-job.c):
 #  - a target on a filesystem that hangs (a second corfs mount whose
 #    daemon is stopped with SIGSTOP) holds only that request: the control
 #    socket keeps answering status (before, the ctl thread resolved and

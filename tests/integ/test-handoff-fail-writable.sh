@@ -14,11 +14,7 @@ MiB=$((1 << 20))
 HOLD=4
 img=$T/parent.img
 head -c $((32 * MiB)) /dev/urandom > "$img"
-start_nbdkit "$T/e.pid" -U "$T/e.sock" eval \
-  thread_model='echo parallel' \
-  get_size="stat -c %s '$img'" \
-  pread="if [ -e '$T/stall' ] && [ \$4 -lt $((16 * MiB)) ]; then sleep 30; fi
-         dd if='$img' skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none"
+start_eval_parent "$T/e.sock" "$img" --stall-below "$T/stall" $((16 * MiB)) 30
 cleanup_fn rm -f "$T/stall"
 st=$T/state mnt=$T/mnt
 corfs_mount "$st" "$mnt" --hold $HOLD --stream=off --disk d="$(nbd_uri "$T/e.sock")"

@@ -16,10 +16,7 @@ HOLD=4 N=30
 now_ms () { local t=${EPOCHREALTIME/./}; echo $(( t / 1000 )); }
 img=$T/parent.img sock=$T/nbd.sock
 head -c $((64 << 20)) /dev/urandom > "$img"
-start_nbdkit "$T/nbd.pid" -r -U "$sock" eval thread_model='echo parallel' \
-  get_size="stat -c %s '$img'" \
-  pread="if [ -e '$T/stall' ]; then sleep 60; fi
-         dd if='$img' skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none"
+start_eval_parent "$sock" "$img" -r --stall "$T/stall" 60
 cleanup_fn rm -f "$T/stall"
 st=$T/st mnt=$T/mnt
 corfs_mount "$st" "$mnt" --hold $HOLD --readahead 0 --disk d="$(nbd_uri "$sock")"

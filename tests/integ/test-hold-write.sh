@@ -21,10 +21,7 @@ img=$T/parent.img
 head -c $((64 * MiB)) /dev/urandom > "$img"
 now_ms () { local t=${EPOCHREALTIME/./}; echo $(( t / 1000 )); }
 
-start_nbdkit "$T/e.pid" -U "$T/e.sock" eval \
-  thread_model='echo parallel' \
-  get_size="stat -c %s '$img'" \
-  pread="if [ -e '$T/stall' ]; then sleep 30; fi; dd if='$img' skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none"
+start_eval_parent "$T/e.sock" "$img" --stall "$T/stall" 30
 st=$T/state mnt=$T/mnt
 corfs_mount "$st" "$mnt" --hold $HOLD --stream=off --disk d="$(nbd_uri "$T/e.sock")"
 cleanup_fn rm -f "$T/stall"     # before the unmount: no new stalls

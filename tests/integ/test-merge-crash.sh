@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# kill -9 the daemon in the middle of merges (DESIGN.md rules 9 and 11): a
+# kill -9 the daemon in the middle of merges (docs/design.md rules 9 and 11): a
 # crash at any point of a merge is resumed by running the merge again.
 # Each round writes new random data (fsync'd) at random offsets, starts a
 # slow merge (--rate 8M), kills the daemon after a random 0.1-1.0 s, and

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The parent dies in the middle of a merge and comes back (DESIGN.md rules
+# The parent dies in the middle of a merge and comes back (docs/design.md rules
 # 9 and 11).  A merge writes several pieces at once, on several NBD
 # connections; a connection that dies with unflushed writes must fail the
 # flush that would have vouched for them, so those blocks stay dirty and

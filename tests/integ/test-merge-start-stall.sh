@@ -15,13 +15,7 @@ HOLD=8
 img=$T/parent.img
 head -c $((128 * MiB)) /dev/urandom > "$img"
 now_ms () { local t=${EPOCHREALTIME/./}; echo $(( t / 1000 )); }
-start_nbdkit "$T/e.pid" -U "$T/e.sock" eval \
-  thread_model='echo parallel' \
-  get_size="stat -c %s '$img'" \
-  pread="if [ -e '$T/stall' ]; then sleep 12; fi
-         dd if='$img' skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none" \
-  pwrite="dd of='$img' seek=\$4 bs=\$3 count=1 oflag=seek_bytes conv=notrunc status=none" \
-  flush="true" can_flush="exit 0" can_write="exit 0"
+start_eval_parent "$T/e.sock" "$img" --stall "$T/stall" 12 --write
 cleanup_fn rm -f "$T/stall"
 st=$T/state mnt=$T/mnt
 corfs_mount "$st" "$mnt" --hold $HOLD --stream=off --disk d="$(nbd_uri "$T/e.sock")"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# After an unclean shutdown every present block is suspect (DESIGN.md rule
+# After an unclean shutdown every present block is suspect (docs/design.md rule
 # 4): merge compares suspect blocks with the parent and writes only those
 # that differ, where a flush can make what it read back stable.
 # A 32 MiB disk is streamed in full, two fsync'd writes make two blocks

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A merge never writes into a parent swapped since it was pinned (issue
-# 15 review, DESIGN.md rule 9).  NBD parent A (writable, owned); a write
+# 15 review, docs/design.md rule 9).  NBD parent A (writable, owned); a write
 # makes a block dirty; the export is then restarted on another image B
 # of the same size, and nothing notices before `corfs merge`:
 #  - merge is refused with an error naming the disk and the parent; B is

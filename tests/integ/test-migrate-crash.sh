@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Crashes around the migration switch-over (DESIGN.md "Disk states", rule 10).
+# Crashes around the migration switch-over (docs/design.md "Disk states", rule 10).
 #  A. incoming -> activate --epoch 2 -> fsync'd writes -> kill -9 ->
 #     remount: active, epoch 2, every acknowledged write there, the rest
 #     reads as the parent; writes work.  Mounting the active disk with

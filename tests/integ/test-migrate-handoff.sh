@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The source of a migration (DESIGN.md "Disk states", rule 10): an active
+# The source of a migration (docs/design.md "Disk states", rule 10): an active
 # disk (parent served read-only) takes fsync'd writes; `handoff --epoch 3`
 # makes it read-only: writes (also on an fd opened read-write before the
 # hand-off), fallocate and O_RDWR/O_WRONLY opens fail with EROFS, reads

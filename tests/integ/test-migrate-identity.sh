@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The parent's identity is pinned at activation, also when the activation
-# is busy or interrupted (DESIGN.md rule 9, "Disk states"; issue 15 items
+# is busy or interrupted (docs/design.md rule 9, "Disk states"; issue 15 items
 # 2 and 8).  NBD parent behind nbdkit's delay filter (every read 1 s).
 #  A. Incoming disk, its four connections connected, twelve O_DIRECT
 #     reads in flight (three per connection), `activate` meanwhile: every read returns the image's

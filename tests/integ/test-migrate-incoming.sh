@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The destination of a migration (DESIGN.md "Disk states", rule 10).
+# The destination of a migration (docs/design.md "Disk states", rule 10).
 #  - `mount --incoming --stream=on`: owner state "incoming" (epoch 0), no
 #    streaming; reads come from the parent as it is now, even after the
 #    source changed it, and nothing is kept (present_bytes stays 0);

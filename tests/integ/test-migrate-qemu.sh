@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Real post-copy storage migration of a running QEMU guest (TCG) onto corfs
-# (DESIGN.md "Disk states", rule 10).  The guest (scripts/build-guest: Debian
+# (docs/design.md "Disk states", rule 10).  The guest (scripts/build-guest: Debian
 # 12's kernel, a busybox /init) writes numbered, checksummed 4 KiB records
 # to its virtio disk, each with O_DIRECT and a flush, and prints "ACK i" on
 # its serial console once a record is durable; records are written before,
@@ -40,11 +40,7 @@ requires python3 --version
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
 start_time=$(date +%s)
-guest=$(timeout 600 "$top/scripts/build-guest" 2> "$T/build-guest.log") || {
-  tail -n 5 "$T/build-guest.log"
-  skip "cannot build the test guest (scripts/build-guest: $(tail -n 1 "$T/build-guest.log"))"
-}
-[ -s "$guest/vmlinuz" ] && [ -s "$guest/initrd.img" ] || skip "scripts/build-guest left no guest in '$guest'"
+build_test_guest
 echo "guest: $guest ($(cat "$guest/kernel" 2>/dev/null))"
 
 MiB=1048576
@@ -131,42 +127,6 @@ else:
     sys.exit("qmp: unknown command " + cmd)
 PY
 
-cat > "$T/check.py" <<'PY'
-# check.py DISK NONCE LOG...: every record the guest ACKed on the serial
-# LOGs (concatenated in order: a line may be split at the switch-over) is
-# in DISK and valid.  Prints a JSON summary; exit 1 on any problem.
-import hashlib, json, re, sys
-disk, nonce, logs = sys.argv[1], sys.argv[2], sys.argv[3:]
-data, starts = b"", []
-for p in logs:
-    starts.append(len(data))
-    with open(p, "rb") as f:
-        data += f.read()
-acks, per_log, errs = [], [0] * len(logs), []
-for m in re.finditer(rb"(?m)^ACK (\d+) ([0-9a-f]{64})\r?$", data):
-    acks.append((int(m.group(1)), m.group(2).decode()))
-    per_log[max(k for k in range(len(logs)) if starts[k] <= m.start())] += 1
-if not acks:
-    errs.append("no ACK in the serial logs")
-if [a[0] for a in acks] != list(range(len(acks))):
-    errs.append("ACK numbers are not 0..n-1 in order: %s" % [a[0] for a in acks][:50])
-with open(disk, "rb") as f:
-    for i, s in acks:
-        f.seek(i * 4096)
-        rec = f.read(4096)
-        want = ("CORFSREC1 %d %s %s" % (i, nonce, s)).ljust(127).encode() + b"\n"
-        if len(rec) != 4096:
-            errs.append("record %d: short read (%d bytes)" % (i, len(rec)))
-        elif rec[:128] != want:
-            errs.append("record %d: header %r, expected %r" % (i, rec[:80], want[:80]))
-        elif hashlib.sha256(rec[128:]).hexdigest() != s:
-            errs.append("record %d: checksum mismatch (torn or stale data)" % i)
-print(json.dumps({"acked": len(acks), "per_log": dict(zip(logs, per_log)), "bad": len(errs)}))
-for e in errs[:20]:
-    print("  " + e)
-sys.exit(1 if errs else 0)
-PY
-
 # kill_ours PID: kill_pid, only while PID is still a process of this test
 # (its command line names the scratch directory), never a reused PID.
 kill_ours () {
@@ -179,20 +139,6 @@ js () {
   "$CORFS" status --state "$1" "$2" --json | jq -r "(if type == \"array\" then .[0] else . end) | $3"
 }
 owner () { js "$1" "$2" '.owner.state + "/" + (.owner.epoch|tostring)'; }
-# acks LOG...: ACK lines on the serial logs, concatenated.
-acks () { cat "$@" 2>/dev/null | tr -d '\r' | grep -c '^ACK ' || true; }
-# wait_acks N SECONDS LOG...: until the logs hold N ACKs; fails on a guest error.
-wait_acks () {
-  local n=$1 secs=$2 i; shift 2
-  for (( i = 0; i < secs * 5; i++ )); do
-    [ "$(acks "$@")" -ge "$n" ] && return 0
-    if cat "$@" 2>/dev/null | grep -qE '^(GUEST-ERROR|GUEST-FAILED|GUEST-DONE)|Kernel panic'; then
-      tail -n 5 "$@"; fail "the guest stopped or failed before $n ACKs"
-    fi
-    sleep 0.2
-  done
-  tail -n 5 "$@"; fail "fewer than $n ACKs after ${secs}s ($(acks "$@"))"
-}
 # qemu_start DIR NAME IMAGE EXTRA...: a guest on IMAGE (serial DIR/NAME.serial,
 # QMP DIR/NAME.qmp); sets qpid to its PID.
 qemu_start () {
@@ -231,7 +177,7 @@ final_unmount () {
 # check WHAT DISK NONCE LOG...: the checker, failures collected.
 check () {
   local what=$1 out rc=0; shift
-  out=$(python3 "$T/check.py" "$@" 2>&1) || rc=$?
+  out=$(guest_check "$@" 2>&1) || rc=$?
   echo "$what: $out"
   [ $rc -eq 0 ] || soft "$what: ACKed records missing or invalid: $out"
 }
@@ -274,14 +220,14 @@ run () {
   local st=$r/dst mnt=$r/mnt
   mount_corfs "$st" "$mnt" --incoming --stream=on --disk d="$url"
   qemu_start "$r" dst "$mnt/d" -S -incoming "unix:$r/mig.sock"; dstpid=$qpid
-  wait_acks 20 90 "$r/src.serial"      # more than a 64K block of records
-  note "$mode: source guest wrote $(acks "$r/src.serial") records"
+  wait_guest_acks 20 90 "$r/src.serial"      # more than a 64K block of records
+  note "$mode: source guest wrote $(guest_acks "$r/src.serial") records"
   [ "$(owner "$st" d)" = incoming/0 ] || soft "$mode: destination owner $(owner "$st" d) before the switch-over, expected incoming/0"
 
-  n=$(acks "$r/src.serial")
+  n=$(guest_acks "$r/src.serial")
   mig=$(qmp "$r/src.qmp" migrate "unix:$r/mig.sock" $mig_bps 120) || fail "$mode: migration failed: $mig"
-  note "$mode: migration: $mig; records on the source: $n before it, $(acks "$r/src.serial") at its end"
-  [ "$(acks "$r/src.serial")" -gt "$n" ] || soft "$mode: no record was written during the migration"
+  note "$mode: migration: $mig; records on the source: $n before it, $(guest_acks "$r/src.serial") at its end"
+  [ "$(guest_acks "$r/src.serial")" -gt "$n" ] || soft "$mode: no record was written during the migration"
   [ "$(js "$st" d .present_bytes)" = 0 ] || soft "$mode: present_bytes $(js "$st" d .present_bytes) while incoming, expected 0"
   [ "$(qmp "$r/dst.qmp" run query-status | jq -r .running)" = false ] \
     || soft "$mode: the destination runs before cont"
@@ -314,22 +260,22 @@ run () {
   [ "$(owner "$st" d)" = active/1 ] || soft "$mode: destination owner $(owner "$st" d) after activate, expected active/1"
   note "$mode: destination activated (epoch 1, twice)"
   qmp "$r/dst.qmp" run cont > /dev/null || fail "$mode: cont on the destination failed"
-  n=$(acks "$r/src.serial")
-  wait_acks $((n + 6)) 60 "$r/src.serial" "$r/dst.serial"
-  [ "$(acks "$r/src.serial")" = "$n" ] || soft "$mode: the source guest wrote after the migration completed"
-  note "$mode: destination guest running, $(acks "$r/dst.serial") records written there"
+  n=$(guest_acks "$r/src.serial")
+  wait_guest_acks $((n + 6)) 60 "$r/src.serial" "$r/dst.serial"
+  [ "$(guest_acks "$r/src.serial")" = "$n" ] || soft "$mode: the source guest wrote after the migration completed"
+  note "$mode: destination guest running, $(guest_acks "$r/dst.serial") records written there"
 
   if [ "$mode" = kill ]; then
     # kill -9 of the destination's corfs daemon while the guest writes.
     dpid=$(daemon_pid "$st")
     kill -9 "$dpid"; wait_gone "$dpid"
-    note "kill: corfs daemon killed after $(acks "$r/src.serial" "$r/dst.serial") ACKs"
+    note "kill: corfs daemon killed after $(guest_acks "$r/src.serial" "$r/dst.serial") ACKs"
     local i
     for i in $(seq 150); do grep -q '^WRITE-ERROR' "$r/dst.serial" && break; sleep 0.2; done
     grep -q '^WRITE-ERROR' "$r/dst.serial" || soft "kill: the guest saw no write error after the daemon was killed"
-    n=$(acks "$r/src.serial" "$r/dst.serial")
+    n=$(guest_acks "$r/src.serial" "$r/dst.serial")
     qemu_quit "$r" dst "$dstpid"
-    [ "$(acks "$r/src.serial" "$r/dst.serial")" = "$n" ] || soft "kill: ACKs after the daemon was killed"
+    [ "$(guest_acks "$r/src.serial" "$r/dst.serial")" = "$n" ] || soft "kill: ACKs after the daemon was killed"
     fusermount3 -u "$mnt" || fail "kill: fusermount3 -u of the dead mount failed"
     corfs_mount "$st" "$mnt" --stream=on        # the same state, the parent still up
     [ "$(owner "$st" d)" = active/1 ] || soft "kill: owner after kill -9 and remount: $(owner "$st" d), expected active/1"
@@ -352,9 +298,9 @@ run () {
     check "$mode: the source image" "$src_img" "$nonce" "$r/src.serial"
   fi
   if [ "$mode" != kill ]; then
-    n=$(acks "$r/src.serial" "$r/dst.serial")
-    wait_acks $((n + 6)) 60 "$r/src.serial" "$r/dst.serial"
-    note "$mode: the guest goes on without the source: $(acks "$r/dst.serial") records written on the destination"
+    n=$(guest_acks "$r/src.serial" "$r/dst.serial")
+    wait_guest_acks $((n + 6)) 60 "$r/src.serial" "$r/dst.serial"
+    note "$mode: the guest goes on without the source: $(guest_acks "$r/dst.serial") records written on the destination"
   fi
   qemu_quit "$r" dst "$dstpid"
   if [ "$mode" != kill ] && grep -q '^WRITE-ERROR' "$r/dst.serial"; then
@@ -367,11 +313,11 @@ run () {
   corfs_mount "$st" "$mnt"                       # no parent: it is gone
   [ "$(js "$st" d .complete)" = true ] || soft "$mode: not complete after the remount without a parent"
   check "$mode: destination, remounted without the parent" "$mnt/d" "$nonce" "$r/src.serial" "$r/dst.serial"
-  [ "$mode" = kill ] || clean_below "$st" d $(( $(acks "$r/src.serial") * 4096 ))
+  [ "$mode" = kill ] || clean_below "$st" d $(( $(guest_acks "$r/src.serial") * 4096 ))
   dpid=$(daemon_pid "$st")
   corfs_unmount "$mnt" || soft "$mode: final unmount failed"
   wait_gone "$dpid"
-  note "$mode: done: $(acks "$r/src.serial") records ACKed on the source, $(acks "$r/dst.serial") on the destination"
+  note "$mode: done: $(guest_acks "$r/src.serial") records ACKed on the source, $(guest_acks "$r/dst.serial") on the destination"
 }
 
 for m in ${MIGRATE_QEMU_RUNS:-plain kill corfs}; do run "$m"; done

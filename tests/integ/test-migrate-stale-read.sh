@@ -4,7 +4,7 @@
 # mmap of another range); the source then changes both ranges in the
 # parent; after `activate --epoch 7 --force` (the parent is still writable
 # here) the same fd, re-reading the range, and the same mapping, must see
-# the NEW data: activation drops the kernel's cached pages (DESIGN.md
+# the NEW data: activation drops the kernel's cached pages (docs/design.md
 # "Disk states", step 4).  Before activation a re-read may still show the
 # old data (reported, not checked).  A fresh buffered read after activation
 # must be new too.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A mirror's parent identity across stops, abort and reclaim (issue 15
-# review, DESIGN.md rule 9).  NBD parent (nbdkit file plugin, writable),
+# review, docs/design.md rule 9).  NBD parent (nbdkit file plugin, writable),
 # restarted to drop connections or on another image to swap it:
 #  1. a mirror that wrote its parent (the sampled first block) remounts
 #     cleanly over the same image (the identity recorded at the stop

@@ -20,10 +20,7 @@ MiB=$((1 << 20))
 now_ms () { local t=${EPOCHREALTIME/./}; echo $(( t / 1000 )); }
 img=$T/parent.img sock=$T/nbd.sock
 head -c $((16 * MiB)) /dev/urandom > "$img"
-start_nbdkit "$T/nbd.pid" -r -U "$sock" eval thread_model='echo parallel' \
-  get_size="stat -c %s '$img'" \
-  pread="if [ -e '$T/stall' ]; then sleep 8; fi
-         dd if='$img' skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none"
+start_eval_parent "$sock" "$img" -r --stall "$T/stall" 8
 cleanup_fn rm -f "$T/stall"
 st=$T/st mnt=$T/mnt f=$T/mnt/d
 corfs_mount "$st" "$mnt" --hold 15 --stream=paused --disk d="$(nbd_uri "$sock")"

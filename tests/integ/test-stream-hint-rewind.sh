@@ -17,13 +17,9 @@ MiB=$((1 << 20))
 HOLD=4
 img=$T/parent.img
 head -c $((64 * MiB)) /dev/urandom > "$img"
-start_nbdkit "$T/e.pid" -U "$T/e.sock" eval \
-  thread_model='echo parallel' \
-  get_size="stat -c %s '$img'" \
-  pread="if [ -e '$T/stall' ]; then
-           if [ \$4 -ge $((32 * MiB)) ] && [ \$4 -lt $((34 * MiB)) ]; then sleep 30; else sleep 0.5; fi
-         fi
-         dd if='$img' skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none"
+start_eval_parent "$T/e.sock" "$img" --before-read "if [ -e '$T/stall' ]; then
+    if [ \$4 -ge $((32 * MiB)) ] && [ \$4 -lt $((34 * MiB)) ]; then sleep 30; else sleep 0.5; fi
+  fi"
 cleanup_fn rm -f "$T/stall"
 echo "$((32 * MiB)) $((16 * MiB))" > "$T/hints"
 cat > "$T/corfs.conf" <<EOC

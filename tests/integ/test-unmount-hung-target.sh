@@ -41,7 +41,15 @@ print(s.makefile().readline().strip())
 PY
 hpid=$!
 cleanup_fn kill_pid $hpid
-sleep 1
+# Wait (at most 30 s: a loaded machine may be slow to start python) until
+# the daemon lists the copy job, so that the unmount finds it running.
+for i in $(seq 300); do
+  [ "$("$CORFS" status --state $st d --json | jq -r '.job.kind // empty')" = copy ] && break
+  sleep 0.1
+done
+[ "$("$CORFS" status --state $st d --json | jq -r '.job.kind // empty')" = copy ] \
+  || fail "the flatten --to job did not start: $(cat $T/hung.out)"
+sleep 0.5
 [ -s $T/hung.out ] && fail "flatten --to answered while the target's filesystem hung: $(cat $T/hung.out)"
 
 pid=$(daemon_pid $st)

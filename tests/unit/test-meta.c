@@ -1703,3 +1703,132 @@ Test (meta, update_from_an_older_copy_keeps_mode_and_owner)
   cr_assert_eq (rec.state, META_HANDED_OFF);
   cr_assert_eq (rec.epoch, 7);
 }
+
+/* ---- growing a disk (meta_disk_grow) ---- */
+
+/* A record written before disks could grow reads with disk_size = size,
+ * and a grown record keeps the parent's size apart. */
+Test (meta, disk_size_defaults_to_parent_size)
+{
+  struct meta_record r = mkrec (100 * 65536 + 1000, 65536), rec;
+  struct meta_disk *d = open_clean ("g", &r);
+
+  meta_disk_record (d, &rec);
+  cr_assert_eq (rec.disk_size, r.size);
+  cr_assert_eq (meta_nr_blocks (d), 101);
+  close_disk (d, true);
+  cr_assert_eq (meta_record_get (m, "g", &rec), 0);
+  cr_assert_eq (rec.disk_size, r.size);
+}
+
+/* Growing across two chunk boundaries: the new blocks are present, dirty
+ * and changed at once, in memory and (after a crash) in the index, with
+ * the new size; an old block whose bit no batch committed stays missing
+ * (data before pointer: the grow's commit must not carry it). */
+Test (meta, grow_marks_new_blocks_durably)
+{
+  const uint64_t bs = 65536, old_nr = 101, new_nr = 2 * CHUNK_BITS + 500;
+  struct meta_record r = mkrec (100 * bs + 1000, bs), rec;
+  struct meta_disk *d;
+  bool w;
+
+  r.mirror = false;
+  d = open_clean ("g", &r);
+  meta_set (d, META_PRESENT, 5, 1);
+  run_batch (d);
+  meta_set (d, META_PRESENT, 100, 1);                 /* pending, never committed */
+  cr_assert_eq (meta_disk_grow (d, new_nr * bs, &rec), 0, "grow: %s", strerror (errno));
+  cr_assert_eq (rec.disk_size, new_nr * bs);
+  cr_assert_eq (rec.size, r.size, "the parent's size is kept");
+  cr_assert_eq (meta_nr_blocks (d), new_nr);
+  cr_assert_eq (meta_count (d, META_PRESENT), 2 + new_nr - old_nr);
+  cr_assert_eq (meta_count (d, META_DIRTY), new_nr - old_nr);
+  cr_assert_eq (meta_count (d, META_CHANGED), new_nr - old_nr);
+  cr_assert_eq (meta_count (d, META_SUSPECT), 0);
+  cr_assert_eq (meta_next (d, META_PRESENT, false, old_nr), new_nr);
+  cr_assert_eq (meta_next (d, META_DIRTY, true, 0), old_nr);
+  /* The new blocks take writes like any other. */
+  meta_set (d, META_SUSPECT, new_nr - 1, 1);
+  meta_clear (d, META_SUSPECT, new_nr - 1, 1);
+
+  close_disk (d, false);                              /* a crash */
+  reopen_env ();
+  d = open_disk ("g", NULL, &w);
+  cr_assert (w, "an unclean close widens");
+  meta_disk_record (d, &rec);
+  cr_assert_eq (rec.disk_size, new_nr * bs);
+  cr_assert_eq (rec.size, r.size);
+  cr_assert_eq (meta_nr_blocks (d), new_nr);
+  cr_assert (meta_test (d, META_PRESENT, 5));
+  cr_assert (!meta_test (d, META_PRESENT, 100), "an uncommitted bit became durable");
+  cr_assert_eq (meta_next (d, META_PRESENT, false, 6), 6);
+  cr_assert_eq (meta_next (d, META_PRESENT, false, old_nr), new_nr);
+  cr_assert_eq (meta_count (d, META_PRESENT), 1 + new_nr - old_nr);
+  cr_assert_eq (meta_count (d, META_DIRTY), new_nr - old_nr);
+  close_disk (d, true);
+}
+
+/* Shrinking is refused, the same size is a no-op, and growing past the
+ * most blocks the index keeps is refused; none changes anything. */
+Test (meta, grow_refusals)
+{
+  const uint64_t bs = 4096;
+  struct meta_record r = mkrec (10 * MiB, bs), rec;
+  struct meta_disk *d = open_clean ("g", &r);
+
+  errno = 0;
+  cr_assert_eq (meta_disk_grow (d, 10 * MiB - 1, NULL), -1);
+  cr_assert_eq (errno, EINVAL);
+  cr_assert_eq (meta_disk_grow (d, 10 * MiB, &rec), 0);
+  cr_assert_eq (rec.disk_size, 10 * MiB);
+  errno = 0;
+  cr_assert_eq (meta_disk_grow (d, (META_MAX_BLOCKS + 1) * bs, NULL), -1);
+  cr_assert_eq (errno, EFBIG);
+  cr_assert_eq (meta_nr_blocks (d), 10 * MiB / bs);
+  cr_assert_eq (meta_count (d, META_PRESENT), 0);
+  close_disk (d, true);
+  cr_assert_eq (meta_record_get (m, "g", &rec), 0);
+  cr_assert_eq (rec.disk_size, 10 * MiB);
+}
+
+/* Twice, within the last block and then past it; an update from a copy
+ * read before the grow keeps the new size; a checkpoint after the grow
+ * leaves the grown range in the closed generation; writes past the old
+ * end commit and survive a clean reopen. */
+Test (meta, grow_twice_update_checkpoint_reopen)
+{
+  const uint64_t bs = 65536;
+  struct meta_record r = mkrec (3 * bs + 10, bs), old, rec;
+  struct meta_disk *d = open_clean ("g", &r);
+  struct ext_list l;
+
+  meta_disk_record (d, &old);
+  cr_assert_eq (meta_disk_grow (d, 3 * bs + 20, NULL), 0);     /* same 4 blocks */
+  cr_assert_eq (meta_nr_blocks (d), 4);
+  cr_assert_eq (meta_count (d, META_PRESENT), 0);
+  cr_assert_eq (meta_disk_grow (d, CHUNK_BITS * bs + bs, NULL), 0);
+  cr_assert_eq (meta_nr_blocks (d), CHUNK_BITS + 1);
+  old.state = META_ACTIVE;
+  cr_assert_eq (meta_disk_update (d, &old), 0);
+  meta_disk_record (d, &rec);
+  cr_assert_eq (rec.disk_size, CHUNK_BITS * bs + bs, "an older copy rolled the size back");
+  cr_assert_eq (rec.state, META_ACTIVE);
+  cr_assert_eq (meta_checkpoint (d), 2);
+  meta_set (d, META_CHANGED, CHUNK_BITS, 1);
+  meta_clear (d, META_DIRTY, CHUNK_BITS, 1);
+  run_batch (d);
+  l = changed_since (d, 1, NULL);
+  assert_extents (&l, "since 1", 1, (uint64_t) 4, (uint64_t) CHUNK_BITS - 3);
+  l = changed_since (d, 2, NULL);
+  assert_extents (&l, "since 2", 1, (uint64_t) CHUNK_BITS, (uint64_t) 1);
+  close_disk (d, true);
+  reopen_env ();
+  d = open_clean ("g", NULL);
+  cr_assert_eq (meta_nr_blocks (d), CHUNK_BITS + 1);
+  cr_assert_eq (meta_count (d, META_DIRTY), CHUNK_BITS - 4);
+  cr_assert (!meta_test (d, META_DIRTY, CHUNK_BITS));
+  cr_assert (meta_test (d, META_PRESENT, CHUNK_BITS));
+  l = changed_since (d, 1, NULL);
+  assert_extents (&l, "since 1, reopened", 1, (uint64_t) 4, (uint64_t) CHUNK_BITS - 3);
+  close_disk (d, true);
+}
