@@ -380,6 +380,7 @@ struct cor_status {
   bool widened;                 /* the last unclean shutdown widened the maps */
   const char *parent_url;       /* credentials removed */
   const char *parent_backend;
+  const char *parent_format;    /* the parent's image format: "raw", "qcow2" */
   const char *parent_state;     /* "idle", "connected", "retrying", "down", "changed" */
   char parent_error[1280];
   uint64_t fetched_bytes, fetch_requests, fetch_errors;

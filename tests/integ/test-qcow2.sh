@@ -126,6 +126,8 @@ echo "=== format in the config file"
 printf '[disk d]\nurl = %s\nformat = qcow2\n' "$(url_of http comp)" > "$T/q.conf"
 corfs_mount "$T/sc" "$T/mc" --hold 15 --config "$T/q.conf"
 cmp "$T/mc/d" "$T/comp.oracle" || fail "format = qcow2 from the config: the disk differs"
+pf=$("$CORFS" status --state "$T/sc" d --json | jq -r '(if type == "array" then .[0] else . end).parent.format')
+[ "$pf" = qcow2 ] || fail "status: parent.format is '$pf', expected qcow2"
 corfs_unmount "$T/mc"
 
 echo "=== guest writes persist across a remount"
@@ -150,6 +152,8 @@ grep -q "qcow2" "$T/fmt.out" || fail "the refusal does not name the recorded for
 echo "=== never probed: the qcow2 file without --format is presented raw"
 corfs_mount "$T/sr" "$T/mr" --hold 15 --disk d="$(url_of http comp)"
 cmp "$T/mr/d" "$www/comp.qcow2" || fail "without --format, the disk is not the file's bytes"
+pf=$("$CORFS" status --state "$T/sr" d --json | jq -r '(if type == "array" then .[0] else . end).parent.format')
+[ "$pf" = raw ] || fail "status: parent.format is '$pf', expected raw"
 corfs_unmount "$T/mr"
 
 refused () {  # NAME WANT1 WANT2 MOUNT-ARGS...: the mount fails, saying both
