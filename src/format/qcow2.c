@@ -430,7 +430,60 @@ struct reader {
   struct seg *batch;            /* compressed clusters to read (fmt_push vector) */
   size_t n;
   uint64_t lo, hi;              /* the file range that holds them */
+  struct seg *data;             /* data runs to read (fmt_push vector) */
+  size_t nd;
 };
+
+/* Data runs are read in the order of the file, and runs adjacent in the
+ * file but not on the disk (clusters a guest wrote out of order) with
+ * one request of up to DATA_GATHER_MAX bytes, scattered after: the
+ * server sees ascending, coalesced ranges. */
+#define DATA_GATHER_MAX (8ULL << 20)
+
+static int
+by_host (const void *a, const void *b)
+{
+  const struct seg *x = a, *y = b;
+
+  return x->host < y->host ? -1 : x->host > y->host;
+}
+
+static int
+flush_data (struct walk *w, struct reader *rd, int *err)
+{
+  struct seg *d = rd->data;
+  size_t n = rd->nd, j;
+
+  rd->nd = 0;
+  if (n == 0)
+    return 0;
+  qsort (d, n, sizeof *d, by_host);
+  for (size_t i = 0; i < n; i = j) {
+    uint64_t end = d[i].host + d[i].length;
+    uint8_t *tmp;
+
+    for (j = i + 1; j < n && d[j].host == end &&
+           end + d[j].length - d[i].host <= DATA_GATHER_MAX; j++)
+      end += d[j].length;
+    if (j == i + 1) {
+      if (fmt_read (w->f, rd->buf + (d[i].offset - w->start), d[i].length, d[i].host,
+                    w->deadline_ns, err) == -1)
+        return -1;
+      continue;
+    }
+    if ((tmp = malloc (end - d[i].host)) == NULL)
+      return *err = ENOMEM, -1;
+    if (fmt_read (w->f, tmp, end - d[i].host, d[i].host, w->deadline_ns, err) == -1) {
+      free (tmp);
+      return -1;
+    }
+    for (size_t k = i; k < j; k++)
+      memcpy (rd->buf + (d[k].offset - w->start), tmp + (d[k].host - d[i].host),
+              d[k].length);
+    free (tmp);
+  }
+  return 0;
+}
 
 /* Is s's cluster the one decoded last?  Then copy its part to dst. */
 static bool
@@ -534,7 +587,9 @@ emit_read (struct walk *w, const struct seg *s, int *err)
 
   switch (s->kind) {
   case QCOW2_DATA:
-    return fmt_read (w->f, dst, s->length, s->host, w->deadline_ns, err);
+    if (fmt_push ((void **) &rd->data, &rd->nd, sizeof *s, s) == -1)
+      return *err = ENOMEM, -1;
+    return 0;
   case QCOW2_COMPRESSED:
     return add_compressed_read (w, rd, s, err);
   case QCOW2_UNALLOCATED:
@@ -568,7 +623,10 @@ qcow2_pread (struct format *f, void *buf, size_t count, uint64_t offset, uint64_
     return -1;
   r = qcow2_walk (&w, err);
   if (r == 0)
+    r = flush_data (&w, &rd, err);
+  if (r == 0)
     r = flush_batch (&w, &rd, err);
+  free (rd.data);
   free (rd.batch);
   return r;
 }
