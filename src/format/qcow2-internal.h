@@ -87,6 +87,67 @@ void qcow2_l2cache_put (struct qcow2_l2cache *c, uint64_t offset, const uint64_t
 int qcow2_decompress (enum qcow2_compression type, const void *in, size_t in_len, void *out,
                       size_t out_len, char *why, size_t why_len);
 
+/* The reader's state (qcow2.c), immutable after open but for the L2
+ * cache and the last decoded cluster, which have locks of their own. */
+struct qcow2 {
+  struct qcow2_header h;
+  uint64_t cluster;             /* bytes */
+  unsigned l2_bits;             /* log2 of the entries per L2 table */
+  unsigned entry_words;         /* 1, or 2 with extended L2 entries */
+  uint64_t sc_size;             /* subcluster size: cluster / 32 with extended L2 */
+  unsigned csize_shift;         /* compressed descriptor: offset bits below */
+  uint64_t csize_mask;
+  uint64_t *l1;                 /* L2 table offsets (0: none), checked */
+  struct qcow2_l2cache *cache;
+  struct format *backing;       /* unallocated clusters read from it; NULL: zeros */
+  uint64_t backing_size;        /* past it, unallocated clusters read as zeros */
+  struct {
+    pthread_mutex_t lock;
+    bool valid;
+    uint64_t host;              /* of the compressed cluster in buf */
+    uint8_t *buf;               /* one cluster */
+  } last;
+};
+
+/* A run of the virtual disk. */
+struct seg {
+  uint64_t offset, length;      /* virtual */
+  enum qcow2_kind kind;
+  uint64_t host;                /* data: of offset; compressed: of the stream */
+  uint64_t host_len;            /* compressed: the stream's length in the file */
+  uint64_t cluster_off;         /* compressed: virtual offset of the cluster */
+};
+
+struct walk;
+
+typedef int (*emit_fn) (struct walk *w, const struct seg *s, int *err);
+
+struct walk {
+  struct format *f;
+  struct qcow2 *q;
+  uint64_t start, end;          /* the virtual range asked */
+  uint64_t deadline_ns;
+  struct seg pend;              /* the run being grown */
+  bool have;
+  emit_fn emit;
+  void *opaque;
+};
+
+/* The walk over [w->start, w->end) (within the virtual size): runs of
+ * one kind, in virtual order, to w->emit.  0 or -1 with *err. */
+int qcow2_walk (struct walk *w, int *err);
+
+/* fmt_fault, and *err = EIO: a corrupt table or cluster.  -1. */
+int qcow2_fault (struct format *f, int *err, const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
+
+/* Is [offset, offset + count) inside the virtual size?  0, or -1 (EINVAL). */
+int qcow2_range_ok (struct format *f, uint64_t offset, uint64_t count, int *err);
+
+/* (qcow2-read.c) the format's pread. */
+int qcow2_pread (struct format *f, void *buf, size_t count, uint64_t offset,
+                 uint64_t deadline_ns, int *err);
+
 static inline uint64_t
 qcow2_be64 (const uint8_t *p)
 {

@@ -10,10 +10,10 @@
  * Open reads the header and the L1 table and checks every L1 entry; an
  * L2 entry is checked when first used.  Every read of the virtual disk
  * is a walk over its clusters (qcow2_walk) that yields runs of one kind:
- * data contiguous in the file (one remote read for the run), zeros
- * (zero clusters; unallocated ones too, there being no backing file),
- * or one compressed cluster.  Reads, zero extents and the host map are
- * three consumers of the same walk.
+ * data contiguous in the file, zeros (zero clusters), unallocated (from
+ * the backing file, else zeros), or one compressed cluster.  Reads
+ * (qcow2-read.c), zero extents and the host map (here) are three
+ * consumers of the same walk; the backing file is qcow2-backing.c's.
  *
  * Threads: any, concurrently.  The header, the L1 table and the
  * geometry are immutable after open.  Locks, both leaves never held
@@ -39,55 +39,8 @@
 #define SUBCLUSTERS 32
 #define WALK_BATCH 256                          /* L2 entries copied out at a time */
 
-struct qcow2 {
-  struct qcow2_header h;
-  uint64_t cluster;             /* bytes */
-  unsigned l2_bits;             /* log2 of the entries per L2 table */
-  unsigned entry_words;         /* 1, or 2 with extended L2 entries */
-  uint64_t sc_size;             /* subcluster size: cluster / 32 with extended L2 */
-  unsigned csize_shift;         /* compressed descriptor: offset bits below */
-  uint64_t csize_mask;
-  uint64_t *l1;                 /* L2 table offsets (0: none), checked */
-  struct qcow2_l2cache *cache;
-  struct format *backing;       /* unallocated clusters read from it; NULL: zeros */
-  uint64_t backing_size;        /* past it, unallocated clusters read as zeros */
-  struct {
-    pthread_mutex_t lock;
-    bool valid;
-    uint64_t host;              /* of the compressed cluster in buf */
-    uint8_t *buf;               /* one cluster */
-  } last;
-};
-
-/* A run of the virtual disk. */
-struct seg {
-  uint64_t offset, length;      /* virtual */
-  enum qcow2_kind kind;
-  uint64_t host;                /* data: of offset; compressed: of the stream */
-  uint64_t host_len;            /* compressed: the stream's length in the file */
-  uint64_t cluster_off;         /* compressed: virtual offset of the cluster */
-};
-
-struct walk;
-typedef int (*emit_fn) (struct walk *w, const struct seg *s, int *err);
-
-struct walk {
-  struct format *f;
-  struct qcow2 *q;
-  uint64_t start, end;          /* the virtual range asked */
-  uint64_t deadline_ns;
-  struct seg pend;              /* the run being grown */
-  bool have;
-  emit_fn emit;
-  void *opaque;
-};
-
-static int
-fault (struct format *f, int *err, const char *fmt, ...)
-  __attribute__ ((format (printf, 3, 4)));
-
-static int
-fault (struct format *f, int *err, const char *fmt, ...)
+int
+qcow2_fault (struct format *f, int *err, const char *fmt, ...)
 {
   char msg[400];
   va_list ap;
@@ -107,13 +60,13 @@ check_cluster (struct format *f, const struct qcow2 *q, uint64_t off, const char
                uint64_t voff, int *err)
 {
   if (off & (q->cluster - 1))
-    return fault (f, err, "%s (virtual offset 0x%" PRIx64 ") at 0x%" PRIx64 " is not "
+    return qcow2_fault (f, err, "%s (virtual offset 0x%" PRIx64 ") at 0x%" PRIx64 " is not "
                   "cluster-aligned", what, voff, off);
   if (off < q->cluster)
-    return fault (f, err, "%s (virtual offset 0x%" PRIx64 ") at 0x%" PRIx64 " overlaps "
+    return qcow2_fault (f, err, "%s (virtual offset 0x%" PRIx64 ") at 0x%" PRIx64 " overlaps "
                   "the header", what, voff, off);
   if (off > f->file_size || q->cluster > f->file_size - off)
-    return fault (f, err, "%s (virtual offset 0x%" PRIx64 ") at 0x%" PRIx64 " lies past "
+    return qcow2_fault (f, err, "%s (virtual offset 0x%" PRIx64 ") at 0x%" PRIx64 " lies past "
                   "the end of the file (%" PRIu64 " bytes)", what, voff, off, f->file_size);
   return 0;
 }
@@ -304,11 +257,11 @@ add_compressed (struct walk *w, uint64_t voff, uint64_t e, const char *what, int
                    .host = coff, .cluster_off = voff };
 
   if (coff < q->cluster)
-    return fault (w->f, err, "%s (virtual offset 0x%" PRIx64 "): compressed cluster at 0x%"
+    return qcow2_fault (w->f, err, "%s (virtual offset 0x%" PRIx64 "): compressed cluster at 0x%"
                   PRIx64 " overlaps the header", what, voff, coff);
   /* The length is rounded up to sectors, the file perhaps not. */
   if (coff >= fsize || csize > ((fsize + 511) & ~511ULL) - coff)
-    return fault (w->f, err, "%s (virtual offset 0x%" PRIx64 "): compressed cluster at 0x%"
+    return qcow2_fault (w->f, err, "%s (virtual offset 0x%" PRIx64 "): compressed cluster at 0x%"
                   PRIx64 " (%" PRIu64 " bytes) lies past the end of the file (%" PRIu64
                   " bytes)", what, voff, coff, csize, fsize);
   s.host_len = csize < fsize - coff ? csize : fsize - coff;
@@ -336,10 +289,10 @@ add_extended (struct walk *w, uint64_t voff, uint64_t host, uint64_t bitmap,
   unsigned i = 0;
 
   if (alloc & zero)
-    return fault (w->f, err, "%s (virtual offset 0x%" PRIx64 "): subcluster bitmap 0x%016"
+    return qcow2_fault (w->f, err, "%s (virtual offset 0x%" PRIx64 "): subcluster bitmap 0x%016"
                   PRIx64 " marks subclusters both allocated and zero", what, voff, bitmap);
   if (host == 0 && alloc != 0)
-    return fault (w->f, err, "%s (virtual offset 0x%" PRIx64 "): subclusters allocated in "
+    return qcow2_fault (w->f, err, "%s (virtual offset 0x%" PRIx64 "): subclusters allocated in "
                   "an unallocated cluster (bitmap 0x%016" PRIx64 ")", what, voff, bitmap);
   while (i < SUBCLUSTERS) {
     enum qcow2_kind k = (alloc >> i & 1) ? QCOW2_DATA
@@ -379,7 +332,7 @@ add_entry (struct walk *w, uint64_t voff, const uint64_t *e, uint64_t l2, size_t
 
 /* Walk [start, end) (within the virtual size), emitting runs in
  * virtual order. */
-static int
+int
 qcow2_walk (struct walk *w, int *err)
 {
   struct qcow2 *q = w->q;
@@ -418,217 +371,12 @@ qcow2_walk (struct walk *w, int *err)
   return w->have ? w->emit (w, &w->pend, err) : 0;
 }
 
-/* Reads.  Compressed clusters adjacent in the file (as qemu-img convert
- * -c writes them) are read with one request of up to BATCH_MAX bytes,
- * then decoded one by one: a cluster per request would be one round
- * trip per 64 KiB over HTTP. */
-
-#define BATCH_MAX (4ULL << 20)
-
-struct reader {
-  uint8_t *buf;                 /* the caller's, at the walk's start */
-  struct seg *batch;            /* compressed clusters to read (fmt_push vector) */
-  size_t n;
-  uint64_t lo, hi;              /* the file range that holds them */
-  struct seg *data;             /* data runs to read (fmt_push vector) */
-  size_t nd;
-};
-
-/* Data runs are read in the order of the file, and runs adjacent in the
- * file but not on the disk (clusters a guest wrote out of order) with
- * one request of up to DATA_GATHER_MAX bytes, scattered after: the
- * server sees ascending, coalesced ranges. */
-#define DATA_GATHER_MAX (8ULL << 20)
-
-static int
-by_host (const void *a, const void *b)
-{
-  const struct seg *x = a, *y = b;
-
-  return x->host < y->host ? -1 : x->host > y->host;
-}
-
-static int
-flush_data (struct walk *w, struct reader *rd, int *err)
-{
-  struct seg *d = rd->data;
-  size_t n = rd->nd, j;
-
-  rd->nd = 0;
-  if (n == 0)
-    return 0;
-  qsort (d, n, sizeof *d, by_host);
-  for (size_t i = 0; i < n; i = j) {
-    uint64_t end = d[i].host + d[i].length;
-    uint8_t *tmp;
-
-    for (j = i + 1; j < n && d[j].host == end &&
-           end + d[j].length - d[i].host <= DATA_GATHER_MAX; j++)
-      end += d[j].length;
-    if (j == i + 1) {
-      if (fmt_read (w->f, rd->buf + (d[i].offset - w->start), d[i].length, d[i].host,
-                    w->deadline_ns, err) == -1)
-        return -1;
-      continue;
-    }
-    if ((tmp = malloc (end - d[i].host)) == NULL)
-      return *err = ENOMEM, -1;
-    if (fmt_read (w->f, tmp, end - d[i].host, d[i].host, w->deadline_ns, err) == -1) {
-      free (tmp);
-      return -1;
-    }
-    for (size_t k = i; k < j; k++)
-      memcpy (rd->buf + (d[k].offset - w->start), tmp + (d[k].host - d[i].host),
-              d[k].length);
-    free (tmp);
-  }
-  return 0;
-}
-
-/* Is s's cluster the one decoded last?  Then copy its part to dst. */
-static bool
-from_last (struct qcow2 *q, const struct seg *s, uint8_t *dst)
-{
-  bool hit;
-
-  pthread_mutex_lock (&q->last.lock);
-  hit = q->last.valid && q->last.host == s->host;
-  if (hit)
-    memcpy (dst, q->last.buf + (s->offset - s->cluster_off), s->length);
-  pthread_mutex_unlock (&q->last.lock);
-  return hit;
-}
-
-static void
-keep_last (struct qcow2 *q, uint64_t host, const uint8_t *cluster)
-{
-  pthread_mutex_lock (&q->last.lock);
-  memcpy (q->last.buf, cluster, q->cluster);
-  q->last.host = host;
-  q->last.valid = true;
-  pthread_mutex_unlock (&q->last.lock);
-}
-
-/* Read the batch's file range and decode each cluster into the buffer. */
-static int
-flush_batch (struct walk *w, struct reader *rd, int *err)
-{
-  struct qcow2 *q = w->q;
-  CLEANUP_FREE uint8_t *in = NULL, *out = NULL;
-  char why[200];
-  int r = 0;
-
-  if (rd->n == 0)
-    return 0;
-  in = malloc (rd->hi - rd->lo);
-  out = malloc (q->cluster);
-  if (in == NULL || out == NULL)
-    r = (*err = ENOMEM, -1);
-  else
-    r = fmt_read (w->f, in, rd->hi - rd->lo, rd->lo, w->deadline_ns, err);
-  for (size_t i = 0; r == 0 && i < rd->n; i++) {
-    const struct seg *s = &rd->batch[i];
-
-    if (qcow2_decompress (q->h.compression, in + (s->host - rd->lo), s->host_len, out,
-                          q->cluster, why, sizeof why) == -1)
-      r = fault (w->f, err, "compressed cluster at 0x%" PRIx64 " (%" PRIu64 " bytes, for "
-                 "virtual offset 0x%" PRIx64 "): %s", s->host, s->host_len,
-                 s->cluster_off, why);
-    else
-      memcpy (rd->buf + (s->offset - w->start), out + (s->offset - s->cluster_off),
-              s->length);
-  }
-  if (r == 0)
-    keep_last (q, rd->batch[rd->n - 1].host, out);
-  rd->n = 0;
-  return r;
-}
-
-static int
-add_compressed_read (struct walk *w, struct reader *rd, const struct seg *s, int *err)
-{
-  if (from_last (w->q, s, rd->buf + (s->offset - w->start)))
-    return 0;
-  if (rd->n > 0 && (s->host < rd->lo || s->host > rd->hi ||
-                    s->host + s->host_len - rd->lo > BATCH_MAX) &&
-      flush_batch (w, rd, err) == -1)
-    return -1;
-  if (rd->n == 0)
-    rd->lo = rd->hi = s->host;
-  if (fmt_push ((void **) &rd->batch, &rd->n, sizeof *s, s) == -1)
-    return *err = ENOMEM, -1;
-  if (s->host + s->host_len > rd->hi)
-    rd->hi = s->host + s->host_len;
-  return 0;
-}
-
-/* Unallocated clusters over a backing file: its bytes at the same
- * offsets, zeros past its end. */
-static int
-read_backing (struct walk *w, const struct seg *s, uint8_t *dst, int *err)
-{
-  struct qcow2 *q = w->q;
-  uint64_t n = 0;
-
-  if (s->offset < q->backing_size) {
-    n = q->backing_size - s->offset < s->length ? q->backing_size - s->offset : s->length;
-    if (format_pread (q->backing, dst, n, s->offset, w->deadline_ns, err) == -1)
-      return -1;
-  }
-  memset (dst + n, 0, s->length - n);
-  return 0;
-}
-
-static int
-emit_read (struct walk *w, const struct seg *s, int *err)
-{
-  struct reader *rd = w->opaque;
-  uint8_t *dst = rd->buf + (s->offset - w->start);
-
-  switch (s->kind) {
-  case QCOW2_DATA:
-    if (fmt_push ((void **) &rd->data, &rd->nd, sizeof *s, s) == -1)
-      return *err = ENOMEM, -1;
-    return 0;
-  case QCOW2_COMPRESSED:
-    return add_compressed_read (w, rd, s, err);
-  case QCOW2_UNALLOCATED:
-    if (w->q->backing)
-      return read_backing (w, s, dst, err);
-    /* fall through */
-  default:
-    memset (dst, 0, s->length);
-    return 0;
-  }
-}
-
-static int
-range_ok (struct format *f, uint64_t offset, uint64_t count, int *err)
+int
+qcow2_range_ok (struct format *f, uint64_t offset, uint64_t count, int *err)
 {
   if (offset > f->size || count > f->size - offset)
     return *err = EINVAL, -1;
   return 0;
-}
-
-static int
-qcow2_pread (struct format *f, void *buf, size_t count, uint64_t offset, uint64_t deadline_ns,
-             int *err)
-{
-  struct reader rd = { .buf = buf };
-  struct walk w = { .f = f, .q = f->priv, .start = offset, .end = offset + count,
-                    .deadline_ns = deadline_ns, .emit = emit_read, .opaque = &rd };
-  int r;
-
-  if (range_ok (f, offset, count, err) == -1)
-    return -1;
-  r = qcow2_walk (&w, err);
-  if (r == 0)
-    r = flush_data (&w, &rd, err);
-  if (r == 0)
-    r = flush_batch (&w, &rd, err);
-  free (rd.data);
-  free (rd.batch);
-  return r;
 }
 
 /* Zero extents and the map. */
@@ -732,7 +480,7 @@ collect (struct format *f, uint64_t offset, uint64_t count, uint64_t deadline_ns
   struct walk w = { .f = f, .q = f->priv, .start = offset, .end = offset + count,
                     .deadline_ns = deadline_ns, .emit = fn, .opaque = &out };
 
-  if (range_ok (f, offset, count, err) == -1)
+  if (qcow2_range_ok (f, offset, count, err) == -1)
     return -1;
   if (qcow2_walk (&w, err) == -1) {
     free (out.v);
