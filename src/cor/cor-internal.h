@@ -142,6 +142,7 @@ struct cor_disk {
   char *name;
   struct meta_disk *md;
   struct remote *remote;
+  struct format *format;        /* the parent's reader; NULL: raw (remote_* calls) */
   int overlay_fd;
   /* The disk's size and blocks: they grow (cor_disk_grow, atomic stores,
    * with every block owned), never shrink.  parent_size is the parent's,
@@ -452,6 +453,16 @@ struct early_reply {
 };
 int cor_fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t deadline_ns,
                       char **keep, struct early_reply *early, bool *unstored, int *err);
+/* The parent's bytes and zero extents at the disk's offsets: through its
+ * image format's reader (qcow2), else straight from the remote (raw, as
+ * before formats existed).  As remote_pread and remote_zero_extents (the
+ * format's extents are clipped to the parent's size). */
+struct remote_extent;
+int cor_parent_pread (struct cor_disk *d, void *buf, size_t count, uint64_t offset,
+                      uint64_t deadline_ns, int *err);
+int cor_parent_zero_extents (struct cor_disk *d, uint64_t offset, uint64_t count,
+                             uint64_t deadline_ns, struct remote_extent **z, size_t *nz,
+                             int *err);
 void cor_trace_fault_unlocked (struct cor_disk *d, uint64_t first, uint64_t end);
 
 /* writeback.c */

@@ -39,6 +39,7 @@ struct meta;
 struct meta_record;
 struct meta_disk;
 struct remote;
+struct format;
 
 /* Create an engine over an open index.  0, or -1 with errno. */
 int cor_engine_new (struct meta *m, struct cor_engine **ep);
@@ -77,6 +78,9 @@ struct cor_disk_config {
   const char *overlay_path;     /* created sparse at the disk's size if absent */
   struct meta_disk *md;         /* ownership passes to the engine */
   struct remote *remote;        /* ownership passes to the engine */
+  /* The parent's image format, opened on remote (ownership passes to
+   * the engine); NULL for raw, read straight from the remote. */
+  struct format *format;
   uint64_t hold_ns;             /* how long a guest request may wait for the parent */
   enum cor_stream_mode stream;  /* what cor_engine_start does with the streamer */
   uint64_t rate;                /* streamer bytes/s, 0 = unlimited */
@@ -287,6 +291,9 @@ uint64_t cor_disk_nr_blocks (const struct cor_disk *d);
 struct meta_disk *cor_disk_meta (struct cor_disk *d);
 struct remote *cor_disk_remote (struct cor_disk *d);
 
+/* The parent's image format (its reader), or NULL for a raw parent. */
+struct format *cor_disk_format (struct cor_disk *d);
+
 /* Migration switch-over (docs/design.md "Disk states" and rule 10).  Epochs
  * are chosen by the management tool, strictly increasing per disk: a
  * lower one is refused as stale, the same epoch for the same transition
@@ -393,6 +400,7 @@ struct cor_status {
   bool widened;                 /* the last unclean shutdown widened the maps */
   const char *parent_url;       /* credentials removed */
   const char *parent_backend;
+  const char *parent_format;    /* the parent's image format: "raw", "qcow2" */
   const char *parent_state;     /* "idle", "connected", "retrying", "down", "changed" */
   char parent_error[1280];
   uint64_t fetched_bytes, fetch_requests, fetch_errors;

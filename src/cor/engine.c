@@ -18,6 +18,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "cor/cor-internal.h"
+#include "format/format.h"
 #include "remote/remote.h"
 
 int
@@ -88,6 +89,7 @@ disk_teardown (struct cor_disk *d, bool owns_parts, bool clean)
   if (owns_parts) {
     if (meta_disk_close (d->md, clean) == -1)
       log_error ("cor: disk %s: closing the index: %m", d->name);
+    format_close (d->format);
     remote_close (d->remote);
   }
   cor_overlay_close (d);
@@ -117,6 +119,8 @@ cor_engine_quiesce (struct cor_engine *e)
     cor_readahead_stop (d);
     cor_seal_mirror (d);
     remote_cancel (d->remote);
+    if (d->format)
+      format_cancel (d->format);
     pthread_mutex_lock (&d->lock);
     pthread_cond_broadcast (&d->cond);  /* inflight_own_all re-checks stopping */
     pthread_mutex_unlock (&d->lock);
@@ -210,6 +214,7 @@ disk_new (struct cor_engine *e, const struct cor_disk_config *cfg,
   d->e = e;
   d->md = cfg->md;
   d->remote = cfg->remote;
+  d->format = cfg->format;
   d->size = rec->disk_size;
   d->parent_size = rec->size;
   d->block_size = rec->block_size;
@@ -339,3 +344,4 @@ unsigned cor_disk_block_shift (const struct cor_disk *d) { return d->block_shift
 uint64_t cor_disk_nr_blocks (const struct cor_disk *d) { return __atomic_load_n (&d->nr_blocks, __ATOMIC_ACQUIRE); }
 struct meta_disk *cor_disk_meta (struct cor_disk *d) { return d->md; }
 struct remote *cor_disk_remote (struct cor_disk *d) { return d->remote; }
+struct format *cor_disk_format (struct cor_disk *d) { return d->format; }

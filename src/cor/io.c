@@ -15,7 +15,32 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "cor/cor-internal.h"
+#include "format/format.h"
 #include "remote/remote.h"
+
+int
+cor_parent_pread (struct cor_disk *d, void *buf, size_t count, uint64_t offset,
+                  uint64_t deadline_ns, int *err)
+{
+  if (d->format)
+    return format_pread (d->format, buf, count, offset, deadline_ns, err);
+  return remote_pread (d->remote, buf, count, offset, deadline_ns, err);
+}
+
+int
+cor_parent_zero_extents (struct cor_disk *d, uint64_t offset, uint64_t count,
+                         uint64_t deadline_ns, struct remote_extent **z, size_t *nz, int *err)
+{
+  if (d->format == NULL)
+    return remote_zero_extents (d->remote, offset, count, deadline_ns, z, nz, err);
+  *z = NULL;
+  *nz = 0;
+  if (offset >= d->parent_size)
+    return 0;
+  if (count > d->parent_size - offset)
+    count = d->parent_size - offset;
+  return format_zero_extents (d->format, offset, count, deadline_ns, z, nz, err);
+}
 
 /* Fetch blocks [first, end) from the parent into the overlay and mark them
  * present.  The caller owns the blocks in the in-flight table.  0 or -1
@@ -38,7 +63,7 @@ cor_fetch_blocks (struct cor_disk *d, uint64_t first, uint64_t end,
     return -1;
   }
   __atomic_fetch_add (&d->fetch_requests, 1, __ATOMIC_RELAXED);
-  if (remote_pread (d->remote, buf, len, off, deadline_ns, err) == -1) {
+  if (cor_parent_pread (d, buf, len, off, deadline_ns, err) == -1) {
     __atomic_fetch_add (&d->fetch_errors, 1, __ATOMIC_RELAXED);
     iobuf_put (buf, len);
     return -1;
@@ -306,7 +331,7 @@ read_through (struct cor_disk *d, size_t count, uint64_t offset, uint64_t first,
     return -1;
   }
   ref->buf_len = count;
-  r = remote_pread (d->remote, ref->buf, count, offset, deadline_ns, err);
+  r = cor_parent_pread (d, ref->buf, count, offset, deadline_ns, err);
   inflight_release (d, &self);
   if (r == -1) {
     cor_read_ref_release (ref);

@@ -42,8 +42,8 @@ fetch_sparse (struct cor_disk *d, uint64_t first, uint64_t end,
   uint64_t blk = first;
   int zerr;
 
-  if (remote_zero_extents (d->remote, block_offset (d, first),
-                           blocks_length (d, first, end), deadline_ns, &z, &nz, &zerr) == -1) {
+  if (cor_parent_zero_extents (d, block_offset (d, first), blocks_length (d, first, end),
+                               deadline_ns, &z, &nz, &zerr) == -1) {
     if (__atomic_load_n (&d->e->stopping, __ATOMIC_SEQ_CST)) {
       *err = ECANCELED;         /* shutting down: no reading instead */
       return -1;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "cor/cor-internal.h"
+#include "format/format.h"
 #include "remote/remote.h"
 
 /* ---- events ---- */
@@ -143,6 +144,11 @@ cor_disk_status (struct cor_disk *d, struct cor_status *st)
   st->parent_backend = remote_backend (d->remote);
   st->parent_state = remote_state_name (remote_status (d->remote, st->parent_error,
                                                        sizeof st->parent_error));
+  st->parent_format = d->format ? format_name (format_kind (d->format)) : "raw";
+  /* A fault in the image (a bad table found by a read) when the remote
+   * itself has none to report. */
+  if (d->format && !st->parent_error[0])
+    format_last_error (d->format, st->parent_error, sizeof st->parent_error);
   remote_get_stats (d->remote, &rs);
   st->remote_retries = rs.retries;
   st->remote_reconnects = rs.reconnects;

@@ -58,6 +58,7 @@
 #include "common/util.h"
 #include "cor/cor-internal.h"
 #include "meta/meta.h"
+#include "format/format.h"
 #include "remote/remote.h"
 
 enum stream_state { S_OFF, S_RUNNING, S_PAUSED, S_CANCELLED, S_COMPLETE };
@@ -262,8 +263,11 @@ finish (struct cor_disk *d)
   }
   log_info ("cor: disk %s: complete: every block is local (%" PRIu64 " bytes streamed)",
             d->name, __atomic_load_n (&d->streamed_bytes, __ATOMIC_RELAXED));
-  if (!d->mirror && d->stream.release_parent)
+  if (!d->mirror && d->stream.release_parent) {
     remote_release (d->remote);
+    if (d->format)
+      format_release (d->format);
+  }
   return true;
 }
 

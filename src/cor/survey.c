@@ -59,8 +59,8 @@ cor_stream_survey (struct cor_disk *d, uint64_t *zero_missing)
     if (__atomic_load_n (&d->stream.stop, __ATOMIC_SEQ_CST) ||
         __atomic_load_n (&d->e->stopping, __ATOMIC_SEQ_CST))
       return false;
-    if (remote_zero_extents (d->remote, off, len, now_ns () + SURVEY_DEADLINE_NS,
-                             &z, &nz, &err) == -1) {
+    if (cor_parent_zero_extents (d, off, len, now_ns () + SURVEY_DEADLINE_NS,
+                                 &z, &nz, &err) == -1) {
       log_debug ("cor: disk %s: survey of zero extents: %s; the ETA estimates instead",
                  d->name, strerror (err));
       return false;

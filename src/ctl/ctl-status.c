@@ -143,6 +143,8 @@ disk_fields (struct cor_disk *d, const struct cor_status *st)
     json_t *ctr = json_object_get (j, "counters");
     /* The disk's size is its parent's until it grows. */
     json_object_set_new (j, "parent_size", json_integer ((json_int_t) st->parent_size));
+    json_object_set_new (json_object_get (j, "parent"), "format",
+                         json_string (st->parent_format ? st->parent_format : "raw"));
     json_object_set_new (ctr, "foreground_fetched_bytes", json_integer (st->foreground_fetched_bytes));
     json_object_set_new (ctr, "background_fetched_bytes", json_integer (st->background_fetched_bytes));
     json_object_set_new (ctr, "zero_skipped_bytes", json_integer (st->zero_skipped_bytes));

@@ -7,12 +7,15 @@
  *   1. the options against the record: --incoming, --write-mode, a
  *      mirror's --parent-owned (reconcile_modes); the URL, accepted in
  *      the redaction of an older corfs, and the block size
- *      (reconcile_given);
+ *      (reconcile_given); the image format, and what a qcow2 parent
+ *      cannot do (reconcile_format);
  *   2. the parent's settings (remote_config_for) and the identity it is
  *      held to (choose_pinned_identity): the record's where
  *      meta_identity_binding says it binds; none for
  *      accept-changed-parent, allowed only while nothing is present;
- *   3. the parent is opened (open_parent; no I/O yet);
+ *   3. the parent is opened (open_parent; no I/O yet), and its image
+ *      format's reader (open_format: a qcow2 header and L1 table are
+ *      read where the parent is needed, else at the first use);
  *   4. a recorded disk (attach_recorded): its index, an active mirror's
  *      sealed identity verified, --parent-owned recorded, an unpinned
  *      record refused, then (unless every block is present) the parent's
@@ -38,6 +41,7 @@
 #include "common/util.h"
 #include "cor/cor.h"
 #include "daemon/daemon-internal.h"
+#include "format/format.h"
 #include "meta/meta.h"
 #include "remote/remote.h"
 
@@ -56,6 +60,8 @@ struct attach {
   struct remote_config rcfg;
   struct disk_sources ds;         /* several sources (disk-sources.c) */
   struct remote *r;               /* the parent, once opened */
+  enum format_kind kind;          /* its image format */
+  struct format *fmt;             /* its reader (qcow2; NULL: raw), once opened */
   struct meta_disk *md;           /* the disk's index, once opened */
 };
 
@@ -196,6 +202,87 @@ reconcile_given (struct attach *a)
   return 0;
 }
 
+/* Step 1: the image format, the record's (raw when it names none), else
+ * the one given (the disk's, else --format), else raw: never probed.  A
+ * qcow2 parent is only read: it cannot be incoming (a live source
+ * reallocates clusters under the cached tables), owned or mirrored
+ * (corfs writes only raw parents).  0 or -1 (logged). */
+static int
+reconcile_format (struct attach *a)
+{
+  const struct disk_opts *dopt = a->dopt;
+  int want = dopt ? (dopt->format >= 0 ? dopt->format : a->o->format) : -1;
+  enum format_kind recorded = FORMAT_RAW;
+  const char *why = NULL;
+
+  if (a->recorded && a->rec.format[0] && format_parse (a->rec.format, &recorded) == -1) {
+    log_error ("daemon: disk %s is recorded with image format %s, which this corfs does "
+               "not read", a->name, a->rec.format);
+    return -1;
+  }
+  if (a->recorded && want >= 0 && (enum format_kind) want != recorded) {
+    log_error ("daemon: disk %s is recorded with image format %s; a conflicting format %s "
+               "was given (a disk's format cannot change)", a->name, format_name (recorded),
+               format_name (want));
+    return -1;
+  }
+  a->kind = a->recorded ? recorded : want >= 0 ? (enum format_kind) want : FORMAT_RAW;
+  if (a->kind == FORMAT_RAW)
+    return 0;
+  if ((dopt && (dopt->incoming || a->o->incoming)) ||
+      (a->recorded && (a->rec.state == META_INCOMING || a->rec.state == META_ACTIVATING)))
+    why = "cannot be --incoming: a live source reallocates clusters, so the tables corfs "
+      "caches would go stale";
+  else if ((dopt && (dopt->parent_owned || a->o->parent_owned)) ||
+           (a->recorded && a->rec.parent_owned))
+    why = "cannot be --parent-owned: corfs writes only raw parents (merge, mirror)";
+  else if (a->want_mirror || (a->recorded && a->rec.mirror))
+    why = "cannot be mirrored: corfs writes only raw parents";
+  if (why) {
+    log_error ("daemon: disk %s: a %s parent %s", a->name, format_name (a->kind), why);
+    return -1;
+  }
+  return 0;
+}
+
+/* Step 3: the reader of a qcow2 parent.  Lazy: its tables are read at
+ * the first use (a disk whose blocks are all present never contacts its
+ * parent).  Else now, so that a bad image is refused at mount.  0 or -1
+ * (logged). */
+static int
+open_format (struct attach *a, bool lazy)
+{
+  struct format_config fc = { .kind = a->kind, .l2_cache_bytes = a->o->qcow2_l2_cache,
+                              .lazy = lazy, .remote = &a->rcfg,
+                              .backing_url = a->dopt ? a->dopt->backing_url : NULL };
+  char why[1280];
+  int err;
+
+  if (a->kind == FORMAT_RAW || a->fmt)
+    return 0;
+  if (format_open (a->r, &fc, deadline_ns (a), &a->fmt, &err) == 0)
+    return 0;
+  if (err == EINVAL || err == ENOTSUP)
+    snprintf (why, sizeof why, "%s", log_last_error ());   /* the image's fault */
+  else {
+    remote_status (a->r, why, sizeof why);
+    if (!*why)
+      snprintf (why, sizeof why, "%s", strerror (err));
+  }
+  log_error ("daemon: disk %s: refused: %s", a->name, why);
+  return -1;
+}
+
+/* The parent's size: the virtual size of an image in a format.  -1
+ * with *err. */
+static int64_t
+parent_size (struct attach *a, int *err)
+{
+  if (a->fmt)
+    return format_size (a->fmt, deadline_ns (a), err);
+  return remote_get_size (a->r, deadline_ns (a), err);
+}
+
 /* Step 2: how to reach the parent (the URL as given, else as recorded;
  * HTTP(S)/S3 settings come only with the options) and whether it is
  * opened for writing: a parent the disk owns, or a new mirror's. */
@@ -331,8 +418,13 @@ static int
 check_parent_size (struct attach *a)
 {
   int err;
-  int64_t size = remote_get_size (a->r, deadline_ns (a), &err);
+  int64_t size;
 
+  if (open_format (a, false) == -1) {
+    unfinish_activation (a->name, a->md);
+    return -1;
+  }
+  size = parent_size (a, &err);
   if (size < 0) {
     char msg[1280];
     remote_status (a->r, msg, sizeof msg);
@@ -387,6 +479,31 @@ record_parent (struct attach *a)
   return 0;
 }
 
+/* Step 4, once the parent passed check_parent_size: the identities of
+ * its backing files (a qcow2 chain) must be the recorded ones, unless
+ * accept-changed-parent re-bases the disk (nothing present: checked in
+ * step 2), which records them anew.  0 or -1 (logged). */
+static int
+check_backing_chain (struct attach *a)
+{
+  char now[META_ID_MAX];
+
+  if (a->fmt == NULL)
+    return 0;
+  format_chain_identity (a->fmt, now, sizeof now);
+  meta_disk_record (a->md, &a->rec);
+  if (strcmp (now, a->rec.backing_identity) == 0)
+    return 0;
+  if (a->dopt && a->dopt->accept_changed_parent) {
+    snprintf (a->rec.backing_identity, sizeof a->rec.backing_identity, "%s", now);
+    return meta_disk_update (a->md, &a->rec);
+  }
+  log_error ("daemon: disk %s: the backing files of parent %s changed (recorded \"%s\", now "
+             "\"%s\"): refusing to mix two images", a->name, remote_url (a->r),
+             a->rec.backing_identity, now);
+  return -1;
+}
+
 /* Step 4 for a disk with a record.  0 or -1 (logged). */
 static int
 attach_recorded (struct attach *a)
@@ -407,12 +524,16 @@ attach_recorded (struct attach *a)
    * looked the same) is confirmed by the parent's identity before it is
    * recorded, even when every block is present. */
   if (meta_count (a->md, META_PRESENT) < meta_nr_blocks (a->md) || repin || a->rewrite_url) {
-    if (check_parent_size (a) == -1 || record_parent (a) == -1)
+    if (check_parent_size (a) == -1 || record_parent (a) == -1 ||
+        check_backing_chain (a) == -1)
       return -1;
   }
-  else
+  else {
     log_info ("daemon: disk %s: every block is present; not contacting the parent",
               a->name);
+    if (open_format (a, true) == -1)
+      return -1;
+  }
   /* Only once the parent's checks passed: a mount that fails them keeps
    * the verified identity for the next. */
   return forget_mirror_identity (a->name, a->md, &a->rec);
@@ -427,8 +548,11 @@ create_record (struct attach *a)
   uint64_t bs = dopt->block_size ? dopt->block_size : a->o->block_size;
   struct meta_record init;
   int err;
-  int64_t size = remote_get_size (a->r, deadline_ns (a), &err);
+  int64_t size;
 
+  if (open_format (a, false) == -1)
+    return -1;
+  size = parent_size (a, &err);
   if (size < 0) {
     char msg[1280];
     remote_status (a->r, msg, sizeof msg);
@@ -452,12 +576,16 @@ create_record (struct attach *a)
   init.parent_owned = dopt->parent_owned || a->o->parent_owned;
   init.generation = 1;
   init.mirror = a->want_mirror;
+  if (a->kind != FORMAT_RAW)
+    snprintf (init.format, sizeof init.format, "%s", format_name (a->kind));
+  if (a->fmt)
+    format_chain_identity (a->fmt, init.backing_identity, sizeof init.backing_identity);
   if (meta_disk_open (a->m, a->name, &init, &a->md, NULL) == -1) {
     log_error ("daemon: disk %s: creating its index record: %m", a->name);
     return -1;
   }
-  log_info ("daemon: disk %s: new, parent %s, %" PRIu64 " bytes, block size %" PRIu32,
-            a->name, init.url, init.size, init.block_size);
+  log_info ("daemon: disk %s: new, parent %s (%s), %" PRIu64 " bytes, block size %" PRIu32,
+            a->name, init.url, format_name (a->kind), init.size, init.block_size);
   return 0;
 }
 
@@ -492,7 +620,7 @@ check_mirror_parent (struct attach *a)
 
 /* Step 6: the engine's disk, with its overlay STATE/NAME.overlay, its
  * streaming settings (the disk's, else the mount's) and hints.  On
- * success the engine owns a->md and a->r.  0 or -1 (logged). */
+ * success the engine owns a->md, a->r and a->fmt.  0 or -1 (logged). */
 static int
 add_to_engine (struct attach *a, struct cor_engine *e)
 {
@@ -512,7 +640,7 @@ add_to_engine (struct attach *a, struct cor_engine *e)
                   &hints, &nr_hints) == -1)
     return -1;
   struct cor_disk_config dcfg = {
-    .name = a->name, .overlay_path = overlay, .md = a->md, .remote = a->r,
+    .name = a->name, .overlay_path = overlay, .md = a->md, .remote = a->r, .format = a->fmt,
     .hold_ns = a->hold_s * NS_PER_SEC,
     .stream = dopt && dopt->stream >= 0 ? dopt->stream : o->stream,
     .rate = dopt && dopt->have_rate ? dopt->rate : o->rate,
@@ -541,7 +669,8 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
     log_error ("daemon: disk %s: reading its record: %m", name);
     return -1;
   }
-  if (reconcile_modes (&a) == -1 || reconcile_given (&a) == -1)
+  if (reconcile_modes (&a) == -1 || reconcile_given (&a) == -1 ||
+      reconcile_format (&a) == -1)
     goto out;
   remote_config_for (&a);
   if (choose_pinned_identity (&a) == -1 || sources_for (&a) == -1 || open_parent (&a) == -1)
@@ -554,6 +683,7 @@ attach_disk (struct mount_opts *o, struct meta *m, struct cor_engine *e,
   if (ret == -1) {
     if (a.md)
       meta_disk_close (a.md, true);
+    format_close (a.fmt);
     remote_close (a.r);
   }
   free (a.redacted);

@@ -16,6 +16,7 @@
 #include "cor/cor.h"
 #include "ctl/ctl.h"
 #include "daemon/daemon.h"
+#include "format/format.h"
 
 struct cfg_state {
   struct mount_opts *o;
@@ -65,6 +66,7 @@ find_or_add_disk (struct mount_opts *o, const char *name)
   nv[o->nr_disks].stream = -1;
   nv[o->nr_disks].release_parent = -1;
   nv[o->nr_disks].write_mode = -1;
+  nv[o->nr_disks].format = -1;
   return &nv[o->nr_disks++];
 }
 
@@ -210,6 +212,15 @@ corfs_rate (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
   return parse_rate_value (s, value, &s->o->rate);
 }
 
+static int
+corfs_qcow2_l2_cache (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+                      const char *value)
+{
+  if (parse_size (value, &s->o->qcow2_l2_cache) == -1 || s->o->qcow2_l2_cache == 0)
+    return bad (s, "qcow2-l2-cache: bad size %s (bytes, K/M/G suffixes, above 0)", value);
+  return 0;
+}
+
 /* Used when the command line names no MOUNTPOINT (the systemd unit's
  * case); absolute, since the file may be read from any directory. */
 static int
@@ -246,6 +257,7 @@ corfs_source_timeout (struct cfg_state *s, struct disk_opts *d, const struct set
 
 static const struct setting corfs_settings[] = {
   { "mountpoint", corfs_mountpoint, 0 },
+  { "qcow2-l2-cache", corfs_qcow2_l2_cache, 0 },
   { "hold", corfs_hold, 0 },
   { "block-size", corfs_block_size, 0 },
   { "connect-timeout", corfs_connect_timeout, 0 },
@@ -300,6 +312,18 @@ disk_block_size (struct cfg_state *s, struct disk_opts *d, const struct setting 
                  const char *value)
 {
   return parse_block_size_value (s, value, &d->block_size);
+}
+
+static int
+disk_format (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+             const char *value)
+{
+  enum format_kind f;
+
+  if (format_parse (value, &f) == -1)
+    return bad (s, "format = %s: expected raw or qcow2", value);
+  d->format = f;
+  return 0;
 }
 
 static int
@@ -400,6 +424,8 @@ static const struct setting disk_settings[] = {
   { "block-size", disk_block_size, 0 },
   { "parent-owned", disk_bool, AT (parent_owned) },
   { "write-mode", disk_write_mode, 0 },
+  { "format", disk_format, 0 },
+  { "backing-url", disk_string, AT (backing_url) },
   { "stream", disk_stream, 0 },
   { "rate", disk_rate, 0 },
   { "release-parent", disk_release_parent, 0 },

@@ -33,6 +33,8 @@ struct disk_opts {
   struct disk_opts *sources;
   size_t nr_sources;
   bool spread;                  /* policy = spread (else failover) */
+  int format;                   /* -1: the mount's --format; else enum format_kind */
+  char *backing_url;            /* a qcow2 parent's backing file (config file only) */
 };
 
 /* The most sources a disk can have, and the default and longest
@@ -71,6 +73,8 @@ struct mount_opts {
   char **repin;                 /* --repin NAME: disks whose record has no identity */
   size_t nr_repin;
   uint64_t source_timeout_ms;   /* source-timeout (0: the default) */
+  int format;                   /* --format: -1 not given; else enum format_kind */
+  uint64_t qcow2_l2_cache;      /* bytes of L2 tables kept per qcow2 disk; 0: default */
 };
 
 /* Daemon-wide settings given on the command line win over the config

@@ -15,6 +15,7 @@
 #include "cor/cor.h"
 #include "ctl/ctl.h"
 #include "daemon/daemon-internal.h"
+#include "format/format.h"
 
 /* The text is doc/commands' (generated into corfs-help.h), which also
  * documents every option of longopts below; the numbers it gives must be
@@ -177,13 +178,14 @@ add_disk_arg (struct mount_opts *o, const char *arg)
   d->stream = -1;
   d->release_parent = -1;
   d->write_mode = -1;
+  d->format = -1;
   return (d->url = disk_arg_url (name, eq)) ? 0 : -1;
 }
 
 
 enum { OPT_STATE = 256, OPT_DISK, OPT_CONFIG, OPT_BLOCK_SIZE, OPT_HOLD,
        OPT_CONNECT_TIMEOUT, OPT_PARENT_OWNED, OPT_STREAM, OPT_WRITE_MODE,
-       OPT_INCOMING, OPT_READAHEAD, OPT_REPIN, OPT_METRICS_LISTEN };
+       OPT_INCOMING, OPT_READAHEAD, OPT_REPIN, OPT_METRICS_LISTEN, OPT_FORMAT };
 
 /* Each option is documented in doc/commands ([mount]); doc/check-options
  * fails on a difference. */
@@ -201,6 +203,7 @@ static const struct option longopts[] = {
   { "readahead", required_argument, NULL, OPT_READAHEAD },
   { "repin", required_argument, NULL, OPT_REPIN },
   { "metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN },
+  { "format", required_argument, NULL, OPT_FORMAT },
   { "foreground", no_argument, NULL, 'f' },
   { "verbose", no_argument, NULL, 'v' },
   { "help", no_argument, NULL, 'h' },
@@ -216,6 +219,7 @@ mount_defaults (struct mount_opts *o)
   o->connect_timeout_s = DEFAULT_CONNECT_TIMEOUT_S;
   o->stream = COR_STREAM_ON;
   o->readahead = DEFAULT_READAHEAD;
+  o->format = -1;
   o->fuse_options = calloc (1, sizeof (char *));
 }
 
@@ -246,6 +250,21 @@ opt_block_size (struct mount_opts *o, const char *arg)
     return -1;
   }
   o->cli_set |= CLI_BLOCK_SIZE;
+  return 0;
+}
+
+/* --format: the image format of every --disk of this command line (a
+ * disk's own format in the config file wins). */
+static int
+opt_format (struct mount_opts *o, const char *arg)
+{
+  enum format_kind k;
+
+  if (format_parse (arg, &k) == -1) {
+    fprintf (stderr, "corfs: --format %s: expected raw or qcow2\n", arg);
+    return -1;
+  }
+  o->format = k;
   return 0;
 }
 
@@ -364,6 +383,7 @@ parse_option (struct mount_opts *o, int c, char *arg, const char **config, char 
   case OPT_INCOMING: o->incoming = true; return 0;
   case OPT_REPIN: return opt_repin (o, arg);
   case OPT_METRICS_LISTEN: return opt_metrics_listen (o, arg);
+  case OPT_FORMAT: return opt_format (o, arg);
   case 'f': o->foreground = true; return 0;
   case 'v': o->verbose = true; return 0;
   case 'd': o->fuse_debug = o->foreground = true; return 0;
@@ -525,6 +545,7 @@ disk_opts_free (struct disk_opts *d)
   free (d->name);
   free (d->url);
   free (d->hint_file);
+  free (d->backing_url);
   free (d->credentials_file);
   free (d->token_file);
   free (d->ca_file);

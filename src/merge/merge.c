@@ -445,6 +445,13 @@ check_mergeable (struct cor_disk *d, const struct meta_record *rec, bool parent_
               "parent", cor_disk_name (d), meta_state_name (rec->state));
     return -1;
   }
+  if (rec->format[0] && strcmp (rec->format, "raw") != 0) {
+    /* A qcow2 parent's clusters are not at the disk's offsets. */
+    snprintf (errbuf, len, "disk %s: merge refused: its parent %s is a %s image, and corfs "
+              "writes only raw parents (flatten, or flatten --to FILE, makes a raw copy)",
+              cor_disk_name (d), rec->url, rec->format);
+    return -1;
+  }
   if (!rec->parent_owned) {
     if (!parent_owned) {
       snprintf (errbuf, len, "disk %s: merge writes into the parent %s; declare that this "

@@ -186,7 +186,9 @@ check_open_args (const char *name, const struct meta_record *init)
   if (strlen (name) >= sizeof ((struct meta_disk *) NULL)->name)
     return ENAMETOOLONG;
   if (init && (strchr (init->url, '\n') || strchr (init->identity, '\n') ||
-               strchr (init->sources, '\n')))
+               strchr (init->sources, '\n') ||
+               memchr (init->format, '\n', strnlen (init->format, sizeof init->format)) ||
+               strchr (init->backing_identity, '\n')))
     return EINVAL;              /* the record is stored as lines */
   return 0;
 }

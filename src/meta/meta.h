@@ -107,6 +107,13 @@ struct meta_record {
    * credentials stripped, separated by single spaces; "" (as in records
    * written before) for a disk with one. */
   char sources[META_SOURCES_MAX];
+  /* The parent's image format (src/format's name, "qcow2"); "" (as in
+   * records written before this field existed) means raw.  Stored only
+   * when not raw.  Never probed: the record is what presents a disk. */
+  char format[16];
+  /* The identities of the parent image's backing files (format.h's
+   * format_chain_identity); "" when it has none.  Stored when set. */
+  char backing_identity[META_ID_MAX];
 };
 
 /* Open (creating if needed) the index in directory dir (STATE/index).

@@ -52,7 +52,8 @@ meta_identity_binding (const struct meta_record *rec)
 static char *
 encode_record (const struct disk_value *v, size_t *len)
 {
-  char *s = NULL, mode[16] = "", uid[24] = "", gid[24] = "", dsize[40] = "";
+  char *s = NULL, mode[16] = "", uid[24] = "", gid[24] = "", dsize[40] = "", format[32] = "";
+  char backing[META_ID_MAX + 32] = "";
   const char *sources = v->rec.sources[0] ? "sources=" : "";
   int n;
 
@@ -64,6 +65,11 @@ encode_record (const struct disk_value *v, size_t *len)
     snprintf (uid, sizeof uid, "uid=%" PRIu32 "\n", v->rec.uid);
   if (v->rec.has_gid)
     snprintf (gid, sizeof gid, "gid=%" PRIu32 "\n", v->rec.gid);
+  if (v->rec.format[0] != '\0' && strcmp (v->rec.format, "raw") != 0)
+    snprintf (format, sizeof format, "format=%.15s\n", v->rec.format);
+  if (v->rec.backing_identity[0] != '\0')
+    snprintf (backing, sizeof backing, "backing_identity=%.*s\n", META_ID_MAX - 1,
+              v->rec.backing_identity);
   /* Only once grown: a record of a disk of its parent's size stays as
    * it was (and an older daemon reads it right). */
   if (v->rec.disk_size > v->rec.size)
@@ -73,13 +79,13 @@ encode_record (const struct disk_value *v, size_t *len)
                     "block_size=%" PRIu32 "\nstate=%s\nepoch=%" PRIu64 "\n"
                     "write_mode=%s\nparent_owned=%d\ncomplete=%d\n"
                     "generation=%" PRIu32 "\nwidened_generation=%" PRIu32 "\n"
-                    "merging=%d\nopen=%d\n%s%s%s%s%s%s%s",
+                    "merging=%d\nopen=%d\n%s%s%s%s%s%s%s%s%s",
                     v->id, v->rec.url, v->rec.identity, v->rec.size,
                     v->rec.block_size, state_names[v->rec.state], v->rec.epoch,
                     v->rec.mirror ? "mirror" : "writeback", v->rec.parent_owned,
                     v->rec.complete, v->rec.generation,
                     v->rec.widened_generation, v->rec.merging, v->open, mode, uid, gid, dsize,
-                    sources, v->rec.sources, *sources ? "\n" : "");
+                    format, backing, sources, v->rec.sources, *sources ? "\n" : "");
   if (n < 0)
     return NULL;
   *len = n;
@@ -119,6 +125,10 @@ decode_field (struct disk_value *v, const char *k, const char *val)
   }
   else if (!strcmp (k, "sources"))
     snprintf (v->rec.sources, sizeof v->rec.sources, "%s", val);
+  else if (!strcmp (k, "backing_identity"))
+    snprintf (v->rec.backing_identity, sizeof v->rec.backing_identity, "%s", val);
+  else if (!strcmp (k, "format"))
+    snprintf (v->rec.format, sizeof v->rec.format, "%s", val);
   else if (!strcmp (k, "gid")) {
     v->rec.gid = strtoul (val, NULL, 10);
     v->rec.has_gid = true;

@@ -11,6 +11,7 @@
 
 #include "common/util.h"
 #include "daemon/daemon.h"
+#include "format/format.h"
 
 /* mount_parse reads the kernel's FUSE request timeout: from a directory
  * of this test's own (empty unless a test writes the files), never the
@@ -367,6 +368,37 @@ Test (daemon, options_set_their_fields)
   mount_opts_free (&o);
   for (int i = 0; i < argc; i++)
     free (argv[i]);
+}
+
+/* --format applies to the command line's disks; a disk's format in the
+ * config file wins; qcow2-l2-cache is daemon-wide; bad names refused. */
+Test (daemon, format_options)
+{
+  struct mount_opts o;
+  char err[2048];
+
+  cr_assert_eq (parse (&o, "--state", "/tmp/s", "--format", "qcow2", "--disk", "a=file:///a",
+                       NULL), 0);
+  cr_assert_eq (o.format, FORMAT_QCOW2);
+  cr_assert_eq (o.disks[0].format, -1);
+  mount_opts_free (&o);
+  cr_assert_eq (parse (&o, "--state", "/tmp/s", "--disk", "a=file:///a", NULL), 0);
+  cr_assert_eq (o.format, -1);
+  mount_opts_free (&o);
+  cr_assert_eq (parse_config (&o, "[corfs]\nqcow2-l2-cache = 4M\n"
+                              "[disk a]\nurl = file:///a\nformat = qcow2\n"
+                              "[disk b]\nurl = file:///b\nformat = raw\n"), 0);
+  cr_assert_eq (o.qcow2_l2_cache, 4 << 20);
+  cr_assert_eq (o.disks[0].format, FORMAT_QCOW2);
+  cr_assert_eq (o.disks[1].format, FORMAT_RAW);
+  mount_opts_free (&o);
+  cr_assert_eq (parse_config (&o, "[disk a]\nurl = file:///a\nformat = vmdk\n"), -1);
+  mount_opts_free (&o);
+  cr_assert_eq (parse_config (&o, "[corfs]\nqcow2-l2-cache = 0\n"), -1);
+  mount_opts_free (&o);
+  cr_assert_eq (parse_captured (2, err, sizeof err, &o, "--format", "vmdk", "--state=/s"), -1);
+  cr_expect (strstr (err, "--format vmdk: expected raw or qcow2"), "%s", err);
+  mount_opts_free (&o);
 }
 
 /* The refusals after the options: the mount point, --state, and the

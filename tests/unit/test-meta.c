@@ -186,6 +186,8 @@ assert_record_eq (const struct meta_record *a, const struct meta_record *e)
   cr_assert_eq (a->complete, e->complete);
   cr_assert_eq (a->generation, e->generation);
   cr_assert_eq (a->widened_generation, e->widened_generation);
+  cr_assert_str_eq (a->format, e->format);
+  cr_assert_str_eq (a->backing_identity, e->backing_identity);
 }
 
 static void
@@ -1006,6 +1008,7 @@ Test (meta, mode_owner_added_to_an_old_record)
   cr_assert_eq (rec.state, META_INCOMING);
   cr_assert_eq (rec.size, 1048576);
   cr_assert (!rec.has_mode && !rec.has_uid && !rec.has_gid);
+  cr_assert_str_empty (rec.format);       /* raw */
 
   cr_assert_eq (meta_disk_set_attr (d, 0640, 65534, 4242, &upd), 0);
   cr_assert (upd.has_mode && upd.has_uid && upd.has_gid);
@@ -1027,6 +1030,40 @@ Test (meta, mode_owner_added_to_an_old_record)
   cr_assert (rec.has_mode);
   cr_assert_eq (rec.mode, 0);
   cr_assert_eq (rec.uid, 65534);
+}
+
+/* A disk's image format is recorded (only when not raw), survives
+ * updates and reopens, and cannot smuggle a line into the record. */
+Test (meta, format_recorded)
+{
+  struct meta_record init = mkrec (1 << 20, 65536), rec, upd;
+  struct meta_disk *d;
+  bool w;
+
+  snprintf (init.format, sizeof init.format, "qcow2");
+  snprintf (init.backing_identity, sizeof init.backing_identity, "http:size=1,etag=\"x\" | file:1");
+  d = open_clean ("q", &init);
+  meta_disk_record (d, &rec);
+  cr_assert_str_eq (rec.format, "qcow2");
+  cr_assert_str_eq (rec.backing_identity, "http:size=1,etag=\"x\" | file:1");
+  upd = rec;
+  upd.state = META_ACTIVE;
+  cr_assert_eq (meta_disk_update (d, &upd), 0);
+  close_disk (d, true);
+  reopen_env ();
+  cr_assert_eq (meta_record_get (m, "q", &rec), 0);
+  assert_record_eq (&rec, &upd);
+  cr_assert_str_eq (rec.format, "qcow2");
+
+  init = mkrec (1 << 20, 65536);
+  d = open_clean ("r", &init);
+  meta_disk_record (d, &rec);
+  cr_assert_str_empty (rec.format);
+  close_disk (d, true);
+
+  snprintf (init.format, sizeof init.format, "qcow2\nx=1");
+  cr_assert_eq (meta_disk_open (m, "bad", &init, &d, &w), -1);
+  cr_assert_eq (errno, EINVAL);
 }
 
 Test (meta, two_disks_separate)

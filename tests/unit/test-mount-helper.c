@@ -133,6 +133,7 @@ sample_value (const char *name, const char *config)
     { "disk", "a=file:///a.img" }, { "block-size", "128K" }, { "hold", "9" },
     { "connect-timeout", "4" }, { "stream", "paused" }, { "write-mode", "writeback" },
     { "readahead", "1M" }, { "repin", "a" }, { "metrics-listen", "9100" },
+    { "format", "qcow2" },
   };
 
   if (!strcmp (name, "config"))
