@@ -21,11 +21,15 @@
 # durable before it is ACKed on the serial console, then powers off, and
 # the domain goes away.  Checked: the disk is libvirt-qemu's while the
 # domain runs, and root's again after; `virsh domblkinfo` gives the
-# disk's size as capacity; an incremental backup taken while the domain is
-# paused (`corfs checkpoint`, the extents `corfs dirty --since` lists)
-# holds every record ACKed before the pause, and the next incremental on
-# top of it every record (README "libvirt"); after libvirtd stops, an
-# unmount and a remount, every ACKed record is on the disk.
+# disk's size as capacity; `virsh blockresize` grows the disk by 64 MiB
+# while the domain runs (domblkinfo, stat and `corfs status --json` give
+# the new size, `corfs dirty` lists the new range as changed) and fails on
+# a shrink, which corfs refuses (the size unchanged); an incremental
+# backup taken while the domain is paused (`corfs checkpoint`, the extents
+# `corfs dirty --since` lists) holds every record ACKed before the pause,
+# and the next incremental on top of it every record (README "libvirt");
+# after libvirtd stops, an unmount and a remount, the disk keeps its grown
+# size and every ACKed record.
 # LIBVIRT_TEST_LOG=FILE: libvirtd's debug log (qemu driver, commands) there.
 . "$(dirname "$0")/../functions.sh"
 requires fusermount3 --version
@@ -190,6 +194,47 @@ cap=$(awk '$1 == "Capacity:" {print $2}' <<<"$info")
 [ "$cap" = $size ] || fail "virsh domblkinfo capacity '$cap', expected $size: $info"
 note "domblkinfo: $(tr '\n' ' ' <<<"$info")"
 
+# virsh blockresize (QEMU's block_resize: an ftruncate of the disk file)
+# grows the disk by 64 MiB while the domain runs.  Its size is the new
+# size, a scaled integer in KiB without a suffix: given in bytes here.
+new=$((size + 64 * MiB))
+disk_json () {
+  "$CORFS" status --state "$st" d --json |
+    python3 -c 'import json, sys; j = json.load(sys.stdin); print(j["size"], j["parent_size"])'
+}
+capacity () {
+  local info; info=$(vsh domblkinfo "$name" vda 2>&1) || fail "virsh domblkinfo failed: $info"
+  awk '$1 == "Capacity:" {print $2}' <<<"$info"
+}
+# check_size BYTES WHEN: the corfs file and `status --json` give BYTES
+# (the parent's size stays $size).
+check_size () {
+  local s j
+  s=$(stat -c %s "$disk"); [ "$s" = "$1" ] || fail "$2: the disk file is $s bytes, expected $1"
+  j=$(disk_json) || fail "$2: corfs status --json failed"
+  [ "$j" = "$1 $size" ] || fail "$2: status --json size, parent_size '$j', expected '$1 $size'"
+}
+out=$(vsh blockresize "$name" vda "${new}B" 2>&1) || fail "virsh blockresize to $new bytes failed: $out"
+cap=$(capacity)
+[ "$cap" = $new ] || fail "after blockresize: domblkinfo capacity '$cap', expected $new"
+check_size $new "after blockresize"
+grep -q "cor: disk d: grown from $size to $new bytes" "$st/corfs.log" ||
+  fail "no 'grown from $size to $new bytes' in the daemon's log"
+note "blockresize: grown to $new bytes (domblkinfo, stat, status --json)"
+# A shrink is refused by corfs (EINVAL from the truncate): virsh fails and
+# the size is unchanged for QEMU and corfs.
+if out=$(vsh blockresize "$name" vda "${size}B" 2>&1); then
+  fail "virsh blockresize to $size bytes (a shrink) succeeded: $out"
+fi
+[ -n "$out" ] || fail "virsh blockresize (a shrink) failed without a message"
+grep -q "cor: disk d: resize from $new to $size bytes refused: shrinking" "$st/corfs.log" ||
+  fail "no 'resize from $new to $size bytes refused: shrinking' in the daemon's log (virsh: $out)"
+cap=$(capacity)
+[ "$cap" = $new ] || fail "after a refused shrink: domblkinfo capacity '$cap', expected $new"
+check_size $new "after a refused shrink"
+[ "$(vsh domstate "$name")" = running ] || fail "after a refused shrink, domain state: $(vsh domstate "$name" 2>&1)"
+note "blockresize to $size bytes refused: $(tr '\n' ' ' <<<"$out")"
+
 # An incremental backup without domfsfreeze: the domain paused (QEMU
 # drains its requests), `corfs checkpoint`, the extents `corfs dirty
 # --since` the previous checkpoint lists copied from the disk file, resume.
@@ -214,6 +259,15 @@ n1=$(guest_acks "$serial")
 gen2=$("$CORFS" checkpoint --state "$st" d) || fail "corfs checkpoint (paused) failed"
 "$CORFS" dirty --state "$st" d --since "$gen" --json > "$T/dirty1.json" || fail "corfs dirty --since $gen failed"
 out=$(backup_copy "$T/dirty1.json") || fail "backup copy failed: $out"
+# The range blockresize added is changed since $gen (a backup copies it).
+python3 - "$T/dirty1.json" $size $new <<'PY' || fail "corfs dirty --since $gen does not list the grown range [$size, $new)"
+import json, sys
+j, lo, hi = json.load(open(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3])
+for e in sorted(j["extents"], key=lambda e: e["offset"]):
+    if e["offset"] <= lo < e["offset"] + e["length"]:
+        lo = e["offset"] + e["length"]
+sys.exit(0 if lo >= hi else 1)
+PY
 sleep 1
 [ "$(guest_acks "$serial")" = "$n1" ] || fail "ACKs while the domain was paused"
 vsh resume "$name" >/dev/null || fail "virsh resume failed"
@@ -255,6 +309,7 @@ corfs_unmount "$mnt" || fail "corfs unmount failed"
 wait_gone "$pid"
 corfs_mount "$st" "$mnt" -o allow_other
 out=$(guest_check "$disk" "$nonce" "$serial") || fail "after remount: ACKed records missing or invalid: $out"
+check_size $new "after the remount"
 note "after remount: $out"
 pid=$(daemon_pid "$st")
 corfs_unmount "$mnt" || fail "corfs unmount (2) failed"
