@@ -1,0 +1,203 @@
+/* corfs: a FUSE connection that outlives the worker serving it
+ * (`corfs mount --supervise`; docs/design.md, "Worker restarts").
+ *
+ * libfuse 3.14 has no API for taking over a connection; what this file
+ * does with its public calls, and what it relies on:
+ *
+ *   - The supervisor opens /dev/fuse and mounts (fs_premount: a libfuse
+ *     session that is never served, only mounted and unmounted); every
+ *     worker uses a dup of that same open file, given to libfuse as
+ *     "/dev/fd/N".  No clone_fd (requests read on a cloned fd die with
+ *     ECONNABORTED with the worker) and no auto_unmount.
+ *   - The kernel sends FUSE_INIT once, and a fresh libfuse session answers
+ *     EIO to everything until it has processed one.  The first worker
+ *     saves the raw INIT request in the supervisor's memory before
+ *     answering it; a later worker feeds that copy to
+ *     fuse_session_process_buf with a unique number the kernel never
+ *     issues (REPLAY_UNIQUE; not 0, which means a notification): the
+ *     session is initialised with the same parameters (same options,
+ *     same buffer size, same wants in fs_init), and its reply fails with
+ *     ENOENT, which libfuse ignores.
+ *   - Then FUSE_NOTIFY_RESEND (Linux 6.9+: a bare fuse_out_header with
+ *     unique 0 and error 7) puts every request the dead worker had read
+ *     but not answered back in the queue, with bit 63 set in its unique
+ *     number; only then does the worker read requests.  Older kernels
+ *     reject the notification with EINVAL: the first worker probes it
+ *     (nothing is pending then, so it resends nothing) and records the
+ *     mode.  Without it, requests in flight at a crash are not answered
+ *     (the fallback that answers them EIO is not built yet).
+ *
+ * Notes on the thread model: fs_restart_takeover runs on the main thread
+ * before the FUSE loop starts its workers; fs_premount and
+ * fs_premount_end run in the supervisor, which has one thread.
+ */
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/survive.h"
+#include "fs/fs-internal.h"
+
+/* Not in libfuse 3.14's fuse_kernel.h. */
+#define NOTIFY_RESEND 7
+#define OPCODE_INIT 26
+#define REPLAY_UNIQUE (1ULL << 62)
+
+/* The fields of struct fuse_in_header that are read or patched here
+ * (the kernel's ABI: len, opcode, unique). */
+#define IN_LEN_OFF 0
+#define IN_OPCODE_OFF 4
+#define IN_UNIQUE_OFF 8
+#define IN_HEADER_BYTES 40
+
+struct fs_premount {
+  struct fuse_session *se;
+};
+
+const char *
+fs_resend_mode_name (int mode)
+{
+  switch (mode) {
+  case FS_RESEND_KERNEL: return "kernel-resend";
+  case FS_RESEND_NONE: return "no-resend";
+  case FS_RESEND_SIMULATED_NONE: return "no-resend (simulated)";
+  default: return "unknown";
+  }
+}
+
+int
+fs_premount (const struct fs_config *cfg, struct fs_premount **pp, int *fd)
+{
+  static const struct fuse_lowlevel_ops none;
+  struct fs_premount *p = calloc (1, sizeof *p);
+  struct fuse_args args = FUSE_ARGS_INIT (0, NULL);
+
+  if (!p)
+    return -1;
+  if (fs_session_args (cfg, &args) == -1 ||
+      !(p->se = fuse_session_new (&args, &none, sizeof none, NULL))) {
+    log_error ("supervise: cannot create the FUSE session (bad -o option?)");
+    goto err;
+  }
+  if (fuse_session_mount (p->se, cfg->mountpoint) == -1) {
+    log_error ("supervise: mount on %s failed", cfg->mountpoint);
+    fuse_session_destroy (p->se);
+    goto err;
+  }
+  fuse_opt_free_args (&args);
+  *fd = fuse_session_fd (p->se);
+  *pp = p;
+  return 0;
+
+ err:
+  fuse_opt_free_args (&args);
+  free (p);
+  return -1;
+}
+
+void
+fs_premount_end (struct fs_premount *p)
+{
+  if (!p)
+    return;
+  fuse_session_unmount (p->se);
+  fuse_session_destroy (p->se);
+  free (p);
+}
+
+/* Ask the kernel to resend every request read but not answered.  0, or
+ * -1 with errno (EINVAL: the kernel has no FUSE_NOTIFY_RESEND). */
+static int
+notify_resend (int fd)
+{
+  struct { uint32_t len; int32_t error; uint64_t unique; } h = { sizeof h, NOTIFY_RESEND, 0 };
+
+  return write (fd, &h, sizeof h) == (ssize_t) sizeof h ? 0 : -1;
+}
+
+/* The first worker: read the kernel's INIT, save it, answer it; then
+ * probe the resend notification. */
+static int
+first_init (struct fs *fs)
+{
+  struct survive_fs *sv = fs->survive;
+  struct fuse_buf buf = { 0 };
+  uint32_t opcode;
+  int r;
+
+  do
+    r = fuse_session_receive_buf (fs->se, &buf);
+  while (r == -EINTR && !fuse_session_exited (fs->se));
+  if (r <= 0) {
+    free (buf.mem);
+    if (fuse_session_exited (fs->se) || r == -ENODEV)
+      return 0;                 /* signalled or unmounted first: the loop ends */
+    log_error ("fs: reading FUSE_INIT: %s", strerror (-r));
+    return -1;
+  }
+  memcpy (&opcode, (char *) buf.mem + IN_OPCODE_OFF, sizeof opcode);
+  if (buf.size < IN_HEADER_BYTES || buf.size > sizeof sv->init || opcode != OPCODE_INIT) {
+    log_error ("fs: the first FUSE request is not an INIT of a known size (opcode %u, "
+               "%zu bytes)", opcode, buf.size);
+    free (buf.mem);
+    return -1;
+  }
+  memcpy (sv->init, buf.mem, buf.size);
+  __atomic_store_n (&sv->init_len, (uint32_t) buf.size, __ATOMIC_SEQ_CST);
+  fuse_session_process_buf (fs->se, &buf);
+  free (buf.mem);
+
+  if (fs->simulate_no_resend)
+    sv->resend = FS_RESEND_SIMULATED_NONE;
+  else if (notify_resend (fs->fuse_fd) == 0)
+    sv->resend = FS_RESEND_KERNEL;
+  else if (errno == EINVAL)
+    sv->resend = FS_RESEND_NONE;
+  else {
+    log_error ("fs: probing FUSE_NOTIFY_RESEND: %m");
+    return -1;
+  }
+  log_info ("fs: supervised; worker restart mode: %s%s", fs_resend_mode_name (sv->resend),
+            sv->resend == FS_RESEND_KERNEL ? "" : " (requests in flight at a worker crash "
+            "are not answered; their callers wait until the unmount)");
+  return 0;
+}
+
+/* A later worker: replay the saved INIT, then have the kernel resend
+ * what the dead worker had read. */
+static int
+replay_init (struct fs *fs)
+{
+  struct survive_fs *sv = fs->survive;
+  uint32_t len = __atomic_load_n (&sv->init_len, __ATOMIC_SEQ_CST);
+  uint64_t unique = REPLAY_UNIQUE;
+  struct fuse_buf buf = { .size = len };
+
+  if (len < IN_HEADER_BYTES || len > sizeof sv->init || !(buf.mem = malloc (len))) {
+    log_error ("fs: the saved FUSE_INIT is unusable (%u bytes)", len);
+    return -1;
+  }
+  memcpy (buf.mem, sv->init, len);
+  memcpy ((char *) buf.mem + IN_UNIQUE_OFF, &unique, sizeof unique);
+  fuse_session_process_buf (fs->se, &buf);
+  free (buf.mem);
+  if (sv->resend == FS_RESEND_KERNEL && notify_resend (fs->fuse_fd) == -1) {
+    log_error ("fs: FUSE_NOTIFY_RESEND: %m");
+    return -1;
+  }
+  log_info ("fs: took over the FUSE connection from the previous worker (mode %s)",
+            fs_resend_mode_name (sv->resend));
+  return 0;
+}
+
+int
+fs_restart_takeover (struct fs *fs)
+{
+  if (__atomic_load_n (&fs->survive->init_len, __ATOMIC_SEQ_CST) == 0)
+    return first_init (fs);
+  return replay_init (fs);
+}
