@@ -43,6 +43,7 @@ struct survive_header {
 struct survive_fs {
   uint32_t init_len;            /* 0 until the first worker saved it */
   uint32_t resend;              /* enum fs_resend_mode, once probed */
+  uint32_t serving;             /* workers that took the connection over (atomic) */
   uint8_t init[8192];
 };
 

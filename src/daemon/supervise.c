@@ -44,18 +44,23 @@
 
 #define SETTINGS_MAGIC "corfs-worker-settings 1\n"
 
-/* Workers dying within FAST_DEATH_S of their start, this many times in
- * a row, end the mount rather than loop. */
+/* Workers dying before they took the connection over, this many times
+ * in a row, end the mount rather than loop. */
 #define FAST_DEATHS 3
-#define FAST_DEATH_S 2
 
 struct supervisor {
   int lock_fd, survive_fd, settings_fd, cwd_fd, fuse_fd;
   struct survive_header *hdr;   /* the first SURVIVE_SLOTS_OFF bytes, mapped */
   struct fs_premount *pm;
   pid_t worker;
-  uint64_t started_ns;
+  uint32_t serving_at_start;    /* survive_fs.serving when it started */
 };
+
+static struct survive_fs *
+fs_part (struct supervisor *s)
+{
+  return (struct survive_fs *) ((char *) s->hdr + SURVIVE_FS_OFF);
+}
 
 /* The settings memfd: SETTINGS_MAGIC, the resolved state directory and
  * mountpoint (a worker must not resolve the mountpoint itself: it is
@@ -137,7 +142,7 @@ start_worker (struct supervisor *s, int ready_fd, const sigset_t *oldmask)
   if (pid == 0)
     exec_worker (s, ready_fd, oldmask);
   s->worker = pid;
-  s->started_ns = now_ns ();
+  s->serving_at_start = __atomic_load_n (&fs_part (s)->serving, __ATOMIC_SEQ_CST);
   return 0;
 }
 
@@ -156,16 +161,18 @@ worker_ended (struct supervisor *s, int status, bool stopping, int *fast)
     log_info ("supervise: worker %d ended by signal %d while stopping", (int) s->worker, sig);
     return 1;
   }
-  if (__atomic_load_n (&((struct survive_fs *) ((char *) s->hdr + SURVIVE_FS_OFF))->init_len,
-                       __ATOMIC_SEQ_CST) == 0) {
+  if (__atomic_load_n (&fs_part (s)->init_len, __ATOMIC_SEQ_CST) == 0) {
     log_error ("supervise: worker %d died (signal %d) before the FUSE connection was "
                "initialised; ending the mount", (int) s->worker, sig);
     return 1;
   }
-  *fast = now_ns () - s->started_ns < FAST_DEATH_S * NS_PER_SEC ? *fast + 1 : 0;
+  if (__atomic_load_n (&fs_part (s)->serving, __ATOMIC_SEQ_CST) == s->serving_at_start)
+    ++*fast;
+  else
+    *fast = 0;
   if (*fast >= FAST_DEATHS) {
-    log_error ("supervise: %d workers in a row died within %d s of their start; "
-               "ending the mount", FAST_DEATHS, FAST_DEATH_S);
+    log_error ("supervise: %d workers in a row died before they served; "
+               "ending the mount", FAST_DEATHS);
     return 1;
   }
   log_warn ("supervise: worker %d killed by signal %d (%s); starting a new one on the "

@@ -36,4 +36,8 @@ int fs_session_args (const struct fs_config *cfg, struct fuse_args *args);
  * resend what the dead worker had read.  0, or -1 (logged). */
 int fs_restart_takeover (struct fs *fs);
 
+/* restart.c: serve the supervisor's connection fd (custom I/O whose
+ * reads never fault in the kernel).  0, or -1 (logged). */
+int fs_restart_attach (struct fs *fs, int fd);
+
 #endif

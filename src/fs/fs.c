@@ -527,21 +527,18 @@ fs_session_args (const struct fs_config *cfg, struct fuse_args *args)
   return r;
 }
 
-/* Supervised, the kernel mount is the supervisor's: libfuse takes the
- * connection it holds as "/dev/fd/N" (and then never unmounts). */
+/* Supervised, the kernel mount is the supervisor's: libfuse serves the
+ * connection it holds (restart.c) and never unmounts. */
 static int
 session_mount (struct fs *fs, const struct fs_config *cfg)
 {
-  char dev[32];
-
   if (!cfg->supervised) {
     if (fuse_session_mount (fs->se, cfg->mountpoint) == -1)
       return -1;
     fs->mounted = true;
     return 0;
   }
-  snprintf (dev, sizeof dev, "/dev/fd/%d", cfg->fuse_fd);
-  if (fuse_session_mount (fs->se, dev) == -1)
+  if (fs_restart_attach (fs, cfg->fuse_fd) == -1)
     return -1;
   fs->fuse_fd = cfg->fuse_fd;
   fs->survive = cfg->survive;

@@ -6,8 +6,9 @@
  *
  *   - The supervisor opens /dev/fuse and mounts (fs_premount: a libfuse
  *     session that is never served, only mounted and unmounted); every
- *     worker uses a dup of that same open file, given to libfuse as
- *     "/dev/fd/N".  No clone_fd (requests read on a cloned fd die with
+ *     worker uses a dup of that same open file, given to libfuse with
+ *     fuse_session_custom_io (whose read prefaults the receive buffers:
+ *     io_read).  No clone_fd (requests read on a cloned fd die with
  *     ECONNABORTED with the worker) and no auto_unmount.
  *   - The kernel sends FUSE_INIT once, and a fresh libfuse session answers
  *     EIO to everything until it has processed one.  The first worker
@@ -36,6 +37,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -53,6 +55,49 @@
 #define IN_OPCODE_OFF 4
 #define IN_UNIQUE_OFF 8
 #define IN_HEADER_BYTES 40
+
+/* A worker killed while the kernel copies a request into its buffer
+ * fails that copy if it has to fault a page in (faults give up once a
+ * fatal signal is pending), and the kernel then answers the request EIO
+ * instead of keeping it for FUSE_NOTIFY_RESEND: seen here as an EIO to
+ * an O_DIRECT writer at one kill in a few.  So every receive buffer is
+ * touched once, before its first read, and the kernel never faults while
+ * copying.  libfuse keeps one buffer per loop thread (the thread-local
+ * remembers the one this thread last prepared). */
+static __thread void *faulted_buf;
+static __thread size_t faulted_len;
+
+static ssize_t
+io_read (int fd, void *buf, size_t len, void *userdata)
+{
+  if (buf != faulted_buf || len > faulted_len) {
+    long page = sysconf (_SC_PAGESIZE);
+    for (size_t i = 0; i < len; i += page)
+      ((volatile char *) buf)[i] = 0;
+    faulted_buf = buf;
+    faulted_len = len;
+  }
+  return read (fd, buf, len);
+}
+
+static ssize_t
+io_writev (int fd, struct iovec *iov, int count, void *userdata)
+{
+  return writev (fd, iov, count);
+}
+
+int
+fs_restart_attach (struct fs *fs, int fd)
+{
+  static const struct fuse_custom_io io = { .read = io_read, .writev = io_writev };
+  int r = fuse_session_custom_io (fs->se, &io, fd);
+
+  if (r < 0) {
+    log_error ("fs: taking the supervisor's FUSE connection: %s", strerror (-r));
+    return -1;
+  }
+  return 0;
+}
 
 struct fs_premount {
   struct fuse_session *se;
@@ -197,7 +242,13 @@ replay_init (struct fs *fs)
 int
 fs_restart_takeover (struct fs *fs)
 {
+  int r;
+
   if (__atomic_load_n (&fs->survive->init_len, __ATOMIC_SEQ_CST) == 0)
-    return first_init (fs);
-  return replay_init (fs);
+    r = first_init (fs);
+  else
+    r = replay_init (fs);
+  if (r == 0)
+    __atomic_fetch_add (&fs->survive->serving, 1, __ATOMIC_SEQ_CST);
+  return r;
 }

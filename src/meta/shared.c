@@ -133,12 +133,13 @@ int
 meta_shared_adopt (struct meta *m, struct meta_disk *d, bool *adopted)
 {
   bool found;
-  int i = find_slot (m, d->name, &found);
+  int i;
   uint64_t *maps[META_NR_MAPS];
 
   *adopted = false;
   if (!m->shm_base)
     return 0;
+  i = find_slot (m, d->name, &found);
   if (i == -1) {
     log_error ("meta: disk %s: no slot left in the supervisor's state (%d disks)",
                d->name, SURVIVE_NR_SLOTS);
