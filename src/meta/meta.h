@@ -123,6 +123,12 @@ void meta_unshare (struct meta *m);
  * (before anything is answered after it), and whether a dead worker had
  * recorded that.  No-ops (false) unsupervised. */
 void meta_disk_set_failed (struct meta_disk *d);
+
+/* The slot a dead worker left for disk name in the supervisor's state,
+ * or -1 (none, or unsupervised).  Slots are taken in the order disks are
+ * opened, so a new worker attaching in slot order gives every disk the
+ * index, and so the inode number, it had. */
+int meta_shared_slot (struct meta *m, const char *name);
 bool meta_disk_was_failed (struct meta_disk *d);
 
 /* Read a disk's record.  0, or -1 with errno ENOENT if there is no such

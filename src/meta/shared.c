@@ -213,3 +213,15 @@ meta_disk_was_failed (struct meta_disk *d)
   return d->m->shm_base && d->slot >= 0 &&
     __atomic_load_n (&slot_at (d->m, d->slot)->failed, __ATOMIC_SEQ_CST);
 }
+
+int
+meta_shared_slot (struct meta *m, const char *name)
+{
+  bool found;
+  int i;
+
+  if (!m->shm_base)
+    return -1;
+  i = find_slot (m, name, &found);
+  return found ? i : -1;
+}

@@ -7,7 +7,9 @@
 #    supervisor's memory has them) and sees no error; afterwards every
 #    answered write reads back and every untouched range equals the parent
 #    (the streamer is off: a lost present bit would read parent bytes).
-#  - A reader keeps one fd open across the kills and sees no error.
+#  - A reader keeps one fd open across the kills and sees no error, and
+#    the parent's bytes (a second disk, sorted before the first in the
+#    index, checks that inode numbers keep naming the same disk).
 #  - SIGTERM to the supervisor ends the mount cleanly (the data is there
 #    after an unsupervised remount); `corfs unmount` of a supervised mount
 #    works.
@@ -45,7 +47,11 @@ wait_log () {
   for i in $(seq 100); do grep -q "$1" $state/corfs.log && return 0; sleep 0.1; done
   return 1
 }
-"$CORFS" mount --supervise --state $state --stream=off --disk d="$url" $mnt
+# Disk a, given after d, comes before it in the index's (sorted) list: a
+# new worker must still give d the inode the kernel knows it by.
+head -c $size /dev/urandom > $T/other.img
+"$CORFS" mount --supervise --state $state --stream=off --disk d="$url" \
+  --disk a=file://$T/other.img $mnt
 wait_log "worker restart mode: kernel-resend" || fail "the log does not name the restart mode"
 
 # The writer: random 4 KiB-aligned O_DIRECT writes of 4-64 KiB in the
