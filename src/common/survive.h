@@ -38,6 +38,8 @@ struct survive_header {
   uint32_t restarts;            /* workers started after the first */
 };
 
+#define SURVIVE_FS_UNANSWERED 1024
+
 /* What src/fs needs to take over the connection: the raw FUSE_INIT
  * request the kernel sent once, and the restart mode found. */
 struct survive_fs {
@@ -45,6 +47,10 @@ struct survive_fs {
   uint32_t resend;              /* enum fs_resend_mode, once probed */
   uint32_t serving;             /* workers that took the connection over (atomic) */
   uint8_t init[8192];
+  /* Without FUSE_NOTIFY_RESEND: the unique numbers of the requests read
+   * and not yet answered (0: a free entry; atomic), for a new worker to
+   * answer EIO. */
+  uint64_t unanswered[SURVIVE_FS_UNANSWERED];
 };
 
 /* A disk's maps: which disk (name and index id), its state. */

@@ -25,14 +25,17 @@
  *     number; only then does the worker read requests.  Older kernels
  *     reject the notification with EINVAL: the first worker probes it
  *     (nothing is pending then, so it resends nothing) and records the
- *     mode.  Without it, requests in flight at a crash are not answered
- *     (the fallback that answers them EIO is not built yet).
+ *     mode.  Without it, the unique numbers of requests read and not yet
+ *     answered are kept in the supervisor's memory (io_read adds,
+ *     io_writev removes), and the next worker answers them EIO before it
+ *     reads (answer_unanswered), rather than let their callers hang.
  *
  * Notes on the thread model: fs_restart_takeover runs on the main thread
  * before the FUSE loop starts its workers; fs_premount and
  * fs_premount_end run in the supervisor, which has one thread.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -67,9 +70,44 @@
 static __thread void *faulted_buf;
 static __thread size_t faulted_len;
 
+/* Without FUSE_NOTIFY_RESEND, requests read and not answered are listed
+ * in the supervisor's memory (survive_fs.unanswered) for the next worker
+ * to answer EIO: read adds, a reply removes.  Requests that get no reply
+ * are not listed. */
+#define OPCODE_FORGET 2
+#define OPCODE_INTERRUPT 36
+#define OPCODE_BATCH_FORGET 42
+
+static bool
+tracking (struct fs *fs)
+{
+  return fs->survive && fs->survive->resend != FS_RESEND_KERNEL &&
+    fs->survive->resend != FS_RESEND_UNKNOWN;
+}
+
+static void
+track (struct fs *fs, uint64_t unique, bool add)
+{
+  uint64_t *t = fs->survive->unanswered;
+
+  for (size_t i = 0; i < SURVIVE_FS_UNANSWERED; i++) {
+    uint64_t want = add ? 0 : unique;
+    if (__atomic_load_n (&t[i], __ATOMIC_RELAXED) == want &&
+        __atomic_compare_exchange_n (&t[i], &want, add ? unique : 0, false,
+                                     __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+      return;
+  }
+  if (add)
+    log_warn ("fs: more than %d requests in flight: one is not tracked for a restart",
+              SURVIVE_FS_UNANSWERED);
+}
+
 static ssize_t
 io_read (int fd, void *buf, size_t len, void *userdata)
 {
+  struct fs *fs = userdata;
+  ssize_t n;
+
   if (buf != faulted_buf || len > faulted_len) {
     long page = sysconf (_SC_PAGESIZE);
     for (size_t i = 0; i < len; i += page)
@@ -77,13 +115,53 @@ io_read (int fd, void *buf, size_t len, void *userdata)
     faulted_buf = buf;
     faulted_len = len;
   }
-  return read (fd, buf, len);
+  n = read (fd, buf, len);
+  if (n >= IN_HEADER_BYTES && tracking (fs)) {
+    uint32_t opcode;
+    uint64_t unique;
+    memcpy (&opcode, (char *) buf + IN_OPCODE_OFF, sizeof opcode);
+    memcpy (&unique, (char *) buf + IN_UNIQUE_OFF, sizeof unique);
+    if (opcode != OPCODE_FORGET && opcode != OPCODE_BATCH_FORGET &&
+        opcode != OPCODE_INTERRUPT && unique)
+      track (fs, unique, true);
+  }
+  return n;
 }
 
 static ssize_t
 io_writev (int fd, struct iovec *iov, int count, void *userdata)
 {
-  return writev (fd, iov, count);
+  struct fs *fs = userdata;
+  ssize_t n = writev (fd, iov, count);
+  uint64_t unique;
+
+  /* iov[0] starts with the fuse_out_header (len, error, unique). */
+  if (tracking (fs) && count > 0 && iov[0].iov_len >= 16) {
+    memcpy (&unique, (char *) iov[0].iov_base + 8, sizeof unique);
+    if (unique)
+      track (fs, unique, false);
+  }
+  return n;
+}
+
+/* A new worker without resend: answer EIO to what the dead one had read
+ * and not answered (their callers would otherwise wait until the
+ * unmount); then the list is empty. */
+static void
+answer_unanswered (struct fs *fs)
+{
+  uint64_t *t = fs->survive->unanswered;
+  unsigned n = 0;
+
+  for (size_t i = 0; i < SURVIVE_FS_UNANSWERED; i++) {
+    uint64_t u = __atomic_exchange_n (&t[i], 0, __ATOMIC_SEQ_CST);
+    struct { uint32_t len; int32_t error; uint64_t unique; } h = { sizeof h, -EIO, u };
+    if (u && write (fs->fuse_fd, &h, sizeof h) == (ssize_t) sizeof h)
+      n++;
+  }
+  if (n)
+    log_warn ("fs: answered EIO to %u request(s) the previous worker had not answered "
+              "(no FUSE_NOTIFY_RESEND)", n);
 }
 
 int
@@ -208,7 +286,7 @@ first_init (struct fs *fs)
   }
   log_info ("fs: supervised; worker restart mode: %s%s", fs_resend_mode_name (sv->resend),
             sv->resend == FS_RESEND_KERNEL ? "" : " (requests in flight at a worker crash "
-            "are not answered; their callers wait until the unmount)");
+            "are answered EIO by the next worker)");
   return 0;
 }
 
@@ -234,6 +312,8 @@ replay_init (struct fs *fs)
     log_error ("fs: FUSE_NOTIFY_RESEND: %m");
     return -1;
   }
+  if (sv->resend != FS_RESEND_KERNEL)
+    answer_unanswered (fs);
   log_info ("fs: took over the FUSE connection from the previous worker (mode %s)",
             fs_resend_mode_name (sv->resend));
   return 0;
