@@ -30,6 +30,7 @@
 #include <stdint.h>
 
 #include "common/jsonl.h"
+#include "ctl/ctl.h"
 
 struct cor_engine;
 struct cor_disk;
@@ -75,6 +76,8 @@ struct job {
 
 struct ctl {
   struct cor_engine *e;
+  ctl_supervise_fn *supervise_fn;       /* NULL unless supervised */
+  void *supervise_opaque;
   struct merge *mg;
   char *path;
   int listen_fd;

@@ -31,4 +31,10 @@ size_t ctl_stop (struct ctl *c, uint64_t deadline_ns);
 /* Free; call after the engine (whose threads emit events) is freed. */
 void ctl_free (struct ctl *c);
 
+/* Supervised mounts: status then says the worker restart mode and how
+ * many workers were restarted, from fn (called on the ctl thread; mode
+ * NULL until known).  Set once, before requests arrive. */
+typedef void ctl_supervise_fn (void *opaque, const char **mode, unsigned *restarts);
+void ctl_set_supervise (struct ctl *c, ctl_supervise_fn *fn, void *opaque);
+
 #endif

@@ -137,7 +137,11 @@ start_serving (struct mount_opts *o, struct daemon *dm)
     fcfg.survive = dm->w->survive;
     fcfg.simulate_no_resend = dm->w->simulate_no_resend;
   }
-  return fs_mount (dm->e, &fcfg, &dm->fs);
+  if (fs_mount (dm->e, &fcfg, &dm->fs) == -1)
+    return -1;
+  if (dm->w)
+    ctl_set_supervise (dm->ctl, fs_restart_info, dm->fs);
+  return 0;
 }
 
 /* Step 8, also after a failed start (any part may be NULL).  Order: the

@@ -54,4 +54,9 @@ enum fs_resend_mode { FS_RESEND_UNKNOWN, FS_RESEND_KERNEL, FS_RESEND_NONE,
                       FS_RESEND_SIMULATED_NONE };
 const char *fs_resend_mode_name (int mode);
 
+/* Supervised: the restart mode in force (NULL until the first worker
+ * probed it) and how many workers took the connection over after the
+ * first.  Any thread. */
+void fs_restart_info (void *fs, const char **mode, unsigned *restarts);
+
 #endif

@@ -332,3 +332,17 @@ fs_restart_takeover (struct fs *fs)
     __atomic_fetch_add (&fs->survive->serving, 1, __ATOMIC_SEQ_CST);
   return r;
 }
+
+void
+fs_restart_info (void *opaque, const char **mode, unsigned *restarts)
+{
+  struct fs *fs = opaque;
+  uint32_t serving;
+
+  if (!fs->survive)
+    return;
+  serving = __atomic_load_n (&fs->survive->serving, __ATOMIC_SEQ_CST);
+  *mode = fs->survive->resend == FS_RESEND_UNKNOWN ? NULL
+    : fs_resend_mode_name (fs->survive->resend);
+  *restarts = serving > 1 ? serving - 1 : 0;
+}

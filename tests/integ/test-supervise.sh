@@ -118,6 +118,9 @@ cat $T/writer.out $T/reader.out
 n=$(grep -c "killed by signal 9" $state/corfs.log)
 [ "$n" -eq "$kills" ] || fail "$n restarts logged for $kills kills"
 grep -q "adopted the maps" $state/corfs.log || fail "no worker adopted the maps"
+"$CORFS" status --state $state > $T/status.txt
+grep -q "supervised: worker restart mode kernel-resend, $kills worker restart(s)" $T/status.txt ||
+  { cat $T/status.txt; fail "status does not say the restart mode and count"; }
 
 # Every answered write reads back; everything else is the parent.
 cat > $T/verify.py <<'PY'
