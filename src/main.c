@@ -1,6 +1,7 @@
 /* corfs: command dispatch.  `corfs mount` runs the daemon (src/daemon);
  * the other commands are clients of its control socket (src/cli). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
@@ -12,6 +13,24 @@ static void
 usage (FILE *f)
 {
   fputs (CORFS_HELP_MAIN, f);
+}
+
+/* argv's strings, each NUL-terminated, one after the other (a
+ * supervised worker's settings).  NULL on ENOMEM. */
+static char *
+join_args (int argc, char **argv, size_t *len)
+{
+  size_t n = 0;
+  char *buf, *p;
+
+  for (int i = 0; i < argc; i++)
+    n += strlen (argv[i]) + 1;
+  if (!(buf = p = malloc (n + 1)))
+    return NULL;
+  for (int i = 0; i < argc; i++)
+    p = stpcpy (p, argv[i]) + 1;
+  *len = n;
+  return buf;
 }
 
 int
@@ -29,9 +48,17 @@ main (int argc, char **argv)
     printf ("corfs %s (commit %s)\n", corfs_version (), corfs_commit ());
     return 0;
   }
+  if (!strcmp (argv[1], "__worker"))
+    return worker_main ();      /* started by `corfs mount --supervise` */
   if (!strcmp (argv[1], "mount")) {
     struct mount_opts o;
+    size_t len;
+    char *raw = join_args (argc - 2, argv + 2, &len);   /* before redaction */
+    if (!raw)
+      return 1;
     int r = mount_parse (argc - 1, argv + 1, &o);
+    o.raw_args = raw;
+    o.raw_len = len;
     if (r == 0)
       r = mount_main (&o);
     else

@@ -213,6 +213,11 @@ show_status (const struct status_args *a)
         print_maps (d);
     }
   }
+  json_t *sup = json_object_get (reply, "supervised");
+  if (ret == 0 && !a->json && sup)
+    printf ("supervised: worker restart mode %s, %" JSON_INTEGER_FORMAT " worker restart(s)\n",
+            json_string_value (json_object_get (sup, "restart_mode")),
+            json_integer_value (json_object_get (sup, "restarts")));
   if (ret == 0 && a->json) {
     char *s = json_dumps (a->name ? json_array_get (disks, 0) : disks, JSON_INDENT (2));
     puts (s);

@@ -54,7 +54,11 @@
 void
 cor_disk_fail (struct cor_disk *d, const char *why, int err)
 {
-  int old = __atomic_exchange_n (&d->health, COR_FAILED, __ATOMIC_SEQ_CST);
+  int old;
+
+  /* Recorded where a restarted worker finds it, before any answer. */
+  meta_disk_set_failed (d->md);
+  old = __atomic_exchange_n (&d->health, COR_FAILED, __ATOMIC_SEQ_CST);
 
   if (old != COR_FAILED)
     log_error ("cor: disk %s: %s: %s; the disk is now read-only and every "

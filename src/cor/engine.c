@@ -231,6 +231,12 @@ disk_new (struct cor_engine *e, const struct cor_disk_config *cfg,
   cor_attr_from_record (d, rec);
   d->owner = rec->state;
   d->mirror = rec->mirror && rec->state != META_STANDALONE;
+  /* Rule 7 across a worker restart (meta's shared state). */
+  if (meta_disk_was_failed (cfg->md)) {
+    d->health = COR_FAILED;
+    log_error ("cor: disk %s: an overlay sync failed in the previous worker; the disk "
+               "stays read-only and every flush fails", d->name);
+  }
   cor_readahead_init (d, cfg->readahead);
   /* cor_stream_init initialises the streamer's lock before anything in
    * it can fail (copying the hints). */

@@ -35,6 +35,7 @@
 #include <stdint.h>
 
 #include "common/jsonl.h"
+#include "ctl/ctl.h"
 
 struct cor_engine;
 struct cor_disk;
@@ -80,6 +81,8 @@ struct job {
 
 struct ctl {
   struct cor_engine *e;
+  ctl_supervise_fn *supervise_fn;       /* NULL unless supervised */
+  void *supervise_opaque;
   struct merge *mg;
   char *path;
   int listen_fd;

@@ -246,7 +246,23 @@ ctl_status_cmd (struct ctl *c, const char *cmd, json_t *req, json_t *id)
     json_decref (disks);
     return ctl_error_reply (id, "no disk named %s", name);
   }
-  return ctl_with_id (json_pack ("{s:b, s:o}", "ok", 1, "disks", disks), id);
+  json_t *r = json_pack ("{s:b, s:o}", "ok", 1, "disks", disks);
+  if (r && c->supervise_fn) {
+    const char *mode = NULL;
+    unsigned restarts = 0;
+    c->supervise_fn (c->supervise_opaque, &mode, &restarts);
+    json_object_set_new (r, "supervised", json_pack ("{s:s, s:I}", "restart_mode",
+                                                     mode ? mode : "unknown", "restarts",
+                                                     (json_int_t) restarts));
+  }
+  return ctl_with_id (r, id);
+}
+
+void
+ctl_set_supervise (struct ctl *c, ctl_supervise_fn *fn, void *opaque)
+{
+  c->supervise_fn = fn;
+  c->supervise_opaque = opaque;
 }
 
 json_t *

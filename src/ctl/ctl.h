@@ -58,5 +58,10 @@ int metrics_http_start (struct cor_engine *e, const char *spec, struct metrics_h
  * the server's thread, free m (NULL is fine).  Before the engine is
  * freed. */
 void metrics_http_stop (struct metrics_http *m);
+/* Supervised mounts: status then says the worker restart mode and how
+ * many workers were restarted, from fn (called on the ctl thread; mode
+ * NULL until known).  Set once, before requests arrive. */
+typedef void ctl_supervise_fn (void *opaque, const char **mode, unsigned *restarts);
+void ctl_set_supervise (struct ctl *c, ctl_supervise_fn *fn, void *opaque);
 
 #endif

@@ -709,6 +709,25 @@ attach_each (struct mount_opts *o, struct meta *m, struct cor_engine *e, char **
   return 0;
 }
 
+/* Supervised, after a worker crash: the dead worker's order (its slots'),
+ * so that inode numbers (2 + the engine's index) mean the same disks to
+ * the kernel; disks without a slot after, in their order.  A stable
+ * insertion sort: a handful of names. */
+static void
+order_as_before (struct meta *m, char **names)
+{
+  for (size_t i = 1; names[0] && names[i]; i++) {
+    char *n = names[i];
+    unsigned key = (unsigned) meta_shared_slot (m, n);     /* -1: last */
+    size_t j = i;
+    while (j > 0 && (unsigned) meta_shared_slot (m, names[j - 1]) > key) {
+      names[j] = names[j - 1];
+      j--;
+    }
+    names[j] = n;
+  }
+}
+
 /* (daemon-internal.h) */
 int
 attach_disks (struct mount_opts *o, struct meta *m, struct cor_engine *e, uint64_t hold_s)
@@ -721,6 +740,7 @@ attach_disks (struct mount_opts *o, struct meta *m, struct cor_engine *e, uint64
     log_error ("daemon: listing disks: %m");
     return -1;
   }
+  order_as_before (m, names);
   r = attach_each (o, m, e, names, hold_s);
   for (size_t i = 0; names[i]; i++)
     free (names[i]);

@@ -179,6 +179,20 @@ corfs_metrics_listen (struct cfg_state *s, struct disk_opts *d, const struct set
   return 0;
 }
 
+/* supervise = true: the daemon runs as a worker under a supervisor. */
+static int
+corfs_supervise (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
+                 const char *value)
+{
+  bool b;
+
+  if (parse_bool_value (s, k->key, value, &b) == -1)
+    return -1;
+  if (!(s->o->cli_set & CLI_SUPERVISE))
+    s->o->supervise = b;
+  return 0;
+}
+
 /* parent-owned on either side makes new disks own their parent. */
 static int
 corfs_parent_owned (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
@@ -267,6 +281,7 @@ static const struct setting corfs_settings[] = {
   { "stream", corfs_stream, 0 },
   { "rate", corfs_rate, 0 },
   { "source-timeout", corfs_source_timeout, 0 },
+  { "supervise", corfs_supervise, 0 },
   { NULL, NULL, 0 },
 };
 

@@ -111,6 +111,27 @@ int disk_sources_build (const char *name, const struct disk_opts *dopt,
  * source. */
 void disk_sources_pin (struct disk_sources *ds, const char *pinned);
 void disk_sources_free (struct disk_sources *ds);
+/* supervise.c and daemon.c: a supervised worker's descriptors, at these
+ * numbers after its exec (the ready pipe only for the first worker). */
+enum { WORKER_FD_SETTINGS = 3, WORKER_FD_CWD, WORKER_FD_FUSE, WORKER_FD_LOCK,
+       WORKER_FD_SURVIVE, WORKER_FD_READY };
+
+struct survive_fs;
+struct worker_fds {
+  int fuse_fd, lock_fd, survive_fd, ready_fd;
+  struct survive_fs *survive;   /* in survive_fd's mapping */
+  bool simulate_no_resend;
+};
+
+/* The supervisor (in the process `corfs mount` forked, or in `corfs
+ * mount` itself in the foreground): lock, mount, start workers until
+ * the mount ends.  cwd_fd: the directory `corfs mount` ran in (the
+ * workers parse the settings there).  The exit code. */
+int supervise_main (struct mount_opts *o, int ready_fd, int cwd_fd);
+
+/* daemon.c: a supervised worker's daemon (steps 3-8 on the supervisor's
+ * lock and connection).  The exit code. */
+int worker_run (struct mount_opts *o, const struct worker_fds *w);
 
 /* hints.c */
 

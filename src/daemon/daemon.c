@@ -72,7 +72,23 @@ struct daemon {
   struct ctl *ctl;
   struct metrics_http *http;    /* --metrics-listen; NULL */
   struct fs *fs;
+  const struct worker_fds *w;   /* supervised: the supervisor's descriptors; NULL */
 };
+
+/* A supervised worker: the supervisor holds the lock; STATE/corfs.pid
+ * names the worker (what `corfs unmount` and crash tests look at). */
+static int
+take_worker_lock (const struct worker_fds *w)
+{
+  char pid[32];
+
+  snprintf (pid, sizeof pid, "%d\n", (int) getpid ());
+  if (ftruncate (w->lock_fd, 0) == -1 || pwrite (w->lock_fd, pid, strlen (pid), 0) == -1) {
+    log_error ("daemon: writing corfs.pid: %m");
+    return -1;
+  }
+  return w->lock_fd;
+}
 
 /* Steps 3-5: the lock, the index, the engine, every disk.  0 or -1
  * (logged). */
@@ -81,7 +97,7 @@ open_disks (struct mount_opts *o, struct daemon *dm)
 {
   char path[PATH_MAX];
 
-  dm->lock_fd = lock_state (o->state);
+  dm->lock_fd = dm->w ? take_worker_lock (dm->w) : lock_state (o->state);
   if (dm->lock_fd == -1)
     return -1;
   dm->hold_s = effective_hold_s (o);
@@ -90,6 +106,8 @@ open_disks (struct mount_opts *o, struct daemon *dm)
     log_error ("daemon: cannot open the index in %s: %m", path);
     return -1;
   }
+  if (dm->w && meta_share (dm->m, dm->w->survive_fd) == -1)
+    return -1;
   if (cor_engine_new (dm->m, &dm->e) == -1)
     return -1;
   return attach_disks (o, dm->m, dm->e, dm->hold_s);
@@ -117,7 +135,17 @@ start_serving (struct mount_opts *o, struct daemon *dm)
     .options = (const char *const *) o->fuse_options, .debug = o->fuse_debug,
     .readahead_kb = o->readahead / 1024,
   };
-  return fs_mount (dm->e, &fcfg, &dm->fs);
+  if (dm->w) {
+    fcfg.supervised = true;
+    fcfg.fuse_fd = dm->w->fuse_fd;
+    fcfg.survive = dm->w->survive;
+    fcfg.simulate_no_resend = dm->w->simulate_no_resend;
+  }
+  if (fs_mount (dm->e, &fcfg, &dm->fs) == -1)
+    return -1;
+  if (dm->w)
+    ctl_set_supervise (dm->ctl, fs_restart_info, dm->fs);
+  return 0;
 }
 
 /* Step 8, also after a failed start (any part may be NULL).  Order: the
@@ -215,9 +243,9 @@ notify_stopping (const struct mount_opts *o)
 /* Steps 3-8, in the daemon process.  ready_fd is the pipe to the parent
  * (-1 in the foreground). */
 static int
-run_daemon (struct mount_opts *o, int ready_fd)
+run_daemon (struct mount_opts *o, int ready_fd, const struct worker_fds *w)
 {
-  struct daemon dm = { .lock_fd = -1, .hold_s = DEFAULT_HOLD_S };
+  struct daemon dm = { .lock_fd = -1, .hold_s = DEFAULT_HOLD_S, .w = w };
   size_t left;
   int ret = 1;
 
@@ -241,7 +269,8 @@ run_daemon (struct mount_opts *o, int ready_fd)
   if (ret == 0)
     log_info ("daemon: clean exit");
   if (dm.lock_fd >= 0)
-    close (dm.lock_fd);         /* releases the state directory */
+    close (dm.lock_fd);         /* releases the state directory (supervised: the
+                                 * supervisor's copy keeps it) */
   if (left) {
     /* A thread stuck in the kernel is still running: end the process at
      * once (exit_group), running no exit handlers, which could free what
@@ -253,11 +282,17 @@ run_daemon (struct mount_opts *o, int ready_fd)
   return ret;
 }
 
+int
+worker_run (struct mount_opts *o, const struct worker_fds *w)
+{
+  return run_daemon (o, w->ready_fd, w);
+}
+
 /* Step 2, in the child: a session of its own, stdin/stdout on
- * /dev/null, stderr and the log on logfd; then the daemon.  Does not
- * return. */
+ * /dev/null, stderr and the log on logfd; then the daemon (or, with
+ * --supervise, the supervisor).  Does not return. */
 static void
-run_child (struct mount_opts *o, int logfd, int ready_fd)
+run_child (struct mount_opts *o, int logfd, int ready_fd, int cwd_fd)
 {
   int nullfd;
 
@@ -274,7 +309,7 @@ run_child (struct mount_opts *o, int logfd, int ready_fd)
   if (logfd >= 0)
     log_set_fd (logfd);
   /* exit, not _exit: atexit handlers (LeakSanitizer) run in the daemon. */
-  exit (run_daemon (o, ready_fd));
+  exit (o->supervise ? supervise_main (o, ready_fd, cwd_fd) : run_daemon (o, ready_fd, NULL));
 }
 
 /* In `corfs mount`: wait for the daemon pid's word on the readiness pipe
@@ -306,16 +341,21 @@ wait_ready (const struct mount_opts *o, pid_t pid, int fd)
 int
 mount_main (struct mount_opts *o)
 {
-  int pipefd[2], logfd;
+  int pipefd[2], logfd, cwd_fd = -1;
   pid_t pid;
   char path[PATH_MAX];
 
   if (o->verbose)
     log_level = LOG_LVL_DEBUG;
+  /* Supervised workers parse the settings where `corfs mount` ran. */
+  if (o->supervise && (cwd_fd = open (".", O_PATH | O_DIRECTORY | O_CLOEXEC)) == -1) {
+    perror ("corfs: the current directory");
+    return 1;
+  }
   if (mount_resolve (o) == -1)
     return 1;
   if (o->foreground)
-    return run_daemon (o, -1);
+    return o->supervise ? supervise_main (o, -1, cwd_fd) : run_daemon (o, -1, NULL);
 
   /* Opened here, not in the child, so that a failure is reported. */
   snprintf (path, sizeof path, "%s/corfs.log", o->state);
@@ -336,7 +376,7 @@ mount_main (struct mount_opts *o)
   }
   if (pid == 0) {
     close (pipefd[0]);
-    run_child (o, logfd, pipefd[1]);
+    run_child (o, logfd, pipefd[1], cwd_fd);
   }
   close (pipefd[1]);
   close (logfd);

@@ -63,6 +63,7 @@ struct mount_opts {
   char *metrics_listen;         /* serve GET /metrics there (metrics_listen_check); NULL */
   unsigned cli_set;             /* CLI_* bits: given on the command line */
   bool foreground;
+  bool supervise;               /* --supervise: a supervisor keeps the FUSE connection */
   bool parent_owned;
   bool incoming;
   bool mirror, have_write_mode;
@@ -75,12 +76,17 @@ struct mount_opts {
   uint64_t source_timeout_ms;   /* source-timeout (0: the default) */
   int format;                   /* --format: -1 not given; else enum format_kind */
   uint64_t qcow2_l2_cache;      /* bytes of L2 tables kept per qcow2 disk; 0: default */
+  /* `corfs mount`'s own arguments, each NUL-terminated, as given (before
+   * redaction): a supervised worker's settings (supervise.c).  Set by
+   * main after mount_parse; freed by mount_opts_free. */
+  char *raw_args;
+  size_t raw_len;
 };
 
 /* Daemon-wide settings given on the command line win over the config
  * file's. */
 enum { CLI_BLOCK_SIZE = 1, CLI_HOLD = 2, CLI_STREAM = 4, CLI_CONNECT_TIMEOUT = 8,
-       CLI_READAHEAD = 16, CLI_METRICS_LISTEN = 32 };
+       CLI_READAHEAD = 16, CLI_METRICS_LISTEN = 32, CLI_SUPERVISE = 64 };
 
 /* Parse `corfs mount` arguments (argv[0] is "mount").  Returns 0, 1 when
  * --help was printed, or -1 after printing a one-line error. */
@@ -144,5 +150,9 @@ int parse_stream_mode (const char *s);
 int mount_main (struct mount_opts *o);
 
 void mount_opts_free (struct mount_opts *o);
+
+/* `corfs __worker`: a supervised worker, started by the supervisor with
+ * its descriptors at fixed numbers (supervise.c).  The exit code. */
+int worker_main (void);
 
 #endif

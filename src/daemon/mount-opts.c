@@ -185,7 +185,8 @@ add_disk_arg (struct mount_opts *o, const char *arg)
 
 enum { OPT_STATE = 256, OPT_DISK, OPT_CONFIG, OPT_BLOCK_SIZE, OPT_HOLD,
        OPT_CONNECT_TIMEOUT, OPT_PARENT_OWNED, OPT_STREAM, OPT_WRITE_MODE,
-       OPT_INCOMING, OPT_READAHEAD, OPT_REPIN, OPT_METRICS_LISTEN, OPT_FORMAT };
+       OPT_INCOMING, OPT_READAHEAD, OPT_REPIN, OPT_METRICS_LISTEN, OPT_FORMAT,
+       OPT_SUPERVISE, OPT_NO_SUPERVISE };
 
 /* Each option is documented in doc/commands ([mount]); doc/check-options
  * fails on a difference. */
@@ -204,6 +205,8 @@ static const struct option longopts[] = {
   { "repin", required_argument, NULL, OPT_REPIN },
   { "metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN },
   { "format", required_argument, NULL, OPT_FORMAT },
+  { "supervise", no_argument, NULL, OPT_SUPERVISE },
+  { "no-supervise", no_argument, NULL, OPT_NO_SUPERVISE },
   { "foreground", no_argument, NULL, 'f' },
   { "verbose", no_argument, NULL, 'v' },
   { "help", no_argument, NULL, 'h' },
@@ -384,6 +387,10 @@ parse_option (struct mount_opts *o, int c, char *arg, const char **config, char 
   case OPT_REPIN: return opt_repin (o, arg);
   case OPT_METRICS_LISTEN: return opt_metrics_listen (o, arg);
   case OPT_FORMAT: return opt_format (o, arg);
+  case OPT_SUPERVISE: case OPT_NO_SUPERVISE:
+    o->supervise = c == OPT_SUPERVISE;
+    o->cli_set |= CLI_SUPERVISE;
+    return 0;
   case 'f': o->foreground = true; return 0;
   case 'v': o->verbose = true; return 0;
   case 'd': o->fuse_debug = o->foreground = true; return 0;
@@ -576,4 +583,5 @@ mount_opts_free (struct mount_opts *o)
   free (o->repin);
   free (o->state);
   free (o->mountpoint);
+  free (o->raw_args);
 }

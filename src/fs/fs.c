@@ -31,6 +31,7 @@
 #include "common/log.h"
 #include "cor/cor.h"
 #include "fs/fs.h"
+#include "fs/fs-internal.h"
 
 #define ATTR_TIMEOUT 1.0
 
@@ -53,16 +54,6 @@
 #define FS_MAX_THREADS (FS_MAX_BACKGROUND + 64)
 #define FS_IDLE_THREADS 16
 
-struct fs {
-  struct cor_engine *e;
-  struct fuse_session *se;
-  struct timespec mount_time;
-  bool mounted;
-  char bdi[32];                 /* the mount's "MAJOR:MINOR" in /sys/class/bdi */
-  unsigned readahead_kb;
-  int readahead_set;            /* 0, then 1 once tried (atomic) */
-  unsigned max_read;            /* -o max_read=N, 0 if not given (fs_init) */
-};
 
 static struct cor_disk *
 ino_disk (struct fs *fs, fuse_ino_t ino)
@@ -530,30 +521,65 @@ option_max_read (const char *const *options)
 }
 
 int
+fs_session_args (const struct fs_config *cfg, struct fuse_args *args)
+{
+  char *opt = NULL, *fsname = escape_option_value (cfg->fsname);
+  int r = -1;
+
+  if (!fsname)
+    return -1;
+  if (asprintf (&opt, "-ofsname=%s,subtype=corfs,default_permissions", fsname) < 0) {
+    opt = NULL;
+    goto out;
+  }
+  if (fuse_opt_add_arg (args, "corfs") == -1 || fuse_opt_add_arg (args, opt) == -1)
+    goto out;
+  if (cfg->debug && fuse_opt_add_arg (args, "-d") == -1)
+    goto out;
+  for (size_t i = 0; cfg->options && cfg->options[i]; i++)
+    if (fuse_opt_add_arg (args, "-o") == -1 ||
+        fuse_opt_add_arg (args, cfg->options[i]) == -1)
+      goto out;
+  r = 0;
+ out:
+  free (opt);
+  free (fsname);
+  return r;
+}
+
+/* Supervised, the kernel mount is the supervisor's: libfuse serves the
+ * connection it holds (restart.c) and never unmounts. */
+static int
+session_mount (struct fs *fs, const struct fs_config *cfg)
+{
+  if (!cfg->supervised) {
+    if (fuse_session_mount (fs->se, cfg->mountpoint) == -1)
+      return -1;
+    fs->mounted = true;
+    return 0;
+  }
+  if (fs_restart_attach (fs, cfg->fuse_fd) == -1)
+    return -1;
+  fs->fuse_fd = cfg->fuse_fd;
+  fs->survive = cfg->survive;
+  fs->simulate_no_resend = cfg->simulate_no_resend;
+  return 0;
+}
+
+int
 fs_mount (struct cor_engine *e, const struct fs_config *cfg, struct fs **fsp)
 {
   struct fs *fs = calloc (1, sizeof *fs);
   struct fuse_args args = FUSE_ARGS_INIT (0, NULL);
-  char *opt = NULL, *fsname = escape_option_value (cfg->fsname);
 
-  if (!fs || !fsname) {
-    free (fs);
-    free (fsname);
+  if (!fs)
     return -1;
-  }
   fs->e = e;
   fs->max_read = option_max_read (cfg->options);
+  fs->fuse_fd = -1;
   clock_gettime (CLOCK_REALTIME, &fs->mount_time);
-  if (asprintf (&opt, "-ofsname=%s,subtype=corfs,default_permissions", fsname) < 0)
+  if (fs_session_args (cfg, &args) == -1)
     goto err;
-  if (fuse_opt_add_arg (&args, "corfs") == -1 || fuse_opt_add_arg (&args, opt) == -1)
-    goto err;
-  if (cfg->debug && fuse_opt_add_arg (&args, "-d") == -1)
-    goto err;
-  for (size_t i = 0; cfg->options && cfg->options[i]; i++)
-    if (fuse_opt_add_arg (&args, "-o") == -1 ||
-        fuse_opt_add_arg (&args, cfg->options[i]) == -1)
-      goto err;
   fs->se = fuse_session_new (&args, &fs_ops, sizeof fs_ops, fs);
   if (!fs->se) {
     log_error ("fs: cannot create the FUSE session (bad -o option?)");
@@ -563,17 +589,14 @@ fs_mount (struct cor_engine *e, const struct fs_config *cfg, struct fs **fsp)
     log_error ("fs: cannot install signal handlers");
     goto err_session;
   }
-  if (fuse_session_mount (fs->se, cfg->mountpoint) == -1) {
+  if (session_mount (fs, cfg) == -1) {
     log_error ("fs: mount on %s failed", cfg->mountpoint);
     goto err_signals;
   }
-  fs->mounted = true;
   fs->readahead_kb = cfg->readahead_kb;
   find_bdi (fs, cfg->mountpoint);
   cor_set_invalidate_fn (e, invalidate, fs);
   fuse_opt_free_args (&args);
-  free (opt);
-  free (fsname);
   *fsp = fs;
   return 0;
 
@@ -583,8 +606,6 @@ fs_mount (struct cor_engine *e, const struct fs_config *cfg, struct fs **fsp)
   fuse_session_destroy (fs->se);
  err:
   fuse_opt_free_args (&args);
-  free (opt);
-  free (fsname);
   free (fs);
   return -1;
 }
@@ -602,11 +623,18 @@ fs_run (struct fs *fs)
     log_error ("fs: configuring the FUSE loop: out of memory");
     return -1;
   }
+  /* Supervised, never clone_fd: requests read on a cloned fd die with
+   * ECONNABORTED along with the worker, and the kernel cannot resend
+   * them. */
   fuse_loop_cfg_set_clone_fd (cfg, 0);
   fuse_loop_cfg_set_idle_threads (cfg, FS_IDLE_THREADS);
   fuse_loop_cfg_set_max_threads (cfg, FS_MAX_THREADS);
   /* The loop returns the signal number when SIGTERM/SIGINT/SIGHUP ended
    * it (a clean stop), and a negative errno on failure. */
+  if (fs->survive && fs_restart_takeover (fs) == -1) {
+    fuse_loop_cfg_destroy (cfg);
+    return -1;
+  }
   r = fuse_session_loop_mt (fs->se, cfg);
   fuse_loop_cfg_destroy (cfg);
   if (r < 0)

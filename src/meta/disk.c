@@ -209,6 +209,7 @@ meta_disk_open (struct meta *m, const char *name, const struct meta_record *init
 {
   struct meta_disk *d;
   struct open_arg a = { NULL, init, false };
+  bool adopted = false;
   int rc = check_open_args (name, init);
 
   if (rc) {
@@ -219,12 +220,15 @@ meta_disk_open (struct meta *m, const char *name, const struct meta_record *init
     return -1;
   a.d = d;
   d->m = m;
+  d->slot = -1;
   snprintf (d->name, sizeof d->name, "%s", name);
   pthread_mutex_lock (&m->lock);
   if (is_open_unlocked (m, name))
     rc = EBUSY;
   else
     rc = meta_write_txn (m, "open disk", open_txn, &a);
+  if (rc == 0)
+    rc = meta_shared_adopt (m, d, &adopted);
   if (rc == 0) {
     d->next = m->disks;
     m->disks = d;
@@ -241,6 +245,11 @@ meta_disk_open (struct meta *m, const char *name, const struct meta_record *init
     log_warn ("meta: disk %s: the previous daemon did not shut down cleanly; "
               "%" PRIu64 " present blocks marked changed and suspect",
               name, meta_count (d, META_PRESENT));
+  if (adopted)
+    log_info ("meta: disk %s: adopted the maps the previous worker left in the "
+              "supervisor's memory (%" PRIu64 " present, %" PRIu64 " dirty blocks); "
+              "they are committed after the overlay is synced", name,
+              meta_count (d, META_PRESENT), meta_count (d, META_DIRTY));
   if (widened)
     *widened = a.widened;
   *dp = d;
@@ -273,6 +282,8 @@ meta_disk_close (struct meta_disk *d, bool clean)
   pthread_mutex_lock (&m->lock);
   if (clean)
     rc = meta_write_txn (m, "close disk", close_txn, d);
+  if (clean && rc == 0)
+    meta_shared_release (m, d);
   for (pp = &m->disks; *pp; pp = &(*pp)->next)
     if (*pp == d) {
       *pp = d->next;

@@ -68,6 +68,7 @@ struct meta_disk {
    * a checkpoint (see meta_batch_drop); protected by m->lock. */
   struct batch_chunk *orphans;
   size_t nr_orphans;
+  int slot;                     /* in the supervisor's state (shared.c); -1 */
 };
 
 /* ---- maps.c: the bitmaps (any thread, no lock; see its thread model) ---- */
@@ -143,7 +144,21 @@ struct meta {
   pthread_mutex_t lock;
   size_t map_size;              /* protected by lock */
   struct meta_disk *disks;      /* protected by lock */
+  int shm_fd;                   /* the supervisor's memfd (meta_share); -1 */
+  void *shm_base;               /* its header and slot table, mapped; NULL */
 };
+
+/* shared.c */
+
+/* Must be called with m->lock held, after d's open committed and before
+ * it joins m->disks.  Supervised: move d's maps into its slot of the
+ * supervisor's state, adopting (OR, every chunk pending) what a dead
+ * worker left there (*adopted).  Unsupervised: nothing.  0 or errno. */
+int meta_shared_adopt (struct meta *m, struct meta_disk *d, bool *adopted);
+
+/* Must be called with m->lock held, after a clean close committed: free
+ * d's slot. */
+void meta_shared_release (struct meta *m, struct meta_disk *d);
 
 /* A record as stored: the public record plus what only the index sees. */
 struct disk_value {

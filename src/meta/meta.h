@@ -124,6 +124,25 @@ int meta_open (const char *dir, struct meta **mp);
 /* Close the environment.  All disks must be closed first. */
 void meta_close (struct meta *m);
 
+/* Supervised (`corfs mount --supervise`): keep every disk opened from now
+ * on in the supervisor's memfd fd (common/survive.h), adopting what a dead
+ * worker left there (src/meta/shared.c).  Before any disk is opened.
+ * 0 or -1 (logged). */
+int meta_share (struct meta *m, int fd);
+void meta_unshare (struct meta *m);
+
+/* Rule 7 across a worker restart: record that d's overlay sync failed
+ * (before anything is answered after it), and whether a dead worker had
+ * recorded that.  No-ops (false) unsupervised. */
+void meta_disk_set_failed (struct meta_disk *d);
+
+/* The slot a dead worker left for disk name in the supervisor's state,
+ * or -1 (none, or unsupervised).  Slots are taken in the order disks are
+ * opened, so a new worker attaching in slot order gives every disk the
+ * index, and so the inode number, it had. */
+int meta_shared_slot (struct meta *m, const char *name);
+bool meta_disk_was_failed (struct meta_disk *d);
+
 /* Read a disk's record.  0, or -1 with errno ENOENT if there is no such
  * disk, other errno for LMDB errors. */
 int meta_record_get (struct meta *m, const char *name, struct meta_record *rec);

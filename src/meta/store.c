@@ -111,6 +111,7 @@ meta_open (const char *dir, struct meta **mp)
   if (!m)
     return -1;
   pthread_mutex_init (&m->lock, NULL);
+  m->shm_fd = -1;
   if (mkdir (dir, 0700) == -1 && errno != EEXIST) {
     log_error ("meta: mkdir %s: %m", dir);
     goto err_free;
@@ -153,6 +154,7 @@ meta_close (struct meta *m)
   if (!m)
     return;
   assert (m->disks == NULL);
+  meta_unshare (m);
   mdb_env_close (m->env);
   pthread_mutex_destroy (&m->lock);
   free (m);
