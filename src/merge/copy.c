@@ -239,16 +239,23 @@ copy_start (struct job *j)
 }
 
 /* Whole and durable: only now may it replace FILE (without the cookie,
- * which only a partial file needs). */
+ * which only a partial file needs).  size is the disk's size the last
+ * piece was copied up to: a disk grown during the copy (cor_disk_grow)
+ * reads zeros past its old end, which copy_piece leaves holes, so the
+ * file is sized here, before the fsync that makes it whole. */
 static void
-copy_complete (struct job *j)
+copy_complete (struct job *j, uint64_t size)
 {
   struct copy_job *c = j->priv;
-  uint64_t size = cor_disk_size (j->d);
 
   if (c->cookie[0] == 'x')
     fremovexattr (c->fd, COOKIE_XATTR);
-  if (fsync (c->fd) == -1 || close (c->fd) == -1) {
+  if (ftruncate (c->fd, size) == -1 || fsync (c->fd) == -1) {
+    job_set_error (j, "%s: %s", c->partial, strerror (errno));
+    copy_failed (j);            /* copy_free closes c->fd */
+    return;
+  }
+  if (close (c->fd) == -1) {
     c->fd = -1;
     job_set_error (j, "%s: %s", c->partial, strerror (errno));
     copy_failed (j);
@@ -266,7 +273,9 @@ copy_complete (struct job *j)
   job_finish (j, J_DONE);
 }
 
-/* The next piece, and a checkpoint every COPY_CHECKPOINT bytes. */
+/* The next piece, and a checkpoint every COPY_CHECKPOINT bytes.  The size
+ * is read afresh at every step: a disk grown meanwhile is copied to its
+ * new end. */
 static enum job_step
 copy_step (struct job *j)
 {
@@ -275,7 +284,7 @@ copy_step (struct job *j)
   size_t n = size - c->off < COPY_PIECE ? size - c->off : COPY_PIECE;
 
   if (c->off >= size) {
-    copy_complete (j);
+    copy_complete (j, size);
     return JOB_END;
   }
   if (!job_keep_going (j))

@@ -426,8 +426,9 @@ settle_old_merge (struct merge *mg, struct cor_disk *d)
   return pending;
 }
 
-/* May d be merged into its parent?  Records the --parent-owned
- * declaration.  0 or -1 (errbuf). */
+/* May d be merged into its parent?  Records nothing: a refused merge
+ * leaves the record as it was (record_parent_owned records the
+ * declaration once every check has passed).  0 or -1 (errbuf). */
 static int
 check_mergeable (struct cor_disk *d, const struct meta_record *rec, bool parent_owned,
                  char *errbuf, size_t len)
@@ -452,17 +453,33 @@ check_mergeable (struct cor_disk *d, const struct meta_record *rec, bool parent_
               cor_disk_name (d), rec->url, rec->format);
     return -1;
   }
-  if (!rec->parent_owned) {
-    if (!parent_owned) {
-      snprintf (errbuf, len, "disk %s: merge writes into the parent %s; declare that this "
-                "disk owns it with --parent-owned (never for a golden image that other "
-                "overlays read)", cor_disk_name (d), rec->url);
-      return -1;
-    }
-    if (cor_update_record (d, set_parent_owned, d, errbuf, len) == -1)
-      return -1;
+  if (remote_nr_sources (cor_disk_remote (d)) > 0 || rec->sources[0] ||
+      remote_identity_is_set (rec->identity)) {
+    /* A set's sources are copies that only serve reads, and a parent-owned
+     * disk is refused several sources at every later mount. */
+    snprintf (errbuf, len, "disk %s: merge refused: it reads a set of sources, which corfs "
+              "never writes (flatten, or flatten --to FILE, instead)", cor_disk_name (d));
+    return -1;
   }
-  return 0;
+  if (!rec->parent_owned && !parent_owned) {
+    snprintf (errbuf, len, "disk %s: merge writes into the parent %s; declare that this "
+              "disk owns it with --parent-owned (never for a golden image that other "
+              "overlays read)", cor_disk_name (d), rec->url);
+    return -1;
+  }
+  return refuse_grown (rec, d, errbuf, len);
+}
+
+/* The --parent-owned declaration, recorded only after every check (a
+ * refused merge must not leave the disk parent-owned: that refuses some
+ * later mounts).  0 or -1. */
+static int
+record_parent_owned (struct cor_disk *d, const struct meta_record *rec, char *errbuf,
+                     size_t len)
+{
+  if (rec->parent_owned)
+    return 0;
+  return cor_update_record (d, set_parent_owned, d, errbuf, len) == -1 ? -1 : 0;
 }
 
 /* The parent must be writable, and still the pinned image before the
@@ -511,7 +528,8 @@ merge_control (struct merge *mg, struct cor_disk *d, const char *action,
     return 0;
   meta_disk_record (cor_disk_meta (d), &rec);
   if (check_mergeable (d, &rec, parent_owned, errbuf, len) == -1 ||
-      check_parent (mg, d, &rec, errbuf, len) == -1)
+      check_parent (mg, d, &rec, errbuf, len) == -1 ||
+      record_parent_owned (d, &rec, errbuf, len) == -1)
     return -1;
   return job_start (mg, d, &merge_kind, rate, NULL, errbuf, len);
 }

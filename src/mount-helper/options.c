@@ -1,6 +1,7 @@
 /* corfs: mount.corfs's arguments mapped onto `corfs mount`'s (see
  * mount-helper.h).  One thread, no state beyond the command built. */
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,18 +122,47 @@ map_option (struct mh_cmd *cmd, const char *opt, bool sloppy, char *err, size_t 
   }
 }
 
-/* Every option of a comma-separated list.  0 or -1 (err). */
+/* The next option of a comma-separated list at *p, into out (as long as
+ * the list), *p moved past it and its comma.  As in mount(8) (libmount),
+ * a comma between double quotes does not separate: -o
+ * 'disk="d=http://h/x?a=1,b=2"' is one option; the quotes are dropped
+ * from the value corfs gets.  1, 0 at the end of the list, or -1 (err)
+ * for a quote left open. */
+static int
+next_option (const char **p, char *out, char *err, size_t len)
+{
+  const char *s = *p;
+  bool quoted = false;
+
+  if (!*s)
+    return 0;
+  for (; *s && (quoted || *s != ','); s++) {
+    if (*s == '"')
+      quoted = !quoted;
+    else
+      *out++ = *s;
+  }
+  *out = '\0';
+  if (quoted)
+    return bad (err, len, "unterminated double quote in option %s", *p);
+  *p = *s ? s + 1 : s;
+  return 1;
+}
+
+/* Every option of a comma-separated list (empty ones skipped, as
+ * mount(8) does).  0 or -1 (err). */
 static int
 map_options (struct mh_cmd *cmd, const char *list, bool sloppy, char *err, size_t len)
 {
-  char *copy = strdup (list), *save = NULL;
+  char *opt = malloc (strlen (list) + 1);
+  const char *p = list;
   int r = 0;
 
-  if (!copy)
+  if (!opt)
     return bad (err, len, "out of memory");
-  for (char *o = strtok_r (copy, ",", &save); o && r == 0; o = strtok_r (NULL, ",", &save))
-    r = map_option (cmd, o, sloppy, err, len);
-  free (copy);
+  while (r == 0 && (r = next_option (&p, opt, err, len)) == 1)
+    r = *opt ? map_option (cmd, opt, sloppy, err, len) : 0;
+  free (opt);
   return r;
 }
 

@@ -5,7 +5,10 @@
 #    refused with the state named, no job starts, and the parent's identity
 #    check stays on (a merge would turn it off);
 #  - on a handed-off disk it is refused with the state named, and the
-#    parent is not written.
+#    parent is not written;
+#  - on a disk with a set of sources (corfs never writes a set) it is
+#    refused before anything is recorded: --parent-owned is not kept, and
+#    the disk mounts again afterwards, with its sources or from its record.
 . "$(dirname "$0")/../functions.sh"
 requires nbdkit --version
 requires fusermount3 --version
@@ -48,4 +51,26 @@ cmp -s $T/parent.img $T/orig.img || fail "the parent of a handed-off disk was wr
 pid=$(daemon_pid $st)
 corfs_unmount $mnt || fail "unmount (handed off) failed"
 wait_gone $pid
+
+### 3. A set of sources: refused, and the record left as it was.
+st=$T/state3 mnt=$T/mnt3
+cp $T/orig.img $T/a.img; cp $T/orig.img $T/b.img
+set_disks=(--disk d=file://$T/a.img --disk d=file://$T/b.img)
+corfs_mount $st $mnt "${set_disks[@]}"
+rc=0; "$CORFS" merge --state $st d --parent-owned > $T/out 2> $T/err || rc=$?
+echo "merge on a set of sources: exit $rc: $(cat $T/err)"
+[ $rc -ne 0 ] || fail "merge was accepted on a set of sources"
+grep -q "set of sources" $T/err || fail "the refusal does not say why: $(cat $T/err)"
+[ "$(status .job.kind)" = none ] || fail "a job started on a set of sources: $(status -c .job)"
+pid=$(daemon_pid $st)
+corfs_unmount $mnt || fail "unmount (set) failed"
+wait_gone $pid
+for how in record sources; do
+  if [ $how = record ]; then corfs_mount $st $mnt; else corfs_mount $st $mnt "${set_disks[@]}"; fi
+  cmp -s $mnt/d $T/orig.img || fail "the disk reads wrong after a refused merge ($how)"
+  pid=$(daemon_pid $st)
+  corfs_unmount $mnt || fail "unmount (set, $how) failed"
+  wait_gone $pid
+done
+cmp -s $T/a.img $T/orig.img && cmp -s $T/b.img $T/orig.img || fail "a source was written"
 echo OK

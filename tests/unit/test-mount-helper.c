@@ -83,6 +83,42 @@ Test (mount_helper, generic_options_ignored)
   mh_cmd_free (&cmd);
 }
 
+/* As in mount(8): a comma between double quotes does not separate
+ * options, and the quotes are not part of the value. */
+Test (mount_helper, quoted_values)
+{
+  struct mh_cmd cmd;
+  char err[256];
+
+  cr_assert_eq (helper (&cmd, err, sizeof err, "/s", "/m", "-o",
+                        "disk=\"d=http://h/x?v=1,parent-owned\",ro", NULL), 0, "%s", err);
+  cr_expect_str_eq (joined (&cmd), "/usr/bin/corfs mount --state /s --disk "
+                    "d=http://h/x?v=1,parent-owned -o ro -- /m");
+  mh_cmd_free (&cmd);
+  /* Quotes around the value only, or the whole option; two quoted. */
+  cr_assert_eq (helper (&cmd, err, sizeof err, "/s", "/m", "-o",
+                        "\"disk=d=http://h/x?a=1,b=2\",disk=\"e=file:///e,1.img\"",
+                        NULL), 0, "%s", err);
+  cr_expect_str_eq (joined (&cmd), "/usr/bin/corfs mount --state /s --disk "
+                    "d=http://h/x?a=1,b=2 --disk e=file:///e,1.img -- /m");
+  mh_cmd_free (&cmd);
+  /* Unquoted, the comma still separates (the last option is the flag). */
+  cr_assert_eq (helper (&cmd, err, sizeof err, "/s", "/m", "-o",
+                        "disk=d=http://h/x?v=1,parent-owned", NULL), 0, "%s", err);
+  cr_expect_str_eq (joined (&cmd), "/usr/bin/corfs mount --state /s --disk "
+                    "d=http://h/x?v=1 --parent-owned -- /m");
+  mh_cmd_free (&cmd);
+  /* A quote left open is refused; an empty quoted value needs a value. */
+  cr_expect_eq (helper (&cmd, err, sizeof err, "/s", "/m", "-o", "ro,disk=\"d=http://h/x,a",
+                        NULL), -1);
+  cr_expect (strstr (err, "unterminated double quote in option disk=\"d=http://h/x,a"),
+             "%s", err);
+  mh_cmd_free (&cmd);
+  cr_expect_eq (helper (&cmd, err, sizeof err, "/s", "/m", "-o", "hold=\"\"", NULL), -1);
+  cr_expect (strstr (err, "option hold needs a value"), "%s", err);
+  mh_cmd_free (&cmd);
+}
+
 Test (mount_helper, refusals)
 {
   static const struct {
