@@ -53,14 +53,22 @@
  * merge's job threads (cor_writeback, cor_update_record, abort's pieces).  The threads
  * the engine creates itself:
  *   - the committer, one per engine (commit.c, cor_engine_start);
- *   - the streamer, COR_STREAM_WORKERS per disk, on the first start
- *     (stream.c);
- *   - readahead, COR_RA_WORKERS per disk, on the first prefetch
- *     (readahead.c);
- *   - writeback helpers, up to WB_THREADS - 1 per cor_writeback call,
- *     joined before it returns (writeback.c).
- * Streamer and readahead threads are joined at cor_engine_free/finish,
- * the committer stops last (its final commit).
+ *   - the stream pool, COR_STREAM_POOL threads per engine (or
+ *     cor_engine_set_workers') shared by every disk, started by the
+ *     first stream start (workers.c, stream.c): each runs one unit of a
+ *     disk's stream at a time (a chunk), at most COR_STREAM_WORKERS of
+ *     one disk at once;
+ *   - the readahead pool, COR_RA_POOL threads per engine, shared
+ *     likewise, started by the first prefetch (readahead.c), at most
+ *     COR_RA_WORKERS prefetches of one disk at once;
+ *   - writeback helpers, up to WB_THREADS - 1 per cor_writeback call and
+ *     WB_HELPERS_MAX in the engine, joined before it returns
+ *     (writeback.c).
+ * A unit never waits inside but for its own I/O: a disk that must wait
+ * (rate limits, giving way to a guest, a backoff) tells the pool when to
+ * run it again.  At cor_engine_free/finish each disk leaves both pools
+ * (its units running end: they see its stop flag), then the pools'
+ * threads are joined; the committer stops last (its final commit).
  *
  * LOCK ORDER (outermost first; a lock is only ever taken while holding
  * locks above it in this list, never below):
@@ -75,6 +83,11 @@
  *     d->stream.lock    the streamer's fields (stream.c)
  *     d->ra.lock        readahead's queue (readahead.c); these two are
  *                       never held together, nor under owner_lock
+ *       pool->lock      a shared pool's members and threads (workers.c):
+ *                       a kick takes it under either lock above; a leaf,
+ *                       never held across a unit
+ *       e->stream_total.lock  the daemon-wide stream rate (stream.c),
+ *                       taken under d->stream.lock; a leaf
  *       d->lock         the in-flight table, the gate and the waiter
  *                       counts (inflight.c); never held across I/O
  *     d->attr_lock      the cached mode and owner (owner.c); only meta's

@@ -12,8 +12,8 @@
  * doubles with each sequential read up to the configured maximum (the
  * mount's readahead, as the kernel's for buffered readers), cut into
  * RA_CHUNK requests so that several are in flight at once
- * (COR_RA_WORKERS: what makes a high-latency parent stream at its
- * bandwidth).
+ * (COR_RA_WORKERS per disk, from the engine's readahead pool: what makes
+ * a high-latency parent stream at its bandwidth).
  *
  * Prefetches are ordinary fetches through the in-flight table
  * (cor_populate with COR_POP_READAHEAD): a guest read of a block being
@@ -36,12 +36,15 @@
  * Streams: COR_RA_STREAMS per disk, replaced least recently used; any
  * read that continues none of them starts one.
  *
- * Notes on the thread model: COR_RA_WORKERS threads per disk, started on
- * the first prefetch, joined at engine shutdown.  ra.lock protects the
- * streams and the queue (streams[].next is also read without it, as a
- * hint, with atomics); it is never held across I/O and is taken before
- * d->lock (which cor_populate takes).  cor_readahead_note runs on any
- * FUSE thread.  LOCK ORDER: cor-internal.h.
+ * Notes on the thread model: the engine's readahead pool (workers.c),
+ * shared by every disk, started on the first prefetch and joined at
+ * engine shutdown, runs one queued prefetch per unit (run_unit), at most
+ * COR_RA_WORKERS of a disk at once.  ra.lock protects the streams and the
+ * queue (streams[].next is also read without it, as a hint, with
+ * atomics); it is never held across I/O, and is dropped before
+ * cor_populate (which takes d->lock); a queued prefetch kicks the pool
+ * under it.  cor_readahead_note runs on any FUSE thread.  LOCK ORDER:
+ * cor-internal.h.
  */
 #include <errno.h>
 #include <inttypes.h>

@@ -14,35 +14,43 @@
  * stream is resumable by construction: what is present is never fetched
  * again, so a restart simply finds the missing blocks.
  *
- * Giving way to the guest (dm-clone's do_hydration does the same): before
- * each chunk a worker waits while any guest fault is talking to the
- * parent or a guest waits to claim blocks (guest_waiters), and for
- * QUIET_NS after the last fault ended, at most YIELD_MAX_NS (so a guest
- * that faults all the time cannot starve the stream).  A chunk that
+ * Giving way to the guest (dm-clone's do_hydration does the same): no
+ * chunk starts while any guest fault is talking to the parent or a guest
+ * waits to claim blocks (guest_waiters), nor for QUIET_NS after the last
+ * fault ended; after YIELD_MAX_NS of that, COR_STREAM_WORKERS chunks pass
+ * and the next window begins (so a guest that faults all the time cannot
+ * starve the stream).  A chunk that
  * cor_populate cut short (an exclusive command or a waiting guest) is
  * picked again from where it stopped, from the cursor it came from (the
  * sequential one or the hint's).
  *
- * Rate limit: a token bucket shared by the workers, refilled at `rate`
- * bytes/s with one second of burst; each chunk is charged what it read
- * from the parent after the fact (zero extents are free), which may take
- * the bucket into debt; the next chunk waits it out.  Errors: a failed chunk is counted and reported
+ * Rate limits: a token bucket per disk, refilled at `rate` bytes/s with
+ * one second of burst, and one for every stream of the engine together
+ * (e->stream_total, cor_engine_set_stream_rate_total); each chunk is
+ * charged what it read from the parent after the fact (zero extents are
+ * free), which may take a bucket into debt; the disk's next chunk waits
+ * it out.  Errors: a failed chunk is counted and reported
  * (stream-error event, status) and retried after an exponential backoff
  * up to 30 s, forever: background work never fails the disk.
  *
- * Progress: the first worker to run surveys the parent's zero extents
+ * Progress: the first unit to run surveys the parent's zero extents
  * once (survey.c), so that the ETA counts only the data left to fetch;
- * the other workers stream meanwhile.
+ * the disk's other units stream meanwhile.
  *
- * Completion: when every block is present the first worker to notice
+ * Completion: when every block is present the first unit to notice
  * makes the index durable (cor_flush), records complete=true, emits
  * stream-complete and, unless configured otherwise, closes the parent's
  * connections: the source can be shut down.
  *
- * Notes on the thread model: COR_STREAM_WORKERS threads per disk, started
- * on the first start and joined at engine shutdown.  d->stream.lock
- * protects the stream fields; it is never held across I/O or
- * cor_populate, and is taken before d->lock where both are held.  The
+ * Notes on the thread model: the engine's stream pool (workers.c) runs
+ * every disk's stream, one unit (run_unit: the survey, a chunk or the
+ * completion) at a time per worker, at most COR_STREAM_WORKERS units of a
+ * disk at once; a unit that must wait (rate, yield, backoff, others'
+ * chunks) returns when to come back instead of sleeping.  Any thread
+ * kicks the pool (cor_stream_start, resume, a rate change) under
+ * d->stream.lock.  d->stream.lock protects the stream fields; it is never
+ * held across I/O or cor_populate, and only a pool's lock and
+ * e->stream_total.lock (leaves) are taken under it.  The
  * completion (finish) holds no stream lock while cor_update_record waits,
  * at most the hold, for owner_lock (an abort copying holds it): see LOCK
  * ORDER in cor-internal.h.
@@ -362,7 +370,7 @@ account_unlocked (struct cor_disk *d, uint64_t fetched, uint64_t covered)
 }
 
 /* Must be called with stream.lock held, which it drops meanwhile.  The
- * first worker to run surveys the zero extents (survey.c) for the ETA;
+ * first unit to run surveys the zero extents (survey.c) for the ETA;
  * the others stream. */
 static void
 survey_unlocked (struct cor_disk *d)

@@ -14,7 +14,7 @@
  *
  * Fairness: workers take the ready member with the fewest units running,
  * the least recently served first (round-robin: a member served moves to
- * the end of the list).  So with many disks each gets a worker in turn,
+ * the end of the list, one that just got work goes first).  So with many disks each gets a worker in turn,
  * and one disk alone gets up to max_active of them at once (several
  * requests in flight, what makes a high-latency parent stream at its
  * bandwidth).  A disk whose parent stalls holds only the workers it
@@ -83,18 +83,30 @@ unlink_unlocked (struct cor_pool *p, struct cor_pool_member *m)
   m->linked = false;
 }
 
-/* Must be called with p->lock held.  Put m last: served least recently. */
+/* Must be called with p->lock held.  Put m last (just served), or first
+ * (it just got work: not served since it had none). */
 static void
-append_unlocked (struct cor_pool *p, struct cor_pool_member *m)
+insert_unlocked (struct cor_pool *p, struct cor_pool_member *m, bool first)
 {
   unlink_unlocked (p, m);
-  m->prev = p->tail;
-  m->next = NULL;
-  if (p->tail)
-    p->tail->next = m;
-  else
+  if (first) {
+    m->prev = NULL;
+    m->next = p->head;
+    if (p->head)
+      p->head->prev = m;
+    else
+      p->tail = m;
     p->head = m;
-  p->tail = m;
+  }
+  else {
+    m->prev = p->tail;
+    m->next = NULL;
+    if (p->tail)
+      p->tail->next = m;
+    else
+      p->head = m;
+    p->tail = m;
+  }
   m->linked = true;
 }
 
@@ -144,7 +156,7 @@ pool_worker (void *arg)
     }
     unsigned kicks = m->kicks;
     m->active++;
-    append_unlocked (p, m);
+    insert_unlocked (p, m, false);
     pthread_mutex_unlock (&p->lock);
 
     uint64_t next = p->ops->run (m->d);
@@ -199,7 +211,7 @@ cor_pool_kick (struct cor_pool *p, struct cor_pool_member *m)
     m->kicks++;
     m->ready_ns = 0;
     if (!m->linked)
-      append_unlocked (p, m);
+      insert_unlocked (p, m, true);
     pthread_cond_broadcast (&p->cond);
   }
   pthread_mutex_unlock (&p->lock);

@@ -23,7 +23,8 @@ static const struct {
   { "block-size", MH_CORFS_VALUE }, { "hold", MH_CORFS_VALUE },
   { "connect-timeout", MH_CORFS_VALUE }, { "stream", MH_CORFS_VALUE },
   { "write-mode", MH_CORFS_VALUE }, { "readahead", MH_CORFS_VALUE },
-  { "repin", MH_CORFS_VALUE }, { "parent-owned", MH_CORFS_FLAG },
+  { "repin", MH_CORFS_VALUE }, { "stream-rate-total", MH_CORFS_VALUE },
+  { "parent-owned", MH_CORFS_FLAG },
   { "incoming", MH_CORFS_FLAG }, { "verbose", MH_CORFS_FLAG },
 
   { "allow_other", MH_FUSE }, { "allow_root", MH_FUSE }, { "ro", MH_FUSE },

@@ -132,7 +132,7 @@ sample_value (const char *name, const char *config)
   } samples[] = {
     { "disk", "a=file:///a.img" }, { "block-size", "128K" }, { "hold", "9" },
     { "connect-timeout", "4" }, { "stream", "paused" }, { "write-mode", "writeback" },
-    { "readahead", "1M" }, { "repin", "a" },
+    { "readahead", "1M" }, { "repin", "a" }, { "stream-rate-total", "64M" },
   };
 
   if (!strcmp (name, "config"))
