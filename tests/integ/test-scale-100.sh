@@ -48,7 +48,7 @@ maxthr=0 complete=0
 for _ in $(seq 300); do
   n=$(awk '$1 == "Threads:" { print $2 }' "/proc/$pid/status")
   [ "$n" -gt "$maxthr" ] && maxthr=$n
-  complete=$("$CORFS" status --state "$st" --json | jq '[.[] | select(.complete)] | length')
+  complete=$("$CORFS" status --state "$st" --json | jq '[.[] | select(.complete and .stream.state == "complete")] | length')
   [ "$complete" -eq $DISKS ] && break
   sleep 0.2
 done
@@ -66,7 +66,7 @@ ms=$(( (t1 - t0) / 1000 ))
 echo "status --json of $DISKS disks: $ms ms"
 [ "$(jq length "$T/status.json")" -eq $DISKS ] || fail "status lists $(jq length "$T/status.json") disks"
 [ $ms -le 1000 ] || fail "status --json of $DISKS disks took $ms ms (at most 1000)"
-bad=$(jq -r '.[] | select(.stream.state != "complete" or .present_bytes != .size) | .name' "$T/status.json")
+bad=$(jq -r '.[] | select(.stream.state != "complete" or .present_bytes != .size) | "\(.name) \(.stream.state) \(.present_bytes)"' "$T/status.json")
 [ -z "$bad" ] || fail "not complete in status: $bad"
 
 for i in $(seq 0 $((DISKS - 1))); do
