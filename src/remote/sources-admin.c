@@ -64,6 +64,9 @@ rsources_info (void *hv, size_t i, struct remote_source_info *si)
     snprintf (si->error, sizeof si->error, "%s", s->why);
   }
   pthread_mutex_unlock (&set->lock);
+  /* The source's own lock, never under set->lock; its slot outlives it. */
+  if (s)
+    remote_identity (s->r, si->identity, sizeof si->identity);
 }
 
 /* ---- sources added and removed at run time ---- */

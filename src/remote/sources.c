@@ -184,6 +184,7 @@ piece_deadline (const struct rsources *set, uint64_t deadline_ns)
 }
 
 static void *prober_main (void *arg);
+static void start_prober (struct rsources *set);
 
 void
 sources_notify (struct rsources *set, struct src *s, const char *event, const char *why)
@@ -205,6 +206,11 @@ rsources_set_notify (void *hv, void (*fn) (void *, const char *, const char *, c
    * first. */
   set->notify_opaque = opaque;
   __atomic_store_n (&set->notify, fn, __ATOMIC_RELEASE);
+  /* Sources pinned before (at attach) are told now. */
+  pthread_mutex_lock (&set->lock);
+  if (set->ids_dirty)
+    start_prober (set);
+  pthread_mutex_unlock (&set->lock);
 }
 
 /* Start the prober if it is not running.  Under set->lock. */
@@ -215,6 +221,19 @@ start_prober (struct rsources *set)
       pthread_create (&set->prober, NULL, prober_main, set) == 0)
     set->prober_started = true;
   pthread_cond_signal (&set->wake);
+}
+
+/* s matched: if its own pin is not recorded yet, have the prober tell
+ * (notify "source-pinned", with no lock held: the record is written
+ * then).  Under set->lock. */
+static void
+pinned_afresh (struct rsources *set, struct src *s)
+{
+  if (s->pin_recorded)
+    return;
+  s->pin_recorded = true;
+  set->ids_dirty = true;
+  start_prober (set);
 }
 
 /* Mark s failed (or refused: mismatch), with why, and have the prober
@@ -315,6 +334,7 @@ sources_verify (struct rsources *set, struct src *s, uint64_t deadline_ns)
     if (s->state != SOURCES_REMOVED) {
       s->state = SOURCES_OK;
       s->verified = true;
+      pinned_afresh (set, s);
     }
     s->why[0] = '\0';
     pthread_mutex_unlock (&set->lock);
@@ -356,6 +376,7 @@ establish (struct rsources *set, uint64_t deadline_ns, int *err)
     set->have_fp = true;
     s->state = SOURCES_OK;
     s->verified = true;
+    pinned_afresh (set, s);
     pthread_mutex_unlock (&set->lock);
     log_info ("remote: disk %s: fingerprint %016" PRIx64 " of %" PRIu64 " bytes taken from "
               "source %s", set->disk, fp, size, remote_url (s->r));
@@ -405,7 +426,15 @@ prober_main (void *arg)
   pthread_mutex_lock (&set->lock);
   while (!set->stop) {
     uint64_t due = 0, now = now_ns ();
-    struct src *s = next_due (set, &due);
+    struct src *s;
+    if (set->ids_dirty && __atomic_load_n (&set->notify, __ATOMIC_ACQUIRE)) {
+      set->ids_dirty = false;
+      pthread_mutex_unlock (&set->lock);
+      sources_notify (set, &set->v[0], "source-pinned", "");
+      pthread_mutex_lock (&set->lock);
+      continue;
+    }
+    s = next_due (set, &due);
     if (!s) {
       pthread_cond_wait (&set->wake, &set->lock);
       continue;
@@ -489,6 +518,7 @@ rsources_open (struct remote *r, const struct remote_config *cfg, void **hp, int
     c.disk = cfg->disk;
     c.writable = false;
     pthread_mutex_init (&set->v[i].check, NULL);
+    set->v[i].pin_recorded = c.pinned_identity && *c.pinned_identity;
     set->n = i + 1;
     if (remote_open (&c, &set->v[i].r) == -1) {
       *err = errno;
