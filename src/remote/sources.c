@@ -62,6 +62,7 @@
 #define PROBE_MIN_NS (250 * 1000000ULL)
 #define PROBE_MAX_NS (30 * NS_PER_SEC)
 #define DEFAULT_SOURCE_TIMEOUT_NS (1500 * 1000000ULL)
+#define DEFAULT_CONNECT_NS (10 * NS_PER_SEC)
 
 /* ---- the fingerprint (pure: unit-tested) ---- */
 
@@ -183,6 +184,40 @@ piece_deadline (const struct rsources *set, uint64_t deadline_ns)
   return d < deadline_ns ? d : deadline_ns;
 }
 
+/* The deadline of a source's connect and identity question (a check's
+ * first step): its connect timeout (an NBD connect is a handshake and
+ * sample reads, an HTTP one a HEAD) plus one piece's, never the per-piece
+ * no-progress timeout alone, so a slow but working source connects; and
+ * never past deadline_ns. */
+static uint64_t
+connect_deadline (const struct rsources *set, uint64_t deadline_ns)
+{
+  uint64_t c = set->connect_timeout_ns ? set->connect_timeout_ns : DEFAULT_CONNECT_NS;
+  uint64_t d = now_ns () + c + set->timeout_ns;
+  return d < deadline_ns ? d : deadline_ns;
+}
+
+/* How long a check may take when another source could answer instead
+ * (more): half of what is left, so one slow source never uses the whole
+ * hold; it is marked failed if that is too short, and the prober checks
+ * it again with the time a check needs (check_budget). */
+static uint64_t
+share_deadline (uint64_t deadline_ns, bool more)
+{
+  uint64_t now = now_ns ();
+
+  return more && deadline_ns > now ? now + (deadline_ns - now) / 2 : deadline_ns;
+}
+
+/* What a whole check needs at most: the connect, then each sample within
+ * the per-piece timeout. */
+static uint64_t
+check_budget (const struct rsources *set)
+{
+  uint64_t c = set->connect_timeout_ns ? set->connect_timeout_ns : DEFAULT_CONNECT_NS;
+  return c + set->timeout_ns + SFP_SAMPLES * set->timeout_ns;
+}
+
 static void *prober_main (void *arg);
 static void start_prober (struct rsources *set);
 
@@ -270,14 +305,14 @@ mark (struct rsources *set, struct src *s, enum sources_state st, const char *wh
 }
 
 /* The fingerprint of s with the set's seed: its size into *size, the
- * hash into *fp.  Each sample bounded by the source timeout, all by
- * deadline_ns.  0, or -1 with *err. */
+ * hash into *fp.  The connect bounded by connect_deadline, each sample by
+ * the source timeout, all by deadline_ns.  0, or -1 with *err. */
 static int
 fingerprint (struct rsources *set, struct src *s, uint64_t seed, uint64_t *size,
              uint64_t *fp, uint64_t deadline_ns, int *err)
 {
   unsigned char buf[SFP_BLOCK];
-  int64_t sz = remote_get_size (s->r, piece_deadline (set, deadline_ns), err);
+  int64_t sz = remote_get_size (s->r, connect_deadline (set, deadline_ns), err);
   uint64_t h;
 
   if (sz <= 0) {
@@ -308,8 +343,12 @@ sources_verify (struct rsources *set, struct src *s, uint64_t deadline_ns)
   uint64_t size, fp;
   int err = 0, ret = -1;
   char why[256];
+  struct timespec ts = { deadline_ns / NS_PER_SEC, deadline_ns % NS_PER_SEC };
 
-  pthread_mutex_lock (&s->check);
+  /* Another thread's check (the prober's may take long on a slow source):
+   * wait for it no longer than the caller may wait. */
+  if (pthread_mutex_clocklock (&s->check, CLOCK_MONOTONIC, &ts) != 0)
+    return -1;
   pthread_mutex_lock (&set->lock);
   if (s->verified || s->state == SOURCES_MISMATCH || s->state == SOURCES_REMOVED) {
     ret = s->verified && s->state != SOURCES_REMOVED ? 0 : -1;
@@ -366,7 +405,9 @@ establish (struct rsources *set, uint64_t deadline_ns, int *err)
       break;
     if (s->state == SOURCES_MISMATCH || s->state == SOURCES_REMOVED)
       continue;
-    if (fingerprint (set, s, set->seed, &size, &fp, deadline_ns, err) == -1) {
+    bool more = !set->first_only && i + 1 < nsrc (set);
+    if (fingerprint (set, s, set->seed, &size, &fp, share_deadline (deadline_ns, more),
+                     err) == -1) {
       mark (set, s, *err == ESTALE ? SOURCES_MISMATCH : SOURCES_FAILED, strerror (*err));
       continue;
     }
@@ -452,7 +493,7 @@ prober_main (void *arg)
     s->backoff_ns = s->backoff_ns * 2 > PROBE_MAX_NS ? PROBE_MAX_NS : s->backoff_ns * 2;
     s->next_probe_ns = now + s->backoff_ns;
     pthread_mutex_unlock (&set->lock);
-    sources_verify (set, s, now_ns () + 4 * set->timeout_ns + SFP_SAMPLES * set->timeout_ns / 4);
+    sources_verify (set, s, now_ns () + check_budget (set));
     pthread_mutex_lock (&set->lock);
   }
   pthread_mutex_unlock (&set->lock);
@@ -615,7 +656,7 @@ rsources_get_size (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
     return -1;
   k = order_now (set, order, 0);
   for (size_t j = 0; j < k; j++)
-    if (sources_verify (set, &set->v[order[j]], deadline_ns) == 0) {
+    if (sources_verify (set, &set->v[order[j]], share_deadline (deadline_ns, j + 1 < k)) == 0) {
       sfp_format (id, sizeof id, set->size, set->seed, set->fp);
       if (remote_check_identity (r, id, err) == -1)
         return -1;
@@ -660,7 +701,7 @@ read_piece (struct rsources *set, void *buf, size_t count, uint64_t offset,
     uint64_t t0;
     int e = 0;
     char why[256];
-    if (sources_verify (set, s, deadline_ns) == -1)
+    if (sources_verify (set, s, share_deadline (deadline_ns, j + 1 < k)) == -1)
       continue;
     t0 = now_ns ();
     if (remote_pread (s->r, buf, count, offset, piece_deadline (set, deadline_ns), &e) == 0) {
