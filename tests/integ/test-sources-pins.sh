@@ -11,7 +11,8 @@
 #    --disk refuses it (named, "mismatch") and serves from the second,
 #    the old bytes at 20 MiB;
 #  - both changed: the mount fails (no source matches), naming both in
-#    the log; nothing is read from either.
+#    the log; nothing is read from either;
+#  - a source given twice (credentials aside) is refused, named.
 . "$(dirname "$0")/../functions.sh"
 requires fusermount3 --version
 requires jq --version
@@ -69,4 +70,14 @@ for u in "$a" "$b"; do
   grep -a "source $u refused: its own identity changed" "$T/s/corfs.log" > /dev/null ||
     fail "no refusal of $u logged"
 done
+
+mkdir -p "$T/m2"
+"$CORFS" mount --state "$T/s2" --disk d="$a" --disk d="$a" "$T/m2" 2> "$T/err" &&
+  { cleanup_fn _force_unmount "$T/s2" "$T/m2"; fail "mounted with $a given twice"; }
+grep -q "source $a is given twice" "$T/err" || fail "unexpected error: $(cat "$T/err")"
+http=http://127.0.0.1:9/x
+"$CORFS" mount --state "$T/s2" --disk d="$http" --disk d="http://u:secret@127.0.0.1:9/x" \
+  "$T/m2" 2> "$T/err" && fail "mounted with $http given twice"
+grep -q "source $http is given twice" "$T/err" || fail "unexpected error: $(cat "$T/err")"
+! grep -q secret "$T/err" || fail "the error shows the credentials"
 echo PASS
