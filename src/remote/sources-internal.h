@@ -86,6 +86,9 @@ struct rsources {
   void *notify_opaque;
   pthread_t prober;
   bool prober_started, stop;
+  struct src *adding;           /* the slot an add is checking, or NULL
+                                   (cancelled with the others) */
+  bool cancelling;              /* rsources_cancel is cancelling adding */
   bool ids_dirty;               /* a source was pinned afresh: the prober
                                    tells notify "source-pinned" */
 };

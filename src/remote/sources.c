@@ -15,8 +15,11 @@
  * refused (state "mismatch", logged) and never read from.  The set's
  * identity, pinned and recorded like any parent's, is
  * "sources:size=N,seed=S,fp=F": a later mount checks every source
- * against it.  Each source keeps its own pin (ETag, file identity) for
- * changes while mounted: a source whose pin breaks is refused too.
+ * against it.  Each source keeps its own pin (ETag, file identity, NBD
+ * sample hash), recorded with the disk once it is first checked (the
+ * prober tells notify "source-pinned"; the daemon writes source_ids) and
+ * given back at the next mount: a source whose pin breaks, while mounted
+ * or between mounts, is refused too.
  *
  * Failover: a read tries the sources in order, each piece of at most
  * PIECE bytes bounded by the source timeout (so a large read that flows
@@ -41,7 +44,8 @@
  * sources' states and counters, the fingerprint and the prober's flags;
  * it is never held across a call to a source (which may block).  A
  * source's check lock is held across its verification (so concurrent
- * readers verify once), set->fp_lock across establishing the fingerprint.
+ * readers verify once; a reader waits for it no longer than its own
+ * deadline), set->fp_lock across establishing the fingerprint.
  * Lock order: set->fp_lock -> src->check -> set->lock -> (a source
  * remote's own locks are taken only by calls made with set->lock not
  * held).
@@ -609,11 +613,23 @@ static void
 rsources_cancel (void *hv)
 {
   struct rsources *set = hv;
+  struct remote *adding;
 
   pthread_mutex_lock (&set->lock);
   set->stop = true;
   pthread_cond_broadcast (&set->wake);
+  /* The slot an add is checking: the add closes it only once cancelling
+   * is over (a source's calls are never made under set->lock). */
+  adding = set->adding ? set->adding->r : NULL;
+  set->cancelling = adding != NULL;
   pthread_mutex_unlock (&set->lock);
+  if (adding) {
+    remote_cancel (adding);
+    pthread_mutex_lock (&set->lock);
+    set->cancelling = false;
+    pthread_cond_broadcast (&set->wake);
+    pthread_mutex_unlock (&set->lock);
+  }
   for (size_t i = 0; i < nsrc (set); i++)
     remote_cancel (set->v[i].r);
 }
