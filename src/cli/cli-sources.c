@@ -14,6 +14,25 @@
 #include "corfs-help.h"
 #include "daemon/daemon.h"
 
+/* A file setting into set under key, absolute: the daemon runs in /, so
+ * a relative path is made absolute here, from the current directory.
+ * 0 or -1 (printed). */
+static int
+put_path (json_t *set, const char *key, const char *path)
+{
+  char *abs;
+
+  if (!path)
+    return 0;
+  if (!(abs = realpath (path, NULL))) {
+    fprintf (stderr, "corfs sources: %s %s: %m\n", key, path);
+    return -1;
+  }
+  json_object_set_new (set, key, json_string (abs));
+  free (abs);
+  return 0;
+}
+
 /* The settings of the [source NAME ID] (or [disk NAME]) section of
  * config whose url is url, into the request's "settings".  0 or -1
  * (printed). */
@@ -41,13 +60,17 @@ add_settings (json_t *req, const char *config, const char *name, const char *url
   if (!s)
     goto out;                   /* no settings of its own */
   set = json_object ();
+  json_object_set_new (req, "settings", set);
+  if (put_path (set, "credentials-file", s->credentials_file) == -1 ||
+      put_path (set, "token-file", s->token_file) == -1 ||
+      put_path (set, "ca-file", s->ca_file) == -1 ||
+      put_path (set, "client-cert", s->client_cert) == -1 ||
+      put_path (set, "client-key", s->client_key) == -1) {
+    r = -1;
+    goto out;
+  }
   h = json_array ();
 #define PUT(key, field) if (s->field) json_object_set_new (set, key, json_string (s->field))
-  PUT ("credentials-file", credentials_file);
-  PUT ("token-file", token_file);
-  PUT ("ca-file", ca_file);
-  PUT ("client-cert", client_cert);
-  PUT ("client-key", client_key);
   PUT ("s3-endpoint", s3_endpoint);
   PUT ("s3-region", s3_region);
 #undef PUT
@@ -56,7 +79,6 @@ add_settings (json_t *req, const char *config, const char *name, const char *url
   for (size_t k = 0; k < s->nr_headers; k++)
     json_array_append_new (h, json_string (s->headers[k]));
   json_object_set_new (set, "headers", h);
-  json_object_set_new (req, "settings", set);
  out:
   mount_opts_free (&o);
   return r;

@@ -13,14 +13,24 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/log.h"
 #include "common/util.h"
 #include "cor/cor-internal.h"
 #include "remote/remote.h"
+
+static int record (struct cor_disk *d, char *why, size_t len);
 
 static void
 on_source (void *opaque, const char *event, const char *url, const char *why)
 {
   char msg[1024];
+
+  if (!strcmp (event, "source-pinned")) {
+    /* The set's prober, no lock held: a source's own pin, to record. */
+    if (record (opaque, msg, sizeof msg) == -1)
+      log_warn ("cor: disk %s: a source's pin: %s", ((struct cor_disk *) opaque)->name, msg);
+    return;
+  }
 
   snprintf (msg, sizeof msg, "%s%s%s", url, why && *why ? ": " : "", why ? why : "");
   cor_emit (opaque, event, 0, 0, msg);
@@ -37,12 +47,18 @@ static int
 set_sources (struct meta_record *rec, void *arg, char *errbuf, size_t len)
 {
   struct remote *r = arg;
-  size_t n = remote_nr_sources (r), used = 0;
-  char list[META_SOURCES_MAX] = "";
+  size_t n = remote_nr_sources (r), used = 0, iused = 0;
+  char list[META_SOURCES_MAX] = "", ids[META_SOURCE_IDS_MAX] = "";
 
   for (size_t i = 0; i < n; i++) {
     struct remote_source_info si;
     remote_source_info (r, i, &si);
+    int w = snprintf (ids + iused, sizeof ids - iused, "%s%s", i ? "\t" : "", si.identity);
+    if (w < 0 || (size_t) w >= sizeof ids - iused) {
+      snprintf (errbuf, len, "the sources' identities are too long to record");
+      return -1;
+    }
+    iused += w;
     if (i == 0) {
       snprintf (rec->url, sizeof rec->url, "%s", si.url);
       continue;
@@ -55,6 +71,7 @@ set_sources (struct meta_record *rec, void *arg, char *errbuf, size_t len)
     used += k;
   }
   snprintf (rec->sources, sizeof rec->sources, "%s", list);
+  snprintf (rec->source_ids, sizeof rec->source_ids, "%s", ids);
   return 0;
 }
 

@@ -443,6 +443,21 @@ check_parent_size (struct attach *a)
   return 0;
 }
 
+/* Step 4: a set's sources' own pins (those checked so far; the prober
+ * records the others as it checks them).  0 or -1. */
+static int
+record_source_ids (struct attach *a)
+{
+  char ids[META_SOURCE_IDS_MAX];
+
+  if (a->ds.n == 0 || disk_sources_ids (a->r, ids, sizeof ids) == -1 ||
+      !strcmp (ids, a->rec.source_ids))
+    return 0;
+  meta_disk_record (a->md, &a->rec);
+  snprintf (a->rec.source_ids, sizeof a->rec.source_ids, "%s", ids);
+  return meta_disk_update (a->md, &a->rec);
+}
+
 /* Step 4, once the parent passed check_parent_size: record its identity
  * where it was re-pinned (accept-changed-parent, --repin, an interrupted
  * merge; never a sealed mirror's), and a URL recorded by an older corfs
@@ -476,7 +491,7 @@ record_parent (struct attach *a)
     if (meta_disk_update (a->md, &a->rec) == -1)
       return -1;
   }
-  return 0;
+  return record_source_ids (a);
 }
 
 /* Step 4, once the parent passed check_parent_size: the identities of
@@ -569,6 +584,8 @@ create_record (struct attach *a)
   memset (&init, 0, sizeof init);
   snprintf (init.url, sizeof init.url, "%s", a->redacted);
   snprintf (init.sources, sizeof init.sources, "%s", a->ds.list);
+  if (a->ds.n > 0 && disk_sources_ids (a->r, init.source_ids, sizeof init.source_ids) == -1)
+    init.source_ids[0] = '\0';
   remote_identity (a->r, init.identity, sizeof init.identity);
   init.size = size;
   init.block_size = bs;

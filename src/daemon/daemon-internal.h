@@ -97,6 +97,7 @@ struct disk_sources {
   size_t n;                     /* 0: one parent, no source set */
   char *owned[MAX_SOURCES];     /* URLs copied from the record */
   char list[META_SOURCES_MAX];
+  char ids[MAX_SOURCES][META_ID_MAX];  /* each source's recorded pin */
 };
 
 /* Fill ds from the options (dopt, NULL if not given) or the record (rec,
@@ -111,6 +112,10 @@ int disk_sources_build (const char *name, const struct disk_opts *dopt,
  * source. */
 void disk_sources_pin (struct disk_sources *ds, const char *pinned);
 void disk_sources_free (struct disk_sources *ds);
+/* A set's sources' own pins, tab-separated, as the record keeps them
+ * (source_ids).  0, or -1 if they do not fit in len. */
+int disk_sources_ids (struct remote *r, char *buf, size_t len);
+
 /* supervise.c and daemon.c: a supervised worker's descriptors, at these
  * numbers after its exec (the ready pipe only for the first worker). */
 enum { WORKER_FD_SETTINGS = 3, WORKER_FD_CWD, WORKER_FD_FUSE, WORKER_FD_LOCK,

@@ -83,6 +83,68 @@ make_list (struct disk_sources *ds, const char *name)
   return 0;
 }
 
+/* Entry k of the recorded pins (tab-separated) into buf, "" if none. */
+static void
+recorded_id (const char *ids, size_t k, char *buf, size_t len)
+{
+  const char *p = ids;
+
+  for (; k > 0 && p; k--) {
+    p = strchr (p, '\t');
+    p = p ? p + 1 : NULL;
+  }
+  buf[0] = '\0';
+  if (p)
+    snprintf (buf, len, "%.*s", (int) strcspn (p, "\t"), p);
+}
+
+/* Each source's own pin, from the record (matched by its URL without
+ * credentials, so an order given anew keeps them): a source whose image
+ * changed since is refused at its first check, never read. */
+static void
+pin_sources (struct disk_sources *ds, const struct meta_record *rec)
+{
+  for (size_t k = 0; k < ds->n; k++) {
+    char *u = url_redact (ds->cfg[k].url), *copy, *tok, *save = NULL;
+    size_t idx = 0;
+    ds->cfg[k].pinned_identity = NULL;
+    if (!u)
+      continue;
+    if (!strcmp (u, rec->url))
+      recorded_id (rec->source_ids, 0, ds->ids[k], sizeof ds->ids[k]);
+    else if ((copy = strdup (rec->sources))) {
+      for (tok = strtok_r (copy, " ", &save), idx = 1; tok;
+           tok = strtok_r (NULL, " ", &save), idx++)
+        if (!strcmp (tok, u)) {
+          recorded_id (rec->source_ids, idx, ds->ids[k], sizeof ds->ids[k]);
+          break;
+        }
+      free (copy);
+    }
+    free (u);
+    if (ds->ids[k][0])
+      ds->cfg[k].pinned_identity = ds->ids[k];
+  }
+}
+
+int
+disk_sources_ids (struct remote *r, char *buf, size_t len)
+{
+  size_t used = 0;
+
+  buf[0] = '\0';
+  for (size_t i = 0; i < remote_nr_sources (r); i++) {
+    struct remote_source_info si;
+    int n;
+    remote_source_info (r, i, &si);
+    n = snprintf (buf + used, len - used, "%s%s", i ? "\t" : "", si.identity);
+    if (n < 0 || (size_t) n >= len - used)
+      return -1;
+    used += n;
+  }
+  return 0;
+}
+
 int
 disk_sources_build (const char *name, const struct disk_opts *dopt,
                     const struct meta_record *rec, struct remote_config *base,
@@ -114,6 +176,8 @@ disk_sources_build (const char *name, const struct disk_opts *dopt,
   }
   if (make_list (ds, name) == -1)
     return -1;
+  if (rec && rec->source_ids[0] && !rec->merging)
+    pin_sources (ds, rec);
   base->sources = ds->cfg;
   base->nr_sources = ds->n;
   base->source_timeout_ns = source_timeout_ms * 1000000ULL;
@@ -126,7 +190,8 @@ disk_sources_pin (struct disk_sources *ds, const char *pinned)
 {
   /* A disk recorded with one parent: its pin holds the first source to
    * the image, and the set's fingerprint is taken from it. */
-  if (ds->n > 0 && pinned && !remote_identity_is_set (pinned))
+  if (ds->n > 0 && pinned && !remote_identity_is_set (pinned) &&
+      !(ds->cfg[0].pinned_identity && *ds->cfg[0].pinned_identity))
     ds->cfg[0].pinned_identity = pinned;
 }
 

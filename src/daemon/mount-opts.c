@@ -466,6 +466,37 @@ block_size_ok (uint64_t bs)
   return bs >= 4096 && bs <= (4 << 20) && !(bs & (bs - 1));
 }
 
+/* Source j's URL (0: the disk's own), credentials stripped, or NULL. */
+static char *
+redacted_source (const struct disk_opts *d, size_t j)
+{
+  const char *u = j == 0 ? d->url : d->sources[j - 1].url;
+  return u ? url_redact (u) : NULL;
+}
+
+/* No source given twice (as the record lists them: credentials
+ * stripped): the set would check and count one image as two sources.
+ * 0 or -1 (printed). */
+static int
+check_duplicate_sources (const struct disk_opts *d)
+{
+  for (size_t j = 1; j <= d->nr_sources; j++) {
+    char *uj = redacted_source (d, j);
+    for (size_t i = 0; uj && i < j; i++) {
+      char *ui = redacted_source (d, i);
+      bool same = ui && !strcmp (ui, uj);
+      free (ui);
+      if (same) {
+        fprintf (stderr, "corfs: disk %s: source %s is given twice\n", d->name, uj);
+        free (uj);
+        return -1;
+      }
+    }
+    free (uj);
+  }
+  return 0;
+}
+
 /* A disk with several sources: only for disks corfs only reads (a
  * write that reached one source is not on the others), each source
  * with a URL that a record can list.  0 or -1 (printed). */
@@ -499,7 +530,7 @@ check_sources (const struct mount_opts *o, const struct disk_opts *d)
       return -1;
     }
   }
-  return 0;
+  return check_duplicate_sources (d);
 }
 
 /* The mount's block size, and each disk's URL and block size, wherever

@@ -64,6 +64,7 @@ const char *meta_state_name (enum meta_state s);
 #define META_URL_MAX 2048
 #define META_ID_MAX 512
 #define META_SOURCES_MAX 4096
+#define META_SOURCE_IDS_MAX 8192
 
 /* A disk's durable record.  Plain data: copy freely. */
 /* The most blocks a disk may have: the index keeps META_NR_MAPS bitmaps
@@ -107,6 +108,12 @@ struct meta_record {
    * credentials stripped, separated by single spaces; "" (as in records
    * written before) for a disk with one. */
   char sources[META_SOURCES_MAX];
+  /* Each source's own pin (its remote's identity: ETag, file identity,
+   * NBD sample hash) in the order url, sources, separated by tabs ("" for
+   * one not pinned yet); "" for a disk with one source.  A later mount
+   * holds each source to its pin, as a single parent is held to identity
+   * (the set's fingerprint alone samples too little of the image). */
+  char source_ids[META_SOURCE_IDS_MAX];
   /* The parent's image format (src/format's name, "qcow2"); "" (as in
    * records written before this field existed) means raw.  Stored only
    * when not raw.  Never probed: the record is what presents a disk. */

@@ -55,6 +55,7 @@ encode_record (const struct disk_value *v, size_t *len)
   char *s = NULL, mode[16] = "", uid[24] = "", gid[24] = "", dsize[40] = "", format[32] = "";
   char backing[META_ID_MAX + 32] = "";
   const char *sources = v->rec.sources[0] ? "sources=" : "";
+  const char *ids = v->rec.source_ids[0] ? "source_ids=" : "";
   int n;
 
   /* Written only when set: older daemons skip unknown keys, and an
@@ -79,13 +80,14 @@ encode_record (const struct disk_value *v, size_t *len)
                     "block_size=%" PRIu32 "\nstate=%s\nepoch=%" PRIu64 "\n"
                     "write_mode=%s\nparent_owned=%d\ncomplete=%d\n"
                     "generation=%" PRIu32 "\nwidened_generation=%" PRIu32 "\n"
-                    "merging=%d\nopen=%d\n%s%s%s%s%s%s%s%s%s",
+                    "merging=%d\nopen=%d\n%s%s%s%s%s%s%s%s%s%s%s%s",
                     v->id, v->rec.url, v->rec.identity, v->rec.size,
                     v->rec.block_size, state_names[v->rec.state], v->rec.epoch,
                     v->rec.mirror ? "mirror" : "writeback", v->rec.parent_owned,
                     v->rec.complete, v->rec.generation,
                     v->rec.widened_generation, v->rec.merging, v->open, mode, uid, gid, dsize,
-                    format, backing, sources, v->rec.sources, *sources ? "\n" : "");
+                    format, backing, sources, v->rec.sources, *sources ? "\n" : "",
+                    ids, v->rec.source_ids, *ids ? "\n" : "");
   if (n < 0)
     return NULL;
   *len = n;
@@ -125,6 +127,8 @@ decode_field (struct disk_value *v, const char *k, const char *val)
   }
   else if (!strcmp (k, "sources"))
     snprintf (v->rec.sources, sizeof v->rec.sources, "%s", val);
+  else if (!strcmp (k, "source_ids"))
+    snprintf (v->rec.source_ids, sizeof v->rec.source_ids, "%s", val);
   else if (!strcmp (k, "backing_identity"))
     snprintf (v->rec.backing_identity, sizeof v->rec.backing_identity, "%s", val);
   else if (!strcmp (k, "format"))

@@ -245,6 +245,7 @@ struct remote_source_info {
   const char *state;            /* "unchecked", "ok", "failed", "mismatch" */
   uint64_t reads, bytes, errors, latency_us;
   char error[256];              /* why it failed or was refused */
+  char identity[512];           /* its own pin ("" if not pinned yet) */
 };
 size_t remote_nr_sources (struct remote *r);
 /* A source set's sources changed at run time (corfs sources).  add

@@ -64,6 +64,9 @@ rsources_info (void *hv, size_t i, struct remote_source_info *si)
     snprintf (si->error, sizeof si->error, "%s", s->why);
   }
   pthread_mutex_unlock (&set->lock);
+  /* The source's own lock, never under set->lock; its slot outlives it. */
+  if (s)
+    remote_identity (s->r, si->identity, sizeof si->identity);
 }
 
 /* ---- sources added and removed at run time ---- */
@@ -119,10 +122,23 @@ rsources_add (void *hv, const struct remote_config *src, uint64_t deadline_ns, c
     if (ret == -1)
       snprintf (why, len, "%s: %s", url, strerror (errno));
     else {
+      bool stopped;
       remote_set_single_attempt (s->r);
-      ret = sources_verify (set, s, deadline_ns);
+      /* An unmount (rsources_cancel) cancels the check, not only the
+       * sources readers see. */
+      pthread_mutex_lock (&set->lock);
+      stopped = set->stop;
+      set->adding = s;
+      pthread_mutex_unlock (&set->lock);
+      ret = stopped ? -1 : sources_verify (set, s, deadline_ns);
+      pthread_mutex_lock (&set->lock);
+      set->adding = NULL;
+      for (int i = 0; i < 1000 && set->cancelling; i++)  /* a cancel's own time */
+        pthread_cond_wait (&set->wake, &set->lock);
+      pthread_mutex_unlock (&set->lock);
       if (ret == -1)
-        snprintf (why, len, "%s: %s", url, *s->why ? s->why : "does not answer");
+        snprintf (why, len, "%s: %s", url, stopped ? "the disk is being unmounted"
+                  : *s->why ? s->why : "does not answer");
     }
     if (ret == -1) {
       remote_close (s->r);

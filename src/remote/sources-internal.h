@@ -54,6 +54,8 @@ struct src {
   enum sources_state state;
   bool verified;                /* matched the fingerprint since it last failed */
   bool probed;                  /* the prober checked it once, unchecked */
+  bool pin_recorded;            /* its own pin is in the disk's record (it
+                                   was given one, or "source-pinned" told) */
   uint64_t next_probe_ns, backoff_ns;
   uint64_t reads, bytes, errors, latency_ns;  /* latency: the last piece served */
   char why[256];                /* why it failed or was refused */
@@ -84,6 +86,11 @@ struct rsources {
   void *notify_opaque;
   pthread_t prober;
   bool prober_started, stop;
+  struct src *adding;           /* the slot an add is checking, or NULL
+                                   (cancelled with the others) */
+  bool cancelling;              /* rsources_cancel is cancelling adding */
+  bool ids_dirty;               /* a source was pinned afresh: the prober
+                                   tells notify "source-pinned" */
 };
 
 /* Check s against the set's size and fingerprint (which must be taken),

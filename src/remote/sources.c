@@ -15,8 +15,11 @@
  * refused (state "mismatch", logged) and never read from.  The set's
  * identity, pinned and recorded like any parent's, is
  * "sources:size=N,seed=S,fp=F": a later mount checks every source
- * against it.  Each source keeps its own pin (ETag, file identity) for
- * changes while mounted: a source whose pin breaks is refused too.
+ * against it.  Each source keeps its own pin (ETag, file identity, NBD
+ * sample hash), recorded with the disk once it is first checked (the
+ * prober tells notify "source-pinned"; the daemon writes source_ids) and
+ * given back at the next mount: a source whose pin breaks, while mounted
+ * or between mounts, is refused too.
  *
  * Failover: a read tries the sources in order, each piece of at most
  * PIECE bytes bounded by the source timeout (so a large read that flows
@@ -41,7 +44,8 @@
  * sources' states and counters, the fingerprint and the prober's flags;
  * it is never held across a call to a source (which may block).  A
  * source's check lock is held across its verification (so concurrent
- * readers verify once), set->fp_lock across establishing the fingerprint.
+ * readers verify once; a reader waits for it no longer than its own
+ * deadline), set->fp_lock across establishing the fingerprint.
  * Lock order: set->fp_lock -> src->check -> set->lock -> (a source
  * remote's own locks are taken only by calls made with set->lock not
  * held).
@@ -62,6 +66,7 @@
 #define PROBE_MIN_NS (250 * 1000000ULL)
 #define PROBE_MAX_NS (30 * NS_PER_SEC)
 #define DEFAULT_SOURCE_TIMEOUT_NS (1500 * 1000000ULL)
+#define DEFAULT_CONNECT_NS (10 * NS_PER_SEC)
 
 /* ---- the fingerprint (pure: unit-tested) ---- */
 
@@ -183,7 +188,42 @@ piece_deadline (const struct rsources *set, uint64_t deadline_ns)
   return d < deadline_ns ? d : deadline_ns;
 }
 
+/* The deadline of a source's connect and identity question (a check's
+ * first step): its connect timeout (an NBD connect is a handshake and
+ * sample reads, an HTTP one a HEAD) plus one piece's, never the per-piece
+ * no-progress timeout alone, so a slow but working source connects; and
+ * never past deadline_ns. */
+static uint64_t
+connect_deadline (const struct rsources *set, uint64_t deadline_ns)
+{
+  uint64_t c = set->connect_timeout_ns ? set->connect_timeout_ns : DEFAULT_CONNECT_NS;
+  uint64_t d = now_ns () + c + set->timeout_ns;
+  return d < deadline_ns ? d : deadline_ns;
+}
+
+/* How long a check may take when another source could answer instead
+ * (more): half of what is left, so one slow source never uses the whole
+ * hold; it is marked failed if that is too short, and the prober checks
+ * it again with the time a check needs (check_budget). */
+static uint64_t
+share_deadline (uint64_t deadline_ns, bool more)
+{
+  uint64_t now = now_ns ();
+
+  return more && deadline_ns > now ? now + (deadline_ns - now) / 2 : deadline_ns;
+}
+
+/* What a whole check needs at most: the connect, then each sample within
+ * the per-piece timeout. */
+static uint64_t
+check_budget (const struct rsources *set)
+{
+  uint64_t c = set->connect_timeout_ns ? set->connect_timeout_ns : DEFAULT_CONNECT_NS;
+  return c + set->timeout_ns + SFP_SAMPLES * set->timeout_ns;
+}
+
 static void *prober_main (void *arg);
+static void start_prober (struct rsources *set);
 
 void
 sources_notify (struct rsources *set, struct src *s, const char *event, const char *why)
@@ -205,6 +245,11 @@ rsources_set_notify (void *hv, void (*fn) (void *, const char *, const char *, c
    * first. */
   set->notify_opaque = opaque;
   __atomic_store_n (&set->notify, fn, __ATOMIC_RELEASE);
+  /* Sources pinned before (at attach) are told now. */
+  pthread_mutex_lock (&set->lock);
+  if (set->ids_dirty)
+    start_prober (set);
+  pthread_mutex_unlock (&set->lock);
 }
 
 /* Start the prober if it is not running.  Under set->lock. */
@@ -215,6 +260,19 @@ start_prober (struct rsources *set)
       pthread_create (&set->prober, NULL, prober_main, set) == 0)
     set->prober_started = true;
   pthread_cond_signal (&set->wake);
+}
+
+/* s matched: if its own pin is not recorded yet, have the prober tell
+ * (notify "source-pinned", with no lock held: the record is written
+ * then).  Under set->lock. */
+static void
+pinned_afresh (struct rsources *set, struct src *s)
+{
+  if (s->pin_recorded)
+    return;
+  s->pin_recorded = true;
+  set->ids_dirty = true;
+  start_prober (set);
 }
 
 /* Mark s failed (or refused: mismatch), with why, and have the prober
@@ -251,14 +309,14 @@ mark (struct rsources *set, struct src *s, enum sources_state st, const char *wh
 }
 
 /* The fingerprint of s with the set's seed: its size into *size, the
- * hash into *fp.  Each sample bounded by the source timeout, all by
- * deadline_ns.  0, or -1 with *err. */
+ * hash into *fp.  The connect bounded by connect_deadline, each sample by
+ * the source timeout, all by deadline_ns.  0, or -1 with *err. */
 static int
 fingerprint (struct rsources *set, struct src *s, uint64_t seed, uint64_t *size,
              uint64_t *fp, uint64_t deadline_ns, int *err)
 {
   unsigned char buf[SFP_BLOCK];
-  int64_t sz = remote_get_size (s->r, piece_deadline (set, deadline_ns), err);
+  int64_t sz = remote_get_size (s->r, connect_deadline (set, deadline_ns), err);
   uint64_t h;
 
   if (sz <= 0) {
@@ -289,8 +347,12 @@ sources_verify (struct rsources *set, struct src *s, uint64_t deadline_ns)
   uint64_t size, fp;
   int err = 0, ret = -1;
   char why[256];
+  struct timespec ts = { deadline_ns / NS_PER_SEC, deadline_ns % NS_PER_SEC };
 
-  pthread_mutex_lock (&s->check);
+  /* Another thread's check (the prober's may take long on a slow source):
+   * wait for it no longer than the caller may wait. */
+  if (pthread_mutex_clocklock (&s->check, CLOCK_MONOTONIC, &ts) != 0)
+    return -1;
   pthread_mutex_lock (&set->lock);
   if (s->verified || s->state == SOURCES_MISMATCH || s->state == SOURCES_REMOVED) {
     ret = s->verified && s->state != SOURCES_REMOVED ? 0 : -1;
@@ -315,6 +377,7 @@ sources_verify (struct rsources *set, struct src *s, uint64_t deadline_ns)
     if (s->state != SOURCES_REMOVED) {
       s->state = SOURCES_OK;
       s->verified = true;
+      pinned_afresh (set, s);
     }
     s->why[0] = '\0';
     pthread_mutex_unlock (&set->lock);
@@ -346,7 +409,9 @@ establish (struct rsources *set, uint64_t deadline_ns, int *err)
       break;
     if (s->state == SOURCES_MISMATCH || s->state == SOURCES_REMOVED)
       continue;
-    if (fingerprint (set, s, set->seed, &size, &fp, deadline_ns, err) == -1) {
+    bool more = !set->first_only && i + 1 < nsrc (set);
+    if (fingerprint (set, s, set->seed, &size, &fp, share_deadline (deadline_ns, more),
+                     err) == -1) {
       mark (set, s, *err == ESTALE ? SOURCES_MISMATCH : SOURCES_FAILED, strerror (*err));
       continue;
     }
@@ -356,6 +421,7 @@ establish (struct rsources *set, uint64_t deadline_ns, int *err)
     set->have_fp = true;
     s->state = SOURCES_OK;
     s->verified = true;
+    pinned_afresh (set, s);
     pthread_mutex_unlock (&set->lock);
     log_info ("remote: disk %s: fingerprint %016" PRIx64 " of %" PRIu64 " bytes taken from "
               "source %s", set->disk, fp, size, remote_url (s->r));
@@ -405,7 +471,15 @@ prober_main (void *arg)
   pthread_mutex_lock (&set->lock);
   while (!set->stop) {
     uint64_t due = 0, now = now_ns ();
-    struct src *s = next_due (set, &due);
+    struct src *s;
+    if (set->ids_dirty && __atomic_load_n (&set->notify, __ATOMIC_ACQUIRE)) {
+      set->ids_dirty = false;
+      pthread_mutex_unlock (&set->lock);
+      sources_notify (set, &set->v[0], "source-pinned", "");
+      pthread_mutex_lock (&set->lock);
+      continue;
+    }
+    s = next_due (set, &due);
     if (!s) {
       pthread_cond_wait (&set->wake, &set->lock);
       continue;
@@ -423,7 +497,7 @@ prober_main (void *arg)
     s->backoff_ns = s->backoff_ns * 2 > PROBE_MAX_NS ? PROBE_MAX_NS : s->backoff_ns * 2;
     s->next_probe_ns = now + s->backoff_ns;
     pthread_mutex_unlock (&set->lock);
-    sources_verify (set, s, now_ns () + 4 * set->timeout_ns + SFP_SAMPLES * set->timeout_ns / 4);
+    sources_verify (set, s, now_ns () + check_budget (set));
     pthread_mutex_lock (&set->lock);
   }
   pthread_mutex_unlock (&set->lock);
@@ -489,6 +563,7 @@ rsources_open (struct remote *r, const struct remote_config *cfg, void **hp, int
     c.disk = cfg->disk;
     c.writable = false;
     pthread_mutex_init (&set->v[i].check, NULL);
+    set->v[i].pin_recorded = c.pinned_identity && *c.pinned_identity;
     set->n = i + 1;
     if (remote_open (&c, &set->v[i].r) == -1) {
       *err = errno;
@@ -538,11 +613,23 @@ static void
 rsources_cancel (void *hv)
 {
   struct rsources *set = hv;
+  struct remote *adding;
 
   pthread_mutex_lock (&set->lock);
   set->stop = true;
   pthread_cond_broadcast (&set->wake);
+  /* The slot an add is checking: the add closes it only once cancelling
+   * is over (a source's calls are never made under set->lock). */
+  adding = set->adding ? set->adding->r : NULL;
+  set->cancelling = adding != NULL;
   pthread_mutex_unlock (&set->lock);
+  if (adding) {
+    remote_cancel (adding);
+    pthread_mutex_lock (&set->lock);
+    set->cancelling = false;
+    pthread_cond_broadcast (&set->wake);
+    pthread_mutex_unlock (&set->lock);
+  }
   for (size_t i = 0; i < nsrc (set); i++)
     remote_cancel (set->v[i].r);
 }
@@ -585,7 +672,7 @@ rsources_get_size (struct remote *r, void *hv, uint64_t deadline_ns, int *err)
     return -1;
   k = order_now (set, order, 0);
   for (size_t j = 0; j < k; j++)
-    if (sources_verify (set, &set->v[order[j]], deadline_ns) == 0) {
+    if (sources_verify (set, &set->v[order[j]], share_deadline (deadline_ns, j + 1 < k)) == 0) {
       sfp_format (id, sizeof id, set->size, set->seed, set->fp);
       if (remote_check_identity (r, id, err) == -1)
         return -1;
@@ -630,7 +717,7 @@ read_piece (struct rsources *set, void *buf, size_t count, uint64_t offset,
     uint64_t t0;
     int e = 0;
     char why[256];
-    if (sources_verify (set, s, deadline_ns) == -1)
+    if (sources_verify (set, s, share_deadline (deadline_ns, j + 1 < k)) == -1)
       continue;
     t0 = now_ns ();
     if (remote_pread (s->r, buf, count, offset, piece_deadline (set, deadline_ns), &e) == 0) {
