@@ -53,22 +53,14 @@
  * merge's job threads (cor_writeback, cor_update_record, abort's pieces).  The threads
  * the engine creates itself:
  *   - the committer, one per engine (commit.c, cor_engine_start);
- *   - the stream pool, COR_STREAM_POOL threads per engine (or
- *     cor_engine_set_workers') shared by every disk, started by the
- *     first stream start (workers.c, stream.c): each runs one unit of a
- *     disk's stream at a time (a chunk), at most COR_STREAM_WORKERS of
- *     one disk at once;
- *   - the readahead pool, COR_RA_POOL threads per engine, shared
- *     likewise, started by the first prefetch (readahead.c), at most
- *     COR_RA_WORKERS prefetches of one disk at once;
- *   - writeback helpers, up to WB_THREADS - 1 per cor_writeback call and
- *     WB_HELPERS_MAX in the engine, joined before it returns
- *     (writeback.c).
- * A unit never waits inside but for its own I/O: a disk that must wait
- * (rate limits, giving way to a guest, a backoff) tells the pool when to
- * run it again.  At cor_engine_free/finish each disk leaves both pools
- * (its units running end: they see its stop flag), then the pools'
- * threads are joined; the committer stops last (its final commit).
+ *   - the streamer, COR_STREAM_WORKERS per disk, on the first start
+ *     (stream.c);
+ *   - readahead, COR_RA_WORKERS per disk, on the first prefetch
+ *     (readahead.c);
+ *   - writeback helpers, up to WB_THREADS - 1 per cor_writeback call,
+ *     joined before it returns (writeback.c).
+ * Streamer and readahead threads are joined at cor_engine_free/finish,
+ * the committer stops last (its final commit).
  *
  * LOCK ORDER (outermost first; a lock is only ever taken while holding
  * locks above it in this list, never below):
@@ -83,11 +75,6 @@
  *     d->stream.lock    the streamer's fields (stream.c)
  *     d->ra.lock        readahead's queue (readahead.c); these two are
  *                       never held together, nor under owner_lock
- *       pool->lock      a shared pool's members and threads (workers.c):
- *                       a kick takes it under either lock above; a leaf,
- *                       never held across a unit
- *       e->stream_total.lock  the daemon-wide stream rate (stream.c),
- *                       taken under d->stream.lock; a leaf
  *       d->lock         the in-flight table, the gate and the waiter
  *                       counts (inflight.c); never held across I/O
  *     d->attr_lock      the cached mode and owner (owner.c); only meta's
@@ -135,62 +122,12 @@
 
 enum cor_health { COR_RW, COR_RO, COR_FAILED };
 
-/* Background work runs from two pools shared by every disk of the
- * engine (workers.c): threads in each (defaults; cor_engine_set_workers),
- * and the most units one disk runs at once. */
-#define COR_STREAM_POOL 4
-#define COR_RA_POOL 4
-#define COR_POOL_MAX_WORKERS 64
-#define COR_STREAM_WORKERS 3    /* chunks in flight per disk */
+#define COR_STREAM_WORKERS 3
 #define COR_RA_WORKERS 3        /* prefetches in flight per disk: one fewer
                                  * than NBD connections, so a guest fault
                                  * never queues behind prefetches for one */
 #define COR_RA_STREAMS 4        /* sequential readers tracked per disk */
 #define COR_RA_QUEUE 64
-
-/* workers.c: a pool of worker threads shared by the engine's disks.  A
- * unit of work (ops->run) returns when its disk wants to run again: 0
- * (now), a now_ns time, or COR_POOL_IDLE (when kicked). */
-#define COR_POOL_IDLE UINT64_MAX
-
-struct cor_pool_ops {
-  const char *name;             /* for messages: "stream", "readahead" */
-  uint64_t (*run) (struct cor_disk *d);
-};
-
-/* A disk's place in one pool.  Every field is under the pool's lock. */
-struct cor_pool_member {
-  struct cor_disk *d;
-  struct cor_pool_member *next, *prev;  /* in the pool's list while linked */
-  bool linked, left;
-  unsigned kicks;               /* changes at each kick */
-  int active, max_active;       /* units running; most at once */
-  uint64_t ready_ns;            /* not before (COR_POOL_IDLE: until kicked) */
-};
-
-struct cor_pool {
-  const struct cor_pool_ops *ops;
-  pthread_mutex_t lock;         /* a leaf: see workers.c */
-  pthread_cond_t cond;          /* kicks, units ended, stop (monotonic) */
-  struct cor_pool_member *head, *tail;  /* least recently served first */
-  unsigned max_workers, nr_workers;
-  pthread_t *workers;
-  bool started, stop;
-};
-
-void cor_pool_init (struct cor_pool *p, const struct cor_pool_ops *ops, unsigned workers);
-void cor_pool_member_init (struct cor_pool_member *m, struct cor_disk *d, int max_active);
-/* The member may have work: run a unit now (starting the pool's threads
- * on the first kick).  0, or -1 (logged) if no worker runs or the pool
- * stopped.  A member that left is not run again. */
-int cor_pool_kick (struct cor_pool *p, struct cor_pool_member *m);
-/* Take the member out (its disk's stop flag set first) and wait for its
- * units running. */
-void cor_pool_leave (struct cor_pool *p, struct cor_pool_member *m);
-/* Stop the workers (after their unit in flight) and join them. */
-void cor_pool_stop (struct cor_pool *p);
-void cor_pool_destroy (struct cor_pool *p);
-unsigned cor_pool_threads (struct cor_pool *p);
 
 /* A range of blocks [first, end) owned by one operation (a fetch or a
  * write): the in-flight table.  Nodes live on the owner's stack. */
@@ -239,12 +176,11 @@ struct cor_disk {
   /* The streamer (stream.c).  Lock order: stream.lock before d->lock. */
   struct {
     pthread_mutex_t lock;       /* protects the fields below */
+    pthread_cond_t cond;        /* state changes, rate changes, stop */
     int state;                  /* enum stream_state (stream.c) */
-    bool stop;
+    bool workers_started, stop;
     bool finishing;             /* a worker is making completion durable */
-    struct cor_pool_member member;      /* in e->stream_pool */
-    uint64_t yield_since;       /* giving way to the guest since (0: not) */
-    unsigned yield_passes;      /* chunks let through after YIELD_MAX_NS */
+    pthread_t workers[COR_STREAM_WORKERS];
     uint64_t rate;              /* bytes/s, 0 = unlimited */
     double tokens;              /* rate limiter; may go negative (debt) */
     uint64_t tokens_ns;         /* last refill */
@@ -275,8 +211,10 @@ struct cor_disk {
    * taken before d->lock, never held across I/O. */
   struct {
     pthread_mutex_t lock;
-    bool stop;
-    struct cor_pool_member member;      /* in e->ra_pool */
+    pthread_cond_t cond;        /* work queued, or stop */
+    bool started, stop;
+    pthread_t workers[COR_RA_WORKERS];
+    int nr_workers;             /* started */
     struct {
       uint64_t next;            /* block after the stream's last read (atomic) */
       uint64_t window;          /* blocks to keep fetched ahead */
@@ -340,17 +278,6 @@ struct cor_engine {
   void (*invalidate_fn) (void *opaque, size_t disk_index);       /* set by src/fs */
   void *invalidate_opaque;
   int stopping;                 /* atomic: cor_engine_quiesce was called */
-  /* The pools every disk's streamer and readahead run from (workers.c),
-   * and the daemon-wide stream rate beside each disk's (stream.c):
-   * stream_total.lock is a leaf, taken under a disk's stream.lock. */
-  struct cor_pool stream_pool, ra_pool;
-  struct {
-    pthread_mutex_t lock;
-    uint64_t rate;              /* bytes/s, 0 = unlimited */
-    double tokens;              /* may go negative (debt) */
-    uint64_t tokens_ns;
-  } stream_total;
-  int wb_helpers;               /* atomic: writeback helpers running (writeback.c) */
 };
 
 
@@ -379,18 +306,14 @@ void cor_overlay_willneed (struct cor_disk *d, uint64_t first, uint64_t end);
 
 /* readahead.c.  note: a guest read of blocks [first, end) was answered;
  * may queue prefetches. */
-extern const struct cor_pool_ops cor_ra_pool_ops;
 void cor_readahead_init (struct cor_disk *d, uint64_t max_bytes);
 void cor_readahead_note (struct cor_disk *d, uint64_t first, uint64_t end);
 /* Stop: no new prefetch starts; join: wait for the ones running. */
 void cor_readahead_stop (struct cor_disk *d);
 void cor_readahead_join (struct cor_disk *d);
 
-/* stream.c: the pool's work, the engine's rate bucket; set a disk up
- * from its config; stop its stream (its chunks in flight end) and wait
- * for them. */
-extern const struct cor_pool_ops cor_stream_pool_ops;
-void cor_stream_total_init (struct cor_engine *e);
+/* stream.c: set up from the disk config; stop the workers (they end
+ * after their chunk in flight) and join them. */
 int cor_stream_init (struct cor_disk *d, const struct cor_disk_config *cfg);
 void cor_stream_stop (struct cor_disk *d);
 void cor_stream_join (struct cor_disk *d);

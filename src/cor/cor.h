@@ -13,14 +13,13 @@
  * (cor_abort_begin, cor_abort_copy, cor_abort_end) from merge's jobs.  The
  * engine creates these threads itself:
  *   - the committer, one per engine, in cor_engine_start;
- *   - the stream pool, shared by every disk (4 workers by default,
- *     cor_engine_set_workers), started when a first stream starts (at
- *     cor_engine_start when a disk's stream mode is on, an incoming
- *     disk's at cor_activate, or at cor_stream_start or a resume);
- *   - the readahead pool, shared likewise (4 by default), at the first
- *     prefetch of any disk configured with readahead;
- *   - writeback helpers, up to 3 per cor_writeback call and at most 8 in
- *     the engine at once, joined before it returns.
+ *   - the streamer, 3 workers per disk, started once: at
+ *     cor_engine_start when the disk's stream mode is on or paused (an
+ *     incoming disk's at cor_activate), else at cor_stream_start;
+ *   - readahead, 3 workers per disk, at the first prefetch of a disk
+ *     configured with readahead;
+ *   - writeback helpers, up to 3 per cor_writeback call, joined before it
+ *     returns.
  * cor_engine_free and cor_engine_finish join all of them.  The lock
  * order inside the engine is written down in src/cor/cor-internal.h.
  */
@@ -44,18 +43,6 @@ struct format;
 
 /* Create an engine over an open index.  0, or -1 with errno. */
 int cor_engine_new (struct meta *m, struct cor_engine **ep);
-
-/* Before cor_engine_start: the threads of the pools that run every
- * disk's streaming and readahead (0 keeps the default, 4 each; at most
- * 64).  Each disk still has at most 3 chunks and 3 prefetches in flight. */
-void cor_engine_set_workers (struct cor_engine *e, unsigned stream_workers,
-                             unsigned readahead_workers);
-
-/* The daemon-wide stream rate, beside each disk's (bytes fetched per
- * second by all streams together; 0 = unlimited, the default).  Any
- * time. */
-void cor_engine_set_stream_rate_total (struct cor_engine *e, uint64_t bytes_per_s);
-uint64_t cor_engine_stream_rate_total (struct cor_engine *e);
 
 /* Start the committer thread.  0, or -1 with errno. */
 int cor_engine_start (struct cor_engine *e);

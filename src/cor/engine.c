@@ -32,25 +32,8 @@ cor_engine_new (struct meta *m, struct cor_engine **ep)
   pthread_mutex_init (&e->lock, NULL);
   cond_init_monotonic (&e->wake);
   pthread_cond_init (&e->done, NULL);
-  cor_pool_init (&e->stream_pool, &cor_stream_pool_ops, COR_STREAM_POOL);
-  cor_pool_init (&e->ra_pool, &cor_ra_pool_ops, COR_RA_POOL);
-  cor_stream_total_init (e);
   *ep = e;
   return 0;
-}
-
-void
-cor_engine_set_workers (struct cor_engine *e, unsigned stream_workers,
-                        unsigned readahead_workers)
-{
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&e->lock);
-  assert (!e->running);
-  if (stream_workers)
-    e->stream_pool.max_workers = stream_workers < COR_POOL_MAX_WORKERS
-                                 ? stream_workers : COR_POOL_MAX_WORKERS;
-  if (readahead_workers)
-    e->ra_pool.max_workers = readahead_workers < COR_POOL_MAX_WORKERS
-                             ? readahead_workers : COR_POOL_MAX_WORKERS;
 }
 
 /* Save the order of guest faults as "offset length" lines, unless a
@@ -98,9 +81,11 @@ disk_teardown (struct cor_disk *d, bool owns_parts, bool clean)
   free (d->trace_path);
   free (d->stream.hints);
   pthread_mutex_destroy (&d->stream.lock);
+  pthread_cond_destroy (&d->stream.cond);
   pthread_mutex_destroy (&d->owner_lock);
   pthread_mutex_destroy (&d->attr_lock);
   pthread_mutex_destroy (&d->ra.lock);
+  pthread_cond_destroy (&d->ra.cond);
   if (owns_parts) {
     if (meta_disk_close (d->md, clean) == -1)
       log_error ("cor: disk %s: closing the index: %m", d->name);
@@ -158,8 +143,6 @@ stop_and_commit (struct cor_engine *e)
     cor_stream_join (e->disks[i]);
     cor_readahead_join (e->disks[i]);
   }
-  cor_pool_stop (&e->stream_pool);
-  cor_pool_stop (&e->ra_pool);
   return cor_engine_stop (e);
 }
 
@@ -179,9 +162,6 @@ cor_engine_free (struct cor_engine *e)
     disk_free (d, clean);
   }
   free (e->disks);
-  cor_pool_destroy (&e->stream_pool);
-  cor_pool_destroy (&e->ra_pool);
-  pthread_mutex_destroy (&e->stream_total.lock);
   pthread_mutex_destroy (&e->lock);
   pthread_cond_destroy (&e->wake);
   pthread_cond_destroy (&e->done);

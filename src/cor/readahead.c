@@ -12,8 +12,8 @@
  * doubles with each sequential read up to the configured maximum (the
  * mount's readahead, as the kernel's for buffered readers), cut into
  * RA_CHUNK requests so that several are in flight at once
- * (COR_RA_WORKERS per disk, from the engine's readahead pool: what makes
- * a high-latency parent stream at its bandwidth).
+ * (COR_RA_WORKERS: what makes a high-latency parent stream at its
+ * bandwidth).
  *
  * Prefetches are ordinary fetches through the in-flight table
  * (cor_populate with COR_POP_READAHEAD): a guest read of a block being
@@ -36,15 +36,12 @@
  * Streams: COR_RA_STREAMS per disk, replaced least recently used; any
  * read that continues none of them starts one.
  *
- * Notes on the thread model: the engine's readahead pool (workers.c),
- * shared by every disk, started on the first prefetch and joined at
- * engine shutdown, runs one queued prefetch per unit (run_unit), at most
- * COR_RA_WORKERS of a disk at once.  ra.lock protects the streams and the
- * queue (streams[].next is also read without it, as a hint, with
- * atomics); it is never held across I/O, and is dropped before
- * cor_populate (which takes d->lock); a queued prefetch kicks the pool
- * under it.  cor_readahead_note runs on any FUSE thread.  LOCK ORDER:
- * cor-internal.h.
+ * Notes on the thread model: COR_RA_WORKERS threads per disk, started on
+ * the first prefetch, joined at engine shutdown.  ra.lock protects the
+ * streams and the queue (streams[].next is also read without it, as a
+ * hint, with atomics); it is never held across I/O and is taken before
+ * d->lock (which cor_populate takes).  cor_readahead_note runs on any
+ * FUSE thread.  LOCK ORDER: cor-internal.h.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -69,43 +66,41 @@ void
 cor_readahead_init (struct cor_disk *d, uint64_t max_bytes)
 {
   pthread_mutex_init (&d->ra.lock, NULL);
-  cor_pool_member_init (&d->ra.member, d, COR_RA_WORKERS);
+  pthread_cond_init (&d->ra.cond, NULL);
   d->ra.max = max_bytes ? bytes_to_blocks (d, max_bytes) : 0;
   /* A window the queue cannot hold would only be queued in part. */
   if (d->ra.max > COR_RA_QUEUE * bytes_to_blocks (d, RA_CHUNK))
     d->ra.max = COR_RA_QUEUE * bytes_to_blocks (d, RA_CHUNK);
 }
 
-/* One unit of the readahead pool's work for d (workers.c): the prefetch
- * at the head of its queue.  Returns 0 while more are queued. */
-static uint64_t
-run_unit (struct cor_disk *d)
+static void *
+ra_worker (void *arg)
 {
+  struct cor_disk *d = arg;
+
   pthread_mutex_lock (&d->ra.lock);
-  if (d->ra.stop || d->ra.qlen == 0) {
+  for (;;) {
+    while (!d->ra.stop && d->ra.qlen == 0)
+      pthread_cond_wait (&d->ra.cond, &d->ra.lock);
+    if (d->ra.stop)
+      break;
+    uint64_t first = d->ra.queue[d->ra.qhead].first, end = d->ra.queue[d->ra.qhead].end;
+    d->ra.qhead = (d->ra.qhead + 1) % COR_RA_QUEUE;
+    d->ra.qlen--;
     pthread_mutex_unlock (&d->ra.lock);
-    return COR_POOL_IDLE;
+
+    int err = 0;
+    if (meta_next (d->md, META_PRESENT, false, first) >= end)
+      cor_overlay_willneed (d, first, end);
+    else if (cor_populate (d, first, end, now_ns () + d->hold_ns, COR_POP_READAHEAD,
+                           NULL, NULL, &err) == -1)
+      log_debug ("cor: disk %s: readahead of blocks %" PRIu64 "-%" PRIu64 " failed: %s "
+                 "(the guest's read will fetch them)", d->name, first, end, strerror (err));
+    pthread_mutex_lock (&d->ra.lock);
   }
-  uint64_t first = d->ra.queue[d->ra.qhead].first, end = d->ra.queue[d->ra.qhead].end;
-  d->ra.qhead = (d->ra.qhead + 1) % COR_RA_QUEUE;
-  d->ra.qlen--;
   pthread_mutex_unlock (&d->ra.lock);
-
-  int err = 0;
-  if (meta_next (d->md, META_PRESENT, false, first) >= end)
-    cor_overlay_willneed (d, first, end);
-  else if (cor_populate (d, first, end, now_ns () + d->hold_ns, COR_POP_READAHEAD,
-                         NULL, NULL, &err) == -1)
-    log_debug ("cor: disk %s: readahead of blocks %" PRIu64 "-%" PRIu64 " failed: %s "
-               "(the guest's read will fetch them)", d->name, first, end, strerror (err));
-
-  pthread_mutex_lock (&d->ra.lock);
-  uint64_t next = !d->ra.stop && d->ra.qlen > 0 ? 0 : COR_POOL_IDLE;
-  pthread_mutex_unlock (&d->ra.lock);
-  return next;
+  return NULL;
 }
-
-const struct cor_pool_ops cor_ra_pool_ops = { "readahead", run_unit };
 
 /* Must be called with ra.lock held.  Queue [first, end) in chunks, as
  * far as the queue has room (the workers fetch what is missing and read
@@ -116,10 +111,20 @@ const struct cor_pool_ops cor_ra_pool_ops = { "readahead", run_unit };
 static uint64_t
 enqueue_unlocked (struct cor_disk *d, uint64_t first, uint64_t end)
 {
-  uint64_t chunk = bytes_to_blocks (d, RA_CHUNK), start = first;
+  uint64_t chunk = bytes_to_blocks (d, RA_CHUNK);
 
   if (d->ra.stop)
     return first;               /* shutting down (or could not start) */
+  if (!d->ra.started) {
+    d->ra.started = true;
+    for (; d->ra.nr_workers < COR_RA_WORKERS; d->ra.nr_workers++)
+      if (thread_create_nosig (&d->ra.workers[d->ra.nr_workers], ra_worker, d) == -1) {
+        log_warn ("cor: disk %s: cannot start a readahead thread: %m", d->name);
+        d->ra.stop = true;      /* those started exit; no readahead */
+        pthread_cond_broadcast (&d->ra.cond);
+        return first;
+      }
+  }
   while (first < end) {
     uint64_t e = first + chunk < end ? first + chunk : end;
     if (d->ra.qlen == COR_RA_QUEUE)
@@ -130,11 +135,7 @@ enqueue_unlocked (struct cor_disk *d, uint64_t first, uint64_t end)
     d->ra.qlen++;
     first = e;
   }
-  if (cor_pool_kick (&d->e->ra_pool, &d->ra.member) == -1) {
-    d->ra.stop = true;          /* no worker runs: no readahead */
-    d->ra.qlen = 0;
-    return start;
-  }
+  pthread_cond_broadcast (&d->ra.cond);
   return first < end ? first : end;
 }
 
@@ -191,11 +192,16 @@ cor_readahead_stop (struct cor_disk *d)
   pthread_mutex_lock (&d->ra.lock);
   d->ra.stop = true;
   d->ra.qlen = 0;
+  pthread_cond_broadcast (&d->ra.cond);
   pthread_mutex_unlock (&d->ra.lock);
 }
 
 void
 cor_readahead_join (struct cor_disk *d)
 {
-  cor_pool_leave (&d->e->ra_pool, &d->ra.member);
+  pthread_mutex_lock (&d->ra.lock);
+  int n = d->ra.nr_workers;
+  pthread_mutex_unlock (&d->ra.lock);
+  for (int i = 0; i < n; i++)
+    pthread_join (d->ra.workers[i], NULL);
 }

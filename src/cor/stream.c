@@ -14,43 +14,35 @@
  * stream is resumable by construction: what is present is never fetched
  * again, so a restart simply finds the missing blocks.
  *
- * Giving way to the guest (dm-clone's do_hydration does the same): no
- * chunk starts while any guest fault is talking to the parent or a guest
- * waits to claim blocks (guest_waiters), nor for QUIET_NS after the last
- * fault ended; after YIELD_MAX_NS of that, COR_STREAM_WORKERS chunks pass
- * and the next window begins (so a guest that faults all the time cannot
- * starve the stream).  A chunk that
+ * Giving way to the guest (dm-clone's do_hydration does the same): before
+ * each chunk a worker waits while any guest fault is talking to the
+ * parent or a guest waits to claim blocks (guest_waiters), and for
+ * QUIET_NS after the last fault ended, at most YIELD_MAX_NS (so a guest
+ * that faults all the time cannot starve the stream).  A chunk that
  * cor_populate cut short (an exclusive command or a waiting guest) is
  * picked again from where it stopped, from the cursor it came from (the
  * sequential one or the hint's).
  *
- * Rate limits: a token bucket per disk, refilled at `rate` bytes/s with
- * one second of burst, and one for every stream of the engine together
- * (e->stream_total, cor_engine_set_stream_rate_total); each chunk is
- * charged what it read from the parent after the fact (zero extents are
- * free), which may take a bucket into debt; the disk's next chunk waits
- * it out.  Errors: a failed chunk is counted and reported
+ * Rate limit: a token bucket shared by the workers, refilled at `rate`
+ * bytes/s with one second of burst; each chunk is charged what it read
+ * from the parent after the fact (zero extents are free), which may take
+ * the bucket into debt; the next chunk waits it out.  Errors: a failed chunk is counted and reported
  * (stream-error event, status) and retried after an exponential backoff
  * up to 30 s, forever: background work never fails the disk.
  *
- * Progress: the first unit to run surveys the parent's zero extents
+ * Progress: the first worker to run surveys the parent's zero extents
  * once (survey.c), so that the ETA counts only the data left to fetch;
- * the disk's other units stream meanwhile.
+ * the other workers stream meanwhile.
  *
- * Completion: when every block is present the first unit to notice
+ * Completion: when every block is present the first worker to notice
  * makes the index durable (cor_flush), records complete=true, emits
  * stream-complete and, unless configured otherwise, closes the parent's
  * connections: the source can be shut down.
  *
- * Notes on the thread model: the engine's stream pool (workers.c) runs
- * every disk's stream, one unit (run_unit: the survey, a chunk or the
- * completion) at a time per worker, at most COR_STREAM_WORKERS units of a
- * disk at once; a unit that must wait (rate, yield, backoff, others'
- * chunks) returns when to come back instead of sleeping.  Any thread
- * kicks the pool (cor_stream_start, resume, a rate change) under
- * d->stream.lock.  d->stream.lock protects the stream fields; it is never
- * held across I/O or cor_populate, and only a pool's lock and
- * e->stream_total.lock (leaves) are taken under it.  The
+ * Notes on the thread model: COR_STREAM_WORKERS threads per disk, started
+ * on the first start and joined at engine shutdown.  d->stream.lock
+ * protects the stream fields; it is never held across I/O or
+ * cor_populate, and is taken before d->lock where both are held.  The
  * completion (finish) holds no stream lock while cor_update_record waits,
  * at most the hold, for owner_lock (an abort copying holds it): see LOCK
  * ORDER in cor-internal.h.
@@ -74,9 +66,6 @@ enum stream_state { S_OFF, S_RUNNING, S_PAUSED, S_CANCELLED, S_COMPLETE };
 #define STREAM_CHUNK (2 << 20)                  /* bytes per request */
 #define QUIET_NS (50 * 1000000ULL)              /* after a guest fault */
 #define YIELD_MAX_NS (2 * NS_PER_SEC)
-#define YIELD_POLL_NS (5 * 1000000ULL)          /* look again while yielding */
-#define HELD_OFF_NS (5 * 1000000ULL)            /* after a chunk cut short */
-#define OTHERS_NS (20 * 1000000ULL)             /* missing blocks all busy */
 #define BACKOFF_MIN_NS (100 * 1000000ULL)
 #define BACKOFF_MAX_NS (30 * NS_PER_SEC)
 #define CHUNK_DEADLINE_NS (60 * NS_PER_SEC)
@@ -94,7 +83,7 @@ int
 cor_stream_init (struct cor_disk *d, const struct cor_disk_config *cfg)
 {
   pthread_mutex_init (&d->stream.lock, NULL);
-  cor_pool_member_init (&d->stream.member, d, COR_STREAM_WORKERS);
+  cond_init_monotonic (&d->stream.cond);
   d->stream.state = S_OFF;
   d->stream.rate = cfg->rate;
   d->stream.release_parent = cfg->release_parent;
@@ -107,6 +96,14 @@ cor_stream_init (struct cor_disk *d, const struct cor_disk_config *cfg)
     d->stream.nr_hints = cfg->nr_hints;
   }
   return 0;
+}
+
+/* Must be called with stream.lock held.  Wait until abs_ns or a signal. */
+static void
+timedwait_unlocked (struct cor_disk *d, uint64_t abs_ns)
+{
+  struct timespec ts = { abs_ns / NS_PER_SEC, abs_ns % NS_PER_SEC };
+  pthread_cond_timedwait (&d->stream.cond, &d->stream.lock, &ts);
 }
 
 static bool
@@ -182,103 +179,59 @@ rewind_unlocked (struct cor_disk *d, size_t hint, uint64_t blk)
     d->stream.hint_cursor = blk;
 }
 
-/* Giving way to the guest (see the design notes): 0 to go on, or when
- * to look again.  The yield is shared by the disk's chunks: after
- * YIELD_MAX_NS of a guest faulting all the time, COR_STREAM_WORKERS
- * chunks pass (as many as were held), then the next window begins. */
-static uint64_t
-yield_wait (struct cor_disk *d)
+static bool
+running (struct cor_disk *d)
 {
-  uint64_t now = now_ns (), last = __atomic_load_n (&d->last_fg_ns, __ATOMIC_SEQ_CST);
-  bool guest = __atomic_load_n (&d->fg_inflight, __ATOMIC_SEQ_CST) != 0 ||
-               __atomic_load_n (&d->guest_waiters, __ATOMIC_SEQ_CST) != 0 ||
-               (last != 0 && now - last < QUIET_NS);
-  uint64_t ret = 0;
+  return __atomic_load_n (&d->stream.state, __ATOMIC_SEQ_CST) == S_RUNNING &&
+    !__atomic_load_n (&d->stream.stop, __ATOMIC_SEQ_CST);
+}
 
-  pthread_mutex_lock (&d->stream.lock);
-  if (!guest)
-    d->stream.yield_since = d->stream.yield_passes = 0;
-  else if (d->stream.yield_since == 0 || now - d->stream.yield_since < YIELD_MAX_NS) {
-    if (d->stream.yield_since == 0)
-      d->stream.yield_since = now;
-    ret = now + YIELD_POLL_NS;
+/* Wait while the guest is faulting (see the design notes). */
+static void
+yield_to_guest (struct cor_disk *d)
+{
+  uint64_t start = now_ns ();
+
+  while (running (d) && now_ns () - start < YIELD_MAX_NS) {
+    uint64_t last = __atomic_load_n (&d->last_fg_ns, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n (&d->fg_inflight, __ATOMIC_SEQ_CST) == 0 &&
+        __atomic_load_n (&d->guest_waiters, __ATOMIC_SEQ_CST) == 0 &&
+        (last == 0 || now_ns () - last >= QUIET_NS))
+      return;
+    sleep_ns (5 * 1000000ULL);
   }
-  else if (++d->stream.yield_passes >= COR_STREAM_WORKERS) {
-    d->stream.yield_since = now;
-    d->stream.yield_passes = 0;
-  }
-  pthread_mutex_unlock (&d->stream.lock);
-  return ret;
 }
 
-/* A token bucket refilled at rate bytes/s with one second of burst (see
- * the design notes): 0 when out of debt, else when to look again (at
- * most 100 ms on, so that a rate change is seen soon). */
-static uint64_t
-bucket_wait (double *tokens, uint64_t *tokens_ns, uint64_t rate, uint64_t now)
-{
-  if (rate == 0)
-    return 0;
-  if (*tokens_ns == 0)
-    *tokens_ns = now;
-  *tokens += (double) (now - *tokens_ns) / NS_PER_SEC * rate;
-  *tokens_ns = now;
-  if (*tokens > rate)
-    *tokens = rate;             /* one second of burst */
-  if (*tokens >= 0)
-    return 0;
-  uint64_t wait = (uint64_t) (-*tokens / rate * NS_PER_SEC);
-  return now + (wait < 100000000ULL ? wait : 100000000ULL) + 1;
-}
-
-void
-cor_stream_total_init (struct cor_engine *e)
-{
-  pthread_mutex_init (&e->stream_total.lock, NULL);
-}
-
-void
-cor_engine_set_stream_rate_total (struct cor_engine *e, uint64_t bytes_per_s)
-{
-  pthread_mutex_lock (&e->stream_total.lock);
-  e->stream_total.rate = bytes_per_s;
-  e->stream_total.tokens = 0;
-  e->stream_total.tokens_ns = 0;
-  pthread_mutex_unlock (&e->stream_total.lock);
-}
-
-uint64_t
-cor_engine_stream_rate_total (struct cor_engine *e)
-{
-  pthread_mutex_lock (&e->stream_total.lock);
-  uint64_t r = e->stream_total.rate;
-  pthread_mutex_unlock (&e->stream_total.lock);
-  return r;
-}
-
-/* The rate limits, the disk's and the daemon's (a chunk is charged after
+/* Wait until the rate limiter is out of debt (a chunk is charged after
  * it is fetched, by the bytes actually read from the parent, so zero
- * extents cost nothing): 0 to go on, a time to look again, or
- * COR_POOL_IDLE if the stream stopped. */
-static uint64_t
-throttle_wait (struct cor_disk *d)
+ * extents cost nothing).  false if the stream stopped meanwhile. */
+static bool
+throttle (struct cor_disk *d)
 {
-  struct cor_engine *e = d->e;
-  uint64_t now = now_ns (), wait;
+  bool ok = true;
 
   pthread_mutex_lock (&d->stream.lock);
-  if (d->stream.stop || d->stream.state != S_RUNNING)
-    wait = COR_POOL_IDLE;
-  else
-    wait = bucket_wait (&d->stream.tokens, &d->stream.tokens_ns, d->stream.rate, now);
-  pthread_mutex_unlock (&d->stream.lock);
-  if (wait == 0) {
-    pthread_mutex_lock (&e->stream_total.lock);
-    wait = bucket_wait (&e->stream_total.tokens, &e->stream_total.tokens_ns,
-                        e->stream_total.rate, now);
-    pthread_mutex_unlock (&e->stream_total.lock);
+  for (;;) {
+    uint64_t now = now_ns (), rate = d->stream.rate;
+    if (d->stream.stop || d->stream.state != S_RUNNING) {
+      ok = false;
+      break;
+    }
+    if (rate == 0)
+      break;
+    if (d->stream.tokens_ns == 0)
+      d->stream.tokens_ns = now;
+    d->stream.tokens += (double) (now - d->stream.tokens_ns) / NS_PER_SEC * rate;
+    d->stream.tokens_ns = now;
+    if (d->stream.tokens > rate)
+      d->stream.tokens = rate;  /* one second of burst */
+    if (d->stream.tokens >= 0)
+      break;
+    uint64_t wait = (uint64_t) (-d->stream.tokens / rate * NS_PER_SEC);
+    timedwait_unlocked (d, now + (wait < 100000000ULL ? wait : 100000000ULL) + 1);
   }
-  return wait;
+  pthread_mutex_unlock (&d->stream.lock);
+  return ok;
 }
 
 /* Every block is present: make it durable, record it, let go of the
@@ -341,10 +294,6 @@ account_unlocked (struct cor_disk *d, uint64_t fetched, uint64_t covered)
   __atomic_fetch_add (&d->streamed_bytes, fetched, __ATOMIC_RELAXED);
   if (d->stream.rate)
     d->stream.tokens -= fetched;
-  pthread_mutex_lock (&d->e->stream_total.lock);
-  if (d->e->stream_total.rate)
-    d->e->stream_total.tokens -= fetched;
-  pthread_mutex_unlock (&d->e->stream_total.lock);
   d->stream.covered_total += covered;
   d->stream.fetched_total += fetched;
   if (d->stream.rate_window_ns == 0)
@@ -374,7 +323,7 @@ account_unlocked (struct cor_disk *d, uint64_t fetched, uint64_t covered)
 }
 
 /* Must be called with stream.lock held, which it drops meanwhile.  The
- * first unit to run surveys the zero extents (survey.c) for the ETA;
+ * first worker to run surveys the zero extents (survey.c) for the ETA;
  * the others stream. */
 static void
 survey_unlocked (struct cor_disk *d)
@@ -393,129 +342,127 @@ survey_unlocked (struct cor_disk *d)
   }
 }
 
-/* Must be called with stream.lock held, which it drops meanwhile.
- * Nothing left to pick: if every block is present, the first unit to see
- * it finishes the stream (the others come back meanwhile and then see the
- * state change).  When to run again (run_unit's return). */
-static uint64_t
-nothing_to_pick_unlocked (struct cor_disk *d)
+static void *
+worker (void *arg)
 {
-  if (meta_count (d->md, META_PRESENT) != d->nr_blocks || d->stream.finishing)
-    return now_ns () + OTHERS_NS;     /* in flight: other units', guests' */
-  d->stream.finishing = true;
-  pthread_mutex_unlock (&d->stream.lock);
-  bool ok = finish (d);
+  struct cor_disk *d = arg;
+
   pthread_mutex_lock (&d->stream.lock);
-  d->stream.finishing = false;
-  if (!ok)
-    return now_ns () + NS_PER_SEC;
-  if (d->stream.state == S_RUNNING) {
-    d->stream.state = S_COMPLETE;
+  for (;;) {
+    uint64_t first, end, next, covered;
+    size_t hint;
+    int64_t r;
+    int err = 0;
+
+    while (!d->stream.stop && d->stream.state != S_RUNNING)
+      pthread_cond_wait (&d->stream.cond, &d->stream.lock);
+    if (d->stream.stop)
+      break;
+    if (!d->stream.survey_started) {
+      survey_unlocked (d);
+      continue;
+    }
+    if (!pick_unlocked (d, &first, &end, &hint)) {
+      if (meta_count (d->md, META_PRESENT) == d->nr_blocks && !d->stream.finishing) {
+        /* One worker finishes; the others wait for it (finishing) and
+         * then see the state change. */
+        d->stream.finishing = true;
+        pthread_mutex_unlock (&d->stream.lock);
+        bool ok = finish (d);
+        pthread_mutex_lock (&d->stream.lock);
+        d->stream.finishing = false;
+        if (ok && d->stream.state == S_RUNNING) {
+          d->stream.state = S_COMPLETE;
+          pthread_cond_broadcast (&d->stream.cond);
+          pthread_mutex_unlock (&d->stream.lock);
+          announce_complete (d);
+          pthread_mutex_lock (&d->stream.lock);
+        }
+        else if (!ok)
+          timedwait_unlocked (d, now_ns () + NS_PER_SEC);
+      }
+      else
+        timedwait_unlocked (d, now_ns () + 20 * 1000000ULL);
+      continue;
+    }
     pthread_mutex_unlock (&d->stream.lock);
-    announce_complete (d);
+
+    yield_to_guest (d);
+    if (!throttle (d)) {
+      pthread_mutex_lock (&d->stream.lock);
+      rewind_unlocked (d, hint, first);
+      continue;
+    }
+    /* A guest read waiting for this chunk's blocks gives up at its own
+     * deadline (fault_in); the chunk may take longer on a slow link. */
+    r = cor_populate (d, first, end, now_ns () + CHUNK_DEADLINE_NS, 0, &next, &covered, &err);
+
     pthread_mutex_lock (&d->stream.lock);
+    if (r == -1 && d->stream.stop) {
+      /* Cut short by the shutdown (remote_cancel): not a stream error. */
+      rewind_unlocked (d, hint, next);
+      continue;
+    }
+    if (r == -1) {
+      char msg[512];
+      d->stream.errors++;
+      snprintf (msg, sizeof msg, "offset %" PRIu64 ": %s", next << d->block_shift,
+                strerror (err));
+      snprintf (d->stream.last_error, sizeof d->stream.last_error, "%s", msg);
+      rewind_unlocked (d, hint, next);
+      uint64_t backoff = d->stream.backoff_ns;
+      d->stream.backoff_ns = backoff * 2 > BACKOFF_MAX_NS ? BACKOFF_MAX_NS : backoff * 2;
+      log_warn ("cor: disk %s: stream: %s; retrying in %.1f s", d->name, msg, backoff / 1e9);
+      cor_emit_event (d, COR_EV_STREAM_ERROR, 0, 0, msg);
+      timedwait_unlocked (d, now_ns () + backoff);
+      continue;
+    }
+    d->stream.backoff_ns = BACKOFF_MIN_NS;
+    /* Only what this chunk made present counts for the rate and the
+     * ETA: a chunk held off or found busy covered nothing. */
+    account_unlocked (d, r, covered);
+    if (next < end) {
+      /* Held off by an exclusive command or a waiting guest (inflight.c):
+       * come back to the rest rather than skip ahead, after a moment. */
+      rewind_unlocked (d, hint, next);
+      timedwait_unlocked (d, now_ns () + 5 * 1000000ULL);
+    }
+    else if (covered == 0 && meta_next (d->md, META_PRESENT, false, first) < end)
+      /* All of it was busy with guest faults or other workers: give them
+       * a moment rather than spin. */
+      timedwait_unlocked (d, now_ns () + 5 * 1000000ULL);
+    if (now_ns () - d->stream.last_progress_ns >= PROGRESS_NS) {
+      d->stream.last_progress_ns = now_ns ();
+      uint64_t present = meta_count (d->md, META_PRESENT);
+      uint64_t done = present == d->nr_blocks ? d->size : present << d->block_shift;
+      cor_emit_event (d, COR_EV_STREAM_PROGRESS, done, d->size, NULL);
+    }
   }
-  return COR_POOL_IDLE;
+  pthread_mutex_unlock (&d->stream.lock);
+  return NULL;
 }
 
-/* Must be called with stream.lock held.  After a chunk [first, end) from
- * hint (populate's r, next, covered, err): errors, progress, the rate.
- * When to run again. */
-static uint64_t
-chunk_done_unlocked (struct cor_disk *d, uint64_t first, uint64_t end, size_t hint,
-                     int64_t r, uint64_t next, uint64_t covered, int err)
-{
-  uint64_t ret = 0;
-
-  if (r == -1 && d->stream.stop) {
-    /* Cut short by the shutdown (remote_cancel): not a stream error. */
-    rewind_unlocked (d, hint, next);
-    return COR_POOL_IDLE;
-  }
-  if (r == -1) {
-    char msg[512];
-    d->stream.errors++;
-    snprintf (msg, sizeof msg, "offset %" PRIu64 ": %s", next << d->block_shift,
-              strerror (err));
-    snprintf (d->stream.last_error, sizeof d->stream.last_error, "%s", msg);
-    rewind_unlocked (d, hint, next);
-    uint64_t backoff = d->stream.backoff_ns;
-    d->stream.backoff_ns = backoff * 2 > BACKOFF_MAX_NS ? BACKOFF_MAX_NS : backoff * 2;
-    log_warn ("cor: disk %s: stream: %s; retrying in %.1f s", d->name, msg, backoff / 1e9);
-    cor_emit_event (d, COR_EV_STREAM_ERROR, 0, 0, msg);
-    return now_ns () + backoff;
-  }
-  d->stream.backoff_ns = BACKOFF_MIN_NS;
-  /* Only what this chunk made present counts for the rate and the
-   * ETA: a chunk held off or found busy covered nothing. */
-  account_unlocked (d, r, covered);
-  if (next < end) {
-    /* Held off by an exclusive command or a waiting guest (inflight.c):
-     * come back to the rest rather than skip ahead, after a moment. */
-    rewind_unlocked (d, hint, next);
-    ret = now_ns () + HELD_OFF_NS;
-  }
-  else if (covered == 0 && meta_next (d->md, META_PRESENT, false, first) < end)
-    /* All of it was busy with guest faults or other units: give them
-     * a moment rather than spin. */
-    ret = now_ns () + HELD_OFF_NS;
-  if (now_ns () - d->stream.last_progress_ns >= PROGRESS_NS) {
-    d->stream.last_progress_ns = now_ns ();
-    uint64_t present = meta_count (d->md, META_PRESENT);
-    uint64_t done = present == d->nr_blocks ? d->size : present << d->block_shift;
-    cor_emit_event (d, COR_EV_STREAM_PROGRESS, done, d->size, NULL);
-  }
-  return ret;
-}
-
-/* One unit of the stream pool's work for d (workers.c): the survey, or
- * one chunk, or the completion.  Returns when to run again. */
-static uint64_t
-run_unit (struct cor_disk *d)
-{
-  uint64_t first, end, next, covered, wait;
-  size_t hint;
-  int64_t r;
-  int err = 0;
-
-  pthread_mutex_lock (&d->stream.lock);
-  if (d->stream.stop || d->stream.state != S_RUNNING)
-    wait = COR_POOL_IDLE;
-  else if (!d->stream.survey_started) {
-    survey_unlocked (d);
-    wait = 0;
-  }
-  else if (!pick_unlocked (d, &first, &end, &hint))
-    wait = nothing_to_pick_unlocked (d);
-  else
-    goto picked;
-  pthread_mutex_unlock (&d->stream.lock);
-  return wait;
-
- picked:
-  pthread_mutex_unlock (&d->stream.lock);
-  if ((wait = yield_wait (d)) != 0 || (wait = throttle_wait (d)) != 0) {
-    pthread_mutex_lock (&d->stream.lock);
-    rewind_unlocked (d, hint, first);
-    pthread_mutex_unlock (&d->stream.lock);
-    return wait;
-  }
-  /* A guest read waiting for this chunk's blocks gives up at its own
-   * deadline (fault_in); the chunk may take longer on a slow link. */
-  r = cor_populate (d, first, end, now_ns () + CHUNK_DEADLINE_NS, 0, &next, &covered, &err);
-  pthread_mutex_lock (&d->stream.lock);
-  wait = chunk_done_unlocked (d, first, end, hint, r, next, covered, err);
-  pthread_mutex_unlock (&d->stream.lock);
-  return wait;
-}
-
-const struct cor_pool_ops cor_stream_pool_ops = { "stream", run_unit };
-
-/* Must be called with stream.lock held.  Have the pool run the stream. */
+/* Must be called with stream.lock held. */
 static int
-kick_unlocked (struct cor_disk *d)
+start_workers_unlocked (struct cor_disk *d)
 {
-  return cor_pool_kick (&d->e->stream_pool, &d->stream.member);
+  if (d->stream.workers_started)
+    return 0;
+  for (int i = 0; i < COR_STREAM_WORKERS; i++)
+    if (thread_create_nosig (&d->stream.workers[i], worker, d) == -1) {
+      log_error ("cor: disk %s: starting stream workers: %m", d->name);
+      /* Stop the ones started. */
+      d->stream.stop = true;
+      pthread_cond_broadcast (&d->stream.cond);
+      pthread_mutex_unlock (&d->stream.lock);
+      for (int j = 0; j < i; j++)
+        pthread_join (d->stream.workers[j], NULL);
+      pthread_mutex_lock (&d->stream.lock);
+      d->stream.stop = false;
+      return -1;
+    }
+  d->stream.workers_started = true;
+  return 0;
 }
 
 int
@@ -530,23 +477,21 @@ cor_stream_start (struct cor_disk *d, int *err)
     return -1;
   }
   pthread_mutex_lock (&d->stream.lock);
-  /* Even with every block present, a unit finishes the stream: the
+  /* Even with every block present, a worker finishes the stream: the
    * blocks may have come from guest faults not yet committed. */
   if (d->stream.state != S_RUNNING && d->stream.state != S_COMPLETE) {
-    int old = d->stream.state;
-    /* The state first: a unit the kick runs must see it. */
-    d->stream.state = S_RUNNING;
-    if (kick_unlocked (d) == -1) {
-      d->stream.state = old;
+    if (start_workers_unlocked (d) == -1) {
       *err = EAGAIN;
       ret = -1;
     }
     else {
-      if (old != S_PAUSED)
+      if (d->stream.state != S_PAUSED)
         d->stream.cursor = 0;
+      d->stream.state = S_RUNNING;
       log_info ("cor: disk %s: stream started", d->name);
     }
   }
+  pthread_cond_broadcast (&d->stream.cond);
   pthread_mutex_unlock (&d->stream.lock);
   return ret;
 }
@@ -560,14 +505,12 @@ transition (struct cor_disk *d, int from_mask, int to, const char *what, int *er
   if (from_mask & (1 << d->stream.state)) {
     d->stream.state = to;
     log_info ("cor: disk %s: stream %s", d->name, what);
-    /* Pausing or cancelling needs nothing more: the next unit sees it. */
-    if (to == S_RUNNING && kick_unlocked (d) == -1)
-      log_error ("cor: disk %s: no stream worker runs: the stream waits", d->name);
   }
   else {
     *err = EINVAL;
     ret = -1;
   }
+  pthread_cond_broadcast (&d->stream.cond);
   pthread_mutex_unlock (&d->stream.lock);
   return ret;
 }
@@ -597,9 +540,7 @@ cor_stream_set_rate (struct cor_disk *d, uint64_t bytes_per_s)
   d->stream.rate = bytes_per_s;
   d->stream.tokens = 0;
   d->stream.tokens_ns = 0;
-  /* A unit waiting out the old rate's debt looks again. */
-  if (d->stream.state == S_RUNNING && !d->stream.stop)
-    kick_unlocked (d);
+  pthread_cond_broadcast (&d->stream.cond);
   pthread_mutex_unlock (&d->stream.lock);
 }
 
@@ -616,8 +557,8 @@ cor_stream_autostart (struct cor_disk *d, enum cor_stream_mode mode)
     pthread_mutex_lock (&d->stream.lock);
     if (meta_count (d->md, META_PRESENT) == d->nr_blocks)
       d->stream.state = S_COMPLETE;
-    else
-      d->stream.state = S_PAUSED;       /* resume kicks the pool */
+    else if (start_workers_unlocked (d) == 0)
+      d->stream.state = S_PAUSED;
     pthread_mutex_unlock (&d->stream.lock);
   }
   else if (meta_count (d->md, META_PRESENT) == d->nr_blocks) {
@@ -632,11 +573,22 @@ cor_stream_stop (struct cor_disk *d)
 {
   pthread_mutex_lock (&d->stream.lock);
   d->stream.stop = true;
+  pthread_cond_broadcast (&d->stream.cond);
   pthread_mutex_unlock (&d->stream.lock);
 }
 
 void
 cor_stream_join (struct cor_disk *d)
 {
-  cor_pool_leave (&d->e->stream_pool, &d->stream.member);
+  bool started;
+
+  pthread_mutex_lock (&d->stream.lock);
+  started = d->stream.workers_started;
+  pthread_mutex_unlock (&d->stream.lock);
+  if (started)
+    for (int i = 0; i < COR_STREAM_WORKERS; i++)
+      pthread_join (d->stream.workers[i], NULL);
+  pthread_mutex_lock (&d->stream.lock);
+  d->stream.workers_started = false;
+  pthread_mutex_unlock (&d->stream.lock);
 }

@@ -3,8 +3,7 @@
  *
  * Thread model: the calling thread (a merge job, or the abort job
  * under owner_lock) and up to WB_THREADS - 1 helper threads that it
- * starts and joins before returning, at most WB_HELPERS_MAX in the
- * engine at once (e->wb_helpers, atomic).  The range is owned in the
+ * starts and joins before returning.  The range is owned in the
  * in-flight table throughout.  wb_copy.lock protects one call's cursor
  * and totals, and is taken by the caller and its helpers only; nothing
  * but meta's lock is taken under it (LOCK ORDER in cor-internal.h).
@@ -33,10 +32,6 @@ needs_writeback (struct cor_disk *d, uint64_t blk)
  * late took 3.8 s that way, 1.9 s four at a time. */
 #define WB_PIECE (1ULL << 20)
 #define WB_THREADS 4
-/* Helpers running in the engine at once, whatever the number of merges
- * (a daemon of 100 disks merging together): a call that finds none free
- * copies with fewer, or alone. */
-#define WB_HELPERS_MAX 8
 
 struct wb_copy {
   struct cor_disk *d;
@@ -157,20 +152,6 @@ wb_copy_worker (void *arg)
   return NULL;
 }
 
-/* Count one more helper in the engine (e->wb_helpers): true if it stays
- * within WB_HELPERS_MAX.  Either way release_helpers takes it back. */
-static bool
-reserve_helper (struct cor_engine *e)
-{
-  return __atomic_add_fetch (&e->wb_helpers, 1, __ATOMIC_SEQ_CST) <= WB_HELPERS_MAX;
-}
-
-static void
-release_helpers (struct cor_engine *e, int n)
-{
-  __atomic_sub_fetch (&e->wb_helpers, n, __ATOMIC_SEQ_CST);
-}
-
 /* cor_writeback, and abort's copy (for_abort: abort itself marked the
  * disk handed off to hold off guest writes, and holds owner_lock). */
 int64_t
@@ -223,15 +204,11 @@ cor_writeback_range (struct cor_disk *d, uint64_t first, uint64_t end, uint64_t 
   pthread_mutex_init (&c.lock, NULL);
   if (blocks_length (d, first, end) > WB_PIECE)
     for (; nr_helpers < WB_THREADS - 1; nr_helpers++)
-      if (!reserve_helper (d->e) ||
-          thread_create_nosig (&helpers[nr_helpers], wb_copy_worker, &c) == -1) {
-        release_helpers (d->e, 1);      /* the one reserved or refused */
+      if (thread_create_nosig (&helpers[nr_helpers], wb_copy_worker, &c) == -1)
         break;
-      }
   wb_copy_worker (&c);
   for (int i = 0; i < nr_helpers; i++)
     pthread_join (helpers[i], NULL);
-  release_helpers (d->e, nr_helpers);
   pthread_mutex_destroy (&c.lock);
   written = c.written;
   if (c.err) {

@@ -235,33 +235,6 @@ corfs_qcow2_l2_cache (struct cfg_state *s, struct disk_opts *d, const struct set
   return 0;
 }
 
-static int
-corfs_stream_rate_total (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
-                         const char *value)
-{
-  uint64_t n;
-
-  if (parse_size (value, &n) == -1)
-    return bad (s, "%s: bad rate %s (bytes/s, K/M/G suffixes)", k->key, value);
-  if (!(s->o->cli_set & CLI_STREAM_RATE_TOTAL))
-    s->o->stream_rate_total = n;
-  return 0;
-}
-
-/* stream-workers, readahead-workers: threads of the engine's pools. */
-static int
-corfs_workers (struct cfg_state *s, struct disk_opts *d, const struct setting *k,
-               const char *value)
-{
-  char *end;
-  unsigned long n = strtoul (value, &end, 10);
-
-  if (value[0] < '0' || value[0] > '9' || *end || n < 1 || n > 64)
-    return bad (s, "%s = %s: expected 1 to 64", k->key, value);
-  *(k->key[0] == 's' ? &s->o->stream_workers : &s->o->readahead_workers) = n;
-  return 0;
-}
-
 /* Used when the command line names no MOUNTPOINT (the systemd unit's
  * case); absolute, since the file may be read from any directory. */
 static int
@@ -309,9 +282,6 @@ static const struct setting corfs_settings[] = {
   { "rate", corfs_rate, 0 },
   { "source-timeout", corfs_source_timeout, 0 },
   { "supervise", corfs_supervise, 0 },
-  { "stream-rate-total", corfs_stream_rate_total, 0 },
-  { "stream-workers", corfs_workers, 0 },
-  { "readahead-workers", corfs_workers, 0 },
   { NULL, NULL, 0 },
 };
 

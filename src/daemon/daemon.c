@@ -110,8 +110,6 @@ open_disks (struct mount_opts *o, struct daemon *dm)
     return -1;
   if (cor_engine_new (dm->m, &dm->e) == -1)
     return -1;
-  cor_engine_set_workers (dm->e, o->stream_workers, o->readahead_workers);
-  cor_engine_set_stream_rate_total (dm->e, o->stream_rate_total);
   return attach_disks (o, dm->m, dm->e, dm->hold_s);
 }
 

@@ -59,8 +59,6 @@ struct mount_opts {
   uint64_t connect_timeout_s;
   int stream;                   /* enum cor_stream_mode, default on */
   uint64_t rate;                /* default streamer rate, 0 unlimited */
-  uint64_t stream_rate_total;   /* every stream together, 0 unlimited */
-  unsigned stream_workers, readahead_workers;  /* the engine's pools; 0: default */
   uint64_t readahead;           /* the mount's kernel readahead, bytes; 0: kernel's */
   char *metrics_listen;         /* serve GET /metrics there (metrics_listen_check); NULL */
   unsigned cli_set;             /* CLI_* bits: given on the command line */
@@ -88,8 +86,7 @@ struct mount_opts {
 /* Daemon-wide settings given on the command line win over the config
  * file's. */
 enum { CLI_BLOCK_SIZE = 1, CLI_HOLD = 2, CLI_STREAM = 4, CLI_CONNECT_TIMEOUT = 8,
-       CLI_READAHEAD = 16, CLI_METRICS_LISTEN = 32, CLI_SUPERVISE = 64,
-       CLI_STREAM_RATE_TOTAL = 128 };
+       CLI_READAHEAD = 16, CLI_METRICS_LISTEN = 32, CLI_SUPERVISE = 64 };
 
 /* Parse `corfs mount` arguments (argv[0] is "mount").  Returns 0, 1 when
  * --help was printed, or -1 after printing a one-line error. */

@@ -186,7 +186,7 @@ add_disk_arg (struct mount_opts *o, const char *arg)
 enum { OPT_STATE = 256, OPT_DISK, OPT_CONFIG, OPT_BLOCK_SIZE, OPT_HOLD,
        OPT_CONNECT_TIMEOUT, OPT_PARENT_OWNED, OPT_STREAM, OPT_WRITE_MODE,
        OPT_INCOMING, OPT_READAHEAD, OPT_REPIN, OPT_METRICS_LISTEN, OPT_FORMAT,
-       OPT_SUPERVISE, OPT_NO_SUPERVISE, OPT_STREAM_RATE_TOTAL };
+       OPT_SUPERVISE, OPT_NO_SUPERVISE };
 
 /* Each option is documented in doc/commands ([mount]); doc/check-options
  * fails on a difference. */
@@ -207,7 +207,6 @@ static const struct option longopts[] = {
   { "format", required_argument, NULL, OPT_FORMAT },
   { "supervise", no_argument, NULL, OPT_SUPERVISE },
   { "no-supervise", no_argument, NULL, OPT_NO_SUPERVISE },
-  { "stream-rate-total", required_argument, NULL, OPT_STREAM_RATE_TOTAL },
   { "foreground", no_argument, NULL, 'f' },
   { "verbose", no_argument, NULL, 'v' },
   { "help", no_argument, NULL, 'h' },
@@ -364,18 +363,6 @@ report_bad_option (char **argv)
              argv[optind - 1]);
 }
 
-/* --stream-rate-total: bytes/s of every stream together. */
-static int
-opt_stream_rate_total (struct mount_opts *o, const char *arg)
-{
-  if (parse_size (arg, &o->stream_rate_total) == -1) {
-    fprintf (stderr, "corfs: --stream-rate-total %s: not a rate (bytes/s, K/M/G suffixes)\n", arg);
-    return -1;
-  }
-  o->cli_set |= CLI_STREAM_RATE_TOTAL;
-  return 0;
-}
-
 /* One option c from getopt_long, with its argument arg; *config gets
  * --config's file.  0, 1 when --help was printed, or -1 (printed). */
 static int
@@ -404,7 +391,6 @@ parse_option (struct mount_opts *o, int c, char *arg, const char **config, char 
     o->supervise = c == OPT_SUPERVISE;
     o->cli_set |= CLI_SUPERVISE;
     return 0;
-  case OPT_STREAM_RATE_TOTAL: return opt_stream_rate_total (o, arg);
   case 'f': o->foreground = true; return 0;
   case 'v': o->verbose = true; return 0;
   case 'd': o->fuse_debug = o->foreground = true; return 0;

@@ -26,7 +26,6 @@ static const struct {
   { "write-mode", MH_CORFS_VALUE }, { "readahead", MH_CORFS_VALUE },
   { "repin", MH_CORFS_VALUE }, { "metrics-listen", MH_CORFS_VALUE },
   { "format", MH_CORFS_VALUE },
-  { "stream-rate-total", MH_CORFS_VALUE },
   { "parent-owned", MH_CORFS_FLAG },
   { "incoming", MH_CORFS_FLAG }, { "verbose", MH_CORFS_FLAG },
 

@@ -106,8 +106,7 @@ Test (config, every_key_sets_its_field)
   close (fd);
   snprintf (text, sizeof text,
             "[corfs]\nhold = 30\nblock-size = 128K\nconnect-timeout = 7\nreadahead = 1M\n"
-            "parent-owned = true\nstream = paused\nrate = 5M\nstream-rate-total = 64M\n"
-            "stream-workers = 8\nreadahead-workers = 2\n"
+            "parent-owned = true\nstream = paused\nrate = 5M\n"
             "[disk a]\nurl = file:///a.img\nblock-size = 8K\nparent-owned = yes\n"
             "write-mode = mirror\nstream = off\nrate = 1K\nrelease-parent = false\n"
             "hint-file = /h\ncredentials-file = /c\ntoken-file = /t\nca-file = /ca\n"
@@ -125,9 +124,6 @@ Test (config, every_key_sets_its_field)
   cr_assert (o.parent_owned);
   cr_assert_eq (o.stream, COR_STREAM_PAUSED);
   cr_assert_eq (o.rate, 5 << 20);
-  cr_assert_eq (o.stream_rate_total, 64 << 20);
-  cr_assert_eq (o.stream_workers, 8);
-  cr_assert_eq (o.readahead_workers, 2);
   cr_assert_eq (o.nr_disks, 2);
   struct disk_opts *a = &o.disks[0], *b = &o.disks[1];
   cr_assert_str_eq (a->name, "a");
@@ -163,8 +159,7 @@ Test (config, every_key_sets_its_field)
 }
 
 /* Daemon-wide settings given on the command line (o->cli_set) keep
- * their value (stream-rate-total too); parent-owned is added; rate has
- * no command-line form. */
+ * their value; parent-owned is added; rate has no command-line form. */
 Test (config, command_line_wins)
 {
   struct mount_opts o;
@@ -172,14 +167,13 @@ Test (config, command_line_wins)
 
   cr_assert_geq (fd, 0);
   static const char text[] = "[corfs]\nhold = 30\nblock-size = 128K\nconnect-timeout = 7\n"
-    "readahead = 1M\nstream = off\nrate = 5M\nparent-owned = false\nstream-rate-total = 64M\n";
+    "readahead = 1M\nstream = off\nrate = 5M\nparent-owned = false\n";
   cr_assert_eq (write (fd, text, strlen (text)), (ssize_t) strlen (text));
   close (fd);
   memset (&o, 0, sizeof o);
   o.hold_s = 11; o.block_size = 4096; o.connect_timeout_s = 3; o.readahead = 0;
-  o.stream = COR_STREAM_PAUSED; o.parent_owned = true; o.stream_rate_total = 1 << 20;
-  o.cli_set = CLI_HOLD | CLI_BLOCK_SIZE | CLI_CONNECT_TIMEOUT | CLI_READAHEAD | CLI_STREAM |
-              CLI_STREAM_RATE_TOTAL;
+  o.stream = COR_STREAM_PAUSED; o.parent_owned = true;
+  o.cli_set = CLI_HOLD | CLI_BLOCK_SIZE | CLI_CONNECT_TIMEOUT | CLI_READAHEAD | CLI_STREAM;
   cr_assert_eq (config_load (path, &o), 0);
   unlink (path);
   strcpy (path, "/tmp/corfs-unit-config.XXXXXX");
@@ -190,7 +184,6 @@ Test (config, command_line_wins)
   cr_assert_eq (o.readahead, 0);
   cr_assert_eq (o.stream, COR_STREAM_PAUSED);
   cr_assert_eq (o.rate, 5 << 20);
-  cr_assert_eq (o.stream_rate_total, 1 << 20);
   cr_assert (o.parent_owned);
   mount_opts_free (&o);
 }
@@ -212,9 +205,6 @@ Test (config, refusals_name_the_line)
     { "[disk a]\nrate = fast\n", "line 2: rate: bad rate fast (bytes/s, K/M/G suffixes)" },
     { "[corfs]\nblock-size = big\n", "line 2: block-size: bad size big" },
     { "[corfs]\nreadahead = 2G\n", "line 2: readahead: bad size 2G" },
-    { "[corfs]\nstream-workers = 0\n", "line 2: stream-workers = 0: expected 1 to 64" },
-    { "[corfs]\nreadahead-workers = 65\n", "line 2: readahead-workers = 65: expected 1 to 64" },
-    { "[corfs]\nstream-rate-total = x\n", "line 2: stream-rate-total: bad rate x (bytes/s, K/M/G suffixes)" },
     { "[corfs]\nhold = 0\n", "line 2: hold 0: expected a whole number of seconds from 1 to 3600" },
     { "[disk a]\nurl-file = /nonexistent/corfs-url\n",
       "line 2: url-file /nonexistent/corfs-url: No such file or directory" },

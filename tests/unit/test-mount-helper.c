@@ -170,7 +170,6 @@ sample_value (const char *name, const char *config)
     { "connect-timeout", "4" }, { "stream", "paused" }, { "write-mode", "writeback" },
     { "readahead", "1M" }, { "repin", "a" }, { "metrics-listen", "9100" },
     { "format", "qcow2" },
-    { "stream-rate-total", "64M" },
   };
 
   if (!strcmp (name, "config"))
