@@ -144,6 +144,13 @@ struct cor_disk *ctl_req_disk (struct ctl *c, json_t *req, json_t *id, json_t **
 
 ctl_handler_fn ctl_status_cmd, ctl_ping_cmd, ctl_metrics_cmd, ctl_events_cmd;
 ctl_handler_fn ctl_sources_cmd;        /* ctl-sources.c */
+
+/* ctl-status.c: the sources of a disk with several, in order of
+ * preference, as status's parent.sources and the sources command give
+ * them (url, backend, state, reads, bytes, errors, latency_us,
+ * last_error).  NULL when out of memory. */
+struct cor_status;
+json_t *ctl_sources_json (const struct cor_status *st);
 ctl_handler_fn ctl_stream_cmd, ctl_merge_cmd, ctl_flatten_cmd, ctl_checkpoint_cmd,
   ctl_dirty_cmd, ctl_owner_cmd, ctl_mirror_cmd;
 

@@ -17,19 +17,10 @@ static json_t *
 sources_reply (struct cor_disk *d, json_t *id)
 {
   struct cor_status st;
-  json_t *a = json_array ();
+  json_t *a;
 
   cor_disk_status (d, &st);
-  for (size_t i = 0; a && i < st.nr_sources; i++) {
-    const struct cor_source_status *s = &st.sources[i];
-    json_array_append_new (a, json_pack ("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:s}",
-                                         "url", s->url, "backend", s->backend,
-                                         "state", s->state, "reads", (json_int_t) s->reads,
-                                         "bytes", (json_int_t) s->bytes,
-                                         "errors", (json_int_t) s->errors,
-                                         "latency_us", (json_int_t) s->latency_us,
-                                         "last_error", s->error));
-  }
+  a = ctl_sources_json (&st);
   if (a && st.nr_sources == 0)    /* one parent: shown as the one source */
     json_array_append_new (a, json_pack ("{s:s, s:s, s:s}", "url", st.parent_url,
                                          "backend", st.parent_backend,

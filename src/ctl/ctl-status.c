@@ -154,9 +154,8 @@ disk_fields (struct cor_disk *d, const struct cor_status *st)
   return j;
 }
 
-/* A disk with several sources: parent.sources, in order of preference. */
-static json_t *
-sources_fields (const struct cor_status *st)
+json_t *
+ctl_sources_json (const struct cor_status *st)
 {
   json_t *a = json_array ();
 
@@ -219,7 +218,7 @@ disk_status (struct ctl *c, struct cor_disk *d, uint64_t maps_from, size_t *maps
   if (st.owner_state == META_STANDALONE)
     json_object_set_new (json_object_get (j, "parent"), "state", json_string ("detached"));
   if (st.nr_sources > 0)
-    json_object_set_new (json_object_get (j, "parent"), "sources", sources_fields (&st));
+    json_object_set_new (json_object_get (j, "parent"), "sources", ctl_sources_json (&st));
   if (maps_budget)
     json_object_set_new (j, "maps", disk_maps (d, st.size, maps_from, maps_budget));
   return j;
