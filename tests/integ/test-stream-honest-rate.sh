@@ -43,6 +43,9 @@ for i in $(seq 40); do
   j=$("$CORFS" status --state "$st" d --json)
   state=$(jq -r .stream.state <<<"$j")
   [ "$state" = running ] || break
+  # Every block present, the stream still finishing (flush, record):
+  # nothing is left, and eta_s 0 is the true answer.
+  [ "$(jq -r .complete <<<"$j")" = true ] && break
   fetched=$(jq -r '.stream.fetched_bytes_per_s | floor' <<<"$j")
   bps=$(jq -r '.stream.bytes_per_s | floor' <<<"$j")
   eta=$(jq -r .stream.eta_s <<<"$j")
